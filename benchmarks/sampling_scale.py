@@ -1,0 +1,226 @@
+"""Scale benchmark for :func:`depsim.sampling.sample_prefixes`.
+
+Generates a synthetic conversation log (default 1M conversations, 1-9 user turns each, every
+user turn answered by an assistant reply of a few hundred characters, ~5M user turns in all),
+then measures
+
+(a) DuckDB's bare scan of the same file: a full read of the ``messages`` column;
+(b) ``sample_prefixes(path, n, seed=0)``, run in a subprocess so its peak RSS can be read
+    from ``getrusage(RUSAGE_CHILDREN)``.
+
+Targets: peak RSS < 2 GB and sampling time <= 3x the bare scan.
+
+    python benchmarks/sampling_scale.py                       # full size, temp dir
+    python benchmarks/sampling_scale.py --conversations 20000 # quick
+    python benchmarks/sampling_scale.py --out /data/log.parquet --keep
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LANGUAGES = ["en", "es", "fr", "de", "ja", "pt"]
+LANGUAGE_P = [0.70, 0.08, 0.07, 0.06, 0.05, 0.04]
+SURFACES = ["chat", "api"]
+SYSTEM_PROMPTS = [f"You are a helpful assistant (variant {i}). Answer concisely and cite sources."
+                  for i in range(20)]
+
+
+def _pool(rng: np.random.Generator, size: int, lo: int, hi: int) -> list[str]:
+    """``size`` pseudo-text snippets of ``lo``..``hi`` characters, built from a word list."""
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocab = ["".join(rng.choice(letters, int(k))) for k in rng.integers(2, 10, 3000)]
+    vocab += ["\"quoted\"", "new\nline", "café", "naïve", "日本語", "?", "!", "{x: 1}"]
+    words = rng.choice(np.array(vocab, dtype=object), size=(size, hi // 3))
+    lengths = rng.integers(lo, hi, size)
+    out = []
+    for row, n in zip(words, lengths):
+        text = " ".join(row)
+        out.append(text[:n].rstrip() or "hello")
+    return out
+
+
+def _fragment_pool(rng: np.random.Generator, snippets: int) -> tuple[pa.Array, dict[str, tuple[int, int]]]:
+    """Return one string array holding every message fragment the generator may use (as JSON
+    objects), and ``kind -> (offset, count)`` blocks within it."""
+    user = _pool(rng, snippets, 40, 500)
+    assistant = _pool(rng, snippets, 100, 700)
+    blocks: dict[str, list[str]] = {
+        "user": [json.dumps({"role": "user", "content": t}) for t in user],
+        "assistant": [json.dumps({"role": "assistant", "content": t}) for t in assistant],
+        "system": [json.dumps({"role": "system", "content": t}) for t in SYSTEM_PROMPTS],
+        "multimodal": [json.dumps({"role": "user", "content": [
+            {"type": "text", "text": t},
+            {"type": "image_url", "image_url": {"url": f"https://example.invalid/img/{i}.png"}}]})
+            for i, t in enumerate(user[:1000])],
+    }
+    flat: list[str] = []
+    where: dict[str, tuple[int, int]] = {}
+    for kind, items in blocks.items():
+        where[kind] = (len(flat), len(items))
+        flat += items
+    return pa.array(flat, pa.string()), where
+
+
+def _chunk(rng: np.random.Generator, first_id: int, size: int, pool: pa.Array,
+           where: dict[str, tuple[int, int]]) -> pa.Table:
+    """``size`` conversations as an Arrow table, built with numpy + Arrow compute (no Python
+    loop per message)."""
+    turns = rng.integers(1, 10, size)                       # user turns per conversation
+    has_sys = rng.random(size) < 0.3
+    counts = 2 * turns + has_sys                            # messages per conversation
+    offsets = np.zeros(size + 1, np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    m = int(offsets[-1])
+    conv = np.repeat(np.arange(size), counts)
+    pos = np.arange(m) - offsets[:-1][conv]
+    sys_rep = has_sys[conv]
+    q = pos - sys_rep
+    is_sys = sys_rep & (pos == 0)
+    is_user = ~is_sys & (q % 2 == 0)
+
+    def pick(kind: str, k: int) -> np.ndarray:
+        off, cnt = where[kind]
+        return off + rng.integers(0, cnt, k)
+
+    idx = pick("assistant", m)
+    idx[is_user] = pick("user", int(is_user.sum()))
+    mm = is_user & (rng.random(m) < 0.02)
+    idx[mm] = pick("multimodal", int(mm.sum()))
+    idx[is_sys] = pick("system", int(is_sys.sum()))
+    fragments = pool.take(pa.array(idx))
+    lists = pa.ListArray.from_arrays(pa.array(offsets), fragments)
+    messages = pc.binary_join_element_wise("[", pc.binary_join(lists, ","), "]", "")
+
+    ids = pa.array(np.arange(first_id, first_id + size)).cast(pa.string())
+    conversation_id = pc.binary_join_element_wise("conv-", pc.utf8_lpad(ids, 8, "0"), "")
+    start = np.datetime64("2025-01-01T00:00:00", "us").astype(np.int64)
+    span = 365 * 86400 * 1_000_000
+    created = np.sort(start + rng.integers(0, span, size))
+    return pa.table({
+        "conversation_id": conversation_id,
+        "messages": messages,
+        "source": pa.array(np.full(size, "bench-log", object), pa.string()),
+        "model": pa.array(np.full(size, "prev-model", object), pa.string()),
+        "language": pa.array(rng.choice(LANGUAGES, size, p=LANGUAGE_P), pa.string()),
+        "surface": pa.array(rng.choice(SURFACES, size, p=[0.8, 0.2]), pa.string()),
+        "created_at": pa.array(created, pa.timestamp("us")),
+    })
+
+
+def generate(path: Path, conversations: int, seed: int = 0, chunk: int = 50_000) -> dict:
+    """Write the synthetic log to ``path``, one row group per ``chunk`` conversations."""
+    rng = np.random.default_rng(seed)
+    pool, where = _fragment_pool(rng, 20_000)
+    user_turns = 0
+    writer = None
+    try:
+        for first in range(0, conversations, chunk):
+            t = _chunk(rng, first, min(chunk, conversations - first), pool, where)
+            if writer is None:
+                writer = pq.ParquetWriter(path, t.schema, compression="snappy")
+            writer.write_table(t, row_group_size=chunk)
+            user_turns += int(pc.sum(pc.count_substring(t["messages"], '{"role": "user"')).as_py())
+    finally:
+        if writer is not None:
+            writer.close()
+    return {"conversations": conversations, "user_turns": user_turns,
+            "bytes": path.stat().st_size}
+
+
+def bare_scan(path: Path, threads: int) -> tuple[float, tuple]:
+    import duckdb
+    con = duckdb.connect()
+    con.execute(f"SET threads = {threads}")
+    t0 = time.perf_counter()
+    row = con.execute("SELECT count(*), sum(length(messages)) FROM read_parquet(?)",
+                      [str(path)]).fetchone()
+    return time.perf_counter() - t0, row
+
+
+_CHILD = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+from depsim.sampling import sample_prefixes
+t0 = time.perf_counter()
+df = sample_prefixes({path!r}, {n}, seed=0)
+dt = time.perf_counter() - t0
+print(json.dumps({{"seconds": dt, "rows": len(df),
+                  "messages_bytes": int(df["messages"].str.len().sum())}}))
+"""
+
+
+def timed_sample(path: Path, n: int) -> dict:
+    code = _CHILD.format(root=str(ROOT), path=str(path), n=n)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["peak_rss_mb"] = peak_kb / 1024
+    result["note"] = "" if peak_kb > before else "(peak may belong to an earlier child)"
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--conversations", type=int, default=1_000_000)
+    ap.add_argument("--n", type=int, default=100_000, help="prefixes to sample")
+    ap.add_argument("--out", type=Path, help="Parquet path to write (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated file")
+    ap.add_argument("--reuse", action="store_true", help="reuse --out if it already exists")
+    ap.add_argument("--threads", type=int, default=2, help="threads for the bare scan")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    tmp = None
+    if args.out is None:
+        tmp = Path(tempfile.mkdtemp(prefix="depsim-bench-"))
+        path = tmp / "log.parquet"
+    else:
+        path = args.out
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.reuse and path.exists():
+            meta = pq.ParquetFile(path).metadata
+            print(f"reusing {path}: {meta.num_rows:,} conversations, "
+                  f"{path.stat().st_size / 2**20:,.0f} MiB")
+        else:
+            t0 = time.perf_counter()
+            info = generate(path, args.conversations, seed=args.seed)
+            print(f"generated {info['conversations']:,} conversations / {info['user_turns']:,} user turns "
+                  f"-> {path} ({info['bytes'] / 2**20:,.0f} MiB) in {time.perf_counter() - t0:.1f} s")
+
+        bare_scan(path, args.threads)  # warm the page cache so both timings see the same state
+        scan_s, (rows, chars) = bare_scan(path, args.threads)
+        print(f"bare scan:        {scan_s:8.2f} s  ({rows:,} rows, {chars / 1e9:.2f} G chars of messages)")
+        res = timed_sample(path, args.n)
+        print(f"sampling:         {res['seconds']:8.2f} s  ({res['rows']:,} prefixes, "
+              f"{res['messages_bytes'] / 2**20:,.0f} MiB of prefix JSON)")
+        ratio = res["seconds"] / scan_s
+        print(f"ratio sample/scan:{ratio:8.2f} x   (target <= 3)")
+        print(f"peak RSS:         {res['peak_rss_mb']:8.0f} MB  (target < 2048) {res['note']}")
+        ok = ratio <= 3 and res["peak_rss_mb"] < 2048
+        print("PASS" if ok else "MISS")
+        return 0 if ok else 1
+    finally:
+        if tmp is not None and not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

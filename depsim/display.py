@@ -1,0 +1,150 @@
+"""What the notebooks show reviewers: banners, escaped tables and transcripts, and charts.
+
+Conversation text is untrusted. Everything here escapes it (``html.escape`` or
+``DataFrame.to_html(escape=True)``); never pass it to ``Markdown`` or raw ``HTML``.
+Charts render as static SVG through vl-convert, so they draw with no network.
+"""
+from __future__ import annotations
+
+import html
+import json
+
+import altair as alt
+import numpy as np
+import pandas as pd
+from IPython.display import HTML
+
+from depsim.params import Release
+
+alt.renderers.enable("svg")  # static SVG: no CDN scripts, readable offline
+alt.data_transformers.disable_max_rows()
+
+SIM_NOTE = ("Simulated world: every number on this page comes from depsim's simulated deployment "
+            "world (depsim.simworld), not from real traffic or real models.")
+PUBLIC_NOTE = ("Public prefix source: public chat data sets drop or redact flagged conversations "
+               "(e.g. WildChat removes those flagged by moderation), so disallowed content is "
+               "under-represented and forecasts of it are biased low.")
+
+
+def banner(rel: Release) -> HTML:
+    """Return the page banner: release title, and the simulated-world or public-data caveat."""
+    notes = []
+    if rel.simulated:
+        notes.append(SIM_NOTE)
+    if any(s is not None and s.kind == "parquet" for s in (rel.sources.previous, rel.sources.candidate)):
+        notes.append(PUBLIC_NOTE)
+    body = "".join(f"<p><strong>{html.escape(n.split(':')[0])}:</strong>{html.escape(n.split(':', 1)[1])}</p>"
+                   for n in notes)
+    return HTML(f'<div class="depsim-banner" style="border-left:6px solid #d97706;background:#fff7ed;'
+                f'padding:8px 14px;margin:8px 0"><p><em>{html.escape(rel.title)}</em> '
+                f'(release <code>{html.escape(rel.release)}</code>)</p>{body}</div>')
+
+
+def table(df: pd.DataFrame, digits: int = 4, index: bool = False) -> HTML:
+    """Return ``df`` as an escaped HTML table, floats shown with ``digits`` significant digits."""
+    return HTML(df.to_html(escape=True, index=index, na_rep="–",
+                           float_format=lambda x: f"{x:.{digits}g}", classes="depsim-table", border=0))
+
+
+def per100k(x):
+    """Return a rate (fraction) as events per 100k, for display."""
+    return np.asarray(x, dtype=float) * 1e5
+
+
+def transcripts(prefixes: pd.DataFrame, completions: pd.DataFrame, n: int = 3, seed: int = 0,
+                max_chars: int = 600) -> HTML:
+    """Return up to ``n`` sampled transcripts (last user message and response) as escaped
+    HTML; a bounded sample, never the whole table."""
+    done = completions[completions["messages"].notna()]
+    pick = done.sample(min(n, len(done)), random_state=seed) if len(done) else done
+    users = prefixes.set_index("prefix_id")["messages"]
+    blocks = []
+    for _, row in pick.iterrows():
+        msgs = json.loads(users[row["prefix_id"]])
+        last_user = [m for m in msgs if m.get("role") == "user"][-1]
+        parts = [("user", last_user.get("content"))] + [
+            (m.get("role"), m.get("content") if m.get("content") else json.dumps(m.get("tool_calls")))
+            for m in json.loads(row["messages"])]
+        lines = "".join(f'<div><b>{html.escape(str(r))}</b>: {html.escape(str(t)[:max_chars])}</div>' for r, t in parts)
+        blocks.append(f'<div class="depsim-transcript" style="border:1px solid #ddd;padding:6px;margin:6px 0">'
+                      f'<small>{html.escape(row["target"])} · {html.escape(str(row["item_id"]))}</small>{lines}</div>')
+    return HTML("".join(blocks) or "<p>No transcripts.</p>")
+
+
+def forecast_chart(scored: pd.DataFrame) -> alt.LayerChart:
+    """Return the log–log chart of forecast against realised rate (per 100k), with the 1:1
+    line and shaded bands within 2× (darker) and 5×, one colour and shape per method."""
+    d = scored.assign(forecast=per100k(scored["rate"]), realised_=per100k(scored["realised"]),
+                      lo_=per100k(scored["lo"]), hi_=per100k(scored["hi"]))
+    vals = np.concatenate([d["forecast"], d["realised_"]])
+    lo, hi = max(vals[vals > 0].min() / 3, 0.1), vals.max() * 3
+    grid = np.geomspace(lo, hi, 50)
+    scale = alt.Scale(type="log", domain=[lo, hi], clamp=True)
+    x = alt.X("x:Q", scale=scale, title="realised rate (per 100k)")
+    bands = [alt.Chart(pd.DataFrame({"x": grid, "y0": grid / f, "y1": grid * f})).mark_area(opacity=0.1, color="#555")
+             .encode(x=x, y=alt.Y("y0:Q", scale=scale), y2="y1:Q") for f in (5, 2)]
+    one = alt.Chart(pd.DataFrame({"x": [lo, hi], "y": [lo, hi]})).mark_line(color="black", strokeDash=[4, 3]).encode(
+        x=x, y=alt.Y("y:Q", scale=scale))
+    color = alt.Color("method:N", title="method")
+    err = alt.Chart(d).mark_rule().encode(x=alt.X("realised_:Q", scale=scale), y=alt.Y("lo_:Q", scale=scale),
+                                          y2="hi_:Q", color=color)
+    pts = alt.Chart(d).mark_point(filled=True, size=60).encode(
+        x=alt.X("realised_:Q", scale=scale), y=alt.Y("forecast:Q", scale=scale, title="forecast rate (per 100k)"),
+        color=color, shape="method:N", tooltip=["category", "method", "forecast", "realised_"])
+    return alt.layer(*bands, one, err, pts).properties(width=420, height=380)
+
+
+def rates_chart(rates: pd.DataFrame) -> alt.Chart:
+    """Return a chart of each target's rate per category (per 100k) with Jeffreys intervals."""
+    d = rates.dropna(subset=["rate"]).assign(rate100k=lambda x: per100k(x["rate"]),
+                                              lo100k=lambda x: per100k(x["lo"]), hi100k=lambda x: per100k(x["hi"]))
+    scale = alt.Scale(type="log")
+    base = alt.Chart(d).encode(y=alt.Y("category:N", title=None), color="target:N", yOffset="target:N")
+    return (base.mark_rule().encode(x=alt.X("lo100k:Q", scale=scale, title="rate per 100k (log)"), x2="hi100k:Q")
+            + base.mark_point(filled=True).encode(x=alt.X("rate100k:Q", scale=scale))).properties(width=480)
+
+
+def _fmt(rate, lo, hi) -> str:
+    if rate is None or np.isnan(rate):
+        return "–"
+    r, l, h = per100k([rate, lo, hi])
+    return f"{r:,.0f} [{l:,.0f}–{h:,.0f}]"
+
+
+def forecast_table(scored: pd.DataFrame) -> HTML:
+    """Return the forecast table: one row per category, the three methods side by side
+    (rate per 100k [95% interval]), the realised prod_new rate, and its change since Y."""
+    rows = []
+    for cat, g in scored.groupby("category", sort=False):
+        by = g.set_index("method")
+        first = g.iloc[0]
+        row = {"category": cat, "group": first["group"]}
+        for m in ("deployment_sim", "challenging", "prev_production"):
+            row[m] = _fmt(*by.loc[m, ["rate", "lo", "hi"]]) if m in by.index else "not a baseline category"
+        real = per100k(first["realised"]).item()
+        row["realised (prod_new)"] = f"{real:,.0f}"
+        row["realised change"] = f"{first['realised_change']:.2f}×"
+        rows.append(row)
+    return table(pd.DataFrame(rows))
+
+
+def prefix_examples(prefixes: pd.DataFrame, n: int = 3, seed: int = 0, max_chars: int = 400) -> HTML:
+    """Return ``n`` sampled prefixes (their user messages) as escaped HTML."""
+    pick = prefixes.sample(min(n, len(prefixes)), random_state=seed)
+    blocks = []
+    for _, row in pick.iterrows():
+        users = [m.get("content") for m in json.loads(row["messages"]) if m.get("role") == "user"]
+        lines = "".join(f"<div><b>user</b>: {html.escape(str(u)[:max_chars])}</div>" for u in users)
+        blocks.append(f'<div class="depsim-transcript" style="border:1px solid #ddd;padding:6px;margin:6px 0">'
+                      f'<small>{html.escape(row["pool"])} · turn {int(row["turn_index"])}</small>{lines}</div>')
+    return HTML("".join(blocks))
+
+
+def text(s: str) -> HTML:
+    """Return untrusted text as an escaped HTML paragraph."""
+    return HTML(f"<p>{html.escape(s)}</p>")
+
+
+def pre(s: str) -> HTML:
+    """Return untrusted multi-line text as an escaped preformatted block."""
+    return HTML(f"<pre>{html.escape(s)}</pre>")

@@ -1,0 +1,192 @@
+"""Release parameters: one YAML file per release, validated before anything runs.
+
+Relative paths inside a params file are resolved against the file's own folder. A bad file
+raises :class:`ParamsError`, whose message is one line naming the file and the line.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from depsim.engine import Endpoint
+from depsim.sampling import EligibilityRules
+
+TARGETS = ("sim", "sim_self", "challenging", "prod_prev", "prod_new")
+
+
+class ParamsError(ValueError):
+    """A params or taxonomy file is invalid; the message names the file and the line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WorldParams(_Strict):
+    """Settings of the embedded simulated world (see depsim.simworld.WorldConfig)."""
+    seed: int = 7
+    conversations: int = Field(8000, gt=0)
+    challenging: int = Field(1000, gt=0)
+    tool_fidelity: float = Field(0.3, ge=0, le=1)
+    tool_failure_rate: float = Field(0.05, ge=0, le=1)
+
+
+class Source(_Strict):
+    """Where conversations come from: the simulated world, or a Parquet conversation table."""
+    kind: Literal["sim_world", "parquet"]
+    deployment: Literal["Y", "X", "challenging"] | None = None
+    path: str | None = None
+
+
+class Sources(_Strict):
+    previous: Source              # Y's production traffic: prefixes for `sim`, responses for `prod_prev`
+    candidate: Source | None = None    # X's production traffic after release: `sim_self`, `prod_new`
+    challenging: Source | None = None  # the challenging-prompts set
+
+
+class Sampling(_Strict):
+    n: int = Field(gt=0)
+    seed: int = 0
+    eligibility: EligibilityRules = EligibilityRules()
+
+
+class Generation(_Strict):
+    temperature: float = 1.0
+    max_tokens: int = Field(512, gt=0)
+    seed: int = 0
+    tool_mode: Literal["stop"] = "stop"
+
+
+class Audit(_Strict):
+    sample: int = Field(1500, gt=0)
+    seed: int = 0
+
+
+class Models(_Strict):
+    candidate: Endpoint
+    auditor: Endpoint
+
+
+class Release(_Strict):
+    """All parameters of one release run."""
+    release: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    title: str
+    world: WorldParams | None = None
+    sources: Sources
+    sampling: Sampling
+    deid: bool = True
+    models: Models
+    generation: Generation = Generation()
+    targets: list[Literal["sim", "sim_self", "challenging", "prod_prev", "prod_new"]] = list(TARGETS)
+    categories: list[str] | Literal["all"] = "all"
+    taxonomy: str = "taxonomy.yaml"
+    audit: Audit = Audit()
+    path: Path | None = Field(None, exclude=True)
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("targets repeat")
+        return v
+
+    def resolve(self, p: str) -> Path:
+        """Return ``p`` resolved against the params file's folder."""
+        q = Path(p).expanduser()
+        return q if q.is_absolute() or self.path is None else (self.path.parent / q)
+
+    @property
+    def simulated(self) -> bool:
+        """True when any prefix source is the simulated world (the report must say so)."""
+        s = self.sources
+        return any(x is not None and x.kind == "sim_world" for x in (s.previous, s.candidate, s.challenging))
+
+
+def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """Return the 1-based line of the YAML node at ``loc`` (deepest node that exists)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            nxt = node.value[key]
+        else:
+            nxt = None
+        if nxt is None:
+            break
+        node, line = nxt, nxt.start_mark.line + 1
+    return line
+
+
+def load_yaml(path: str | Path) -> tuple[object, yaml.Node | None]:
+    """Return (data, node tree) of a YAML file; raise ParamsError naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return yaml.safe_load(text), yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+
+
+def validation_error(path: Path, node, err: ValidationError) -> ParamsError:
+    """Return a one-line ParamsError for the first error of a pydantic ValidationError."""
+    first = err.errors()[0]
+    loc = tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    line = _line_of(node, loc)
+    field = ".".join(str(x) for x in loc) or "(top level)"
+    return ParamsError(f"{path}{f':{line}' if line else ''}: {field}: {first['msg']}")
+
+
+def load_release(path: str | Path) -> Release:
+    """Return the validated release parameters of ``path``; check that referenced files and
+    categories exist. Raises ParamsError with a one-line message."""
+    from depsim.taxonomy import load_taxonomy  # late: taxonomy imports params
+
+    path = Path(path).resolve()
+    data, node = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of parameters at the top level")
+    try:
+        rel = Release(**data)
+    except ValidationError as e:
+        raise validation_error(path, node, e) from None
+    rel.path = path
+    for name in ("previous", "candidate", "challenging"):
+        src = getattr(rel.sources, name)
+        if src is None:
+            continue
+        if src.kind == "parquet":
+            if not src.path:
+                raise ParamsError(f"{path}:{_line_of(node, ('sources', name))}: sources.{name}: parquet source needs a path")
+            if not rel.resolve(src.path).exists():
+                raise ParamsError(f"{path}:{_line_of(node, ('sources', name, 'path'))}: "
+                                  f"sources.{name}.path: file not found: {rel.resolve(src.path)}")
+        elif rel.world is None:
+            raise ParamsError(f"{path}:{_line_of(node, ('sources', name))}: sources.{name}: sim_world needs a `world:` section")
+    needs = {"sim_self": "candidate", "prod_new": "candidate", "challenging": "challenging"}
+    for t in rel.targets:
+        if t in needs and getattr(rel.sources, needs[t]) is None:
+            raise ParamsError(f"{path}:{_line_of(node, ('targets',))}: target {t!r} needs sources.{needs[t]}")
+    tax = load_taxonomy(rel.resolve(rel.taxonomy))
+    if rel.categories != "all":
+        for i, c in enumerate(rel.categories):
+            if c not in tax:
+                raise ParamsError(f"{path}:{_line_of(node, ('categories', i))}: unknown category {c!r} "
+                                  f"(not in {rel.resolve(rel.taxonomy).name}; known: {', '.join(tax)})")
+    return rel
+
+
+def endpoint_url(rel: Release, ep: Endpoint) -> Endpoint:
+    """Return ``ep`` with the release's world settings appended when it is a sim:// endpoint,
+    so the cache key changes whenever the world does."""
+    if not ep.base_url.startswith("sim://") or rel.world is None or "?" in ep.base_url:
+        return ep
+    q = "&".join(f"{k}={v}" for k, v in rel.world.model_dump().items() if k in ("seed", "tool_fidelity", "tool_failure_rate"))
+    return ep.model_copy(update={"base_url": f"{ep.base_url}?{q}"})

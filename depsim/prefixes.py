@@ -1,0 +1,112 @@
+"""Stage 1: turn conversation sources into the de-identified ``prefixes`` table.
+
+Each release has up to three pools of prefixes:
+- ``previous``: Y's production traffic. X regenerates on it (target ``sim``); the logged Y
+  responses are the ``prod_prev`` target.
+- ``candidate``: X's production traffic after release (``sim_self``, ``prod_new``).
+- ``challenging``: the challenging-prompts set (``challenging``).
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from depsim.deid import deidentify_messages
+from depsim.params import Release, Source
+from depsim.sampling import sample_prefixes
+from depsim.simworld import World, WorldConfig
+from depsim.tables import release_dir
+
+POOLS = ("previous", "candidate", "challenging")
+
+
+def world_of(rel: Release) -> World:
+    """Return the simulated world of a release (which must have a ``world:`` section)."""
+    return World(WorldConfig(**rel.world.model_dump()))
+
+
+def source_path(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> Path:
+    """Return the Parquet conversation table of a source. A simulated-world source is
+    generated on first use and kept under ``data/world/``, keyed by the world settings."""
+    if src.kind == "parquet":
+        return rel.resolve(src.path)
+    world = world_of(rel)
+    deployment = src.deployment or {"previous": "Y", "candidate": "X", "challenging": "challenging"}[pool]
+    key = "-".join(f"{v}" for v in rel.world.model_dump().values())
+    path = release_dir(reports_dir, rel.release) / "data" / "world" / f"{deployment}-{key}.parquet"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df = world.challenging_prompts() if deployment == "challenging" else world.production_logs(deployment)
+        tmp = path.with_suffix(".tmp")
+        df.to_parquet(tmp, index=False)
+        tmp.replace(path)
+    return path
+
+
+def _responses(path: Path, sampled: pd.DataFrame) -> pd.DataFrame:
+    """Return, per sampled (conversation_id, turn_index), the logged response (every message
+    after the user message up to the next user message) and the conversation's tools."""
+    ids = sampled["conversation_id"].drop_duplicates().tolist()
+    con = duckdb.connect()
+    cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()}
+    tools = "tools" if "tools" in cols else "NULL AS tools"
+    logs = con.execute(f"SELECT conversation_id, messages, {tools} FROM read_parquet(?) "
+                       "WHERE conversation_id IN (SELECT unnest(?))", [str(path), ids]).df()
+    con.close()
+    by_id = logs.set_index("conversation_id")
+    out = []
+    for cid, turn in zip(sampled["conversation_id"], sampled["turn_index"]):
+        msgs = json.loads(by_id.at[cid, "messages"])
+        resp = []
+        for m in msgs[turn + 1:]:
+            if m.get("role") == "user":
+                break
+            resp.append(m)
+        out.append((json.dumps(resp) if resp else None, by_id.at[cid, "tools"]))
+    return pd.DataFrame(out, columns=["logged_response", "tools"], index=sampled.index)
+
+
+def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (prefixes, pii_counts): sampled, de-identified prefixes of every pool the
+    release uses, and the count of substitutions per pool and PII type."""
+    frames, pii = [], []
+    for pool in POOLS:
+        src = getattr(rel.sources, pool)
+        if src is None:
+            continue
+        path = source_path(rel, pool, src, reports_dir)
+        n = rel.sampling.n
+        if pool == "challenging":
+            n = int(duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0])
+        df = sample_prefixes(path, n, rules=rel.sampling.eligibility, seed=rel.sampling.seed)
+        df = pd.concat([df, _responses(path, df)], axis=1)
+        df.insert(1, "pool", pool)
+        counts: Counter = Counter()
+        if rel.deid:
+            df, counts = _deidentify(df)
+        pii.append({"pool": pool, **counts})
+        frames.append(df)
+    prefixes = pd.concat(frames, ignore_index=True)
+    return prefixes, pd.DataFrame(pii).fillna(0)
+
+
+def _deidentify(df: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
+    """De-identify prefix and logged response together, so a name or email in both gets the
+    same substitute."""
+    total: Counter = Counter()
+    msgs_out, resp_out = [], []
+    for cid, raw, resp in zip(df["conversation_id"], df["messages"], df["logged_response"]):
+        msgs = json.loads(raw)
+        tail = json.loads(resp) if resp else []
+        clean, counts = deidentify_messages(msgs + tail, key=str(cid))
+        total.update(counts)
+        msgs_out.append(json.dumps(clean[: len(msgs)]))
+        resp_out.append(json.dumps(clean[len(msgs):]) if resp else None)
+    df = df.assign(messages=msgs_out, logged_response=resp_out)
+    if "next_message" in df:
+        df = df.drop(columns=["next_message"])
+    return df, total

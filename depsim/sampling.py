@@ -1,0 +1,786 @@
+"""Sample conversation prefixes from a previous model's traffic (the "deployment" to simulate).
+
+A *prefix* is a logged conversation cut right after one of its user messages: the simulator
+regenerates the assistant turn that follows it with the candidate model. The unit of sampling
+is the **user turn**, not the conversation: every eligible user turn is equally likely, so a
+conversation with five eligible user turns is five times as likely to contribute as one with a
+single turn (this matches "per-turn" misbehaviour rates in production).
+
+Public API
+----------
+- :class:`EligibilityRules` - which user turns may be sampled.
+- :func:`user_turns` - every eligible user turn of a log (one row each), as an Arrow table.
+- :func:`sample_prefixes` - a uniform (or stratified) sample of ``n`` eligible user turns,
+  without replacement, as prefixes ready for regeneration.
+
+Reproducibility. The sample is "order the eligible turns by a seeded hash and take the first
+``n``", where the hash of a turn is ``md5("{seed}\\x1f{conversation_id}\\x1f{turn_index}")`` as a
+32-digit hex string (see :func:`turn_hash`). It does not depend on DuckDB's own ``hash()`` (whose
+values may change between DuckDB versions), on file order, on thread count or on how the log is
+split into files. Rows come back in hash order, so the first ``k`` rows of a sample of size ``n``
+are exactly the sample of size ``k``.
+
+How it scales. All JSON work runs in DuckDB and streams over the Parquet files; the Python side
+only ever holds the ``n`` sampled prefixes. Finding the user turns needs only each message's
+``role`` (a cheap parse). The expensive per-turn work - measuring the user text, checking for
+attachments, cutting the prefix - is done only for the few turns whose hash is below a threshold
+``tau``. ``tau`` is either exact (one counting pass, :func:`user_turns`-style, then the sampling
+pass) or, for large Parquet logs, estimated from a ~1 % pilot read so the whole sample takes one
+pass; if the estimate turns out too tight, the exact route is run, so the result never depends
+on the estimate.
+"""
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "EligibilityRules",
+    "SamplingWarning",
+    "METADATA_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "OUTPUT_COLUMNS",
+    "prefix_id",
+    "sample_prefixes",
+    "turn_hash",
+    "user_turns",
+]
+
+log = logging.getLogger(__name__)
+
+#: Columns every conversation table must have.
+REQUIRED_COLUMNS: tuple[str, ...] = ("conversation_id", "messages", "source")
+#: Metadata columns carried into the output; missing ones come back as nulls (unless a rule
+#: needs them, in which case they are required).
+METADATA_COLUMNS: tuple[str, ...] = ("model", "language", "surface", "created_at")
+#: Leading output columns of :func:`sample_prefixes` (metadata, stratum and extra columns,
+#: ``user_ordinal`` and ``chars`` follow).
+OUTPUT_COLUMNS: tuple[str, ...] = ("prefix_id", "conversation_id", "turn_index", "messages",
+                                   "next_message", "source", "weight")
+#: Content-part types that count as text (Chat Completions and Responses API spellings).
+TEXT_PART_TYPES: tuple[str, ...] = ("text", "input_text")
+
+_SEP = "\x1f"  # unit separator between hashed fields
+_TAU_ALL = "f" * 32  # a threshold every turn hash is <= to
+_PILOT_MIN_ROWS = 20_000  # below this a log is small: take the exact route
+_PILOT_ROW_GROUPS = 3
+_FAST_MAX_SHARE = 0.25  # use the one-pass route only if the sample is <= 25 % of the turns
+
+
+class SamplingWarning(UserWarning):
+    """The sample is smaller than asked for (too few eligible user turns)."""
+
+
+class EligibilityRules(BaseModel):
+    """Which user turns may be sampled. Every rule is a conjunction; ``None`` means "no limit".
+
+    - ``languages`` / ``surfaces``: keep conversations whose ``language`` / ``surface`` is listed.
+    - ``min_chars`` / ``max_chars``: bounds on the length (in characters) of the sampled user
+      message's text; for a list of content parts, the text parts' lengths are summed.
+    - ``allow_multimodal``: if false (default), exclude user turns whose content is a list with
+      any non-text part (``image_url``, ``input_audio``, ``file``, ...) or that carry a non-empty
+      ``attachments`` field.
+    - ``start`` / ``end``: ``created_at`` window, start inclusive, end exclusive. Naive datetimes
+      are taken as UTC.
+    - ``min_turn`` / ``max_turn``: bounds on the 1-based ordinal of the user message among the
+      conversation's user messages.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    languages: list[str] | None = None
+    min_chars: int = Field(1, ge=0)
+    max_chars: int | None = Field(None, ge=0)
+    allow_multimodal: bool = False
+    start: datetime | None = None
+    end: datetime | None = None
+    surfaces: list[str] | None = None
+    min_turn: int = Field(1, ge=1)
+    max_turn: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EligibilityRules":
+        if self.max_chars is not None and self.max_chars < self.min_chars:
+            raise ValueError(f"max_chars ({self.max_chars}) < min_chars ({self.min_chars})")
+        if self.max_turn is not None and self.max_turn < self.min_turn:
+            raise ValueError(f"max_turn ({self.max_turn}) < min_turn ({self.min_turn})")
+        if self.start is not None and self.end is not None and _utc(self.end) <= _utc(self.start):
+            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+        for name in ("languages", "surfaces"):
+            if getattr(self, name) == []:
+                raise ValueError(f"{name}=[] would exclude everything; use None for no filter")
+        return self
+
+    def needed_columns(self) -> tuple[str, ...]:
+        """Metadata columns these rules read (so they must exist in the input)."""
+        cols = []
+        if self.languages is not None:
+            cols.append("language")
+        if self.surfaces is not None:
+            cols.append("surface")
+        if self.start is not None or self.end is not None:
+            cols.append("created_at")
+        return tuple(cols)
+
+
+# --- hashes (also the reference implementation the SQL must agree with) ---------------------
+
+def turn_hash(seed: int, conversation_id: str, user_ordinal: int) -> str:
+    """The sampling key of one user turn - the ``user_ordinal``-th user message (1-based) of the
+    conversation: ``md5("{seed}\x1f{conversation_id}\x1f{user_ordinal}")`` as 32 hex digits.
+    Lower is sampled first."""
+    key = f"{seed}{_SEP}{conversation_id}{_SEP}{user_ordinal}"
+    return hashlib.md5(key.encode("utf-8")).hexdigest()
+
+
+def prefix_id(conversation_id: str, turn_index: int, source: str | None) -> str:
+    """Stable 16-hex-digit id of a prefix (independent of the seed)."""
+    key = f"{conversation_id}{_SEP}{turn_index}{_SEP}{source if isinstance(source, str) else ''}"
+    return hashlib.md5(key.encode("utf-8")).hexdigest()[:16]
+
+
+# --- input resolution -------------------------------------------------------------------------
+
+@dataclass
+class _Source:
+    """A resolved input: Parquet files or one in-memory Arrow table."""
+
+    files: list[str] = field(default_factory=list)
+    table: pa.Table | None = None
+    columns: set[str] = field(default_factory=set)  # union over files
+    row_groups: list[list[int]] = field(default_factory=list)  # rows per row group, per file
+
+    @property
+    def total_rows(self) -> int:
+        if self.table is not None:
+            return self.table.num_rows
+        return sum(sum(groups) for groups in self.row_groups)
+
+    def sql(self, extra_options: str = "") -> str:
+        if self.table is not None:
+            return "__depsim_src"
+        paths = ", ".join(_lit(f) for f in self.files)
+        return f"read_parquet([{paths}], union_by_name = true{extra_options})"
+
+
+def _is_glob(s: str) -> bool:
+    return any(ch in s for ch in "*?[")
+
+
+def _expand(path: str | os.PathLike) -> list[str]:
+    s = os.fspath(path)
+    if _is_glob(s):
+        found = sorted(p for p in _glob.glob(s, recursive=True) if os.path.isfile(p))
+        if not found:
+            raise FileNotFoundError(f"no Parquet files match {s!r}")
+        return found
+    if os.path.isdir(s):
+        found = sorted(_glob.glob(os.path.join(s, "**", "*.parquet"), recursive=True))
+        if not found:
+            raise FileNotFoundError(f"no *.parquet files under directory {s!r}")
+        return found
+    if not os.path.exists(s):
+        raise FileNotFoundError(f"Parquet file not found: {s!r}")
+    return [s]
+
+
+def _resolve(source: Any, needed: Sequence[str]) -> _Source:
+    """Resolve ``source`` and check that every column in ``needed`` exists.
+
+    Raises FileNotFoundError (naming the path) and ValueError (naming file and column)."""
+    needed = list(dict.fromkeys(needed))
+    if isinstance(source, pd.DataFrame):
+        source = pa.Table.from_pandas(source, preserve_index=False)
+    if isinstance(source, pa.RecordBatch):
+        source = pa.Table.from_batches([source])
+    if isinstance(source, pa.Table):
+        missing = [c for c in needed if c not in source.column_names]
+        if missing:
+            raise ValueError(f"input table is missing required column(s) {missing} "
+                             f"(has {source.column_names})")
+        return _Source(table=source, columns=set(source.column_names))
+    if isinstance(source, (str, os.PathLike)):
+        items = [source]
+    elif isinstance(source, Sequence) and not isinstance(source, (bytes, bytearray)):
+        items = list(source)
+        if not items:
+            raise ValueError("empty list of Parquet paths")
+    else:
+        raise TypeError(f"source must be a Parquet path, glob, list of paths, or a pandas/pyarrow "
+                        f"table, not {type(source).__name__}")
+    files: list[str] = []
+    for item in items:
+        files += _expand(item)
+    files = list(dict.fromkeys(files))
+    src = _Source(files=files)
+    for f in files:
+        try:
+            meta = pq.read_metadata(f)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ValueError(f"cannot read Parquet metadata of {f!r}: {exc}") from exc
+        names = set(meta.schema.to_arrow_schema().names)
+        for col in needed:
+            if col not in names:
+                raise ValueError(f"Parquet file {f!r} is missing required column {col!r}")
+        src.columns |= names
+        src.row_groups.append([meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+    return src
+
+
+# --- SQL helpers ------------------------------------------------------------------------------
+
+def _lit(value: Any) -> str:
+    """A SQL literal for a str/int/float/datetime."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, datetime):
+        return f"TIMESTAMPTZ {_lit(_utc(value).isoformat())}"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def _duckdb_version() -> tuple[int, int]:
+    major, minor = duckdb.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+_PY_LAMBDA = _duckdb_version() >= (1, 3)
+
+
+def _lam(params: str, body: str) -> str:
+    """A DuckDB lambda; ``lambda x: ...`` from 1.3 on (2.x rejects ``x -> ...``)."""
+    if _PY_LAMBDA:
+        return f"lambda {params}: {body}"
+    return f"({params}) -> {body}" if "," in params else f"{params} -> {body}"
+
+
+def _hash_sql(seed: int, cid: str, k: str) -> str:
+    """SQL twin of :func:`turn_hash` for user ordinal ``k``."""
+    return f"md5(concat_ws(chr(31), {_lit(str(seed))}, CAST({cid} AS VARCHAR), CAST({k} AS VARCHAR)))"
+
+
+def _stats_sql(ctype: str, val: str, att: str) -> tuple[str, str]:
+    """(chars, nontext) SQL for one user message, given its content's JSON type ``ctype``
+    ('VARCHAR', 'ARRAY', 'NULL', ... or SQL NULL when absent), its content ``val`` (the text for
+    a string, the JSON text otherwise) and its ``attachments`` as text. Both routes (exact and
+    one-pass) feed this same expression, so they agree on what is eligible."""
+    text_types = ", ".join(_lit(t) for t in TEXT_PART_TYPES)
+    parts = f"from_json({val}, '[\"JSON\"]')"
+    is_text_obj = f"(json_type(p) = 'OBJECT' AND json_extract_string(p, '$.type') IN ({text_types}))"
+    part_len = (f"CASE WHEN json_type(p) = 'VARCHAR' THEN length(json_extract_string(p, '$')) "
+                f"WHEN {is_text_obj} THEN coalesce(length(json_extract_string(p, '$.text')), 0) "
+                f"ELSE 0 END")
+    part_nontext = f"NOT (json_type(p) = 'VARCHAR' OR {is_text_obj})"
+    chars = (f"CASE {ctype} WHEN 'VARCHAR' THEN length({val}) "
+             f"WHEN 'ARRAY' THEN coalesce(list_sum(list_transform({parts}, {_lam('p', part_len)})), 0) "
+             f"ELSE 0 END")
+    # CASE, not AND/OR: DuckDB short-circuits only CASE, and from_json must not see plain text
+    no_att = " OR ".join(f"CAST({att} AS VARCHAR) = {_lit(x)}" for x in ("null", "[]", "{}", '""', "", "false"))
+    # (an explicit OR chain: DuckDB turns a NOT IN list into a join)
+    nontext = (f"CASE WHEN {att} IS NOT NULL AND NOT ({no_att}) "
+               f"THEN true WHEN {ctype} IS NULL OR {ctype} IN ('VARCHAR', 'NULL') THEN false "
+               f"WHEN {ctype} = 'ARRAY' THEN coalesce(list_bool_or(list_transform({parts}, {_lam('p', part_nontext)})), false) "
+               f"ELSE true END")
+    return chars, f"({nontext})"
+
+
+def _eligible_sql(rules: EligibilityRules, chars: str, nontext: str) -> str:
+    cond = [f"{chars} >= {rules.min_chars}"]
+    if rules.max_chars is not None:
+        cond.append(f"{chars} <= {rules.max_chars}")
+    if not rules.allow_multimodal:
+        cond.append(f"NOT {nontext}")
+    return " AND ".join(cond)
+
+
+@dataclass
+class _Plan:
+    """What to select from each conversation row, and the conversation-level filter."""
+
+    select: list[str]  # SQL select items (aliased) for the innermost scan
+    names: list[str]  # their output names
+    where: str
+
+
+def _plan(src: _Source, rules: EligibilityRules, stratum_column: str | None,
+          strata_keys: Sequence[str] | None, extra_columns: Sequence[str]) -> _Plan:
+    select, names = [], []
+
+    def add(expr: str, name: str) -> None:
+        if name not in names:
+            select.append(f"{expr} AS {_ident(name)}")
+            names.append(name)
+
+    add("conversation_id", "conversation_id")
+    add("source", "source")
+    for col in METADATA_COLUMNS:
+        if col in src.columns:
+            add(_ident(col), col)
+        else:
+            add("CAST(NULL AS TIMESTAMP)" if col == "created_at" else "CAST(NULL AS VARCHAR)", col)
+    for col in ([stratum_column] if stratum_column else []) + list(extra_columns):
+        add(_ident(col), col)
+    if stratum_column is not None:
+        add(f"CAST({_ident(stratum_column)} AS VARCHAR)", "__s")
+
+    where = ["conversation_id IS NOT NULL", "messages IS NOT NULL"]
+    if rules.languages is not None:
+        where.append(f"language IN ({', '.join(_lit(x) for x in rules.languages)})")
+    if rules.surfaces is not None:
+        where.append(f"surface IN ({', '.join(_lit(x) for x in rules.surfaces)})")
+    if rules.start is not None:
+        where.append(f"created_at >= {_lit(rules.start)}")
+    if rules.end is not None:
+        where.append(f"created_at < {_lit(rules.end)}")
+    if stratum_column is not None and strata_keys is not None:
+        where.append(f"CAST({_ident(stratum_column)} AS VARCHAR) IN "
+                     f"({', '.join(_lit(k) for k in strata_keys)})")
+    return _Plan(select, names, " AND ".join(where))
+
+
+def _turn_slice(rules: EligibilityRules, ui: str) -> str:
+    """The elements of the user-turn list ``ui`` whose 1-based ordinal is within the rules."""
+    hi = rules.max_turn if rules.max_turn is not None else 2_147_483_647
+    return f"list_slice({ui}, {rules.min_turn}, {hi})"
+
+
+_MSG_STRUCT = '[{"role": "VARCHAR", "content": "VARCHAR", "attachments": "VARCHAR"}]'
+
+
+def _turns_sql(src_sql: str, plan: _Plan, rules: EligibilityRules, seed: int | None) -> str:
+    """Every eligible user turn (one row each), tested for all turns (the exact route).
+
+    Columns: plan.names..., turn_index, user_ordinal, chars[, __h].
+
+    One parse per conversation: ``from_json`` into (role, content, attachments) as text. For a
+    string content that gives the text itself; when the text could also be the rendering of a
+    non-string (starts with '[' or '{', or reads as a number or boolean), the real JSON type
+    is looked up in the raw message. A conversation with a message that is not an object with a
+    role is malformed and contributes nothing. There is no WHERE on computed columns: DuckDB
+    pushes such filters below the projections and evaluates the JSON functions twice, so the
+    per-turn tests run inside list lambdas before the unnest."""
+    cols = ", ".join(_ident(n) for n in plan.names)
+    is_user = _lam("i", "__m[i + 1].role = 'user'")
+    ctype = ("CASE WHEN x.v IS NULL THEN NULL "
+             "WHEN left(x.v, 1) IN ('[', '{') OR x.v IN ('true', 'false') "
+             "OR TRY_CAST(x.v AS DOUBLE) IS NOT NULL "
+             "THEN json_type(messages, '$[' || x.ti || '].content') ELSE 'VARCHAR' END")
+    to_turn = _lam("i, k", "{'ti': i, 'ord': k, 'v': __m[i + 1].content, 'a': __m[i + 1].attachments}")
+    with_type = _lam("x", f"{{'ti': x.ti, 'ord': x.ord, 'v': x.v, 'a': x.a, 't': {ctype}}}")
+    chars, nontext = _stats_sql("x.t", "x.v", "x.a")
+    to_stats = _lam("x", f"{{'ti': x.ti, 'ord': x.ord, 'chars': {chars}, 'nontext': {nontext}}}")
+    keep = _lam("x", _eligible_sql(rules, "x.chars", "x.nontext"))
+    turns = (f"list_filter(list_transform(list_transform("
+             f"{_turn_slice(rules, f'list_transform(__ui, {to_turn})')}, {with_type}), {to_stats}), {keep})")
+    h = f", {_hash_sql(seed, 'conversation_id', '__t.ord')} AS __h" if seed is not None else ""
+    wellformed = _lam("x", "x.role IS NULL")
+    return f"""
+SELECT {cols}, CAST(__t.ti AS INTEGER) AS turn_index, CAST(__t.ord AS INTEGER) AS user_ordinal,
+       CAST(__t.chars AS BIGINT) AS chars{h}
+FROM (
+  SELECT {cols}, unnest({turns}) AS __t
+  FROM (
+    SELECT {cols}, messages, __m,
+           CASE WHEN len(list_filter(__m, {wellformed})) = 0
+                THEN list_filter(range(len(__m)), {is_user}) ELSE [] END AS __ui
+    FROM (
+      SELECT {', '.join(plan.select)}, messages, from_json(messages, '{_MSG_STRUCT}') AS __m
+      FROM {src_sql} WHERE {plan.where}
+    )
+  )
+)"""
+
+
+def _sample_sql(src_sql: str, plan: _Plan, rules: EligibilityRules, seed: int, tau: str,
+                limit: int | None, alloc: Mapping[str, int] | None) -> str:
+    """The sampling pass: user turns with hash <= tau (tau: SQL expression, may use the
+    stratum ``__s``), tested for eligibility and cut into prefixes; the first ``limit`` by hash
+    (per stratum: the first ``alloc[s]``). Rows come in no particular order.
+
+    The turn key is (conversation_id, user ordinal), so the hashes can be computed before any
+    JSON is parsed: the number of user messages is bounded by the number of ``"user"`` tokens in
+    the raw text (a JSON string cannot contain an unescaped quote, so every such token is a
+    whole string outside the message texts). Only conversations with an ordinal whose hash is
+    <= tau are parsed at all; there the true user turns are found and the ordinals that do not
+    exist are dropped. The eligibility test is folded into the ordering (eligible first) and
+    applied after the top-N rather than as a WHERE, which DuckDB would push below the
+    projections and evaluate twice."""
+    cols = ", ".join(_ident(n) for n in plan.names)
+    ub = """(len(string_split(messages, '"user"')) - 1)"""  # >= number of user messages
+    hi = f"least({ub}, {rules.max_turn})" if rules.max_turn is not None else ub
+    below = _lam("k", f"{_hash_sql(seed, 'conversation_id', 'k')} <= {tau}")
+    is_user = _lam("i", "__roles[i + 1] = 'user'")
+    no_role = _lam("r", "r IS NULL")
+    # __L holds each message re-serialised compactly by DuckDB, keys in their original order,
+    # so a message whose first key is "role" needs no parse to read it
+    role_of = _lam("e", """CASE WHEN starts_with(e, '{"role":"user",') OR e = '{"role":"user"}' THEN 'user'
+                               WHEN starts_with(e, '{"role":"') THEN '?'
+                               ELSE json_extract_string(e, '$.role') END""")
+    chars, nontext = _stats_sql("__t", "__v", "__a")
+    order = "__ok DESC, __h, conversation_id, user_ordinal"
+    if alloc is not None:
+        quota = "CASE __s " + " ".join(f"WHEN {_lit(k)} THEN {v}" for k, v in alloc.items()) + " ELSE 0 END"
+        top = f"QUALIFY row_number() OVER (PARTITION BY __s ORDER BY {order}) <= {quota}"
+    else:
+        top = f"ORDER BY {order}" + (f" LIMIT {limit}" if limit is not None else "")
+    return f"""
+WITH cand AS (
+  SELECT {cols}, messages,
+         unnest(list_filter(range({rules.min_turn}, __hi + 1), {below})) AS user_ordinal
+  FROM (SELECT {', '.join(plan.select)}, messages, {hi} AS __hi
+        FROM {src_sql} WHERE {plan.where})
+), surv AS (
+  SELECT {cols}, CAST(user_ordinal AS INTEGER) AS user_ordinal,
+         {_hash_sql(seed, 'conversation_id', 'user_ordinal')} AS __h,
+         json_extract(messages, '$[*]') AS __L
+  FROM cand
+), roles AS (
+  SELECT *, list_transform(__L, {role_of}) AS __roles FROM surv
+), idx AS (
+  SELECT * EXCLUDE (__roles),
+         CAST(list_filter(range(len(__roles)), {is_user})[user_ordinal] AS INTEGER) AS turn_index,
+         len(list_filter(__roles, {no_role})) = 0 AS __wf
+  FROM roles
+), el AS (
+  SELECT *, json_type(__L[turn_index + 1], '$.content') AS __t,
+         json_extract_string(__L[turn_index + 1], '$.content') AS __v,
+         json_extract(__L[turn_index + 1], '$.attachments') AS __a
+  FROM idx
+), st AS (
+  SELECT * EXCLUDE (__t, __v, __a), CAST({chars} AS BIGINT) AS chars, {nontext} AS __nontext FROM el
+), ok AS (
+  SELECT * EXCLUDE (__nontext, __wf),
+         coalesce(__wf AND turn_index IS NOT NULL AND {_eligible_sql(rules, 'chars', '__nontext')},
+                  false) AS __ok
+  FROM st
+), top AS (
+  SELECT {cols}, turn_index, user_ordinal, chars, __h, __ok,
+         '[' || array_to_string(__L[1:turn_index + 1], ',') || ']' AS __prefix,
+         CASE WHEN starts_with(__L[turn_index + 2], '{{"role":"assistant",')
+                   OR json_extract_string(__L[turn_index + 2], '$.role') = 'assistant'
+              THEN CAST(__L[turn_index + 2] AS VARCHAR) END AS __next
+  FROM ok
+  {top}
+)
+SELECT * EXCLUDE (__ok),
+       md5(concat_ws(chr(31), CAST(conversation_id AS VARCHAR), CAST(turn_index AS VARCHAR),
+                     coalesce(CAST(source AS VARCHAR), '')))[1:16] AS prefix_id
+FROM top WHERE __ok"""
+
+
+# --- DuckDB session ---------------------------------------------------------------------------
+
+class _Session:
+    """A private in-memory DuckDB connection with bounded threads/memory and its own spill dir."""
+
+    def __init__(self, src: _Source, threads: int | None, memory_limit: str):
+        self.tmp = tempfile.mkdtemp(prefix="depsim-duckdb-")
+        threads = threads or max(1, min(4, os.cpu_count() or 1))
+        self.con = duckdb.connect(config={
+            "threads": threads,
+            "memory_limit": memory_limit,
+            "preserve_insertion_order": False,
+            "temp_directory": self.tmp,
+        })
+        self.con.execute("SET enable_progress_bar = false")
+        try:
+            self.con.execute("SET TimeZone = 'UTC'")
+        except duckdb.Error:  # ICU not available: naive timestamps are compared as-is
+            pass
+        if src.table is not None:
+            self.con.register("__depsim_src", src.table)
+
+    def __enter__(self) -> "_Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.con.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --- public functions -------------------------------------------------------------------------
+
+def user_turns(source: Any, rules: EligibilityRules | None = None, *,
+               extra_columns: Sequence[str] = (), seed: int | None = None,
+               threads: int | None = None, memory_limit: str = "1GB") -> pa.Table:
+    """Every eligible user turn of ``source`` (same inputs as :func:`sample_prefixes`).
+
+    One row per turn: ``conversation_id, source, model, language, surface, created_at``
+    (+ ``extra_columns``), ``turn_index`` (0-based index of the user message in ``messages``),
+    ``user_ordinal`` (1-based among the user messages), ``chars``; with ``seed``, also
+    ``turn_hash`` (the sampling key). The expansion runs in DuckDB; only the result (a few small
+    columns per turn) is materialised.
+    """
+    rules = rules or EligibilityRules()
+    src = _resolve(source, [*REQUIRED_COLUMNS, *rules.needed_columns(), *extra_columns])
+    plan = _plan(src, rules, None, None, extra_columns)
+    sql = _turns_sql(src.sql(), plan, rules, seed)
+    with _Session(src, threads, memory_limit) as s:
+        table = _arrow(s, sql)
+    if seed is not None:
+        table = table.rename_columns([("turn_hash" if n == "__h" else n) for n in table.column_names])
+    return table
+
+
+def _largest_remainder(n: int, shares: Mapping[str, float]) -> dict[str, int]:
+    total = sum(shares.values())
+    quotas = {k: n * v / total for k, v in shares.items()}
+    alloc = {k: int(math.floor(q)) for k, q in quotas.items()}
+    left = n - sum(alloc.values())
+    for k in sorted(quotas, key=lambda k: (-(quotas[k] - alloc[k]), k))[:left]:
+        alloc[k] += 1
+    return alloc
+
+
+def _check_strata(strata: Mapping[Any, float]) -> dict[str, float]:
+    if not isinstance(strata, Mapping) or not strata:
+        raise ValueError("strata must be a non-empty mapping of stratum value -> target share")
+    out: dict[str, float] = {}
+    for k, v in strata.items():
+        v = float(v)
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"stratum {k!r}: share must be a finite number >= 0, got {v}")
+        out[str(k)] = out.get(str(k), 0.0) + v
+    if sum(out.values()) <= 0:
+        raise ValueError("strata shares sum to 0")
+    return out
+
+
+def _tau_hex(p: float) -> str:
+    if p >= 1:
+        return _TAU_ALL
+    return format(min(2**128 - 1, int(p * 2**128)), "032x")
+
+
+def _pilot_sql(src: _Source, target_rows: int) -> tuple[str, _Source, int]:
+    """A subquery reading ~``target_rows`` rows: the head of a few row groups spread evenly
+    over the log (DuckDB skips the others; each row group touched costs a column-chunk read,
+    so few and wide beats many and narrow). Returns (sql, pilot source, rows read)."""
+    groups = [(f, start, rows) for f, sizes in zip(src.files, src.row_groups)
+              for start, rows in zip(_cumsum0(sizes), sizes) if rows]
+    k = min(_PILOT_ROW_GROUPS, len(groups))
+    picked = [groups[int((j + 0.5) * len(groups) / k)] for j in range(k)]
+    width = max(1, -(-target_rows // k))
+    by_file: dict[str, list[tuple[int, int]]] = {}
+    for f, start, rows in picked:
+        by_file.setdefault(f, []).append((start, start + min(rows, width) - 1))
+    parts = []
+    for f, ranges in by_file.items():
+        cond = " OR ".join(f"file_row_number BETWEEN {a} AND {b}" for a, b in ranges)
+        parts.append(f"SELECT * FROM read_parquet([{_lit(f)}], file_row_number = true) WHERE {cond}")
+    files = list(by_file)
+    cols: set[str] = set()
+    for f in files:
+        cols |= set(pq.read_schema(f).names)
+    rows = sum(b - a + 1 for ranges in by_file.values() for a, b in ranges)
+    return "(" + " UNION ALL BY NAME ".join(parts) + ")", _Source(files=files, columns=cols), rows
+
+
+def _cumsum0(sizes: Sequence[int]) -> list[int]:
+    out, acc = [], 0
+    for x in sizes:
+        out.append(acc)
+        acc += x
+    return out
+
+
+def _estimate_turns(s: _Session, src: _Source, rules: EligibilityRules) -> float | None:
+    """Estimated number of eligible user turns in the whole log, from a ~1 % pilot read."""
+    total = src.total_rows
+    if src.table is not None or total < _PILOT_MIN_ROWS:
+        return None
+    target = int(min(10_000, max(3_000, 0.005 * total)))
+    sub, pilot_src, rows = _pilot_sql(src, target)
+    plan = _plan(pilot_src, rules, None, None, ())
+    turns = s.con.execute(f"SELECT count(*) FROM ({_turns_sql(sub, plan, rules, None)})").fetchall()[0][0]
+    return turns * total / rows
+
+
+def sample_prefixes(source: Any, n: int, rules: EligibilityRules | None = None, seed: int = 0,
+                    strata: Mapping[Any, float] | None = None, stratum_column: str | None = None,
+                    *, extra_columns: Sequence[str] = (), threads: int | None = None,
+                    memory_limit: str = "1GB") -> pd.DataFrame:
+    """Sample ``n`` eligible user turns uniformly without replacement and return their prefixes.
+
+    Parameters
+    ----------
+    source:
+        A Parquet path, a glob, a directory of ``*.parquet``, a list of those, or a pandas /
+        pyarrow table, in the canonical conversation-table format (``conversation_id``,
+        ``messages`` as a JSON string, ``source``; optional ``model``, ``language``,
+        ``surface``, ``created_at``, stratum columns).
+    n:
+        Sample size (> 0). If fewer eligible turns exist, all are returned with a
+        :class:`SamplingWarning`.
+    rules:
+        :class:`EligibilityRules` (default: every non-empty, text-only user turn).
+    seed:
+        Integer; the sample is the ``n`` eligible turns with the smallest
+        :func:`turn_hash` ``(seed, conversation_id, turn_index)``.
+    strata, stratum_column:
+        Stratified sampling: ``strata`` maps values of ``stratum_column`` to target shares of
+        the sample (normalised to sum 1; values not listed, or with share 0, are not sampled).
+        ``n`` is split by largest remainder and each stratum is sampled uniformly; ``weight`` is
+        then ``(N_s / N) / (n_s / n)`` (population share over sample share, with ``N_s`` the
+        eligible turns of stratum ``s`` among the listed strata), so weights average 1 and
+        weighted means estimate per-turn rates of the listed strata's population. Without
+        ``strata``, ``stratum_column`` is just carried into the output.
+    extra_columns:
+        More input columns to carry into the output (e.g. ``["tools"]``).
+    threads, memory_limit:
+        DuckDB settings (default: up to 4 threads, 1GB; DuckDB spills to a private temp dir).
+
+    Returns
+    -------
+    pandas.DataFrame in hash order (the first ``k`` rows are the sample of size ``k``), columns
+    ``prefix_id, conversation_id, turn_index, messages, next_message, source, weight, model,
+    language, surface, created_at`` (+ stratum / extra columns), ``user_ordinal, chars``.
+    ``messages`` is the JSON array of ``messages[0..turn_index]`` (everything up to and including
+    the sampled user message; JSON-equivalent to the input, re-serialised compactly), and
+    ``next_message`` the JSON of the message right after it if that is an assistant message,
+    else null.
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        try:
+            n = int(n.__index__())  # numpy integers
+        except AttributeError:
+            raise TypeError(f"n must be an int, not {type(n).__name__}") from None
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    if isinstance(seed, bool):
+        raise TypeError("seed must be an int")
+    seed = int(seed.__index__()) if not isinstance(seed, int) else seed
+    rules = rules or EligibilityRules()
+    if not isinstance(rules, EligibilityRules):
+        rules = EligibilityRules.model_validate(rules)
+    shares = None
+    if strata is not None:
+        if stratum_column is None:
+            raise ValueError("strata given without stratum_column")
+        shares = {k: v for k, v in _check_strata(strata).items() if v > 0}
+    extra_columns = [c for c in extra_columns if c not in (*REQUIRED_COLUMNS, *METADATA_COLUMNS)]
+    needed = [*REQUIRED_COLUMNS, *rules.needed_columns(), *extra_columns]
+    if stratum_column is not None:
+        needed.append(stratum_column)
+    src = _resolve(source, needed)
+    plan = _plan(src, rules, stratum_column, list(shares) if shares else None, extra_columns)
+
+    with _Session(src, threads, memory_limit) as s:
+        if shares is not None:
+            df, pop = _sample_stratified(s, src, plan, rules, seed, n, shares)
+        else:
+            df, pop = _sample_uniform(s, src, plan, rules, seed, n), None
+
+    if len(df) < n:
+        warnings.warn(f"only {len(df)} eligible user turns for n={n}; returning all of them",
+                      SamplingWarning, stacklevel=2)
+    return _finish(df, pop, plan)
+
+
+def _arrow(s: _Session, sql: str) -> pa.Table:
+    rel = s.con.sql(sql)
+    for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):  # DuckDB 2.x, 1.x, older
+        if hasattr(rel, name):
+            result = getattr(rel, name)()
+            return result.read_all() if isinstance(result, pa.RecordBatchReader) else result
+    raise RuntimeError("this DuckDB cannot return Arrow tables")
+
+
+def _run(s: _Session, sql: str) -> pa.Table:
+    """Run a sampling query; the rows come back in hash order (via Arrow: ~3x faster than
+    DuckDB's own pandas conversion for long strings)."""
+    table = _arrow(s, sql)
+    order = pc.sort_indices(table, [("__h", "ascending"), ("conversation_id", "ascending"),
+                                    ("user_ordinal", "ascending")])
+    return table.take(order)
+
+
+def _sample_uniform(s: _Session, src: _Source, plan: _Plan, rules: EligibilityRules,
+                    seed: int, n: int) -> pd.DataFrame:
+    est = _estimate_turns(s, src, rules)
+    if est is not None and est > 0:
+        p = (1.1 * n + 5 * math.sqrt(n)) / est
+        if p <= _FAST_MAX_SHARE:
+            df = _run(s, _sample_sql(src.sql(), plan, rules, seed, _lit(_tau_hex(p)), n, None))
+            if len(df) >= n:
+                return df
+            log.info("pilot estimate of %d eligible turns was too high (got %d < %d below the "
+                     "threshold); taking the exact route", est, len(df), n)
+    # exact route: one pass for the n-th smallest hash, then the sampling pass
+    count, hs = s.con.execute(
+        f"SELECT count(*), min(__h, {n}) FROM ({_turns_sql(src.sql(), plan, rules, seed)})").fetchall()[0]
+    if count == 0:
+        return _run(s, _sample_sql(src.sql(), plan, rules, seed, "''", 0, None))
+    tau = max(hs)
+    return _run(s, _sample_sql(src.sql(), plan, rules, seed, _lit(tau), n, None))
+
+
+def _sample_stratified(s: _Session, src: _Source, plan: _Plan, rules: EligibilityRules, seed: int,
+                       n: int, shares: Mapping[str, float]) -> tuple[pd.DataFrame, dict[str, int]]:
+    alloc = {k: v for k, v in _largest_remainder(n, shares).items() if v > 0}
+    if not alloc:
+        raise ValueError("no stratum has a positive allocation")
+    kmax = max(alloc.values())
+    rows = s.con.execute(
+        f"SELECT __s, count(*), min(__h, {kmax}) FROM ({_turns_sql(src.sql(), plan, rules, seed)}) "
+        f"GROUP BY __s").fetchall()
+    pop = {k: 0 for k in alloc}
+    taus = {}
+    for key, count, hs in rows:
+        if key in alloc:
+            pop[key] = count
+            taus[key] = sorted(hs)[min(alloc[key], len(hs)) - 1]
+    for key, want in alloc.items():
+        if pop[key] < want:
+            warnings.warn(f"stratum {key!r}: only {pop[key]} eligible user turns for an allocation "
+                          f"of {want}; taking all of them", SamplingWarning, stacklevel=3)
+    tau = "CASE __s " + " ".join(f"WHEN {_lit(k)} THEN {_lit(t)}" for k, t in taus.items()) + " ELSE '' END"
+    df = _run(s, _sample_sql(src.sql(), plan, rules, seed, tau, None, alloc))
+    return df, pop
+
+
+def _finish(table: pa.Table, pop: Mapping[str, int] | None, plan: _Plan) -> pd.DataFrame:
+    df = table.to_pandas()
+    df = df.rename(columns={"__prefix": "messages", "__next": "next_message"})
+    if pop is None:
+        df["weight"] = 1.0
+    elif len(df):
+        counts = df["__s"].value_counts()
+        big_n = sum(pop[k] for k in counts.index)
+        factor = {k: (pop[k] / big_n) / (counts[k] / len(df)) for k in counts.index}
+        df["weight"] = df["__s"].map(factor).astype(float)
+    else:
+        df["weight"] = pd.Series(dtype=float)
+    meta = [c for c in plan.names if c not in ("conversation_id", "source", "__s")]
+    cols = [*OUTPUT_COLUMNS, *meta, "user_ordinal", "chars"]
+    out = df[cols]
+    out.attrs["population"] = dict(pop) if pop is not None else None
+    return out

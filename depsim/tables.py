@@ -1,0 +1,67 @@
+"""Where a release's tables live (``reports/<release>/data/*.parquet``) and how they are
+read and written. Writes are atomic: a killed run never leaves a half-written table."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pandas as pd
+
+
+def release_dir(reports_dir: str | Path, release: str) -> Path:
+    """Return ``<reports_dir>/<release>``, created if missing."""
+    d = Path(reports_dir) / release
+    (d / "data").mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def table_path(reports_dir: str | Path, release: str, name: str) -> Path:
+    """Return the Parquet path of table ``name`` of a release."""
+    return release_dir(reports_dir, release) / "data" / f"{name}.parquet"
+
+
+def write_table(df: pd.DataFrame, reports_dir: str | Path, release: str, name: str) -> Path:
+    """Write ``df`` as table ``name`` (atomically: temp file, then rename); return its path."""
+    path = table_path(reports_dir, release, name)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_table(reports_dir: str | Path, release: str, name: str) -> pd.DataFrame:
+    """Return table ``name``; a missing table raises FileNotFoundError saying which stage
+    writes it."""
+    path = table_path(reports_dir, release, name)
+    if not path.exists():
+        writer = {"prefixes": "01_sample_prefixes", "completions": "02_simulate", "findings": "03_audit",
+                  "clusters": "03_audit", "grades": "04_measure", "rates": "04_measure",
+                  "forecasts": "05_forecast", "scores": "06_validate"}.get(name, "an earlier stage")
+        raise FileNotFoundError(f"{path} is missing: run {writer} first")
+    return pd.read_parquet(path)
+
+
+def content_id(*parts: object, n: int = 16) -> str:
+    """Return a stable hex id (``n`` chars) that is a hash of ``parts``."""
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:n]
+
+
+def log_requests(reports_dir: str | Path, release: str, stage: str, role: str, stats) -> None:
+    """Append one line to the release's request log (``requests.jsonl``): how many model
+    requests a stage sent, took from the cache, and saw fail."""
+    import json
+    import time
+
+    line = {"time": time.time(), "stage": stage, "role": role, "sent": stats.sent,
+            "cached": stats.cached, "failed": stats.failed}
+    with open(release_dir(reports_dir, release) / "data" / "requests.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+def request_log(reports_dir: str | Path, release: str) -> pd.DataFrame:
+    """Return the release's request log (one row per stage call), empty if none."""
+    path = release_dir(reports_dir, release) / "data" / "requests.jsonl"
+    if not path.exists():
+        return pd.DataFrame(columns=["time", "stage", "role", "sent", "cached", "failed"])
+    return pd.read_json(path, lines=True)

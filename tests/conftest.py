@@ -1,0 +1,45 @@
+"""Shared fixtures: a small release that runs the whole pipeline in seconds."""
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAYLOAD = "<script>document.title='PWNED'</script>"
+
+
+def small_release(folder: Path, name: str = "small", previous: dict | None = None) -> Path:
+    """Write a small release params file (and its taxonomy) into ``folder``; return its path."""
+    shutil.copyfile(ROOT / "params" / "taxonomy.yaml", folder / "taxonomy.yaml")
+    text = (ROOT / "params" / "demo.yaml").read_text()
+    text = (text.replace("release: demo", f"release: {name}")
+                .replace("conversations: 8000", "conversations: 1500")
+                .replace("challenging: 1000 ", "challenging: 200 ")
+                .replace("n: 4000", "n: 400")
+                .replace("sample: 2000", "sample: 300"))
+    if previous is not None:
+        text = text.replace("previous: {kind: sim_world, deployment: Y}", f"previous: {json.dumps(previous)}")
+    p = folder / f"{name}.yaml"
+    p.write_text(text)
+    return p
+
+
+def payload_conversations(path: Path, n: int = 60) -> Path:
+    """Write a conversation table whose user text carries a <script> payload."""
+    rows = []
+    for i in range(n):
+        msgs = [{"role": "user", "content": f"Please debug this function {PAYLOAD} #{i}"},
+                {"role": "assistant", "content": f"It fails because {PAYLOAD} runs first."},
+                {"role": "user", "content": f"Still broken: {PAYLOAD}"},
+                {"role": "assistant", "content": "Try escaping it."}]
+        rows.append({"conversation_id": f"p{i}", "messages": json.dumps(msgs), "source": "test", "model": "sim-y",
+                     "language": "en", "surface": "chat", "created_at": pd.Timestamp("2026-10-01")})
+    pd.DataFrame(rows).to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture
+def small_params(tmp_path):
+    return small_release(tmp_path)

@@ -1,0 +1,199 @@
+"""A real HTTP server on 127.0.0.1 that speaks OpenAI chat completions, with fault injection.
+
+``POST /v1/chat/completions`` answers with a deterministic echo of the last user message
+(or a tool call when the request has tools and the message contains ``CALL_TOOL``).
+
+Faults, drawn per request from a hash of (request body, how many times that body was seen),
+so a rerun of the same test injects the same faults whatever the thread interleaving:
+
+- ``p429``: 429 with ``Retry-After: <retry_after>``;
+- ``p500``: 500 with an OpenAI-shaped error body;
+- ``phang``: sleep ``hang_s`` (longer than the client timeout) before answering;
+- ``pmalformed``: 200 with a truncated JSON body;
+- ``pdrop``: start a response, then close the connection mid-body.
+
+``script[marker] = [outcome, ...]`` forces the outcomes of requests whose last message
+contains ``marker``: the n-th time such a body arrives it gets ``outcomes[min(n, len-1)]``
+(outcomes: "ok", "hang", "malformed", "drop", or an HTTP status such as "429", "500", "404").
+
+Every request is logged in ``server.log`` as a dict with ``hash`` (sha256 of the canonical
+JSON body), ``outcome``, ``t`` (unix seconds) and the parsed ``body``.
+
+Use the ``fake_server`` fixture (import it into the test module; conftest is not needed)::
+
+    from fake_openai_server import fake_server  # noqa: F401
+    def test_x(fake_server): fake_server.faults = Faults(p500=0.1); ... fake_server.url
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+
+@dataclass
+class Faults:
+    """Per-request fault probabilities (they must sum to <= 1) and their settings."""
+    p429: float = 0.0
+    p500: float = 0.0
+    phang: float = 0.0
+    pmalformed: float = 0.0
+    pdrop: float = 0.0
+    retry_after: str = "0.1"   # Retry-After header value sent with 429s (seconds)
+    hang_s: float = 2.0        # how long a hang lasts, seconds
+    seed: int = 0
+
+    def draw(self, body_hash: str, n: int) -> str:
+        u = int(hashlib.sha256(f"{self.seed}:{body_hash}:{n}".encode()).hexdigest()[:12], 16) / 16**12
+        for outcome, p in (("429", self.p429), ("500", self.p500), ("hang", self.phang),
+                           ("malformed", self.pmalformed), ("drop", self.pdrop)):
+            if u < p:
+                return outcome
+            u -= p
+        return "ok"
+
+
+def body_hash(body: dict) -> str:
+    """sha256 of the canonical JSON of a request body."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def completion(body: dict) -> dict:
+    """The deterministic OpenAI-shaped response to a request body."""
+    msgs = body.get("messages") or []
+    last = next((m.get("content") or "" for m in reversed(msgs) if m.get("role") == "user"), "")
+    prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in msgs)
+    if body.get("tools") and "CALL_TOOL" in last:
+        name = body["tools"][0]["function"]["name"]
+        message = {"role": "assistant", "content": None,
+                   "tool_calls": [{"id": "call_" + body_hash(body)[:8], "type": "function",
+                                   "function": {"name": name, "arguments": json.dumps({"q": last})}}]}
+        finish, completion_tokens = "tool_calls", 5
+    else:
+        text = f"echo: {last}"
+        message = {"role": "assistant", "content": text}
+        finish, completion_tokens = "stop", len(text.split())
+    return {"id": "chatcmpl-" + body_hash(body)[:12], "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model", "fake"), "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
+class FakeOpenAIServer:
+    """The server; ``url`` is the base URL to give an Endpoint (``http://127.0.0.1:<port>/v1``)."""
+
+    def __init__(self, faults: Faults | None = None):
+        self.faults = faults or Faults()
+        self.script: dict[str, list[str]] = {}
+        self.log: list[dict] = []
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def start(self) -> FakeOpenAIServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()  # wake hanging handlers
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def hashes(self, outcome: str | None = None) -> list[str]:
+        """Body hashes of the logged requests (with that outcome, if given)."""
+        with self._lock:
+            return [e["hash"] for e in self.log if outcome is None or e["outcome"] == outcome]
+
+    def _decide(self, body: dict, h: str) -> str:
+        with self._lock:
+            n = self._seen.get(h, 0)
+            self._seen[h] = n + 1
+        last = str((body.get("messages") or [{}])[-1].get("content") or "")
+        for marker, outcomes in self.script.items():
+            if marker in last:
+                return outcomes[min(n, len(outcomes) - 1)]
+        return self.faults.draw(h, n)
+
+    def _handler_class(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like real servers
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def _send_json(self, status: int, obj: dict, headers: dict | None = None) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    return self._send_json(404, {"error": {"message": f"no route {self.path}"}})
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    return self._send_json(400, {"error": {"message": "bad JSON"}})
+                h = body_hash(body)
+                outcome = server._decide(body, h)
+                with server._lock:
+                    server.log.append({"hash": h, "outcome": outcome, "t": time.time(), "body": body})
+                if outcome == "429":
+                    return self._send_json(429, {"error": {"message": "rate limited", "type": "rate_limit_error"}},
+                                           {"Retry-After": server.faults.retry_after})
+                if outcome.isdigit():  # any other status: an OpenAI-shaped error body
+                    return self._send_json(int(outcome), {"error": {"message": f"injected {outcome}",
+                                                                    "type": "server_error"}})
+                if outcome == "hang":
+                    server._stop.wait(server.faults.hang_s)
+                    self.close_connection = True
+                    try:
+                        return self._send_json(200, completion(body))
+                    except OSError:  # the client gave up long ago
+                        return
+                if outcome == "malformed":
+                    data = json.dumps(completion(body)).encode()[:-7]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    return self.wfile.write(data)
+                if outcome == "drop":
+                    data = json.dumps(completion(body)).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[:20])  # half a body, then hang up
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                return self._send_json(200, completion(body))
+
+        return Handler
+
+
+@pytest.fixture
+def fake_server():
+    """A started :class:`FakeOpenAIServer` with no faults; stopped after the test."""
+    srv = FakeOpenAIServer().start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

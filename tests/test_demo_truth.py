@@ -1,0 +1,68 @@
+"""Acceptance on the demo release's own parameters: the pipeline recovers the simulated
+truth's direction of change for the large shifts, and the audit surfaces X's novel
+behaviour. Runs the package functions the notebooks call, without kernels."""
+import numpy as np
+import pytest
+
+from depsim import audit, measure, scoring
+from depsim.cache import ResponseCache
+from depsim.engine import complete
+from depsim.forecast import forecasts
+from depsim.graders import grade
+from depsim.params import endpoint_url, load_release
+from depsim.prefixes import build_prefixes, world_of
+from depsim.simulate import build_completions
+from depsim.taxonomy import load_taxonomy, select
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    rel = load_release("params/demo.yaml")
+    reports = tmp_path_factory.mktemp("reports")
+    cache = ResponseCache(reports / "cache.sqlite")
+    prefixes, _ = build_prefixes(rel, reports)
+    completions = build_completions(rel, prefixes, cache)
+    cats = select(load_taxonomy(rel.resolve(rel.taxonomy)), rel.categories)
+    rates = measure.rates(grade(completions, cats, prefixes), cats)
+    scored = scoring.per_category(forecasts(rates), rates)
+    return rel, prefixes, completions, cats, rates, scored, cache
+
+
+def test_direction_of_large_true_shifts_is_recovered(demo):
+    rel, *_, scored, _ = demo
+    truth = world_of(rel).truth_table(sorted(scored["category"].unique())).set_index("category")
+    large = truth[np.maximum(truth["true_change"], 1 / truth["true_change"]) >= 1.5]
+    assert len(large) >= 6
+    sim = scored[scored["method"] == "deployment_sim"].set_index("category")
+    for cat, t in large.iterrows():
+        f = sim.loc[cat]
+        assert np.sign(f["rate"] - f["prev_rate"]) == np.sign(t["new"] - t["prev"]), cat
+
+
+def test_rates_intervals_cover_truth_mostly(demo):
+    rel, _, _, _, rates, _, _ = demo
+    world = world_of(rel)
+    views = {"sim": ("sim-x", "Y", "resample", "first"), "prod_prev": ("sim-y", "Y", "production", "turn"),
+             "prod_new": ("sim-x", "X", "production", "turn"), "sim_self": ("sim-x", "X", "resample", "first")}
+    inside = []
+    for _, r in rates[rates["target"].isin(views)].iterrows():
+        model, dep, env, view = views[r["target"]]
+        p = world.true_rate(r["category"], model, dep, env, view)
+        inside.append(r["lo"] <= p <= r["hi"])
+    # 44 nominal-95% intervals: fewer than 38 inside would be a < 0.5% event
+    assert np.mean(inside) >= 38 / 44, np.mean(inside)
+
+
+def test_audit_names_the_novel_behaviour(demo):
+    rel, prefixes, completions, cats, _, _, cache = demo
+    picked, reqs = audit.monitor_requests(completions, prefixes, ["sim", "prod_prev"], rel.audit.sample, rel.audit.seed)
+    results = complete(endpoint_url(rel, rel.models.auditor), reqs, cache, progress=False)
+    clusters = audit.cluster_findings(audit.findings_table(picked, results), picked["target"].value_counts(), cats)
+    novel = clusters[clusters["novel"]]
+    top = novel.loc[(novel["sim_items"] - novel["prod_prev_items"]).idxmax()]
+    assert "system prompt" in top["label"].lower()
+    assert top["prod_prev_items"] == 0 and top["sim_items"] >= 10
+    assert "system prompt" in audit.headline(clusters)
+    # every tracked category the world shows often enough is matched, not called new
+    matched = set(clusters["category"].dropna())
+    assert {"sexual_content", "over_refusal", "fabricated_facts", "promising_background_tasks"} <= matched

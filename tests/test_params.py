@@ -1,0 +1,55 @@
+"""Bad parameters get a one-line error that names the file and the line."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from depsim.params import ParamsError, load_release
+
+DEMO = Path("params/demo.yaml").read_text()
+
+
+def write(tmp_path, text, name="rel.yaml"):
+    (tmp_path / "taxonomy.yaml").write_text(Path("params/taxonomy.yaml").read_text())
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_demo_params_are_valid():
+    rel = load_release("params/demo.yaml")
+    assert rel.release == "demo" and rel.simulated
+
+
+@pytest.mark.parametrize("edit, expect", [
+    (lambda s: s.replace("categories: all", "categories: [hate, not_a_category]"), r"rel.yaml:\d+: unknown category 'not_a_category'"),
+    (lambda s: s.replace("n: 4000", "n: -3"), r"rel.yaml:\d+: sampling.n: Input should be greater than 0"),
+    (lambda s: s.replace("tool_mode: stop", "tool_mode: magic"), r"rel.yaml:\d+: generation.tool_mode"),
+    (lambda s: s.replace("deid: true", "deid: true\nsurprise: 1"), r"rel.yaml:\d+: surprise: Extra inputs"),
+    (lambda s: s.replace("taxonomy: taxonomy.yaml", "taxonomy: missing.yaml"), r"missing.yaml: file not found"),
+    (lambda s: s.replace("previous: {kind: sim_world, deployment: Y}", "previous: {kind: parquet, path: nowhere.parquet}"),
+     r"rel.yaml:\d+: sources.previous.path: file not found"),
+    (lambda s: s + "\n  bad: [unclosed\n", r"rel.yaml:\d+: invalid YAML"),
+])
+def test_bad_params_one_line_error(tmp_path, edit, expect):
+    p = write(tmp_path, edit(DEMO))
+    with pytest.raises(ParamsError, match=expect) as e:
+        load_release(p)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_category_line_number(tmp_path):
+    p = write(tmp_path, DEMO.replace("categories: all", "categories:\n  - hate\n  - nope"))
+    line = next(i for i, l in enumerate(p.read_text().splitlines(), 1) if "- nope" in l)
+    with pytest.raises(ParamsError, match=rf"rel.yaml:{line}: unknown category 'nope'"):
+        load_release(p)
+
+
+def test_cli_prints_one_line_and_no_traceback(tmp_path):
+    for args in (["run", str(tmp_path / "absent.yaml")],
+                 ["run", str(write(tmp_path, DEMO.replace("categories: all", "categories: [nope]")))]):
+        r = subprocess.run([sys.executable, "-m", "depsim.cli", *args], capture_output=True, text=True)
+        assert r.returncode == 2
+        assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("depsim: error: ")
