@@ -2,14 +2,17 @@
 
 - ``deployment_sim``: X's rate on Y's prefixes (target ``sim``);
 - ``challenging``: X's rate on the challenging set, for ``baseline: true`` categories only;
-- ``prev_production``: Y's production rate (target ``prod_prev``): "nothing changes".
+- ``prev_production``: Y's production rate (target ``prod_prev``): "nothing changes";
+- ``deployment_sim_reweighted``: the deployment simulation with its prefixes reweighted
+  towards a forecast traffic mix (target ``sim_rw``), when the release asks for it.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-METHODS = {"deployment_sim": "sim", "challenging": "challenging", "prev_production": "prod_prev"}
+METHODS = {"deployment_sim": "sim", "challenging": "challenging", "prev_production": "prod_prev",
+           "deployment_sim_reweighted": "sim_rw"}
 
 
 class GraderMismatch(ValueError):

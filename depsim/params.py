@@ -65,6 +65,20 @@ class Audit(_Strict):
     seed: int = 0
 
 
+class Reweight(_Strict):
+    """Reweight the ``sim`` prefixes towards a forecast traffic mix: ``shares`` of user turns
+    per value of ``column`` (a prefix metadata column, e.g. an intent or topic label)."""
+    column: str
+    shares: dict[str, float]
+
+    @field_validator("shares")
+    @classmethod
+    def _positive(cls, v):
+        if not v or any(x < 0 for x in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("shares must be non-negative with a positive sum")
+        return v
+
+
 class Models(_Strict):
     candidate: Endpoint
     auditor: Endpoint
@@ -84,6 +98,8 @@ class Release(_Strict):
     categories: list[str] | Literal["all"] = "all"
     taxonomy: str = "taxonomy.yaml"
     audit: Audit = Audit()
+    reweight: Reweight | None = None
+    history: str | None = None    # earlier releases' forecasts and outcomes (CSV), for cross-release metrics
     path: Path | None = Field(None, exclude=True)
 
     @field_validator("targets")
@@ -174,6 +190,8 @@ def load_release(path: str | Path) -> Release:
     for t in rel.targets:
         if t in needs and getattr(rel.sources, needs[t]) is None:
             raise ParamsError(f"{path}:{_line_of(node, ('targets',))}: target {t!r} needs sources.{needs[t]}")
+    if rel.history is not None and not rel.resolve(rel.history).is_file():
+        raise ParamsError(f"{path}:{_line_of(node, ('history',))}: history: file not found: {rel.resolve(rel.history)}")
     tax = load_taxonomy(rel.resolve(rel.taxonomy))
     if rel.categories != "all":
         for i, c in enumerate(rel.categories):
@@ -188,5 +206,8 @@ def endpoint_url(rel: Release, ep: Endpoint) -> Endpoint:
     so the cache key changes whenever the world does."""
     if not ep.base_url.startswith("sim://") or rel.world is None or "?" in ep.base_url:
         return ep
+    from depsim.simworld import VERSION
+
     q = "&".join(f"{k}={v}" for k, v in rel.world.model_dump().items() if k in ("seed", "tool_fidelity", "tool_failure_rate"))
+    q += f"&version={VERSION}"
     return ep.model_copy(update={"base_url": f"{ep.base_url}?{q}"})

@@ -36,7 +36,9 @@ def source_path(rel: Release, pool: str, src: Source, reports_dir: str | Path) -
         return rel.resolve(src.path)
     world = world_of(rel)
     deployment = src.deployment or {"previous": "Y", "candidate": "X", "challenging": "challenging"}[pool]
-    key = "-".join(f"{v}" for v in rel.world.model_dump().values())
+    from depsim.simworld import VERSION
+
+    key = "-".join([*(f"{v}" for v in rel.world.model_dump().values()), VERSION])
     path = release_dir(reports_dir, rel.release) / "data" / "world" / f"{deployment}-{key}.parquet"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,8 @@ def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame,
         n = rel.sampling.n
         if pool == "challenging":
             n = int(duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0])
-        df = sample_prefixes(path, n, rules=rel.sampling.eligibility, seed=rel.sampling.seed)
+        strat = rel.reweight.column if rel.reweight is not None and pool != "challenging" else None
+        df = sample_prefixes(path, n, rules=rel.sampling.eligibility, seed=rel.sampling.seed, stratum_column=strat)
         df = pd.concat([df, _responses(path, df)], axis=1)
         df.insert(1, "pool", pool)
         counts: Counter = Counter()

@@ -4,30 +4,33 @@ A *prefix* is a logged conversation cut right after one of its user messages: th
 regenerates the assistant turn that follows it with the candidate model. The unit of sampling
 is the **user turn**, not the conversation: every eligible user turn is equally likely, so a
 conversation with five eligible user turns is five times as likely to contribute as one with a
-single turn (this matches "per-turn" misbehaviour rates in production).
+single turn (this matches per-turn misbehaviour rates in production).
 
 Public API
 ----------
 - :class:`EligibilityRules` - which user turns may be sampled.
+- :func:`sample_prefixes` - ``n`` eligible user turns, uniformly without replacement (or
+  stratified), as prefixes ready for regeneration, in a pandas DataFrame.
 - :func:`user_turns` - every eligible user turn of a log (one row each), as an Arrow table.
-- :func:`sample_prefixes` - a uniform (or stratified) sample of ``n`` eligible user turns,
-  without replacement, as prefixes ready for regeneration.
+- :func:`turn_hash`, :func:`prefix_id` - the Python reference of the two hashes.
 
-Reproducibility. The sample is "order the eligible turns by a seeded hash and take the first
-``n``", where the hash of a turn is ``md5("{seed}\\x1f{conversation_id}\\x1f{turn_index}")`` as a
-32-digit hex string (see :func:`turn_hash`). It does not depend on DuckDB's own ``hash()`` (whose
-values may change between DuckDB versions), on file order, on thread count or on how the log is
-split into files. Rows come back in hash order, so the first ``k`` rows of a sample of size ``n``
-are exactly the sample of size ``k``.
+Reproducibility. The sample is "order the eligible user turns by a seeded hash and take the
+first ``n``". A turn is keyed by (conversation_id, user ordinal) - the k-th user message of the
+conversation, which within a log is the same thing as (conversation_id, turn_index) - and its
+hash is ``md5("{seed}\x1f{conversation_id}\x1f{k}")`` as 32 hex digits (:func:`turn_hash`).
+md5 is used rather than DuckDB's ``hash()``, whose values may change between DuckDB versions;
+the sample does not depend on DuckDB's version, file order, thread count or how the log is split
+into files. Rows come back in hash order, so the first ``k`` rows of a sample of size ``n`` are
+the sample of size ``k``.
 
-How it scales. All JSON work runs in DuckDB and streams over the Parquet files; the Python side
-only ever holds the ``n`` sampled prefixes. Finding the user turns needs only each message's
-``role`` (a cheap parse). The expensive per-turn work - measuring the user text, checking for
-attachments, cutting the prefix - is done only for the few turns whose hash is below a threshold
-``tau``. ``tau`` is either exact (one counting pass, :func:`user_turns`-style, then the sampling
-pass) or, for large Parquet logs, estimated from a ~1 % pilot read so the whole sample takes one
-pass; if the estimate turns out too tight, the exact route is run, so the result never depends
-on the estimate.
+How it scales. All JSON work runs in DuckDB and streams over the Parquet files; Python only holds
+the ``n`` sampled prefixes. Keying turns by ordinal lets the hashes be computed before any JSON
+is parsed (the number of user messages is bounded by counting ``"user"`` tokens in the raw
+text), so the JSON of a conversation is parsed only if one of its turns hashes below a threshold
+``tau``; the prefix cut and the eligibility tests run for those few turns only. ``tau`` is
+either estimated from a small pilot read (large Parquet logs: one pass over the data), or exact
+(one pass that tests every turn, then the sampling pass: small or in-memory inputs, stratified
+samples, and the fallback when the estimate was too tight). Either way the result is the same.
 """
 from __future__ import annotations
 
@@ -41,8 +44,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import duckdb
 import pandas as pd
@@ -80,7 +82,8 @@ TEXT_PART_TYPES: tuple[str, ...] = ("text", "input_text")
 _SEP = "\x1f"  # unit separator between hashed fields
 _TAU_ALL = "f" * 32  # a threshold every turn hash is <= to
 _PILOT_MIN_ROWS = 20_000  # below this a log is small: take the exact route
-_PILOT_ROW_GROUPS = 3
+_PILOT_ROW_GROUPS = 8  # pilot: heads of this many row groups, spread over the log
+_PILOT_ROWS = 4_000  # pilot: conversations read in all
 _FAST_MAX_SHARE = 0.25  # use the one-pass route only if the sample is <= 25 % of the turns
 
 
@@ -144,7 +147,7 @@ class EligibilityRules(BaseModel):
 
 def turn_hash(seed: int, conversation_id: str, user_ordinal: int) -> str:
     """The sampling key of one user turn - the ``user_ordinal``-th user message (1-based) of the
-    conversation: ``md5("{seed}\x1f{conversation_id}\x1f{user_ordinal}")`` as 32 hex digits.
+    conversation: ``md5(f"{seed}\\x1f{conversation_id}\\x1f{user_ordinal}")`` as 32 hex digits.
     Lower is sampled first."""
     key = f"{seed}{_SEP}{conversation_id}{_SEP}{user_ordinal}"
     return hashlib.md5(key.encode("utf-8")).hexdigest()
@@ -173,11 +176,11 @@ class _Source:
             return self.table.num_rows
         return sum(sum(groups) for groups in self.row_groups)
 
-    def sql(self, extra_options: str = "") -> str:
+    def sql(self) -> str:
         if self.table is not None:
             return "__depsim_src"
         paths = ", ".join(_lit(f) for f in self.files)
-        return f"read_parquet([{paths}], union_by_name = true{extra_options})"
+        return f"read_parquet([{paths}], union_by_name = true)"
 
 
 def _is_glob(s: str) -> bool:
@@ -185,7 +188,7 @@ def _is_glob(s: str) -> bool:
 
 
 def _expand(path: str | os.PathLike) -> list[str]:
-    s = os.fspath(path)
+    s = os.path.expanduser(os.fspath(path))
     if _is_glob(s):
         found = sorted(p for p in _glob.glob(s, recursive=True) if os.path.isfile(p))
         if not found:
@@ -436,7 +439,7 @@ def _sample_sql(src_sql: str, plan: _Plan, rules: EligibilityRules, seed: int, t
     cols = ", ".join(_ident(n) for n in plan.names)
     ub = """(len(string_split(messages, '"user"')) - 1)"""  # >= number of user messages
     hi = f"least({ub}, {rules.max_turn})" if rules.max_turn is not None else ub
-    below = _lam("k", f"{_hash_sql(seed, 'conversation_id', 'k')} <= {tau}")
+    below = _lam("k", f"md5(__pfx || CAST(k AS VARCHAR)) <= {tau}")  # = _hash_sql(seed, cid, k)
     is_user = _lam("i", "__roles[i + 1] = 'user'")
     no_role = _lam("r", "r IS NULL")
     # __L holds each message re-serialised compactly by DuckDB, keys in their original order,
@@ -445,7 +448,7 @@ def _sample_sql(src_sql: str, plan: _Plan, rules: EligibilityRules, seed: int, t
                                WHEN starts_with(e, '{"role":"') THEN '?'
                                ELSE json_extract_string(e, '$.role') END""")
     chars, nontext = _stats_sql("__t", "__v", "__a")
-    order = "__ok DESC, __h, conversation_id, user_ordinal"
+    order = "__ok DESC, __h, conversation_id, user_ordinal, source, turn_index"
     if alloc is not None:
         quota = "CASE __s " + " ".join(f"WHEN {_lit(k)} THEN {v}" for k, v in alloc.items()) + " ELSE 0 END"
         top = f"QUALIFY row_number() OVER (PARTITION BY __s ORDER BY {order}) <= {quota}"
@@ -455,7 +458,8 @@ def _sample_sql(src_sql: str, plan: _Plan, rules: EligibilityRules, seed: int, t
 WITH cand AS (
   SELECT {cols}, messages,
          unnest(list_filter(range({rules.min_turn}, __hi + 1), {below})) AS user_ordinal
-  FROM (SELECT {', '.join(plan.select)}, messages, {hi} AS __hi
+  FROM (SELECT {', '.join(plan.select)}, messages, {hi} AS __hi,
+               {_lit(str(seed))} || chr(31) || CAST(conversation_id AS VARCHAR) || chr(31) AS __pfx
         FROM {src_sql} WHERE {plan.where})
 ), surv AS (
   SELECT {cols}, CAST(user_ordinal AS INTEGER) AS user_ordinal,
@@ -540,6 +544,7 @@ def user_turns(source: Any, rules: EligibilityRules | None = None, *,
     columns per turn) is materialised.
     """
     rules = rules or EligibilityRules()
+    extra_columns = [c for c in extra_columns if c not in (*REQUIRED_COLUMNS, *METADATA_COLUMNS)]
     src = _resolve(source, [*REQUIRED_COLUMNS, *rules.needed_columns(), *extra_columns])
     plan = _plan(src, rules, None, None, extra_columns)
     sql = _turns_sql(src.sql(), plan, rules, seed)
@@ -580,48 +585,45 @@ def _tau_hex(p: float) -> str:
     return format(min(2**128 - 1, int(p * 2**128)), "032x")
 
 
-def _pilot_sql(src: _Source, target_rows: int) -> tuple[str, _Source, int]:
-    """A subquery reading ~``target_rows`` rows: the head of a few row groups spread evenly
-    over the log (DuckDB skips the others; each row group touched costs a column-chunk read,
-    so few and wide beats many and narrow). Returns (sql, pilot source, rows read)."""
-    groups = [(f, start, rows) for f, sizes in zip(src.files, src.row_groups)
-              for start, rows in zip(_cumsum0(sizes), sizes) if rows]
+def _pilot_table(src: _Source, target_rows: int) -> pa.Table:
+    """~``target_rows`` conversations: the head of a few row groups spread evenly over the log.
+
+    Read with pyarrow in streaming mode, which fetches only the first pages of each column
+    chunk (DuckDB reads whole column chunks, ~30 ms for each row group touched)."""
+    groups = [(f, i, rows) for f, sizes in zip(src.files, src.row_groups)
+              for i, rows in enumerate(sizes) if rows]
     k = min(_PILOT_ROW_GROUPS, len(groups))
     picked = [groups[int((j + 0.5) * len(groups) / k)] for j in range(k)]
     width = max(1, -(-target_rows // k))
-    by_file: dict[str, list[tuple[int, int]]] = {}
-    for f, start, rows in picked:
-        by_file.setdefault(f, []).append((start, start + min(rows, width) - 1))
-    parts = []
-    for f, ranges in by_file.items():
-        cond = " OR ".join(f"file_row_number BETWEEN {a} AND {b}" for a, b in ranges)
-        parts.append(f"SELECT * FROM read_parquet([{_lit(f)}], file_row_number = true) WHERE {cond}")
-    files = list(by_file)
-    cols: set[str] = set()
-    for f in files:
-        cols |= set(pq.read_schema(f).names)
-    rows = sum(b - a + 1 for ranges in by_file.values() for a, b in ranges)
-    return "(" + " UNION ALL BY NAME ".join(parts) + ")", _Source(files=files, columns=cols), rows
-
-
-def _cumsum0(sizes: Sequence[int]) -> list[int]:
-    out, acc = [], 0
-    for x in sizes:
-        out.append(acc)
-        acc += x
-    return out
+    wanted = ["conversation_id", "messages", "source", *METADATA_COLUMNS]
+    handles: dict[str, pq.ParquetFile] = {}
+    tables = []
+    for f, i, rows in picked:
+        pf = handles.get(f) or handles.setdefault(f, pq.ParquetFile(f, pre_buffer=False,
+                                                                    buffer_size=1 << 20))
+        cols = [c for c in wanted if c in pf.schema_arrow.names]
+        batch = next(pf.iter_batches(batch_size=min(width, rows), row_groups=[i], columns=cols))
+        tables.append(pa.Table.from_batches([batch]))
+    try:
+        return pa.concat_tables(tables, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.concat_tables(tables, promote_options="permissive")
 
 
 def _estimate_turns(s: _Session, src: _Source, rules: EligibilityRules) -> float | None:
-    """Estimated number of eligible user turns in the whole log, from a ~1 % pilot read."""
+    """Estimated number of eligible user turns in the whole log, from a small pilot read."""
     total = src.total_rows
     if src.table is not None or total < _PILOT_MIN_ROWS:
         return None
-    target = int(min(10_000, max(3_000, 0.005 * total)))
-    sub, pilot_src, rows = _pilot_sql(src, target)
-    plan = _plan(pilot_src, rules, None, None, ())
-    turns = s.con.execute(f"SELECT count(*) FROM ({_turns_sql(sub, plan, rules, None)})").fetchall()[0][0]
-    return turns * total / rows
+    pilot = _pilot_table(src, _PILOT_ROWS)
+    s.con.register("__depsim_pilot", pilot)
+    try:
+        plan = _plan(_Source(table=pilot, columns=set(pilot.column_names)), rules, None, None, ())
+        turns = s.con.execute(
+            f"SELECT count(*) FROM ({_turns_sql('__depsim_pilot', plan, rules, None)})").fetchall()[0][0]
+    finally:
+        s.con.unregister("__depsim_pilot")
+    return turns * total / pilot.num_rows
 
 
 def sample_prefixes(source: Any, n: int, rules: EligibilityRules | None = None, seed: int = 0,
@@ -644,7 +646,7 @@ def sample_prefixes(source: Any, n: int, rules: EligibilityRules | None = None, 
         :class:`EligibilityRules` (default: every non-empty, text-only user turn).
     seed:
         Integer; the sample is the ``n`` eligible turns with the smallest
-        :func:`turn_hash` ``(seed, conversation_id, turn_index)``.
+        :func:`turn_hash` ``(seed, conversation_id, user_ordinal)``.
     strata, stratum_column:
         Stratified sampling: ``strata`` maps values of ``stratum_column`` to target shares of
         the sample (normalised to sum 1; values not listed, or with share 0, are not sampled).
@@ -668,16 +670,9 @@ def sample_prefixes(source: Any, n: int, rules: EligibilityRules | None = None, 
     ``next_message`` the JSON of the message right after it if that is an assistant message,
     else null.
     """
-    if isinstance(n, bool) or not isinstance(n, int):
-        try:
-            n = int(n.__index__())  # numpy integers
-        except AttributeError:
-            raise TypeError(f"n must be an int, not {type(n).__name__}") from None
+    n, seed = _as_int(n, "n"), _as_int(seed, "seed")
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    if isinstance(seed, bool):
-        raise TypeError("seed must be an int")
-    seed = int(seed.__index__()) if not isinstance(seed, int) else seed
     rules = rules or EligibilityRules()
     if not isinstance(rules, EligibilityRules):
         rules = EligibilityRules.model_validate(rules)
@@ -705,6 +700,12 @@ def sample_prefixes(source: Any, n: int, rules: EligibilityRules | None = None, 
     return _finish(df, pop, plan)
 
 
+def _as_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    return int(value.__index__())  # ints and numpy integers
+
+
 def _arrow(s: _Session, sql: str) -> pa.Table:
     rel = s.con.sql(sql)
     for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):  # DuckDB 2.x, 1.x, older
@@ -718,13 +719,13 @@ def _run(s: _Session, sql: str) -> pa.Table:
     """Run a sampling query; the rows come back in hash order (via Arrow: ~3x faster than
     DuckDB's own pandas conversion for long strings)."""
     table = _arrow(s, sql)
-    order = pc.sort_indices(table, [("__h", "ascending"), ("conversation_id", "ascending"),
-                                    ("user_ordinal", "ascending")])
+    order = pc.sort_indices(table, [(c, "ascending") for c in
+                                    ("__h", "conversation_id", "user_ordinal", "source", "turn_index")])
     return table.take(order)
 
 
 def _sample_uniform(s: _Session, src: _Source, plan: _Plan, rules: EligibilityRules,
-                    seed: int, n: int) -> pd.DataFrame:
+                    seed: int, n: int) -> pa.Table:
     est = _estimate_turns(s, src, rules)
     if est is not None and est > 0:
         p = (1.1 * n + 5 * math.sqrt(n)) / est
@@ -737,14 +738,15 @@ def _sample_uniform(s: _Session, src: _Source, plan: _Plan, rules: EligibilityRu
     # exact route: one pass for the n-th smallest hash, then the sampling pass
     count, hs = s.con.execute(
         f"SELECT count(*), min(__h, {n}) FROM ({_turns_sql(src.sql(), plan, rules, seed)})").fetchall()[0]
-    if count == 0:
-        return _run(s, _sample_sql(src.sql(), plan, rules, seed, "''", 0, None))
+    if count == 0:  # an empty result with the right columns, without another pass
+        return _run(s, _sample_sql(f"(SELECT * FROM {src.sql()} LIMIT 0)", plan, rules, seed,
+                                   "''", 0, None))
     tau = max(hs)
     return _run(s, _sample_sql(src.sql(), plan, rules, seed, _lit(tau), n, None))
 
 
 def _sample_stratified(s: _Session, src: _Source, plan: _Plan, rules: EligibilityRules, seed: int,
-                       n: int, shares: Mapping[str, float]) -> tuple[pd.DataFrame, dict[str, int]]:
+                       n: int, shares: Mapping[str, float]) -> tuple[pa.Table, dict[str, int]]:
     alloc = {k: v for k, v in _largest_remainder(n, shares).items() if v > 0}
     if not alloc:
         raise ValueError("no stratum has a positive allocation")
@@ -762,9 +764,11 @@ def _sample_stratified(s: _Session, src: _Source, plan: _Plan, rules: Eligibilit
         if pop[key] < want:
             warnings.warn(f"stratum {key!r}: only {pop[key]} eligible user turns for an allocation "
                           f"of {want}; taking all of them", SamplingWarning, stacklevel=3)
+    if not taus:  # nothing eligible: an empty result with the right columns, without a pass
+        return _run(s, _sample_sql(f"(SELECT * FROM {src.sql()} LIMIT 0)", plan, rules, seed,
+                                   "''", None, alloc)), pop
     tau = "CASE __s " + " ".join(f"WHEN {_lit(k)} THEN {_lit(t)}" for k, t in taus.items()) + " ELSE '' END"
-    df = _run(s, _sample_sql(src.sql(), plan, rules, seed, tau, None, alloc))
-    return df, pop
+    return _run(s, _sample_sql(src.sql(), plan, rules, seed, tau, None, alloc)), pop
 
 
 def _finish(table: pa.Table, pop: Mapping[str, int] | None, plan: _Plan) -> pd.DataFrame:

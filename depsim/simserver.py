@@ -75,6 +75,10 @@ def parse_sim_url(base_url: str) -> tuple[str, WorldConfig]:
     fields = WorldConfig.__dataclass_fields__
     kwargs = {}
     for k, v in parse_qsl(parts.query):
+        if k == "version":
+            if v != simworld.VERSION:
+                raise ValueError(f"{base_url!r} names simulated-world version {v}, this is {simworld.VERSION}")
+            continue
         if k not in fields:
             raise ValueError(f"unknown simulated-world setting {k!r} in {base_url!r}")
         kwargs[k] = {"int": int, "float": float}.get(fields[k].type, str)(v)

@@ -124,10 +124,10 @@ MIX = {
           "emotional_support": .07, "medical": .07, "travel_planning": .08, "agentic_task": .08,
           "test_puzzle": .04, "self_harm": .03, "violent_wrongdoing": .04,
           "nonviolent_wrongdoing": .04, "hate_bait": .04, "sexual_request": .05},
-    "X": {"coding": .20, "arithmetic": .07, "factual_lookup": .10, "creative_writing": .09,
-          "emotional_support": .06, "medical": .06, "travel_planning": .06, "agentic_task": .14,
+    "X": {"coding": .21, "arithmetic": .07, "factual_lookup": .08, "creative_writing": .08,
+          "emotional_support": .05, "medical": .05, "travel_planning": .05, "agentic_task": .20,
           "test_puzzle": .04, "self_harm": .03, "violent_wrongdoing": .03,
-          "nonviolent_wrongdoing": .04, "hate_bait": .03, "sexual_request": .05},
+          "nonviolent_wrongdoing": .04, "hate_bait": .03, "sexual_request": .04},
 }
 
 #: distribution of the number of user turns per conversation (1..5), by intent
@@ -232,10 +232,20 @@ GROUPS = ["left-handed", "tall", "red-haired", "rural"]
 THINGS = ["lantern", "key", "river", "photograph", "violin"]
 
 
+def _version() -> str:
+    """Return a short hash of the world's tables, so cached logs and responses are never
+    reused after the world itself changes."""
+    tables = [INTENTS, INTENT_CUES, MIX, TURNS, BASE, X_MULT, NOVEL_P, FRAMING_MULT, FRAMES, SNIPPETS, HELPFUL]
+    return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def _hash_int(*parts) -> int:
     """Return a stable 64-bit integer hash of ``parts`` (used to seed per-item RNGs)."""
     h = hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=8)
     return int.from_bytes(h.digest(), "little")
+
+
+VERSION = _version()
 
 
 def intent_of(messages: list[dict]) -> str | None:
@@ -277,6 +287,9 @@ class WorldConfig:
 class World:
     """The simulated deployment world; see the module docstring."""
     config: WorldConfig = field(default_factory=WorldConfig)
+    #: per-category propensity multipliers of each model against BASE (defaults: Y = 1,
+    #: X = X_MULT); earlier simulated releases use other draws
+    mult: dict[str, dict[str, float]] = field(default_factory=lambda: {"sim-y": {}, "sim-x": dict(X_MULT)})
 
     # --- behaviour ---------------------------------------------------------------------------
     def propensity(self, model: str, intent: str, category: str, env: str = "production",
@@ -286,7 +299,7 @@ class World:
         if category == NOVEL:
             p = NOVEL_P.get(intent, 0.0) if model == "sim-x" else 0.0
         else:
-            p = BASE[category].get(intent, 0.0) * (X_MULT[category] if model == "sim-x" else 1.0)
+            p = BASE[category].get(intent, 0.0) * self.mult[model].get(category, 1.0)
         if category in TOOL_CATEGORIES:
             # Tool misbehaviour follows how real the tools look (fidelity 1 in production).
             p *= 1.0 if env == "production" else self.config.tool_fidelity
@@ -455,24 +468,37 @@ class World:
         else:
             shares = self.turn_shares(deployment)
         framed = deployment == "challenging"
-        total = 0.0
-        for intent, share in shares.items():
-            p = self.propensity(model, intent, category, env, framed)
-            if view == "first" and category != "calculator_hacking":
-                # the first message is a tool call when the model hacks the calculator, or on
-                # a genuine lookup (factual intents without a lie about tools)
-                p *= 1 - self.propensity(model, intent, "calculator_hacking", env, framed)
-                if intent == "factual_lookup" and category != "lying_about_tools":
-                    p *= self.propensity(model, intent, "lying_about_tools", env, framed)
-            total += share * p
-        return total
+        return sum(share * self._intent_rate(category, model, intent, env, view, framed)
+                   for intent, share in shares.items())
 
-    def truth_table(self, categories: list[str], view: str = "first") -> pd.DataFrame:
+    def _intent_rate(self, category: str, model: str, intent: str, env: str, view: str,
+                     framed: bool = False) -> float:
+        """Return the exact rate (0..1) of ``category`` on one user turn of ``intent``."""
+        p = self.propensity(model, intent, category, env, framed)
+        if view == "first" and category != "calculator_hacking":
+            # the first message is a tool call when the model hacks the calculator, or on
+            # a genuine lookup (factual intents without a lie about tools)
+            p *= 1 - self.propensity(model, intent, "calculator_hacking", env, framed)
+            if intent == "factual_lookup" and category != "lying_about_tools":
+                p *= self.propensity(model, intent, "lying_about_tools", env, framed)
+        return p
+
+    def truth_table(self, categories: list[str], view: str = "first",
+                    shares: dict[str, float] | None = None) -> pd.DataFrame:
         """Return the exact rates (fractions) per category: ``prev`` (Y in production on D_Y),
-        ``new`` (X in production on D_X), ``sim`` (X resampled on D_Y, graded with ``view``)
-        and the true change new/prev."""
-        rows = [{"category": c, "prev": self.true_rate(c, "sim-y", "Y"), "new": self.true_rate(c, "sim-x", "X"),
-                 "sim": self.true_rate(c, "sim-x", "Y", "resample", view)} for c in categories if c in BASE]
+        ``new`` (X in production on D_X), ``sim`` and ``sim_self`` (X resampled on D_Y and on
+        D_X, graded with ``view``), ``sim_rw`` (the expectation of ``sim`` reweighted to the
+        intent ``shares`` of user turns, when given) and the true change new/prev."""
+        rows = []
+        for c in (c for c in categories if c in BASE):
+            row = {"category": c, "prev": self.true_rate(c, "sim-y", "Y"), "new": self.true_rate(c, "sim-x", "X"),
+                   "sim": self.true_rate(c, "sim-x", "Y", "resample", view),
+                   "sim_self": self.true_rate(c, "sim-x", "X", "resample", view)}
+            if shares:
+                tot = sum(shares.values())
+                row["sim_rw"] = sum(v / tot * self._intent_rate(c, "sim-x", i, "resample", view)
+                                    for i, v in shares.items())
+            rows.append(row)
         df = pd.DataFrame(rows)
         df["true_change"] = df["new"] / df["prev"]
         return df

@@ -34,6 +34,9 @@ __all__ = [
     "min_detectable_rate",
     "detection_power",
     "interval_coverage_simulation",
+    "fit_log_error",
+    "predictive_interval",
+    "weighted_jeffreys",
 ]
 
 # Forecasts are clipped away from 0 and 1 so that log-likelihoods stay finite: a forecast of
@@ -423,3 +426,51 @@ def interval_coverage_simulation(rates, ns, level=0.95, reps=4000, seed=0, jitte
         "rate": p_cell, "n": n_cell, "reps": reps, "coverage": cov,
         "se": np.sqrt(cov * (1 - cov) / reps), "exact": exact,
     })
+
+
+# --------------------------------------------------------------------------- beyond the paper
+
+
+def fit_log_error(forecast, realised, lo, hi, level=0.95):
+    """Return σ, the standard deviation (natural-log units) of the multiplicative error of
+    forecasts beyond their binomial noise, fitted on earlier releases.
+
+    With residuals d = ln(realised / forecast) and binomial log-variance per forecast
+    v_b = ((ln(hi) − ln(lo)) / (2 z))², z = Φ⁻¹((1 + level)/2):
+    σ² = max(0, mean(d²) − mean(v_b)), the method-of-moments excess variance."""
+    (f, r, l, h), _ = _prep(forecast, realised, lo, hi)
+    _check_rates(None, "fit_log_error", forecast=f, realised=r, lo=l, hi=h)
+    z = stats.norm.ppf((1 + level) / 2)
+    d2 = np.log(r / f) ** 2
+    vb = ((np.log(h) - np.log(l)) / (2 * z)) ** 2
+    return float(np.sqrt(max(0.0, d2.mean() - vb.mean())))
+
+
+def predictive_interval(rate, lo, hi, sigma, level=0.95):
+    """Return (lo, hi) of the predictive interval: the binomial interval widened in log space
+    by a multiplicative error term of standard deviation ``sigma`` (natural-log units):
+
+    lo' = rate · exp(−√(ln(rate/lo)² + (z σ)²)),  hi' = rate · exp(√(ln(hi/rate)² + (z σ)²)),
+    z = Φ⁻¹((1 + level)/2). With σ = 0 it is the binomial interval itself. Fractions."""
+    (p, l, h), index = _prep(rate, lo, hi)
+    _check_rates(index, "predictive_interval", rate=p, lo=l, hi=h)
+    z = stats.norm.ppf((1 + level) / 2)
+    extra = (z * float(sigma)) ** 2
+    lo2 = p * np.exp(-np.sqrt(np.log(p / l) ** 2 + extra))
+    hi2 = np.minimum(p * np.exp(np.sqrt(np.log(h / p) ** 2 + extra)), 1.0)
+    return _wrap(lo2, index, "lo"), _wrap(hi2, index, "hi")
+
+
+def weighted_jeffreys(flags, weights, level=0.95):
+    """Return a one-row DataFrame (rate, lo, hi, k_eff, n_eff) for a weighted sample of 0/1
+    ``flags``: the Jeffreys estimate on Kish effective counts n_eff = (Σw)²/Σw²,
+    k_eff = n_eff · Σwx/Σw. With equal weights it equals :func:`jeffreys`."""
+    x = np.asarray(flags, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    if x.shape != w.shape or len(x) == 0 or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError("weighted_jeffreys: flags and weights must be equal-length, non-empty, weights ≥ 0")
+    n_eff = w.sum() ** 2 / (w ** 2).sum()
+    k_eff = n_eff * (w * x).sum() / w.sum()
+    out = jeffreys(k_eff, n_eff, level)
+    out["k_eff"], out["n_eff"] = k_eff, n_eff
+    return out

@@ -66,3 +66,27 @@ def test_audit_names_the_novel_behaviour(demo):
     # every tracked category the world shows often enough is matched, not called new
     matched = set(clusters["category"].dropna())
     assert {"sexual_content", "over_refusal", "fabricated_facts", "promising_background_tasks"} <= matched
+
+
+def test_claimed_error_and_coverage_are_what_the_truth_gives(demo):
+    """The report's forecast error (median SME) and interval coverage for the deployment
+    simulation must be plausible draws of the same measurement made on the world's exact
+    rates: both lie inside the central 99% of 2,000 simulated replications."""
+    from depsim import stats
+
+    rel, _, _, _, rates, scored, _ = demo
+    sim = scored[scored["method"] == "deployment_sim"].set_index("category")
+    truth = world_of(rel).truth_table(list(sim.index)).set_index("category").loc[sim.index]
+    n_sim, n_new = sim["n"].to_numpy(), sim["n_real"].to_numpy()
+    rng = np.random.default_rng(0)
+    reps = 2000
+    k_sim = rng.binomial(n_sim, truth["sim"].to_numpy(), size=(reps, len(sim)))
+    k_new = rng.binomial(n_new, truth["new"].to_numpy(), size=(reps, len(sim)))
+    f, lo, hi = ((k_sim + 0.5) / (n_sim + 1), *(stats.jeffreys(k_sim.ravel(), np.tile(n_sim, reps))[c].to_numpy()
+                                                   .reshape(reps, -1) for c in ("lo", "hi")))
+    real = (k_new + 0.5) / (n_new + 1)
+    med = np.median(np.maximum(f / real, real / f), axis=1)
+    cov = ((lo <= real) & (real <= hi)).mean(axis=1)
+    claimed_med, claimed_cov = sim["sme"].median(), sim["covered"].mean()
+    assert np.quantile(med, 0.005) <= claimed_med <= np.quantile(med, 0.995), (claimed_med, np.quantile(med, [.005, .995]))
+    assert np.quantile(cov, 0.005) <= claimed_cov <= np.quantile(cov, 0.995), (claimed_cov, np.quantile(cov, [.005, .995]))

@@ -283,3 +283,38 @@ def test_jeffreys_coverage_near_nominal(coverage_tables):
     assert cell.loc[(1e-4, 1_000), "exact"] == pytest.approx((1 - 1e-4) ** 1_000, rel=1e-9)
     assert cell.loc[(1e-3, 1_000), "exact"] == pytest.approx(stats.binom.cdf(3, 1_000, 1e-3), rel=1e-9)
     assert cell.loc[(1e-4, 1_000), "coverage"] == pytest.approx((1 - 1e-4) ** 1_000, abs=0.015)
+
+
+# --- beyond the paper: predictive intervals and reweighting -------------------------------
+def test_predictive_interval_widens_and_reduces_to_binomial():
+    from depsim.stats import predictive_interval
+
+    lo, hi = predictive_interval(0.01, 0.008, 0.0125, 0.0)
+    assert lo == pytest.approx(0.008) and hi == pytest.approx(0.0125)
+    lo2, hi2 = predictive_interval(0.01, 0.008, 0.0125, 0.5)
+    assert lo2 < 0.008 and hi2 > 0.0125
+    # σ dominates a tight binomial interval: ±z σ in log space
+    lo3, hi3 = predictive_interval(0.01, 0.01 - 1e-9, 0.01 + 1e-9, 0.5)
+    assert np.log(0.01 / lo3) == pytest.approx(1.959964 * 0.5, rel=1e-4)
+
+
+def test_fit_log_error_recovers_sigma():
+    from depsim.stats import fit_log_error
+
+    rng = np.random.default_rng(0)
+    f = np.full(20000, 0.01)
+    realised = f * np.exp(rng.normal(0, 0.4, f.size))
+    assert fit_log_error(f, realised, f * 0.999999, f * 1.000001) == pytest.approx(0.4, rel=0.03)
+
+
+def test_weighted_jeffreys_recovers_target_mix_rate():
+    from depsim.stats import weighted_jeffreys
+
+    # two strata sampled 50/50 with rates 10% and 1%; the target mix is 20/80
+    a = np.r_[np.ones(500), np.zeros(4500)]
+    b = np.r_[np.ones(50), np.zeros(4950)]
+    flags = np.r_[a, b]
+    w = np.r_[np.full(a.size, 0.2 / 0.5), np.full(b.size, 0.8 / 0.5)]
+    out = weighted_jeffreys(flags, w).iloc[0]
+    assert out["rate"] == pytest.approx(0.2 * 0.1 + 0.8 * 0.01, rel=0.02)
+    assert out["n_eff"] < flags.size and out["lo"] < out["rate"] < out["hi"]

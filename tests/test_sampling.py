@@ -1,0 +1,522 @@
+"""Tests for depsim.sampling: uniform-over-user-turns prefix sampling from conversation logs."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import warnings
+from datetime import datetime, timezone
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pydantic import ValidationError
+
+import depsim.sampling as S
+from depsim.sampling import (EligibilityRules, SamplingWarning, prefix_id, sample_prefixes,
+                             turn_hash, user_turns)
+
+T0 = pd.Timestamp("2025-01-15 12:00:00")
+
+
+# --- fixture helpers ----------------------------------------------------------------------------
+
+def u(text):
+    return {"role": "user", "content": text}
+
+
+def a(text="ok"):
+    return {"role": "assistant", "content": text}
+
+
+def row(cid, msgs, **meta):
+    base = {"conversation_id": cid, "messages": json.dumps(msgs), "source": "test-log",
+            "model": "prev", "language": "en", "surface": "chat", "created_at": T0}
+    base.update(meta)
+    return base
+
+
+def write(tmp_path, rows, name="log.parquet", row_group_size=None):
+    path = tmp_path / name
+    pq.write_table(pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False), path,
+                   row_group_size=row_group_size)
+    return str(path)
+
+
+def sample_all(source, rules=None, **kw):
+    """A sample larger than the population: every eligible turn (and the expected warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SamplingWarning)
+        return sample_prefixes(source, 10_000, rules=rules, **kw)
+
+
+def keys(df):
+    return set(zip(df["conversation_id"], df["turn_index"]))
+
+
+def binom_two_sided_bounds(trials, p, alpha):
+    """Smallest lo and largest hi with P(X < lo) <= alpha/2 and P(X > hi) <= alpha/2."""
+    def log_pmf(k):
+        return (math.lgamma(trials + 1) - math.lgamma(k + 1) - math.lgamma(trials - k + 1)
+                + k * math.log(p) + (trials - k) * math.log(1 - p))
+    pmf = [math.exp(log_pmf(k)) for k in range(trials + 1)]
+    lo, acc = 0, 0.0
+    while acc + pmf[lo] <= alpha / 2:
+        acc += pmf[lo]
+        lo += 1
+    hi, acc = trials, 0.0
+    while acc + pmf[hi] <= alpha / 2:
+        acc += pmf[hi]
+        hi -= 1
+    return lo, hi
+
+
+def py_eligible(rows, rules):
+    """Independent Python reference of the eligibility rules: {(cid, turn_index): ordinal}."""
+    out = {}
+    for r in rows:
+        if rules.languages is not None and r.get("language") not in rules.languages:
+            continue
+        if rules.surfaces is not None and r.get("surface") not in rules.surfaces:
+            continue
+        ts = r.get("created_at")
+        if rules.start is not None and not (ts is not None and ts >= pd.Timestamp(rules.start)):
+            continue
+        if rules.end is not None and not (ts is not None and ts < pd.Timestamp(rules.end)):
+            continue
+        msgs = json.loads(r["messages"])
+        if any(not isinstance(m, dict) or m.get("role") is None for m in msgs):
+            continue  # malformed
+        users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+        for k, ti in enumerate(users, start=1):
+            if k < rules.min_turn or (rules.max_turn is not None and k > rules.max_turn):
+                continue
+            m = msgs[ti]
+            content, att = m.get("content"), m.get("attachments")
+            nontext = att not in (None, [], {}, "", False)
+            if isinstance(content, str):
+                chars = len(content)
+            elif isinstance(content, list):
+                chars = 0
+                for p in content:
+                    if isinstance(p, str):
+                        chars += len(p)
+                    elif isinstance(p, dict) and p.get("type") in ("text", "input_text"):
+                        chars += len(p.get("text") or "")
+                    else:
+                        nontext = True
+            elif content is None:
+                chars = 0
+            else:
+                chars, nontext = 0, True
+            if chars < rules.min_chars or (rules.max_chars is not None and chars > rules.max_chars):
+                continue
+            if nontext and not rules.allow_multimodal:
+                continue
+            out[(r["conversation_id"], ti)] = k
+    return out
+
+
+def varied_rows(n_conv, seed=1):
+    """A log with a bit of everything: 1-6 user turns, system prompts, tool calls, empty and
+    multimodal user turns, attachments, malformed conversations, unicode and escapes."""
+    rng = random.Random(seed)
+    rows = []
+    for j in range(n_conv):
+        msgs = [{"role": "system", "content": "Be helpful."}] if rng.random() < 0.3 else []
+        for t in range(rng.randint(1, 6)):
+            kind = rng.random()
+            if kind < 0.05:
+                msgs.append(u(""))
+            elif kind < 0.10:
+                msgs.append({"role": "user", "content": [
+                    {"type": "text", "text": "what is in this picture?"},
+                    {"type": "image_url", "image_url": {"url": "https://x.invalid/i.png"}}]})
+            elif kind < 0.13:
+                msgs.append({"role": "user", "content": [{"type": "text", "text": "parts only"}]})
+            elif kind < 0.16:
+                msgs.append({"role": "user", "content": "see file", "attachments": [{"file_id": "f"}]})
+            elif kind < 0.18:
+                msgs.append(u("[1, 2, 3]"))  # a text that looks like JSON
+            else:
+                msgs.append(u("q" * rng.randint(1, 400) + ' café "quoted" \\ \n 😀 "user"'))
+            if rng.random() < 0.1:
+                msgs.append({"role": "assistant", "content": None, "tool_calls": [
+                    {"id": f"c{t}", "type": "function",
+                     "function": {"name": "search", "arguments": "{\"q\": \"x\"}"}}]})
+                msgs.append({"role": "tool", "tool_call_id": f"c{t}", "content": "result"})
+            if rng.random() < 0.9:
+                msgs.append(a("answer " * rng.randint(1, 30)))
+        if j % 97 == 0:
+            msgs.append({"content": "no role here"})  # malformed: excluded entirely
+        rows.append(row(f"c{j:05d}", msgs, language=rng.choice(["en", "en", "de", None]),
+                        surface=rng.choice(["chat", "api"]),
+                        created_at=T0 + pd.Timedelta(hours=j)))
+    return rows
+
+
+@pytest.fixture
+def eligibility_log(tmp_path):
+    rows = [
+        row("en1", [{"role": "system", "content": "sys"}, u("hello there"), a(), u("x" * 500), a()],
+            created_at=pd.Timestamp("2025-01-10")),
+        row("de1", [u("guten tag"), a()], language="de", surface="api",
+            created_at=pd.Timestamp("2025-02-10")),
+        row("mm1", [
+            {"role": "user", "content": [{"type": "text", "text": "look at this"},
+                                         {"type": "image_url", "image_url": {"url": "http://i"}}]},
+            a(),
+            {"role": "user", "content": [{"type": "text", "text": "only text"}]},
+            a(),
+            {"role": "user", "content": "see attached", "attachments": [{"file_id": "f1"}]},
+            a(),
+            {"role": "user", "content": "no files", "attachments": []},
+            a()], created_at=pd.Timestamp("2025-02-20")),
+        row("empty1", [u(""), a(), u("ok then"), a()], created_at=pd.Timestamp("2025-02-28")),
+        row("late1", [u("at the boundary"), a()], created_at=pd.Timestamp("2025-03-01")),
+        row("nolang", [u("who am i"), a()], language=None, surface=None, created_at=None),
+    ]
+    return write(tmp_path, rows), rows
+
+
+# --- uniform over user turns --------------------------------------------------------------------
+
+def test_uniform_over_user_turns_not_conversations(tmp_path):
+    # one conversation with 9 user turns, 9 with 1: half of all user turns are in the long one
+    rows = [row("long", sum(([u(f"question {i}"), a()] for i in range(9)), []))]
+    rows += [row(f"short{j}", [u("hi"), a()]) for j in range(9)]
+    path = write(tmp_path, rows)
+    turns = [("long", 2 * i, i + 1) for i in range(9)] + [(f"short{j}", 0, 1) for j in range(9)]
+
+    seeds = 60
+    hits = 0
+    for seed in range(seeds):
+        df = sample_prefixes(path, 1, seed=seed)
+        assert len(df) == 1
+        # the implementation picks exactly the turn with the smallest reference hash
+        best = min(turns, key=lambda t: (turn_hash(seed, t[0], t[2]), t[0]))
+        assert (df.conversation_id[0], df.turn_index[0]) == best[:2]
+        hits += df.conversation_id[0] == "long"
+    # Per-turn uniform: hits ~ Binomial(60, 1/2). (Per-conversation sampling would give 1/10.)
+    # The seeds are fixed, so this is deterministic; the bound has a 1e-6 false-alarm rate.
+    lo, hi = binom_two_sided_bounds(seeds, 0.5, 1e-6)
+    assert lo <= hits <= hi, (hits, lo, hi)
+    assert not (lo <= seeds * 0.1 <= hi)  # the test can tell the two designs apart
+
+    # the same property of the hash over many more seeds (reference implementation, fast)
+    many = 4000
+    hits = sum(min(turns, key=lambda t: turn_hash(s, t[0], t[2]))[0] == "long" for s in range(many))
+    lo, hi = binom_two_sided_bounds(many, 0.5, 1e-6)
+    assert lo <= hits <= hi, (hits, lo, hi)
+
+
+def test_sample_is_the_n_smallest_hashes_and_in_hash_order(tmp_path):
+    rows = varied_rows(300)
+    path = write(tmp_path, rows)
+    elig = py_eligible(rows, EligibilityRules())
+    ref = sorted(elig, key=lambda ct: (turn_hash(7, ct[0], elig[ct]), ct[0]))
+    df = sample_prefixes(path, 50, seed=7)
+    assert list(zip(df.conversation_id, df.turn_index)) == ref[:50]
+    assert list(df.user_ordinal) == [elig[k] for k in ref[:50]]
+    # first k rows of a sample of n == the sample of k
+    small = sample_prefixes(path, 10, seed=7)
+    assert list(small.prefix_id) == list(df.prefix_id[:10])
+    assert (df.weight == 1.0).all()
+
+
+def test_reproducible_same_seed_different_seed(tmp_path):
+    path = write(tmp_path, varied_rows(200))
+    a1 = sample_prefixes(path, 40, seed=3)
+    a2 = sample_prefixes(path, 40, seed=3)
+    b = sample_prefixes(path, 40, seed=4)
+    pd.testing.assert_frame_equal(a1, a2)
+    assert keys(a1) != keys(b)
+    assert len(keys(a1) & keys(b)) < 40
+
+
+def test_prefix_ids_are_stable_and_seed_independent(tmp_path):
+    path = write(tmp_path, varied_rows(100))
+    df = sample_prefixes(path, 30, seed=1)
+    assert all(re.fullmatch(r"[0-9a-f]{16}", p) for p in df.prefix_id)
+    assert df.prefix_id.is_unique
+    for cid, ti, src, pid in zip(df.conversation_id, df.turn_index, df.source, df.prefix_id):
+        assert pid == prefix_id(cid, ti, src)
+    other = sample_prefixes(path, 30, seed=2)
+    both = df.merge(other, on=["conversation_id", "turn_index"])
+    assert len(both) and (both.prefix_id_x == both.prefix_id_y).all()
+
+
+# --- eligibility --------------------------------------------------------------------------------
+
+def test_default_rules_exclude_empty_and_multimodal(eligibility_log):
+    path, _ = eligibility_log
+    assert keys(sample_all(path)) == {
+        ("en1", 1), ("en1", 3), ("de1", 0), ("mm1", 2), ("mm1", 6), ("empty1", 2),
+        ("late1", 0), ("nolang", 0)}
+
+
+def test_multimodal_allowed_and_text_parts_counted(eligibility_log):
+    path, _ = eligibility_log
+    df = sample_all(path, EligibilityRules(allow_multimodal=True))
+    got = dict(zip(zip(df.conversation_id, df.turn_index), df.chars))
+    assert {k for k in got if k[0] == "mm1"} == {("mm1", 0), ("mm1", 2), ("mm1", 4), ("mm1", 6)}
+    assert got[("mm1", 0)] == len("look at this")  # only the text part is counted
+    assert got[("mm1", 2)] == len("only text")
+
+
+def test_language_filter(eligibility_log):
+    path, _ = eligibility_log
+    assert keys(sample_all(path, EligibilityRules(languages=["de"]))) == {("de1", 0)}
+    df = sample_all(path, EligibilityRules(languages=["en"]))
+    assert set(df.conversation_id) == {"en1", "mm1", "empty1", "late1"}  # null language excluded
+
+
+def test_surface_filter(eligibility_log):
+    path, _ = eligibility_log
+    assert keys(sample_all(path, EligibilityRules(surfaces=["api"]))) == {("de1", 0)}
+    assert "de1" not in set(sample_all(path, EligibilityRules(surfaces=["chat"])).conversation_id)
+
+
+def test_length_bounds(eligibility_log):
+    path, _ = eligibility_log
+    df = sample_all(path, EligibilityRules(min_chars=10, max_chars=12))
+    assert keys(df) == {("en1", 1)} and list(df.chars) == [11]  # "hello there"
+    df = sample_all(path, EligibilityRules(min_chars=9, max_chars=11))  # bounds are inclusive
+    assert keys(df) == {("en1", 1), ("de1", 0), ("mm1", 2)}
+    long_only = sample_all(path, EligibilityRules(min_chars=400))
+    assert keys(long_only) == {("en1", 3)} and list(long_only.chars) == [500]
+    zero_ok = sample_all(path, EligibilityRules(min_chars=0, max_chars=0))
+    assert keys(zero_ok) == {("empty1", 0)}
+
+
+def test_date_window_start_inclusive_end_exclusive(eligibility_log):
+    path, _ = eligibility_log
+    rules = EligibilityRules(start=datetime(2025, 2, 10), end=datetime(2025, 3, 1))
+    assert set(sample_all(path, rules).conversation_id) == {"de1", "mm1", "empty1"}
+    rules = EligibilityRules(start=datetime(2025, 3, 1, tzinfo=timezone.utc))
+    assert set(sample_all(path, rules).conversation_id) == {"late1"}  # null created_at excluded
+
+
+def test_turn_ordinal_bounds(eligibility_log):
+    path, _ = eligibility_log
+    df = sample_all(path, EligibilityRules(min_turn=2, max_turn=3))
+    assert keys(df) == {("en1", 3), ("mm1", 2), ("empty1", 2)}
+    assert set(df.user_ordinal) == {2}
+
+
+def test_eligibility_matches_python_reference(tmp_path):
+    rows = varied_rows(400, seed=5)
+    path = write(tmp_path, rows)
+    for rules in [EligibilityRules(), EligibilityRules(allow_multimodal=True, min_chars=0),
+                  EligibilityRules(languages=["en"], surfaces=["chat"], min_chars=20,
+                                   max_chars=200, min_turn=2, max_turn=4,
+                                   start=T0.to_pydatetime(),
+                                   end=(T0 + pd.Timedelta(hours=300)).to_pydatetime())]:
+        ref = py_eligible(rows, rules)
+        ut = user_turns(path, rules).to_pandas()
+        assert dict(zip(zip(ut.conversation_id, ut.turn_index), ut.user_ordinal)) == ref
+        assert keys(sample_all(path, rules)) == set(ref)
+
+
+# --- prefixes -----------------------------------------------------------------------------------
+
+def test_prefix_is_cut_at_the_user_message_and_next_message_is_the_reply(tmp_path):
+    msgs = [
+        {"role": "system", "content": "You are terse."},
+        u("weather in Zürich? \"quotes\" \\ and\nnewlines 😀"),
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "weather", "arguments": "{\"city\": \"Zürich\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 3.5}"},
+        a("It is 3.5 °C."),
+        u("and tomorrow?"),
+        u("hello??"),
+        a("Sorry - tomorrow: 5 °C."),
+        u("thanks"),
+    ]
+    path = write(tmp_path, [row("p1", msgs)])
+    df = sample_all(path).set_index("turn_index")
+    assert sorted(df.index) == [1, 5, 6, 8]
+    for ti in df.index:
+        assert json.loads(df.loc[ti, "messages"]) == msgs[:ti + 1]
+    assert json.loads(df.loc[1, "next_message"]) == msgs[2]  # tool-calling assistant message
+    assert pd.isna(df.loc[5, "next_message"])  # followed by another user message
+    assert json.loads(df.loc[6, "next_message"]) == msgs[7]
+    assert pd.isna(df.loc[8, "next_message"])  # last message
+    assert list(df.loc[[1, 5, 6, 8], "user_ordinal"]) == [1, 2, 3, 4]
+
+
+def test_output_columns_and_metadata(tmp_path):
+    rows = varied_rows(30)
+    for r in rows:
+        r["intent"] = "coding"
+        r["tools"] = "[]"
+    path = write(tmp_path, rows)
+    df = sample_prefixes(path, 5, seed=0, stratum_column="intent", extra_columns=["tools"])
+    assert list(df.columns) == ["prefix_id", "conversation_id", "turn_index", "messages",
+                                "next_message", "source", "weight", "model", "language",
+                                "surface", "created_at", "intent", "tools", "user_ordinal", "chars"]
+    meta = pd.DataFrame(rows).set_index("conversation_id")
+    for _, r in df.iterrows():
+        assert r.source == "test-log" and r.model == "prev" and r.tools == "[]"
+        assert r.created_at == meta.loc[r.conversation_id, "created_at"]
+    # metadata columns absent from the input come back as nulls
+    bare = [{"conversation_id": "z", "messages": json.dumps([u("hi")]), "source": "s"}]
+    out = sample_prefixes(pd.DataFrame(bare), 1)
+    assert out.model.isna().all() and out.created_at.isna().all()
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+def test_same_sample_from_file_glob_list_dataframe_and_table(tmp_path):
+    rows = varied_rows(120)
+    one = write(tmp_path, rows)
+    (tmp_path / "parts").mkdir()
+    p1 = write(tmp_path / "parts", rows[:50], "a.parquet")
+    p2 = write(tmp_path / "parts", rows[50:], "b.parquet")
+    ref = sample_prefixes(one, 25, seed=9)
+    for src in [str(tmp_path / "parts" / "*.parquet"), [p2, p1], str(tmp_path / "parts"),
+                pd.DataFrame(rows), pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)]:
+        got = sample_prefixes(src, 25, seed=9)
+        assert list(got.prefix_id) == list(ref.prefix_id)
+        assert list(got.messages) == list(ref.messages)
+
+
+def test_one_pass_route_matches_exact_route(tmp_path, monkeypatch):
+    rows = varied_rows(3000, seed=11)
+    path = write(tmp_path, rows, row_group_size=250)
+    rules = EligibilityRules(min_chars=5)
+    ref = py_eligible(rows, rules)
+    want = sorted(ref, key=lambda ct: (turn_hash(0, ct[0], ref[ct]), ct[0]))[:200]
+
+    seen = []
+    real_turns_sql = S._turns_sql
+    monkeypatch.setattr(S, "_turns_sql", lambda *a: seen.append(a[-1]) or real_turns_sql(*a))
+    monkeypatch.setattr(S, "_PILOT_MIN_ROWS", 0)
+    fast = sample_prefixes(path, 200, rules=rules, seed=0)
+    assert seen == [None]  # only the pilot ran the exhaustive query: one pass over the data
+    assert list(zip(fast.conversation_id, fast.turn_index)) == want
+
+    # an estimate that is far too high: the threshold is too tight, the exact route takes over
+    seen.clear()
+    real_estimate = S._estimate_turns
+    monkeypatch.setattr(S, "_estimate_turns", lambda *a: 20 * real_estimate(*a))
+    fallback = sample_prefixes(path, 200, rules=rules, seed=0)
+    assert seen == [None, 0]
+    pd.testing.assert_frame_equal(fallback, fast)
+
+
+def test_malformed_conversation_is_skipped(tmp_path):
+    rows = [row("ok", [u("fine"), a()]),
+            row("bad", [u("fine"), {"content": "no role"}, u("again")]),
+            row("bad2", [u("fine"), 42])]
+    assert set(sample_all(write(tmp_path, rows)).conversation_id) == {"ok"}
+
+
+# --- stratified ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def strata_log(tmp_path):
+    rows = [row(f"a{j}", [u("alpha"), a()], intent="a") for j in range(30)]
+    rows += [row(f"b{j}", [u("beta"), a(), u("beta 2"), a()], intent="b") for j in range(10)]
+    rows += [row(f"c{j}", [u("gamma"), a()], intent="c") for j in range(5)]
+    return write(tmp_path, rows)
+
+
+def test_stratified_allocation_and_weights(strata_log):
+    df = sample_prefixes(strata_log, 10, seed=0, strata={"a": 0.5, "b": 0.5}, stratum_column="intent")
+    assert df.intent.value_counts().to_dict() == {"a": 5, "b": 5}
+    # population: 30 turns in a, 20 in b -> weight = population share / sample share
+    w = df.groupby("intent").weight.first()
+    assert w["a"] == pytest.approx((30 / 50) / (5 / 10))
+    assert w["b"] == pytest.approx((20 / 50) / (5 / 10))
+    assert df.weight.mean() == pytest.approx(1.0)
+    # weighted shares recover the population shares
+    assert df[df.intent == "a"].weight.sum() / len(df) == pytest.approx(30 / 50)
+    # within a stratum: the smallest hashes, i.e. uniform sampling within the stratum
+    turns_b = [(f"b{j}", k) for j in range(10) for k in (1, 2)]
+    best_b = sorted(turns_b, key=lambda t: (turn_hash(0, t[0], t[1]), t[0]))[:5]
+    got_b = df[df.intent == "b"]
+    assert set(zip(got_b.conversation_id, got_b.user_ordinal)) == set(best_b)
+    assert df.attrs["population"] == {"a": 30, "b": 20}
+
+
+def test_largest_remainder_allocation(strata_log):
+    df = sample_prefixes(strata_log, 10, seed=1, strata={"a": 1, "b": 1, "c": 1},
+                         stratum_column="intent")
+    assert df.intent.value_counts().to_dict() == {"a": 4, "b": 3, "c": 3}
+    assert S._largest_remainder(7, {"x": 0.5, "y": 0.3, "z": 0.2}) == {"x": 4, "y": 2, "z": 1}
+    assert S._largest_remainder(100, {"x": 1, "y": 2}) == {"x": 33, "y": 67}
+
+
+def test_stratum_short_of_its_allocation_warns(strata_log):
+    with pytest.warns(SamplingWarning) as rec:
+        df = sample_prefixes(strata_log, 20, seed=0, strata={"a": 0.5, "c": 0.5},
+                             stratum_column="intent")
+    assert any("'c'" in str(w.message) for w in rec)
+    assert df.intent.value_counts().to_dict() == {"a": 10, "c": 5}
+    w = df.groupby("intent").weight.first()
+    assert w["a"] == pytest.approx((30 / 35) / (10 / 15))
+    assert w["c"] == pytest.approx((5 / 35) / (5 / 15))
+    assert df.weight.mean() == pytest.approx(1.0)
+
+
+# --- small populations and errors ---------------------------------------------------------------
+
+def test_fewer_eligible_than_n_warns_and_returns_all(tmp_path):
+    path = write(tmp_path, [row("x", [u("one"), a(), u("two")]), row("y", [u(""), a()])])
+    with pytest.warns(SamplingWarning, match="only 2 eligible"):
+        df = sample_prefixes(path, 5)
+    assert keys(df) == {("x", 0), ("x", 2)}
+    with pytest.warns(SamplingWarning, match="only 0 eligible"):
+        empty = sample_prefixes(path, 5, rules=EligibilityRules(languages=["fr"]))
+    assert len(empty) == 0 and list(empty.columns) == list(df.columns)
+
+
+def test_missing_file_errors(tmp_path):
+    missing = tmp_path / "nope.parquet"
+    with pytest.raises(FileNotFoundError, match="nope.parquet"):
+        sample_prefixes(str(missing), 1)
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        sample_prefixes(str(tmp_path / "nothing-here" / "*.parquet"), 1)
+    ok = write(tmp_path, [row("x", [u("hi")])])
+    with pytest.raises(FileNotFoundError, match="nope.parquet"):
+        sample_prefixes([ok, str(missing)], 1)
+
+
+def test_missing_column_errors(tmp_path):
+    good = write(tmp_path, [row("x", [u("hi")])], "good.parquet")
+    no_source = write(tmp_path, [{"conversation_id": "x", "messages": json.dumps([u("hi")])}],
+                      "nosource.parquet")
+    with pytest.raises(ValueError, match=r"nosource\.parquet.*'source'"):
+        sample_prefixes([good, no_source], 1)
+    no_lang = write(tmp_path, [{"conversation_id": "x", "messages": json.dumps([u("hi")]),
+                                "source": "s"}], "nolang.parquet")
+    sample_prefixes(no_lang, 1)  # optional metadata may be absent ...
+    with pytest.raises(ValueError, match=r"nolang\.parquet.*'language'"):
+        sample_prefixes(no_lang, 1, rules=EligibilityRules(languages=["en"]))  # ... unless used
+    with pytest.raises(ValueError, match="'intent'"):
+        sample_prefixes(good, 1, strata={"a": 1.0}, stratum_column="intent")
+    with pytest.raises(ValueError, match="messages"):
+        sample_prefixes(pd.DataFrame({"conversation_id": ["x"], "source": ["s"]}), 1)
+
+
+def test_argument_errors(tmp_path):
+    path = write(tmp_path, [row("x", [u("hi")])])
+    for bad_n in (0, -3):
+        with pytest.raises(ValueError, match="positive"):
+            sample_prefixes(path, bad_n)
+    with pytest.raises(TypeError):
+        sample_prefixes(path, 1.5)
+    with pytest.raises(ValueError, match="stratum_column"):
+        sample_prefixes(path, 1, strata={"a": 1.0})
+    with pytest.raises(ValueError):
+        sample_prefixes(path, 1, strata={"a": -1.0}, stratum_column="language")
+    with pytest.raises(ValidationError):
+        EligibilityRules(max_chars=5, min_chars=10)
+    with pytest.raises(ValidationError):
+        EligibilityRules(langauges=["en"])  # typo: extra keys are forbidden
+    with pytest.raises(ValidationError):
+        EligibilityRules(start=datetime(2025, 2, 1), end=datetime(2025, 1, 1))
