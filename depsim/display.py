@@ -73,7 +73,7 @@ def transcripts(prefixes: pd.DataFrame, completions: pd.DataFrame, n: int = 3, s
 
 def forecast_chart(scored: pd.DataFrame) -> alt.LayerChart:
     """Return the log–log chart of forecast against realised rate (per 100k), with the 1:1
-    line and shaded bands within 2× (darker) and 5×, one colour and shape per method."""
+    line and shaded bands within 2× (darker) and 5×, one colour per method."""
     d = scored.assign(forecast=per100k(scored["rate"]), realised_=per100k(scored["realised"]),
                       lo_=per100k(scored["lo"]), hi_=per100k(scored["hi"]))
     vals = np.concatenate([d["forecast"], d["realised_"]])
@@ -90,7 +90,7 @@ def forecast_chart(scored: pd.DataFrame) -> alt.LayerChart:
                                           y2="hi_:Q", color=color)
     pts = alt.Chart(d).mark_point(filled=True, size=60).encode(
         x=alt.X("realised_:Q", scale=scale), y=alt.Y("forecast:Q", scale=scale, title="forecast rate (per 100k)"),
-        color=color, shape="method:N", tooltip=["category", "method", "forecast", "realised_"])
+        color=color, tooltip=["category", "method", "forecast", "realised_"])
     return alt.layer(*bands, one, err, pts).properties(width=420, height=380)
 
 

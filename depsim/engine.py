@@ -506,7 +506,8 @@ async def acomplete(endpoint: Endpoint, requests: list[ChatRequest], cache: Resp
     limiter = AdaptiveLimiter(endpoint.max_concurrency, stats.concurrency_history.setdefault(label, []))
     writer = _CacheWriter(cache)
     bar = tqdm(total=len(requests), initial=len(requests) - n_todo, unit="req", mininterval=0.5,
-               desc=progress if isinstance(progress, str) else endpoint.model, disable=progress is False)
+               desc=progress if isinstance(progress, str) else endpoint.model,
+               disable=progress is False or os.environ.get("DEPSIM_PROGRESS") == "0")
     rpm = TokenBucket(endpoint.rpm) if endpoint.rpm else None
     tpm = TokenBucket(endpoint.tpm) if endpoint.tpm else None
 

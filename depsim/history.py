@@ -78,10 +78,13 @@ def _groups() -> dict[str, tuple[str, bool]]:
 def loo_coverage(scored: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Return, per method, interval coverage across releases validated leave-one-release-out:
     for each release, σ of :func:`depsim.stats.fit_log_error` is fitted on the *other*
-    releases, and its predictive interval is checked on this one. Columns: method, rows,
-    jeffreys_coverage, predictive_coverage, mean_sigma."""
+    releases, and its predictive interval is checked on this one (methods seen in fewer than
+    two releases are left out). Columns: method, rows, jeffreys_coverage,
+    predictive_coverage, mean_sigma."""
     out = []
     for method, g in scored.groupby("method", sort=False):
+        if g["release"].nunique() < 2:
+            continue  # nothing to fit on: a method with a single release has no history
         inside_j, inside_p, sigmas = [], [], []
         for rel, test in g.groupby("release"):
             train = g[g["release"] != rel]

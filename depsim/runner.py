@@ -2,6 +2,7 @@
 ``reports/<release>/``, then :mod:`depsim.report` renders the HTML site."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def run_release(params_file: str | Path, reports_dir: str | Path = "reports", re
     reports_dir = Path(reports_dir).resolve()
     out = release_dir(reports_dir, rel.release)
     before = len(request_log(reports_dir, rel.release))
+    # kernels inherit this: no progress bars in the published pages (the CLI prints timings)
+    os.environ.setdefault("DEPSIM_PROGRESS", "0")
     for stage in stages or STAGES:
         src = NOTEBOOKS / f"{stage}.ipynb"
         dst = out / f"{stage}.ipynb"
@@ -37,7 +40,9 @@ def run_release(params_file: str | Path, reports_dir: str | Path = "reports", re
         try:
             pm.execute_notebook(str(src), str(dst), parameters={"params_file": str(params_file),
                                                                 "reports_dir": str(reports_dir)},
-                                cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3")
+                                cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3",
+                                # quiet the kernel's own start-up warnings on the terminal
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
         except pm.PapermillExecutionError as e:
             raise StageFailed(f"stage {stage} failed: {e.ename}: {e.evalue} (executed copy: {dst})") from None
         log(f"  {stage:<20} {time.time() - ts:5.1f} s")

@@ -306,11 +306,13 @@ def _stats_sql(ctype: str, val: str, att: str) -> tuple[str, str]:
              f"WHEN 'ARRAY' THEN coalesce(list_sum(list_transform({parts}, {_lam('p', part_len)})), 0) "
              f"ELSE 0 END")
     # CASE, not AND/OR: DuckDB short-circuits only CASE, and from_json must not see plain text
-    no_att = " OR ".join(f"CAST({att} AS VARCHAR) = {_lit(x)}" for x in ("null", "[]", "{}", '""', "", "false"))
-    # (an explicit OR chain: DuckDB turns a NOT IN list into a join)
-    nontext = (f"CASE WHEN {att} IS NOT NULL AND NOT ({no_att}) "
-               f"THEN true WHEN {ctype} IS NULL OR {ctype} IN ('VARCHAR', 'NULL') THEN false "
-               f"WHEN {ctype} = 'ARRAY' THEN coalesce(list_bool_or(list_transform({parts}, {_lam('p', part_nontext)})), false) "
+    # empty attachments: an explicit OR chain, as DuckDB may turn a NOT IN list into a join
+    no_att = " OR ".join(f"CAST({att} AS VARCHAR) = {_lit(x)}"
+                         for x in ("null", "[]", "{}", '""', "", "false"))
+    any_nontext_part = f"list_bool_or(list_transform({parts}, {_lam('p', part_nontext)}))"
+    nontext = (f"CASE WHEN {att} IS NOT NULL AND NOT ({no_att}) THEN true "
+               f"WHEN {ctype} IS NULL OR {ctype} IN ('VARCHAR', 'NULL') THEN false "
+               f"WHEN {ctype} = 'ARRAY' THEN coalesce({any_nontext_part}, false) "
                f"ELSE true END")
     return chars, f"({nontext})"
 
@@ -392,17 +394,18 @@ def _turns_sql(src_sql: str, plan: _Plan, rules: EligibilityRules, seed: int | N
     per-turn tests run inside list lambdas before the unnest."""
     cols = ", ".join(_ident(n) for n in plan.names)
     is_user = _lam("i", "__m[i + 1].role = 'user'")
-    ctype = ("CASE WHEN x.v IS NULL THEN NULL "
-             "WHEN left(x.v, 1) IN ('[', '{') OR x.v IN ('true', 'false') "
-             "OR TRY_CAST(x.v AS DOUBLE) IS NOT NULL "
-             "THEN json_type(messages, '$[' || x.ti || '].content') ELSE 'VARCHAR' END")
-    to_turn = _lam("i, k", "{'ti': i, 'ord': k, 'v': __m[i + 1].content, 'a': __m[i + 1].attachments}")
-    with_type = _lam("x", f"{{'ti': x.ti, 'ord': x.ord, 'v': x.v, 'a': x.a, 't': {ctype}}}")
+    v = "__m[i + 1].content"
+    ctype = (f"CASE WHEN {v} IS NULL THEN NULL "
+             f"WHEN left({v}, 1) IN ('[', '{{') OR {v} IN ('true', 'false') "
+             f"OR TRY_CAST({v} AS DOUBLE) IS NOT NULL "
+             f"THEN json_type(messages, '$[' || i || '].content') ELSE 'VARCHAR' END")
+    to_turn = _lam("i, k", "{'ti': i, 'ord': k, 'v': __m[i + 1].content, "
+                           f"'a': __m[i + 1].attachments, 't': {ctype}}}")
     chars, nontext = _stats_sql("x.t", "x.v", "x.a")
     to_stats = _lam("x", f"{{'ti': x.ti, 'ord': x.ord, 'chars': {chars}, 'nontext': {nontext}}}")
     keep = _lam("x", _eligible_sql(rules, "x.chars", "x.nontext"))
-    turns = (f"list_filter(list_transform(list_transform("
-             f"{_turn_slice(rules, f'list_transform(__ui, {to_turn})')}, {with_type}), {to_stats}), {keep})")
+    turns = (f"list_filter(list_transform("
+             f"{_turn_slice(rules, f'list_transform(__ui, {to_turn})')}, {to_stats}), {keep})")
     h = f", {_hash_sql(seed, 'conversation_id', '__t.ord')} AS __h" if seed is not None else ""
     wellformed = _lam("x", "x.role IS NULL")
     return f"""
@@ -540,10 +543,12 @@ def user_turns(source: Any, rules: EligibilityRules | None = None, *,
     One row per turn: ``conversation_id, source, model, language, surface, created_at``
     (+ ``extra_columns``), ``turn_index`` (0-based index of the user message in ``messages``),
     ``user_ordinal`` (1-based among the user messages), ``chars``; with ``seed``, also
-    ``turn_hash`` (the sampling key). The expansion runs in DuckDB; only the result (a few small
-    columns per turn) is materialised.
+    ``turn_hash`` (the sampling key). Rows come in no particular order. The expansion runs in
+    DuckDB (one JSON parse per conversation, every turn tested: several times slower than the
+    one-pass sampling route); only the result, a few small columns per turn, is materialised.
     """
-    rules = rules or EligibilityRules()
+    rules = _rules(rules)
+    seed = None if seed is None else _as_int(seed, "seed")
     extra_columns = [c for c in extra_columns if c not in (*REQUIRED_COLUMNS, *METADATA_COLUMNS)]
     src = _resolve(source, [*REQUIRED_COLUMNS, *rules.needed_columns(), *extra_columns])
     plan = _plan(src, rules, None, None, extra_columns)
@@ -673,9 +678,7 @@ def sample_prefixes(source: Any, n: int, rules: EligibilityRules | None = None, 
     n, seed = _as_int(n, "n"), _as_int(seed, "seed")
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    rules = rules or EligibilityRules()
-    if not isinstance(rules, EligibilityRules):
-        rules = EligibilityRules.model_validate(rules)
+    rules = _rules(rules)
     shares = None
     if strata is not None:
         if stratum_column is None:
@@ -698,6 +701,12 @@ def sample_prefixes(source: Any, n: int, rules: EligibilityRules | None = None, 
         warnings.warn(f"only {len(df)} eligible user turns for n={n}; returning all of them",
                       SamplingWarning, stacklevel=2)
     return _finish(df, pop, plan)
+
+
+def _rules(rules: EligibilityRules | Mapping[str, Any] | None) -> EligibilityRules:
+    if rules is None:
+        return EligibilityRules()
+    return rules if isinstance(rules, EligibilityRules) else EligibilityRules.model_validate(rules)
 
 
 def _as_int(value: Any, name: str) -> int:
@@ -728,21 +737,22 @@ def _sample_uniform(s: _Session, src: _Source, plan: _Plan, rules: EligibilityRu
                     seed: int, n: int) -> pa.Table:
     est = _estimate_turns(s, src, rules)
     if est is not None and est > 0:
+        # one pass with a threshold that should let through ~10 % more eligible turns than n;
+        # if it let through fewer than n, widen it by what was missing and pass again
         p = (1.1 * n + 5 * math.sqrt(n)) / est
-        if p <= _FAST_MAX_SHARE:
-            df = _run(s, _sample_sql(src.sql(), plan, rules, seed, _lit(_tau_hex(p)), n, None))
-            if len(df) >= n:
-                return df
-            log.info("pilot estimate of %d eligible turns was too high (got %d < %d below the "
-                     "threshold); taking the exact route", est, len(df), n)
+        while p <= _FAST_MAX_SHARE:
+            table = _run(s, _sample_sql(src.sql(), plan, rules, seed, _lit(_tau_hex(p)), n, None))
+            if len(table) >= n:
+                return table
+            log.info("threshold %.3g let through %d < %d eligible turns; widening it", p, len(table), n)
+            p *= 1.5 * n / max(len(table), n / 20)
     # exact route: one pass for the n-th smallest hash, then the sampling pass
     count, hs = s.con.execute(
         f"SELECT count(*), min(__h, {n}) FROM ({_turns_sql(src.sql(), plan, rules, seed)})").fetchall()[0]
     if count == 0:  # an empty result with the right columns, without another pass
         return _run(s, _sample_sql(f"(SELECT * FROM {src.sql()} LIMIT 0)", plan, rules, seed,
                                    "''", 0, None))
-    tau = max(hs)
-    return _run(s, _sample_sql(src.sql(), plan, rules, seed, _lit(tau), n, None))
+    return _run(s, _sample_sql(src.sql(), plan, rules, seed, _lit(max(hs)), n, None))
 
 
 def _sample_stratified(s: _Session, src: _Source, plan: _Plan, rules: EligibilityRules, seed: int,

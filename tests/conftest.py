@@ -12,7 +12,8 @@ PAYLOAD = "<script>document.title='PWNED'</script>"
 
 def small_release(folder: Path, name: str = "small", previous: dict | None = None) -> Path:
     """Write a small release params file (and its taxonomy) into ``folder``; return its path."""
-    shutil.copyfile(ROOT / "params" / "taxonomy.yaml", folder / "taxonomy.yaml")
+    for fname in ("taxonomy.yaml", "history.csv"):
+        shutil.copyfile(ROOT / "params" / fname, folder / fname)
     text = (ROOT / "params" / "demo.yaml").read_text()
     text = (text.replace("release: demo", f"release: {name}")
                 .replace("conversations: 8000", "conversations: 1500")
@@ -35,7 +36,8 @@ def payload_conversations(path: Path, n: int = 60) -> Path:
                 {"role": "user", "content": f"Still broken: {PAYLOAD}"},
                 {"role": "assistant", "content": "Try escaping it."}]
         rows.append({"conversation_id": f"p{i}", "messages": json.dumps(msgs), "source": "test", "model": "sim-y",
-                     "language": "en", "surface": "chat", "created_at": pd.Timestamp("2026-10-01")})
+                     "language": "en", "surface": "chat", "created_at": pd.Timestamp("2026-10-01"),
+                     "intent": "coding"})
     pd.DataFrame(rows).to_parquet(path, index=False)
     return path
 

@@ -128,6 +128,7 @@ class FakeOpenAIServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, like real servers
+            disable_nagle_algorithm = True  # headers and body go out in separate writes
 
             def log_message(self, *args):  # keep test output quiet
                 pass

@@ -1,7 +1,11 @@
 """`depsim run` end to end on a small simulated release: report pages, escaping, cache."""
+import base64
 import re
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from conftest import PAYLOAD, payload_conversations, small_release
 
@@ -33,9 +37,11 @@ def test_run_renders_report_escapes_text_and_caches(tmp_path):
     shown = (site / "01_sample_prefixes.html").read_text() + (site / "02_simulate.html").read_text()
     assert "&lt;script&gt;document.title=" in shown  # the payload is shown, escaped
     index = (site / "index.html").read_text()
-    for needle in ("deployment_sim", "challenging", "prev_production", "Directional accuracy", "NLL", "<svg"):
+    for needle in ("deployment_sim", "challenging", "prev_production", "Directional accuracy", "NLL"):
         assert needle in index, needle
     assert "Audit finding" in index
+
+    browser_check(site, tmp_path)
 
     again = depsim("run", str(params), "--reports-dir", str(reports), "--render", "nbconvert", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -52,5 +58,28 @@ def test_bad_stage_input_is_one_line(tmp_path):
         msg = str(e)
     else:
         raise AssertionError("stage ran without its inputs")
-    assert "04_measure" in msg and "completions.parquet is missing: run 02_simulate first" in msg
+    assert "04_measure" in msg and "prefixes.parquet is missing: run 01_sample_prefixes first" in msg
     assert "\n" not in msg
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def browser_check(site, tmp_path):
+    """Load pages in headless Chromium with the network cut off: the payload never runs
+    (the page title stays ours), and the charts are inline SVG images that need no network."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (.ci/run installs it); the static HTML checks above still ran")
+    for page in ("index", "01_sample_prefixes", "02_simulate", "06_validate"):
+        dom = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",  # no network at all
+             f"--user-data-dir={tmp_path / ('chrome-' + page)}", "--virtual-time-budget=3000", "--dump-dom",
+             (site / f"{page}.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+        assert "<title>" in dom, page
+        title = re.search(r"<title>(.*?)</title>", dom, re.S).group(1)
+        assert "PWNED" not in title, f"{page}: the conversation's script ran in the browser"
+        if page in ("index", "06_validate"):
+            charts = [base64.b64decode(b).decode() for b in re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', dom)]
+            assert any("<svg" in c and "realised rate" in c for c in charts), f"{page}: chart not inline"

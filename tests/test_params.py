@@ -11,7 +11,8 @@ DEMO = Path("params/demo.yaml").read_text()
 
 
 def write(tmp_path, text, name="rel.yaml"):
-    (tmp_path / "taxonomy.yaml").write_text(Path("params/taxonomy.yaml").read_text())
+    for fname in ("taxonomy.yaml", "history.csv"):
+        (tmp_path / fname).write_text(Path("params", fname).read_text())
     p = tmp_path / name
     p.write_text(text)
     return p

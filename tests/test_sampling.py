@@ -391,21 +391,30 @@ def test_one_pass_route_matches_exact_route(tmp_path, monkeypatch):
     ref = py_eligible(rows, rules)
     want = sorted(ref, key=lambda ct: (turn_hash(0, ct[0], ref[ct]), ct[0]))[:200]
 
-    seen = []
-    real_turns_sql = S._turns_sql
-    monkeypatch.setattr(S, "_turns_sql", lambda *a: seen.append(a[-1]) or real_turns_sql(*a))
+    exhaustive, passes = [], []
+    real_turns_sql, real_sample_sql = S._turns_sql, S._sample_sql
+    monkeypatch.setattr(S, "_turns_sql", lambda *a: exhaustive.append(a[-1]) or real_turns_sql(*a))
+    monkeypatch.setattr(S, "_sample_sql", lambda *a: passes.append(a[4]) or real_sample_sql(*a))
     monkeypatch.setattr(S, "_PILOT_MIN_ROWS", 0)
     fast = sample_prefixes(path, 200, rules=rules, seed=0)
-    assert seen == [None]  # only the pilot ran the exhaustive query: one pass over the data
+    assert exhaustive == [None]  # only the pilot tested every turn (on its few rows) ...
+    assert len(passes) == 1  # ... and the data was read once
     assert list(zip(fast.conversation_id, fast.turn_index)) == want
 
-    # an estimate that is far too high: the threshold is too tight, the exact route takes over
-    seen.clear()
+    # an estimate far too high: the threshold lets too few through and is widened
+    exhaustive.clear(), passes.clear()
     real_estimate = S._estimate_turns
-    monkeypatch.setattr(S, "_estimate_turns", lambda *a: 20 * real_estimate(*a))
-    fallback = sample_prefixes(path, 200, rules=rules, seed=0)
-    assert seen == [None, 0]
-    pd.testing.assert_frame_equal(fallback, fast)
+    monkeypatch.setattr(S, "_estimate_turns", lambda *a: 50 * real_estimate(*a))
+    widened = sample_prefixes(path, 200, rules=rules, seed=0)
+    assert exhaustive == [None] and len(passes) >= 2
+    pd.testing.assert_frame_equal(widened, fast)
+
+    # no usable estimate (e.g. a small log): the exact route, same sample
+    exhaustive.clear(), passes.clear()
+    monkeypatch.setattr(S, "_estimate_turns", lambda *a: None)
+    exact = sample_prefixes(path, 200, rules=rules, seed=0)
+    assert exhaustive == [0] and len(passes) == 1
+    pd.testing.assert_frame_equal(exact, fast)
 
 
 def test_malformed_conversation_is_skipped(tmp_path):

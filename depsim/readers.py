@@ -1,0 +1,1339 @@
+"""Readers: conversation logs, public chat data sets and challenging-prompt sets into the
+canonical conversation table.
+
+The canonical table (one row per conversation; what ``depsim.sampling`` and stage 1 read):
+
+===================  =========================================================================
+``conversation_id``  str, unique
+``messages``         str: JSON array of OpenAI chat messages (``role`` system/user/assistant/
+                     tool, ``content`` str/null/list of parts, optional ``tool_calls``,
+                     ``tool_call_id``, ``name``, ``refusal``)
+``tools``            str (JSON array of tool schemas) or null
+``source``           str (``openai_jsonl``, ``wildchat``, ``hh_rlhf:harmless-base-test``, ...)
+``model``            str or null: the model that served the conversation
+``language``         str or null: ISO 639-1 code where known ("en"); data sets that give names
+                     ("English") are mapped, and the name is kept in ``language_name``
+``surface``          str or null ("chat" for public chat logs, "eval" for prompt sets)
+``created_at``       timestamp (UTC, no zone) or null
+extras               per format: ``redacted``, ``toxic``, ``moderation_flagged``, ``category``,
+                     ``message_meta`` (JSON array aligned with ``messages``: each message's
+                     fields that are not OpenAI message fields, e.g. WildChat's per-turn
+                     ``redacted``/``toxic``/``timestamp``), ``meta`` (JSON object: the
+                     record's other fields), ...
+===================  =========================================================================
+
+Public API: :func:`read_conversations`, :func:`read_prompt_set`, :func:`convert`,
+:class:`ReadResult`, :class:`InputError`, :data:`FORMATS`, :data:`PROMPT_SETS`.
+
+Bad input is never dropped silently. Each bad record raises :class:`InputError`, whose message
+is one line naming the file and the 1-based line (JSONL, CSV) or the 0-based record index
+(JSON arrays, Parquet, hub data sets), and the reason. With ``quarantine=<path>`` bad records
+are written there instead, one JSON object per line (``file``, ``line``, ``record``,
+``reason``, ``message``, ``raw`` cut to 2,000 characters), and counted in the result. Errors
+that concern the whole file (empty, not JSONL, a corrupt gzip or Parquet file, a broken JSON
+array, missing CSV columns) raise even with a quarantine. Blank lines are not records.
+
+Reading streams: JSONL line by line, JSON arrays incrementally, Parquet by record batch.
+:func:`convert` writes the output in row groups, so memory stays bounded by one chunk.
+"""
+from __future__ import annotations
+
+import codecs
+import csv
+import glob as _glob
+import gzip
+import io
+import json
+import math
+import os
+import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = [
+    "FORMATS",
+    "PROMPT_SETS",
+    "PUBLIC_FORMATS",
+    "CANONICAL_COLUMNS",
+    "InputError",
+    "ReadResult",
+    "convert",
+    "read_conversations",
+    "read_prompt_set",
+]
+
+#: Conversation formats of :func:`read_conversations`.
+FORMATS: tuple[str, ...] = ("openai_jsonl", "wildchat", "lmsys", "sharegpt", "hh_rlhf", "parquet")
+#: Challenging-prompt sets of :func:`read_prompt_set`.
+PROMPT_SETS: tuple[str, ...] = ("xstest", "harmbench", "strongreject", "simple_safety_tests", "advbench",
+                                "jailbreakbench")
+#: Formats that are public data sets, not a deployment's own logs (the report must say so).
+PUBLIC_FORMATS: frozenset[str] = frozenset({"wildchat", "lmsys", "sharegpt", "hh_rlhf", *PROMPT_SETS})
+#: Formats that may be given as a Hugging Face hub id (needs the ``datasets`` package, online).
+HUB_FORMATS: frozenset[str] = frozenset({"wildchat", "lmsys", "sharegpt"})
+
+ROLES = ("system", "user", "assistant", "tool")
+#: Role spellings mapped onto the four canonical roles (OpenAI's newer name for system).
+ROLE_ALIASES = {"developer": "system"}
+#: Message keys kept in ``messages``; any other key moves to ``message_meta``.
+MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "refusal")
+TEXT_PART_TYPES = ("text", "input_text", "output_text")
+RAW_CHARS = 2_000
+DEFAULT_MAX_MESSAGE_CHARS = 1_000_000
+DEFAULT_CHUNK_ROWS = 10_000
+
+_S, _B, _TS = pa.string(), pa.bool_(), pa.timestamp("us")
+CANONICAL_COLUMNS: tuple[str, ...] = ("conversation_id", "messages", "tools", "source", "model", "language",
+                                      "surface", "created_at")
+_BASE = [("conversation_id", _S), ("messages", _S), ("tools", _S), ("source", _S), ("model", _S),
+         ("language", _S), ("surface", _S), ("created_at", _TS)]
+_EXTRAS: dict[str, list[tuple[str, pa.DataType]]] = {
+    "openai_jsonl": [("message_meta", _S), ("meta", _S)],
+    "wildchat": [("language_name", _S), ("redacted", _B), ("toxic", _B), ("moderation_flagged", _B),
+                 ("country", _S), ("state", _S), ("message_meta", _S), ("meta", _S)],
+    "lmsys": [("language_name", _S), ("redacted", _B), ("moderation_flagged", _B), ("message_meta", _S),
+              ("meta", _S)],
+    "sharegpt": [("message_meta", _S), ("meta", _S)],
+    "hh_rlhf": [("rejected", _S)],
+    "xstest": [("category", _S), ("label", _S), ("focus", _S), ("note", _S)],
+    "harmbench": [("category", _S), ("functional_category", _S), ("behavior", _S), ("context", _S),
+                  ("tags", _S)],
+    "strongreject": [("category", _S), ("prompt_source", _S)],
+    "simple_safety_tests": [("category", _S), ("prompt_type", _S)],
+    "advbench": [("affirmative_target", _S)],
+    "jailbreakbench": [("category", _S), ("goal", _S), ("behavior", _S), ("method", _S), ("response", _S),
+                       ("jailbroken", _B), ("jailbroken_llama_guard1", _B)],
+}
+
+NOTES = {
+    "wildchat": "Public data (WildChat): WildChat-1M and WildChat-4.8M drop the conversations that OpenAI "
+                "Moderation or Detoxify flagged (only the gated -Full variants keep them) and redact PII "
+                "(`redacted`), so a forecast seeded from them under-represents disallowed content.",
+    "lmsys": "Public data (LMSYS-Chat-1M): Chatbot Arena and Vicuna demo users, not a product's traffic; "
+             "PII is redacted (`redacted`).",
+    "sharegpt": "Public data (ShareGPT): conversations users chose to share, a self-selected sample.",
+    "hh_rlhf": "Public data (Anthropic HH-RLHF): crowdworker red-team conversations with an early model, "
+               "adversarial by design, not production traffic.",
+}
+_PROMPT_NOTE = "Challenging-prompts set ({}): adversarial evaluation prompts, not deployment traffic."
+
+#: Language names used by WildChat (lingua) and LMSYS-Chat-1M (polyglot) -> ISO 639-1.
+LANGUAGE_CODES = {
+    "afrikaans": "af", "albanian": "sq", "arabic": "ar", "armenian": "hy", "azerbaijani": "az", "basque": "eu",
+    "belarusian": "be", "bengali": "bn", "bokmal": "nb", "bosnian": "bs", "bulgarian": "bg", "catalan": "ca",
+    "chinese": "zh", "croatian": "hr", "czech": "cs", "danish": "da", "dutch": "nl", "english": "en",
+    "esperanto": "eo", "estonian": "et", "finnish": "fi", "french": "fr", "ganda": "lg", "georgian": "ka",
+    "german": "de", "greek": "el", "gujarati": "gu", "hebrew": "he", "hindi": "hi", "hungarian": "hu",
+    "icelandic": "is", "indonesian": "id", "irish": "ga", "italian": "it", "japanese": "ja", "kazakh": "kk",
+    "korean": "ko", "latin": "la", "latvian": "lv", "lithuanian": "lt", "macedonian": "mk", "malay": "ms",
+    "maori": "mi", "marathi": "mr", "mongolian": "mn", "norwegian": "no", "nynorsk": "nn", "persian": "fa",
+    "polish": "pl", "portuguese": "pt", "punjabi": "pa", "romanian": "ro", "russian": "ru", "serbian": "sr",
+    "shona": "sn", "slovak": "sk", "slovene": "sl", "slovenian": "sl", "somali": "so", "sotho": "st",
+    "spanish": "es", "swahili": "sw", "swedish": "sv", "tagalog": "tl", "tamil": "ta", "telugu": "te",
+    "thai": "th", "tsonga": "ts", "tswana": "tn", "turkish": "tr", "ukrainian": "uk", "urdu": "ur",
+    "vietnamese": "vi", "welsh": "cy", "xhosa": "xh", "yoruba": "yo", "zulu": "zu", "malayalam": "ml",
+    "kannada": "kn", "nepali": "ne", "sinhala": "si", "burmese": "my", "khmer": "km", "lao": "lo",
+    "uzbek": "uz", "kyrgyz": "ky", "tajik": "tg", "pashto": "ps", "kurdish": "ku", "amharic": "am",
+}
+_NO_LANGUAGE = {"", "unknown", "nolang", "none", "und"}
+
+
+class InputError(ValueError):
+    """Bad input. The message is one line: ``<file>:<line>: <reason>`` (JSONL, CSV) or
+    ``<file>: record <i>: <reason>`` (JSON arrays, Parquet, hub data sets; 0-based)."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 record: int | None = None, reason: str = "invalid_file"):
+        super().__init__(_one_line(message))
+        self.file, self.line, self.record, self.reason = file, line, record, reason
+
+
+@dataclass
+class ReadResult:
+    """What a read produced.
+
+    - ``table``: the canonical conversation table (``None`` from :func:`convert`, which writes
+      it to ``path`` instead of holding it in memory).
+    - ``quarantined`` / ``reasons``: how many bad records went to the quarantine file, by
+      reason code (``invalid_json``, ``unknown_role``, ``duplicate_id``, ...).
+    - ``records``: records read in all; ``rows + quarantined == records`` (nothing is lost).
+    - ``notes``: what a report must say about this source (public-data biases) and about
+      anything kept but incomplete.
+    """
+    table: pd.DataFrame | None
+    quarantined: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    records: int = 0
+    rows: int = 0
+    notes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    path: Path | None = None
+    quarantine: Path | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Locations, errors, small helpers
+
+
+@dataclass(frozen=True)
+class _Loc:
+    file: str
+    line: int | None = None
+    record: int | None = None
+
+    def __str__(self) -> str:
+        if self.line is not None:
+            return f"{self.file}:{self.line}"
+        if self.record is not None:
+            return f"{self.file}: record {self.record}"
+        return self.file
+
+    def short(self) -> str:
+        return f"line {self.line}" if self.line is not None else f"record {self.record}"
+
+
+class _Bad(Exception):
+    """One bad record: a reason code and a one-line detail."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, _one_line(detail)
+
+
+def _one_line(s: str) -> str:
+    return str(s).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _fatal(loc: _Loc | str, detail: str) -> InputError:
+    if isinstance(loc, _Loc):
+        return InputError(f"{loc}: {detail}", file=loc.file, line=loc.line, record=loc.record)
+    return InputError(f"{loc}: {detail}", file=str(loc))
+
+
+def _tn(v: Any) -> str:
+    """Name of a JSON-ish type, for messages."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, (list, tuple)):
+        return "an array"
+    if isinstance(v, dict):
+        return "an object"
+    return f"a {type(v).__name__}"
+
+
+def _json_default(v: Any):
+    if isinstance(v, datetime):
+        return v.isoformat()
+    if isinstance(v, date):
+        return v.isoformat()
+    if isinstance(v, (bytes, bytearray)):
+        return v.decode("utf-8", "backslashreplace")
+    if hasattr(v, "item"):  # numpy scalars
+        return v.item()
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return str(v)
+
+
+def _dumps(v: Any) -> str:
+    return json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+
+
+def _raw_text(raw: Any) -> str:
+    """Raw record text for the quarantine file, cut to 2,000 characters."""
+    if raw is None:
+        return ""
+    if isinstance(raw, (bytes, bytearray)):
+        return bytes(raw[: RAW_CHARS * 4]).decode("utf-8", "backslashreplace")[:RAW_CHARS]
+    if isinstance(raw, str):
+        return raw[:RAW_CHARS]
+    try:
+        return _dumps(raw)[:RAW_CHARS]
+    except (TypeError, ValueError):
+        return repr(raw)[:RAW_CHARS]
+
+
+def _str(rec: dict, key: str, *, required: bool = False) -> str | None:
+    v = rec.get(key)
+    if v is None:
+        if required:
+            raise _Bad("missing_field", f"missing required field {key!r}")
+        return None
+    if not isinstance(v, str):
+        raise _Bad("wrong_type", f"{key} is {_tn(v)}, expected a string")
+    return v
+
+
+def _bool(rec: dict, key: str) -> bool | None:
+    v = rec.get(key)
+    if v is None or isinstance(v, bool):
+        return v
+    raise _Bad("wrong_type", f"{key} is {_tn(v)}, expected true/false")
+
+
+def _req(rec: dict, key: str) -> Any:
+    if key not in rec or rec[key] is None:
+        raise _Bad("missing_field", f"missing required field {key!r}")
+    return rec[key]
+
+
+def _conv_id(rec: dict, keys: tuple[str, ...], fallback: str | None) -> str:
+    """The record's id from the first of ``keys`` present; ``fallback`` if none (else bad)."""
+    for k in keys:
+        v = rec.get(k)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (str, int)):
+            raise _Bad("wrong_type", f"{k} is {_tn(v)}, expected a string")
+        v = str(v)
+        if not v.strip():
+            raise _Bad("missing_field", f"{k} is empty")
+        return v
+    if fallback is None:
+        raise _Bad("missing_field", f"missing required field {keys[0]!r}")
+    return fallback
+
+
+def _timestamp(v: Any, key: str = "created_at") -> datetime | None:
+    """A UTC timestamp without zone from a datetime, ISO string, or epoch number (s/ms/us/ns)."""
+    if v is None:
+        return None
+    try:
+        if isinstance(v, datetime):
+            dt = v.to_pydatetime() if isinstance(v, pd.Timestamp) else v
+        elif isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise _Bad("wrong_type", f"{key} is {_tn(v)}, expected a timestamp")
+        elif isinstance(v, (int, float)):
+            x = float(v)
+            if not math.isfinite(x):
+                raise ValueError("not finite")
+            div = 1e9 if abs(x) >= 1e17 else 1e6 if abs(x) >= 1e14 else 1e3 if abs(x) >= 1e11 else 1.0
+            dt = datetime.fromtimestamp(x / div, tz=timezone.utc)
+        else:
+            s = v.strip()
+            try:
+                dt = datetime.fromisoformat(s)
+            except ValueError:
+                ts = pd.Timestamp(s)
+                if ts is pd.NaT:
+                    raise ValueError("empty")
+                dt = ts.to_pydatetime()
+    except _Bad:
+        raise
+    except (ValueError, OverflowError, OSError) as e:
+        raise _Bad("bad_timestamp", f"{key}: cannot read {str(v)[:60]!r} as a timestamp ({e})") from None
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+    return dt
+
+
+def _language(v: Any, key: str = "language") -> tuple[str | None, str | None]:
+    """(ISO code or the value itself, original name) of a language field."""
+    if v is None:
+        return None, None
+    if not isinstance(v, str):
+        raise _Bad("wrong_type", f"{key} is {_tn(v)}, expected a string")
+    s = v.strip()
+    if s.lower() in _NO_LANGUAGE:
+        return None, v
+    if re.fullmatch(r"[a-z]{2,3}([-_][A-Za-z0-9]+)?", s):
+        return s, v
+    return LANGUAGE_CODES.get(s.lower(), s), v
+
+
+# --------------------------------------------------------------------------------------------
+# Message validation
+
+
+def _content_size(content: Any, i: int) -> int:
+    """Characters in a message's content; raises _Bad for a wrong type."""
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        n = 0
+        for j, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise _Bad("wrong_type", f"message {i}: content part {j} is {_tn(part)}, expected an object")
+            t = part.get("type")
+            if not isinstance(t, str):
+                raise _Bad("wrong_type", f"message {i}: content part {j} has no string 'type'")
+            if t in TEXT_PART_TYPES:
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise _Bad("wrong_type", f"message {i}: text part {j} has 'text' {_tn(text)}, expected a string")
+                n += len(text)
+            else:
+                n += len(_dumps(part))
+        return n
+    raise _Bad("wrong_type", f"message {i}: content is {_tn(content)}, expected a string, null or a list of parts")
+
+
+def _tool_calls(calls: Any, i: int) -> tuple[list[dict], int]:
+    if not isinstance(calls, list):
+        raise _Bad("bad_tool_call", f"message {i}: tool_calls is {_tn(calls)}, expected an array")
+    out, size = [], 0
+    for j, c in enumerate(calls):
+        if not isinstance(c, dict):
+            raise _Bad("bad_tool_call", f"message {i}: tool call {j} is {_tn(c)}, expected an object")
+        cid, fn = c.get("id"), c.get("function")
+        if not isinstance(cid, str) or not cid:
+            raise _Bad("bad_tool_call", f"message {i}: tool call {j} has no string 'id'")
+        if c.get("type", "function") != "function":
+            raise _Bad("bad_tool_call", f"message {i}: tool call {j} has type {c.get('type')!r}, expected 'function'")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise _Bad("bad_tool_call", f"message {i}: tool call {j} has no function name")
+        args = fn.get("arguments", "")
+        if isinstance(args, (dict, list)):
+            args = _dumps(args)  # some logs store parsed arguments; the canonical form is a JSON string
+        elif args is None:
+            args = ""
+        elif not isinstance(args, str):
+            raise _Bad("bad_tool_call", f"message {i}: tool call {j} arguments are {_tn(args)}, expected a JSON string")
+        size += len(args)
+        call = {**c, "type": "function", "function": {**fn, "arguments": args}}
+        out.append({"id": call.pop("id"), "type": call.pop("type"), "function": call.pop("function"), **call})
+    return out, size
+
+
+def _messages(msgs: Any, max_chars: int) -> tuple[list[dict], list[dict] | None]:
+    """Validate and normalise a message list. Returns (messages with only OpenAI keys, per-message
+    extra fields or None when there are none). Raises _Bad naming the message index."""
+    if not isinstance(msgs, (list, tuple)):
+        raise _Bad("wrong_type", f"messages is {_tn(msgs)}, expected an array")
+    if not msgs:
+        raise _Bad("empty_conversation", "conversation has no messages")
+    out: list[dict] = []
+    extras: list[dict] = []
+    calls: set[str] = set()
+    has_user = False
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise _Bad("wrong_type", f"message {i} is {_tn(m)}, expected an object")
+        if m.get("role") is None:
+            raise _Bad("missing_field", f"message {i} has no role")
+        role = m["role"]
+        if not isinstance(role, str):
+            raise _Bad("wrong_type", f"message {i}: role is {_tn(role)}, expected a string")
+        role = ROLE_ALIASES.get(role, role)
+        if role not in ROLES:
+            raise _Bad("unknown_role", f"message {i} has unknown role {role[:40]!r} "
+                                       f"(expected system, user, assistant or tool)")
+        content = m.get("content")
+        if content is None and role != "assistant":
+            what = "has no content" if "content" not in m else "has null content"
+            raise _Bad("missing_field", f"message {i} ({role}) {what}")
+        size = _content_size(content, i)
+        msg: dict = {"role": role, "content": content}
+        if m.get("tool_calls") is not None:
+            if role != "assistant":
+                raise _Bad("bad_tool_call", f"message {i} ({role}) has tool_calls; only assistant messages may")
+            tc, n = _tool_calls(m["tool_calls"], i)
+            size += n
+            if tc:
+                msg["tool_calls"] = tc
+                calls.update(c["id"] for c in tc)
+        if role == "assistant" and content is None and "tool_calls" not in msg and not m.get("refusal"):
+            raise _Bad("missing_field", f"message {i} (assistant) has neither content nor tool_calls")
+        if role == "tool":
+            tcid = m.get("tool_call_id")
+            if not isinstance(tcid, str) or tcid not in calls:
+                raise _Bad("unmatched_tool_message", f"message {i} (tool) has tool_call_id {tcid!r}, which "
+                                                     f"matches no earlier assistant tool call")
+            msg["tool_call_id"] = tcid
+        for k in ("name", "refusal"):
+            if m.get(k) is not None:
+                if not isinstance(m[k], str):
+                    raise _Bad("wrong_type", f"message {i}: {k} is {_tn(m[k])}, expected a string")
+                msg[k] = m[k]
+        if size > max_chars:
+            raise _Bad("message_too_large", f"message {i} ({role}) has {size:,} characters "
+                                            f"(limit max_message_chars={max_chars:,})")
+        has_user = has_user or role == "user"
+        out.append(msg)
+        extras.append({k: v for k, v in m.items() if k not in MESSAGE_KEYS})
+    if not has_user:
+        raise _Bad("no_user_turn", "conversation has no user message")
+    return out, (extras if any(extras) else None)
+
+
+# --------------------------------------------------------------------------------------------
+# Record sources: each yields (location, raw, parsed record or _Bad)
+
+
+def _open_binary(path: Path):
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(4)
+
+
+def _first_char(path: Path) -> str:
+    """First non-whitespace character of a (possibly gzipped) text file ('' if none)."""
+    try:
+        with _open_binary(path) as fh:
+            while True:
+                chunk = fh.read(65536)
+                if not chunk:
+                    return ""
+                s = chunk.lstrip(b" \t\r\n\xef\xbb\xbf")
+                if s:
+                    return chr(s[0])
+    except (OSError, EOFError, zlib.error) as e:
+        raise _fatal(str(path), f"cannot read the file: {e}") from None
+
+
+def _jsonl(path: Path, max_line_bytes: int, *, array_hint: str) -> Iterator[tuple[_Loc, Any, Any]]:
+    name, lineno, seen = str(path), 0, False
+    with _open_binary(path) as fh:
+        while True:
+            try:
+                raw = fh.readline(max_line_bytes + 1)
+            except (EOFError, OSError, zlib.error) as e:
+                raise _fatal(_Loc(name, lineno + 1), f"compressed file is truncated or corrupt ({e})") from None
+            if not raw:
+                break
+            lineno += 1
+            loc = _Loc(name, lineno)
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                n = len(raw)
+                while True:  # skip the rest of the line without holding it
+                    try:
+                        more = fh.readline(1 << 20)
+                    except (EOFError, OSError, zlib.error) as e:
+                        raise _fatal(loc, f"compressed file is truncated or corrupt ({e})") from None
+                    n += len(more)
+                    if not more or more.endswith(b"\n"):
+                        break
+                yield loc, raw[:RAW_CHARS], _Bad("line_too_long", f"line has {n:,} bytes "
+                                                                  f"(limit {max_line_bytes:,})")
+                continue
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[3:]
+            if not raw.strip():
+                continue  # blank lines are not records
+            first, seen = not seen, True
+            if b"\x00" in raw:
+                at = raw.index(b"\x00") + 1
+                yield loc, raw, _Bad("nul_byte", f"line contains a NUL byte (byte {at})")
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield loc, raw, _Bad("not_utf8", f"line is not valid UTF-8 (byte {e.start + 1}: "
+                                                 f"{raw[e.start:e.start + 4]!r})")
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                if first and text.lstrip().startswith("["):
+                    raise _fatal(loc, f"the file is a JSON array, not JSONL (one JSON object per line); "
+                                      f"{array_hint}") from None
+                yield loc, raw, _Bad("invalid_json", f"invalid JSON: {e.msg} at column {e.colno}")
+                continue
+            except RecursionError:
+                yield loc, raw, _Bad("invalid_json", "invalid JSON: nested too deeply")
+                continue
+            yield loc, raw, obj
+    if not seen:
+        raise _fatal(_Loc(name, 1), "empty file (no records)")
+
+
+def _json_array(path: Path) -> Iterator[tuple[_Loc, Any, Any]]:
+    """Stream the elements of a top-level JSON array without loading the whole file."""
+    name = str(path)
+    dec = json.JSONDecoder()
+    fh = io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", errors="strict")
+    buf, pos, eof, idx = "", 0, False, 0
+
+    def more() -> None:
+        nonlocal buf, pos, eof
+        try:
+            chunk = fh.read(max(1 << 20, len(buf) - pos))
+        except UnicodeDecodeError as e:
+            raise _fatal(_Loc(name, record=idx), f"the file is not valid UTF-8 ({e.reason}); a JSON array "
+                                                 f"cannot be read past a bad byte") from None
+        except (EOFError, OSError, zlib.error) as e:
+            raise _fatal(_Loc(name, record=idx), f"compressed file is truncated or corrupt ({e})") from None
+        buf, pos = buf[pos:] + chunk, 0
+        eof = not chunk
+
+    def skip_ws() -> str:
+        nonlocal pos
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n":
+                pos += 1
+            if pos < len(buf):
+                return buf[pos]
+            if eof:
+                return ""
+            more()
+
+    with fh:
+        if skip_ws() != "[":
+            raise _fatal(name, "expected a JSON array")
+        pos += 1
+        if skip_ws() == "]":
+            raise _fatal(name, "empty JSON array (no records)")
+        while True:
+            while True:
+                try:
+                    obj, end = dec.raw_decode(buf, pos)
+                except json.JSONDecodeError as e:
+                    if not eof:
+                        more()
+                        continue
+                    raise _fatal(_Loc(name, record=idx), f"invalid JSON ({e.msg}); a JSON array cannot be read "
+                                                         f"past a syntax error") from None
+                except RecursionError:
+                    raise _fatal(_Loc(name, record=idx), "invalid JSON: nested too deeply") from None
+                if end == len(buf) and not eof and not isinstance(obj, (dict, list)):
+                    more()  # a scalar cut by the chunk boundary
+                    continue
+                break
+            raw = buf[pos:end]
+            pos = end
+            yield _Loc(name, record=idx), raw, obj
+            idx += 1
+            c = skip_ws()
+            if c == ",":
+                pos += 1
+                skip_ws()
+                continue
+            if c == "]":
+                pos += 1
+                if skip_ws() != "":
+                    raise _fatal(name, "unexpected data after the JSON array")
+                return
+            raise _fatal(_Loc(name, record=idx), "invalid JSON array: expected ',' or ']' "
+                                                 + ("but the file ends (truncated?)" if c == "" else f"not {c!r}"))
+
+
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise _fatal(str(path), f"not a readable Parquet file ({_one_line(e)})") from None
+
+
+def _parquet(path: Path) -> Iterator[tuple[_Loc, Any, Any]]:
+    pf = _parquet_file(path)
+    if pf.metadata.num_rows == 0:
+        raise _fatal(str(path), "empty Parquet file (no records)")
+    idx = 0
+    try:
+        for batch in pf.iter_batches(batch_size=1024):
+            for rec in batch.to_pylist():
+                yield _Loc(str(path), record=idx), None, rec
+                idx += 1
+    except (pa.ArrowException, OSError) as e:
+        raise _fatal(_Loc(str(path), record=idx), f"cannot read the Parquet file ({_one_line(e)})") from None
+
+
+def _hub(hub_id: str, fmt: str) -> Iterator[tuple[_Loc, Any, Any]]:
+    """Stream a data set from the Hugging Face hub (needs ``datasets`` and a network)."""
+    try:
+        import datasets  # noqa: PLC0415
+    except ImportError:
+        raise InputError(f"{hub_id}: reading a Hugging Face hub id needs the `datasets` package, which is not "
+                         f"installed (pip install datasets); or download the data set's files (.parquet or "
+                         f".jsonl) and pass their path", file=hub_id) from None
+    try:
+        ds = datasets.load_dataset(hub_id, split="train", streaming=True)
+        it = iter(ds)
+    except Exception as e:  # noqa: BLE001 - any failure here is "cannot reach / no access"
+        raise InputError(f"{hub_id}: cannot load from the Hugging Face hub (offline, a gated data set without "
+                         f"an accepted licence and token, or no such data set): {type(e).__name__}: "
+                         f"{_one_line(e)[:300]}", file=hub_id) from None
+    idx = 0
+    while True:
+        try:
+            rec = next(it)
+        except StopIteration:
+            break
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"{hub_id}: record {idx}: reading from the hub failed (connection lost?): "
+                             f"{type(e).__name__}: {_one_line(e)[:300]}", file=hub_id, record=idx) from None
+        yield _Loc(hub_id, record=idx), None, rec
+        idx += 1
+    if idx == 0:
+        raise InputError(f"{hub_id}: the data set has no records", file=hub_id)
+
+
+def _csv(path: Path) -> Iterator[tuple[_Loc, Any, Any]]:
+    name = str(path)
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise _fatal(_Loc(name, 1), "empty file (no header, no records)")
+            start = reader.line_num + 1
+            for row in reader:
+                loc = _Loc(name, start)
+                start = reader.line_num + 1
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    yield loc, _dumps(row), _Bad("wrong_columns", f"row has {len(row)} fields, the header has "
+                                                                  f"{len(header)}")
+                    continue
+                yield loc, _dumps(dict(zip(header, row))), dict(zip(header, row))
+        except UnicodeDecodeError as e:
+            raise _fatal(_Loc(name, reader.line_num + 1), f"the file is not valid UTF-8 ({e.reason})") from None
+        except csv.Error as e:
+            raise _fatal(_Loc(name, reader.line_num + 1), f"malformed CSV ({e})") from None
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            return next(csv.reader(fh), []) or []
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise _fatal(_Loc(str(path), 1), f"cannot read the CSV header ({_one_line(e)})") from None
+
+
+def _jbc(path: Path) -> Iterator[tuple[_Loc, Any, Any]]:
+    name = str(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except UnicodeDecodeError as e:
+        raise _fatal(name, f"the file is not valid UTF-8 ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise _fatal(_Loc(name, e.lineno), f"invalid JSON ({e.msg})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("jailbreaks"), list):
+        raise _fatal(name, "not a JailbreakBench artifact (expected an object with a 'jailbreaks' array)")
+    params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
+    if not doc["jailbreaks"]:
+        raise _fatal(name, "no records ('jailbreaks' is empty)")
+    for i, jb in enumerate(doc["jailbreaks"]):
+        yield _Loc(name, record=i), jb, (params, jb)
+
+
+# --------------------------------------------------------------------------------------------
+# Converters: one record -> one canonical row (dict); raise _Bad
+
+
+@dataclass
+class _Ctx:
+    fmt: str
+    stem: str
+    loc: _Loc
+    max_chars: int
+    source: str | None
+    warnings: Counter
+
+
+def _finish(row: dict, msgs: list[dict], mmeta: list[dict] | None = None, meta: dict | None = None) -> dict:
+    row["messages"] = _dumps(msgs)
+    if "message_meta" not in row and mmeta is not None:
+        row["message_meta"] = _dumps(mmeta)
+    if meta:
+        row["meta"] = _dumps(meta)
+    return row
+
+
+def _row_openai(rec: Any, c: _Ctx) -> dict:
+    if not isinstance(rec, dict):
+        raise _Bad("not_an_object", f"record is {_tn(rec)}, expected an object with 'messages'")
+    msgs, mmeta = _messages(_req(rec, "messages"), c.max_chars)
+    tools = rec.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise _Bad("wrong_type", f"tools is {_tn(tools)}, expected an array of tool objects")
+        tools = _dumps(tools) if tools else None
+    used = {"id", "conversation_id", "messages", "tools", "model", "language", "surface", "source", "created_at"}
+    row = {"conversation_id": _conv_id(rec, ("id", "conversation_id"), f"{c.stem}:{c.loc.line or c.loc.record}"),
+           "tools": tools, "source": c.source or _str(rec, "source") or c.fmt, "model": _str(rec, "model"),
+           "language": _str(rec, "language"), "surface": _str(rec, "surface"),
+           "created_at": _timestamp(rec.get("created_at"))}
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used})
+
+
+def _any_flag(v: Any, key: str) -> bool | None:
+    """True if any entry of a per-turn moderation list is flagged."""
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        raise _Bad("wrong_type", f"{key} is {_tn(v)}, expected an array")
+    return any(isinstance(x, dict) and x.get("flagged") is True for x in v)
+
+
+def _turn_flag(conv: list, key: str) -> bool | None:
+    vals = [t.get(key) for t in conv if isinstance(t, dict) and isinstance(t.get(key), bool)]
+    return any(vals) if vals else None
+
+
+def _row_chatlog(rec: Any, c: _Ctx) -> dict:
+    """WildChat and LMSYS-Chat-1M: {id, model, conversation: [{role, content, ...}], ...}."""
+    if not isinstance(rec, dict):
+        raise _Bad("not_an_object", f"record is {_tn(rec)}, expected an object")
+    keys = ("conversation_hash", "conversation_id") if c.fmt == "wildchat" else ("conversation_id",)
+    cid = _conv_id(rec, keys, None)
+    conv = _req(rec, "conversation")
+    msgs, mmeta = _messages(conv, c.max_chars)
+    lang_v = rec.get("language")
+    if lang_v is None:  # fall back to the first user turn's language
+        lang_v = next((t.get("language") for t in conv if t.get("role") == "user" and t.get("language")), None)
+    lang, lang_name = _language(lang_v)
+    redacted = _bool(rec, "redacted")
+    row = {"conversation_id": cid, "tools": None, "source": c.source or c.fmt, "model": _str(rec, "model"),
+           "language": lang, "language_name": lang_name, "surface": "chat",
+           "redacted": redacted if redacted is not None else _turn_flag(conv, "redacted"),
+           "moderation_flagged": _any_flag(rec.get("openai_moderation"), "openai_moderation")}
+    used = {*keys, "conversation", "model", "language", "redacted"}
+    if c.fmt == "wildchat":
+        stamps = [t.get("timestamp") for t in conv if t.get("timestamp") is not None]
+        toxic = _bool(rec, "toxic")
+        row.update(created_at=_timestamp(stamps[0] if stamps else rec.get("timestamp"), "timestamp"),
+                   toxic=toxic if toxic is not None else _turn_flag(conv, "toxic"),
+                   country=_str(rec, "country"), state=_str(rec, "state"))
+        used |= {"timestamp", "toxic", "country", "state"}
+    else:
+        row["created_at"] = _timestamp(rec.get("timestamp"), "timestamp")
+        used.add("timestamp")
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used})
+
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
+                  "assistant": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
+                  "system": "system", "tool": "tool", "observation": "tool", "function_response": "tool",
+                  "ipython": "tool", "function_call": "assistant"}
+
+
+def _row_sharegpt(rec: Any, c: _Ctx) -> dict:
+    if not isinstance(rec, dict):
+        raise _Bad("not_an_object", f"record is {_tn(rec)}, expected an object with 'conversations'")
+    turns = _req(rec, "conversations")
+    if not isinstance(turns, list):
+        raise _Bad("wrong_type", f"conversations is {_tn(turns)}, expected an array")
+    msgs, pending = [], []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict):
+            raise _Bad("wrong_type", f"message {i} is {_tn(t)}, expected an object")
+        frm = t.get("from")
+        if frm is None:
+            raise _Bad("missing_field", f"message {i} has no 'from'")
+        if not isinstance(frm, str):
+            raise _Bad("wrong_type", f"message {i}: 'from' is {_tn(frm)}, expected a string")
+        role = SHAREGPT_ROLES.get(frm.lower())
+        if role is None:
+            raise _Bad("unknown_role", f"message {i} has unknown 'from' {frm[:40]!r} "
+                                       f"(expected human, gpt, system, tool, function_call, observation)")
+        if "value" not in t:
+            raise _Bad("missing_field", f"message {i} has no 'value'")
+        value = t["value"]
+        extra = {k: v for k, v in t.items() if k not in ("from", "value")}
+        if frm.lower() == "function_call":
+            try:
+                call = json.loads(value) if isinstance(value, str) else value
+            except json.JSONDecodeError as e:
+                raise _Bad("bad_tool_call", f"message {i}: function_call value is not JSON ({e.msg})") from None
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                raise _Bad("bad_tool_call", f"message {i}: function_call value has no 'name'")
+            args = call.get("arguments", call.get("parameters", {}))
+            cid = f"call_{i}"
+            pending.append(cid)
+            msgs.append({"role": "assistant", "content": None, "tool_calls": [
+                {"id": cid, "type": "function",
+                 "function": {"name": call["name"], "arguments": args if isinstance(args, str) else _dumps(args)}}],
+                **extra})
+        elif role == "tool":
+            if not pending:
+                raise _Bad("unmatched_tool_message", f"message {i} ({frm}) answers no earlier function_call")
+            msgs.append({"role": "tool", "content": value, "tool_call_id": pending.pop(0), **extra})
+        else:
+            msgs.append({"role": role, "content": value, **extra})
+    msgs, mmeta = _messages(msgs, c.max_chars)
+    row = {"conversation_id": _conv_id(rec, ("id", "conversation_id"), f"{c.stem}:{c.loc.line or c.loc.record}"),
+           "tools": None, "source": c.source or c.fmt, "model": _str(rec, "model"),
+           "language": _language(rec.get("language"))[0], "surface": None, "created_at": None}
+    used = {"id", "conversation_id", "conversations", "model", "language"}
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used})
+
+
+_HH_MARK = re.compile(r"\n\n(Human|Assistant):")
+
+
+def _hh_messages(text: Any, which: str) -> list[dict]:
+    """Split an HH-RLHF transcript into messages. A repeated speaker marker (``\\n\\nAssistant:``
+    inside an assistant turn, which the early models generated) is text of that turn, so roles
+    always alternate and no text is lost."""
+    if not isinstance(text, str):
+        raise _Bad("wrong_type", f"{which} is {_tn(text)}, expected a transcript string")
+    parts = _HH_MARK.split(text)
+    if parts[0].strip():
+        raise _Bad("bad_transcript", f"{which} transcript does not start with '\\n\\nHuman:'")
+    raw: list[list[str]] = []
+    for speaker, body in zip(parts[1::2], parts[2::2]):
+        role = "user" if speaker == "Human" else "assistant"
+        if raw and raw[-1][0] == role:
+            raw[-1][1] += f"\n\n{speaker}:{body}"
+        else:
+            raw.append([role, body])
+    if not raw:
+        raise _Bad("empty_conversation", f"{which} transcript has no Human:/Assistant: turns")
+    if raw[-1][0] != "assistant":
+        raise _Bad("bad_transcript", f"{which} transcript does not end with an Assistant turn")
+    return [{"role": r, "content": b.strip()} for r, b in raw]
+
+
+def _row_hh(rec: Any, c: _Ctx) -> dict:
+    if not isinstance(rec, dict):
+        raise _Bad("not_an_object", f"record is {_tn(rec)}, expected an object with 'chosen' and 'rejected'")
+    chosen = _hh_messages(_req(rec, "chosen"), "chosen")
+    msgs, _ = _messages(chosen, c.max_chars)
+    rejected = None
+    if rec.get("rejected") is not None:
+        rej = _hh_messages(rec["rejected"], "rejected")
+        if rej[:-1] == chosen[:-1]:
+            rejected = rej[-1]["content"]
+        else:
+            c.warnings["rejected_prefix_differs"] += 1
+    row = {"conversation_id": f"{c.stem}:{c.loc.line}", "tools": None, "source": c.source or f"hh_rlhf:{c.stem}",
+           "model": None, "language": "en", "surface": None, "created_at": None, "rejected": rejected}
+    return _finish(row, msgs)
+
+
+def _row_canonical(rec: Any, c: _Ctx) -> dict:
+    cid = rec.get("conversation_id")
+    if cid is None or (isinstance(cid, str) and not cid.strip()):
+        raise _Bad("missing_field", "conversation_id is null or empty")
+    raw = rec.get("messages")
+    if raw is None:
+        raise _Bad("missing_field", "messages is null")
+    if not isinstance(raw, str):
+        raise _Bad("wrong_type", f"messages is {_tn(raw)}, expected a JSON string")
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise _Bad("invalid_json", f"messages is not valid JSON: {e.msg} at char {e.pos}") from None
+    except RecursionError:
+        raise _Bad("invalid_json", "messages: JSON nested too deeply") from None
+    _messages(parsed, c.max_chars)
+    tools = rec.get("tools")
+    if tools is not None:
+        try:
+            tv = json.loads(tools)
+        except (json.JSONDecodeError, TypeError):
+            raise _Bad("invalid_json", "tools is not valid JSON") from None
+        if not isinstance(tv, list):
+            raise _Bad("wrong_type", f"tools is {_tn(tv)}, expected a JSON array")
+    if rec.get("source") is None and c.source is None:
+        raise _Bad("missing_field", "source is null")
+    row = dict(rec)
+    row["created_at"] = _timestamp(rec.get("created_at"))
+    if c.source:
+        row["source"] = c.source
+    return row
+
+
+def _prompt_row(kind: str, rec: dict, c: _Ctx, prompt: Any, native_id: Any, **extra) -> dict:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise _Bad("empty_prompt", "the prompt is empty")
+    if native_id is None or str(native_id).strip() == "":
+        raise _Bad("missing_field", "the record has no id")
+    msgs, _ = _messages([{"role": "user", "content": prompt}], c.max_chars)
+    row = {"conversation_id": f"{kind}:{native_id}", "tools": None, "source": c.source or kind, "model": None,
+           "language": "en", "surface": "eval", "created_at": None,
+           **{k: (v if v != "" else None) for k, v in extra.items()}}
+    return _finish(row, msgs)
+
+
+def _row_prompt(rec: Any, c: _Ctx) -> dict:
+    k, n = c.fmt, c.loc.line
+    if k == "xstest":
+        return _prompt_row(k, rec, c, rec["prompt"], rec["id"], category=rec["type"], label=rec["label"],
+                           focus=rec.get("focus"), note=rec.get("note"))
+    if k == "harmbench":
+        behavior, context = rec["Behavior"], rec.get("ContextString", "")
+        # HarmBench's own template for contextual behaviours: context, a rule, the request
+        prompt = f"{context}\n\n---\n\n{behavior}" if context.strip() else behavior
+        return _prompt_row(k, rec, c, prompt, rec["BehaviorID"], category=rec["SemanticCategory"],
+                           functional_category=rec.get("FunctionalCategory"), behavior=behavior,
+                           context=context, tags=rec.get("Tags"))
+    if k == "strongreject":
+        return _prompt_row(k, rec, c, rec["forbidden_prompt"], n, category=rec["category"],
+                           prompt_source=rec.get("source"))
+    if k == "simple_safety_tests":
+        prompt = rec["prompts_final"] if "prompts_final" in rec else rec["prompt"]
+        return _prompt_row(k, rec, c, prompt, rec.get("id") or n, category=rec["harm_area"],
+                           prompt_type=rec.get("category"))
+    if k == "advbench":
+        if "goal" in rec:  # the original llm-attacks harmful_behaviors.csv
+            return _prompt_row(k, rec, c, rec["goal"], n, affirmative_target=rec.get("target"))
+        return _prompt_row(k, rec, c, rec["Behavior"], rec.get("BehaviorID") or n, affirmative_target=None)
+    if k == "jailbreakbench":
+        params, jb = rec
+        if not isinstance(jb, dict):
+            raise _Bad("not_an_object", f"jailbreak is {_tn(jb)}, expected an object")
+        model = params.get("model") if isinstance(params.get("model"), str) else None
+        row = _prompt_row(k, jb, c, jb.get("prompt"), f"{model}:{jb.get('index')}", category=_str(jb, "category"),
+                          goal=_str(jb, "goal"), behavior=_str(jb, "behavior"), method=params.get("method"),
+                          response=_str(jb, "response"), jailbroken=_bool(jb, "jailbroken"),
+                          jailbroken_llama_guard1=_bool(jb, "jailbroken_llama_guard1"))
+        row["model"] = model  # the model the artifact's prompt was sent to
+        return row
+    raise AssertionError(k)
+
+
+#: Required CSV columns per prompt set (alternatives separated by "|").
+PROMPT_COLUMNS = {
+    "xstest": ("id", "prompt", "type", "label"),
+    "harmbench": ("Behavior", "SemanticCategory", "BehaviorID"),
+    "strongreject": ("forbidden_prompt", "category"),
+    "simple_safety_tests": ("prompts_final|prompt", "harm_area"),
+    "advbench": ("goal|Behavior",),
+}
+
+_CONVERTERS: dict[str, Callable[[Any, _Ctx], dict]] = {
+    "openai_jsonl": _row_openai, "wildchat": _row_chatlog, "lmsys": _row_chatlog, "sharegpt": _row_sharegpt,
+    "hh_rlhf": _row_hh, "parquet": _row_canonical, **{k: _row_prompt for k in PROMPT_SETS},
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The reading loop
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_EXTS = {"openai_jsonl": (".jsonl", ".jsonl.gz", ".ndjson"), "hh_rlhf": (".jsonl", ".jsonl.gz"),
+         "wildchat": (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz"),
+         "lmsys": (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz"),
+         "sharegpt": (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".parquet"), "parquet": (".parquet",),
+         "jailbreakbench": (".json",)}
+
+
+def _stem(p: Path) -> str:
+    name = p.name
+    for ext in (".gz", ".jsonl", ".json", ".ndjson", ".parquet", ".csv"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    return name or p.name
+
+
+def _inputs(path: str | os.PathLike, fmt: str) -> list[Path] | str:
+    """The files to read (a file, every matching file under a folder, or a glob), or a hub id."""
+    s = os.fspath(path)
+    p = Path(s).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        exts = _EXTS.get(fmt, (".csv",))
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(exts)
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if not files:
+            raise InputError(f"{s}: no {'/'.join(exts)} files in this folder", file=s)
+        return files
+    if any(ch in s for ch in "*?["):
+        files = sorted(Path(f) for f in _glob.glob(os.path.expanduser(s), recursive=True) if Path(f).is_file())
+        if not files:
+            raise InputError(f"{s}: no file matches", file=s)
+        return files
+    if fmt in HUB_FORMATS and _HUB_ID.match(s):
+        return s
+    hint = " (a Hugging Face hub id works for wildchat, lmsys and sharegpt)" if _HUB_ID.match(s) else ""
+    raise InputError(f"{s}: file not found{hint}", file=s)
+
+
+def _records(f: Path, fmt: str, max_line_bytes: int) -> Iterator[tuple[_Loc, Any, Any]]:
+    if fmt in PROMPT_SETS:
+        return _jbc(f) if fmt == "jailbreakbench" else _csv(f)
+    if f.stat().st_size == 0:
+        raise _fatal(_Loc(str(f), 1), "empty file (no records)")
+    is_parquet = _magic(f) == b"PAR1"
+    if fmt == "parquet":
+        if not is_parquet:
+            raise _fatal(str(f), "not a Parquet file (format 'parquet' reads the canonical Parquet table; "
+                                 "use openai_jsonl, wildchat, ... for other files)")
+        return _parquet(f)
+    if is_parquet:
+        if fmt in ("openai_jsonl", "hh_rlhf"):
+            raise _fatal(str(f), f"a Parquet file, but format {fmt!r} reads JSONL; for a canonical "
+                                 f"Parquet table use format 'parquet'")
+        return _parquet(f)
+    hint = "convert it with: jq -c '.[]' IN.json > OUT.jsonl"
+    if fmt in ("wildchat", "lmsys", "sharegpt") and _first_char(f) == "[":
+        return _json_array(f)
+    return _jsonl(f, max_line_bytes, array_hint=hint)
+
+
+class _Run:
+    """One read: records -> validated rows in chunks (pyarrow tables), bad records -> quarantine."""
+
+    def __init__(self, path, fmt: str, *, quarantine, max_message_chars: int, source: str | None,
+                 chunk_rows: int, max_line_bytes: int | None):
+        if fmt not in _CONVERTERS:
+            raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS + PROMPT_SETS)}")
+        self.fmt, self.source, self.chunk_rows = fmt, source, chunk_rows
+        self.max_chars = int(max_message_chars)
+        self.max_line_bytes = max_line_bytes or max(256 << 20, 4 * self.max_chars + (1 << 20))
+        self.inputs = _inputs(path, fmt)
+        self.quarantine = Path(quarantine) if quarantine is not None else None
+        self.schema: pa.Schema | None = None if fmt == "parquet" else pa.schema(_BASE + _EXTRAS[fmt])
+        self.seen: dict[str, tuple[int, str]] = {}
+        self.rows: list[dict] = []
+        self.records = self.kept = self.quarantined = 0
+        self.reasons: Counter = Counter()
+        self.warnings: Counter = Counter()
+        self._qfh = None
+        self._qtmp: Path | None = None
+        self._files: list[str] = []
+
+    # -- quarantine file
+    def _open_quarantine(self) -> None:
+        if self.quarantine is not None:
+            self.quarantine.parent.mkdir(parents=True, exist_ok=True)
+            self._qtmp = self.quarantine.with_name(f".{self.quarantine.name}.tmp{os.getpid()}")
+            self._qfh = open(self._qtmp, "w", encoding="utf-8")
+
+    def _close_quarantine(self, ok: bool) -> None:
+        if self._qfh is not None:
+            self._qfh.close()
+            self._qfh = None
+            if ok:
+                os.replace(self._qtmp, self.quarantine)
+            else:
+                self._qtmp.unlink(missing_ok=True)
+
+    def _bad(self, loc: _Loc, raw: Any, bad: _Bad) -> None:
+        self.records += 1
+        if self._qfh is None:
+            raise InputError(f"{loc}: {bad.detail}", file=loc.file, line=loc.line, record=loc.record,
+                             reason=bad.reason)
+        self.quarantined += 1
+        self.reasons[bad.reason] += 1
+        self._qfh.write(json.dumps({"file": loc.file, "line": loc.line, "record": loc.record, "reason": bad.reason,
+                                    "message": f"{loc}: {bad.detail}", "raw": _raw_text(raw)},
+                                   ensure_ascii=False) + "\n")
+
+    def _good(self, loc: _Loc, raw: Any, row: dict, fi: int) -> pa.Table | None:
+        cid = row["conversation_id"]
+        if not isinstance(cid, str):
+            cid = row["conversation_id"] = str(cid)
+        first = self.seen.get(cid)
+        if first is not None:
+            where = first[1] if first[0] == fi else f"{self._files[first[0]]} {first[1]}"
+            self._bad(loc, raw, _Bad("duplicate_id", f"duplicate conversation id {cid[:80]!r} "
+                                                     f"(first seen at {where})"))
+            return None
+        for k, v in row.items():
+            if isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    self._bad(loc, raw, _Bad("invalid_unicode", f"{k} contains an unpaired surrogate "
+                                                                f"(a lone \\ud800-\\udfff escape)"))
+                    return None
+        self.seen[cid] = (fi, loc.short())
+        self.records += 1
+        self.kept += 1
+        self.rows.append(row)
+        return self._flush() if len(self.rows) >= self.chunk_rows else None
+
+    def _flush(self) -> pa.Table:
+        names = self.schema.names
+        rows = [{k: r.get(k) for k in names} for r in self.rows]
+        self.rows = []
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+    def _parquet_schema(self, f: Path) -> pa.Schema:
+        """Output schema for a canonical Parquet input: canonical columns first, then its extras."""
+        sch = _parquet_file(f).schema_arrow
+        missing = [c for c in ("conversation_id", "messages") if c not in sch.names]
+        if "source" not in sch.names and self.source is None:
+            missing.append("source")
+        if missing:
+            raise _fatal(str(f), f"missing column(s) {', '.join(missing)} (has {', '.join(sch.names)})")
+        for c in ("conversation_id", "messages", "tools", "source", "model", "language", "surface"):
+            if c in sch.names:
+                t = sch.field(c).type
+                if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
+                    raise _fatal(str(f), f"column {c} has type {t}, expected string")
+        if "created_at" in sch.names:
+            t = sch.field("created_at").type
+            if not (pa.types.is_timestamp(t) or pa.types.is_string(t) or pa.types.is_null(t)
+                    or pa.types.is_large_string(t)):
+                raise _fatal(str(f), f"column created_at has type {t}, expected a timestamp")
+        extras = [sch.field(n) for n in sch.names if n not in CANONICAL_COLUMNS]
+        return pa.schema(_BASE + [(x.name, x.type) for x in extras])
+
+    def chunks(self) -> Iterator[pa.Table]:
+        """Yield the canonical table in chunks; raise InputError on the first bad record unless
+        quarantining."""
+        ok = False
+        self._open_quarantine()
+        try:
+            if isinstance(self.inputs, str):
+                sources: Iterable = [(self.inputs, _hub(self.inputs, self.fmt), self.inputs.split("/")[-1])]
+            else:
+                sources = ((str(f), f, _stem(f)) for f in self.inputs)
+            for fi, (name, src, stem) in enumerate(sources):
+                self._files.append(name)
+                if isinstance(src, Path):
+                    if self.fmt in PROMPT_SETS and self.fmt != "jailbreakbench":
+                        self._check_csv(src)
+                    if self.fmt == "parquet":
+                        sch = self._parquet_schema(src)
+                        if self.schema is None:
+                            self.schema = sch
+                        elif sch != self.schema:
+                            raise _fatal(name, "columns differ from the first file's")
+                    src = _records(src, self.fmt, self.max_line_bytes)
+                conv = _CONVERTERS[self.fmt]
+                for loc, raw, obj in src:
+                    if isinstance(obj, _Bad):
+                        self._bad(loc, raw, obj)
+                        continue
+                    ctx = _Ctx(self.fmt, stem, loc, self.max_chars, self.source, self.warnings)
+                    try:
+                        row = conv(obj, ctx)
+                    except _Bad as b:
+                        self._bad(loc, raw if raw is not None else obj, b)
+                        continue
+                    except (TypeError, ValueError, KeyError, AttributeError) as e:
+                        self._bad(loc, raw if raw is not None else obj,
+                                  _Bad("invalid_record", f"cannot read the record ({type(e).__name__}: {e})"))
+                        continue
+                    t = self._good(loc, raw if raw is not None else obj, row, fi)
+                    if t is not None:
+                        yield t
+            if self.rows or self.kept == 0:
+                yield self._flush()
+            ok = True
+        finally:
+            self._close_quarantine(ok)
+
+    def _check_csv(self, f: Path) -> None:
+        header = _csv_header(f)
+        need = PROMPT_COLUMNS[self.fmt]
+        missing = [c for c in need if not any(a in header for a in c.split("|"))]
+        if missing:
+            raise _fatal(_Loc(str(f), 1), f"missing column(s) {', '.join(missing)} for {self.fmt} "
+                                          f"(has {', '.join(header) or 'none'})")
+
+    def result(self, table: pd.DataFrame | None, path: Path | None = None) -> ReadResult:
+        notes = []
+        if self.fmt in NOTES:
+            notes.append(NOTES[self.fmt])
+        elif self.fmt in PROMPT_SETS:
+            notes.append(_PROMPT_NOTE.format(self.fmt))
+        if self.warnings["rejected_prefix_differs"]:
+            notes.append(f"{self.warnings['rejected_prefix_differs']} conversations: the rejected transcript does "
+                         f"not share the chosen one's prefix, so `rejected` is null there.")
+        return ReadResult(table=table, quarantined=self.quarantined, reasons=Counter(self.reasons),
+                          records=self.records, rows=self.kept, notes=notes, files=list(self._files), path=path,
+                          quarantine=self.quarantine)
+
+
+def _to_pandas(tables: list[pa.Table]) -> pd.DataFrame:
+    return pa.concat_tables(tables).to_pandas()
+
+
+def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | os.PathLike | None = None,
+                       max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, source: str | None = None,
+                       chunk_rows: int = DEFAULT_CHUNK_ROWS, max_line_bytes: int | None = None) -> ReadResult:
+    """Read conversations into the canonical table.
+
+    ``path``: a file, a folder (every file of the format under it, sorted), a glob, or for
+    ``wildchat``/``lmsys``/``sharegpt`` a Hugging Face hub id such as ``allenai/WildChat-1M``
+    (needs the ``datasets`` package and a network; otherwise an InputError says which is
+    missing). ``fmt``: one of :data:`FORMATS`:
+
+    - ``openai_jsonl``: one ``{"id"?, "messages", "tools"?, "model"?, "source"?, "language"?,
+      "surface"?, "created_at"?, ...}`` per line (gzip allowed); other fields go to ``meta``.
+      Without an id, the id is ``<file stem>:<line>``.
+    - ``wildchat``: the WildChat / WildChat-1M / -4.8M schema, from .parquet, .jsonl or .json.
+    - ``lmsys``: the LMSYS-Chat-1M schema, from .parquet, .jsonl or .json.
+    - ``sharegpt``: ``{"id", "conversations": [{"from", "value"}]}``; ``function_call`` and
+      ``observation`` turns become tool calls and tool results.
+    - ``hh_rlhf``: Anthropic HH-RLHF lines; the ``chosen`` transcript is the conversation and the
+      rejected final turn goes to ``rejected``; ids are ``<file stem>:<line>``.
+    - ``parquet``: an already canonical table; validated row by row, extra columns kept.
+
+    ``quarantine``: write bad records there (JSONL) instead of raising; ``source``: override
+    the ``source`` column; ``max_message_chars``: a longer message makes its record bad.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown conversation format {fmt!r}; expected one of {', '.join(FORMATS)}"
+                         + (" (prompt sets are read by read_prompt_set)" if fmt in PROMPT_SETS else ""))
+    run = _Run(path, fmt, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
+               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes)
+    tables = list(run.chunks())
+    return run.result(_to_pandas(tables))
+
+
+def read_prompt_set(path: str | os.PathLike, kind: str, *, quarantine: str | os.PathLike | None = None,
+                    max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, source: str | None = None) -> ReadResult:
+    """Read a challenging-prompt set into single-turn conversations (canonical schema, surface
+    ``eval``, language ``en``, a ``category`` column where the set has one). ``kind``:
+
+    - ``xstest`` (xstest_prompts.csv: id, prompt, type, label, focus, note): category = type,
+      ``label`` safe/unsafe kept.
+    - ``harmbench`` (Behavior, FunctionalCategory, SemanticCategory, Tags, ContextString,
+      BehaviorID): category = SemanticCategory; a contextual behaviour's prompt is
+      ``context + "\\n\\n---\\n\\n" + behaviour`` (HarmBench's own template).
+    - ``strongreject`` (category, source, forbidden_prompt): its ``source`` -> ``prompt_source``.
+    - ``simple_safety_tests`` (id, harm_area, counter, category, prompts_final): category =
+      harm_area; its own ``category`` (the kind of request) -> ``prompt_type``.
+    - ``advbench``: either the original (goal, target) or HarmBench's copy (Behavior, ...,
+      BehaviorID); no category.
+    - ``jailbreakbench``: a JailbreakBench artifact JSON, or a folder of them (one per model);
+      ``model`` is the model the artifact's prompts were sent to, ``response`` and
+      ``jailbroken`` are its logged answer and judge labels.
+    """
+    if kind not in PROMPT_SETS:
+        raise ValueError(f"unknown prompt set {kind!r}; expected one of {', '.join(PROMPT_SETS)}")
+    run = _Run(path, kind, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
+               chunk_rows=DEFAULT_CHUNK_ROWS, max_line_bytes=None)
+    tables = list(run.chunks())
+    return run.result(_to_pandas(tables))
+
+
+def convert(path: str | os.PathLike, fmt: str, out_parquet: str | os.PathLike, *,
+            quarantine: str | os.PathLike | None = None, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS,
+            source: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+            max_line_bytes: int | None = None) -> ReadResult:
+    """Read ``path`` (any conversation format or prompt set) and write the canonical table to
+    ``out_parquet``, chunk by chunk (one row group per ``chunk_rows`` rows), atomically: a temp
+    file renamed into place, so a failed or killed run leaves no partial output. Returns a
+    :class:`ReadResult` with ``table=None`` and ``path`` set."""
+    run = _Run(path, fmt, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
+               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes)
+    out = Path(out_parquet)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    writer = None
+    try:
+        for t in run.chunks():
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, t.schema)
+            writer.write_table(t, row_group_size=max(chunk_rows, 1))
+        writer.close()
+        writer = None
+        os.replace(tmp, out)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return run.result(None, out)
