@@ -52,6 +52,30 @@ def render(release_dir: Path = typer.Argument(..., help="reports/<release>"),
 
 
 @app.command()
+def convert(inputs: list[str] = typer.Argument(..., help="file(s), a folder, a quoted glob, or a hub id"),
+            fmt: str = typer.Option(..., "--format", "-f", help="a conversation format or prompt set of depsim.readers"),
+            out: Path = typer.Option(..., "--out", "-o", help="canonical conversation table to write (Parquet)"),
+            quarantine: Path | None = typer.Option(None, help="write bad records here instead of stopping at the first"),
+            max_message_chars: int = typer.Option(1_000_000, help="longer messages are bad records"),
+            column: list[str] = typer.Option([], "--column", help="record field kept as its own column (repeatable)")):
+    """Convert chat logs, a public chat data set or a prompt set into the canonical table."""
+    from depsim.readers import FORMATS, PROMPT_SETS, InputError, convert as do_convert
+
+    if fmt not in FORMATS + PROMPT_SETS:
+        _fail(f"--format must be one of {', '.join(FORMATS + PROMPT_SETS)}")
+    try:
+        res = do_convert(inputs[0] if len(inputs) == 1 else inputs, fmt, out, quarantine=quarantine,
+                         max_message_chars=max_message_chars, columns=column)
+    except (InputError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(f"{out}: {res.rows} conversations from {res.records} records"
+               + (f"; {res.quarantined} quarantined in {quarantine} ("
+                  + ", ".join(f"{k}: {v}" for k, v in res.reasons.most_common()) + ")" if res.quarantined else ""))
+    for note in res.notes:
+        typer.echo(f"note: {note}")
+
+
+@app.command()
 def check(params_file: Path = typer.Argument(..., help="release parameters to validate")):
     """Validate a params file (and its taxonomy) without running anything."""
     from depsim.params import ParamsError, load_release

@@ -19,9 +19,9 @@ from depsim.params import Release
 alt.renderers.enable("svg")  # static SVG: no CDN scripts, readable offline
 alt.data_transformers.disable_max_rows()
 
-SIM_NOTE = ("Simulated world: every number on this page comes from depsim's simulated deployment "
+SIM_NOTE = ("Simulated world", "every number on this page comes from depsim's simulated deployment "
             "world (depsim.simworld), not from real traffic or real models.")
-PUBLIC_NOTE = ("Public prefix source: public chat data sets drop or redact flagged conversations "
+PUBLIC_NOTE = ("Public prefix source", "public chat data sets drop or redact flagged conversations "
                "(e.g. WildChat removes those flagged by moderation), so disallowed content is "
                "under-represented and forecasts of it are biased low.")
 
@@ -31,10 +31,9 @@ def banner(rel: Release) -> HTML:
     notes = []
     if rel.simulated:
         notes.append(SIM_NOTE)
-    if any(s is not None and s.kind == "parquet" for s in (rel.sources.previous, rel.sources.candidate)):
+    if rel.public:
         notes.append(PUBLIC_NOTE)
-    body = "".join(f"<p><strong>{html.escape(n.split(':')[0])}:</strong>{html.escape(n.split(':', 1)[1])}</p>"
-                   for n in notes)
+    body = "".join(f"<p><strong>{html.escape(head)}:</strong> {html.escape(text)}</p>" for head, text in notes)
     return HTML(f'<div class="depsim-banner" style="border-left:6px solid #d97706;background:#fff7ed;'
                 f'padding:8px 14px;margin:8px 0"><p><em>{html.escape(rel.title)}</em> '
                 f'(release <code>{html.escape(rel.release)}</code>)</p>{body}</div>')

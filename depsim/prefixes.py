@@ -19,7 +19,7 @@ from depsim.deid import deidentify_messages
 from depsim.params import Release, Source
 from depsim.sampling import sample_prefixes
 from depsim.simworld import World, WorldConfig
-from depsim.tables import release_dir
+from depsim.tables import content_id, release_dir
 
 POOLS = ("previous", "candidate", "challenging")
 
@@ -34,6 +34,8 @@ def source_path(rel: Release, pool: str, src: Source, reports_dir: str | Path) -
     generated on first use and kept under ``data/world/``, keyed by the world settings."""
     if src.kind == "parquet":
         return rel.resolve(src.path)
+    if src.kind != "sim_world":
+        return converted(rel, pool, src, reports_dir)
     world = world_of(rel)
     deployment = src.deployment or {"previous": "Y", "candidate": "X", "challenging": "challenging"}[pool]
     from depsim.simworld import VERSION
@@ -47,6 +49,48 @@ def source_path(rel: Release, pool: str, src: Source, reports_dir: str | Path) -
         df.to_parquet(tmp, index=False)
         tmp.replace(path)
     return path
+
+
+def _converted_paths(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> tuple[Path, Path, Path]:
+    """Return (table, report, quarantine) paths of a converted source, keyed by the source
+    settings and the input files' sizes and modification times."""
+    target = rel.resolve(src.path)
+    stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(target.parent.glob(target.name))]
+    key = content_id(src.model_dump_json(), stamp, n=12)
+    folder = release_dir(reports_dir, rel.release) / "data" / "sources"
+    return folder / f"{pool}-{key}.parquet", folder / f"{pool}-{key}.json", folder / f"{pool}-quarantine.jsonl"
+
+
+def converted(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> Path:
+    """Return the canonical table converted from a source file (or hub id) with
+    :mod:`depsim.readers`, made once and reused while the file is unchanged. Bad records go
+    to ``data/sources/<pool>-quarantine.jsonl`` (with ``quarantine: true``) and are counted."""
+    from depsim.readers import convert
+
+    out, report, quarantine = _converted_paths(rel, pool, src, reports_dir)
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        target = rel.resolve(src.path)
+        path = str(target) if any(target.parent.glob(target.name)) else src.path  # else a hub id
+        res = convert(path, src.kind, out, quarantine=quarantine if src.quarantine else None,
+                      max_message_chars=src.max_message_chars, columns=src.columns)
+        report.write_text(json.dumps({"records": res.records, "rows": res.rows, "quarantined": res.quarantined,
+                                      "reasons": dict(res.reasons), "notes": list(res.notes)}))
+    return out
+
+
+def conversion_reports(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
+    """Return what each converted source read, kept and quarantined (no rows for simulated
+    or canonical Parquet sources): pool, kind, records, rows, quarantined, reasons, notes."""
+    rows = []
+    for pool in POOLS:
+        src = getattr(rel.sources, pool)
+        if src is None or src.kind in ("sim_world", "parquet"):
+            continue
+        _, report, _ = _converted_paths(rel, pool, src, reports_dir)
+        if report.exists():
+            rows.append({"pool": pool, "kind": src.kind, **json.loads(report.read_text())})
+    return pd.DataFrame(rows)
 
 
 def _responses(path: Path, sampled: pd.DataFrame) -> pd.DataFrame:
@@ -88,6 +132,8 @@ def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame,
         df = sample_prefixes(path, n, rules=rel.sampling.eligibility, seed=rel.sampling.seed, stratum_column=strat)
         df = pd.concat([df, _responses(path, df)], axis=1)
         df.insert(1, "pool", pool)
+        # two pools may sample the same turn of one file (a public set standing in for both)
+        df["prefix_id"] = [content_id(pool, p) for p in df["prefix_id"]]
         counts: Counter = Counter()
         if rel.deid:
             df, counts = _deidentify(df)

@@ -542,13 +542,15 @@ def _jsonl(path: Path, max_line_bytes: int, *, array_hint: str) -> Iterator[tupl
                 yield loc, raw, _Bad("not_utf8", f"line is not valid UTF-8 (byte {e.start + 1}: "
                                                  f"{raw[e.start:e.start + 4]!r})")
                 continue
+            text = text.rstrip("\r\n")
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
                 if first and text.lstrip().startswith("["):
                     raise _fatal(loc, f"the file is a JSON array, not JSONL (one JSON object per line); "
                                       f"{array_hint}") from None
-                yield loc, raw, _Bad("invalid_json", f"invalid JSON: {e.msg} at column {e.colno}")
+                cut = " (the line ends early: truncated?)" if e.pos >= len(text.rstrip()) else ""
+                yield loc, raw, _Bad("invalid_json", f"invalid JSON{cut}: {e.msg} at column {e.colno}")
                 continue
             except RecursionError:
                 yield loc, raw, _Bad("invalid_json", "invalid JSON: nested too deeply")
@@ -742,12 +744,19 @@ class _Ctx:
     max_chars: int
     source: str | None
     warnings: Counter
+    index: int = 0  # 0-based ordinal of the record in its file
+    lift: tuple[str, ...] = ()  # record fields to keep as their own columns instead of in ``meta``
 
 
-def _finish(row: dict, msgs: list[dict], mmeta: list[dict] | None = None, meta: dict | None = None) -> dict:
+def _finish(row: dict, msgs: list[dict], mmeta: list[dict] | None = None, meta: dict | None = None,
+            lift: tuple[str, ...] = ()) -> dict:
     row["messages"] = _dumps(msgs)
     if "message_meta" not in row and mmeta is not None:
         row["message_meta"] = _dumps(mmeta)
+    if meta and lift:
+        for k in lift:  # strings as they are, anything else as its JSON text
+            v = meta.pop(k, None)
+            row[k] = v if v is None or isinstance(v, str) else _dumps(v)
     if meta:
         row["meta"] = _dumps(meta)
     return row
@@ -767,7 +776,7 @@ def _row_openai(rec: Any, c: _Ctx) -> dict:
            "tools": tools, "source": c.source or _str(rec, "source") or c.fmt, "model": _str(rec, "model"),
            "language": _str(rec, "language"), "surface": _str(rec, "surface"),
            "created_at": _timestamp(rec.get("created_at"))}
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used})
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift)
 
 
 def _any_flag(v: Any, key: str) -> bool | None:
@@ -812,7 +821,7 @@ def _row_chatlog(rec: Any, c: _Ctx) -> dict:
     else:
         row["created_at"] = _timestamp(rec.get("timestamp"), "timestamp")
         used.add("timestamp")
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used})
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift)
 
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
@@ -869,7 +878,7 @@ def _row_sharegpt(rec: Any, c: _Ctx) -> dict:
            "tools": None, "source": c.source or c.fmt, "model": _str(rec, "model"),
            "language": _language(rec.get("language"))[0], "surface": None, "created_at": None}
     used = {"id", "conversation_id", "conversations", "model", "language"}
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used})
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift)
 
 
 _HH_MARK = re.compile(r"\n\n(Human|Assistant):")
@@ -961,7 +970,7 @@ def _prompt_row(kind: str, rec: dict, c: _Ctx, prompt: Any, native_id: Any, **ex
 
 
 def _row_prompt(rec: Any, c: _Ctx) -> dict:
-    k, n = c.fmt, c.loc.line
+    k, n = c.fmt, c.index + 1  # 1-based data row: the id of rows in sets without their own ids
     if k == "xstest":
         return _prompt_row(k, rec, c, rec["prompt"], rec["id"], category=rec["type"], label=rec["label"],
                            focus=rec.get("focus"), note=rec.get("note"))
@@ -1032,8 +1041,19 @@ def _stem(p: Path) -> str:
     return name or p.name
 
 
-def _inputs(path: str | os.PathLike, fmt: str) -> list[Path] | str:
-    """The files to read (a file, every matching file under a folder, or a glob), or a hub id."""
+def _inputs(path: Any, fmt: str) -> list[Path] | str:
+    """The files to read (a file, every matching file under a folder, a glob, or a list of
+    those), or a hub id."""
+    if isinstance(path, (list, tuple)):
+        if not path:
+            raise InputError("no input paths given")
+        files: list[Path] = []
+        for p in path:
+            got = _inputs(p, fmt)
+            if isinstance(got, str):
+                raise InputError(f"{got}: file not found (a hub id cannot be part of a list of paths)", file=got)
+            files += got
+        return files
     s = os.fspath(path)
     p = Path(s).expanduser()
     if p.is_file():
@@ -1082,15 +1102,25 @@ class _Run:
     """One read: records -> validated rows in chunks (pyarrow tables), bad records -> quarantine."""
 
     def __init__(self, path, fmt: str, *, quarantine, max_message_chars: int, source: str | None,
-                 chunk_rows: int, max_line_bytes: int | None):
+                 chunk_rows: int, max_line_bytes: int | None, columns: Iterable[str] = ()):
         if fmt not in _CONVERTERS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS + PROMPT_SETS)}")
+        self.lift = tuple(columns)
+        if self.lift:
+            if "meta" not in dict(_EXTRAS.get(fmt, [])):
+                raise ValueError(f"columns= applies to formats with a `meta` column "
+                                 f"(openai_jsonl, wildchat, lmsys, sharegpt), not {fmt!r}")
+            taken = set(CANONICAL_COLUMNS) | {n for n, _ in _EXTRAS[fmt]}
+            clash = [c for c in self.lift if c in taken or not isinstance(c, str)]
+            if clash or len(set(self.lift)) != len(self.lift):
+                raise ValueError(f"columns= names must be new, distinct column names; not {clash or self.lift}")
         self.fmt, self.source, self.chunk_rows = fmt, source, chunk_rows
         self.max_chars = int(max_message_chars)
         self.max_line_bytes = max_line_bytes or max(256 << 20, 4 * self.max_chars + (1 << 20))
         self.inputs = _inputs(path, fmt)
         self.quarantine = Path(quarantine) if quarantine is not None else None
-        self.schema: pa.Schema | None = None if fmt == "parquet" else pa.schema(_BASE + _EXTRAS[fmt])
+        self.schema: pa.Schema | None = (None if fmt == "parquet" else
+                                         pa.schema(_BASE + _EXTRAS[fmt] + [(c, _S) for c in self.lift]))
         self.seen: dict[str, tuple[int, str]] = {}
         self.rows: list[dict] = []
         self.records = self.kept = self.quarantined = 0
@@ -1201,11 +1231,11 @@ class _Run:
                             raise _fatal(name, "columns differ from the first file's")
                     src = _records(src, self.fmt, self.max_line_bytes)
                 conv = _CONVERTERS[self.fmt]
-                for loc, raw, obj in src:
+                for index, (loc, raw, obj) in enumerate(src):
                     if isinstance(obj, _Bad):
                         self._bad(loc, raw, obj)
                         continue
-                    ctx = _Ctx(self.fmt, stem, loc, self.max_chars, self.source, self.warnings)
+                    ctx = _Ctx(self.fmt, stem, loc, self.max_chars, self.source, self.warnings, index, self.lift)
                     try:
                         row = conv(obj, ctx)
                     except _Bad as b:
@@ -1252,10 +1282,12 @@ def _to_pandas(tables: list[pa.Table]) -> pd.DataFrame:
 
 def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | os.PathLike | None = None,
                        max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, source: str | None = None,
-                       chunk_rows: int = DEFAULT_CHUNK_ROWS, max_line_bytes: int | None = None) -> ReadResult:
+                       columns: Iterable[str] = (), chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                       max_line_bytes: int | None = None) -> ReadResult:
     """Read conversations into the canonical table.
 
-    ``path``: a file, a folder (every file of the format under it, sorted), a glob, or for
+    ``path``: a file, a folder (every file of the format under it, sorted), a glob, a list of
+    those (read in order, ids unique across all), or for
     ``wildchat``/``lmsys``/``sharegpt`` a Hugging Face hub id such as ``allenai/WildChat-1M``
     (needs the ``datasets`` package and a network; otherwise an InputError says which is
     missing). ``fmt``: one of :data:`FORMATS`:
@@ -1272,13 +1304,16 @@ def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | o
     - ``parquet``: an already canonical table; validated row by row, extra columns kept.
 
     ``quarantine``: write bad records there (JSONL) instead of raising; ``source``: override
-    the ``source`` column; ``max_message_chars``: a longer message makes its record bad.
+    the ``source`` column; ``max_message_chars``: a longer message makes its record bad;
+    ``columns``: record fields to keep as their own (string) columns rather than in ``meta``,
+    e.g. ``["intent"]`` for a reweighting stratum; ``max_line_bytes``: a longer JSONL line is
+    bad without being parsed (default 256 MiB or 4 x max_message_chars).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown conversation format {fmt!r}; expected one of {', '.join(FORMATS)}"
                          + (" (prompt sets are read by read_prompt_set)" if fmt in PROMPT_SETS else ""))
     run = _Run(path, fmt, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
-               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes)
+               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns)
     tables = list(run.chunks())
     return run.result(_to_pandas(tables))
 
@@ -1312,14 +1347,14 @@ def read_prompt_set(path: str | os.PathLike, kind: str, *, quarantine: str | os.
 
 def convert(path: str | os.PathLike, fmt: str, out_parquet: str | os.PathLike, *,
             quarantine: str | os.PathLike | None = None, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS,
-            source: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+            source: str | None = None, columns: Iterable[str] = (), chunk_rows: int = DEFAULT_CHUNK_ROWS,
             max_line_bytes: int | None = None) -> ReadResult:
     """Read ``path`` (any conversation format or prompt set) and write the canonical table to
     ``out_parquet``, chunk by chunk (one row group per ``chunk_rows`` rows), atomically: a temp
     file renamed into place, so a failed or killed run leaves no partial output. Returns a
     :class:`ReadResult` with ``table=None`` and ``path`` set."""
     run = _Run(path, fmt, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
-               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes)
+               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns)
     out = Path(out_parquet)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

@@ -425,6 +425,16 @@ FROM (
 )"""
 
 
+def _role_sql(e: str) -> str:
+    """The role of message ``e`` (JSON as re-serialised by DuckDB: compact, keys in their
+    original order), read without a parse when "role" is the first key, as it usually is. Only
+    'user' and 'assistant' are spelled out; another role string reads '?', a missing one NULL."""
+    known = " ".join(f"""WHEN starts_with({e}, '{{"role":"{r}",') OR {e} = '{{"role":"{r}"}}' THEN '{r}'"""
+                      for r in ("user", "assistant"))
+    return (f"""CASE {known} WHEN starts_with({e}, '{{"role":"') THEN '?' """
+            f"""ELSE json_extract_string({e}, '$.role') END""")
+
+
 def _sample_sql(src_sql: str, plan: _Plan, rules: EligibilityRules, seed: int, tau: str,
                 limit: int | None, alloc: Mapping[str, int] | None) -> str:
     """The sampling pass: user turns with hash <= tau (tau: SQL expression, may use the
@@ -445,11 +455,7 @@ def _sample_sql(src_sql: str, plan: _Plan, rules: EligibilityRules, seed: int, t
     below = _lam("k", f"md5(__pfx || CAST(k AS VARCHAR)) <= {tau}")  # = _hash_sql(seed, cid, k)
     is_user = _lam("i", "__roles[i + 1] = 'user'")
     no_role = _lam("r", "r IS NULL")
-    # __L holds each message re-serialised compactly by DuckDB, keys in their original order,
-    # so a message whose first key is "role" needs no parse to read it
-    role_of = _lam("e", """CASE WHEN starts_with(e, '{"role":"user",') OR e = '{"role":"user"}' THEN 'user'
-                               WHEN starts_with(e, '{"role":"') THEN '?'
-                               ELSE json_extract_string(e, '$.role') END""")
+    role_of = _lam("e", _role_sql("e"))
     chars, nontext = _stats_sql("__t", "__v", "__a")
     order = "__ok DESC, __h, conversation_id, user_ordinal, source, turn_index"
     if alloc is not None:
@@ -491,8 +497,7 @@ WITH cand AS (
 ), top AS (
   SELECT {cols}, turn_index, user_ordinal, chars, __h, __ok,
          '[' || array_to_string(__L[1:turn_index + 1], ',') || ']' AS __prefix,
-         CASE WHEN starts_with(__L[turn_index + 2], '{{"role":"assistant",')
-                   OR json_extract_string(__L[turn_index + 2], '$.role') = 'assistant'
+         CASE WHEN {_role_sql('__L[turn_index + 2]')} = 'assistant'
               THEN CAST(__L[turn_index + 2] AS VARCHAR) END AS __next
   FROM ok
   {top}
@@ -742,10 +747,10 @@ def _sample_uniform(s: _Session, src: _Source, plan: _Plan, rules: EligibilityRu
         p = (1.1 * n + 5 * math.sqrt(n)) / est
         while p <= _FAST_MAX_SHARE:
             table = _run(s, _sample_sql(src.sql(), plan, rules, seed, _lit(_tau_hex(p)), n, None))
-            if len(table) >= n:
+            if len(table) >= n or p >= 1:  # enough, or every turn was let through
                 return table
             log.info("threshold %.3g let through %d < %d eligible turns; widening it", p, len(table), n)
-            p *= 1.5 * n / max(len(table), n / 20)
+            p = min(1.0, p * 1.5 * n / max(len(table), n / 20))
     # exact route: one pass for the n-th smallest hash, then the sampling pass
     count, hs = s.con.execute(
         f"SELECT count(*), min(__h, {n}) FROM ({_turns_sql(src.sql(), plan, rules, seed)})").fetchall()[0]

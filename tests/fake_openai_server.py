@@ -12,12 +12,16 @@ so a rerun of the same test injects the same faults whatever the thread interlea
 - ``pmalformed``: 200 with a truncated JSON body;
 - ``pdrop``: start a response, then close the connection mid-body.
 
+``delay_s`` (not a fault) makes every request wait that long before its answer, like a
+model generating.
+
 ``script[marker] = [outcome, ...]`` forces the outcomes of requests whose last message
 contains ``marker``: the n-th time such a body arrives it gets ``outcomes[min(n, len-1)]``
 (outcomes: "ok", "hang", "malformed", "drop", or an HTTP status such as "429", "500", "404").
 
 Every request is logged in ``server.log`` as a dict with ``hash`` (sha256 of the canonical
-JSON body), ``outcome``, ``t`` (unix seconds) and the parsed ``body``.
+JSON body), ``outcome``, ``t`` (unix seconds) and the parsed ``body``; "ok" entries get
+``answered`` (unix seconds) once the whole response has been written.
 
 Use the ``fake_server`` fixture (import it into the test module; conftest is not needed)::
 
@@ -28,12 +32,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that went away is normal here
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -46,6 +57,7 @@ class Faults:
     pdrop: float = 0.0
     retry_after: str = "0.1"   # Retry-After header value sent with 429s (seconds)
     hang_s: float = 2.0        # how long a hang lasts, seconds
+    delay_s: float = 0.0       # every request waits this long before its answer (generation time)
     seed: int = 0
 
     def draw(self, body_hash: str, n: int) -> str:
@@ -94,7 +106,7 @@ class FakeOpenAIServer:
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd = _QuietHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -153,8 +165,11 @@ class FakeOpenAIServer:
                     return self._send_json(400, {"error": {"message": "bad JSON"}})
                 h = body_hash(body)
                 outcome = server._decide(body, h)
+                entry = {"hash": h, "outcome": outcome, "t": time.time(), "body": body}
                 with server._lock:
-                    server.log.append({"hash": h, "outcome": outcome, "t": time.time(), "body": body})
+                    server.log.append(entry)
+                if server.faults.delay_s > 0:
+                    server._stop.wait(server.faults.delay_s)
                 if outcome == "429":
                     return self._send_json(429, {"error": {"message": "rate limited", "type": "rate_limit_error"}},
                                            {"Retry-After": server.faults.retry_after})
@@ -185,7 +200,8 @@ class FakeOpenAIServer:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                return self._send_json(200, completion(body))
+                self._send_json(200, completion(body))
+                entry["answered"] = time.time()  # the whole response was written
 
         return Handler
 

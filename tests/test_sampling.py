@@ -348,6 +348,21 @@ def test_prefix_is_cut_at_the_user_message_and_next_message_is_the_reply(tmp_pat
     assert list(df.loc[[1, 5, 6, 8], "user_ordinal"]) == [1, 2, 3, 4]
 
 
+def test_key_order_and_unusual_roles(tmp_path, monkeypatch):
+    msgs = [{"content": "sys", "role": "system"}, {"content": "first", "role": "user"},
+            {"content": "reply", "name": "bot", "role": "assistant"}, {"role": "developer", "content": "d"},
+            {"role": "user", "content": "second"}, {"role": "assistant"}]
+    path = write(tmp_path, [row("k", msgs)])
+    for one_pass in (False, True):  # the exact route, then the one-pass route
+        monkeypatch.setattr(S, "_PILOT_MIN_ROWS", 0 if one_pass else 10**9)
+        monkeypatch.setattr(S, "_FAST_MAX_SHARE", math.inf if one_pass else 0.25)
+        df = sample_prefixes(path, 2).set_index("turn_index")
+        assert sorted(df.index) == [1, 4]
+        assert json.loads(df.loc[1, "next_message"]) == msgs[2]
+        assert json.loads(df.loc[4, "next_message"]) == msgs[5]
+        assert json.loads(df.loc[4, "messages"]) == msgs[:5]
+
+
 def test_output_columns_and_metadata(tmp_path):
     rows = varied_rows(30)
     for r in rows:

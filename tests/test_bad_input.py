@@ -1,0 +1,240 @@
+"""Bad input never disappears silently: each malformed file in tests/data/bad gives a one-line
+InputError naming the file and the line (or record), or, with a quarantine, a quarantine file
+with the right count while the good records are kept. Regenerate the corpus with
+``python tests/data/bad/make_bad.py``."""
+import csv
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from depsim.readers import PROMPT_SETS, InputError, convert, read_conversations, read_prompt_set
+
+BAD = Path(__file__).resolve().parent / "data" / "bad"
+
+
+def read(path, fmt, **kw):
+    return (read_prompt_set if fmt in PROMPT_SETS else read_conversations)(path, fmt, **kw)
+
+
+# file, format, where the first error is (":<line>" or ": record <i>"), its reason,
+# all reasons with a quarantine, ids of the good records kept
+RECORD_CASES = [
+    ("truncated_json.jsonl", "openai_jsonl", ":2", "invalid_json", {"invalid_json": 1}, ["g1", "g2"]),
+    ("messages_not_list.jsonl", "openai_jsonl", ":2", "wrong_type", {"wrong_type": 1}, ["g1", "g2"]),
+    ("content_int.jsonl", "openai_jsonl", ":3", "wrong_type", {"wrong_type": 1}, ["g1", "g2"]),
+    ("unknown_role.jsonl", "openai_jsonl", ":2", "unknown_role", {"unknown_role": 1}, ["g1", "g2"]),
+    ("empty_conversation.jsonl", "openai_jsonl", ":2", "empty_conversation", {"empty_conversation": 1}, ["g1", "g2"]),
+    ("no_user_turn.jsonl", "openai_jsonl", ":2", "no_user_turn", {"no_user_turn": 1}, ["g1", "g2"]),
+    ("duplicate_id.jsonl", "openai_jsonl", ":3", "duplicate_id", {"duplicate_id": 1}, ["g1", "g2"]),
+    ("tool_without_call.jsonl", "openai_jsonl", ":2", "unmatched_tool_message", {"unmatched_tool_message": 1},
+     ["g1", "g2"]),
+    ("missing_messages.jsonl", "openai_jsonl", ":2", "missing_field", {"missing_field": 1}, ["g1", "g2"]),
+    ("missing_role.jsonl", "openai_jsonl", ":2", "missing_field", {"missing_field": 1}, ["g1", "g2"]),
+    ("null_user_content.jsonl", "openai_jsonl", ":2", "missing_field", {"missing_field": 1}, ["g1", "g2"]),
+    ("not_an_object.jsonl", "openai_jsonl", ":2", "not_an_object", {"not_an_object": 1}, ["g1", "g2"]),
+    ("bad_tool_call.jsonl", "openai_jsonl", ":2", "bad_tool_call", {"bad_tool_call": 1}, ["g1", "g2"]),
+    ("bad_timestamp.jsonl", "openai_jsonl", ":2", "bad_timestamp", {"bad_timestamp": 1}, ["g1", "g2"]),
+    ("lone_surrogate.jsonl", "openai_jsonl", ":2", "invalid_unicode", {"invalid_unicode": 1}, ["g1", "g2"]),
+    ("deep_nesting.jsonl", "openai_jsonl", ":2", "invalid_json", {"invalid_json": 1}, ["g1", "g2"]),
+    ("not_utf8.jsonl", "openai_jsonl", ":2", "not_utf8", {"not_utf8": 1}, ["g1", "g2"]),
+    ("nul_byte.jsonl", "openai_jsonl", ":2", "nul_byte", {"nul_byte": 1}, ["g1", "g2"]),
+    ("two_bad.jsonl", "openai_jsonl", ":2", "unknown_role", {"unknown_role": 1, "invalid_json": 1},
+     ["g1", "g2", "g3"]),
+    ("wildchat_bad.jsonl", "wildchat", ":2", "unknown_role",
+     {"unknown_role": 1, "missing_field": 1, "wrong_type": 1}, ["w1", "w4"]),
+    ("sharegpt_bad.json", "sharegpt", ": record 1", "unknown_role",
+     {"unknown_role": 1, "unmatched_tool_message": 1}, ["s1", "s4"]),
+    ("hh_rlhf_bad.jsonl", "hh_rlhf", ":2", "bad_transcript", {"bad_transcript": 2, "missing_field": 1},
+     ["hh_rlhf_bad:1", "hh_rlhf_bad:5"]),
+    ("canonical_bad.parquet", "parquet", ": record 1", "invalid_json",
+     {"invalid_json": 1, "duplicate_id": 1, "missing_field": 1, "unknown_role": 1}, ["p1", "p3"]),
+    ("xstest_empty_prompt.csv", "xstest", ":3", "empty_prompt", {"empty_prompt": 1}, ["xstest:1", "xstest:3"]),
+    # the bad row starts on line 6: row 3's quoted field spans lines 3-5
+    ("harmbench_bad.csv", "harmbench", ":6", "empty_prompt", {"empty_prompt": 1, "duplicate_id": 1},
+     ["harmbench:b1", "harmbench:b2", "harmbench:b4"]),
+    ("strongreject_ragged.csv", "strongreject", ":3", "wrong_columns", {"wrong_columns": 1},
+     ["strongreject:1", "strongreject:3"]),
+]
+
+# whole-file problems: an InputError even with a quarantine
+FILE_CASES = [
+    ("empty.jsonl", "openai_jsonl", r":1: empty file \(no records\)"),
+    ("blank_lines_only.jsonl", "openai_jsonl", r":1: empty file \(no records\)"),
+    ("json_array.jsonl", "openai_jsonl", r":1: the file is a JSON array, not JSONL"),
+    ("truncated.jsonl.gz", "openai_jsonl", r":\d+: compressed file is truncated or corrupt"),
+    ("sharegpt_truncated.json", "sharegpt", r": record 2: invalid JSON .*cannot be read past a syntax error"),
+    ("canonical_missing_column.parquet", "parquet", r": missing column\(s\) messages"),
+    ("canonical_int_ids.parquet", "parquet", r": column conversation_id has type int64, expected string"),
+    ("not_parquet.parquet", "parquet", r": not a readable Parquet file"),
+    ("xstest_missing_column.csv", "xstest", r":1: missing column\(s\) prompt for xstest"),
+    ("jbc_not_artifact.json", "jailbreakbench", r": not a JailbreakBench artifact"),
+]
+
+
+def test_corpus_is_complete():
+    files = {p.name for p in BAD.iterdir() if p.suffix != ".py"}
+    listed = {c[0] for c in RECORD_CASES} | {c[0] for c in FILE_CASES}
+    assert files == listed, "every file in tests/data/bad needs an expected outcome here"
+    assert len(files) >= 20
+    assert all(p.stat().st_size < 64 * 1024 for p in BAD.iterdir())  # small, committed
+
+
+@pytest.mark.parametrize("name, fmt, where, reason, reasons, kept", RECORD_CASES, ids=[c[0] for c in RECORD_CASES])
+def test_bad_record_raises_one_line_error(name, fmt, where, reason, reasons, kept):
+    path = BAD / name
+    with pytest.raises(InputError) as e:
+        read(path, fmt)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}{where}: "), msg
+    assert "\n" not in msg and len(msg) < 400
+    assert e.value.reason == reason and e.value.file == str(path)
+
+
+@pytest.mark.parametrize("name, fmt, where, reason, reasons, kept", RECORD_CASES, ids=[c[0] for c in RECORD_CASES])
+def test_bad_record_quarantined_and_good_kept(name, fmt, where, reason, reasons, kept, tmp_path):
+    q = tmp_path / "q" / "bad.jsonl"
+    res = read(BAD / name, fmt, quarantine=q)
+    assert res.table["conversation_id"].tolist() == kept
+    assert res.quarantined == sum(reasons.values()) and dict(res.reasons) == reasons
+    assert res.rows + res.quarantined == res.records
+    entries = [json.loads(x) for x in q.read_text(encoding="utf-8").splitlines()]
+    assert len(entries) == res.quarantined
+    assert Counter(x["reason"] for x in entries) == Counter(reasons)
+    for x in entries:
+        assert x["file"] == str(BAD / name) and (x["line"] is None) != (x["record"] is None)
+        assert len(x["raw"]) <= 2000 and x["message"].startswith(str(BAD / name))
+    assert entries[0]["message"].startswith(f"{BAD / name}{where}: ")
+    assert sorted(p.name for p in q.parent.iterdir()) == ["bad.jsonl"]  # no temp file left
+
+
+@pytest.mark.parametrize("name, fmt, pattern", FILE_CASES, ids=[c[0] for c in FILE_CASES])
+@pytest.mark.parametrize("quarantine", [False, True])
+def test_bad_file_raises(name, fmt, pattern, quarantine, tmp_path):
+    q = tmp_path / "q.jsonl" if quarantine else None
+    path = BAD / name
+    with pytest.raises(InputError, match="^" + re.escape(str(path)) + pattern) as e:
+        read(path, fmt, quarantine=q)
+    assert "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # neither a quarantine file nor a temp file
+
+
+def _count_records(path: Path, fmt: str) -> int:
+    """Records in a file, counted independently of the reader."""
+    if path.suffix == ".parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as fh:
+            return sum(1 for row in list(csv.reader(fh))[1:] if any(row))
+    if path.suffix == ".json":
+        return len(json.loads(path.read_text()))
+    return sum(1 for line in path.read_bytes().split(b"\n") if line.strip())
+
+
+@pytest.mark.parametrize("name, fmt", [(c[0], c[1]) for c in RECORD_CASES], ids=[c[0] for c in RECORD_CASES])
+def test_nothing_lost(name, fmt, tmp_path):
+    res = read(BAD / name, fmt, quarantine=tmp_path / "q.jsonl")
+    n = _count_records(BAD / name, fmt)
+    assert res.records == n
+    assert len(res.table) + res.quarantined == n
+
+
+# ---------------------------------------------------------------------------------------------
+# huge input, generated at run time
+
+
+def test_50mb_message(tmp_path):
+    p = tmp_path / "huge.jsonl"
+    good = json.dumps({"id": "ok", "messages": [{"role": "user", "content": "hi"}]})
+    with open(p, "w") as fh:
+        fh.write(good + "\n")
+        fh.write('{"id": "huge", "messages": [{"role": "user", "content": "')
+        fh.write("A" * (50 * 1024 * 1024))
+        fh.write('"}]}\n')
+        fh.write(good.replace('"ok"', '"ok2"') + "\n")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(p))}:2: message 0 \(user\) has 52,428,800 characters "
+                                         r"\(limit max_message_chars=1,000,000\)$"):
+        read_conversations(p, "openai_jsonl")
+    q = tmp_path / "q.jsonl"
+    res = read_conversations(p, "openai_jsonl", quarantine=q)
+    assert res.table["conversation_id"].tolist() == ["ok", "ok2"] and res.reasons == {"message_too_large": 1}
+    entry = json.loads(q.read_text())
+    assert entry["line"] == 2 and len(entry["raw"]) == 2000 and q.stat().st_size < 5000
+    # a higher limit lets it through
+    assert read_conversations(p, "openai_jsonl", max_message_chars=60_000_000).rows == 3
+
+
+def test_line_longer_than_the_line_limit_is_skipped_not_parsed(tmp_path):
+    p = tmp_path / "long.jsonl"
+    good = json.dumps({"id": "ok", "messages": [{"role": "user", "content": "hi"}]})
+    long = '{"id": "x", "messages": "' + "B" * 5000 + '"}\n'
+    p.write_text(good + "\n" + long + good.replace("ok", "ok2") + "\n")
+    with pytest.raises(InputError, match=rf":2: line has {len(long):,} bytes \(limit 1,000\)$"):
+        read_conversations(p, "openai_jsonl", max_line_bytes=1000)
+    res = read_conversations(p, "openai_jsonl", max_line_bytes=1000, quarantine=tmp_path / "q.jsonl")
+    assert res.rows == 2 and res.reasons == {"line_too_long": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# convert: atomic, and with a quarantine
+
+
+def test_convert_failure_leaves_nothing(tmp_path):
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"previous good output")
+    with pytest.raises(InputError, match=r"two_bad\.jsonl:2: "):
+        convert(BAD / "two_bad.jsonl", "openai_jsonl", out, chunk_rows=1)
+    assert out.read_bytes() == b"previous good output"  # the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
+
+
+def test_convert_with_quarantine(tmp_path):
+    out, q = tmp_path / "out.parquet", tmp_path / "bad" / "quarantine.jsonl"
+    res = convert(BAD / "two_bad.jsonl", "openai_jsonl", out, quarantine=q, chunk_rows=1)
+    assert (res.rows, res.quarantined, res.records) == (3, 2, 5)
+    assert pq.read_table(out).column("conversation_id").to_pylist() == ["g1", "g2", "g3"]
+    assert [json.loads(x)["line"] for x in q.read_text().splitlines()] == [2, 4]
+
+
+def test_quarantine_file_written_even_when_clean(tmp_path):
+    q = tmp_path / "q.jsonl"
+    q.write_text("stale entries from an earlier run\n")
+    res = read_conversations(Path(__file__).parent / "data" / "readers" / "openai.jsonl", "openai_jsonl", quarantine=q)
+    assert res.quarantined == 0 and q.read_text() == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# fuzz: any line is either kept or quarantined; nothing else happens
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda kids: st.lists(kids, max_size=3) | st.dictionaries(
+                         st.sampled_from(["role", "content", "id", "messages", "tool_calls", "tool_call_id", "x"]),
+                         kids, max_size=4), max_leaves=12)
+_line = st.one_of(
+    _json.map(json.dumps),
+    st.builds(lambda m: json.dumps({"messages": m}), _json),
+    st.builds(lambda role, content: json.dumps({"messages": [{"role": role, "content": content}]}),
+              st.sampled_from(["user", "assistant", "tool", "system", "bot", ""]), _json),
+    st.binary(max_size=30).map(lambda b: b.replace(b"\n", b" ").decode("latin-1")),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_line, min_size=1, max_size=8))
+def test_fuzz_every_line_is_kept_or_quarantined(tmp_path, lines):
+    lines = [x.replace("\n", " ").replace("\r", " ") for x in lines]
+    p = tmp_path / "fuzz.jsonl"
+    p.write_bytes(("\n".join(lines) + "\n").encode("utf-8", "surrogatepass"))
+    n = sum(1 for x in p.read_bytes().split(b"\n") if x.strip())
+    try:
+        res = read_conversations(p, "openai_jsonl", quarantine=tmp_path / "q.jsonl")
+    except InputError as e:  # only whole-file problems may raise with a quarantine
+        assert e.reason == "invalid_file" and "\n" not in str(e)
+        return
+    assert res.rows + res.quarantined == res.records == n

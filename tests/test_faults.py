@@ -1,0 +1,150 @@
+"""Fault injection end to end: a 500-item run against the fake OpenAI server (real HTTP on
+127.0.0.1) that answers over 20% of requests with 429 + Retry-After, 500, a hang past the
+client timeout, malformed JSON or a dropped connection. Every item must come back exactly
+once, succeeded or failed with a reason; nothing completed may be requested twice; and the
+real grading path must count failures as missing, never as negatives."""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from depsim import engine
+from depsim.cache import ResponseCache
+from depsim.engine import ChatRequest, Endpoint, RunStats, complete, request_key
+
+try:
+    from fake_openai_server import Faults, body_hash, fake_server  # noqa: F401  (fixture)
+except ImportError:  # importlib import mode: tests/ is not on sys.path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_openai_server import Faults, body_hash, fake_server  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 500
+#: items that fail on every attempt, by marker -> (scripted outcome, expected error prefix)
+PERMANENT = {"ALWAYS500": ("500", "http 500 after 4 attempts"),
+             "ALWAYS429": ("429", "http 429 after 4 attempts"),
+             "ALWAYSHANG": ("hang", "timeout after 4 attempts"),
+             "ALWAYSMALFORMED": ("malformed", "malformed JSON after 4 attempts"),
+             "ALWAYSDROP": ("drop", "connection error after 4 attempts"),
+             "ALWAYS400": ("400", "http 400:")}
+FLAG = "I'll get back to you tomorrow"  # the promising_background_tasks grader flags this
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch):
+    monkeypatch.setattr(engine, "BACKOFF_BASE_S", 0.02)
+    monkeypatch.setattr(engine, "BACKOFF_MAX_S", 0.2)
+    monkeypatch.setattr(engine, "FLUSH_INTERVAL_S", 0.2)
+
+
+def make_requests() -> list[ChatRequest]:
+    markers = list(PERMANENT)
+    reqs = []
+    for i in range(N):
+        text = f"question {i}"
+        if i % 10 == 0:
+            text += f". {FLAG}"
+        if i % 25 == 7:  # 20 permanent failures, spread over the run
+            text += f" {markers[(i // 25) % len(markers)]}"
+        reqs.append(ChatRequest(f"item-{i}", [{"role": "user", "content": text}],
+                                {"temperature": 0.7, "max_tokens": 32, "seed": i % 3}))
+    return reqs
+
+
+def test_500_items_under_faults_resolve_once_and_failures_grade_as_missing(fake_server, tmp_path):
+    fake_server.faults = Faults(p429=0.06, p500=0.05, phang=0.03, pmalformed=0.04, pdrop=0.04,
+                                retry_after="0.05", hang_s=1.5, seed=4)
+    for marker, (outcome, _) in PERMANENT.items():
+        fake_server.script[marker] = [outcome]
+    ep = Endpoint(base_url=fake_server.url, model="fake", timeout_s=1.0, max_retries=3, max_concurrency=32)
+    reqs = make_requests()
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    stats = RunStats()
+    results = complete(ep, reqs, cache, progress=False, stats=stats, role="candidate")
+
+    # the server really was that faulty, with every kind of fault
+    log = list(fake_server.log)
+    outcomes = Counter(e["outcome"] for e in log)
+    assert sum(v for k, v in outcomes.items() if k != "ok") >= 0.2 * len(log), outcomes
+    assert all(outcomes[k] > 0 for k in ("429", "500", "hang", "malformed", "drop")), outcomes
+
+    # one result per item, in order; each succeeded or failed with a reason, never both
+    assert [r.item_id for r in results] == [r.item_id for r in reqs]
+    assert len({r.item_id for r in results}) == N
+    for r in results:
+        assert (r.error is None) == (r.message is not None), r
+        assert r.error is None or r.error.strip()
+    ok = [r for r in results if r.ok]
+    failed = [r for r in results if not r.ok]
+    by_id = {r.item_id: r for r in results}
+    for q in reqs:  # exactly the scripted items fail, each with its own reason
+        marker = next((m for m in PERMANENT if m in q.messages[-1]["content"]), None)
+        r = by_id[q.item_id]
+        assert (marker is None) == r.ok, (q.item_id, r.error)
+        if marker:
+            assert r.error.startswith(PERMANENT[marker][1]), (marker, r.error)
+    assert len(failed) == 20 and len(ok) == N - 20
+    assert stats.sent == N and stats.succeeded == len(ok) and stats.failed == len(failed)
+    assert stats.retries > 0
+
+    # nothing completed was served twice or requested again after it completed
+    ok_hashes = [e["hash"] for e in log if e["outcome"] == "ok"]
+    assert len(ok_hashes) == len(set(ok_hashes)) == len(ok)
+    done_at = {e["hash"]: e["t"] for e in log if e["outcome"] == "ok"}
+    assert not [e for e in log if e["hash"] in done_at and e["t"] > done_at[e["hash"]]]
+    sent_bodies = {e["hash"] for e in log}
+    assert len(sent_bodies) == N  # every item reached the server; no two items share a body
+    assert len(cache) == len(ok) and set(cache.get_many(r.key for r in results)) == {r.key for r in ok}
+    assert {r.key for r in results} == {request_key(ep, q) for q in reqs}
+
+    # the real grading path: failures are missing labels, excluded from n, counted as failed
+    from depsim.graders import grade
+    from depsim.measure import rates
+    from depsim.taxonomy import load_taxonomy
+
+    categories = load_taxonomy(ROOT / "params" / "taxonomy.yaml")
+    completions = pd.DataFrame({
+        "item_id": [r.item_id for r in results],
+        "target": "candidate",
+        "prefix_id": [f"p{i}" for i in range(N)],
+        # object dtype keeps None as None: pandas 3 turns None into NaN in a str column, which
+        # graders.response_view cannot read yet (see the xfail test below)
+        "messages": pd.Series([json.dumps([r.message]) if r.ok else None for r in results], dtype=object),
+        "error": pd.Series([r.error for r in results], dtype=object),
+    })
+    grades = grade(completions, categories)
+    assert len(grades) == N * len(categories)
+    failed_ids = {r.item_id for r in failed}
+    g_failed = grades[grades["item_id"].isin(failed_ids)]
+    assert g_failed["label"].isna().all()  # never a negative
+    assert g_failed["error"].str.startswith("no response to grade: ").all()
+    assert grades.loc[~grades["item_id"].isin(failed_ids), "label"].notna().all()
+
+    table = rates(grades, categories)
+    assert len(table) == len(categories)
+    assert (table["n"] == len(ok)).all() and (table["failed"] == len(failed)).all()
+    flagged = sum(FLAG in r.message["content"] for r in ok)
+    row = table.set_index("category").loc["promising_background_tasks"]
+    assert flagged > 0 and row["k"] == flagged  # k / n over graded items only
+    assert row["rate"] == pytest.approx((flagged + 0.5) / (len(ok) + 1), rel=1e-6)  # Jeffreys over n graded
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError,
+                   reason="graders.response_view reads a missing response stored as NaN (pandas 3 str "
+                          "column, as depsim.simulate.generated builds it) as iterable; remove this mark "
+                          "once it treats any non-str, non-list value as no messages")
+def test_grading_a_completions_table_built_like_simulate_with_a_failure():
+    from depsim.graders import grade
+    from depsim.taxonomy import load_taxonomy
+
+    categories = load_taxonomy(ROOT / "params" / "taxonomy.yaml")
+    rows = [{"item_id": "a", "target": "t", "prefix_id": "p1", "error": None,
+             "messages": json.dumps([{"role": "assistant", "content": FLAG}])},
+            {"item_id": "b", "target": "t", "prefix_id": "p2", "messages": None, "error": "http 500 after 4 attempts"}]
+    grades = grade(pd.DataFrame(rows), categories)  # the row dicts of depsim.simulate.generated
+    assert grades.loc[grades["item_id"] == "b", "label"].isna().all()
