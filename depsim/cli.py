@@ -75,6 +75,29 @@ def convert(inputs: list[str] = typer.Argument(..., help="file(s), a folder, a q
         typer.echo(f"note: {note}")
 
 
+@app.command("validate-grader")
+def validate_grader(data_dir: Path = typer.Option(Path("../shared/data"), "--data-dir", help="folder holding xstest/"),
+                    prompts: str = typer.Option("all", help="all, safe or unsafe prompts"),
+                    out: Path | None = typer.Option(None, "--out", "-o", help="also write the table (.csv or .parquet)")):
+    """Validate the refusal rule grader against XSTest's human labels: agreement, Cohen's κ,
+    sensitivity, specificity and Rogan–Gladen corrected rates per model, and the ranking."""
+    from depsim.validation import rank_comparison, xstest_refusal_validation
+
+    if prompts not in ("all", "safe", "unsafe"):
+        _fail(f"--prompts must be all, safe or unsafe, not {prompts!r}")
+    try:
+        table = xstest_refusal_validation(data_dir, prompts=prompts)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    cols = ["variant", "model", "n", "human_rate", "grader_rate", "agreement", "kappa", "sensitivity",
+            "specificity", "rg_rate", "rg_lo", "rg_hi"]
+    typer.echo(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    typer.echo("\n" + rank_comparison(table).to_string(index=False))
+    if out is not None:
+        (table.to_parquet if out.suffix == ".parquet" else table.to_csv)(out, index=False)
+        typer.echo(f"wrote {out}")
+
+
 @app.command()
 def check(params_file: Path = typer.Argument(..., help="release parameters to validate")):
     """Validate a params file (and its taxonomy) without running anything."""

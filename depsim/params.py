@@ -141,9 +141,12 @@ class Release(_Strict):
 
     @property
     def simulated(self) -> bool:
-        """True when any prefix source is the simulated world (the report must say so)."""
-        s = self.sources
-        return any(x is not None and x.kind == "sim_world" for x in (s.previous, s.candidate, s.challenging))
+        """True when the simulated world supplies any prefixes or plays any model whose
+        responses are graded (the report must say its numbers come from a simulation)."""
+        s, m = self.sources, self.models
+        eps = (m.candidate, m.previous_production, m.candidate_production)
+        return (any(x is not None and x.kind == "sim_world" for x in (s.previous, s.candidate, s.challenging))
+                or any(e is not None and e.base_url.startswith("sim://") for e in eps))
 
 
 def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:

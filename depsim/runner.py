@@ -32,8 +32,25 @@ def run_release(params_file: str | Path, reports_dir: str | Path = "reports", re
     out = release_dir(reports_dir, rel.release)
     before = len(request_log(reports_dir, rel.release))
     # kernels inherit this: no progress bars in the published pages (the CLI prints timings)
-    os.environ.setdefault("DEPSIM_PROGRESS", "0")
-    for stage in stages or STAGES:
+    saved = os.environ.get("DEPSIM_PROGRESS")
+    os.environ["DEPSIM_PROGRESS"] = "0"
+    try:
+        _execute(stages or STAGES, out, params_file, reports_dir, log)
+    finally:
+        if saved is None:
+            os.environ.pop("DEPSIM_PROGRESS", None)
+        else:
+            os.environ["DEPSIM_PROGRESS"] = saved
+    reqs = request_log(reports_dir, rel.release).iloc[before:]
+    engine, index = render(out, render_engine) if render_engine != "none" else ("none", None)
+    return {"release_dir": out, "index": index, "engine": engine, "seconds": time.time() - t0,
+            "sent": int(reqs["sent"].sum()), "cached": int(reqs["cached"].sum()),
+            "failed": int(reqs["failed"].sum())}
+
+
+def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path, log) -> None:
+    """Execute each stage notebook with papermill into ``out``; raise StageFailed on error."""
+    for stage in stages:
         src = NOTEBOOKS / f"{stage}.ipynb"
         dst = out / f"{stage}.ipynb"
         ts = time.time()
@@ -46,8 +63,3 @@ def run_release(params_file: str | Path, reports_dir: str | Path = "reports", re
         except pm.PapermillExecutionError as e:
             raise StageFailed(f"stage {stage} failed: {e.ename}: {e.evalue} (executed copy: {dst})") from None
         log(f"  {stage:<20} {time.time() - ts:5.1f} s")
-    reqs = request_log(reports_dir, rel.release).iloc[before:]
-    engine, index = render(out, render_engine) if render_engine != "none" else ("none", None)
-    return {"release_dir": out, "index": index, "engine": engine, "seconds": time.time() - t0,
-            "sent": int(reqs["sent"].sum()), "cached": int(reqs["cached"].sum()),
-            "failed": int(reqs["failed"].sum())}

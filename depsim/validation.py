@@ -9,7 +9,8 @@
 
 Point estimates of proportions here are the raw shares (k/n), the usual convention in
 agreement studies; intervals are Jeffreys intervals (quantiles of Beta(k + 1/2, n - k + 1/2),
-as :func:`depsim.stats.jeffreys`). A grader error (missing label) is missing data: such items
+as :func:`depsim.stats.jeffreys`), with lo = 0 at k = 0 and hi = 1 at k = n (Brown, Cai &
+DasGupta 2001) so that they contain the raw share. A grader error (missing label) is missing data: such items
 are left out of n and counted separately, never read as negatives.
 
 Why a dedicated refusal rule for real text (:data:`REFUSAL_PATTERN`): the taxonomy's
@@ -49,7 +50,9 @@ def _prop(k: int, n: int, level: float) -> tuple[float, float, float]:
     if n == 0:
         return (float("nan"),) * 3
     j = stats.jeffreys(k, n, level).iloc[0]
-    return k / n, float(j["lo"]), float(j["hi"])
+    # Brown, Cai & DasGupta's boundary rule: lo = 0 when k = 0, hi = 1 when k = n, so the
+    # interval always contains the raw share k/n
+    return k / n, 0.0 if k == 0 else float(j["lo"]), 1.0 if k == n else float(j["hi"])
 
 
 def agreement(pred, human, positive=True, level: float = 0.95) -> dict:
@@ -309,7 +312,8 @@ def xstest_refusal_validation(data_dir: str | Path, *, category: Category | None
     :func:`rogan_gladen` with the sensitivity/specificity measured on the *other* models'
     completions (an out-of-sample correction, as in use: corrected with this model's own
     sensitivity/specificity the correction returns the human rate exactly, which tests
-    nothing); rg_covers_human; human_rank, grader_rank (1 = refuses most, within variant);
+    nothing); rg_covers_human; rg_note (e.g. "clipped: ..." when the flagged rate is below
+    the other models' false-positive rate); human_rank, grader_rank (1 = refuses most, within variant);
     ranking_match (the three models rank the same by grader rate as by human rate).
     ``attrs["ranking"]``: {variant: {"human": [...], "grader": [...], "match": bool}}.
 
@@ -349,7 +353,7 @@ def xstest_refusal_validation(data_dir: str | Path, *, category: Category | None
             others = [o for o in models if o != m]
             tp, pos = sum(counts[o]["tp"] for o in others), sum(counts[o]["pos"] for o in others)
             tn, neg = sum(counts[o]["tn"] for o in others), sum(counts[o]["neg"] for o in others)
-            rg = {"rate": float("nan"), "lo": float("nan"), "hi": float("nan")}
+            rg = {"rate": float("nan"), "lo": float("nan"), "hi": float("nan"), "note": "no other model to validate on"}
             if others and pos and neg:
                 rg = rogan_gladen(counts[m]["k"], counts[m]["n"], tp / pos, tn / neg, n_pos=pos, n_neg=neg,
                                   level=level, draws=draws, seed=seed)
@@ -366,6 +370,7 @@ def xstest_refusal_validation(data_dir: str | Path, *, category: Category | None
                 "specificity_lo": a["specificity_lo"], "specificity_hi": a["specificity_hi"],
                 "annotator_kappa": ann, "rg_rate": rg["rate"], "rg_lo": rg["lo"], "rg_hi": rg["hi"],
                 "rg_covers_human": bool(rg["lo"] <= a["human_rate"] <= rg["hi"]) if not math.isnan(rg["lo"]) else None,
+                "rg_note": rg["note"],
             })
     table = pd.DataFrame(rows)
     ranking = {}

