@@ -27,7 +27,8 @@ def response_view(completions: pd.DataFrame, prefixes: pd.DataFrame | None = Non
     ``user_text`` (the prefix's user messages, joined; '' when prefixes are not given)."""
     texts, calls = [], []
     for raw in completions["messages"]:
-        msgs = json.loads(raw) if isinstance(raw, str) else (raw or [])
+        # a missing response (None, or NaN in a string column) is no messages
+        msgs = json.loads(raw) if isinstance(raw, str) else (list(raw) if isinstance(raw, (list, tuple)) else [])
         texts.append("\n".join(m.get("content") or "" for m in msgs
                                if m.get("role") == "assistant" and isinstance(m.get("content"), str)))
         cs = []

@@ -516,13 +516,17 @@ class _Session:
     def __init__(self, src: _Source, threads: int | None, memory_limit: str):
         self.tmp = tempfile.mkdtemp(prefix="depsim-duckdb-")
         threads = threads or max(1, min(4, os.cpu_count() or 1))
-        self.con = duckdb.connect(config={
-            "threads": threads,
-            "memory_limit": memory_limit,
-            "preserve_insertion_order": False,
-            "temp_directory": self.tmp,
-        })
-        self.con.execute("SET enable_progress_bar = false")
+        try:
+            self.con = duckdb.connect(config={
+                "threads": threads,
+                "memory_limit": memory_limit,
+                "preserve_insertion_order": False,
+                "temp_directory": self.tmp,
+            })
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        self.con.execute("SET enable_progress_bar = false")  # it would print to stdout
         try:
             self.con.execute("SET TimeZone = 'UTC'")
         except duckdb.Error:  # ICU not available: naive timestamps are compared as-is
