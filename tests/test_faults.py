@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from depsim import engine
+from depsim.batch import request_body
 from depsim.cache import ResponseCache
 from depsim.engine import ChatRequest, Endpoint, RunStats, complete, request_key
 
@@ -58,10 +59,10 @@ def make_requests() -> list[ChatRequest]:
 
 def test_500_items_under_faults_resolve_once_and_failures_grade_as_missing(fake_server, tmp_path):
     fake_server.faults = Faults(p429=0.06, p500=0.05, phang=0.03, pmalformed=0.04, pdrop=0.04,
-                                retry_after="0.05", hang_s=1.5, seed=4)
+                                retry_after="0.05", hang_s=2.5, seed=4)
     for marker, (outcome, _) in PERMANENT.items():
         fake_server.script[marker] = [outcome]
-    ep = Endpoint(base_url=fake_server.url, model="fake", timeout_s=1.0, max_retries=3, max_concurrency=32)
+    ep = Endpoint(base_url=fake_server.url, model="fake", timeout_s=2.0, max_retries=3, max_concurrency=32)
     reqs = make_requests()
     cache = ResponseCache(tmp_path / "c.sqlite")
     stats = RunStats()
@@ -82,19 +83,25 @@ def test_500_items_under_faults_resolve_once_and_failures_grade_as_missing(fake_
     ok = [r for r in results if r.ok]
     failed = [r for r in results if not r.ok]
     by_id = {r.item_id: r for r in results}
-    for q in reqs:  # exactly the scripted items fail, each with its own reason
+    attempts = Counter(e["hash"] for e in log)
+    ok_at = {e["hash"] for e in log if e["outcome"] == "ok"}
+    unlucky = 0
+    for q in reqs:  # the scripted items fail, each with its own reason; the others succeed
         marker = next((m for m in PERMANENT if m in q.messages[-1]["content"]), None)
         r = by_id[q.item_id]
-        assert (marker is None) == r.ok, (q.item_id, r.error)
         if marker:
-            assert r.error.startswith(PERMANENT[marker][1]), (marker, r.error)
-    assert len(failed) == 20 and len(ok) == N - 20
+            assert not r.ok and r.error.startswith(PERMANENT[marker][1]), (marker, r.error)
+        elif not r.ok:  # ... unless random faults hit every attempt (rare, but legitimate)
+            h = body_hash(request_body(ep, q))
+            assert attempts[h] == 4 and h not in ok_at and r.error.endswith("after 4 attempts"), r
+            unlucky += 1
+    assert len(failed) == 20 + unlucky and unlucky <= 3
     assert stats.sent == N and stats.succeeded == len(ok) and stats.failed == len(failed)
     assert stats.retries > 0
 
     # nothing completed was served twice or requested again after it completed
     ok_hashes = [e["hash"] for e in log if e["outcome"] == "ok"]
-    assert len(ok_hashes) == len(set(ok_hashes)) == len(ok)
+    assert len(ok_hashes) == len(set(ok_hashes)) == len(ok)  # a 2 s timeout: no "ok" times out
     done_at = {e["hash"]: e["t"] for e in log if e["outcome"] == "ok"}
     assert not [e for e in log if e["hash"] in done_at and e["t"] > done_at[e["hash"]]]
     sent_bodies = {e["hash"] for e in log}
@@ -112,10 +119,9 @@ def test_500_items_under_faults_resolve_once_and_failures_grade_as_missing(fake_
         "item_id": [r.item_id for r in results],
         "target": "candidate",
         "prefix_id": [f"p{i}" for i in range(N)],
-        # object dtype keeps None as None: pandas 3 turns None into NaN in a str column, which
-        # graders.response_view cannot read yet (see the xfail test below)
-        "messages": pd.Series([json.dumps([r.message]) if r.ok else None for r in results], dtype=object),
-        "error": pd.Series([r.error for r in results], dtype=object),
+        # a str column: pandas 3 stores the failed items' None as NaN, as depsim.simulate does
+        "messages": [json.dumps([r.message]) if r.ok else None for r in results],
+        "error": [r.error for r in results],
     })
     grades = grade(completions, categories)
     assert len(grades) == N * len(categories)
@@ -134,11 +140,9 @@ def test_500_items_under_faults_resolve_once_and_failures_grade_as_missing(fake_
     assert row["rate"] == pytest.approx((flagged + 0.5) / (len(ok) + 1), rel=1e-6)  # Jeffreys over n graded
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="graders.response_view reads a missing response stored as NaN (pandas 3 str "
-                          "column, as depsim.simulate.generated builds it) as iterable; remove this mark "
-                          "once it treats any non-str, non-list value as no messages")
 def test_grading_a_completions_table_built_like_simulate_with_a_failure():
+    """Regression: a failed item's missing response (NaN in a pandas 3 str column) once crashed
+    graders.response_view; it must grade as a missing label."""
     from depsim.graders import grade
     from depsim.taxonomy import load_taxonomy
 
@@ -148,3 +152,5 @@ def test_grading_a_completions_table_built_like_simulate_with_a_failure():
             {"item_id": "b", "target": "t", "prefix_id": "p2", "messages": None, "error": "http 500 after 4 attempts"}]
     grades = grade(pd.DataFrame(rows), categories)  # the row dicts of depsim.simulate.generated
     assert grades.loc[grades["item_id"] == "b", "label"].isna().all()
+    a = grades[grades["item_id"] == "a"].set_index("category")["label"]
+    assert a.notna().all() and a["promising_background_tasks"] and a.sum() == 1
