@@ -110,19 +110,22 @@ def _fmt(rate, lo, hi) -> str:
     return f"{r:,.0f} [{l:,.0f}–{h:,.0f}]"
 
 
-def forecast_table(scored: pd.DataFrame) -> HTML:
-    """Return the forecast table: one row per category, the three methods side by side
-    (rate per 100k [95% interval]), the realised prod_new rate, and its change since Y."""
+def forecast_table(fc: pd.DataFrame) -> HTML:
+    """Return the forecast table: one row per category, the methods side by side (rate per
+    100k [95% interval]) and, once released (scored rows), the realised prod_new rate and
+    its change since Y."""
     rows = []
-    for cat, g in scored.groupby("category", sort=False):
+    methods = [m for m in ("deployment_sim", "deployment_sim_reweighted", "challenging", "prev_production")
+               if m in set(fc["method"])]
+    for cat, g in fc.groupby("category", sort=False):
         by = g.set_index("method")
         first = g.iloc[0]
         row = {"category": cat, "group": first["group"]}
-        for m in ("deployment_sim", "challenging", "prev_production"):
+        for m in methods:
             row[m] = _fmt(*by.loc[m, ["rate", "lo", "hi"]]) if m in by.index else "not a baseline category"
-        real = per100k(first["realised"]).item()
-        row["realised (prod_new)"] = f"{real:,.0f}"
-        row["realised change"] = f"{first['realised_change']:.2f}×"
+        if "realised" in g:
+            row["realised (prod_new)"] = f"{per100k(first['realised']).item():,.0f}"
+            row["realised change"] = f"{first['realised_change']:.2f}×"
         rows.append(row)
     return table(pd.DataFrame(rows))
 

@@ -79,6 +79,9 @@ class Endpoint(BaseModel):
     #: requests per minute / tokens per minute (estimated) budgets, or None for no limit
     rpm: int | None = Field(None, gt=0)
     tpm: int | None = Field(None, gt=0)
+    #: prices in USD per million prompt / completion tokens, for cost accounting (optional)
+    usd_per_mtok_prompt: float | None = Field(None, ge=0)
+    usd_per_mtok_completion: float | None = Field(None, ge=0)
 
 
 @dataclass
@@ -135,18 +138,30 @@ class RunStats:
     tokens: dict[str, dict[str, int]] = field(default_factory=dict)
     concurrency_history: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     elapsed_s: float = 0.0  # wall-clock seconds spent in acomplete
+    cost_usd: dict[str, float] = field(default_factory=dict)  # label -> USD, where prices are set
 
-    def add_tokens(self, label: str, usage: dict | None) -> None:
-        """Add a response's prompt/completion token counts to ``tokens[label]``."""
+    def add_tokens(self, label: str, usage: dict | None, endpoint: "Endpoint | None" = None) -> None:
+        """Add a response's prompt/completion token counts to ``tokens[label]``, and its cost
+        in USD to ``cost_usd[label]`` when ``endpoint`` has prices."""
         t = self.tokens.setdefault(label, {"prompt_tokens": 0, "completion_tokens": 0})
+        got = {k: int((usage or {}).get(k) or 0) for k in t}
         for k in t:
-            t[k] += int((usage or {}).get(k) or 0)
+            t[k] += got[k]
+        if endpoint is not None and (endpoint.usd_per_mtok_prompt or endpoint.usd_per_mtok_completion):
+            self.cost_usd[label] = self.cost_usd.get(label, 0.0) + (
+                got["prompt_tokens"] * (endpoint.usd_per_mtok_prompt or 0)
+                + got["completion_tokens"] * (endpoint.usd_per_mtok_completion or 0)) / 1e6
+
+    def usage_table(self) -> list[dict]:
+        """Return one row per label: prompt and completion tokens generated in this run and
+        their cost in USD (None where the endpoint has no prices)."""
+        return [{"role/model": k, **v, "cost_usd": self.cost_usd.get(k)} for k, v in self.tokens.items()]
 
     def summary(self) -> dict:
         """Return the stats as a JSON-serialisable dict (for run logs)."""
         return {"items": self.items, "cached": self.cached, "sent": self.sent, "succeeded": self.succeeded,
                 "failed": self.failed, "retries": self.retries, "errors": dict(self.errors),
-                "tokens": self.tokens, "elapsed_s": round(self.elapsed_s, 3),
+                "tokens": self.tokens, "cost_usd": self.cost_usd, "elapsed_s": round(self.elapsed_s, 3),
                 "concurrency_history": {k: [list(p) for p in v] for k, v in self.concurrency_history.items()}}
 
 
@@ -223,11 +238,10 @@ class _Malformed(ValueError):
     pass
 
 
-def _body_of(resp: Any) -> dict:
+def _body_of(body: Any) -> dict:
     """The response body as a plain dict, checked for the fields we read."""
-    if not isinstance(resp, openai.BaseModel):  # the client returns str for non-JSON bodies
+    if not isinstance(body, dict):
         raise _Malformed("not a JSON chat.completion")
-    body = resp.model_dump(mode="json", exclude_unset=True)
     _parse_body(body)
     return body
 
@@ -422,8 +436,10 @@ async def _send(client: openai.AsyncOpenAI, endpoint: Endpoint, req: ChatRequest
         retry_after, retryable = None, True
         try:
             # the client's own timeout is per network phase; this bounds the whole call
-            resp = await asyncio.wait_for(client.chat.completions.create(**kwargs), endpoint.timeout_s)
-            body = _body_of(resp)
+            # the raw response: the body is read as JSON once, with no pydantic model in between
+            raw = await asyncio.wait_for(client.chat.completions.with_raw_response.create(**kwargs),
+                                         endpoint.timeout_s)
+            body = _body_of(raw.http_response.json())
         except openai.APIStatusError as e:
             status = e.status_code
             retry_after = _retry_after(e.response.headers if e.response is not None else None)
@@ -535,7 +551,7 @@ async def acomplete(endpoint: Endpoint, requests: list[ChatRequest], cache: Resp
                 res = _result(req, key, body, cached=False, attempts=attempts, latency_s=latency)
                 writer.add(key, body)
                 stats.succeeded += 1
-                stats.add_tokens(label, res.usage)
+                stats.add_tokens(label, res.usage, endpoint)
             else:
                 res = ChatResult(req.item_id, key, None, None, None, error, False, attempts, latency)
                 stats.failed += 1

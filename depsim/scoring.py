@@ -101,3 +101,32 @@ def prefix_error_removed(decomp: pd.DataFrame) -> float:
     """Return the share of the prefix error (mean log SME(sim, sim_self) over categories)
     that reweighting removes: 1 − mean log SME(sim_rw, sim_self) / mean log SME(sim, sim_self)."""
     return float(1 - np.log(decomp["prefix_reweighted"]).mean() / np.log(decomp["prefix"]).mean())
+
+
+def nll_table(scored: pd.DataFrame) -> pd.DataFrame:
+    """Return NLL (nats) per category (rows) and method (columns), with a last row summing
+    each method over the categories every method forecast."""
+    nll = scored.pivot(index="category", columns="method", values="nll")
+    nll.loc["SUM (shared categories)"] = nll.dropna().sum()
+    nll.columns.name = None
+    return nll.reset_index()
+
+
+def against_truth(world, scored: pd.DataFrame, reweight=None) -> tuple[pd.DataFrame, str]:
+    """Return (table, note) comparing a simulated release with its world's exact rates: per
+    category the true rates (per 100k), true and measured change and whether their directions
+    agree; the note gives the exact prefix error with and without reweighting (when the
+    release reweights by intent), else ''."""
+    shares = reweight.shares if reweight is not None and reweight.column == "intent" else None
+    truth = world.truth_table(sorted(scored["category"].unique()), shares=shares)
+    real = scored.drop_duplicates("category").set_index("category")
+    truth["measured_change"] = truth["category"].map(real["realised_change"])
+    truth["same_direction"] = (truth["true_change"] > 1) == (truth["measured_change"] > 1)
+    note = ""
+    if "sim_rw" in truth:
+        before = np.exp(np.log(stats.sme(truth["sim"], truth["sim_self"])).mean())
+        after = np.exp(np.log(stats.sme(truth["sim_rw"], truth["sim_self"])).mean())
+        note = (f"Exact prefix error (geometric mean SME of sim against sim_self): {before:.3f}×; after reweighting "
+                f"to the forecast mix: {after:.3f}× (share removed {1 - np.log(after) / np.log(before):.0%}).")
+    cols = [c for c in ("prev", "new", "sim", "sim_self", "sim_rw") if c in truth]
+    return truth.assign(**{c: truth[c] * 1e5 for c in cols}), note

@@ -55,7 +55,8 @@ def generated(rel: Release, target: str, prefixes: pd.DataFrame, cache, stats=No
     """Return the completions of a generated target (failed items keep their error)."""
     ep = endpoint_for(rel, target)
     reqs = candidate_requests(rel, target, prefixes)
-    results = complete(ep, reqs, cache, progress=f"{target} ({ep.model})", stats=stats)
+    role = "candidate" if target in ("sim", "sim_self", "challenging") else f"{target}_model"
+    results = complete(ep, reqs, cache, progress=f"{target} ({ep.model})", stats=stats, role=role)
     pids = prefixes.loc[prefixes["pool"] == POOL[target], "prefix_id"].tolist()
     rows = []
     for pid, r in zip(pids, results):

@@ -402,3 +402,17 @@ def test_interrupting_complete_in_a_running_loop_stops_and_keeps_results():
     assert out.returncode == 0, out.stderr
     _, secs, stored = out.stdout.split()
     assert float(secs) < 10 and int(stored) == 10  # the slow one hangs for 30 s
+
+
+def test_usage_and_cost_accounting_per_role():
+    from depsim.engine import Endpoint, RunStats
+
+    ep = Endpoint(base_url="http://x/v1", model="m", usd_per_mtok_prompt=2.0, usd_per_mtok_completion=8.0)
+    st = RunStats()
+    st.add_tokens("grader/m", {"prompt_tokens": 1000, "completion_tokens": 500}, ep)
+    st.add_tokens("grader/m", {"prompt_tokens": 1000, "completion_tokens": 0}, ep)
+    st.add_tokens("candidate/free", {"prompt_tokens": 10, "completion_tokens": 10}, Endpoint(base_url="http://y/v1", model="f"))
+    rows = {r["role/model"]: r for r in st.usage_table()}
+    assert rows["grader/m"]["prompt_tokens"] == 2000 and rows["grader/m"]["completion_tokens"] == 500
+    assert rows["grader/m"]["cost_usd"] == pytest.approx((2000 * 2 + 500 * 8) / 1e6)
+    assert rows["candidate/free"]["cost_usd"] is None

@@ -79,7 +79,7 @@ def test_generation_with_smollm2_is_real_and_cached(llama_server, tmp_path):
     assert set(table["finish"]) <= {"stop", "length"}, table["finish"].tolist()
     assert (table["prompt_tokens"] > 0).all() and (table["completion_tokens"] > 0).all()
     assert (table["completion_tokens"] <= 32).all()
-    assert stats.tokens[llama_server.model]["completion_tokens"] == table["completion_tokens"].sum()
+    assert stats.tokens[f"candidate/{llama_server.model}"]["completion_tokens"] == table["completion_tokens"].sum()
 
     # a rerun (a resume, another report) sends nothing and returns the same table
     again = RunStats()
