@@ -98,6 +98,33 @@ def validate_grader(data_dir: Path = typer.Option(Path("../shared/data"), "--dat
         typer.echo(f"wrote {out}")
 
 
+@app.command("grader-prompt")
+def grader_prompt(category: str = typer.Argument(..., help="a category of the taxonomy"),
+                  taxonomy: Path = typer.Option(Path("params/taxonomy.yaml"), help="taxonomy YAML"),
+                  model: str | None = typer.Option(None, help="grader model, to print the LLM grader's id")):
+    """Print a category's LLM grader rubric (the system message), its JSON output schema and,
+    with --model, the frozen grader id it would have on that model."""
+    import json
+
+    from depsim.llm_grader import DEFAULT_PARAMS, grade_schema, llm_grader_id, system_message
+    from depsim.params import ParamsError
+    from depsim.taxonomy import load_taxonomy
+
+    try:
+        tax = load_taxonomy(taxonomy)
+    except (ParamsError, FileNotFoundError) as e:
+        _fail(str(e))
+    if category not in tax:
+        _fail(f"unknown category {category!r} (not in {taxonomy}; known: {', '.join(tax)})")
+    cat = tax[category]
+    typer.echo(system_message(cat))
+    typer.echo("\n# JSON schema of the answer\n" + json.dumps(grade_schema(), indent=2))
+    kind = "llm" if cat.is_llm else f"rule ({cat.grader['rule']}, grader_id {cat.grader_id})"
+    typer.echo(f"\n# This taxonomy grades {category} with: {kind}")
+    if model:
+        typer.echo(f"# LLM grader id on {model}: {llm_grader_id(cat, model, cat.grader.get('params', DEFAULT_PARAMS), cat.grader.get('response_style', 'json_schema'))}")
+
+
 @app.command()
 def check(params_file: Path = typer.Argument(..., help="release parameters to validate")):
     """Validate a params file (and its taxonomy) without running anything."""

@@ -103,6 +103,16 @@ def rates_chart(rates: pd.DataFrame) -> alt.Chart:
             + base.mark_point(filled=True).encode(x=alt.X("rate100k:Q", scale=scale))).properties(width=480)
 
 
+def eval_awareness_chart(rates: pd.DataFrame) -> alt.Chart:
+    """Return a chart of the evaluation-awareness measures (percent of responses, Jeffreys
+    95% intervals) per target: one row per measure, one colour per target."""
+    d = rates[(rates["group"] == "evaluation_awareness") & ~rates["target"].str.endswith("_rw")].dropna(subset=["rate"])
+    d = d.assign(pct=d["rate"] * 100, lo_pct=d["lo"] * 100, hi_pct=d["hi"] * 100)
+    base = alt.Chart(d).encode(y=alt.Y("category:N", title=None), color="target:N", yOffset="target:N")
+    return (base.mark_rule().encode(x=alt.X("lo_pct:Q", title="% of responses"), x2="hi_pct:Q")
+            + base.mark_point(filled=True).encode(x="pct:Q", tooltip=["target", "category", "k", "n"])).properties(width=480)
+
+
 def _fmt(rate, lo, hi) -> str:
     if rate is None or np.isnan(rate):
         return "–"

@@ -107,7 +107,8 @@ class ChatResult:
     attempts made (0 for cache hits)."""
     item_id: str
     key: str
-    message: dict | None  # {"role", "content", "tool_calls": [OpenAI-format dicts] | None}
+    message: dict | None  # {"role", "content", "tool_calls": [OpenAI-format dicts] | None,
+                          #  "reasoning_content" only when the server returned reasoning text}
     finish_reason: str | None
     usage: dict | None    # {"prompt_tokens", "completion_tokens"}
     error: str | None = None
@@ -253,6 +254,11 @@ def _parse_body(body: dict) -> tuple[dict, str | None, dict]:
         msg = choice["message"]
         message = {"role": msg.get("role") or "assistant", "content": msg.get("content"),
                    "tool_calls": msg.get("tool_calls") or None}
+        # reasoning text, where the server returns it (vLLM/DeepSeek: reasoning_content;
+        # some servers: reasoning), is kept so graders can read it (DESIGN §4)
+        reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            message["reasoning_content"] = reasoning
         usage = body.get("usage") or {}
         usage = {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
                  "completion_tokens": int(usage.get("completion_tokens") or 0)}

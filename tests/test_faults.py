@@ -114,7 +114,7 @@ def test_500_items_under_faults_resolve_once_and_failures_grade_as_missing(fake_
     from depsim.measure import rates
     from depsim.taxonomy import load_taxonomy
 
-    categories = load_taxonomy(ROOT / "params" / "taxonomy.yaml")
+    categories = {n: c for n, c in load_taxonomy(ROOT / "params" / "taxonomy.yaml").items() if not c.is_llm}
     completions = pd.DataFrame({
         "item_id": [r.item_id for r in results],
         "target": "candidate",
@@ -146,7 +146,7 @@ def test_grading_a_completions_table_built_like_simulate_with_a_failure():
     from depsim.graders import grade
     from depsim.taxonomy import load_taxonomy
 
-    categories = load_taxonomy(ROOT / "params" / "taxonomy.yaml")
+    categories = {n: c for n, c in load_taxonomy(ROOT / "params" / "taxonomy.yaml").items() if not c.is_llm}
     rows = [{"item_id": "a", "target": "t", "prefix_id": "p1", "error": None,
              "messages": json.dumps([{"role": "assistant", "content": FLAG}])},
             {"item_id": "b", "target": "t", "prefix_id": "p2", "messages": None, "error": "http 500 after 4 attempts"}]
