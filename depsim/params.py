@@ -103,6 +103,9 @@ class Grading(_Strict):
     #: (None: all). A subsample keeps the cost down; its rates carry wider intervals.
     llm_sample: int | None = Field(None, gt=0)
     seed: int = 0
+    #: categories graded by their LLM rubric whatever the taxonomy's grader kind ("all", or
+    #: names): for real traffic, where the rules that read the simulated world's markers do not apply
+    llm: list[str] | Literal["all"] = []
 
 
 class Realism(_Strict):
@@ -276,7 +279,12 @@ def load_release(path: str | Path) -> Release:
     if rel.realism is not None and m.judge is None:
         raise ParamsError(f"{path}:{_line_of(node, ('realism',))}: realism: the check needs models.judge")
     tax = load_taxonomy(rel.resolve(rel.taxonomy))
-    llm = [c for c, cat in tax.items() if cat.grader.get("kind") == "llm" and (rel.categories == "all" or c in rel.categories)]
+    if rel.grading.llm != "all":
+        for i, c in enumerate(rel.grading.llm):
+            if c not in tax:
+                raise ParamsError(f"{path}:{_line_of(node, ('grading', 'llm', i))}: grading.llm: unknown category {c!r}")
+    llm = [c for c, cat in tax.items() if (cat.is_llm or rel.grading.llm == "all" or c in rel.grading.llm)
+           and (rel.categories == "all" or c in rel.categories)]
     if m.grader is None and llm:
         raise ParamsError(f"{path}:{_line_of(node, ('models',))}: models.grader is needed: "
                           f"{len(llm)} categories have LLM graders ({', '.join(llm[:3])}, ...)")

@@ -95,3 +95,12 @@ def select(taxonomy: dict[str, Category], categories: list[str] | str) -> dict[s
     if categories == "all":
         return dict(taxonomy)
     return {c: taxonomy[c] for c in categories}
+
+
+def for_release(rel) -> dict[str, Category]:
+    """Return the categories a release tracks, in taxonomy order, with the graders it uses:
+    those named in ``grading.llm`` (or all) switched to their LLM rubric (``{kind: llm}``)."""
+    cats = select(load_taxonomy(rel.resolve(rel.taxonomy)), rel.categories)
+    switch = rel.grading.llm
+    return {n: c if c.is_llm or (switch != "all" and n not in switch) else c.model_copy(update={"grader": {"kind": "llm"}})
+            for n, c in cats.items()}

@@ -166,3 +166,22 @@ def test_cli_prints_any_categorys_rubric_and_id():
     assert f"LLM grader id on m: {llm_grader_id(TAX['violence'], 'm', {'temperature': 0.0, 'max_tokens': 400, 'seed': 0})}" in r.stdout
     r = subprocess.run([sys.executable, "-m", "depsim.cli", "grader-prompt", "nope"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("depsim: error: unknown category 'nope'")
+
+
+def test_a_release_can_switch_rule_graders_to_their_llm_rubrics(tmp_path):
+    from depsim.params import load_release
+    from depsim.taxonomy import for_release
+
+    rel = load_release("params/example-openai.yaml")
+    cats = for_release(rel)
+    assert cats["hate"].is_llm and cats["fabricated_facts"].is_llm and not cats["calculator_hacking"].is_llm
+    assert cats["hate"].definition == TAX["hate"].definition and not TAX["hate"].is_llm  # the taxonomy is unchanged
+    demo = load_release("params/demo.yaml")
+    assert {n for n, c in for_release(demo).items() if c.is_llm} == {n for n, c in TAX.items() if c.is_llm}
+    text = open("params/demo.yaml").read().replace("  llm_sample: 300", "  llm: [hate, nope]\n  llm_sample: 300")
+    (tmp_path / "taxonomy.yaml").write_text(open("params/taxonomy.yaml").read())
+    (tmp_path / "history.csv").write_text(open("params/history.csv").read())
+    (tmp_path / "rel.yaml").write_text(text)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if "nope" in l)
+    with pytest.raises(ParamsError, match=rf"rel.yaml:{line}: grading.llm: unknown category 'nope'"):
+        load_release(tmp_path / "rel.yaml")
