@@ -113,6 +113,38 @@ def eval_awareness_chart(rates: pd.DataFrame) -> alt.Chart:
             + base.mark_point(filled=True).encode(x="pct:Q", tooltip=["target", "category", "k", "n"])).properties(width=480)
 
 
+def winrate_chart(winrates: pd.DataFrame) -> alt.Chart:
+    """Return a chart of the simulated continuation's realism win rate (percent, Jeffreys 95%
+    interval) per tool mode and tool, with the 50% line (cannot be told apart)."""
+    d = winrates.dropna(subset=["win_rate"]).assign(pct=lambda x: x["win_rate"] * 100, lo_pct=lambda x: x["lo"] * 100,
+                                                    hi_pct=lambda x: x["hi"] * 100)
+    base = alt.Chart(d).encode(y=alt.Y("mode:N", title=None), color="tool:N", yOffset="tool:N")
+    half = alt.Chart(pd.DataFrame({"x": [50]})).mark_rule(strokeDash=[4, 4], color="gray").encode(x="x:Q")
+    return (base.mark_rule().encode(x=alt.X("lo_pct:Q", title="simulated judged real (%)", scale=alt.Scale(domain=[0, 100])),
+                                    x2="hi_pct:Q")
+            + base.mark_point(filled=True).encode(x="pct:Q", tooltip=["mode", "tool", "k", "n"]) + half).properties(width=420)
+
+
+def fidelity_chart(curves: pd.DataFrame) -> alt.HConcatChart:
+    """Return the fidelity curves side by side: each tool category's ``sim`` rate (per 100k,
+    Jeffreys 95% intervals) against tool fidelity with its production truth (dashed), and
+    the realism win rate on tool turns (percent) with the 50% line."""
+    d = curves.assign(rate100k=per100k(curves["rate"]), lo100k=per100k(curves["lo"]), hi100k=per100k(curves["hi"]),
+                      truth100k=per100k(curves["truth_prod"]))
+    x = alt.X("fidelity:Q", title="tool fidelity of the resampling environment")
+    base = alt.Chart(d).encode(x=x, color=alt.Color("category:N", title=None))
+    rates = (base.mark_line(point=True).encode(y=alt.Y("rate100k:Q", title="sim rate per 100k"))
+             + base.mark_rule().encode(y="lo100k:Q", y2="hi100k:Q")
+             + base.mark_line(strokeDash=[4, 4]).encode(y="truth100k:Q")).properties(width=300, title="forecast vs production truth (dashed)")
+    w = d.drop_duplicates("fidelity").assign(pct=lambda z: z["win_rate_tool"] * 100, lo_pct=lambda z: z["win_tool_lo"] * 100,
+                                             hi_pct=lambda z: z["win_tool_hi"] * 100)
+    wb = alt.Chart(w).encode(x=x)
+    half = alt.Chart(pd.DataFrame({"y": [50]})).mark_rule(strokeDash=[4, 4], color="gray").encode(y="y:Q")
+    wins = (wb.mark_line(point=True).encode(y=alt.Y("pct:Q", title="simulated judged real (%)", scale=alt.Scale(domain=[0, 60])))
+            + wb.mark_rule().encode(y="lo_pct:Q", y2="hi_pct:Q") + half).properties(width=300, title="realism win rate, tool turns")
+    return alt.hconcat(rates, wins)
+
+
 def _fmt(rate, lo, hi) -> str:
     if rate is None or np.isnan(rate):
         return "–"

@@ -116,8 +116,9 @@ class Realism(_Strict):
     sample: int = Field(300, gt=0)
     modes: list[Literal["stop", "replay", "simulate"]] = ["stop", "replay", "simulate"]
     seed: int = 0
-    #: simulated world only: tool fidelities for the fidelity curves
+    #: simulated world only: tool fidelities for the fidelity curves, and prefixes per point
     fidelities: list[float] = []
+    fidelity_n: int = Field(1000, gt=0)
 
 
 class Reweight(_Strict):

@@ -16,7 +16,7 @@ import nbformat
 from nbconvert import HTMLExporter
 
 PAGES = [("index", "Summary"), ("01_sample_prefixes", "1 Prefixes"), ("02_simulate", "2 Simulate"),
-         ("03_audit", "3 Audit"), ("04_measure", "4 Measure"), ("05_forecast", "5 Forecast"),
+         ("02b_tool_realism", "2b Tool realism"), ("03_audit", "3 Audit"), ("04_measure", "4 Measure"), ("05_forecast", "5 Forecast"),
          ("06_validate", "6 Validate")]
 QUARTO_TEMPLATE = Path(__file__).resolve().parents[1] / "_quarto.yml"
 

@@ -20,7 +20,8 @@ def small_release(folder: Path, name: str = "small", previous: dict | None = Non
                 .replace("challenging: 1000 ", "challenging: 200 ")
                 .replace("n: 4000", "n: 400")
                 .replace("sample: 2000", "sample: 300")
-                .replace("llm_sample: 300", "llm_sample: 80"))
+                .replace("llm_sample: 200", "llm_sample: 80")
+                .replace("fidelity_n: 800", "fidelity_n: 200"))
     if previous is not None:
         text = text.replace("previous: {kind: sim_world, deployment: Y}", f"previous: {json.dumps(previous)}")
     p = folder / f"{name}.yaml"

@@ -9,7 +9,9 @@ import pytest
 
 from conftest import PAYLOAD, payload_conversations, small_release
 
-PAGES = ["index", "01_sample_prefixes", "02_simulate", "03_audit", "04_measure", "05_forecast", "06_validate"]
+from depsim.report import PAGES as _PAGES
+
+PAGES = [stem for stem, _ in _PAGES]
 
 
 def depsim(*args, cwd):

@@ -2,7 +2,6 @@
 frozen, and the simulated grader (``sim-grader``, reached through the engine and the openai
 client) recovers the simulated world's exact rates, including evaluation awareness."""
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,6 @@ from depsim.params import ParamsError
 from depsim.simworld import World, WorldConfig
 from depsim.taxonomy import load_taxonomy
 
-os.environ.setdefault("DEPSIM_PROGRESS", "0")
 TAX = load_taxonomy("params/taxonomy.yaml")
 CONFIG = WorldConfig(seed=11, conversations=2500, challenging=600)
 GRADER = Endpoint(base_url=f"sim://world/resample?seed=11&version={simworld.VERSION}", model="sim-grader",
@@ -178,7 +176,7 @@ def test_a_release_can_switch_rule_graders_to_their_llm_rubrics(tmp_path):
     assert cats["hate"].definition == TAX["hate"].definition and not TAX["hate"].is_llm  # the taxonomy is unchanged
     demo = load_release("params/demo.yaml")
     assert {n for n, c in for_release(demo).items() if c.is_llm} == {n for n, c in TAX.items() if c.is_llm}
-    text = open("params/demo.yaml").read().replace("  llm_sample: 300", "  llm: [hate, nope]\n  llm_sample: 300")
+    text = open("params/demo.yaml").read().replace("  llm_sample: 200", "  llm: [hate, nope]\n  llm_sample: 200")
     (tmp_path / "taxonomy.yaml").write_text(open("params/taxonomy.yaml").read())
     (tmp_path / "history.csv").write_text(open("params/history.csv").read())
     (tmp_path / "rel.yaml").write_text(text)

@@ -26,7 +26,7 @@ def test_demo_params_are_valid():
 @pytest.mark.parametrize("edit, expect", [
     (lambda s: s.replace("categories: all", "categories: [hate, not_a_category]"), r"rel.yaml:\d+: unknown category 'not_a_category'"),
     (lambda s: s.replace("n: 4000", "n: -3"), r"rel.yaml:\d+: sampling.n: Input should be greater than 0"),
-    (lambda s: s.replace("tool_mode: stop", "tool_mode: magic"), r"rel.yaml:\d+: generation.tool_mode"),
+    (lambda s: s.replace("tool_mode: simulate", "tool_mode: magic"), r"rel.yaml:\d+: generation.tool_mode"),
     (lambda s: s.replace("deid: true", "deid: true\nsurprise: 1"), r"rel.yaml:\d+: surprise: Extra inputs"),
     (lambda s: s.replace("taxonomy: taxonomy.yaml", "taxonomy: missing.yaml"), r"missing.yaml: file not found"),
     (lambda s: s.replace("previous: {kind: sim_world, deployment: Y}", "previous: {kind: parquet, path: nowhere.parquet}"),
