@@ -289,6 +289,25 @@ def _objects(text: str) -> list:
     return out
 
 
+def answer_object(content: str) -> tuple[dict | None, str | None]:
+    """Return ``(object, None)`` for the one JSON object in a model's answer ``content``
+    (the whole text, a Markdown code fence around it, or the only object amid prose), or
+    ``(None, error)`` saying why there is none."""
+    text = content.strip()
+    if m := _FENCE.match(text):
+        text = m.group(1).strip()
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        objs = [o for o in _objects(text) if isinstance(o, dict)]
+        if len(objs) != 1:
+            return None, (f"not JSON: {content[:80]!r}" if not objs else f"{len(objs)} JSON objects in the answer (ambiguous)")
+        obj = objs[0]
+    if not isinstance(obj, dict):
+        return None, f"JSON is a {type(obj).__name__}, not an object"
+    return obj, None
+
+
 def parse_grade(message) -> tuple[bool | None, float | None, str | None, str | None]:
     """Return ``(label, confidence, rationale, error)`` from a grader's answer.
 
@@ -303,21 +322,11 @@ def parse_grade(message) -> tuple[bool | None, float | None, str | None, str | N
         return None, None, None, "grader returned no content"
     if not isinstance(content, str):
         return None, None, None, f"grader content is {type(content).__name__}, not text"
-    text = content.strip()
-    if not text:
+    if not content.strip():
         return None, None, None, "grader returned empty content"
-    if m := _FENCE.match(text):
-        text = m.group(1).strip()
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        objs = [o for o in _objects(text) if isinstance(o, dict)]
-        if len(objs) != 1:
-            return None, None, None, (f"not JSON: {content[:80]!r}" if not objs
-                                      else f"{len(objs)} JSON objects in the answer (ambiguous)")
-        obj = objs[0]
-    if not isinstance(obj, dict):
-        return None, None, None, f"JSON is a {type(obj).__name__}, not an object"
+    obj, err = answer_object(content)
+    if err is not None:
+        return None, None, None, err
     missing = [k for k in ("label", "confidence", "rationale") if k not in obj]
     if missing:
         return None, None, None, f"missing field(s): {', '.join(missing)}"

@@ -53,7 +53,7 @@ import pandas as pd
 from depsim import stats as dstats
 from depsim import tools
 from depsim.engine import ChatRequest, complete
-from depsim.llm_grader import neutralise
+from depsim.llm_grader import answer_object, neutralise
 from depsim.params import Release, endpoint_url
 from depsim.tables import content_id
 
@@ -160,22 +160,6 @@ def response_format(style: str = "json_schema") -> dict:
     return {"type": "json_schema", "json_schema": {"name": "realism_verdict", "strict": True, "schema": judge_schema()}}
 
 
-_FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
-
-
-def _objects(text: str) -> list:
-    dec, out, i = json.JSONDecoder(), [], 0
-    while (i := text.find("{", i)) != -1:
-        try:
-            obj, end = dec.raw_decode(text, i)
-        except ValueError:
-            i += 1
-            continue
-        out.append(obj)
-        i = end
-    return out
-
-
 def parse_judgement(message) -> tuple[str | None, float | None, str | None, str | None]:
     """Return ``(real, confidence, rationale, error)`` from a judge's answer (a message dict
     or its content). Accepted: one JSON object with ``real`` "A" or "B" (case and surrounding
@@ -185,18 +169,9 @@ def parse_judgement(message) -> tuple[str | None, float | None, str | None, str 
     content = message.get("content") if isinstance(message, dict) else message
     if not isinstance(content, str) or not content.strip():
         return None, None, None, "judge returned no text"
-    text = content.strip()
-    if m := _FENCE.match(text):
-        text = m.group(1).strip()
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        objs = [o for o in _objects(text) if isinstance(o, dict)]
-        if len(objs) != 1:
-            return None, None, None, (f"not JSON: {content[:80]!r}" if not objs else f"{len(objs)} JSON objects (ambiguous)")
-        obj = objs[0]
-    if not isinstance(obj, dict):
-        return None, None, None, f"JSON is a {type(obj).__name__}, not an object"
+    obj, err = answer_object(content)
+    if err is not None:
+        return None, None, None, err
     missing = [k for k in ("real", "confidence", "rationale") if k not in obj]
     if missing:
         return None, None, None, f"missing field(s): {', '.join(missing)}"
