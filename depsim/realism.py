@@ -45,7 +45,6 @@ import hashlib
 import json
 import math
 import random
-import re
 
 import numpy as np
 import pandas as pd
