@@ -14,22 +14,28 @@ Public API
 - :func:`user_turns` - every eligible user turn of a log (one row each), as an Arrow table.
 - :func:`turn_hash`, :func:`prefix_id` - the Python reference of the two hashes.
 
-Reproducibility. The sample is "order the eligible user turns by a seeded hash and take the
+Reproducibility. The sample is "order the eligible user turns by a seeded key and take the
 first ``n``". A turn is keyed by (conversation_id, user ordinal) - the k-th user message of the
-conversation, which within a log is the same thing as (conversation_id, turn_index) - and its
-hash is ``md5("{seed}\x1f{conversation_id}\x1f{k}")`` as 32 hex digits (:func:`turn_hash`).
-md5 is used rather than DuckDB's ``hash()``, whose values may change between DuckDB versions;
-the sample does not depend on DuckDB's version, file order, thread count or how the log is split
-into files. Rows come back in hash order, so the first ``k`` rows of a sample of size ``n`` are
-the sample of size ``k``.
+conversation, which within a log is the same thing as (conversation_id, turn_index). With
+``p = "{seed}\x1f{conversation_id}\x1f"``, its key is 36 hex digits (:func:`turn_hash`): a 4-digit
+head, digits ``4j..4j+3`` of ``md5(p + "#{b}")`` for ``k - 1 = 8b + j``, then ``md5(p + "{k}")``.
+Only md5 and string operations are used (not DuckDB's ``hash()``, whose values may change
+between DuckDB versions), so the sample does not depend on DuckDB's version, file order, thread
+count or how the log is split into files. With md5 taken as a random function, the keys of all
+turns are independent and uniform, so every eligible turn is equally likely to be sampled. Rows
+come back in key order, so the first ``k`` rows of a sample of size ``n`` are the sample of size
+``k``. (Before the heads were introduced a key was the bare ``md5(p + "{k}")``: samples drawn
+with the same seed differ from those of earlier versions.)
 
 How it scales. All JSON work runs in DuckDB and streams over the Parquet files; Python only holds
-the ``n`` sampled prefixes. Keying turns by ordinal lets the hashes be computed before any JSON
-is parsed (the number of user messages is bounded by counting ``"user"`` tokens in the raw
-text), so the JSON of a conversation is parsed only if one of its turns hashes below a threshold
-``tau``; the prefix cut and the eligibility tests run for those few turns only. ``tau`` is
-either estimated from a small pilot read (large Parquet logs: one pass over the data), or exact
-(one pass that tests every turn, then the sampling pass: small or in-memory inputs, stratified
+the sampled prefixes (and the few let through beyond them). Keying turns by ordinal lets the keys be tested before any JSON is parsed
+(the number of user messages is bounded by counting ``"user"`` tokens in the raw text): a
+conversation is parsed only if one of its turns has a key below a threshold ``tau``, and the
+heads make that test cost one md5 per conversation (the per-turn md5 is computed for the few
+turns whose head is at most ``tau``'s). The prefix cut and the eligibility tests run for those
+few turns only, and the prefix texts are built for the turns that are kept. ``tau`` is either
+estimated from a small pilot read (large Parquet logs: one pass over the data), or exact (one
+pass that tests every turn, then the sampling pass: small or in-memory inputs, stratified
 samples, and the fallback when the estimate was too tight). Either way the result is the same.
 """
 from __future__ import annotations
@@ -42,11 +48,14 @@ import os
 import shutil
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -80,11 +89,16 @@ OUTPUT_COLUMNS: tuple[str, ...] = ("prefix_id", "conversation_id", "turn_index",
 TEXT_PART_TYPES: tuple[str, ...] = ("text", "input_text")
 
 _SEP = "\x1f"  # unit separator between hashed fields
-_TAU_ALL = "f" * 32  # a threshold every turn hash is <= to
+_BLOCK = 8  # user ordinals sharing one md5 for the heads of their keys
+_HEAD = 32 // _BLOCK  # hex digits of a key's head
+_KEY_DIGITS = _HEAD + 32  # hex digits of a key (head + per-turn md5)
+_TAU_ALL = "f" * _KEY_DIGITS  # a threshold every turn hash is <= to
 _PILOT_MIN_ROWS = 20_000  # below this a log is small: take the exact route
 _PILOT_ROW_GROUPS = 8  # pilot: heads of this many row groups, spread over the log
 _PILOT_ROWS = 4_000  # pilot: conversations read in all
 _FAST_MAX_SHARE = 0.25  # use the one-pass route only if the sample is <= 25 % of the turns
+_BIG_LIMIT = 2**63 - 1  # a LIMIT that limits nothing (an optimizer fence)
+_CAP_FACTOR, _CAP_SLACK = 1.5, 1000  # a sampling pass returns at most factor * wanted + slack rows
 
 
 class SamplingWarning(UserWarning):
@@ -147,10 +161,19 @@ class EligibilityRules(BaseModel):
 
 def turn_hash(seed: int, conversation_id: str, user_ordinal: int) -> str:
     """The sampling key of one user turn - the ``user_ordinal``-th user message (1-based) of the
-    conversation: ``md5(f"{seed}\\x1f{conversation_id}\\x1f{user_ordinal}")`` as 32 hex digits.
-    Lower is sampled first."""
-    key = f"{seed}{_SEP}{conversation_id}{_SEP}{user_ordinal}"
-    return hashlib.md5(key.encode("utf-8")).hexdigest()
+    conversation - as 36 hex digits; lower is sampled first.
+
+    With ``k = user_ordinal``, ``p = f"{seed}\\x1f{conversation_id}\\x1f"``, ``b = (k - 1) // 8``
+    and ``j = (k - 1) % 8``, the key is ``md5(p + f"#{b}")[4 * j : 4 * j + 4] + md5(p + str(k))``:
+    a 16-bit head shared out of one md5 per block of eight ordinals, then a per-turn md5. Under
+    the usual model of md5 as a random function every turn's key is an independent uniform
+    144-bit string. The head lets the sampling pass discard almost every turn with one md5 per
+    conversation (a turn can be sampled only if its head is <= the threshold's head); the
+    per-turn md5 is computed for the few that pass."""
+    prefix = f"{seed}{_SEP}{conversation_id}{_SEP}"
+    block, slot = divmod(user_ordinal - 1, _BLOCK)
+    head = hashlib.md5(f"{prefix}#{block}".encode("utf-8")).hexdigest()[_HEAD * slot:_HEAD * (slot + 1)]
+    return head + hashlib.md5(f"{prefix}{user_ordinal}".encode("utf-8")).hexdigest()
 
 
 def prefix_id(conversation_id: str, turn_index: int, source: str | None) -> str:
@@ -285,9 +308,25 @@ def _lam(params: str, body: str) -> str:
     return f"({params}) -> {body}" if "," in params else f"{params} -> {body}"
 
 
-def _hash_sql(seed: int, cid: str, k: str) -> str:
-    """SQL twin of :func:`turn_hash` for user ordinal ``k``."""
-    return f"md5(concat_ws(chr(31), {_lit(str(seed))}, CAST({cid} AS VARCHAR), CAST({k} AS VARCHAR)))"
+def _head_sql(pfx: str, k: str, block0: str | None = None) -> str:
+    """SQL: the head of the key of user ordinal ``k`` (see :func:`turn_hash`); ``pfx`` is the
+    key prefix ``seed || chr(31) || conversation_id || chr(31)``, ``block0`` (optional) an
+    expression already holding ``md5(pfx || '#0')``, the block of ordinals 1-8."""
+    block = f"md5({pfx} || '#' || CAST(({k} - 1) // {_BLOCK} AS VARCHAR))"
+    if block0 is not None:
+        block = f"CASE WHEN {k} <= {_BLOCK} THEN {block0} ELSE {block} END"
+    return f"substr({block}, {_HEAD} * (({k} - 1) % {_BLOCK}) + 1, {_HEAD})"
+
+
+def _pfx_sql(seed: int, cid: str) -> str:
+    """SQL: the key prefix ``seed || chr(31) || conversation_id || chr(31)``."""
+    return f"({_lit(str(seed))} || chr(31) || CAST({cid} AS VARCHAR) || chr(31))"
+
+
+def _key_sql(pfx: str, k: str, block0: str | None = None) -> str:
+    """SQL twin of :func:`turn_hash` for user ordinal ``k`` (``pfx``, ``block0``: see
+    :func:`_head_sql`)."""
+    return f"({_head_sql(pfx, k, block0)} || md5({pfx} || CAST({k} AS VARCHAR)))"
 
 
 def _stats_sql(ctype: str, val: str, att: str) -> tuple[str, str]:
@@ -406,13 +445,17 @@ def _turns_sql(src_sql: str, plan: _Plan, rules: EligibilityRules, seed: int | N
     keep = _lam("x", _eligible_sql(rules, "x.chars", "x.nontext"))
     turns = (f"list_filter(list_transform("
              f"{_turn_slice(rules, f'list_transform(__ui, {to_turn})')}, {to_stats}), {keep})")
-    h = f", {_hash_sql(seed, 'conversation_id', '__t.ord')} AS __h" if seed is not None else ""
+    h = key = ""
+    if seed is not None:
+        pfx = _pfx_sql(seed, "conversation_id")
+        key = f", {pfx} AS __pfx, md5({pfx} || '#0') AS __b0"
+        h = f", {_key_sql('__pfx', '__t.ord', '__b0')} AS __h"
     wellformed = _lam("x", "x.role IS NULL")
     return f"""
 SELECT {cols}, CAST(__t.ti AS INTEGER) AS turn_index, CAST(__t.ord AS INTEGER) AS user_ordinal,
        CAST(__t.chars AS BIGINT) AS chars{h}
 FROM (
-  SELECT {cols}, unnest({turns}) AS __t
+  SELECT {cols}, unnest({turns}) AS __t{key}
   FROM (
     SELECT {cols}, messages, __m,
            CASE WHEN len(list_filter(__m, {wellformed})) = 0
@@ -436,51 +479,68 @@ def _role_sql(e: str) -> str:
 
 
 def _sample_sql(src_sql: str, plan: _Plan, rules: EligibilityRules, seed: int, tau: str,
-                limit: int | None, alloc: Mapping[str, int] | None) -> str:
-    """The sampling pass: user turns with hash <= tau (tau: SQL expression, may use the
-    stratum ``__s``), tested for eligibility and cut into prefixes; the first ``limit`` by hash
-    (per stratum: the first ``alloc[s]``). Rows come in no particular order.
+                limit: int | None, alloc: Mapping[str, int] | None, cap: int | None = None) -> str:
+    """The sampling pass: the eligible user turns with hash <= tau (tau: SQL expression, may
+    use the stratum ``__s``), cut into prefixes. Rows come in no particular order.
 
-    The turn key is (conversation_id, user ordinal), so the hashes can be computed before any
-    JSON is parsed: the number of user messages is bounded by the number of ``"user"`` tokens in
-    the raw text (a JSON string cannot contain an unescaped quote, so every such token is a
-    whole string outside the message texts). Only conversations with an ordinal whose hash is
-    <= tau are parsed at all; there the true user turns are found and the ordinals that do not
-    exist are dropped. The eligibility test is folded into the ordering (eligible first) and
-    applied after the top-N rather than as a WHERE, which DuckDB would push below the
-    projections and evaluate twice."""
+    With ``cap``, the query returns every such turn, but at most ``cap`` rows: the caller
+    orders them and takes the first ``limit`` (per stratum: ``alloc[s]``) itself, which costs
+    far less than a top-N inside DuckDB that drags the prefix texts through a sort; a result of
+    ``cap`` rows may be cut short (the caller then runs the query without ``cap``). Without
+    ``cap``, DuckDB keeps only the first ``limit`` by hash (per stratum: the first ``alloc[s]``).
+
+    The turn key (see :func:`turn_hash`) depends on (conversation_id, user ordinal) only, so the
+    keys can be tested before any JSON is parsed: the number of user messages is bounded by the
+    number of ``"user"`` tokens in the raw text (a JSON string cannot contain an unescaped quote,
+    so every such token is a whole string outside the message texts), and an ordinal is a
+    candidate only if the head of its key (one md5 per conversation covers ordinals 1-8) is <=
+    the head of tau. Only conversations with a candidate are parsed; there the true user turns
+    are found, the ordinals that do not exist are dropped and the full key is compared with tau.
+    The eligibility test is never a WHERE right above the projections that compute it (DuckDB
+    would push it below them and evaluate the JSON functions twice): it is folded into the
+    ordering, or applied above a LIMIT, which filters are not pushed through. The prefix text is
+    built last, for the rows that are kept."""
     cols = ", ".join(_ident(n) for n in plan.names)
     ub = """(len(string_split(messages, '"user"')) - 1)"""  # >= number of user messages
     hi = f"least({ub}, {rules.max_turn})" if rules.max_turn is not None else ub
-    below = _lam("k", f"md5(__pfx || CAST(k AS VARCHAR)) <= {tau}")  # = _hash_sql(seed, cid, k)
-    is_user = _lam("i", "__roles[i + 1] = 'user'")
-    no_role = _lam("r", "r IS NULL")
+    below = _lam("k", f"{_head_sql('__pfx', 'k', '__b0')} <= __tauh")
+    # the same test for ordinals 1-8 without a list (most conversations have no more)
+    quick = " OR ".join(f"(__hi >= {j} AND substr(__b0, {_HEAD * (j - 1) + 1}, {_HEAD}) <= __tauh)"
+                        for j in range(max(1, rules.min_turn), _BLOCK + 1)) or "false"
+    user_at = _lam("r, i", "CASE WHEN r = 'user' THEN i - 1 END")  # 0-based index of a user message
+    not_null = _lam("x", "x IS NOT NULL")
     role_of = _lam("e", _role_sql("e"))
     chars, nontext = _stats_sql("__t", "__v", "__a")
     order = "__ok DESC, __h, conversation_id, user_ordinal, source, turn_index"
-    if alloc is not None:
+    if cap is not None:
+        top = f"LIMIT {_BIG_LIMIT}"  # a fence: the WHERE __ok below is not pushed through it
+        tail = f"LIMIT {cap}"
+    elif alloc is not None:
         quota = "CASE __s " + " ".join(f"WHEN {_lit(k)} THEN {v}" for k, v in alloc.items()) + " ELSE 0 END"
-        top = f"QUALIFY row_number() OVER (PARTITION BY __s ORDER BY {order}) <= {quota}"
+        top, tail = f"QUALIFY row_number() OVER (PARTITION BY __s ORDER BY {order}) <= {quota}", ""
     else:
-        top = f"ORDER BY {order}" + (f" LIMIT {limit}" if limit is not None else "")
+        top, tail = f"ORDER BY {order}" + (f" LIMIT {limit}" if limit is not None else ""), ""
     return f"""
 WITH cand AS (
-  SELECT {cols}, messages,
-         unnest(list_filter(range({rules.min_turn}, __hi + 1), {below})) AS user_ordinal
-  FROM (SELECT {', '.join(plan.select)}, messages, {hi} AS __hi,
-               {_lit(str(seed))} || chr(31) || CAST(conversation_id AS VARCHAR) || chr(31) AS __pfx
-        FROM {src_sql} WHERE {plan.where})
+  SELECT {cols}, messages, __pfx, __tau,
+         unnest(CASE WHEN __hi > {_BLOCK} OR {quick}
+                     THEN list_filter(range({rules.min_turn}, __hi + 1), {below}) ELSE [] END) AS user_ordinal
+  FROM (SELECT *, substr(__tau, 1, {_HEAD}) AS __tauh, md5(__pfx || '#0') AS __b0
+        FROM (SELECT {', '.join(plan.select)}, messages, {hi} AS __hi,
+                     {_pfx_sql(seed, 'conversation_id')} AS __pfx, {tau} AS __tau
+              FROM {src_sql} WHERE {plan.where}))
 ), surv AS (
   SELECT {cols}, CAST(user_ordinal AS INTEGER) AS user_ordinal,
-         {_hash_sql(seed, 'conversation_id', 'user_ordinal')} AS __h,
-         json_extract(messages, '$[*]') AS __L
+         {_key_sql('__pfx', 'user_ordinal')} AS __h,
+         __tau, json_extract(messages, '$[*]') AS __L
   FROM cand
 ), roles AS (
   SELECT *, list_transform(__L, {role_of}) AS __roles FROM surv
 ), idx AS (
   SELECT * EXCLUDE (__roles),
-         CAST(list_filter(range(len(__roles)), {is_user})[user_ordinal] AS INTEGER) AS turn_index,
-         len(list_filter(__roles, {no_role})) = 0 AS __wf
+         CAST(list_filter(list_transform(__roles, {user_at}), {not_null})[user_ordinal] AS INTEGER)
+           AS turn_index,
+         list_count(__roles) = len(__roles) AS __wf
   FROM roles
 ), el AS (
   SELECT *, json_type(__L[turn_index + 1], '$.content') AS __t,
@@ -490,22 +550,22 @@ WITH cand AS (
 ), st AS (
   SELECT * EXCLUDE (__t, __v, __a), CAST({chars} AS BIGINT) AS chars, {nontext} AS __nontext FROM el
 ), ok AS (
-  SELECT * EXCLUDE (__nontext, __wf),
-         coalesce(__wf AND turn_index IS NOT NULL AND {_eligible_sql(rules, 'chars', '__nontext')},
-                  false) AS __ok
+  SELECT * EXCLUDE (__nontext, __wf, __tau),
+         coalesce(__h <= __tau AND __wf AND turn_index IS NOT NULL
+                  AND {_eligible_sql(rules, 'chars', '__nontext')}, false) AS __ok
   FROM st
 ), top AS (
-  SELECT {cols}, turn_index, user_ordinal, chars, __h, __ok,
-         '[' || array_to_string(__L[1:turn_index + 1], ',') || ']' AS __prefix,
-         CASE WHEN {_role_sql('__L[turn_index + 2]')} = 'assistant'
-              THEN CAST(__L[turn_index + 2] AS VARCHAR) END AS __next
-  FROM ok
+  SELECT {cols}, turn_index, user_ordinal, chars, __h, __ok, __L FROM ok
   {top}
 )
-SELECT * EXCLUDE (__ok),
+SELECT {cols}, turn_index, user_ordinal, chars, __h,
+       '[' || array_to_string(list_resize(__L, turn_index + 1), ',') || ']' AS __prefix,
+       CASE WHEN {_role_sql('__L[turn_index + 2]')} = 'assistant'
+            THEN CAST(__L[turn_index + 2] AS VARCHAR) END AS __next,
        md5(concat_ws(chr(31), CAST(conversation_id AS VARCHAR), CAST(turn_index AS VARCHAR),
                      coalesce(CAST(source AS VARCHAR), '')))[1:16] AS prefix_id
-FROM top WHERE __ok"""
+FROM top WHERE __ok
+{tail}"""
 
 
 # --- DuckDB session ---------------------------------------------------------------------------
@@ -515,7 +575,7 @@ class _Session:
 
     def __init__(self, src: _Source, threads: int | None, memory_limit: str):
         self.tmp = tempfile.mkdtemp(prefix="depsim-duckdb-")
-        threads = threads or max(1, min(4, os.cpu_count() or 1))
+        threads = self.threads = threads or max(1, min(4, os.cpu_count() or 1))
         try:
             self.con = duckdb.connect(config={
                 "threads": threads,
@@ -533,6 +593,22 @@ class _Session:
             pass
         if src.table is not None:
             self.con.register("__depsim_src", src.table)
+
+    def set_string_views(self, on: bool) -> bool:
+        """Have DuckDB export strings to Arrow as string views (or not again); False where this
+        DuckDB cannot (before 1.1)."""
+        try:
+            if on:
+                self.con.execute("SET produce_arrow_string_view = true")
+                self.con.execute("SET arrow_output_version = '1.4'")
+            else:
+                self.con.execute("RESET produce_arrow_string_view")
+                self.con.execute("RESET arrow_output_version")
+        except duckdb.Error:
+            if on:
+                self.set_string_views(False)
+            return False
+        return True
 
     def __enter__(self) -> "_Session":
         return self
@@ -596,7 +672,8 @@ def _check_strata(strata: Mapping[Any, float]) -> dict[str, float]:
 def _tau_hex(p: float) -> str:
     if p >= 1:
         return _TAU_ALL
-    return format(min(2**128 - 1, int(p * 2**128)), "032x")
+    bits = 4 * _KEY_DIGITS
+    return format(min(2**bits - 1, int(p * 2**bits)), f"0{_KEY_DIGITS}x")
 
 
 def _pilot_table(src: _Source, target_rows: int) -> pa.Table:
@@ -724,33 +801,138 @@ def _as_int(value: Any, name: str) -> int:
     return int(value.__index__())  # ints and numpy integers
 
 
-def _arrow(s: _Session, sql: str) -> pa.Table:
-    rel = s.con.sql(sql)
-    for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):  # DuckDB 2.x, 1.x, older
-        if hasattr(rel, name):
-            result = getattr(rel, name)()
-            return result.read_all() if isinstance(result, pa.RecordBatchReader) else result
-    raise RuntimeError("this DuckDB cannot return Arrow tables")
+def _arrow(s: _Session, sql: str, views: bool = False) -> pa.Table:
+    """Run ``sql`` and fetch the result as an Arrow table. With ``views``, strings may come as
+    Arrow string views (``string_view``), which DuckDB hands over without copying the text
+    (DuckDB >= 1.1 with pyarrow >= 16; otherwise they come as plain strings)."""
+    on = views and _VIEWS and s.set_string_views(True)
+    try:
+        rel = s.con.sql(sql)
+        for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):  # DuckDB 2.x, 1.x, older
+            if hasattr(rel, name):
+                result = getattr(rel, name)()
+                return result.read_all() if isinstance(result, pa.RecordBatchReader) else result
+        raise RuntimeError("this DuckDB cannot return Arrow tables")
+    finally:
+        if on:
+            s.set_string_views(False)
 
 
-def _run(s: _Session, sql: str) -> pa.Table:
-    """Run a sampling query; the rows come back in hash order (via Arrow: ~3x faster than
-    DuckDB's own pandas conversion for long strings)."""
-    table = _arrow(s, sql)
-    order = pc.sort_indices(table, [(c, "ascending") for c in
-                                    ("__h", "conversation_id", "user_ordinal", "source", "turn_index")])
-    return table.take(order)
+_VIEWS = all(hasattr(m, a) for m, a in ((pa, "string_view"), (pa.types, "is_string_view"),
+                                        (pa.types, "is_binary_view")))
+
+
+def _is_view(t: pa.DataType) -> bool:
+    return _VIEWS and (pa.types.is_string_view(t) or pa.types.is_binary_view(t))
+
+
+def _no_views(t: pa.DataType) -> pa.DataType:
+    """``t`` with string/binary views replaced by large strings/binaries, nested types too."""
+    if not _VIEWS:
+        return t
+    if pa.types.is_string_view(t):
+        return pa.large_string()
+    if pa.types.is_binary_view(t):
+        return pa.large_binary()
+    if pa.types.is_dictionary(t):
+        return pa.dictionary(t.index_type, _no_views(t.value_type), t.ordered)
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_no_views(f.type)) for f in t])
+    if pa.types.is_map(t):
+        return pa.map_(_no_views(t.key_type), _no_views(t.item_type))
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(t.value_field.with_type(_no_views(t.value_type)), t.list_size)
+    if pa.types.is_large_list(t):
+        return pa.large_list(t.value_field.with_type(_no_views(t.value_type)))
+    if pa.types.is_list(t) or getattr(pa.types, "is_list_view", lambda _: False)(t) \
+            or getattr(pa.types, "is_large_list_view", lambda _: False)(t):
+        return pa.list_(t.value_field.with_type(_no_views(t.value_type)))
+    return t
+
+
+def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    t = _no_views(col.type)
+    return col if t == col.type else col.cast(t)
+
+
+def _gather_views(arr: pa.Array, idx: np.ndarray) -> pa.Array:
+    """The rows ``idx`` of the string/binary-view array ``arr``, as a plain large string/binary
+    array: only the 16-byte views are gathered (in numpy); the text is copied once, by the cast,
+    straight into its new order."""
+    bufs = arr.buffers()
+    views = np.frombuffer(bufs[1], dtype=np.uint8)[16 * arr.offset:16 * (arr.offset + len(arr))]
+    views = np.ascontiguousarray(views.reshape(-1, 16)[idx])
+    validity, nulls = None, 0
+    if arr.null_count:
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)[idx]
+        nulls = int(len(idx) - valid.sum())
+        validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    out = pa.Array.from_buffers(arr.type, len(idx), [validity, pa.py_buffer(views), *bufs[2:]],
+                                null_count=nulls)
+    return out.cast(_no_views(arr.type))
+
+
+def _take(col: pa.ChunkedArray, order: pa.Array, pool: ThreadPoolExecutor | None = None,
+          pieces: int = 1) -> pa.ChunkedArray:
+    """``col`` reordered by ``order``, without string views. A string-view column is gathered
+    by :func:`_gather_views`, in ``pieces`` parts on ``pool`` (pyarrow's take would concatenate
+    the chunks, copying the text, then copy it again)."""
+    if not _is_view(col.type) or len(order) == 0:
+        return _plain(col).take(order)
+    arr = col.combine_chunks()  # the views are concatenated, the text buffers shared
+    parts = np.array_split(order.to_numpy(), pieces)
+    if pool is None or pieces == 1:
+        return pa.chunked_array([_gather_views(arr, p) for p in parts])
+    return pa.chunked_array(list(pool.map(lambda p: _gather_views(arr, p), parts)))
+
+
+def _run(s: _Session, sql: Callable[[int | None], str], limit: int | None,
+         alloc: Mapping[str, int] | None) -> pd.DataFrame:
+    """Run a sampling pass (``sql(cap)`` builds it, see :func:`_sample_sql`) and return its first
+    ``limit`` rows in hash order (per stratum: the first ``alloc[s]``).
+
+    The pass first runs without a top-N in DuckDB, capped at 1.5x the rows wanted (+1000): the
+    thresholds let through little more than that (exactly that many on the exact routes). A
+    capped result may be incomplete, and the pass is then rerun with the top-N in DuckDB
+    (bounded memory). Results come via Arrow (~3x faster than DuckDB's own pandas conversion
+    for long strings); the order and the rows kept are worked out on the small key columns, and
+    the prefix texts are copied once, into their final order (see :func:`_take`)."""
+    want = sum(alloc.values()) if alloc is not None else limit
+    table = None
+    if want is not None:
+        cap = int(_CAP_FACTOR * want) + _CAP_SLACK
+        table = _arrow(s, sql(cap), views=True)
+        if table.num_rows >= cap:
+            log.info("sampling pass hit its cap of %d rows; rerunning it with a top-N", cap)
+            table = None
+    if table is None:
+        table = _arrow(s, sql(None), views=True)
+    keys = ["__h", "conversation_id", "user_ordinal", "source", "turn_index"]
+    order = pc.sort_indices(pa.table([_plain(table.column(k)) for k in keys], names=keys),
+                            [(c, "ascending") for c in keys])
+    if alloc is not None:
+        strata = _plain(table.column("__s")).take(order).to_pandas()
+        keep = strata.groupby(strata, sort=False).cumcount() < strata.map(alloc).fillna(0)
+        order = order.filter(pa.array(keep.to_numpy(dtype=bool)))
+    elif limit is not None:
+        order = order[:limit]
+    names, pieces = table.column_names, max(1, min(s.threads, len(order) // 20_000))
+    with ThreadPoolExecutor(pieces) as pool:  # the copies of large texts run in parallel
+        columns = [_take(table.column(i), order, pool, pieces) for i in range(table.num_columns)]
+    del table
+    return pa.table(columns, names=names).to_pandas()
 
 
 def _sample_uniform(s: _Session, src: _Source, plan: _Plan, rules: EligibilityRules,
-                    seed: int, n: int) -> pa.Table:
+                    seed: int, n: int) -> pd.DataFrame:
     est = _estimate_turns(s, src, rules)
     if est is not None and est > 0:
         # one pass with a threshold that should let through ~10 % more eligible turns than n;
         # if it let through fewer than n, widen it by what was missing and pass again
         p = (1.1 * n + 5 * math.sqrt(n)) / est
         while p <= _FAST_MAX_SHARE:
-            table = _run(s, _sample_sql(src.sql(), plan, rules, seed, _lit(_tau_hex(p)), n, None))
+            table = _run(s, partial(_sample_sql, src.sql(), plan, rules, seed, _lit(_tau_hex(p)), n, None),
+                         n, None)
             if len(table) >= n or p >= 1:  # enough, or every turn was let through
                 return table
             log.info("threshold %.3g let through %d < %d eligible turns; widening it", p, len(table), n)
@@ -759,13 +941,13 @@ def _sample_uniform(s: _Session, src: _Source, plan: _Plan, rules: EligibilityRu
     count, hs = s.con.execute(
         f"SELECT count(*), min(__h, {n}) FROM ({_turns_sql(src.sql(), plan, rules, seed)})").fetchall()[0]
     if count == 0:  # an empty result with the right columns, without another pass
-        return _run(s, _sample_sql(f"(SELECT * FROM {src.sql()} LIMIT 0)", plan, rules, seed,
-                                   "''", 0, None))
-    return _run(s, _sample_sql(src.sql(), plan, rules, seed, _lit(max(hs)), n, None))
+        return _run(s, partial(_sample_sql, f"(SELECT * FROM {src.sql()} LIMIT 0)", plan, rules, seed,
+                               "''", 0, None), 0, None)
+    return _run(s, partial(_sample_sql, src.sql(), plan, rules, seed, _lit(max(hs)), n, None), n, None)
 
 
 def _sample_stratified(s: _Session, src: _Source, plan: _Plan, rules: EligibilityRules, seed: int,
-                       n: int, shares: Mapping[str, float]) -> tuple[pa.Table, dict[str, int]]:
+                       n: int, shares: Mapping[str, float]) -> tuple[pd.DataFrame, dict[str, int]]:
     alloc = {k: v for k, v in _largest_remainder(n, shares).items() if v > 0}
     if not alloc:
         raise ValueError("no stratum has a positive allocation")
@@ -784,14 +966,13 @@ def _sample_stratified(s: _Session, src: _Source, plan: _Plan, rules: Eligibilit
             warnings.warn(f"stratum {key!r}: only {pop[key]} eligible user turns for an allocation "
                           f"of {want}; taking all of them", SamplingWarning, stacklevel=3)
     if not taus:  # nothing eligible: an empty result with the right columns, without a pass
-        return _run(s, _sample_sql(f"(SELECT * FROM {src.sql()} LIMIT 0)", plan, rules, seed,
-                                   "''", None, alloc)), pop
+        return _run(s, partial(_sample_sql, f"(SELECT * FROM {src.sql()} LIMIT 0)", plan, rules, seed,
+                               "''", None, alloc), None, alloc), pop
     tau = "CASE __s " + " ".join(f"WHEN {_lit(k)} THEN {_lit(t)}" for k, t in taus.items()) + " ELSE '' END"
-    return _run(s, _sample_sql(src.sql(), plan, rules, seed, tau, None, alloc)), pop
+    return _run(s, partial(_sample_sql, src.sql(), plan, rules, seed, tau, None, alloc), None, alloc), pop
 
 
-def _finish(table: pa.Table, pop: Mapping[str, int] | None, plan: _Plan) -> pd.DataFrame:
-    df = table.to_pandas()
+def _finish(df: pd.DataFrame, pop: Mapping[str, int] | None, plan: _Plan) -> pd.DataFrame:
     df = df.rename(columns={"__prefix": "messages", "__next": "next_message"})
     if pop is None:
         df["weight"] = 1.0

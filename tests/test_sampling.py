@@ -212,6 +212,41 @@ def test_uniform_over_user_turns_not_conversations(tmp_path):
     assert lo <= hits <= hi, (hits, lo, hi)
 
 
+def test_turn_keys_are_uniform_over_ordinals_and_blocks():
+    # The key of ordinal k takes its 4-hex-digit head from a per-block md5 (8 ordinals a block)
+    # and the rest from a per-turn md5: no ordinal, slot within a block or block may be favoured.
+    # Conversation "c" has 20 user turns (blocks 0-2, the last one partial); the turn with the
+    # smallest key over many seeds must be uniform over the 20 ordinals (chi-square test).
+    ordinals, seeds = 20, 6000
+    counts = [0] * ordinals
+    for seed in range(seeds):
+        best = min(range(1, ordinals + 1), key=lambda k: turn_hash(seed, "c", k))
+        counts[best - 1] += 1
+    expected = seeds / ordinals
+    chi2 = sum((c - expected) ** 2 / expected for c in counts)
+    assert chi2 < 50.0, (chi2, counts)  # 19 degrees of freedom: P(chi2 > 50) ~ 1e-4
+    # and the heads alone (the part the sampling pass tests first) are uniform 16-bit values
+    heads = [int(turn_hash(seed, "c", k)[:4], 16) for seed in range(500) for k in (1, 8, 9, 17)]
+    assert abs(sum(heads) / len(heads) / 65535 - 0.5) < 0.02
+    assert all(re.fullmatch(r"[0-9a-f]{36}", turn_hash(s, "c", k)) for s in range(3) for k in (1, 9, 100))
+
+
+def test_turn_hash_sql_twin_matches_python(tmp_path):
+    # 20 user turns: ordinals in three head blocks, on the exact route (user_turns) and in samples
+    msgs = sum(([u(f"question {i}"), a()] for i in range(20)), [])
+    rows = [row("long", msgs), row("o'quote", [u("hi"), a(), u("again"), a()]), row("x", [u("yo")])]
+    path = write(tmp_path, rows)
+    for seed in (0, 12345):
+        ut = user_turns(path, seed=seed).to_pandas()
+        assert len(ut) == 23
+        for cid, k, h in zip(ut.conversation_id, ut.user_ordinal, ut.turn_hash):
+            assert h == turn_hash(seed, cid, k)
+        df = sample_all(path, seed=seed)
+        ref = sorted(zip(ut.conversation_id, ut.user_ordinal),
+                     key=lambda t: (turn_hash(seed, t[0], t[1]), t[0]))
+        assert list(zip(df.conversation_id, df.user_ordinal)) == ref
+
+
 def test_sample_is_the_n_smallest_hashes_and_in_hash_order(tmp_path):
     rows = varied_rows(300)
     path = write(tmp_path, rows)
@@ -430,6 +465,115 @@ def test_one_pass_route_matches_exact_route(tmp_path, monkeypatch):
     exact = sample_prefixes(path, 200, rules=rules, seed=0)
     assert exhaustive == [0] and len(passes) == 1
     pd.testing.assert_frame_equal(exact, fast)
+
+
+def long_rows(n_conv, seed=3):
+    """Conversations of 1-24 user turns (so ordinals beyond the first head block), some with
+    multimodal or empty turns and an occasional tool call."""
+    rng = random.Random(seed)
+    rows = []
+    for j in range(n_conv):
+        msgs = []
+        for t in range(rng.choice([1, 2, 3, 5, 8, 9, 12, 17, 24])):
+            kind = rng.random()
+            if kind < 0.05:
+                msgs.append(u(""))
+            elif kind < 0.08:
+                msgs.append({"role": "user", "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "https://x.invalid/i.png"}}]})
+            else:
+                msgs.append(u("q" * rng.randint(1, 60) + f" {t} \"user\""))
+            if rng.random() < 0.05:
+                msgs.append({"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]})
+                msgs.append({"role": "tool", "tool_call_id": "c", "content": "user"})
+            msgs.append(a(f"answer {t}"))
+        rows.append(row(f"L{j:05d}", msgs, language=rng.choice(["en", "de"])))
+    return rows
+
+
+@pytest.mark.parametrize("rules", [
+    EligibilityRules(),
+    EligibilityRules(min_turn=3, max_turn=12, min_chars=10),
+    EligibilityRules(min_turn=10, languages=["en"]),
+])
+def test_one_pass_route_long_conversations(tmp_path, monkeypatch, rules):
+    rows = long_rows(2500)
+    path = write(tmp_path, rows, row_group_size=300)
+    ref = py_eligible(rows, rules)
+    n = 150
+    want = sorted(ref, key=lambda ct: (turn_hash(5, ct[0], ref[ct]), ct[0]))[:n]
+    passes, exhaustive = [], []
+    real_sample_sql, real_turns_sql = S._sample_sql, S._turns_sql
+    monkeypatch.setattr(S, "_sample_sql", lambda *a: passes.append(a[4]) or real_sample_sql(*a))
+    monkeypatch.setattr(S, "_turns_sql", lambda *a: exhaustive.append(a[-1]) or real_turns_sql(*a))
+    monkeypatch.setattr(S, "_PILOT_MIN_ROWS", 0)
+    fast = sample_prefixes(path, n, rules=rules, seed=5)
+    assert exhaustive == [None] and len(passes) == 1  # the one-pass route: pilot, one pass
+    assert list(zip(fast.conversation_id, fast.turn_index)) == want
+    assert list(fast.user_ordinal) == [ref[k] for k in want]
+    by_id = {r["conversation_id"]: json.loads(r["messages"]) for r in rows}
+    for cid, ti, prefix in zip(fast.conversation_id, fast.turn_index, fast.messages):
+        assert json.loads(prefix) == by_id[cid][:ti + 1]
+    monkeypatch.setattr(S, "_PILOT_MIN_ROWS", 10**9)  # the exact route: the same sample
+    pd.testing.assert_frame_equal(sample_prefixes(path, n, rules=rules, seed=5), fast)
+
+
+def test_capped_pass_falls_back_to_a_top_n(tmp_path, monkeypatch):
+    # a sampling pass returns at most cap rows; one that hits the cap may be incomplete and is
+    # rerun with the top-N in DuckDB: the sample is the same
+    rows = varied_rows(600, seed=2)
+    path = write(tmp_path, rows)
+    ref_uniform = sample_prefixes(path, 40, seed=4)
+    for r in rows:
+        r["intent"] = "a" if r["conversation_id"] < "c00300" else "b"
+    spath = write(tmp_path, rows, "strata.parquet")
+    ref_strat = sample_prefixes(spath, 30, seed=4, strata={"a": 1, "b": 2}, stratum_column="intent")
+    calls = []
+    real_sample_sql = S._sample_sql
+    monkeypatch.setattr(S, "_sample_sql", lambda *a: calls.append(a[7:]) or real_sample_sql(*a))
+    monkeypatch.setattr(S, "_CAP_FACTOR", 0.5)
+    monkeypatch.setattr(S, "_CAP_SLACK", 0)
+    pd.testing.assert_frame_equal(sample_prefixes(path, 40, seed=4), ref_uniform)
+    assert calls == [(20,), (None,)]  # capped at 0.5 * 40, then uncapped
+    calls.clear()
+    got = sample_prefixes(spath, 30, seed=4, strata={"a": 1, "b": 2}, stratum_column="intent")
+    pd.testing.assert_frame_equal(got, ref_strat)
+    assert calls == [(15,), (None,)]
+    assert got.intent.value_counts().to_dict() == {"b": 20, "a": 10}
+
+
+def test_string_view_results_match_plain_results(tmp_path, monkeypatch):
+    # DuckDB may hand strings over as Arrow string views (no copy); the sample is reordered by
+    # moving the views. Same result as with plain strings, nested extra columns included.
+    rows = varied_rows(400, seed=8)
+    for j, r in enumerate(rows):
+        r["tags"] = [f"tag-{j % 3}", "a much longer tag than twelve bytes"] if j % 4 else None
+    path = write(tmp_path, rows, row_group_size=50)
+    with_views = sample_prefixes(path, 60, seed=3, extra_columns=["tags"], threads=2)
+    monkeypatch.setattr(S, "_VIEWS", False)
+    plain = sample_prefixes(path, 60, seed=3, extra_columns=["tags"], threads=2)
+    pd.testing.assert_frame_equal(with_views, plain)
+    assert with_views.next_message.isna().any() and with_views.tags.isna().any()
+
+
+def test_take_moves_string_views_across_chunks():
+    rng = random.Random(0)
+    vals = [None if rng.random() < 0.1 else "x" * rng.randint(0, 40) + str(i) for i in range(1000)]
+    if not S._VIEWS:
+        pytest.skip("this pyarrow has no string views")
+    chunks = pa.chunked_array([pa.array(vals[:400], pa.string_view()).slice(50),
+                               pa.array(vals[400:], pa.string_view())])
+    expect = vals[50:]
+    order = pa.array(random.Random(1).sample(range(len(expect)), 700))
+    out = S._take(chunks, order)
+    assert out.type == pa.large_string()
+    assert out.to_pylist() == [expect[i] for i in order.to_pylist()]
+    with S.ThreadPoolExecutor(3) as pool:  # in parts, in parallel
+        assert S._take(chunks, order, pool, 3).to_pylist() == out.to_pylist()
+    nested = pa.chunked_array([pa.array([["a", "b" * 20], None, []], pa.list_(pa.string_view()))])
+    assert S._take(nested, pa.array([2, 0, 1])).to_pylist() == [[], ["a", "b" * 20], None]
 
 
 def test_malformed_conversation_is_skipped(tmp_path):
