@@ -191,7 +191,8 @@ def test_step_limit_errors_and_first_step_tool_choice(fake_server, tmp_path):
     assert len(first) == 3 and all(b["tool_choice"] == choice for b in first)
     assert later and all("tool_choice" not in b for b in later)
     # the turn so far is sent back: null content as "", only standard fields
-    follow = next(b for b in later if len(b["messages"]) == 3)
+    # (the "loop" item's: "boom" sends a 3-message follow-up too, in whatever order they run)
+    follow = next(b for b in later if len(b["messages"]) == 3 and b["messages"][0]["content"] == "CALL_TOOL please")
     assert follow["messages"][1]["content"] == "" and follow["messages"][1]["tool_calls"][0]["id"]
     assert follow["messages"][2] == {"role": "tool", "content": "a result",
                                      "tool_call_id": follow["messages"][1]["tool_calls"][0]["id"]}
