@@ -156,7 +156,9 @@ def neutralise(text: str) -> str:
     return text
 
 
-def _content_text(content) -> str:
+def content_text(content) -> str:
+    """Return a message's content as text: a string as is, the text of content parts (other
+    parts as JSON), '' for None."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -172,7 +174,7 @@ def _message_text(m: dict) -> str:
     for key in ("reasoning_content", "reasoning"):  # graded where the endpoint returns it
         if isinstance(m.get(key), str) and m[key].strip():
             parts.append(f"(reasoning) {m[key]}")
-    parts.append(_content_text(m.get("content")))
+    parts.append(content_text(m.get("content")))
     for tc in m.get("tool_calls") or []:
         fn = tc.get("function", {}) if isinstance(tc, dict) else {}
         parts.append(f"(tool call) {fn.get('name')}({fn.get('arguments') or ''})")

@@ -53,7 +53,7 @@ from typing import Iterable
 import pandas as pd
 
 from depsim.engine import ChatRequest, ChatResult, Endpoint, complete
-from depsim.llm_grader import neutralise
+from depsim.llm_grader import content_text, neutralise
 
 __all__ = ["normalise_arguments", "ToolStore", "release_store", "tool_simulator_prompt", "tool_simulator_id",
            "render_messages", "message_text", "request_messages", "ToolSetup", "Turn", "run_turns",
@@ -107,17 +107,6 @@ def _call_parts(call: dict) -> tuple[str, str, str]:
     if not isinstance(args, str):
         args = "" if args is None else json.dumps(args, ensure_ascii=False)
     return str(call.get("id") or "") if isinstance(call, dict) else "", str(fn.get("name") or ""), args
-
-
-def _content_str(content) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts
-        return "\n".join(p.get("text", "") if isinstance(p, dict) and p.get("type") == "text"
-                         else json.dumps(p, ensure_ascii=False) for p in content)
-    return json.dumps(content, ensure_ascii=False)
 
 
 # ----------------------------------------------------------------------------- the store
@@ -179,7 +168,7 @@ class ToolStore:
                 if hit is None:
                     self.counts["unmatched"] += 1
                     continue
-                self.add(hit[0], hit[1], _content_str(m.get("content")))
+                self.add(hit[0], hit[1], content_text(m.get("content")))
 
     @classmethod
     def from_conversations(cls, conversations: Iterable[list[dict]], case_insensitive: Iterable[str] = ()) -> "ToolStore":
@@ -310,7 +299,7 @@ def message_text(m: dict) -> str:
     for key in ("reasoning_content", "reasoning"):
         if isinstance(m.get(key), str) and m[key].strip():
             parts.append(f"(reasoning) {m[key]}")
-    parts.append(_content_str(m.get("content")))
+    parts.append(content_text(m.get("content")))
     for tc in m.get("tool_calls") or []:
         cid, name, args = _call_parts(tc)
         parts.append(f"(tool call {cid}) {name}({args})")
@@ -430,7 +419,7 @@ _FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n(.*?)\n?\s*```\s*$", re.DOTALL)
 
 def _tool_text(message: dict | None) -> str:
     """The tool output a simulator wrote: its content, with one enclosing code fence removed."""
-    text = _content_str((message or {}).get("content"))
+    text = content_text((message or {}).get("content"))
     m = _FENCE.match(text)
     return m.group(1) if m else text.strip()
 
