@@ -1,4 +1,4 @@
-"""Client throughput benchmark for :mod:`depsim.engine` (DESIGN.md §3).
+"""Client throughput benchmark for :mod:`depsim.engine` (docs/design.md §3).
 
 A local chat-completions server that answers at once (a raw asyncio HTTP/1.1 server with
 keep-alive, returning a fixed chat.completion) runs in a child process, so that its CPU does

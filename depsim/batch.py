@@ -1,4 +1,4 @@
-"""The Batch backend (DESIGN.md §3): export uncached requests as OpenAI Batch API JSONL, run
+"""The Batch backend (docs/design.md §3): export uncached requests as OpenAI Batch API JSONL, run
 them anywhere, import the results into the response cache.
 
 The pattern is HELM's: a run that is too big for one machine's request loop (or cheaper at

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import typer
 
+from depsim.params import DATA_DIR
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Forecast a chat model's post-release misbehaviour by simulating its deployment.")
 
@@ -76,7 +78,7 @@ def convert(inputs: list[str] = typer.Argument(..., help="file(s), a folder, a q
 
 
 @app.command("validate-grader")
-def validate_grader(data_dir: Path = typer.Option(Path("../shared/data"), "--data-dir", help="folder holding xstest/"),
+def validate_grader(data_dir: Path = typer.Option(DATA_DIR, "--data-dir", help="folder holding xstest/"),
                     prompts: str = typer.Option("all", help="all, safe or unsafe prompts"),
                     out: Path | None = typer.Option(None, "--out", "-o", help="also write the table (.csv or .parquet)")):
     """Validate the refusal rule grader against XSTest's human labels: agreement, Cohen's κ,

@@ -6,7 +6,7 @@ OpenAI chat completions through :func:`acomplete` / :func:`complete`.
   resume never sends a stored request again. Failed calls are never cached.
 - Misses go through ``openai.AsyncOpenAI.chat.completions.create`` (the real client code
   path; ``sim://`` endpoints use an in-process transport) under an adaptive concurrency
-  limit (DESIGN.md §3), optional rpm/tpm token buckets, and retries with exponential backoff
+  limit (docs/design.md §3), optional rpm/tpm token buckets, and retries with exponential backoff
   and jitter that honour Retry-After.
 - Every call fills a :class:`RunStats` (pass your own with ``stats=`` to accumulate over
   several calls; :func:`last_run_stats` returns the most recent one).
@@ -255,7 +255,7 @@ def _parse_body(body: dict) -> tuple[dict, str | None, dict]:
         message = {"role": msg.get("role") or "assistant", "content": msg.get("content"),
                    "tool_calls": msg.get("tool_calls") or None}
         # reasoning text, where the server returns it (vLLM/DeepSeek: reasoning_content;
-        # some servers: reasoning), is kept so graders can read it (DESIGN §4)
+        # some servers: reasoning), is kept so graders can read it (docs/design.md §4)
         reasoning = msg.get("reasoning_content") or msg.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
             message["reasoning_content"] = reasoning

@@ -1,4 +1,4 @@
-"""Stage 5: the three forecasts of X's post-release rate per category (DESIGN §1, §6).
+"""Stage 5: the three forecasts of X's post-release rate per category (docs/design.md §1, §6).
 
 - ``deployment_sim``: X's rate on Y's prefixes (target ``sim``);
 - ``challenging``: X's rate on the challenging set, for ``baseline: true`` categories only;

@@ -1,4 +1,4 @@
-"""Frozen rule graders: one per category, applied to stored completions (DESIGN §4).
+"""Frozen rule graders: one per category, applied to stored completions (docs/design.md §4).
 
 A grader reads the response (the assistant messages after the prefix, tool steps included)
 and the prefix's last user message. An item whose response is missing (the generation

@@ -1,5 +1,5 @@
 """LLM graders: one frozen prompt per category, structured output, injection-hardened
-(DESIGN §4, "LLM graders"; issue 6).
+(docs/design.md §4, "LLM graders"; issue 6).
 
 A grader request is two messages:
 

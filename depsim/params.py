@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from depsim.engine import Endpoint
 from depsim.sampling import EligibilityRules
 
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"  #: the public data sets shipped with the repository
+
 TARGETS = ("sim", "sim_self", "challenging", "prod_prev", "prod_new")
 
 
@@ -69,7 +71,7 @@ class Sampling(_Strict):
 
 
 class Generation(_Strict):
-    """How the candidate writes the next turn (DESIGN §5 for the tool modes)."""
+    """How the candidate writes the next turn (docs/design.md §5 for the tool modes)."""
     temperature: float = 1.0
     max_tokens: int = Field(512, gt=0)
     seed: int = 0
@@ -109,7 +111,7 @@ class Grading(_Strict):
 
 
 class Realism(_Strict):
-    """The tool-realism check (DESIGN §5): ``model`` (the model that wrote the logged turns)
+    """The tool-realism check (docs/design.md §5): ``model`` (the model that wrote the logged turns)
     regenerates ``sample`` logged turns of the previous pool in each of ``modes``, and the
     judge role picks the real continuation from each pair."""
     model: Endpoint

@@ -1,4 +1,4 @@
-"""The realism check of the tool environment (DESIGN §5) and, on the simulated world, the
+"""The realism check of the tool environment (docs/design.md §5) and, on the simulated world, the
 fidelity curves.
 
 :func:`check`: for ``realism.sample`` prefixes of the previous pool that have a logged next

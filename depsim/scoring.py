@@ -1,4 +1,4 @@
-"""Stage 6: score each forecast against X's realised production rates (DESIGN §6)."""
+"""Stage 6: score each forecast against X's realised production rates (docs/design.md §6)."""
 from __future__ import annotations
 
 import numpy as np

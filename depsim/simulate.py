@@ -1,4 +1,4 @@
-"""Stage 2: the response sets that get graded, one per target (DESIGN §2).
+"""Stage 2: the response sets that get graded, one per target (docs/design.md §2).
 
 - ``sim``: X regenerates the next turn on Y's prefixes; ``sim_self``: on X's own prefixes;
   ``challenging``: on the challenging set. These go through the model layer

@@ -1,4 +1,4 @@
-"""The simulated deployment world: the embedded default and the test bed (DESIGN §7).
+"""The simulated deployment world: the embedded default and the test bed (docs/design.md §7).
 
 A small, seeded generative model of chat traffic and model behaviour. It is *not* real data:
 every number that comes out of it describes this simulation only.

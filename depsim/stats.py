@@ -1,4 +1,4 @@
-"""Statistics for forecasting and validating misbehaviour rates (DESIGN.md §6).
+"""Statistics for forecasting and validating misbehaviour rates (docs/design.md §6).
 
 Conventions used throughout:
 

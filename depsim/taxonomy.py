@@ -1,4 +1,4 @@
-"""The taxonomy of tracked categories and the frozen grader ids (DESIGN §4)."""
+"""The taxonomy of tracked categories and the frozen grader ids (docs/design.md §4)."""
 from __future__ import annotations
 
 import hashlib

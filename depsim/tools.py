@@ -1,4 +1,4 @@
-"""Tools in resampling (DESIGN §5): the replay store, the tool simulator's frozen prompt, and
+"""Tools in resampling (docs/design.md §5): the replay store, the tool simulator's frozen prompt, and
 the loop that runs a whole assistant turn in rounds.
 
 Tool modes (``generation.tool_mode``):

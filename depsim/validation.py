@@ -1,11 +1,11 @@
-"""Grader validation against human labels (DESIGN §4, "Grader validation"; issue 6).
+"""Grader validation against human labels (docs/design.md §4, "Grader validation"; issue 6).
 
 - :func:`agreement`: how well a grader's labels match human labels: n, raw agreement,
   Cohen's kappa, sensitivity and specificity (the proportions with Jeffreys intervals).
 - :func:`rogan_gladen`: a grader-flagged rate corrected for the grader's sensitivity and
   specificity, with an interval that carries the uncertainty of all three.
 - :func:`xstest_refusal_validation`: the refusal rule grader against the human refusal
-  labels of the XSTest v2 completions (three models, 450 prompts each) in ``../shared/data``.
+  labels of the XSTest v2 completions (three models, 450 prompts each) in the repository's ``data/`` folder.
 
 Point estimates of proportions here are the raw shares (k/n), the usual convention in
 agreement studies; intervals are Jeffreys intervals (quantiles of Beta(k + 1/2, n - k + 1/2),
@@ -251,8 +251,8 @@ def read_xstest(data_dir: str | Path, models=XSTEST_MODELS) -> pd.DataFrame:
     missing folder/file, ValueError on a file without the expected columns."""
     folder = Path(data_dir) / "xstest"
     if not folder.is_dir():
-        raise FileNotFoundError(f"XSTest data not found: {folder} does not exist (it lives in the shared data "
-                                f"folder ../shared/data, absent on a fresh machine)")
+        raise FileNotFoundError(f"XSTest data not found: {folder} does not exist (the repository ships it "
+                                f"in data/xstest)")
     frames = []
     for m in models:
         path = folder / f"xstest_v2_completions_{m}.csv"

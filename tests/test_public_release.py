@@ -6,8 +6,8 @@ import pytest
 from depsim.params import load_release
 from depsim.prefixes import build_prefixes, conversion_reports
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not (SHARED / "hh-rlhf").exists(), reason=f"{SHARED} is absent (public data)")
+from depsim.params import DATA_DIR
+
 
 
 def test_public_release_samples_real_prefixes(tmp_path):

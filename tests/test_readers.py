@@ -1,5 +1,5 @@
 """Readers: each format on small fixtures in its documented schema (exact canonical output),
-and on the real public data in ../shared/data when it is there."""
+and on the real public data in the repository's data/ folder."""
 import json
 import math
 import sys
@@ -18,9 +18,8 @@ from depsim.readers import (CANONICAL_COLUMNS, FORMATS, PROMPT_SETS, InputError,
 
 HERE = Path(__file__).resolve().parent
 FIX = HERE / "data" / "readers"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"public data folder {SHARED} is absent "
-                                                               f"(it lives beside the repository, not in it)")
+from depsim.params import DATA_DIR
+
 
 
 def records(df: pd.DataFrame) -> list[dict]:
@@ -462,12 +461,11 @@ def test_prompt_set_convert(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Real public data (../shared/data)
+# Real public data (data/)
 
 
-@needs_shared
 def test_real_hh_rlhf():
-    res = read_conversations(SHARED / "hh-rlhf" / "harmless-base-test.jsonl.gz", "hh_rlhf")
+    res = read_conversations(DATA_DIR / "hh-rlhf" / "harmless-base-test.jsonl.gz", "hh_rlhf")
     assert (res.rows, res.records, res.quarantined) == (2312, 2312, 0)
     convs = [json.loads(m) for m in res.table["messages"]]
     for msgs in convs:
@@ -482,7 +480,6 @@ def test_real_hh_rlhf():
     assert Counter(len(m) // 2 for m in convs).most_common(1)[0][0] >= 1
 
 
-@needs_shared
 @pytest.mark.parametrize("kind, rel, n", [
     ("xstest", "xstest/xstest_prompts.csv", 450),
     ("harmbench", "prompt-sets/harmbench_behaviors_text_all.csv", 400),
@@ -491,7 +488,7 @@ def test_real_hh_rlhf():
     ("simple_safety_tests", "prompt-sets/simple_safety_tests.csv", 100),
 ])
 def test_real_prompt_sets(kind, rel, n):
-    res = read_prompt_set(SHARED / rel, kind)
+    res = read_prompt_set(DATA_DIR / rel, kind)
     t = res.table
     assert (res.rows, res.quarantined) == (n, 0)
     assert t["conversation_id"].is_unique
@@ -512,22 +509,20 @@ def test_real_prompt_sets(kind, rel, n):
         assert t["category"].value_counts().tolist() == [20] * 5
 
 
-@needs_shared
 def test_real_jailbreakbench():
-    res = read_prompt_set(SHARED / "jailbreakbench-jbc", "jailbreakbench")
+    res = read_prompt_set(DATA_DIR / "jailbreakbench-jbc", "jailbreakbench")
     t = res.table
     assert res.rows == 400 and len(res.files) == 4
     assert t.groupby("model").size().to_dict() == {"gpt-3.5-turbo-1106": 100, "gpt-4-0125-preview": 100,
                                                    "llama-2-7b-chat-hf": 100, "vicuna-13b-v1.5": 100}
     assert t["category"].nunique() == 10 and t["jailbroken"].notna().all()
-    one = read_prompt_set(SHARED / "jailbreakbench-jbc" / "vicuna-13b-v1.5.json", "jailbreakbench")
+    one = read_prompt_set(DATA_DIR / "jailbreakbench-jbc" / "vicuna-13b-v1.5.json", "jailbreakbench")
     assert one.rows == 100
 
 
-@needs_shared
 def test_real_hh_rlhf_converts_and_samples(tmp_path):
     from depsim.sampling import sample_prefixes
-    res = convert(SHARED / "hh-rlhf" / "harmless-base-test.jsonl.gz", "hh_rlhf", tmp_path / "hh.parquet")
+    res = convert(DATA_DIR / "hh-rlhf" / "harmless-base-test.jsonl.gz", "hh_rlhf", tmp_path / "hh.parquet")
     df = sample_prefixes(res.path, 200, seed=3)
     assert len(df) == 200
     for m in df["messages"]:

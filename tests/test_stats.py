@@ -1,4 +1,4 @@
-"""Tests for depsim.stats (DESIGN.md §6)."""
+"""Tests for depsim.stats (docs/design.md §6)."""
 
 import math
 

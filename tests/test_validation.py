@@ -1,5 +1,5 @@
 """Grader validation: agreement statistics, the Rogan–Gladen correction, and the refusal rule
-grader against XSTest v2's human labels (real data in ../shared/data; skipped when absent)."""
+grader against XSTest v2's human labels (real data in the repository's data/ folder)."""
 import json
 import math
 from pathlib import Path
@@ -12,9 +12,8 @@ from depsim.validation import (XSTEST_MODELS, agreement, rank_comparison, refusa
                                taxonomy_refusal_category, xstest_refusal_validation)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_xstest = pytest.mark.skipif(not (SHARED / "xstest").is_dir(),
-                                  reason=f"shared data folder absent ({SHARED / 'xstest'}): XSTest not available")
+from depsim.params import DATA_DIR
+
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -155,9 +154,8 @@ def test_xstest_validation_missing_folder_is_a_clear_error(tmp_path):
         xstest_refusal_validation(tmp_path)
 
 
-@needs_xstest
 def test_xstest_refusal_validation_on_real_data():
-    t = xstest_refusal_validation(SHARED)
+    t = xstest_refusal_validation(DATA_DIR)
     assert len(t) == 6 and set(t["model"]) == set(XSTEST_MODELS)
     assert set(t["variant"]) == {"partial_is_refusal", "partial_is_compliance"}
     assert (t["n_rows"] == 450).all() and (t["n_excluded"] == 0).all() and (t["grader_errors"] == 0).all()
@@ -187,9 +185,8 @@ def test_xstest_refusal_validation_on_real_data():
     assert ((0 <= t["rg_lo"]) & (t["rg_lo"] <= t["rg_rate"]) & (t["rg_rate"] <= t["rg_hi"]) & (t["rg_hi"] <= 1)).all()
 
 
-@needs_xstest
 def test_xstest_simulated_world_pattern_is_too_narrow():
-    t = xstest_refusal_validation(SHARED, category=taxonomy_refusal_category(ROOT / "params" / "taxonomy.yaml"),
+    t = xstest_refusal_validation(DATA_DIR, category=taxonomy_refusal_category(ROOT / "params" / "taxonomy.yaml"),
                                   draws=2000)
     p = t[t["variant"] == "partial_is_refusal"].set_index("model")
     assert p.loc["llama2orig", "sensitivity"] < 0.05 and p.loc["mistralinstruct", "sensitivity"] < 0.05
