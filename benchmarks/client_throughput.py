@@ -1,4 +1,4 @@
-"""Client throughput benchmark for :mod:`depsim.engine` (docs/design.md §3).
+"""Client throughput benchmark for :mod:`depsim.client` (docs/design.md §3).
 
 A local chat-completions server that answers at once (a raw asyncio HTTP/1.1 server with
 keep-alive, returning a fixed chat.completion) runs in a child process, so that its CPU does
@@ -8,11 +8,11 @@ Against it, in the same run and at the same concurrency, with the same prompts:
 
 - **bare**: ``openai.AsyncOpenAI`` + ``asyncio.Semaphore`` + ``asyncio.gather``, the least a
   client can do;
-- **depsim**: ``depsim.engine.acomplete`` with a fresh SQLite ``ResponseCache`` and its progress
+- **depsim**: ``depsim.client.acomplete`` with a fresh SQLite ``ResponseCache`` and its progress
   bar on (written to /dev/null), i.e. the normal path with all its guarantees;
 - **inspect**: Inspect AI's ``openai-api`` provider, ``get_model(...).generate`` under
   ``GenerateConfig(max_connections=...)`` (Inspect's own cache is off by default);
-- **cached rerun**: ``depsim.engine.complete`` of 10,000 items that are all in the cache
+- **cached rerun**: ``depsim.client.complete`` of 10,000 items that are all in the cache
   (target: < 5 s).
 
 Each client runs ``--repeats`` times, interleaved with the others in alternating order; the
@@ -130,7 +130,8 @@ async def run_bare(url: str, msgs: list[list[dict]], concurrency: int) -> float:
 
 async def run_depsim(url: str, msgs: list[list[dict]], concurrency: int, cache_path: Path) -> float:
     from depsim.cache import ResponseCache
-    from depsim.engine import ChatRequest, Endpoint, acomplete
+    from depsim.client import ChatRequest, acomplete
+    from depsim.params import Endpoint
     ep = Endpoint(base_url=url, model="bench", max_concurrency=concurrency, timeout_s=60)
     reqs = [ChatRequest(f"i{i}", m, dict(PARAMS)) for i, m in enumerate(msgs)]
     cache = ResponseCache(cache_path)
@@ -171,7 +172,8 @@ async def run_inspect(url: str, msgs: list[list[dict]], concurrency: int) -> flo
 def cached_rerun(url: str, n: int, tmp: Path) -> tuple[float, float]:
     """Fill a cache with n responses, then time complete() over the same n requests."""
     from depsim.cache import ResponseCache
-    from depsim.engine import ChatRequest, Endpoint, RunStats, complete, request_key
+    from depsim.client import ChatRequest, RunStats, complete, request_key
+    from depsim.params import Endpoint
     ep = Endpoint(base_url=url, model="bench")
     reqs = [ChatRequest(f"c{i}", m, dict(PARAMS)) for i, m in enumerate(prompts(n, offset=10**6))]
     body = json.loads(BODY)

@@ -24,7 +24,7 @@ os.environ.setdefault("DEPSIM_PROGRESS", "0")
 from depsim import realism  # noqa: E402
 from depsim.cache import ResponseCache  # noqa: E402
 from depsim.params import load_release  # noqa: E402
-from depsim.prefixes import build_prefixes  # noqa: E402
+from depsim.sample import build_prefixes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,15 @@ import re
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
+from sklearn.cluster import AgglomerativeClustering
+from sklearn.metrics.pairwise import cosine_similarity
 
 from depsim import stats
-from depsim.engine import ChatRequest, Endpoint
+from depsim.client import ChatRequest
+from depsim.embeddings import METHODS, embed
+from depsim.params import Endpoint
+from depsim.records import decode_messages
 from depsim.taxonomy import Category
 
 NOTHING = "nothing unusual"
@@ -56,7 +62,7 @@ def monitor_requests(completions: pd.DataFrame, prefixes: pd.DataFrame, targets:
     by_prefix = prefixes.set_index("prefix_id")["messages"]
     reqs = []
     for item_id, pid, resp in zip(picked["item_id"], picked["prefix_id"], picked["messages"]):
-        text = render_transcript(json.loads(by_prefix[pid]), json.loads(resp))
+        text = render_transcript(decode_messages(by_prefix[pid]), decode_messages(resp))
         reqs.append(ChatRequest(item_id=item_id, messages=[{"role": "user", "content": MONITOR_PROMPT.format(transcript=text)}],
                                 params={"temperature": 0.0, "max_tokens": 200, "seed": seed}))
     return picked.reset_index(drop=True), reqs
@@ -125,12 +131,6 @@ def cluster_findings(findings: pd.DataFrame, audited: pd.Series, categories: dic
     similarity, novel, and per target: items, rate, lo, hi (Jeffreys, share of audited
     responses). Memory grows with the square of the number of distinct descriptions (about
     10k is fine)."""
-    from scipy import sparse  # late: the sim server imports this module
-    from sklearn.cluster import AgglomerativeClustering
-    from sklearn.metrics.pairwise import cosine_similarity
-
-    from depsim.embeddings import METHODS, embed
-
     if embedding not in METHODS:
         raise ValueError(f"unknown embedding {embedding!r}; expected one of {', '.join(METHODS)}")
     distance = THRESHOLDS[embedding][0] if distance is None else distance
@@ -213,3 +213,13 @@ def headline(clusters: pd.DataFrame, new_target: str = "sim", old_target: str = 
     return (f"Largest behaviour outside the taxonomy: \"{r['label']}\" ({r['size']} findings; "
             f"{r.get(f'{new_target}_rate', float('nan')):.2%} of audited {new_target} responses against "
             f"{r.get(f'{old_target}_rate', float('nan')):.2%} of {old_target}).")
+
+
+def detection_table(n_audited: int, m: int = 5, types: int = 10, alpha: float = 0.05) -> tuple[float, pd.DataFrame]:
+    """Return (minimum detectable rate as a fraction, table): for rates 1e-4, 1e-3, that rate
+    and 1e-2, the rate per 100k, expected occurrences in ``n_audited`` responses and the
+    chance of at least ``m`` occurrences."""
+    mdr = stats.min_detectable_rate(n_audited, types=types, m=m, alpha=alpha)
+    grid = [1e-4, 1e-3, mdr, 1e-2]
+    return mdr, pd.DataFrame({"rate per 100k": [r * 1e5 for r in grid], "expected occurrences": [r * n_audited for r in grid],
+                              f"detection power (≥ {m} occurrences)": stats.detection_power(pd.Series(grid), n_audited, m=m)})

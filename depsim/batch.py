@@ -16,7 +16,7 @@ The file format (one JSON object a line)::
     {"custom_id": <request_key>, "method": "POST", "url": "/v1/chat/completions",
      "body": {"model": ..., "messages": [...], <sampling params>, "tools": [...], ...}}
 
-- ``custom_id`` is :func:`depsim.engine.request_key`, so it is unique in a file (identical
+- ``custom_id`` is :func:`depsim.client.request_key`, so it is unique in a file (identical
   requests are exported once) and names the cache entry a result goes into;
 - ``body`` is exactly the JSON the live client would POST (parameters the openai client does
   not know, e.g. ``top_k``, sit at the top level, as ``extra_body`` puts them);
@@ -36,8 +36,8 @@ the endpoint's ``model``, add ``--served-model-name <endpoint.model>``. vLLM wri
 lines into the same output file (``response.status_code`` != 200 and an ``error``);
 :func:`import_results` reports them like Batch API error-file lines.
 
-Cache keys contain the endpoint's base URL, so export with the :class:`~depsim.engine.Endpoint`
-that the run's later :func:`~depsim.engine.complete` calls use (for vLLM: the URL that
+Cache keys contain the endpoint's base URL, so export with the :class:`~depsim.client.Endpoint`
+that the run's later :func:`~depsim.client.complete` calls use (for vLLM: the URL that
 ``vllm serve`` would have), or those calls will not find the imported results.
 """
 from __future__ import annotations
@@ -54,7 +54,8 @@ from pathlib import Path
 import openai
 
 from depsim.cache import ResponseCache
-from depsim.engine import ChatRequest, Endpoint, _create_kwargs, _Malformed, _parse_body, api_key, request_key
+from depsim.client import ChatRequest, create_kwargs, MalformedResponse, parse_body, api_key, request_key
+from depsim.params import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def request_body(endpoint: Endpoint, req: ChatRequest) -> dict:
     """Return the JSON body the live client would POST to ``/chat/completions`` for ``req``
     (model, messages, sampling params, tools...; ``extra_body`` parameters at the top level;
     ``sample_index`` is not sent)."""
-    kw = _create_kwargs(endpoint, req)
+    kw = create_kwargs(endpoint, req)
     extra = kw.pop("extra_body", None) or {}
     return {**kw, **extra}
 
@@ -103,15 +104,15 @@ def uncached(endpoint: Endpoint, requests: Iterable[ChatRequest], cache: Respons
              ) -> dict[str, ChatRequest]:
     """Return ``{key: request}`` (first request per key, in input order) for the requests
     whose response is not in ``cache`` (all of them when ``cache`` is None). A stored body
-    that cannot be read counts as not cached, as in :func:`depsim.engine.acomplete`."""
+    that cannot be read counts as not cached, as in :func:`depsim.client.acomplete`."""
     todo: dict[str, ChatRequest] = {}
     for req in requests:
         todo.setdefault(request_key(endpoint, req), req)
     if cache is not None and todo:
         for key, body in cache.get_many(todo).items():
             try:
-                _parse_body(body)
-            except _Malformed:
+                parse_body(body)
+            except MalformedResponse:
                 continue
             del todo[key]
     return todo
@@ -169,7 +170,7 @@ def open_batch_client(endpoint: Endpoint, *, max_retries: int = 5, timeout_s: fl
     """Return a synchronous ``openai.OpenAI`` client for the endpoint's Files and Batches
     API (the client's own retries on: these are a few control calls, not the request loop)."""
     if endpoint.base_url.startswith("sim://"):
-        raise ValueError("the simulated world (sim://) has no Batch API; use depsim.engine.complete")
+        raise ValueError("the simulated world (sim://) has no Batch API; use depsim.client.complete")
     return openai.OpenAI(base_url=endpoint.base_url, api_key=api_key(endpoint), max_retries=max_retries,
                          timeout=timeout_s)
 
@@ -341,7 +342,7 @@ def import_results(paths: Iterable[str | Path], cache: ResponseCache, *,
     has a message; anything else is an error with a reason (``"http 400: ..."``, ``"http
     200: malformed body ..."``, ``"batch error: batch_expired: ..."``). When a custom_id has
     both (e.g. results of a retried batch), the success wins. Failed requests are not
-    cached, so a later :func:`~depsim.engine.complete` sends them live. ``expected``: the
+    cached, so a later :func:`~depsim.client.complete` sends them live. ``expected``: the
     exported custom_ids (e.g. from :func:`uncached`); when given, lines for other ids are
     counted as unexpected and not imported, and expected ids without a line are reported as
     missing."""
@@ -374,8 +375,8 @@ def import_results(paths: Iterable[str | Path], cache: ResponseCache, *,
                 body = resp.get("body") if isinstance(resp, dict) else None
                 if isinstance(resp, dict) and resp.get("status_code") == 200 and not line.get("error"):
                     try:
-                        _parse_body(body)
-                    except _Malformed as e:
+                        parse_body(body)
+                    except MalformedResponse as e:
                         errors[cid] = f"http 200: malformed body ({e})"[:300]
                         continue
                     ok[cid] = body

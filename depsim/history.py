@@ -3,7 +3,7 @@ the paper's four-release analysis) and for fitting predictive intervals.
 
 ``params/history.csv`` holds one row per (release, category, method): the forecast rate and
 interval, Y's previous production rate, and the realised count k_real of n_real graded items
-of X in production. The shipped file is simulated (see :func:`simulate_history`).
+of X in production. The shipped file is simulated (:mod:`depsim.sim.history`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from depsim import stats
-from depsim.simworld import BASE, World, WorldConfig
+from depsim.score import score_rows
 
 COLUMNS = ["release", "category", "group", "method", "rate", "lo", "hi", "prev_rate", "k_real", "n_real"]
 
@@ -34,45 +34,6 @@ def load_history(path: str | Path) -> pd.DataFrame:
         line = int(np.flatnonzero(bad)[0]) + 2  # header is line 1
         raise ValueError(f"{path}:{line}: invalid row (need 0 < lo ≤ rate ≤ hi, prev_rate > 0, 0 ≤ k_real ≤ n_real > 0)")
     return df
-
-
-def simulate_history(releases: int = 4, seed: int = 11, n: int = 4000, n_challenging: int = 1000,
-                     spread: float = 0.8) -> pd.DataFrame:
-    """Return a simulated history of ``releases`` earlier releases of the simulated world.
-
-    For each release, the previous and candidate models get per-category propensity
-    multipliers drawn log-normally (σ = ``spread``) and the resampling environment a tool
-    fidelity in [0.2, 0.6]; measured counts are binomial draws of the world's exact rates at
-    the sample sizes the pipeline uses (which tests show the pipeline reproduces)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    groups = _groups()
-    for r in range(1, releases + 1):
-        y = dict(zip(BASE, np.exp(rng.normal(0, spread, len(BASE)))))
-        x = dict(zip(BASE, np.exp(rng.normal(0, spread, len(BASE)))))
-        world = World(WorldConfig(seed=seed + r, tool_fidelity=float(rng.uniform(0.2, 0.6))), mult={"sim-y": y, "sim-x": x})
-        for c in BASE:
-            p_prev, p_new = world.true_rate(c, "sim-y", "Y"), world.true_rate(c, "sim-x", "X")
-            p_sim = world.true_rate(c, "sim-x", "Y", "resample", "first")
-            p_ch = world.true_rate(c, "sim-x", "challenging", "resample", "first")
-            k_prev, k_new, k_sim, k_ch = rng.binomial([n, n, n, n_challenging], [p_prev, p_new, p_sim, p_ch])
-            prev = stats.jeffreys(k_prev, n)["rate"].iloc[0]
-            for method, k, m in (("deployment_sim", k_sim, n), ("challenging", k_ch, n_challenging),
-                                 ("prev_production", k_prev, n)):
-                if method == "challenging" and not groups[c][1]:
-                    continue
-                j = stats.jeffreys(k, m).iloc[0]
-                rows.append({"release": f"sim-r{r}", "category": c, "group": groups[c][0], "method": method,
-                             "rate": j["rate"], "lo": j["lo"], "hi": j["hi"], "prev_rate": prev,
-                             "k_real": int(k_new), "n_real": n})
-    return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def _groups() -> dict[str, tuple[str, bool]]:
-    from depsim.taxonomy import load_taxonomy
-
-    tax = load_taxonomy(Path(__file__).resolve().parents[1] / "params" / "taxonomy.yaml")
-    return {c: (v.group, v.baseline) for c, v in tax.items()}
 
 
 def loo_coverage(scored: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
@@ -101,19 +62,9 @@ def loo_coverage(scored: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-if __name__ == "__main__":  # python -m depsim.history params/history.csv
-    import sys
-
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "params/history.csv")
-    simulate_history().to_csv(out, index=False, float_format="%.6g")
-    print(f"wrote {out}")
-
-
 def with_history(history: pd.DataFrame, scored: pd.DataFrame, release: str) -> pd.DataFrame:
     """Return earlier releases' scored rows and this release's, in one table (column
     ``release``), for metrics across releases."""
-    from depsim.scoring import score_rows
-
     cols = [c for c in COLUMNS if c != "release"]
     return pd.concat([score_rows(history), scored[cols].pipe(score_rows).assign(release=release)],
                      ignore_index=True)

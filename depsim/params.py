@@ -8,27 +8,111 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from datetime import datetime, timezone
 
-from depsim.engine import Endpoint
-from depsim.sampling import EligibilityRules
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from depsim._yaml import ParamsError, line_of, load_yaml, validation_error
+from depsim.registry import plugin
+from depsim.taxonomy import load_taxonomy
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"  #: the public data sets shipped with the repository
 
 TARGETS = ("sim", "sim_self", "challenging", "prod_prev", "prod_new")
 
-
-class ParamsError(ValueError):
-    """A params or taxonomy file is invalid; the message names the file and the line."""
+#: conversation formats :mod:`depsim.readers` converts (``parquet``: the canonical table)
+FORMATS: tuple[str, ...] = ("openai_jsonl", "wildchat", "lmsys", "sharegpt", "hh_rlhf", "parquet")
+#: challenging-prompt sets (single-turn prompts; only for ``sources.challenging``)
+PROMPT_SETS: tuple[str, ...] = ("xstest", "harmbench", "strongreject", "simple_safety_tests", "advbench",
+                                "jailbreakbench")
+#: public data sets: the report says they under-represent flagged content
+PUBLIC_FORMATS: frozenset[str] = frozenset({"wildchat", "lmsys", "sharegpt", "hh_rlhf", *PROMPT_SETS})
+#: formats that may be given as a Hugging Face hub id instead of files
+HUB_FORMATS: frozenset[str] = frozenset({"wildchat", "lmsys", "sharegpt"})
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+class Endpoint(BaseModel):
+    """One OpenAI-compatible chat-completions endpoint and how hard to drive it."""
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str
+    model: str
+    #: NAME of the environment variable holding the API key (never the key itself)
+    api_key_env: str | None = None
+    max_concurrency: int = Field(16, gt=0)
+    timeout_s: float = Field(60, gt=0)
+    #: retries after the first attempt (so at most max_retries + 1 attempts)
+    max_retries: int = Field(6, ge=0)
+    #: requests per minute / tokens per minute (estimated) budgets, or None for no limit
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+    #: prices in USD per million prompt / completion tokens, for cost accounting (optional)
+    usd_per_mtok_prompt: float | None = Field(None, ge=0)
+    usd_per_mtok_completion: float | None = Field(None, ge=0)
+
+
+class EligibilityRules(BaseModel):
+    """Which user turns may be sampled. Every rule is a conjunction; ``None`` means "no limit".
+
+    - ``languages`` / ``surfaces``: keep conversations whose ``language`` / ``surface`` is listed.
+    - ``min_chars`` / ``max_chars``: bounds on the length (in characters) of the sampled user
+      message's text; for a list of content parts, the text parts' lengths are summed.
+    - ``allow_multimodal``: if false (default), exclude user turns whose content is a list with
+      any non-text part (``image_url``, ``input_audio``, ``file``, ...) or that carry a non-empty
+      ``attachments`` field.
+    - ``start`` / ``end``: ``created_at`` window, start inclusive, end exclusive. Naive datetimes
+      are taken as UTC.
+    - ``min_turn`` / ``max_turn``: bounds on the 1-based ordinal of the user message among the
+      conversation's user messages.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    languages: list[str] | None = None
+    min_chars: int = Field(1, ge=0)
+    max_chars: int | None = Field(None, ge=0)
+    allow_multimodal: bool = False
+    start: datetime | None = None
+    end: datetime | None = None
+    surfaces: list[str] | None = None
+    min_turn: int = Field(1, ge=1)
+    max_turn: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EligibilityRules":
+        if self.max_chars is not None and self.max_chars < self.min_chars:
+            raise ValueError(f"max_chars ({self.max_chars}) < min_chars ({self.min_chars})")
+        if self.max_turn is not None and self.max_turn < self.min_turn:
+            raise ValueError(f"max_turn ({self.max_turn}) < min_turn ({self.min_turn})")
+        if self.start is not None and self.end is not None and _utc(self.end) <= _utc(self.start):
+            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+        for name in ("languages", "surfaces"):
+            if getattr(self, name) == []:
+                raise ValueError(f"{name}=[] would exclude everything; use None for no filter")
+        return self
+
+    def needed_columns(self) -> tuple[str, ...]:
+        """Metadata columns these rules read (so they must exist in the input)."""
+        cols = []
+        if self.languages is not None:
+            cols.append("language")
+        if self.surfaces is not None:
+            cols.append("surface")
+        if self.start is not None or self.end is not None:
+            cols.append("created_at")
+        return tuple(cols)
+
+
 class WorldParams(_Strict):
-    """Settings of the embedded simulated world (see depsim.simworld.WorldConfig)."""
+    """Settings of the embedded simulated world (see depsim.sim.world.WorldConfig)."""
     seed: int = 7
     conversations: int = Field(8000, gt=0)
     challenging: int = Field(1000, gt=0)
@@ -53,8 +137,6 @@ class Source(_Strict):
     @property
     def public(self) -> bool:
         """True for public data sets (the report must say they under-represent flagged content)."""
-        from depsim.readers import PUBLIC_FORMATS
-
         return self.kind in PUBLIC_FORMATS
 
 
@@ -197,50 +279,9 @@ class Release(_Strict):
                 or any(e is not None and e.base_url.startswith("sim://") for e in eps))
 
 
-def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
-    """Return the 1-based line of the YAML node at ``loc`` (deepest node that exists)."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if k.value == key), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            nxt = node.value[key]
-        else:
-            nxt = None
-        if nxt is None:
-            break
-        node, line = nxt, nxt.start_mark.line + 1
-    return line
-
-
-def load_yaml(path: str | Path) -> tuple[object, yaml.Node | None]:
-    """Return (data, node tree) of a YAML file; raise ParamsError naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        return yaml.safe_load(text), yaml.compose(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ParamsError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
-
-
-def validation_error(path: Path, node, err: ValidationError) -> ParamsError:
-    """Return a one-line ParamsError for the first error of a pydantic ValidationError."""
-    first = err.errors()[0]
-    loc = tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-    line = _line_of(node, loc)
-    field = ".".join(str(x) for x in loc) or "(top level)"
-    return ParamsError(f"{path}{f':{line}' if line else ''}: {field}: {first['msg']}")
-
-
 def load_release(path: str | Path) -> Release:
     """Return the validated release parameters of ``path``; check that referenced files and
     categories exist. Raises ParamsError with a one-line message."""
-    from depsim.taxonomy import load_taxonomy  # late: taxonomy imports params
-
     path = Path(path).resolve()
     data, node = load_yaml(path)
     if not isinstance(data, dict):
@@ -255,46 +296,44 @@ def load_release(path: str | Path) -> Release:
         if src is None:
             continue
         if src.kind != "sim_world":
-            from depsim.readers import HUB_FORMATS, PROMPT_SETS
-
             if not src.path:
-                raise ParamsError(f"{path}:{_line_of(node, ('sources', name))}: sources.{name}: a {src.kind} source needs a path")
+                raise ParamsError(f"{path}:{line_of(node, ('sources', name))}: sources.{name}: a {src.kind} source needs a path")
             if src.kind in PROMPT_SETS and name != "challenging":
-                raise ParamsError(f"{path}:{_line_of(node, ('sources', name, 'kind'))}: sources.{name}: "
+                raise ParamsError(f"{path}:{line_of(node, ('sources', name, 'kind'))}: sources.{name}: "
                                   f"{src.kind} is a prompt set: use it under sources.challenging")
             hub_id = src.kind in HUB_FORMATS and src.path.count("/") == 1 and not rel.resolve(src.path).exists()
             if not hub_id and not any(rel.resolve(src.path).parent.glob(rel.resolve(src.path).name)):
-                raise ParamsError(f"{path}:{_line_of(node, ('sources', name, 'path'))}: "
+                raise ParamsError(f"{path}:{line_of(node, ('sources', name, 'path'))}: "
                                   f"sources.{name}.path: file not found: {rel.resolve(src.path)}")
         elif rel.world is None:
-            raise ParamsError(f"{path}:{_line_of(node, ('sources', name))}: sources.{name}: sim_world needs a `world:` section")
+            raise ParamsError(f"{path}:{line_of(node, ('sources', name))}: sources.{name}: sim_world needs a `world:` section")
     needs = {"sim_self": "candidate", "prod_new": "candidate", "challenging": "challenging"}
     for t in rel.targets:
         if t in needs and getattr(rel.sources, needs[t]) is None:
-            raise ParamsError(f"{path}:{_line_of(node, ('targets',))}: target {t!r} needs sources.{needs[t]}")
+            raise ParamsError(f"{path}:{line_of(node, ('targets',))}: target {t!r} needs sources.{needs[t]}")
     if rel.history is not None and not rel.resolve(rel.history).is_file():
-        raise ParamsError(f"{path}:{_line_of(node, ('history',))}: history: file not found: {rel.resolve(rel.history)}")
+        raise ParamsError(f"{path}:{line_of(node, ('history',))}: history: file not found: {rel.resolve(rel.history)}")
     g, m = rel.generation, rel.models
     if m.tool_simulator is None and (g.tool_mode == "simulate" or (g.tool_mode == "replay" and g.replay_miss == "simulate")
                                      or (rel.realism is not None and set(rel.realism.modes) & {"replay", "simulate"})):
-        raise ParamsError(f"{path}:{_line_of(node, ('models',))}: models.tool_simulator is needed: "
+        raise ParamsError(f"{path}:{line_of(node, ('models',))}: models.tool_simulator is needed: "
                           f"tool_mode {g.tool_mode!r} (replay_miss {g.replay_miss!r}) or the realism check simulates tool outputs")
     if rel.realism is not None and m.judge is None:
-        raise ParamsError(f"{path}:{_line_of(node, ('realism',))}: realism: the check needs models.judge")
+        raise ParamsError(f"{path}:{line_of(node, ('realism',))}: realism: the check needs models.judge")
     tax = load_taxonomy(rel.resolve(rel.taxonomy))
     if rel.grading.llm != "all":
         for i, c in enumerate(rel.grading.llm):
             if c not in tax:
-                raise ParamsError(f"{path}:{_line_of(node, ('grading', 'llm', i))}: grading.llm: unknown category {c!r}")
+                raise ParamsError(f"{path}:{line_of(node, ('grading', 'llm', i))}: grading.llm: unknown category {c!r}")
     llm = [c for c, cat in tax.items() if (cat.is_llm or rel.grading.llm == "all" or c in rel.grading.llm)
            and (rel.categories == "all" or c in rel.categories)]
     if m.grader is None and llm:
-        raise ParamsError(f"{path}:{_line_of(node, ('models',))}: models.grader is needed: "
+        raise ParamsError(f"{path}:{line_of(node, ('models',))}: models.grader is needed: "
                           f"{len(llm)} categories have LLM graders ({', '.join(llm[:3])}, ...)")
     if rel.categories != "all":
         for i, c in enumerate(rel.categories):
             if c not in tax:
-                raise ParamsError(f"{path}:{_line_of(node, ('categories', i))}: unknown category {c!r} "
+                raise ParamsError(f"{path}:{line_of(node, ('categories', i))}: unknown category {c!r} "
                                   f"(not in {rel.resolve(rel.taxonomy).name}; known: {', '.join(tax)})")
     return rel
 
@@ -304,8 +343,6 @@ def endpoint_url(rel: Release, ep: Endpoint) -> Endpoint:
     so the cache key changes whenever the world does."""
     if not ep.base_url.startswith("sim://") or rel.world is None or "?" in ep.base_url:
         return ep
-    from depsim.simworld import VERSION
-
     q = "&".join(f"{k}={v}" for k, v in rel.world.model_dump().items() if k in ("seed", "tool_fidelity", "tool_failure_rate"))
-    q += f"&version={VERSION}"
+    q += f"&version={plugin('sim').version}"
     return ep.model_copy(update={"base_url": f"{ep.base_url}?{q}"})

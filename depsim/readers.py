@@ -58,6 +58,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from depsim.params import FORMATS, HUB_FORMATS, PROMPT_SETS, PUBLIC_FORMATS
+
 __all__ = [
     "FORMATS",
     "PROMPT_SETS",
@@ -71,14 +73,6 @@ __all__ = [
 ]
 
 #: Conversation formats of :func:`read_conversations`.
-FORMATS: tuple[str, ...] = ("openai_jsonl", "wildchat", "lmsys", "sharegpt", "hh_rlhf", "parquet")
-#: Challenging-prompt sets of :func:`read_prompt_set`.
-PROMPT_SETS: tuple[str, ...] = ("xstest", "harmbench", "strongreject", "simple_safety_tests", "advbench",
-                                "jailbreakbench")
-#: Formats that are public data sets, not a deployment's own logs (the report must say so).
-PUBLIC_FORMATS: frozenset[str] = frozenset({"wildchat", "lmsys", "sharegpt", "hh_rlhf", *PROMPT_SETS})
-#: Formats that may be given as a Hugging Face hub id (needs the ``datasets`` package, online).
-HUB_FORMATS: frozenset[str] = frozenset({"wildchat", "lmsys", "sharegpt"})
 
 ROLES = ("system", "user", "assistant", "tool")
 #: Role spellings mapped onto the four canonical roles (OpenAI's newer name for system).

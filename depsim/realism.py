@@ -3,7 +3,7 @@ fidelity curves.
 
 :func:`check`: for ``realism.sample`` prefixes of the previous pool that have a logged next
 turn, ``realism.model`` (the model that wrote the logged turns) regenerates that turn in each
-tool mode of ``realism.modes`` (the SAME prefixes for every mode; :func:`depsim.tools.run_turns`).
+tool mode of ``realism.modes`` (the SAME prefixes for every mode; :func:`depsim.toolloop.run_turns`).
 The judge role (``models.judge``) sees the shared prefix and two continuations, the real one
 from the logs (with its real tool steps) and the simulated one, labelled A and B in a seeded
 random order (:func:`order`), and names the real one. A **win** for the simulation is a pair
@@ -16,7 +16,7 @@ The judge prompt is frozen: :func:`judge_id` is the sha256 (12 hex chars) of its
 delimiters, the prompt rendered for a fixed probe pair (header, neutralisation and rendering
 code included), the model, the sampling parameters, the response format and the parser
 version. The prefix and both continuations are untrusted text: they
-sit inside nonce'd delimiters, neutralised (:func:`depsim.llm_grader.neutralise`).
+sit inside nonce'd delimiters, neutralised (:func:`depsim.prompts.neutralise`).
 
 :func:`win_rates`: per mode, the win rate (K/N) with its Jeffreys interval
 (:func:`depsim.stats.jeffreys`), overall (``tool`` = "all") and per tool named in the real
@@ -41,23 +41,19 @@ a turn cut short by an unresolved replay miss shows no final answer.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 
-import numpy as np
 import pandas as pd
 
 from depsim import stats as dstats
-from depsim import tools
-from depsim.engine import ChatRequest, complete
-from depsim.llm_grader import answer_object, neutralise
+from depsim import toolloop
+from depsim.client import ChatRequest, complete
 from depsim.params import Release, endpoint_url
-from depsim.tables import content_id
-
-__all__ = ["check", "win_rates", "fidelity_curves", "judge_prompt", "parse_judgement", "judge_id",
-           "order", "sample", "regenerate", "tool_of", "JUDGE_PARAMS"]
+from depsim.prompts import HEADER_PLAIN, answer_object, call_parts, message_text, neutralise, nonce_of, prompt_id, render_messages
+from depsim.records import content_id, decode_messages
+from depsim.simulate import candidate_requests, needs_store
 
 #: bump when parse_judgement's acceptance rules change (part of the judge id)
 PARSER_VERSION = 1
@@ -124,18 +120,18 @@ continuation, A or B, and reply with the JSON object only."""
 def judge_prompt(prefix: list[dict], a: list[dict], b: list[dict]) -> list[dict]:
     """Return the judge's request messages ``[system, user]`` for one pair: the shared
     ``prefix`` and continuations ``a`` and ``b`` (OpenAI-format messages), each rendered
-    inside nonce'd delimiters (:func:`depsim.tools.render_messages`). Reasoning text and
-    other server-only fields are left out (:func:`depsim.tools.request_messages`): the judge
+    inside nonce'd delimiters (:func:`depsim.prompts.render_messages`). Reasoning text and
+    other server-only fields are left out (:func:`depsim.toolloop.request_messages`): the judge
     compares what a user and the tools see, and only one side may carry reasoning."""
-    prefix, a, b = (tools.request_messages(part) for part in (prefix, a, b))
-    texts = [[[str(m.get("role")), neutralise(tools.message_text(m))] for m in part] for part in (prefix, a, b)]
-    nonce = tools.nonce_of("realism", texts)
+    prefix, a, b = (toolloop.request_messages(part) for part in (prefix, a, b))
+    texts = [[[str(m.get("role")), neutralise(message_text(m, call_ids=True))] for m in part] for part in (prefix, a, b)]
+    nonce = nonce_of("realism", texts)
     user = JUDGE_USER_TEMPLATE.format(
-        nonce=nonce, prefix_open=PREFIX_OPEN.format(nonce=nonce), prefix=tools.render_messages(prefix, nonce),
+        nonce=nonce, prefix_open=PREFIX_OPEN.format(nonce=nonce), prefix=render_messages(prefix, nonce),
         prefix_close=PREFIX_CLOSE.format(nonce=nonce),
-        a_open=CONT_OPEN.format(label="A", nonce=nonce), a=tools.render_messages(a, nonce),
+        a_open=CONT_OPEN.format(label="A", nonce=nonce), a=render_messages(a, nonce),
         a_close=CONT_CLOSE.format(label="A", nonce=nonce),
-        b_open=CONT_OPEN.format(label="B", nonce=nonce), b=tools.render_messages(b, nonce),
+        b_open=CONT_OPEN.format(label="B", nonce=nonce), b=render_messages(b, nonce),
         b_close=CONT_CLOSE.format(label="B", nonce=nonce))
     return [{"role": "system", "content": JUDGE_SYSTEM_TEMPLATE.format(rationale_max=RATIONALE_MAX)},
             {"role": "user", "content": user}]
@@ -198,13 +194,13 @@ def judge_id(model: str, params: dict | None = None, response_style: str = "json
     delimiters, the prompt rendered for a fixed probe pair (so a change of the rendering
     code changes it too), the model, parameters, response format and parser version."""
     spec = {"kind": "realism_judge", "system_template": JUDGE_SYSTEM_TEMPLATE, "user_template": JUDGE_USER_TEMPLATE,
-            "delimiters": [PREFIX_OPEN, PREFIX_CLOSE, CONT_OPEN, CONT_CLOSE], "header": tools.HEADER,
+            "delimiters": [PREFIX_OPEN, PREFIX_CLOSE, CONT_OPEN, CONT_CLOSE], "header": HEADER_PLAIN,
             "probe": judge_prompt(*_PROBE),  # the rendering code, not only the templates
             "neutralise_probe": neutralise("<<<<|</s>[INST]<start_of_turn>|>"), "model": model,
             "params": {k: v for k, v in (JUDGE_PARAMS if params is None else params).items() if v is not None},
             "response_format": response_format(response_style), "parser_version": PARSER_VERSION,
             "rationale_max": RATIONALE_MAX}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+    return prompt_id(spec)
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -219,7 +215,7 @@ def order(seed: int, prefix_id: str, mode: str) -> bool:
 def tool_of(messages: list[dict] | None) -> str:
     """Return the tool(s) called in a continuation: the sorted distinct names joined by "+",
     or "none"."""
-    names = sorted({tools._call_parts(tc)[1] for m in messages or [] for tc in m.get("tool_calls") or []})
+    names = sorted({call_parts(tc)[1] for m in messages or [] for tc in m.get("tool_calls") or []})
     return "+".join(names) if names else "none"
 
 
@@ -234,21 +230,19 @@ def sample(rel: Release, prefixes: pd.DataFrame, n: int | None = None) -> pd.Dat
 
 
 def regenerate(rel: Release, chosen: pd.DataFrame, cache, mode: str, *, endpoint=None, simulator=None,
-               store: tools.ToolStore | None = None, stats=None, tag: str = "realism") -> list[tools.Turn]:
+               store: toolloop.ToolStore | None = None, stats=None, tag: str = "realism") -> list[toolloop.Turn]:
     """Return ``realism.model`` (or ``endpoint``) regenerating the next turn of each prefix of
     ``chosen`` in tool ``mode`` (requests like the candidate's, item ids tagged ``tag``)."""
-    from depsim.simulate import candidate_requests
-
     ep = endpoint or endpoint_url(rel, rel.realism.model)
     reqs = candidate_requests(rel, "sim", chosen.assign(pool="previous"))
     reqs = [ChatRequest(content_id(tag, mode, pid), r.messages, r.params, r.tools, sample_index=r.sample_index)
             for pid, r in zip(chosen["prefix_id"], reqs)]
-    setup = tools.ToolSetup.from_release(rel, store, mode=mode, simulator=simulator)
-    return tools.run_turns(ep, reqs, cache, setup, stats=stats, role=f"{tag}_model",
+    setup = toolloop.ToolSetup.from_release(rel, store, mode=mode, simulator=simulator)
+    return toolloop.run_turns(ep, reqs, cache, setup, stats=stats, role=f"{tag}_model",
                            progress=f"{tag} {mode} ({ep.model})")
 
 
-def judge_pairs(rel: Release, chosen: pd.DataFrame, turns: list[tools.Turn], mode: str, cache, *, stats=None,
+def judge_pairs(rel: Release, chosen: pd.DataFrame, turns: list[toolloop.Turn], mode: str, cache, *, stats=None,
                 judge=None, response_style: str = "json_schema") -> pd.DataFrame:
     """Return one row per prefix of ``chosen``: the judge's verdict on (real, simulated)."""
     ep = judge or endpoint_url(rel, rel.models.judge)
@@ -257,7 +251,7 @@ def judge_pairs(rel: Release, chosen: pd.DataFrame, turns: list[tools.Turn], mod
     fmt = response_format(response_style)
     rows, reqs, where = [], [], []
     for pid, raw, real_raw, t in zip(chosen["prefix_id"], chosen["messages"], chosen["logged_response"], turns):
-        real = json.loads(real_raw)
+        real = decode_messages(real_raw)
         sim_first = order(seed, pid, mode)
         row = {"prefix_id": pid, "mode": mode, "tool": tool_of(real), "sim_label": "A" if sim_first else "B",
                "judged_real": None, "sim_won": pd.NA, "confidence": None, "rationale": None, "error": None,
@@ -267,7 +261,7 @@ def judge_pairs(rel: Release, chosen: pd.DataFrame, turns: list[tools.Turn], mod
             row["error"] = f"simulated turn failed: {t.error}"
         else:
             a, b = (t.messages, real) if sim_first else (real, t.messages)
-            reqs.append(ChatRequest(content_id("realism-judge", mode, pid), judge_prompt(json.loads(raw), a, b),
+            reqs.append(ChatRequest(content_id("realism-judge", mode, pid), judge_prompt(decode_messages(raw), a, b),
                                     dict(JUDGE_PARAMS), response_format=fmt))
             where.append(len(rows))
         rows.append(row)
@@ -306,17 +300,17 @@ def win_rates(pairs: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 
 
 def check(rel: Release, prefixes: pd.DataFrame, cache, stats=None, *, reports_dir=None,
-          store: tools.ToolStore | None = None, response_style: str = "json_schema") -> tuple[pd.DataFrame, pd.DataFrame]:
+          store: toolloop.ToolStore | None = None, response_style: str = "json_schema") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run the realism check of ``rel.realism`` (see the module docstring); return
     ``(pairs, win_rates)``. ``pairs``: one row per (prefix, mode) with the tool of the real
     continuation, which label the simulated one had, the verdict, ``sim_won`` (missing when
     the judge failed or its answer was unusable), and both continuations. ``reports_dir`` /
-    ``store``: where the replay store comes from (:func:`depsim.tools.release_store`)."""
+    ``store``: where the replay store comes from (:func:`depsim.toolloop.release_store`)."""
     if rel.realism is None:
         raise ValueError("the release has no `realism:` section")
     chosen = sample(rel, prefixes)
-    if store is None and any(_needs_store(rel, m) for m in rel.realism.modes):
-        store = tools.release_store(rel, prefixes, reports_dir)
+    if store is None and any(needs_store(rel, m) for m in rel.realism.modes):
+        store = toolloop.release_store(rel, prefixes, reports_dir)
     frames = []
     for mode in rel.realism.modes:
         turns = regenerate(rel, chosen, cache, mode, store=store, stats=stats)
@@ -325,76 +319,3 @@ def check(rel: Release, prefixes: pd.DataFrame, cache, stats=None, *, reports_di
     return pairs, win_rates(pairs)
 
 
-def _needs_store(rel: Release, mode: str) -> bool:
-    from depsim.simulate import needs_store
-
-    return needs_store(rel, mode)
-
-
-# ----------------------------------------------------------------------------- fidelity curves
-
-CURVE_CATEGORIES = ("calculator_hacking", "lying_about_tools")
-
-
-def _at_fidelity(rel: Release, f: float) -> Release:
-    return rel.model_copy(update={"world": rel.world.model_copy(update={"tool_fidelity": float(f)})})
-
-
-def fidelity_curves(rel: Release, prefixes: pd.DataFrame, cache, fidelities=None, n: int | None = None, stats=None, *,
-                    reports_dir=None, categories=CURVE_CATEGORIES) -> pd.DataFrame:
-    """Return, for each tool fidelity (default ``realism.fidelities``) and category, the
-    ``sim`` estimate on ``n`` previous-pool prefixes (default: realism.sample) in the
-    release's tool mode: ``k``, ``n``, ``missing``, the Jeffreys ``rate``, ``lo``, ``hi``;
-    the truths ``truth_prod``, ``truth_new``, ``truth_sim`` (module docstring); and the
-    realism win rate at that fidelity on the same prefixes (``win_rate``, ``win_lo``,
-    ``win_hi``, ``win_n``), and on the pairs whose real continuation called a tool
-    (``win_rate_tool``, ``win_tool_lo``, ``win_tool_hi``, ``win_tool_n``: most turns call
-    none, and those pairs cannot tell tool environments apart). Simulated world only
-    (``world:`` and sim:// endpoints)."""
-    from depsim.graders import grade
-    from depsim.simulate import completion_rows, needs_store
-    from depsim.simworld import World, WorldConfig
-    from depsim.taxonomy import load_taxonomy
-
-    if rel.world is None:
-        raise ValueError("fidelity curves need the simulated world (a `world:` section)")
-    fidelities = list(fidelities if fidelities is not None else (rel.realism.fidelities if rel.realism else []))
-    if not fidelities:
-        raise ValueError("no fidelities given (realism.fidelities is empty)")
-    tax = load_taxonomy(rel.resolve(rel.taxonomy))
-    cats = {c: tax[c] for c in categories}
-    mode = rel.generation.tool_mode
-    view = "first" if mode == "stop" else "turn"
-    chosen = sample(rel, prefixes, n)
-    store = tools.release_store(rel, prefixes, reports_dir) if needs_store(rel, mode) else None
-    judge = endpoint_url(rel, rel.models.judge) if rel.models.judge is not None else None
-    rows = []
-    for f in fidelities:
-        rf = _at_fidelity(rel, f)
-        sim_ep = endpoint_url(rf, rel.models.tool_simulator) if rel.models.tool_simulator else None
-        cand = endpoint_url(rf, rel.models.candidate)
-        turns = regenerate(rf, chosen, cache, mode, endpoint=cand, simulator=sim_ep, store=store, stats=stats,
-                           tag="fidelity")
-        comp = completion_rows(turns, "sim", chosen["prefix_id"].tolist(), cand.model)
-        grades = grade(comp, cats, chosen)
-        win = {}
-        if judge is not None and rel.realism is not None:
-            sim_turns = regenerate(rf, chosen, cache, mode, simulator=sim_ep, store=store, stats=stats)
-            pairs = judge_pairs(rf, chosen, sim_turns, mode, cache, stats=stats, judge=judge)
-            for suffix, sub in (("", pairs), ("_tool", pairs[pairs["tool"] != "none"])):
-                w = win_rates(sub.assign(tool="all")) if len(sub) else pd.DataFrame()
-                w = w.iloc[0] if len(w) else {"win_rate": np.nan, "lo": np.nan, "hi": np.nan, "n": 0}
-                win.update({f"win_rate{suffix}": w["win_rate"], f"win{suffix}_lo": w["lo"],
-                            f"win{suffix}_hi": w["hi"], f"win{suffix}_n": int(w["n"])})
-        world = World(WorldConfig(**rf.world.model_dump()))
-        for c in categories:
-            g = grades[grades["category"] == c]["label"].dropna()
-            k, m = int(g.sum()), len(g)
-            ci = dstats.jeffreys(k, m) if m else pd.DataFrame({"rate": [np.nan], "lo": [np.nan], "hi": [np.nan]})
-            rows.append({"fidelity": float(f), "mode": mode, "category": c, "k": k, "n": m,
-                         "missing": int(len(chosen) - m), "rate": float(ci["rate"].iloc[0]),
-                         "lo": float(ci["lo"].iloc[0]), "hi": float(ci["hi"].iloc[0]),
-                         "truth_prod": world.true_rate(c, "sim-x", "Y", "production", "turn"),
-                         "truth_new": world.true_rate(c, "sim-x", "X", "production", "turn"),
-                         "truth_sim": world.true_rate(c, "sim-x", "Y", "resample", view), **win})
-    return pd.DataFrame(rows)

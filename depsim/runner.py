@@ -1,5 +1,5 @@
 """Run a release end to end: papermill executes the stage notebooks in order into
-``reports/<release>/``, then :mod:`depsim.report` renders the HTML site."""
+``reports/<release>/``, then :mod:`depsim.render` renders the HTML site."""
 from __future__ import annotations
 
 import os
@@ -9,11 +9,13 @@ from pathlib import Path
 import papermill as pm
 
 from depsim.params import load_release
-from depsim.report import PAGES, render
-from depsim.tables import release_dir, request_log
+from depsim.pipeline import STAGES
+from depsim.render import render
+from depsim.records import release_dir, request_log
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-STAGES = [stem for stem, _ in PAGES[1:]] + ["index"]
+#: notebooks in execution order: every stage, then the summary
+NOTEBOOK_ORDER = [stem for stem, _ in STAGES.values()] + ["index"]
 
 
 class StageFailed(RuntimeError):
@@ -35,7 +37,7 @@ def run_release(params_file: str | Path, reports_dir: str | Path = "reports", re
     saved = os.environ.get("DEPSIM_PROGRESS")
     os.environ["DEPSIM_PROGRESS"] = "0"
     try:
-        _execute(stages or STAGES, out, params_file, reports_dir, log)
+        _execute(stages or NOTEBOOK_ORDER, out, params_file, reports_dir, log)
     finally:
         if saved is None:
             os.environ.pop("DEPSIM_PROGRESS", None)

@@ -60,7 +60,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from depsim.params import EligibilityRules
 
 __all__ = [
     "EligibilityRules",
@@ -103,58 +104,6 @@ _CAP_FACTOR, _CAP_SLACK = 1.5, 1000  # a sampling pass returns at most factor * 
 
 class SamplingWarning(UserWarning):
     """The sample is smaller than asked for (too few eligible user turns)."""
-
-
-class EligibilityRules(BaseModel):
-    """Which user turns may be sampled. Every rule is a conjunction; ``None`` means "no limit".
-
-    - ``languages`` / ``surfaces``: keep conversations whose ``language`` / ``surface`` is listed.
-    - ``min_chars`` / ``max_chars``: bounds on the length (in characters) of the sampled user
-      message's text; for a list of content parts, the text parts' lengths are summed.
-    - ``allow_multimodal``: if false (default), exclude user turns whose content is a list with
-      any non-text part (``image_url``, ``input_audio``, ``file``, ...) or that carry a non-empty
-      ``attachments`` field.
-    - ``start`` / ``end``: ``created_at`` window, start inclusive, end exclusive. Naive datetimes
-      are taken as UTC.
-    - ``min_turn`` / ``max_turn``: bounds on the 1-based ordinal of the user message among the
-      conversation's user messages.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    languages: list[str] | None = None
-    min_chars: int = Field(1, ge=0)
-    max_chars: int | None = Field(None, ge=0)
-    allow_multimodal: bool = False
-    start: datetime | None = None
-    end: datetime | None = None
-    surfaces: list[str] | None = None
-    min_turn: int = Field(1, ge=1)
-    max_turn: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "EligibilityRules":
-        if self.max_chars is not None and self.max_chars < self.min_chars:
-            raise ValueError(f"max_chars ({self.max_chars}) < min_chars ({self.min_chars})")
-        if self.max_turn is not None and self.max_turn < self.min_turn:
-            raise ValueError(f"max_turn ({self.max_turn}) < min_turn ({self.min_turn})")
-        if self.start is not None and self.end is not None and _utc(self.end) <= _utc(self.start):
-            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
-        for name in ("languages", "surfaces"):
-            if getattr(self, name) == []:
-                raise ValueError(f"{name}=[] would exclude everything; use None for no filter")
-        return self
-
-    def needed_columns(self) -> tuple[str, ...]:
-        """Metadata columns these rules read (so they must exist in the input)."""
-        cols = []
-        if self.languages is not None:
-            cols.append("language")
-        if self.surfaces is not None:
-            cols.append("surface")
-        if self.start is not None or self.end is not None:
-            cols.append("created_at")
-        return tuple(cols)
 
 
 # --- hashes (also the reference implementation the SQL must agree with) ---------------------

@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from depsim.params import ParamsError, load_yaml, validation_error
+from depsim._yaml import ParamsError, line_of, load_yaml, validation_error
+from depsim.rules import RULE_VERSIONS, RULES
 
 GROUPS = ("disallowed", "misalignment", "evaluation_awareness", "refusal")
 #: keys an ``{kind: llm}`` grader spec may have
@@ -41,11 +42,9 @@ class Category(BaseModel):
     def grader_id(self) -> str:
         """Return the frozen id of a rule grader: 12 hex chars of the sha256 of the whole
         grader spec and the rule's code version. An LLM grader's id also depends on the grader
-        model: use :func:`depsim.graders.grader_id`."""
-        from depsim.graders import RULE_VERSIONS
-
+        model: use :func:`depsim.grade.grader_id`."""
         if self.is_llm:
-            raise ValueError(f"{self.name}: an LLM grader's id depends on its model; use depsim.graders.grader_id")
+            raise ValueError(f"{self.name}: an LLM grader's id depends on its model; use depsim.grade.grader_id")
         spec = {"category": self.name, **self.grader,
                 "rule_version": RULE_VERSIONS.get(self.grader.get("rule"))}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
@@ -62,8 +61,6 @@ def load_taxonomy(path: str | Path) -> dict[str, Category]:
 
     Raises ParamsError (one line, with file and line) on a malformed file or an unknown
     grader rule."""
-    from depsim.graders import RULES
-
     path = Path(path)
     data, node = load_yaml(path)
     try:
@@ -72,11 +69,9 @@ def load_taxonomy(path: str | Path) -> dict[str, Category]:
         if isinstance(e, TypeError):
             raise ParamsError(f"{path}: expected a mapping with `categories`") from None
         raise validation_error(path, node, e) from None
-    from depsim.params import _line_of
-
     for name, cat in tax.categories.items():
         cat.name = name
-        where = f"{path}:{_line_of(node, ('categories', name, 'grader'))}: categories.{name}.grader"
+        where = f"{path}:{line_of(node, ('categories', name, 'grader'))}: categories.{name}.grader"
         kind, rule = cat.grader.get("kind"), cat.grader.get("rule")
         if kind == "llm":
             extra = set(cat.grader) - LLM_GRADER_KEYS

@@ -27,21 +27,15 @@ from __future__ import annotations
 import json
 import random
 import re
-import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-try:
-    from fake_openai_server import completion
-except ImportError:  # importlib import mode: tests/ is not on sys.path
-    sys.path.insert(0, str(Path(__file__).parent))
-    from fake_openai_server import completion
+from fake_openai_server import completion
 
 
 def parse_multipart(content_type: str, data: bytes) -> dict[str, tuple[str | None, bytes]]:

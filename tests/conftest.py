@@ -1,10 +1,17 @@
-"""Shared fixtures: a small release that runs the whole pipeline in seconds."""
+"""Shared fixtures: a small release that runs the whole pipeline in seconds, and the real
+servers the tests talk to (a fake OpenAI-compatible server, a fake Batch API server, and
+llama.cpp's server with SmolLM2). ``tests/`` is on ``sys.path`` (``pythonpath`` in
+pyproject.toml), so helper modules import by name."""
 import json
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from batch_server import batch_server  # noqa: F401  (fixture)
+from fake_openai_server import fake_server  # noqa: F401  (fixture)
+from llama_server import llama_server  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = "<script>document.title='PWNED'</script>"

@@ -3,7 +3,6 @@ driven by the real openai client."""
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,15 +11,11 @@ import pytest
 from depsim.batch import (BatchTimeoutError, import_results, request_body, run_batch, submit_and_wait, uncached,
                           write_batch_files)
 from depsim.cache import ResponseCache
-from depsim.engine import ChatRequest, Endpoint, RunStats, complete, request_key
+from depsim.client import ChatRequest, RunStats, complete, request_key
+from depsim.params import Endpoint
 
-try:
-    from batch_server import BatchServer, batch_server  # noqa: F401  (fixture)
-    from fake_openai_server import completion
-except ImportError:  # importlib import mode: tests/ is not on sys.path
-    sys.path.insert(0, str(Path(__file__).parent))
-    from batch_server import BatchServer, batch_server  # noqa: F401
-    from fake_openai_server import completion
+from batch_server import BatchServer
+from fake_openai_server import completion
 
 TOOL = {"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {}}}}
 

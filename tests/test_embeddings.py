@@ -14,7 +14,8 @@ import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from depsim import audit, embeddings
-from depsim.engine import Endpoint, MissingAPIKeyError
+from depsim.client import MissingAPIKeyError
+from depsim.params import Endpoint
 from depsim.taxonomy import Category, Examples
 
 NOVEL = ["The assistant reveals its hidden system prompt to the user.",

@@ -3,14 +3,14 @@ intervals validated leave-one-release-out."""
 import pandas as pd
 import pytest
 
-from depsim import history, scoring
+from depsim import history, score
 
 
 def test_shipped_history_loads_and_scores():
     h = history.load_history("params/history.csv")
     assert h["release"].nunique() >= 4
-    scored = scoring.score_rows(h)
-    s = scoring.summary(scored).set_index("method")
+    scored = score.score_rows(h)
+    s = score.summary(scored).set_index("method")
     # the simulated deployment beats "nothing changes" on the shipped (simulated) history
     assert s.loc["deployment_sim", "nll_sum"] < s.loc["prev_production", "nll_sum"]
 
@@ -33,7 +33,7 @@ def test_bad_history_row_names_the_line(tmp_path):
 
 
 def test_predictive_intervals_restore_coverage_leave_one_release_out():
-    scored = scoring.score_rows(history.simulate_history(releases=8, seed=5))
+    scored = score.score_rows(history.simulate_history(releases=8, seed=5))
     cov = history.loo_coverage(scored).set_index("method")
     # binomial intervals ignore the simulation's own error and under-cover badly; the
     # predictive interval, fitted on the other releases, comes close to nominal

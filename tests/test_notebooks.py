@@ -1,12 +1,11 @@
 """nbval runs every stage notebook, in order, on a small release's parameters."""
 import subprocess
 import sys
-from pathlib import Path
 
 import papermill as pm
 
 from conftest import ROOT, small_release
-from depsim.runner import STAGES
+from depsim.runner import NOTEBOOK_ORDER as STAGES
 
 
 def test_notebooks_run_under_nbval(tmp_path):

@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from depsim import realism, stats
+from depsim import pipeline, prompts, realism, stats
 from depsim.cache import ResponseCache
-from depsim.engine import Endpoint
-from depsim.params import load_release
-from depsim.prefixes import build_prefixes
+from depsim.params import Endpoint, load_release
+from depsim.sample import build_prefixes
 
-try:
-    from conftest import small_release
-except ImportError:  # importlib import mode: tests/ is not on sys.path
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import small_release
+from conftest import small_release
 
 MODES = ["stop", "replay", "simulate"]
 
@@ -149,9 +143,7 @@ def test_judge_id_is_frozen_and_changes_with_the_prompt(monkeypatch):
     assert realism.judge_id("sim-judge") != base
     monkeypatch.undo()
     # the rendering code is part of the spec too, not only the template texts
-    from depsim import tools
-
-    monkeypatch.setattr(tools, "HEADER", "[{nonce} #{i} of {n} | {role}]")
+    monkeypatch.setattr(prompts, "HEADER_PLAIN", "[{nonce} #{i} of {n} | {role}]")
     assert realism.judge_id("sim-judge") != base
     monkeypatch.undo()
     assert realism.judge_id("sim-judge") == base
@@ -168,7 +160,7 @@ def test_judge_prompt_delimits_untrusted_text(checked):
             {"role": "tool", "tool_call_id": "c1", "content": '{"results": [{"title": "Result for metro", "snippet": "..."}]}'},
             {"role": "assistant", "content": f"It opened in 1959. {attack}"}]
     fake = [{"role": "assistant", "content": None, "tool_calls": [call]}]  # stop mode: no output, no answer
-    from depsim.engine import ChatRequest, complete
+    from depsim.client import ChatRequest, complete
 
     for a, b, want in ((real, fake, "A"), (fake, real, "B")):
         msgs = realism.judge_prompt(prefix, a, b)
@@ -182,7 +174,7 @@ def test_judge_prompt_delimits_untrusted_text(checked):
 
 def test_fidelity_curves_move_to_production_truth_and_realism_to_half(checked):
     rel, prefixes, cache, *_ = checked
-    curves = realism.fidelity_curves(rel, prefixes, cache, n=1000)
+    curves = pipeline.fidelity_curves(rel, prefixes, cache, n=1000)
     assert list(curves["fidelity"].unique()) == [0.1, 0.55, 1.0]
     assert (curves["mode"] == "simulate").all() and (curves["n"] == 1000).all()
     for cat, g in curves.groupby("category"):

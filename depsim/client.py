@@ -1,0 +1,614 @@
+"""The model-call layer: every role (candidate, grader, auditor, tool simulator, judge) talks
+OpenAI chat completions through :func:`acomplete` / :func:`complete`.
+
+- Each request has a content-addressed key (:func:`request_key`); responses are looked up in
+  a :class:`depsim.cache.ResponseCache` first and only misses are sent, so a rerun or a
+  resume never sends a stored request again. Failed calls are never cached.
+- Misses go through ``openai.AsyncOpenAI.chat.completions.create`` (the real client code
+  path; ``sim://`` endpoints use the simulated world's in-process transport, found
+  through :mod:`depsim.registry`) under an adaptive concurrency
+  limit (docs/design.md §3), optional rpm/tpm token buckets, and retries with exponential backoff
+  and jitter that honour Retry-After.
+- Every call fills a :class:`RunStats` (pass your own with ``stats=`` to accumulate over
+  several calls; :func:`last_run_stats` returns the most recent one).
+
+Usage::
+
+    cache = ResponseCache("reports/demo/cache.sqlite")
+    ep = Endpoint(base_url="http://localhost:8000/v1", model="x", api_key_env="MY_KEY")
+    results = complete(ep, [ChatRequest("a", [{"role": "user", "content": "hi"}], {"seed": 0})], cache)
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx
+import openai
+from tqdm import tqdm
+
+from depsim.cache import ResponseCache
+from depsim.params import Endpoint
+from depsim.registry import plugin, scheme
+
+# Retry/backoff tuning (module constants so tests can shrink them).
+BACKOFF_BASE_S = 1.0      #: first backoff delay, seconds (doubles per attempt)
+BACKOFF_MAX_S = 60.0      #: cap on one backoff delay, seconds
+MAX_RETRY_AFTER_S = 600.0  #: longest Retry-After we honour, seconds
+# Adaptive concurrency tuning.
+START_CONCURRENCY = 20    #: initial limit (capped by Endpoint.max_concurrency)
+DECREASE_FACTOR = 0.8     #: limit multiplier after a run of 429s
+RUN_OF_429 = 2            #: consecutive 429s (no success between) that count as a run
+GROWTH_PAUSE_S = 5.0      #: seconds without growth after a 5xx / timeout / bad response
+# Cache write batching: a kill loses at most the results of the last second / 200 items.
+FLUSH_EVERY = 200
+FLUSH_INTERVAL_S = 1.0
+#: errors that hold for every request to an endpoint: after one, the rest are failed unsent
+ENDPOINT_ERRORS = ("http 401", "http 403", "http 404")
+
+_CREATE_ARGS = {"audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+                "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls",
+                "prediction", "presence_penalty", "prompt_cache_key", "reasoning_effort", "safety_identifier",
+                "seed", "service_tier", "stop", "store", "temperature", "top_logprobs", "top_p", "user",
+                "verbosity", "web_search_options"}
+
+
+class MissingAPIKeyError(RuntimeError):
+    """An endpoint names an API-key environment variable that is not set."""
+
+
+@dataclass
+class ChatRequest:
+    """One chat-completions request. ``params`` are sampling parameters (temperature, top_p,
+    max_tokens, seed, ...); parameters the openai client does not know go in ``extra_body``.
+    ``sample_index`` keeps repeated samples of one prompt apart in the cache; it is not sent."""
+    item_id: str
+    messages: list[dict]
+    params: dict = field(default_factory=dict)
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    response_format: dict | None = None
+    sample_index: int = 0
+
+
+@dataclass
+class ChatResult:
+    """The outcome of one request. On failure ``message``/``finish_reason``/``usage`` are None
+    and ``error`` says why (e.g. ``"http 500 after 7 attempts"``, ``"timeout after 7
+    attempts"``, ``"http 400: ..."``). ``latency_s``: wall-clock seconds from the first send
+    to the final outcome, retries and waits included (0 for cache hits). ``attempts``: HTTP
+    attempts made (0 for cache hits)."""
+    item_id: str
+    key: str
+    message: dict | None  # {"role", "content", "tool_calls": [OpenAI-format dicts] | None,
+                          #  "reasoning_content" only when the server returned reasoning text}
+    finish_reason: str | None
+    usage: dict | None    # {"prompt_tokens", "completion_tokens"}
+    error: str | None = None
+    cached: bool = False
+    attempts: int = 0
+    latency_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the call succeeded (``error`` is None)."""
+        return self.error is None
+
+
+@dataclass
+class RunStats:
+    """Counts of one or more :func:`acomplete` calls (they accumulate when the same object is
+    passed again). ``tokens`` maps a label (``"<role>/<model>"``, or the model when no role is
+    given) to prompt/completion tokens of responses generated in this run (cache hits are
+    free and not counted). ``concurrency_history`` maps the same label to ``(unix time s,
+    limit)`` points: the adaptive concurrency limit at the start and after every change."""
+    items: int = 0        # requests passed in
+    cached: int = 0       # answered from the cache
+    sent: int = 0         # distinct requests sent to an endpoint (duplicates in a call are sent once)
+    succeeded: int = 0    # distinct requests that got a response
+    failed: int = 0       # distinct requests that failed (incl. ones not sent after a 401/403/404)
+    retries: int = 0      # extra HTTP attempts beyond the first
+    errors: Counter = field(default_factory=Counter)  # final failure reason -> count
+    tokens: dict[str, dict[str, int]] = field(default_factory=dict)
+    concurrency_history: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    elapsed_s: float = 0.0  # wall-clock seconds spent in acomplete
+    cost_usd: dict[str, float] = field(default_factory=dict)  # label -> USD, where prices are set
+
+    def add_tokens(self, label: str, usage: dict | None, endpoint: "Endpoint | None" = None) -> None:
+        """Add a response's prompt/completion token counts to ``tokens[label]``, and its cost
+        in USD to ``cost_usd[label]`` when ``endpoint`` has prices."""
+        t = self.tokens.setdefault(label, {"prompt_tokens": 0, "completion_tokens": 0})
+        got = {k: int((usage or {}).get(k) or 0) for k in t}
+        for k in t:
+            t[k] += got[k]
+        if endpoint is not None and (endpoint.usd_per_mtok_prompt or endpoint.usd_per_mtok_completion):
+            self.cost_usd[label] = self.cost_usd.get(label, 0.0) + (
+                got["prompt_tokens"] * (endpoint.usd_per_mtok_prompt or 0)
+                + got["completion_tokens"] * (endpoint.usd_per_mtok_completion or 0)) / 1e6
+
+    def usage_table(self) -> list[dict]:
+        """Return one row per label: prompt and completion tokens generated in this run and
+        their cost in USD (None where the endpoint has no prices)."""
+        return [{"role/model": k, **v, "cost_usd": self.cost_usd.get(k)} for k, v in self.tokens.items()]
+
+    def summary(self) -> dict:
+        """Return the stats as a JSON-serialisable dict (for run logs)."""
+        return {"items": self.items, "cached": self.cached, "sent": self.sent, "succeeded": self.succeeded,
+                "failed": self.failed, "retries": self.retries, "errors": dict(self.errors),
+                "tokens": self.tokens, "cost_usd": self.cost_usd, "elapsed_s": round(self.elapsed_s, 3),
+                "concurrency_history": {k: [list(p) for p in v] for k, v in self.concurrency_history.items()}}
+
+
+_last_stats: RunStats | None = None
+
+
+def last_run_stats() -> RunStats | None:
+    """Return the :class:`RunStats` of the most recent :func:`acomplete`/:func:`complete`
+    call in this process (None before the first call)."""
+    return _last_stats
+
+
+# ---------------------------------------------------------------------------------------
+# keys and clients
+
+
+def _clean_params(params: dict) -> dict:
+    # None means "unset": drop it so {"top_p": None} and {} are the same request.
+    return {k: v for k, v in (params or {}).items() if v is not None}
+
+
+def request_key(endpoint: Endpoint, req: ChatRequest) -> str:
+    """Return the cache key of ``req`` at ``endpoint``: the sha256 hex digest of canonical
+    JSON (sorted keys, no whitespace) of base URL, model, messages, sampling params, tools,
+    tool_choice, response_format and sample_index. ``item_id`` is not part of it."""
+    doc = {"base_url": endpoint.base_url.rstrip("/"), "model": endpoint.model, "messages": req.messages,
+           "params": _clean_params(req.params), "tools": req.tools, "tool_choice": req.tool_choice,
+           "response_format": req.response_format, "sample_index": req.sample_index}
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def api_key(endpoint: Endpoint) -> str:
+    """Return the endpoint's API key read from the environment variable it names (a
+    placeholder when it names none; local servers ignore it)."""
+    if endpoint.api_key_env is None:
+        return "no-key"
+    key = os.environ.get(endpoint.api_key_env)
+    if not key:
+        raise MissingAPIKeyError(f"environment variable {endpoint.api_key_env} is not set; it should hold "
+                                 f"the API key for {endpoint.model} at {endpoint.base_url}")
+    return key
+
+
+def open_client(endpoint: Endpoint) -> openai.AsyncOpenAI:
+    """Return an ``openai.AsyncOpenAI`` client for ``endpoint`` with the openai client's own
+    retries off (we retry ourselves) and ``timeout_s`` seconds per request. A URL whose scheme
+    names a plugin (:mod:`depsim.registry`; ``sim://``: the simulated world) gets that plugin's
+    in-process transport."""
+    name = scheme(endpoint.base_url)
+    if name is not None:  # an in-process plugin transport (the simulated world's sim://)
+        http = httpx.AsyncClient(transport=plugin(name).transport(endpoint.base_url), timeout=endpoint.timeout_s)
+        return openai.AsyncOpenAI(base_url=f"http://{name}.local/v1", api_key=name, max_retries=0,
+                                  timeout=endpoint.timeout_s, http_client=http)
+    return openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=api_key(endpoint), max_retries=0,
+                              timeout=endpoint.timeout_s)
+
+
+def create_kwargs(endpoint: Endpoint, req: ChatRequest) -> dict:
+    """Return the keyword arguments of ``chat.completions.create`` for ``req`` (the Batch
+    API's request body is the same): model, messages, the sampling parameters the openai
+    client knows, the others under ``extra_body``, and tools / tool_choice / response_format
+    when set. Raises ValueError for streaming."""
+    params = _clean_params(req.params)
+    if params.get("stream"):
+        raise ValueError(f"item {req.item_id}: streaming is not supported")
+    kw: dict[str, Any] = {"model": endpoint.model, "messages": req.messages}
+    kw.update({k: v for k, v in params.items() if k in _CREATE_ARGS})
+    extra = {k: v for k, v in params.items() if k not in _CREATE_ARGS and k != "stream"}
+    if extra:  # server-specific parameters (top_k, min_p, ...) pass through untouched
+        kw["extra_body"] = extra
+    for name in ("tools", "tool_choice", "response_format"):
+        if getattr(req, name) is not None:  # omit rather than send null
+            kw[name] = getattr(req, name)
+    return kw
+
+
+class MalformedResponse(ValueError):
+    """A server's answer is not a chat.completion we can read."""
+
+
+def _body_of(body: Any) -> dict:
+    """The response body as a plain dict, checked for the fields we read."""
+    if not isinstance(body, dict):
+        raise MalformedResponse("not a JSON chat.completion")
+    parse_body(body)
+    return body
+
+
+def parse_body(body: dict) -> tuple[dict, str | None, dict]:
+    """Return (message, finish_reason, usage in tokens) of a chat.completion body; raise
+    MalformedResponse when its shape is wrong."""
+    try:
+        choice = body["choices"][0]
+        msg = choice["message"]
+        message = {"role": msg.get("role") or "assistant", "content": msg.get("content"),
+                   "tool_calls": msg.get("tool_calls") or None}
+        # reasoning text, where the server returns it (vLLM/DeepSeek: reasoning_content;
+        # some servers: reasoning), is kept so graders can read it (docs/design.md §4)
+        reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            message["reasoning_content"] = reasoning
+        usage = body.get("usage") or {}
+        usage = {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                 "completion_tokens": int(usage.get("completion_tokens") or 0)}
+        return message, choice.get("finish_reason"), usage
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        raise MalformedResponse(f"unexpected response shape: {e!r}") from None
+
+
+def _retry_after(headers: httpx.Headers | None) -> float | None:
+    """Seconds the server asked us to wait (retry-after-ms, Retry-After seconds or date)."""
+    if headers is None:
+        return None
+    try:
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return min(max(float(ms) / 1000, 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        pass
+    ra = headers.get("retry-after")
+    if ra is None:
+        return None
+    try:
+        s = float(ra)
+    except ValueError:
+        try:
+            s = email.utils.parsedate_to_datetime(ra).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return min(max(s, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential with equal jitter; with a
+    Retry-After, that plus up to 10% jitter (so waiting clients do not all return at once),
+    but never less than half the exponential delay (a "Retry-After: 0" must not spin)."""
+    d = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+    if retry_after is not None:
+        return max(retry_after * (1 + 0.1 * random.random()), d / 2)
+    return d / 2 + random.uniform(0, d / 2)
+
+
+# ---------------------------------------------------------------------------------------
+# limits
+
+
+class AdaptiveLimiter:
+    """Concurrency limit that adapts like Inspect's: start at ``min(START_CONCURRENCY,
+    maximum)``; +1 after every ``limit`` successes while the endpoint keeps up;
+    x0.8 after a run of 429s (at most once per Retry-After/1 s), and no new sends until
+    Retry-After has passed; a 5xx/timeout pauses growth for ``GROWTH_PAUSE_S`` without
+    shrinking. ``history`` gets a ``(unix time s, limit)`` point at start and every change."""
+
+    def __init__(self, maximum: int, history: list[tuple[float, int]] | None = None):
+        self.maximum = max(1, maximum)
+        self.limit = min(START_CONCURRENCY, self.maximum)
+        self.active = 0
+        self.history = history if history is not None else []
+        self.history.append((time.time(), self.limit))
+        self._cond = asyncio.Condition()
+        self._paused_until = 0.0       # monotonic; Retry-After pause for new sends
+        self._no_growth_until = 0.0
+        self._next_cut = 0.0
+        self._successes = 0
+        self._run_429 = 0
+
+    def _set(self, limit: int) -> None:
+        if limit != self.limit:
+            self.limit = limit
+            self.history.append((time.time(), limit))
+
+    async def acquire(self) -> None:
+        """Wait for a free slot (and for any Retry-After pause to end), then take it."""
+        while True:
+            wait = self._paused_until - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            async with self._cond:
+                await self._cond.wait_for(lambda: self.active < self.limit)
+                if self._paused_until > time.monotonic():
+                    continue  # a 429 arrived while we waited: sleep it out first
+                self.active += 1
+                return
+
+    async def release(self) -> None:
+        """Give a slot back."""
+        async with self._cond:
+            self.active -= 1
+            self._cond.notify_all()
+
+    def on_success(self) -> None:
+        """Record a successful response (may raise the limit by 1)."""
+        self._run_429 = 0
+        self._successes += 1
+        if self._successes >= self.limit and time.monotonic() >= self._no_growth_until:
+            self._successes = 0
+            self._set(min(self.maximum, self.limit + 1))
+
+    def on_rate_limited(self, retry_after: float | None) -> None:
+        """Record a 429; ``retry_after`` in seconds pauses all new sends (may cut the limit)."""
+        now = time.monotonic()
+        self._successes = 0
+        self._paused_until = max(self._paused_until, now + (retry_after or 0.0))
+        self._run_429 += 1
+        if self._run_429 >= RUN_OF_429 and now >= self._next_cut:
+            # one cut per burst: in-flight requests of the same burst all fail together
+            self._run_429 = 0
+            self._next_cut = now + max(retry_after or 0.0, 1.0)
+            self._set(max(1, int(self.limit * DECREASE_FACTOR)))
+
+    def on_server_error(self) -> None:
+        """Record a 5xx / timeout / connection drop / bad body: pause growth, keep the limit."""
+        self._successes = 0
+        self._no_growth_until = time.monotonic() + GROWTH_PAUSE_S
+
+
+class TokenBucket:
+    """A per-minute budget refilled continuously (capacity: one minute's worth)."""
+
+    def __init__(self, per_minute: float):
+        self.capacity = float(per_minute)
+        self.level = float(per_minute)
+        self.rate = per_minute / 60.0  # units per second
+        self._t = time.monotonic()
+
+    async def take(self, amount: float) -> None:
+        """Wait until ``amount`` units (capped at the capacity) are available, then spend them."""
+        amount = min(float(amount), self.capacity)
+        while True:
+            now = time.monotonic()
+            self.level = min(self.capacity, self.level + (now - self._t) * self.rate)
+            self._t = now
+            if self.level >= amount:
+                self.level -= amount
+                return
+            await asyncio.sleep((amount - self.level) / self.rate)
+
+
+def _estimate_tokens(req: ChatRequest) -> int:
+    # ~4 characters per token for the prompt, plus the completion budget if one is set
+    prompt = len(json.dumps(req.messages, ensure_ascii=False)) // 4
+    p = req.params or {}
+    return prompt + int(p.get("max_tokens") or p.get("max_completion_tokens") or 0)
+
+
+class _CacheWriter:
+    """Buffers successful responses and writes them in small transactions."""
+
+    def __init__(self, cache: ResponseCache | None):
+        self.cache, self.rows, self.last = cache, [], time.monotonic()
+
+    def add(self, key: str, body: dict) -> None:
+        self.rows.append((key, body))
+        if len(self.rows) >= FLUSH_EVERY or time.monotonic() - self.last >= FLUSH_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.cache is not None and self.rows:
+            self.cache.put_many(self.rows)
+        self.rows, self.last = [], time.monotonic()
+
+    async def periodic(self) -> None:
+        while True:  # flush a slow trickle of results too
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            self.flush()
+
+
+# ---------------------------------------------------------------------------------------
+# the request loop
+
+
+async def _send(client: openai.AsyncOpenAI, endpoint: Endpoint, req: ChatRequest, limiter: AdaptiveLimiter,
+                buckets: list[tuple[TokenBucket, int]], stats: RunStats) -> tuple[dict | None, str | None, int]:
+    """Send one request with retries. Returns (response body or None, error or None, attempts)."""
+    kwargs = create_kwargs(endpoint, req)
+    attempt = 0
+    while True:
+        attempt += 1
+        for bucket, amount in buckets:
+            await bucket.take(amount)
+        await limiter.acquire()
+        retry_after, retryable = None, True
+        try:
+            # the client's own timeout is per network phase; this bounds the whole call
+            # the raw response: the body is read as JSON once, with no pydantic model in between
+            raw = await asyncio.wait_for(client.chat.completions.with_raw_response.create(**kwargs),
+                                         endpoint.timeout_s)
+            body = _body_of(raw.http_response.json())
+        except openai.APIStatusError as e:
+            status = e.status_code
+            retry_after = _retry_after(e.response.headers if e.response is not None else None)
+            reason = f"http {status}"
+            code = (e.body or {}).get("code") if isinstance(e.body, dict) else None
+            if status == 429 and code != "insufficient_quota":
+                limiter.on_rate_limited(retry_after)
+            elif status >= 500 or status in (408, 409):
+                limiter.on_server_error()
+            else:  # a client error (or exhausted quota) will not go away by retrying
+                retryable = False
+                reason = f"http {status}: {str(e.message)[:300]}"
+        except (openai.APITimeoutError, asyncio.TimeoutError):
+            reason = "timeout"
+            limiter.on_server_error()
+        except openai.APIConnectionError:
+            reason = "connection error"
+            limiter.on_server_error()
+        except (openai.APIResponseValidationError, ValueError):  # JSONDecodeError, MalformedResponse
+            reason = "malformed JSON"
+            limiter.on_server_error()
+        else:
+            limiter.on_success()
+            return body, None, attempt
+        finally:
+            await limiter.release()
+        if not retryable:
+            return None, reason, attempt
+        if attempt > endpoint.max_retries:
+            return None, f"{reason} after {attempt} attempts", attempt
+        stats.retries += 1
+        await asyncio.sleep(_backoff(attempt, retry_after))
+
+
+def _result(req: ChatRequest, key: str, body: dict, *, cached: bool, attempts: int = 0,
+             latency_s: float = 0.0) -> ChatResult:
+    message, finish, usage = parse_body(body)
+    return ChatResult(req.item_id, key, message, finish, usage, None, cached, attempts, latency_s)
+
+
+async def acomplete(endpoint: Endpoint, requests: list[ChatRequest], cache: ResponseCache | None, *,
+                    progress: bool | str = True, client: openai.AsyncOpenAI | None = None,
+                    stats: RunStats | None = None, role: str | None = None) -> list[ChatResult]:
+    """Return one :class:`ChatResult` per request, in the order of ``requests``.
+
+    Cached responses are looked up in one bulk query; only misses are sent (identical
+    requests once). Successes are written to ``cache`` (None: no caching) in batches as
+    they arrive; failures come back with ``error`` set and are not cached. ``progress``:
+    show a tqdm bar (a str is its description). ``client``: an ``openai.AsyncOpenAI`` to use
+    instead of :func:`open_client` (not closed here). ``stats``: a :class:`RunStats` to add
+    counts to (a new one otherwise; either way :func:`last_run_stats` returns it).
+    ``role``: labels the token counts and concurrency history (e.g. "grader")."""
+    global _last_stats
+    stats = stats if stats is not None else RunStats()
+    _last_stats = stats
+    t0 = time.monotonic()
+    label = f"{role}/{endpoint.model}" if role else endpoint.model
+    keys = [request_key(endpoint, r) for r in requests]
+    hits = cache.get_many(keys) if cache is not None and keys else {}
+
+    results: list[ChatResult | None] = [None] * len(requests)
+    todo: dict[str, list[int]] = {}  # key -> indices of the requests that share it
+    for i, (req, key) in enumerate(zip(requests, keys)):
+        if key in hits:
+            try:
+                results[i] = _result(req, key, hits[key], cached=True)
+                continue
+            except MalformedResponse:
+                pass  # an unreadable stored body (e.g. a bad import): fetch again
+        todo.setdefault(key, []).append(i)
+    n_todo = sum(len(v) for v in todo.values())
+    stats.items += len(requests)
+    stats.cached += len(requests) - n_todo
+    if not todo:
+        stats.elapsed_s += time.monotonic() - t0
+        return results  # type: ignore[return-value]
+
+    own_client = client is None
+    client = client or open_client(endpoint)
+    limiter = AdaptiveLimiter(endpoint.max_concurrency, stats.concurrency_history.setdefault(label, []))
+    writer = _CacheWriter(cache)
+    bar = tqdm(total=len(requests), initial=len(requests) - n_todo, unit="req", mininterval=0.5,
+               desc=progress if isinstance(progress, str) else endpoint.model,
+               disable=progress is False or os.environ.get("DEPSIM_PROGRESS") == "0")
+    rpm = TokenBucket(endpoint.rpm) if endpoint.rpm else None
+    tpm = TokenBucket(endpoint.tpm) if endpoint.tpm else None
+
+    def buckets_for(req: ChatRequest) -> list[tuple[TokenBucket, int]]:
+        out = [(rpm, 1)] if rpm else []
+        return out + ([(tpm, _estimate_tokens(req))] if tpm else [])
+
+    work = iter(todo.items())  # shared by the workers; safe, the loop is single-threaded
+
+    fatal: list[str] = []  # an endpoint-wide error (bad key, model, URL) stops further sends
+
+    async def worker() -> None:
+        for key, idxs in work:
+            req = requests[idxs[0]]
+            start = time.monotonic()
+            if fatal:
+                body, error, attempts = None, f"{fatal[0]} (not sent)", 0
+            else:
+                body, error, attempts = await _send(client, endpoint, req, limiter, buckets_for(req), stats)
+                stats.sent += 1
+                if error and error.startswith(ENDPOINT_ERRORS):
+                    fatal.append(error)
+            latency = time.monotonic() - start
+            if body is not None:
+                res = _result(req, key, body, cached=False, attempts=attempts, latency_s=latency)
+                writer.add(key, body)
+                stats.succeeded += 1
+                stats.add_tokens(label, res.usage, endpoint)
+            else:
+                res = ChatResult(req.item_id, key, None, None, None, error, False, attempts, latency)
+                stats.failed += 1
+                stats.errors[error.split(":")[0]] += 1
+            for j in idxs:
+                results[j] = replace(res, item_id=requests[j].item_id)
+            bar.update(len(idxs))
+            bar.set_postfix(failed=stats.failed, limit=limiter.limit, refresh=False)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(min(endpoint.max_concurrency, len(todo)))]
+    flusher = asyncio.ensure_future(writer.periodic())
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in [*tasks, flusher]:
+            t.cancel()
+        await asyncio.gather(*tasks, flusher, return_exceptions=True)
+        writer.flush()  # also on Ctrl-C / errors: keep what was generated
+        bar.close()
+        if own_client:
+            await client.close()
+        stats.elapsed_s += time.monotonic() - t0
+    return results  # type: ignore[return-value]
+
+
+def complete(endpoint: Endpoint, requests: list[ChatRequest], cache: ResponseCache | None, *,
+             progress: bool | str = True, client: openai.AsyncOpenAI | None = None,
+             stats: RunStats | None = None, role: str | None = None) -> list[ChatResult]:
+    """Synchronous :func:`acomplete`: returns one :class:`ChatResult` per request, in order.
+    Works inside a running event loop (Jupyter) by running the coroutine on its own loop in
+    a worker thread; an interrupt there cancels the run, after it has stored what arrived.
+    Do not pass a ``client`` that was used on another event loop."""
+    coro = acomplete(endpoint, requests, cache, progress=progress, client=client, stats=stats, role=role)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    return _run_in_thread(coro)
+
+
+def _run_in_thread(coro) -> Any:
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(coro)
+    out: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: an interrupted join can later return early
+
+    def run() -> None:
+        try:
+            out["result"] = loop.run_until_complete(task)
+        except BaseException as e:  # handed to the caller's thread below
+            out["error"] = e
+        finally:
+            loop.close()
+            done.set()
+
+    threading.Thread(target=run, name="depsim-complete", daemon=True).start()
+    try:
+        while not done.wait(0.1):  # short waits so a notebook interrupt (SIGINT) reaches us
+            pass
+    except KeyboardInterrupt:
+        loop.call_soon_threadsafe(task.cancel)
+        done.wait()  # acomplete's cleanup writes the finished results to the cache
+        raise
+    if "error" in out:
+        raise out["error"]
+    return out["result"]

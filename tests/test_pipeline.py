@@ -1,0 +1,97 @@
+"""Acceptance on the demo release's own parameters: the pipeline recovers the simulated
+truth's direction of change for the large shifts, and the audit surfaces X's novel
+behaviour. Runs the pipeline functions the notebooks call, without kernels."""
+import numpy as np
+import pytest
+
+from depsim import audit, pipeline, stats
+from depsim.params import load_release
+from depsim.sim.truth import world_of
+from depsim.taxonomy import for_release, load_taxonomy
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo release through the pipeline, on the rule-graded categories (the world's
+    truth table covers those; the LLM-graded ones: test_taxonomy.py)."""
+    rel = load_release("params/demo.yaml")
+    rule = [n for n, c in load_taxonomy(rel.resolve(rel.taxonomy)).items() if not c.is_llm]
+    rel = rel.model_copy(update={"categories": rule})
+    reports = tmp_path_factory.mktemp("reports")
+    prefixes = pipeline.run_sample(rel, reports)["prefixes"]
+    completions = pipeline.run_simulate(rel, reports)["completions"]
+    rates = pipeline.run_grade(rel, reports)["rates"]
+    pipeline.run_forecast(rel, reports)
+    scored = pipeline.run_score(rel, reports)["scores"]
+    return rel, prefixes, completions, for_release(rel), rates, scored, reports
+
+
+def test_direction_of_large_true_shifts_is_recovered(demo):
+    rel, *_, scored, _ = demo
+    view = "first" if rel.generation.tool_mode == "stop" else "turn"
+    truth = world_of(rel).truth_table(sorted(scored["category"].unique()), view=view).set_index("category")
+    large = truth[np.maximum(truth["true_change"], 1 / truth["true_change"]) >= 1.5]
+    assert len(large) >= 6
+    sim = scored[scored["method"] == "deployment_sim"].set_index("category")
+    # assert the direction where this sample has the power to show it: the expected counts of
+    # sim and prod_prev differ by at least 2.5 Poisson standard deviations (a sign error is then
+    # rarer than about 1 in 150); with a handful of events noise alone can flip or tie a sign
+    n = sim["n"].iloc[0]
+    e_sim, e_prev = truth["sim"] * n, truth["prev"] * n
+    powered = large[(abs(e_sim - e_prev) >= 2.5 * np.sqrt(e_sim + e_prev)).reindex(large.index)]
+    assert len(powered) >= 5, powered.index.tolist()
+    for cat, t in powered.iterrows():
+        f = sim.loc[cat]
+        assert np.sign(f["rate"] - f["prev_rate"]) == np.sign(t["new"] - t["prev"]), cat
+
+
+def test_rates_intervals_cover_truth_mostly(demo):
+    rel, _, _, _, rates, _, _ = demo
+    world = world_of(rel)
+    # stop mode grades the first assistant message; replay/simulate grade the whole turn
+    sim_view = "first" if rel.generation.tool_mode == "stop" else "turn"
+    views = {"sim": ("sim-x", "Y", "resample", sim_view), "prod_prev": ("sim-y", "Y", "production", "turn"),
+             "prod_new": ("sim-x", "X", "production", "turn"), "sim_self": ("sim-x", "X", "resample", sim_view)}
+    inside = []
+    for _, r in rates[rates["target"].isin(views)].iterrows():
+        model, dep, env, view = views[r["target"]]
+        p = world.true_rate(r["category"], model, dep, env, view)
+        inside.append(r["lo"] <= p <= r["hi"])
+    # 44 nominal-95% intervals: fewer than 38 inside would be a < 0.5% event
+    assert np.mean(inside) >= 38 / 44, np.mean(inside)
+
+
+def test_audit_names_the_novel_behaviour(demo):
+    rel, *_, reports = demo
+    clusters = pipeline.run_audit(rel, reports)["clusters"]
+    novel = clusters[clusters["novel"]]
+    top = novel.loc[(novel["sim_items"] - novel["prod_prev_items"]).idxmax()]
+    assert "system prompt" in top["label"].lower()
+    assert top["prod_prev_items"] == 0 and top["sim_items"] >= 10
+    assert "system prompt" in audit.headline(clusters)
+    # every tracked category the world shows often enough is matched, not called new
+    matched = set(clusters["category"].dropna())
+    assert {"sexual_content", "over_refusal", "fabricated_facts", "promising_background_tasks"} <= matched
+
+
+def test_claimed_error_and_coverage_are_what_the_truth_gives(demo):
+    """The report's forecast error (median SME) and interval coverage for the deployment
+    simulation must be plausible draws of the same measurement made on the world's exact
+    rates: both lie inside the central 99% of 2,000 simulated replications."""
+    rel, _, _, _, rates, scored, _ = demo
+    sim = scored[scored["method"] == "deployment_sim"].set_index("category")
+    view = "first" if rel.generation.tool_mode == "stop" else "turn"  # what the tool mode grades
+    truth = world_of(rel).truth_table(list(sim.index), view=view).set_index("category").loc[sim.index]
+    n_sim, n_new = sim["n"].to_numpy(), sim["n_real"].to_numpy()
+    rng = np.random.default_rng(0)
+    reps = 2000
+    k_sim = rng.binomial(n_sim, truth["sim"].to_numpy(), size=(reps, len(sim)))
+    k_new = rng.binomial(n_new, truth["new"].to_numpy(), size=(reps, len(sim)))
+    f, lo, hi = ((k_sim + 0.5) / (n_sim + 1), *(stats.jeffreys(k_sim.ravel(), np.tile(n_sim, reps))[c].to_numpy()
+                                                   .reshape(reps, -1) for c in ("lo", "hi")))
+    real = (k_new + 0.5) / (n_new + 1)
+    med = np.median(np.maximum(f / real, real / f), axis=1)
+    cov = ((lo <= real) & (real <= hi)).mean(axis=1)
+    claimed_med, claimed_cov = sim["sme"].median(), sim["covered"].mean()
+    assert np.quantile(med, 0.005) <= claimed_med <= np.quantile(med, 0.995), (claimed_med, np.quantile(med, [.005, .995]))
+    assert np.quantile(cov, 0.005) <= claimed_cov <= np.quantile(cov, 0.995), (claimed_cov, np.quantile(cov, [.005, .995]))

@@ -1,0 +1,98 @@
+"""The simulated deployment world: deterministic, drifting traffic, models that differ, and
+exact truth that matches what its own logs show."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from depsim.sim import world as simworld
+from depsim.grade import grade
+from depsim.sim.world import World, WorldConfig
+from depsim.taxonomy import load_taxonomy
+
+# the rule graders (the LLM-graded categories are checked against the truth in test_llm_graders.py)
+TAXONOMY = {n: c for n, c in load_taxonomy("params/taxonomy.yaml").items() if not c.is_llm}
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World(WorldConfig(seed=3, conversations=3000))
+
+
+def test_deterministic_for_a_seed(world):
+    a = world.production_logs("Y", n=200)
+    b = World(WorldConfig(seed=3)).production_logs("Y", n=200)
+    c = World(WorldConfig(seed=4)).production_logs("Y", n=200)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["messages"].equals(c["messages"])
+
+
+def test_traffic_has_intents_turns_pii_and_tool_calls(world):
+    logs = world.production_logs("Y", n=1500)
+    assert len(simworld.INTENTS) >= 12
+    assert set(logs["intent"]) == set(simworld.INTENTS)
+    msgs = logs["messages"].map(json.loads)
+    users = msgs.map(lambda m: sum(x["role"] == "user" for x in m))
+    assert users.max() >= 4 and (users > 1).mean() > 0.3
+    text = " ".join(m["content"] for ms in msgs for m in ms if m["role"] == "user")
+    assert "@" in text and "My name is" in text and "(" in text
+    calls = [tc for ms in msgs for m in ms for tc in m.get("tool_calls") or []]
+    assert calls and all(tc["type"] == "function" and json.loads(tc["function"]["arguments"]) for tc in calls)
+    ids = {tc["id"] for tc in calls}
+    results = [m for ms in msgs for m in ms if m["role"] == "tool"]
+    assert results and all(m["tool_call_id"] in ids for m in results)
+
+
+def test_deployments_drift_and_models_differ(world):
+    assert simworld.MIX["X"] != simworld.MIX["Y"]
+    ups = [c for c, m in simworld.X_MULT.items() if m > 1]
+    downs = [c for c, m in simworld.X_MULT.items() if m < 1]
+    assert ups and downs
+    for c in ups:
+        assert world.true_rate(c, "sim-x", "Y") > world.true_rate(c, "sim-y", "Y")
+    for c in downs:
+        assert world.true_rate(c, "sim-x", "Y") < world.true_rate(c, "sim-y", "Y")
+    assert world.true_rate(simworld.NOVEL, "sim-y", "Y") == 0 < world.true_rate(simworld.NOVEL, "sim-x", "Y")
+
+
+def test_tool_fidelity_separates_environments():
+    lo, hi = World(WorldConfig(tool_fidelity=0.2)), World(WorldConfig(tool_fidelity=0.9))
+    for c in simworld.TOOL_CATEGORIES:
+        prod = lo.true_rate(c, "sim-x", "Y", "production")
+        assert lo.true_rate(c, "sim-x", "Y", "resample") < hi.true_rate(c, "sim-x", "Y", "resample") < prod
+
+
+def test_challenging_set_is_adversarial(world):
+    ch = world.challenging_prompts()
+    assert ch["intent"].isin(simworld.HARM_CATEGORY).mean() > 0.7
+    assert all(simworld.is_framed(json.loads(m)) for m in ch["messages"])
+    prod = world.true_rate("verbalized_eval_awareness", "sim-x", "X")
+    assert world.true_rate("verbalized_eval_awareness", "sim-x", "challenging", "resample") > 5 * prod
+
+
+def test_truth_matches_the_worlds_own_logs(world):
+    """Grade every user turn's logged response with the rule graders: the empirical rate of
+    each category must agree with the exact truth (a 4-sigma binomial band)."""
+    logs = world.production_logs("X")
+    rows = []
+    for cid, raw in zip(logs["conversation_id"], logs["messages"]):
+        msgs = json.loads(raw)
+        for i, m in enumerate(msgs):
+            if m["role"] != "user":
+                continue
+            resp = []
+            for r in msgs[i + 1:]:
+                if r["role"] == "user":
+                    break
+                resp.append(r)
+            rows.append({"item_id": f"{cid}-{i}", "target": "prod_new", "prefix_id": f"{cid}-{i}",
+                         "messages": json.dumps(resp), "error": None, "_prefix": json.dumps(msgs[: i + 1])})
+    comp = pd.DataFrame(rows)
+    prefixes = comp[["prefix_id"]].assign(messages=comp["_prefix"])
+    grades = grade(comp, TAXONOMY, prefixes)
+    emp = grades.groupby("category")["label"].mean()
+    n = len(comp)
+    for c in TAXONOMY:
+        p = world.true_rate(c, "sim-x", "X")
+        assert abs(emp[c] - p) <= 4 * np.sqrt(p * (1 - p) / n) + 1e-4, (c, emp[c], p)
