@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from depsim import history, score
+from depsim.sim.history import simulate_history
 
 
 def test_shipped_history_loads_and_scores():
@@ -16,8 +17,8 @@ def test_shipped_history_loads_and_scores():
 
 
 def test_history_is_reproducible():
-    a = history.simulate_history(releases=2)
-    pd.testing.assert_frame_equal(a, history.simulate_history(releases=2))
+    a = simulate_history(releases=2)
+    pd.testing.assert_frame_equal(a, simulate_history(releases=2))
 
 
 def test_bad_history_row_names_the_line(tmp_path):
@@ -33,7 +34,7 @@ def test_bad_history_row_names_the_line(tmp_path):
 
 
 def test_predictive_intervals_restore_coverage_leave_one_release_out():
-    scored = score.score_rows(history.simulate_history(releases=8, seed=5))
+    scored = score.score_rows(simulate_history(releases=8, seed=5))
     cov = history.loo_coverage(scored).set_index("method")
     # binomial intervals ignore the simulation's own error and under-cover badly; the
     # predictive interval, fitted on the other releases, comes close to nominal

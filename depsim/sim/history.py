@@ -49,7 +49,7 @@ def simulate_history(releases: int = 4, seed: int = 11, n: int = 4000, n_challen
 
 
 def _groups() -> dict[str, tuple[str, bool]]:
-    tax = load_taxonomy(Path(__file__).resolve().parents[1] / "params" / "taxonomy.yaml")
+    tax = load_taxonomy(Path(__file__).resolve().parents[2] / "params" / "taxonomy.yaml")
     return {c: (v.group, v.baseline) for c, v in tax.items()}
 
 
