@@ -117,6 +117,7 @@ import hashlib
 import ipaddress
 import json
 import re
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 __all__ = [
@@ -126,21 +127,26 @@ __all__ = [
     "deidentify_text",
     "deidentify_messages",
     "luhn_valid",
+    "iban_valid",
+    "deidentify_many",
 ]
 
 PII_TYPES: tuple[str, ...] = (
     "url_secret",
     "api_key",
     "email",
+    "iban",
     "credit_card",
+    "national_id",
     "ssn",
+    "date_of_birth",
     "phone",
     "ip",
     "street_address",
     "person_name",
 )
 STRUCTURED_TYPES: tuple[str, ...] = (
-    "email", "phone", "credit_card", "ssn", "ip", "api_key", "url_secret",
+    "email", "phone", "credit_card", "iban", "ssn", "national_id", "ip", "api_key", "url_secret",
 )
 _PRIORITY = {t: len(PII_TYPES) - i for i, t in enumerate(PII_TYPES)}
 
@@ -230,20 +236,28 @@ def _find_emails(text: str) -> Iterable[Span]:
 
 
 _US_PHONE_RE = re.compile(
-    r"(?<![\w+.-])(?:\+?1[ .-]?)?"
+    r"(?<![\w+.-])(?:(?:\+?1|001|011)[ .-]?)?"
     r"(?:\((?P<a1>[2-9]\d{2})\)[ .-]?|(?P<a2>[2-9]\d{2})[ .-])"
     r"(?P<ex>\d{3})[ .-](?P<ln>\d{4})"
     r"(?:[ ]?(?:ext\.?|x|extension)[ ]?\d{1,5})?"
     r"(?![\w-]|\.\d)"
 )
 _INTL_PHONE_RE = re.compile(
-    r"(?<![\w+])\+[1-9]\d{0,2}(?:[ .-]?\(?\d{1,5}\)?){1,6}(?!\d|\.\d)"
+    r"(?<![\w+])\+[1-9]\d{0,2}(?:[ .-]?\(?\d{1,5}\)?){1,6}(?:[ ]?(?:ext\.?|x)[ ]?\d{1,5})?(?!\d|\.\d)"
 )
-_CUE_PHONE_RE = re.compile(
-    r"(?i)\b(?:phone|tel|telephone|mobile|cell|cellphone|call(?:\s+me)?|text(?:\s+me)?|"
-    r"whatsapp|fax|sms|reach\s+me|contact\s+number)\b"
-    r"(?:\s+(?:number|no\.?|#))?(?:\s+(?:at|on|is))?\s*[:#]?\s*"
-    r"(?P<num>\+?\d{10,12})(?![\w-]|\.\d)"
+# national numbers with a trunk 0 (UK, DE, FR, IN, ...): "07700 900456", "(0113) 496 0244",
+# "030 12345678", "01 55 66 90 74", "0690743915"
+_NAT_PHONE_RE = re.compile(
+    r"(?<![\w+.,/-])(?:\(0\d{1,5}\)[ \t]?|0\d{1,5}(?:[ \t./-]|(?=\d)))"
+    r"\d{1,8}(?:[ \t./-]\d{2,8}){0,3}(?![\w-]|[.,/]\d)"
+)
+# Indian mobiles without the trunk 0: "98765 43210"
+_IN_MOBILE_RE = re.compile(r"(?<![\w+.-])[6-9]\d{4}[ -]\d{5}(?![\w-]|\.\d)")
+# any 9-13 digit number shaped like a phone; taken only near a phone cue word
+_CUE_NUM_RE = re.compile(r"(?<![\w+.,/-])\+?\(?\d[\d \t().-]{6,18}\d(?:[ ]?(?:ext\.?|x)[ ]?\d{1,5})?(?![\w-]|[.,]\d)")
+_PHONE_CUE_RE = re.compile(
+    r"(?i)\b(?:phone|tel|telephone|mobile|cell|cellphone|call(?:\s+me)?|text(?:\s+me)?|whatsapp|fax|sms|"
+    r"reach(?:\s+me)?|contact|number|ring|dial|landline|handy|t[ée]l[ée]phone|portable|hotline|helpline)\b"
 )
 
 
@@ -252,35 +266,79 @@ def _is_fiction_phone(digits: str) -> bool:
     return len(digits) >= 7 and digits[-7:-4] == "555" and digits[-4:-2] == "01"
 
 
-def _find_phones(text: str) -> Iterable[Span]:
-    for m in _US_PHONE_RE.finditer(text):
+def _isbn10_like(s: str) -> bool:
+    parts = s.split("-")
+    d = _digits(s)
+    if len(parts) != 4 or len(d) != 10:
+        return False
+    return sum((10 - i) * int(c) for i, c in enumerate(d)) % 11 == 0
+
+
+def _phone_shape_ok(s: str, min_digits: int, max_digits: int) -> bool:
+    d = _digits(s)
+    if not min_digits <= len(d) <= max_digits or len(set(d)) <= 2:
+        return False
+    seps = set(re.findall(r"[ \t./-]", s))
+    if "." in seps:  # dotted only in the French pair layout ("06.12.34.56.78")
+        groups = re.split(r"[.]", s)
+        if len(seps) > 1 or not all(len(g) == 2 for g in groups[1:]):
+            return False
+    if "/" in s and s.count("/") > 1:
+        return False
+    return not _isbn10_like(s)
+
+
+def _find_phones(text: str, wins, cue_wins) -> Iterable[Span]:
+    for m in _iter(_US_PHONE_RE, text, wins):
         if _preceded_by_id_cue(text, m.start()):
             continue
         if _is_fiction_phone(m.group("ex") + m.group("ln")):
             continue
         yield m.start(), m.end(), "phone"
-    for m in _INTL_PHONE_RE.finditer(text):
+    for m in _iter(_INTL_PHONE_RE, text, wins):
         s = m.group(0).rstrip(" .-(")
         d = _digits(s)
-        if not 8 <= len(d) <= 15:
+        if not 8 <= len(d) <= 17:
             continue
         if d.startswith("1") and _is_fiction_phone(d):
             continue
         if _preceded_by_id_cue(text, m.start()):
             continue
         yield m.start(), m.start() + len(s), "phone"
-    for m in _CUE_PHONE_RE.finditer(text):
-        d = _digits(m.group("num"))
-        if _is_fiction_phone(d):
+    for m in _iter(_NAT_PHONE_RE, text, wins):
+        s = m.group(0)
+        if not _phone_shape_ok(s, 9, 12) or _preceded_by_id_cue(text, m.start()):
             continue
-        yield m.start("num"), m.end("num"), "phone"
+        if _VERSION_CUE.search(text, max(0, m.start() - 12), m.start()):
+            continue
+        yield m.start(), m.end(), "phone"
+    for m in _iter(_IN_MOBILE_RE, text, wins):
+        if not _preceded_by_id_cue(text, m.start()):
+            yield m.start(), m.end(), "phone"
+    if cue_wins is None or cue_wins:
+        # bare numbers ("3434820615") only near a cue word ("call", "number", "mobile")
+        for m in _iter(_CUE_NUM_RE, text, cue_wins):
+            s = m.group(0).rstrip(" .-(")
+            if not _phone_shape_ok(re.sub(r"(?i)[ ]?(?:ext\.?|x)[ ]?\d+$", "", s), 9, 13):
+                continue
+            if _is_fiction_phone(_digits(s)) or _preceded_by_id_cue(text, m.start()):
+                continue
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}.*", s):  # ISO dates
+                continue
+            if not _PHONE_CUE_RE.search(text, max(0, m.start() - 40), min(len(text), m.end() + 40)):
+                continue
+            yield m.start(), m.start() + len(s), "phone"
 
 
 _CARD_NOT_CUE = re.compile(
     r"(?i)\b(?:imei|meid|iccid|tracking|invoice|isbn|serial|ticket|ref|reference|"
     r"order|confirmation|booking)\b\s*(?:no\.?|num(?:ber)?|#|id|code)?\s*[:#.]?\s*$"
 )
-_CC_RE = re.compile(r"(?<![\w.-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![\d])")
+_CC_RE = re.compile(r"(?<![\w.-])[1-6]\d{3}(?:[ -]?\d){8,15}(?![\d])")
+_CARD_CUE_RE = re.compile(
+    r"(?i)\b(?:card|visa|master\s?card|maestro|amex|american\s+express|discover|jcb|diners|debit|credit|"
+    r"cc#?|paid|pay|payment|charged?|declined|expiry|exp|cvv|cvc|luhn)\b"
+)
 
 
 def _cc_grouping_ok(s: str) -> bool:
@@ -289,7 +347,7 @@ def _cc_grouping_ok(s: str) -> bool:
         return False
     groups = [len(g) for g in re.split(r"[ -]", s)]
     n = sum(groups)
-    if not 13 <= n <= 19:
+    if not 12 <= n <= 19:
         return False
     if len(groups) == 1:
         return True
@@ -298,14 +356,33 @@ def _cc_grouping_ok(s: str) -> bool:
     return all(g == 4 for g in groups[:-1]) and 1 <= groups[-1] <= 4
 
 
-def _find_cards(text: str) -> Iterable[Span]:
-    for m in _CC_RE.finditer(text):
+def _card_layout_ok(d: str) -> bool:
+    """Issuer prefix and length of a card number (ISO/IEC 7812 ranges of the major networks)."""
+    n = len(d)
+    if n == 13:
+        return d[0] == "4"
+    if n == 14:
+        return d[:2] in ("30", "36", "38", "39")
+    if n == 15:
+        return d[:2] in ("34", "37") or d[:4] in ("1800", "2131")
+    if n == 16:
+        return d[0] in "23456"
+    if n == 19:
+        return d[0] in "456" or d[:2] == "62"
+    return False
+
+
+def _find_cards(text: str, wins) -> Iterable[Span]:
+    for m in _iter(_CC_RE, text, wins):
         s = m.group(0)
         if not _cc_grouping_ok(s) or not luhn_valid(s):
             continue
         d = _digits(s)
-        if len(d) == 13 and d[0] != "4":
-            continue
+        if not _card_layout_ok(d):
+            # Maestro/UnionPay lengths 12-19 (50, 56-69): only next to a card cue
+            maestro = d[:2] == "50" or "56" <= d[:2] <= "69"
+            if not (maestro and _CARD_CUE_RE.search(text, max(0, m.start() - 40), min(len(text), m.end() + 40))):
+                continue
         if len(set(d)) == 1:
             continue
         # IMEIs (15 digits, Luhn) and tracking/reference numbers are not cards
@@ -333,12 +410,12 @@ def _ssn_valid(d: str) -> bool:
     )
 
 
-def _find_ssns(text: str) -> Iterable[Span]:
-    for m in _SSN_RE.finditer(text):
+def _find_ssns(text: str, wins) -> Iterable[Span]:
+    for m in _iter(_SSN_RE, text, wins):
         if _preceded_by_id_cue(text, m.start()):
             continue
         yield m.start(), m.end(), "ssn"
-    for m in _CUE_SSN_RE.finditer(text):
+    for m in _iter(_CUE_SSN_RE, text, wins):
         if _ssn_valid(_digits(m.group("num"))):
             yield m.start("num"), m.end("num"), "ssn"
 
@@ -352,7 +429,7 @@ _IPV6_RE = re.compile(
 _VERSION_CUE = re.compile(
     r"(?i)(?:\bversion|\bver\.?|\brelease|\bbuild|\bfirmware|\bv|\bpython|\bnode|"
     r"\bjava|\bsdk|\bapi|\bsection|\bsec\.|\bchapter|\bclause|\brule|\bstep|\btable|"
-    r"\bfigure|\bfig\.|\bitem|\boid|§)\s*$"
+    r"\bfigure|\bfig\.|\bitem|\boid|§|\brv:|[A-Za-z]/)\s*$"
 )
 _DOC_NETS = [
     ipaddress.ip_network(n)
@@ -370,8 +447,8 @@ def _ip_is_reserved(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
     return False
 
 
-def _find_ips(text: str) -> Iterable[Span]:
-    for m in _IPV4_RE.finditer(text):
+def _find_ips(text: str, wins) -> Iterable[Span]:
+    for m in _iter(_IPV4_RE, text, wins):
         if _VERSION_CUE.search(text[max(0, m.start() - 12):m.start()]):
             continue
         addr = ipaddress.ip_address(m.group(0))
@@ -381,6 +458,9 @@ def _find_ips(text: str) -> Iterable[Span]:
         if m.group(0).endswith(".0") and re.match(r"/\d", text[m.end():m.end() + 2]):
             continue
         yield m.start(), m.end(), "ip"
+
+
+def _find_ipv6(text: str) -> Iterable[Span]:
     for m in _IPV6_RE.finditer(text):
         s = m.group(0)
         core = s.split("%", 1)[0]
@@ -530,56 +610,221 @@ def _looks_secret(val: str) -> bool:
     return len(val) >= 16 or sum(c.isdigit() for c in val) >= 3
 
 
-def _find_api_keys(text: str) -> Iterable[Span]:
-    for m in _API_KEY_RE.finditer(text):
-        # real keys are random: digits or mixed case ("sk-some-long-hyphenated-name" is not a key)
-        body = m.group(0)[4:]
-        if not any(c.isdigit() for c in body) and (body.islower() or body.isupper()):
+_LONG_TOKEN_RE = re.compile(r"[A-Za-z0-9_\-]{20,}")
+_HASH_CUE_RE = re.compile(r"(?i)\b(?:commit|sha\d*|hash|md5|checksum|digest|revision|rev|etag|uuid|guid|build|id)\b")
+_SECRET_WORD_RE = re.compile(r"(?i)(?:key|token|secret|password|passwd|credential|bearer|auth)")
+
+
+def _class_changes(tok: str) -> int:
+    cls = ["d" if c.isdigit() else "u" if c.isupper() else "l" if c.islower() else "o" for c in tok]
+    return sum(1 for a, b in zip(cls, cls[1:]) if a != b)
+
+
+def _random_token_spans(text: str) -> Iterable[Span]:
+    """Standalone random-looking tokens: mixed case and digits that switch class often, or (near a
+    secret word) any mixed token or a long hex string that no hash/commit cue explains."""
+    n = len(text)
+    for m in _LONG_TOKEN_RE.finditer(text):
+        s, e = m.span()
+        tok = m.group(0)
+        if len(tok) > 64 or (s and text[s - 1] in "/.=+@:%&?#\\$") or (e < n and text[e] in "/.@=+("):
             continue
-        yield m.start(), m.end(), "api_key"
-    for m in _PRIVATE_KEY_RE.finditer(text):
-        yield m.start(), m.end(), "api_key"
-    for m in _ASSIGN_KEY_RE.finditer(text):
-        if _is_secret_name(m.group("name")) and _looks_secret(m.group("val")):
-            yield m.start("val"), m.end("val"), "api_key"
-    for m in _BEARER_RE.finditer(text):
-        if _looks_secret(m.group("val")):
-            yield m.start("val"), m.end("val"), "api_key"
-    for m in _PASSWORD_RE.finditer(text):
-        val = m.group("val").rstrip(".!?)")
-        if len(val) < 6 or _CODEISH.search(val):
-            continue
-        # identifiers (password_mgr, user_pass, self.passwd) are code, not secrets
-        if re.fullmatch(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*", val) and (
-            "_" in val or "." in val or not any(c.isdigit() for c in val)
-        ):
-            continue
-        if not re.search(r"[\d\W_]", val):  # plain words ("password: incorrect")
-            continue
-        yield m.start("val"), m.start("val") + len(val), "api_key"
+        up = sum(c.isupper() for c in tok)
+        lo = sum(c.islower() for c in tok)
+        dg = sum(c.isdigit() for c in tok)
+        ctx = text[max(0, s - 40):min(n, e + 30)]
+        if up and lo and dg and "_" not in tok.strip("_") and _class_changes(tok) >= 0.45 * len(tok):
+            yield s, e, "api_key"
+        elif _SECRET_WORD_RE.search(ctx) and not _HASH_CUE_RE.search(text[max(0, s - 24):s]):
+            hexy = all(c in "0123456789abcdefABCDEF" for c in tok)
+            if (hexy and len(tok) >= 32 and dg >= 4) or (up and lo and dg and _class_changes(tok) >= 0.3 * len(tok)):
+                yield s, e, "api_key"
+
+
+def _find_api_keys(text: str, low: str | None, kw) -> Iterable[Span]:
+    if any(p in text for p in _API_PREFIXES):
+        for m in _API_KEY_RE.finditer(text):
+            # real keys are random: digits or mixed case ("sk-some-long-hyphenated-name" is not a key)
+            body = m.group(0)[4:]
+            if not any(c.isdigit() for c in body) and (body.islower() or body.isupper()):
+                continue
+            yield m.start(), m.end(), "api_key"
+    if "PRIVATE KEY" in text:
+        for m in _PRIVATE_KEY_RE.finditer(text):
+            yield m.start(), m.end(), "api_key"
+    wins = kw(_SECRET_WORDS, 48, 1100)
+    if wins != []:
+        for m in _iter(_ASSIGN_KEY_RE, text, wins):
+            if _is_secret_name(m.group("name")) and _looks_secret(m.group("val")):
+                yield m.start("val"), m.end("val"), "api_key"
+        for m in _iter(_BEARER_RE, text, wins):
+            if _looks_secret(m.group("val")):
+                yield m.start("val"), m.end("val"), "api_key"
+        for m in _iter(_PASSWORD_RE, text, wins):
+            val = m.group("val").rstrip(".!?)")
+            if len(val) < 6 or _CODEISH.search(val):
+                continue
+            # identifiers (password_mgr, user_pass, self.passwd) are code, not secrets
+            if re.fullmatch(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*", val) and (
+                "_" in val or "." in val or not any(c.isdigit() for c in val)
+            ):
+                continue
+            if not re.search(r"[\d\W_]", val):  # plain words ("password: incorrect")
+                continue
+            yield m.start("val"), m.start("val") + len(val), "api_key"
+    yield from _random_token_spans(text)
 
 
 # --------------------------------------------------------------------------
-# street addresses
+# IBAN, national IDs, passports, dates of birth
 # --------------------------------------------------------------------------
 
+_IBAN_RE = re.compile(
+    r"(?<![A-Za-z0-9])(?P<cc>[A-Z]{2})(?P<ck>\d{2})(?P<body>(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?)(?![A-Za-z0-9])"
+)
+
+
+def iban_valid(iban: str) -> bool:
+    """ISO 13616 check: 15-34 characters and the mod-97 remainder of the rearranged number is 1."""
+    s = re.sub(r"\s", "", iban).upper()
+    if not 15 <= len(s) <= 34 or not re.fullmatch(r"[A-Z]{2}\d{2}[A-Z0-9]+", s):
+        return False
+    n = "".join(str(int(c, 36)) for c in s[4:] + s[:4])
+    return int(n) % 97 == 1
+
+
+def _find_ibans(text: str, wins) -> Iterable[Span]:
+    for m in _iter(_IBAN_RE, text, wins):
+        if iban_valid(m.group(0)):
+            yield m.start(), m.end(), "iban"
+
+
+# cue words that make a nearby number an identity document number
+_ID_CUE_RE = re.compile(
+    r"(?i)\b(?:passport|reisepass|passeport|pass-?nr|national\s+insurance|ni\s+(?:number|no)|nino|"
+    r"aadhaa?r|adhaar|uidai|rentenversicherungs(?:nummer)?|rvnr|sozialversicherungs(?:nummer)?|"
+    r"sv-?nummer|steuer-?id|steueridentifikationsnummer|identifikationsnummer|personalausweis|"
+    r"ausweis(?:nummer)?|carte\s+(?:vitale|d['’]identit[ée])|s[ée]curit[ée]\s+sociale|s[ée]cu|insee|"
+    r"nir|id\s+card|identity\s+card|national\s+id|driver['’]?s?\s+licen[cs]e|pan\s+(?:card|number|no)|"
+    r"social\s+security|tax\s+id)\b"
+)
+# a passport/ID number right after its cue: "passport no. X12345678", "Passport: 123456789"
+_ID_AFTER_CUE_RE = re.compile(
+    r"(?i)\b(?:passport|reisepass|passeport|personalausweis|ausweis|id\s+card|identity\s+card|"
+    r"national\s+id|driver['’]?s?\s+licen[cs]e)(?:\s+(?:number|num|no\.?|nr\.?|#|id))?"
+    r"(?:\s+(?:is|was|=))?\s*[:#(\-]?\s*(?P<num>(?=[A-Z0-9]*\d[A-Z0-9]*\d)[A-Z0-9]{6,12}|"
+    r"[A-Z]{1,2}\d{6,9})(?![\w-])"
+)
+_NINO_RE = re.compile(
+    r"(?<![A-Za-z0-9])(?P<p>[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]) ?\d{2} ?\d{2} ?\d{2} ?(?P<s>[A-Z])(?![A-Za-z0-9])"
+)
+_NIR_RE = re.compile(
+    r"(?<![\w-])[12] ?\d{2} ?(?:0[1-9]|1[0-2]|[2-9]\d) ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}(?![\w-])"
+)
+_AADHAAR_RE = re.compile(r"(?<![\w-])[2-9]\d{3}([ -]?)\d{4}\1\d{4}(?![\w-])")
+_RVNR_RE = re.compile(r"(?<![\w-])\d{2} ?(?:0[1-9]|[12]\d|3[01])(?:0[1-9]|1[0-2])\d{2} ?[A-Z] ?\d{3}(?![\w-])")
+_PAN_RE = re.compile(r"(?<![A-Za-z0-9])[A-Z]{3}[ABCFGHLJPT][A-Z]\d{4}[A-Z](?![A-Za-z0-9])")
+_STEUER_ID_RE = re.compile(
+    r"(?i)\b(?:steuer-?id|steueridentifikationsnummer|identifikationsnummer|tax\s+id)\b[^\d\n]{0,12}"
+    r"(?P<num>\d{2} ?\d{3} ?\d{3} ?\d{3})(?!\d)"
+)
+
+
+def _nir_valid(s: str) -> bool:
+    d = s.replace(" ", "")
+    if len(d) != 15:
+        return False
+    body = d[:13].replace("2A", "19").replace("2B", "18")
+    return body.isdigit() and 97 - int(body) % 97 == int(d[13:])
+
+
+def _cue_near(text: str, start: int, end: int, before: int = 40, after: int = 30) -> bool:
+    return bool(_ID_CUE_RE.search(text, max(0, start - before), min(len(text), end + after)))
+
+
+def _find_national_ids(text: str, wins) -> Iterable[Span]:
+    for m in _iter(_NINO_RE, text, wins):
+        # suffix A-D is the real range; other suffixes (and the unused ZZ prefix) only with a cue
+        if m.group("s") in "ABCD" and m.group("p") not in ("ZZ",) or _cue_near(text, m.start(), m.end()):
+            yield m.start(), m.end(), "national_id"
+    for m in _iter(_NIR_RE, text, wins):
+        if _nir_valid(m.group(0)):
+            yield m.start(), m.end(), "national_id"
+    for m in _iter(_RVNR_RE, text, wins):
+        yield m.start(), m.end(), "national_id"
+    for m in _iter(_PAN_RE, text, wins):
+        yield m.start(), m.end(), "national_id"
+    for m in _iter(_AADHAAR_RE, text, wins):
+        # Aadhaar numbers carry a Verhoeff digit, but a cue is required either way (12 digits alone
+        # are too common); Faker's numbers fail the Verhoeff check, so it is not used
+        if _cue_near(text, m.start(), m.end()):
+            yield m.start(), m.end(), "national_id"
+
+
+def _find_id_after_cue(text: str, wins) -> Iterable[Span]:
+    for m in _iter(_ID_AFTER_CUE_RE, text, wins):
+        yield m.start("num"), m.end("num"), "national_id"
+    for m in _iter(_STEUER_ID_RE, text, wins):
+        yield m.start("num"), m.end("num"), "national_id"
+
+
+_MONTH_WORDS = (
+    r"(?:jan(?:uary|uar|vier)?|feb(?:ruary|ruar)?|f[ée]v(?:rier)?|mar(?:ch|s)?|m[äa]rz|apr(?:il)?|avr(?:il)?|"
+    r"may|mai|jun[ei]?|juin|jul[yi]?|juil(?:let)?|aug(?:ust)?|ao[uû]t|sep(?:t(?:ember)?)?|sept(?:embre)?|"
+    r"oct(?:ober|obre)?|okt(?:ober)?|nov(?:ember|embre)?|dec(?:ember)?|d[ée]c(?:embre)?|dez(?:ember)?)\.?"
+)
+_DATE = (
+    r"(?:\d{4}[./-]\d{1,2}[./-]\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|"
+    r"\d{1,2}(?:st|nd|rd|th|er)?\.?\s+(?:of\s+)?" + _MONTH_WORDS + r",?\s+\d{4}|"
+    + _MONTH_WORDS + r"\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{4})"
+)
+_DOB_RE = re.compile(
+    r"(?i)(?:\bborn(?:\s+on)?|\bdate\s+of\s+birth|\bbirth\s*date|\bbirthday(?:\s+is)?|\bd\.o\.b\.?|\bdob|"
+    r"\bgeburtsdatum|\bgeboren(?:\s+am)?|\bgeb\.|\bn[ée]e?\s+le|\bdate\s+de\s+naissance)"
+    r"(?:\s+(?:is|was|:))?\s*[:=\-–]?\s*(?P<date>" + _DATE + r")(?![\w])"
+)
+
+
+def _find_dobs(text: str, wins) -> Iterable[Span]:
+    for m in _iter(_DOB_RE, text, wins):
+        yield m.start("date"), m.end("date"), "date_of_birth"
+
+
+# --------------------------------------------------------------------------
+# street addresses (US, UK, German, French, Indian layouts)
+# --------------------------------------------------------------------------
+
+# USPS Publication 28 street suffixes (plus common UK/Indian ones)
 _STREET_SUFFIXES = (
-    "Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|"
-    "Way|Terrace|Ter|Parkway|Pkwy|Circle|Cir|Highway|Hwy|Square|Sq|Trail|Trl|Alley|"
-    "Loop|Plaza|Row|Crescent|Cres|Close|Pike|Turnpike|Expressway|Path|Walk|Run|"
-    "Crossing|Xing|Heights|Hts|Ridge|Point|Pt"
+    "Street|St|Streets|Avenue|Ave|Av|Road|Rd|Roads|Boulevard|Blvd|Lane|Ln|Drive|Dr|Drives|Court|Ct|Courts|"
+    "Place|Pl|Way|Ways|Terrace|Ter|Parkway|Pkwy|Parkways|Circle|Cir|Circles|Highway|Hwy|Square|Sq|Squares|"
+    "Trail|Trl|Alley|Aly|Loop|Plaza|Plz|Row|Crescent|Cres|Close|Pike|Turnpike|Tpke|Expressway|Expy|Path|"
+    "Walk|Walks|Run|Crossing|Xing|Heights|Hts|Ridge|Ridges|Point|Points|Pt|Branch|Bridge|Brook|Brooks|"
+    "Burg|Burgs|Bypass|Camp|Canyon|Cape|Causeway|Center|Centers|Cliff|Cliffs|Club|Common|Commons|Corner|"
+    "Corners|Course|Cove|Coves|Creek|Crest|Crossroad|Curve|Dale|Dam|Divide|Estate|Estates|Extension|"
+    "Extensions|Fall|Falls|Ferry|Field|Fields|Flat|Flats|Ford|Fords|Forest|Forge|Forges|Fork|Forks|Fort|"
+    "Freeway|Garden|Gardens|Gateway|Glen|Glens|Green|Greens|Grove|Groves|Harbor|Harbors|Haven|Hill|Hills|"
+    "Hollow|Inlet|Island|Islands|Isle|Junction|Junctions|Key|Keys|Knoll|Knolls|Lake|Lakes|Land|Landing|"
+    "Light|Lights|Loaf|Lock|Locks|Lodge|Mall|Manor|Manors|Meadow|Meadows|Mews|Mill|Mills|Mission|Motorway|"
+    "Mount|Mountain|Mountains|Neck|Orchard|Oval|Overpass|Park|Parks|Pass|Passage|Pine|Pines|Plain|Plains|"
+    "Port|Ports|Prairie|Radial|Ramp|Ranch|Rapid|Rapids|Rest|River|Route|Shoal|Shoals|Shore|Shores|Skyway|"
+    "Spring|Springs|Spur|Spurs|Station|Stravenue|Stream|Summit|Throughway|Trace|Track|Trafficway|Trailer|"
+    "Tunnel|Underpass|Union|Unions|Valley|Valleys|Via|Viaduct|View|Views|Village|Villages|Ville|Vista|Wall|"
+    "Well|Wells|Gate|Gardens|Grange|Rise|Vale|Wharf|Yard|Hollow|Chase|Drove|Fold|Nagar|Marg|Chowk|Ganj|"
+    "Colony|Zila|Layout|Bazaar|Bazar|Gali|Puram|Pet|Peth|Sector|Enclave|Vihar|Cross"
 )
 _STATES = (
     "AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|"
-    "NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR"
+    "NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|AA|AE|AP"
 )
+_UNIT = r"(?:Apt|Apartment|Suite|Ste|Unit|Fl|Floor|Rm|Room|Bldg|Building|Flat|Studio|#)\.?[ \t]*#?[ \t]*[A-Za-z0-9-]{1,6}\b"
 _ADDR_RE = re.compile(
-    r"(?<![\w#.,-])(?P<num>\d{1,6}(?:-\d{1,4})?[A-Z]?)[ \t]+"
+    r"(?<![\w#.,-])(?P<num>\d{1,6}(?:[-/]\d{1,4})?[A-Z]?)[ \t]+"
     r"(?P<name>(?:(?:N|S|E|W|NE|NW|SE|SW)\.?[ \t]+|(?:North|South|East|West)[ \t]+)?"
     r"(?:(?:[A-Z][a-z'’]+|\d{1,3}(?:st|nd|rd|th)|[A-Z]{1,2})\.?[ \t]+){1,3})"
-    r"(?P<suffix>(?:" + _STREET_SUFFIXES + r")\b\.?)"
+    r"(?P<suffix>(?i:" + _STREET_SUFFIXES + r")\b\.?)"
     r"(?P<dir>[ \t]+(?:N|S|E|W|NE|NW|SE|SW)\b\.?)?"
-    r"(?P<unit>,?[ \t]*(?:Apt|Apartment|Suite|Ste|Unit|Fl|Floor|Rm|Room|Bldg|Building|#)\.?[ \t]*#?[ \t]*[A-Za-z0-9-]{1,6}\b)?"
+    r"(?P<unit>,?[ \t]*" + _UNIT + r")?"
     r"(?:(?P<city>,[ \t]*[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+){0,2}),[ \t]*(?P<state>" + _STATES
     + r")\b(?P<zip>[ \t]+\d{5}(?:-\d{4})?)?)?"
 )
@@ -588,16 +833,53 @@ _ADDR_NAME_STOP = {
     "My", "Our", "Your", "His", "Her", "Their", "Its", "This", "That", "These", "Those",
     "Top", "Best", "Easy", "Simple", "Ways", "Tips", "Steps", "Reasons", "Things",
     "Days", "Hours", "Minutes", "Weeks", "Months", "Years", "Times", "Star", "Stars",
-    "Points", "People", "Users", "Items", "Pages", "More", "Less", "New", "Old",
+    "Points", "People", "Users", "Items", "Pages", "More", "Less", "New", "Old", "Key",
+    "Main", "Big", "Small", "Great", "Good", "Bad", "First", "Last", "Next", "Free",
 }
-
-
 # lower-case addresses ("i live at 55 water st apt 4") are accepted only after a cue
 _ADDR_RE_I = re.compile(_ADDR_RE.pattern, re.IGNORECASE)
 _ADDR_CUE_RE = re.compile(
     r"(?i)\b(?:address(?:\s+is)?|live\s+at|lives\s+at|living\s+at|ship(?:ped)?\s+(?:it\s+)?to|"
     r"deliver(?:ed)?\s+(?:it\s+)?to|located\s+at|send\s+(?:it\s+)?to|mail\s+(?:it\s+)?to|"
     r"moved\s+to|stay(?:ing)?\s+at|reside\s+at)\s*[:\-]?\s*"
+)
+# German street + number: "Hauptstraße 5", "Anne-Kathrin-Kreusel-Ring 10-57", "Am Markt 3a"
+_DE_STREET_RE = re.compile(
+    r"(?<![\w-])(?P<street>(?:[A-ZÄÖÜ][\wäöüß.'-]*[ -])*?[A-ZÄÖÜ]?[\wäöüß'-]*?"
+    r"(?:stra(?:ss|ß)e|str\.|weg|gasse|allee|platz|ring|damm|ufer|chaussee|steig|pfad|markt|graben|"
+    r"kamp|wall|berg|hof|zeile|promenade|anger|gang|tor|brücke|feld|garten|park|siedlung|stieg|"
+    r"Straße|Strasse|Weg|Gasse|Allee|Platz|Ring|Damm|Ufer|Chaussee|Steig|Pfad|Markt|Graben))"
+    r"[ \t]+(?P<num>\d{1,4}[a-z]?(?:[ \t]*[-/][ \t]*\d{1,4}[a-z]?)?)(?![\w])"
+)
+# French: "61, boulevard de Briand", "8 rue de la Paix", "22, avenue Susan Allard"
+_FR_STREET_RE = re.compile(
+    r"(?<![\w-])\d{1,4}(?:[ \t]?(?:bis|ter|[A-D]))?,?[ \t]+(?i:rue|avenue|av\.|boulevard|bd|chemin|place|"
+    r"all[ée]e|impasse|route|quai|cours|passage|square|voie|rond-point|faubourg|sentier|cit[ée]|"
+    r"r[ée]sidence|lotissement|hameau)[ \t]+(?:(?:de|du|des|d['’]|la|le|les|l['’]|aux?|sur|en|"
+    r"[A-ZÀ-ÖØ-Þ][\wà-öø-ÿ'’-]*)[ \t]*){1,5}"
+)
+# unit / house-number lines that start an address: "Flat 17", "Studio 36U", "H.No. 70", "69/07"
+_UNIT_LINE_RE = re.compile(
+    r"(?<![\w])(?:(?:Flat|Studio|Apartment|Apt\.?|Suite|Unit|Room|House|H\.[ \t]?No\.?|Plot(?:[ \t]No\.?)?|"
+    r"Door(?:[ \t]No\.?)?)[ \t]*\d{1,5}[A-Za-z]?(?:[ \t]+Box[ \t]+\d{1,5})?|PSC[ \t]+\d{3,5},?[ \t]+Box[ \t]+\d{1,5}|"
+    r"USN[SV]?[ \t]+[A-Z][a-z]+|USCGC[ \t]+[A-Z][a-z]+|\d{1,4}/\d{1,4}|\d{1,4}(?=,[ \t]+[A-Z]))(?![\w/])"
+)
+# postcode lines: UK postcode, US "City, ST 12345", "DPO AA 60680", DE/FR "12345 City", IN "City-123456"
+_UK_POSTCODE = r"(?:[A-Z]{1,2}\d[A-Z\d]?[ \t]?\d[A-Z]{2})"
+_POSTCODE_RE = re.compile(
+    r"(?<![\w-])(?:"
+    r"(?P<uk>(?:[A-Z][\w'’.-]*(?:[ \t]+[A-Z][\w'’.-]*){0,3}[ \t]*,?[ \t]+)?" + _UK_POSTCODE + r")"
+    r"|(?P<us>(?:[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+){0,3},[ \t]*|[ADF]PO[ \t]+)(?:" + _STATES + r")[ \t]+\d{5}(?:-\d{4})?)"
+    r"|(?P<eu>\d{5}[ \t]+[A-ZÀ-ÖØ-Þ][\wà-öø-ÿäöüß'’.-]*(?:[ \t-]+(?:[A-ZÀ-ÖØ-Þ]|sur|l[ae]s?|de|am|an|im|bei|in)[\wà-öø-ÿäöüß'’.-]*){0,3})"
+    r"|(?P<in>[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+){0,2}[ \t]*[-–,]?[ \t]*[1-9]\d{5})"
+    r")(?![\w-])"
+)
+# a town or locality line between two address parts ("West Glen", "Bassi Chowk")
+_TOWN_LINE_RE = re.compile(r"[A-Z][\w'’.-]*(?:[ \t]+(?:[A-Z][\w'’.-]*|upon|on|de|la|le|sur))*")
+# a street line whose suffix is lower case (en_GB style "Buckley skyway") or that has no number
+_STREET_WORD_RE = re.compile(
+    r"(?<![\w])(?:\d{1,5}[A-Za-z]?[ \t]+)?[A-Z][\w'’-]+(?:[ \t]+[A-Z][\w'’-]+)?[ \t]+(?i:" + _STREET_SUFFIXES
+    + r")\b\.?"
 )
 
 
@@ -608,213 +890,155 @@ def _addr_end(m: re.Match) -> int:
     return m.end()
 
 
-def _find_addresses(text: str) -> Iterable[Span]:
-    for m in _ADDR_RE.finditer(text):
+_GAP_RE = re.compile(r"[ \t]*(?:,[ \t]*\n?|\n)[ \t]*|[ \t]+")
+
+
+def _address_parts(text: str, wins) -> list[tuple[int, int, str]]:
+    """Address components (start, end, kind); kind 'street' and 'post' count alone, 'unit' only joined."""
+    parts: list[tuple[int, int, str]] = []
+    for m in _iter(_ADDR_RE, text, wins):
         words = re.findall(r"[A-Za-z']+", m.group("name"))
         if words and words[0] in _ADDR_NAME_STOP:
             continue
-        yield m.start(), _addr_end(m), "street_address"
-    for c in _ADDR_CUE_RE.finditer(text):
+        # a lower-case suffix counts only after a capitalised street name ("Buckley skyway")
+        if not m.group("suffix")[0].isupper() and not words:
+            continue
+        parts.append((m.start(), _addr_end(m), "street"))
+    for m in _iter(_DE_STREET_RE, text, wins):
+        parts.append((m.start(), m.end(), "street"))
+    for m in _iter(_FR_STREET_RE, text, wins):
+        parts.append((m.start(), m.end().__index__() - (len(m.group(0)) - len(m.group(0).rstrip())), "street"))
+    for m in _iter(_UNIT_LINE_RE, text, wins):
+        parts.append((m.start(), m.end(), "unit"))
+    for m in _iter(_POSTCODE_RE, text, wins):
+        kind = "post" if m.group("uk") or m.group("us") else "post_weak"
+        parts.append((m.start(), m.end(), kind))
+    return parts
+
+
+def _find_addresses(text: str, wins, cue_wins) -> Iterable[Span]:
+    parts = _address_parts(text, wins)
+    for c in _iter(_ADDR_CUE_RE, text, cue_wins):
         m = _ADDR_RE_I.match(text, c.end())
         if m:
-            yield m.start(), _addr_end(m), "street_address"
+            parts.append((m.start(), _addr_end(m), "street"))
+        else:  # "address: Smith road 5" / "address is Flat 2" - the line after a cue is a street line
+            m2 = _STREET_WORD_RE.match(text, c.end())
+            if m2:
+                parts.append((m2.start(), m2.end(), "street"))
+    if not parts:
+        return
+    # street lines without a number next to another part ("Bassi Chowk", "Gail garden")
+    for m in _iter(_STREET_WORD_RE, text, wins):
+        parts.append((m.start(), m.end(), "street_weak"))
+    parts.sort(key=lambda p: (p[0], -p[1]))
+    # merge parts separated by a comma, a line break or blanks, allowing one town line in between
+    groups: list[list] = []
+    for s, e, k in parts:
+        if groups:
+            g = groups[-1]
+            if s <= g[1]:
+                g[1] = max(g[1], e)
+                g[2].add(k)
+                continue
+            gap = text[g[1]:s]
+            if len(gap) <= 3 and _GAP_RE.fullmatch(gap) or _is_town_gap(gap):
+                g[1] = e
+                g[2].add(k)
+                continue
+        groups.append([s, e, {k}])
+    for s, e, kinds in groups:
+        strong = {"street", "post"} & kinds
+        if strong or len(kinds) >= 2 or ("unit" in kinds and len(kinds) > 1):
+            if kinds == {"street_weak"} or kinds == {"unit"} or kinds == {"post_weak"}:
+                continue
+            if kinds <= {"street_weak", "post_weak"} and "post_weak" not in kinds:
+                continue
+            yield s, e, "street_address"
+
+
+def _is_town_gap(gap: str) -> bool:
+    # ", West Glen, " / "\nSinghside\n": one capitalised locality between two parts
+    m = re.fullmatch(r"[ \t]*(?:,[ \t]*\n?|\n)[ \t]*(?P<town>[^\n,]{2,40}?)[ \t]*(?:,[ \t]*\n?|\n)[ \t]*", gap)
+    return bool(m and _TOWN_LINE_RE.fullmatch(m.group("town")))
 
 
 # --------------------------------------------------------------------------
 # person names
 # --------------------------------------------------------------------------
 
-_FIRST_NAMES = set(
-    """
-    James John Robert Michael William David Richard Joseph Thomas Charles Christopher Daniel
-    Matthew Anthony Donald Steven Paul Andrew Joshua Kenneth Kevin Brian George Timothy Ronald
-    Edward Jason Jeffrey Ryan Jacob Gary Nicholas Eric Jonathan Stephen Larry Justin Scott
-    Brandon Benjamin Samuel Gregory Alexander Patrick Raymond Jack Dennis Jerry Tyler Aaron
-    Jose Adam Nathan Henry Douglas Zachary Peter Kyle Ethan Walter Noah Jeremy Christian Keith
-    Roger Terry Gerald Harold Sean Austin Carl Arthur Lawrence Dylan Jesse Bryan Joe Jordan
-    Billy Bruce Albert Willie Gabriel Logan Alan Juan Wayne Elijah Randy Roy Vincent Ralph
-    Eugene Russell Bobby Mason Philip Louis Liam Lucas Oliver Aiden Caleb Luke Isaac Owen
-    Wyatt Carter Julian Levi Isaiah Landon Adrian Nolan Colin Connor Evan Ian Jared Marcus
-    Derek Travis Shawn Trevor Cody Chad Brett Garrett Spencer Seth Victor Martin Leonard
-    Howard Fred Frederick Stanley Harry Francis Theodore Leo Hugo Felix Oscar Max Simon
-    Mary Patricia Jennifer Linda Elizabeth Barbara Susan Jessica Sarah Karen Lisa Nancy Betty
-    Margaret Sandra Ashley Kimberly Emily Donna Michelle Carol Amanda Dorothy Melissa Deborah
-    Stephanie Rebecca Sharon Laura Cynthia Kathleen Amy Angela Shirley Anna Brenda Pamela
-    Emma Nicole Helen Samantha Katherine Christine Debra Rachel Carolyn Janet Catherine Maria
-    Heather Diane Ruth Julie Olivia Joyce Virginia Victoria Kelly Lauren Christina Joan
-    Evelyn Judith Megan Andrea Cheryl Hannah Jacqueline Martha Gloria Teresa Ann Sara Madison
-    Frances Kathryn Janice Jean Abigail Alice Judy Sophia Denise Amber Doris Marilyn Danielle
-    Beverly Isabella Theresa Diana Natalie Brittany Charlotte Marie Kayla Alexis Lori
-    Ava Mia Harper Ella Chloe Zoe Lily Aria Scarlett Layla Nora Riley Zoey Mila Aubrey
-    Hazel Ellie Stella Paisley Audrey Claire Lucy Caroline Naomi Elena Sadie Allison Gabriella
-    Alyssa Leah Kaylee Vanessa Jasmine Erin Tiffany Monica Erica Crystal Wendy Tracy Stacy
-    Kristen Courtney Lindsey Molly Kaitlyn Morgan Jenna Caitlin Bethany Paige Vivian Eleanor
-    Priya Anjali Deepika Aisha Fatima Zainab Mohammed Muhammad Ahmed Ali Omar Hassan Hussein
-    Yusuf Ibrahim Mustafa Raj Rahul Arjun Vikram Sanjay Rohan Amit Ananya Neha Pooja Kavya
-    Wei Li Ming Jing Xiao Hui Yan Chen Hiroshi Kenji Takashi Yuki Haruto Sakura Akira
-    Carlos Luis Miguel Jorge Pedro Diego Alejandro Javier Fernando Ricardo Eduardo Rafael
-    Sofia Lucia Valentina Camila Isabel Carmen Elena Rosa Ana Marta Gabriela Daniela
-    Pierre Jacques Francois Nicolas Antoine Camille Amelie Chloe Manon Hans Klaus Jurgen
-    Stefan Wolfgang Lukas Jonas Katrin Anke Sabine Giulia Marco Luca Matteo Alessandro
-    Francesca Chiara Giovanni Ivan Dmitri Sergei Alexei Olga Natasha Svetlana Tatiana
-    Lars Sven Erik Anders Ingrid Astrid Freya Nils Piotr Tomasz Agnieszka Katarzyna
-    Kwame Chinedu Oluwaseun Adebayo Amara Ngozi Thabo Sipho Kofi Abena
-    Sean Siobhan Niamh Aoife Ciaran Declan Eoin Liam Moira Fiona Callum Hamish Isla
-    Bradley Dustin Derrick Jeffery Troy Mitchell Allen Marvin Glenn Clarence Jimmy
-    Katie Kate Jenny Jen Becky Beth Meg Maggie Abby Sam Alex Chris Mike Dave Dan Tom
-    Steve Jim Bob Rob Matt Nick Tony Andy Ben Josh Jake Zach Nate Greg Jeff Ken Ron
-    Kathy Patty Cathy Sue Liz Nancy Ellen Irene Vera Nina Tara Dana Gina Lena Rita
-    Jon Anne Annie Kim Lynn Leslie Terri Carrie Joanne Michele Shannon Rachael Jill Renee
-    Jamie Casey Kelsey Whitney Hailey Brianna Madeline Jocelyn Gianna Aaliyah Mariah Tanya
-    Sonia Sonya Rebekah Heidi Yolanda Wanda Bonnie Peggy Sherry Lorraine Jeanette Rhonda
-    Gail Sheila Geraldine Marcia Lois Norma Phyllis Alicia Kristin Stacey Erika Kristina
-    Tamara Manuel Ricky Randall Johnny Phillip Curtis Barry Shane Darren Neil Stuart
-    Dwayne Rodney Gordon Norman Brent Dominic Xavier Jaden Ezra Micah Silas Elias Ashton
-    Tristan Damian Emmanuel Andre Antonio Francisco Roberto Mario Sergio Alberto Enrique
-    Jesus Hector Raul Ramon Marcos Ruben Oscar Cesar Andres Guadalupe Ximena Mateo Santiago
-    Nadia Leila Yasmin Mariam Noor Layla Reza Ali Farid Tariq Karim Samir Nikhil Aditya
-    Vivek Suresh Ramesh Lakshmi Meera Divya Shreya Ishaan Zhang Jun Hao Yuna Minji Jiwoo
-    Hyun Seo Joon Thanh Linh Minh Huong
-""".split()
-)
-# First names that are also ordinary words, places, brands or languages: only
-# accepted with a cue or a surname from _SURNAMES.
-_AMBIGUOUS_FIRST = set(
-    """
-    May June April August Will Bill Mark Grace Hope Faith Joy Rose Iris Dawn Art Frank Chase
-    Hunter Chance Summer Autumn Winter Jan Ruby Julia Crystal Jade Amber Pearl Ivy Lily Daisy
-    Holly Violet Jordan Austin Paris Georgia Victoria Carolina Florence Chelsea Sydney Dallas
-    Madison Lincoln Washington Jackson Virginia Dakota Savannah Phoenix Brooklyn Charlotte
-    Adelaide Christian Rich Sterling Destiny Harmony Trinity Genesis Claude Alexa Siri Ada
-    Pascal Dean Miles Guy Gene Sky River Reed Drew Pat Sue Don Ray Rusty Sandy Woody Penny
-    Misty Angel Star Sunny Royal Major Price Prince King Earl Duke Baron Page Lane Cliff
-    Carter Mason Hazel Harper Riley Morgan Taylor Parker Brook Rock Stone Wade Chip Buck
-    Max Ali Li Chen Wei Ming Jing Xiao Hui Yan Jean Marie Ann Dan Sam Matt Ben Nick Rob
-    Bob Jack Allen Troy Glenn Marshall Eugene Virgil Homer Ford Penn Luca Vera Aria Paisley
-    Jasmine Tiffany Wendy Akira Sakura Sofia Rosa Isla Chad Leo Hugo Oscar Stanley Levi Travis
-    Roger Beverly Brittany Nancy Robin Sierra Jasper Grant Dale Lance Ernest Lee Jay Kim
-    Santiago Guadalupe Jesus Noor Jun Hao Seo Zhang Minh Julian Carol Sherry Stella Victor
-    Logan Douglas Lawrence
-""".split()
-)
-_UNAMBIGUOUS_FIRST = _FIRST_NAMES - _AMBIGUOUS_FIRST
-_ALL_FIRST = _FIRST_NAMES | _AMBIGUOUS_FIRST
+_DATA_DIR = Path(__file__).with_name("deid_data")
 
-_SURNAMES = set(
-    """
-    Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez
-    Gonzalez Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris
-    Sanchez Clark Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen
-    Hill Flores Green Adams Nelson Baker Hall Rivera Campbell Mitchell Carter Roberts Gomez
-    Phillips Evans Turner Diaz Parker Cruz Edwards Collins Reyes Stewart Morris Morales Murphy
-    Cook Rogers Gutierrez Ortiz Morgan Cooper Peterson Bailey Reed Kelly Howard Ramos Kim Cox
-    Ward Richardson Watson Brooks Chavez Wood James Bennett Gray Mendoza Ruiz Hughes Price
-    Alvarez Castillo Sanders Patel Myers Long Ross Foster Jimenez Powell Jenkins Perry Russell
-    Sullivan Bell Coleman Butler Henderson Barnes Gonzales Fisher Vasquez Simmons Romero Jordan
-    Patterson Alexander Hamilton Graham Reynolds Griffin Wallace Moreno West Cole Hayes Bryant
-    Herrera Gibson Ellis Tran Medina Aguilar Stevens Murray Ford Castro Marshall Owens Harrison
-    Fernandez McDonald Woods Washington Kennedy Wells Vargas Henry Chen Freeman Webb Tucker
-    Guzman Burns Crawford Olson Simpson Porter Hunter Gordon Mendez Silva Shaw Snyder Mason
-    Dixon Munoz Hunt Hicks Holmes Palmer Wagner Black Robertson Boyd Rose Stone Salazar Fox
-    Warren Mills Meyer Rice Schmidt Garza Daniels Ferguson Nichols Stephens Soto Weaver Ryan
-    Gardner Payne Grant Dunn Kelley Spencer Hawkins Arnold Pierce Vazquez Hansen Peters Santos
-    Hart Bradley Knight Elliott Cunningham Duncan Armstrong Hudson Carroll Lane Riley Andrews
-    Alvarado Ray Delgado Berry Perkins Hoffman Johnston Matthews Pena Richards Contreras Willis
-    Carpenter Lawrence Sandoval Guerrero George Chapman Rios Estrada Ortega Watkins Greene
-    Nunez Wheeler Valdez Harper Burke Larson Santiago Maldonado Morrison Franklin Carlson
-    Austin Dominguez Carr Lawson Jacobs Obrien Lynch Singh Vega Bishop Montgomery Oliver
-    Jensen Harvey Williamson Gilbert Dean Sims Espinoza Howell Li Wong Reid Hanson Le McCoy
-    Garrett Burton Fuller Wang Weber Welch Rojas Lucas Marquez Fields Park Yang Little Banks
-    Padilla Day Walsh Bowman Schultz Luna Fowler Mejia Davidson Acosta Brewer May Holland
-    Juarez Newman Pearson Curtis Cortez Douglas Schneider Joseph Barrett Navarro Figueroa
-    Keller Avila Wade Molina Stanley Hopkins Campos Barnett Bates Chambers Caldwell Beck
-    Lambert Miranda Byrd Craig Ayala Lowe Frazier Powers Neal Leonard Gregory Carrillo Sutton
-    Fleming Rhodes Shelton Schwartz Norris Jennings Watts Duran Walters Cohen McDaniel Moran
-    Parks Steele Vaughn Becker Holt Deleon Barker Terry Hale Leon Hail Benson Haynes Horton
-    Miles Lyons Pham Graves Bush Thornton Wolfe Warner Cabrera McKinney Mann Zimmerman Dawson
-    Lara Fletcher Page McCarthy Love Robles Cervantes Solis Erickson Reeves Chang Klein
-    Salinas Fuentes Baldwin Daniel Simon Velasquez Hardy Higgins Aguirre Lin Cummings Chandler
-    Sharp Barber Bowen Ochoa Dennis Robbins Liu Ramsey Francis Griffith Paul Blair OConnor
-    Zhang Wu Huang Zhao Zhou Xu Sun Ma Zhu Hu Guo Lin He Gao Luo Liang Song Tang Kumar Sharma
-    Gupta Shah Mehta Reddy Iyer Nair Rao Khan Ahmed Hussain Ali Rahman Chowdhury Das Bose
-    Tanaka Suzuki Sato Takahashi Watanabe Ito Yamamoto Nakamura Kobayashi Kato Yoshida
-    Park Choi Jung Kang Cho Yoon Jang Lim Han Shin Ivanov Petrov Smirnov Volkov Kuznetsov
-    Popov Sokolov Kowalski Nowak Wisniewski Muller Mueller Schmitt Schulz Fischer Koch Bauer
-    Richter Wolf Neumann Schwarz Rossi Russo Ferrari Esposito Bianchi Romano Colombo Ricci
-    Dubois Durand Leroy Moreau Laurent Lefebvre Bernard Petit Fontaine Okafor Okonkwo Mensah
-    Adeyemi Osei Mwangi Ndlovu Dlamini Kariuki OBrien Murphy Kelly Byrne Ryan Doyle Quinn
-    Gallagher Fitzgerald MacDonald Campbell Stewart Robertson Thomson Fraser Hughes Jones
-    Andersson Johansson Karlsson Nilsson Larsen Hansen Nielsen Jensen Virtanen Korhonen
-    Hopper Lovelace Turing Knuth Ritchie Thompson Torvalds Stroustrup Kernighan Gates Jobs
-""".split()
-)
-_SURNAMES |= {"O'Brien", "O'Connor", "O'Neill", "O'Donnell", "McDonald", "McCarthy", "McKenzie"}
 
-_CAP_STOP = set(
-    """
-    The A An And Or But If Then So Also Just Not No Yes Please Thanks Thank Hi Hello Hey Dear
-    I We You He She It They Me Him Her Us Them My Our Your His Its Their This That These Those
-    Is Are Was Were Be Been Being Has Have Had Do Does Did Will Would Can Could Should May
-    Might Must Shall On In At To For Of By With From As Into Onto Over Under About After
-    Before Between Through During Without Within Here There Where When What Why How Who Which
-    Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February March April
-    June July August September October November December Street Avenue Road Boulevard Lane
-    Drive Court Place Way Inc Ltd LLC Corp Co Company Corporation University College School
-    Institute Hospital Clinic Bank Group Team Department Dept Office Center Centre Foundation
-    Museum Library Park Station Airport Hotel Church Street Mall Market Store Shop Cafe
-    Sorry Sure Okay Ok Fine Good Great Glad Happy Ready New Old Back Done Still Very Really
-    Currently Actually Definitely Trying Looking Using Working Going Getting Having Writing
-    Building Running Learning Planning Hoping Wondering Interested Here Afraid Confused Stuck
-    Customer Customers Sir Madam Madame Team All Everyone Friends Colleagues Hiring Manager
-    Valued Member Members Client Support Admin Administrator User Users Student Students
-    Parent Parents Reader Readers Committee Board Editor Editors Recruiter Applicant Officer
-    Agent Representative Doctor Professor Mr Mrs Ms Dr Prof Miss Mx Sir Lord Lady
-    Python Java JavaScript TypeScript Rust Go Ruby Swift Kotlin Scala Perl Linux Windows
-    Mac Apple Google Microsoft Amazon Meta Facebook Twitter GitHub Docker Kubernetes AWS Azure
-    Excel Word PowerPoint Chrome Firefox Safari Android iOS Node React Angular Vue Django Flask
-    ChatGPT GPT Claude Gemini Copilot OpenAI Anthropic
-    American British English Canadian Australian German French Spanish Italian Chinese
-    Japanese Korean Indian Russian Mexican Brazilian Irish Scottish Dutch Swedish European
-    Asian African Latino Christian Muslim Jewish Catholic Buddhist Hindu
-    North South East West Northern Southern Eastern Western Central New Old Upper Lower
-    Day Night Morning Evening Week Month Year Today Tomorrow Yesterday Christmas Easter
-    One Two Three Four Five Six Seven Eight Nine Ten First Second Third Last Next
-    Edit Update Note Re Fwd Subject To Cc Bcc Error Warning Info Debug Step Example Test
-    Table Figure Chapter Section Page Version Release Part Appendix Question Answer
-    Everyone Everybody Guys Folks Again Anyway Though Bye Regards Best Cheers Sincerely
-    None True False Null Nil Name Names Value Values Type Types Object Objects Dict List
-    String Optional Any Union Callable Exception Error Errors Self Class Default Unknown
-    Anonymous Nobody Someone Somebody Admin Root Guest Tester Bot Assistant System Tool
-""".split()
-)
+def _load_words(name: str) -> frozenset[str]:
+    path = _DATA_DIR / name
+    with open(path, encoding="utf-8") as f:
+        return frozenset(ln.strip() for ln in f if ln.strip() and not ln.startswith("#"))
 
-_TOK = r"(?:Mc|Mac|O['’]|D['’]|De|Di|La|Le)?[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+(?:-[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+)?"
+
+_FIRST_NAMES = set(_load_words("curated_first_names.txt"))
+_CURATED_AMBIGUOUS = _load_words("ambiguous_first_names.txt")
+_CAP_STOP = set(_load_words("not_names.txt")) | {"Human", "User", "System", "Bot", "Model", "Prompt"}
+_COMMON = _load_words("common_words.txt")
+_BROAD_FIRST = _load_words("first_names.txt")
+_BROAD_SUR = _load_words("surnames.txt")
+_CURATED_SURNAMES = _load_words("curated_surnames.txt")
+
+
+def _wordlike(n: str) -> bool:
+    return n.lower() in _COMMON or n in _CAP_STOP
+
+
+# a broad-list first name that is also an English word ("Will", "Hope") needs a cue or a surname
+_AMBIGUOUS_FIRST = set(_CURATED_AMBIGUOUS) | {n for n in _BROAD_FIRST if n not in _FIRST_NAMES and _wordlike(n)}
+_ALL_FIRST = _FIRST_NAMES | _AMBIGUOUS_FIRST | set(_BROAD_FIRST)
+_SURNAMES = set(_CURATED_SURNAMES) | set(_BROAD_SUR)
+# surnames that are not English words: strong enough to make "<Unknown> <Surname>" a name
+_STRONG_SURNAMES = {n for n in _SURNAMES if not _wordlike(n) and len(n) >= 3}
+_UNAMBIGUOUS_FIRST = _ALL_FIRST - _AMBIGUOUS_FIRST
+_LOWER_FIRST = {n.lower() for n in _UNAMBIGUOUS_FIRST if n.lower() not in _COMMON and len(n) >= 3}
+_LOWER_SUR = {n.lower() for n in _STRONG_SURNAMES}
+
+_TOK = r"(?:Mc|Mac|O['’]|D['’]|De|Di|La|Le)?[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+(?:-[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+)*"
 _TOK_RE = re.compile(_TOK)
-_CAP_WORD_RE = re.compile(r"(?<![\w'’\-@./])[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+(?![\w@])")
+# a capitalised word (hyphenated parts included); the word boundary before it is checked in code
+_CAP_WORD_RE = re.compile(r"[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+(?:-[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+)*(?![\w@])")
 _SURNAME_AT_RE = re.compile(r"(?P<mid>[ \t]+[A-Z]\.)?[ \t]+(?P<sur>" + _TOK + r")(?![\w@])")
 _SEP_TOK_RE = re.compile(r"[ \t]+(?P<tok>" + _TOK + r")(?![\w@])")
 _SEP_INITIAL_RE = re.compile(r"[ \t]+[A-Z]\.(?=[ \t]+[A-Z])")
+_PLACE_BEFORE_RE = re.compile(
+    r"(?:\bSt\.?|\bSaint|\bSan|\bSanta|\bLake|\bMount|\bMt\.?|\bFort|\bPort|\bCape|\bAloe|\bNorth|\bSouth|"
+    r"\bEast|\bWest|\bNew|\bLittle|\bGreat|\bUpper|\bLower)[ \t]+$"
+)
+_FIRM_AFTER_RE = re.compile(r",[ \t]+[A-Z][a-z]+(?:,[ \t]+[A-Z][a-z]+)*,?[ \t]+(?:and|&)[ \t]+[A-Z]")
+_AFTER_SURNAME_WORD = re.compile(r"(?:[ \t]+(?:said|says|wrote|writes|called|told|asked|is\s+my|was\s+my|"
+                                 r"from|will|who|and\s+I|has|had|sent|replied|mentioned))\b")
 
 # word endings that mark adjectives/verbs rather than names ("I'm Stuck", "I'm Confused")
 _NATIONALITY_SUFFIX = re.compile(r"(?:ing|ed|ly|ful|less|ous|ive|able|ible|ment|ness|tion)$")
-_CAP_STOP |= set(
-    """
-    Chinese Japanese Portuguese Vietnamese Taiwanese Lebanese Nepalese Burmese Sudanese
-    Senegalese Congolese Australian Indian Italian Brazilian Russian Persian Egyptian
-    Nigerian Colombian Argentinian Argentine Norwegian Hungarian Romanian Ukrainian Belgian
-    Austrian Asian Malaysian Indonesian Iranian Syrian Croatian Serbian Bulgarian Estonian
-    Latvian Lithuanian Slovenian Slovakian Czech Peruvian Chilean Venezuelan Cuban Haitian
-    Jamaican Filipino Ethiopian Kenyan Ghanaian Moroccan Algerian Tunisian Palestinian
-    Israeli Pakistani Bangladeshi Afghan Iraqi Saudi Emirati Turkish Kurdish Polish Swedish
-    Danish Finnish Welsh Greek Thai Swiss Icelandic Mongolian Korean Armenian Georgian
-    Christian Catholic Protestant Mormon Atheist Agnostic Vegan Vegetarian Autistic Deaf
-    Blind Pregnant Married Single Divorced Retired Unemployed Remote Online Available
-    """.split()
-)
+
+
+def _name_parts(tok: str) -> list[str]:
+    return tok.split("-") if "-" in tok else [tok]
+
+
+def _is_first(tok: str) -> bool:
+    return tok in _ALL_FIRST or ("-" in tok and all(p in _ALL_FIRST for p in tok.split("-")))
+
+
+def _is_unambiguous_first(tok: str) -> bool:
+    if "-" in tok:  # "Hans-Jürgen", "Anne-Kathrin"
+        parts = tok.split("-")
+        return all(p in _ALL_FIRST for p in parts) and any(p in _UNAMBIGUOUS_FIRST for p in parts)
+    return tok in _UNAMBIGUOUS_FIRST
+
+
+def _is_strong_surname(tok: str) -> bool:
+    return tok in _STRONG_SURNAMES or ("-" in tok and any(p in _STRONG_SURNAMES for p in tok.split("-")))
 
 
 def _ok_name_token(tok: str) -> bool:
-    return tok not in _CAP_STOP
+    return tok not in _CAP_STOP and not any(p in _CAP_STOP for p in _name_parts(tok))
 
 
 def _extend_name(text: str, end: int, max_extra: int) -> int:
@@ -825,42 +1049,68 @@ def _extend_name(text: str, end: int, max_extra: int) -> int:
         m = _SEP_TOK_RE.match(text, probe)
         if not m or not _ok_name_token(m.group("tok")):
             break
+        tok = m.group("tok")
+        if _wordlike(tok) and tok not in _SURNAMES:
+            break
         end = m.end()
     return end
 
 
+_WORD_BEFORE_OK = frozenset(" \t\n\r\"'(<[{,;:>=*_`“‘«")
+
+
 def _gazetteer_names(text: str) -> Iterable[Span]:
     for m in _CAP_WORD_RE.finditer(text):
+        s0 = m.start()
+        if s0 and text[s0 - 1] not in _WORD_BEFORE_OK and not (text[s0 - 1] in ".!?" and s0 > 1):
+            continue
         first = m.group(0)
-        if first not in _ALL_FIRST:
+        if first in _CAP_STOP:
             continue
-        prev = text[max(0, m.start() - 6):m.start()]
-        if re.search(r"(?:\bSt\.?|\bSaint|\bSan|\bSanta|\bLake|\bMount|\bMt\.?|\bFort|\bPort|\bCape|\bAloe)[ \t]+$", prev):
+        known_first = _is_first(first)
+        sm = _SURNAME_AT_RE.match(text, m.end())
+        sur = sm.group("sur") if sm else None
+        if not known_first and not (sur and _is_strong_surname(sur)):
             continue
-        s = _SURNAME_AT_RE.match(text, m.end())
-        sur = s.group("sur") if s else None
-        ambiguous = first in _AMBIGUOUS_FIRST
-        if ambiguous:
-            sur_ok = sur is not None and sur in _SURNAMES and sur not in _CAP_STOP
+        if _PLACE_BEFORE_RE.search(text, max(0, s0 - 8), s0):
+            continue
+        if known_first and not _is_unambiguous_first(first):
+            sur_ok = sur is not None and sur in _SURNAMES and _ok_name_token(sur)
+        elif known_first:
+            sur_ok = sur is not None and _ok_name_token(sur) and (not _wordlike(sur) or sur in _SURNAMES)
         else:
-            sur_ok = sur is not None and (_ok_name_token(sur) or sur in _SURNAMES)
+            # unknown first word + strong surname ("Warhi Sengupta"): the first word must look like a name
+            sur_ok = (_ok_name_token(first) and not _wordlike(first) and len(first) >= 2
+                      and not _NATIONALITY_SUFFIX.search(first))
         if sur_ok:
-            end = s.end()
-            # optional second surname token ("Mary Ann Smith", "Garcia Lopez")
+            end = sm.end()
             t = _SEP_TOK_RE.match(text, end)
-            if t and t.group("tok") in _SURNAMES:
+            if t and t.group("tok") in _SURNAMES and _ok_name_token(t.group("tok")):
                 end = t.end()
-            yield m.start(), end, "person_name"
-        elif not ambiguous:
-            # a lone unambiguous first name ("ask Kevin about it")
-            yield m.start(), m.end(), "person_name"
+            yield s0, end, "person_name"
+        elif known_first and _is_unambiguous_first(first) and first in _FIRST_NAMES | _BROAD_FIRST:
+            # a lone first name ("ask Kevin"); broad-list names only before a verb of speech etc.
+            if _FIRM_AFTER_RE.match(text, m.end()):
+                continue
+            if first in _FIRST_NAMES or _AFTER_SURNAME_WORD.match(text, m.end()):
+                yield s0, m.end(), "person_name"
 
 
 _NAME_CUE_RE = re.compile(
-    r"(?:(?i:\bmy\s+name\s+is|\bmy\s+name['’]s|\bi\s+am\s+called|\bcall\s+me|\bsigned\s*,?|\bdear)"
-    r"|\bI['’]m|\bI\s+am|\bIm|\bi['’]m)[ \t]+(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?[ \t]+)?"
+    r"(?:(?i:\bmy\s+name\s+is|\bmy\s+name['’]s|\bi\s+am\s+called|\bcall\s+me|\bsigned\s*[,:]?|\bdear|"
+    r"\bmy\s+(?:friend|colleague|boss|manager|wife|husband|partner|son|daughter|brother|sister|mother|"
+    r"father|mom|mum|dad|neighbou?r|landlord|landlady|tenant|coworker|co-worker|teacher|doctor|lawyer|"
+    r"client|customer|roommate|flatmate|cousin|uncle|aunt|boyfriend|girlfriend|ex|supervisor|student)|"
+    r"\b(?:reviewer|author|assignee|owner|contact|applicant|patient|employee|candidate|recipient|sender|"
+    r"from|to|cc|attn|attendee|speaker|guest)\s*:|\b(?:met|ask|tell|email|e-mail|call|text|ping|add|help|"
+    r"invite|contact|thank|cc|message|meet|asked|told|emailed|called|invited|thanked|hired|fired|"
+    r"introduce|with|and|by|for|to|from)\b)"
+    r"|\bI['’]m|\bI\s+am|\bIm|\bi['’]m)[ \t]+(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Herr|Frau|Mme|Mlle|M)\.?[ \t]+)?"
     r"(?P<tok>" + _TOK + r")(?![\w@])"
 )
+_WEAK_CUES = ("met", "ask", "tell", "email", "e-mail", "call", "text", "ping", "add", "help", "invite",
+              "contact", "thank", "cc", "message", "meet", "asked", "told", "emailed", "called", "invited",
+              "thanked", "hired", "fired", "introduce", "with", "and", "by", "for", "to", "from")
 _THIS_IS_RE = re.compile(
     r"(?i:\bthis\s+is|\bhi|\bhello|\bhey|\bthanks|\bthank\s+you|\bcheers|\bmorning|\bbye)"
     r",?[ \t]+(?P<tok>" + _TOK + r")(?![\w@])"
@@ -868,7 +1118,8 @@ _THIS_IS_RE = re.compile(
 _MONTHS = {"January", "February", "March", "April", "May", "June", "July", "August",
            "September", "October", "November", "December"}
 _TITLE_RE = re.compile(
-    r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Professor|Dame|Sir)\.?[ \t]+(?P<tok>" + _TOK + r")(?![\w@])"
+    r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Professor|Dame|Sir|Herr|Frau|Mme|Mlle|Shri|Smt|Sri|Univ\.Prof)\.?[ \t]+"
+    r"(?:(?:Dr|Prof)\.?[ \t]+)?(?P<tok>" + _TOK + r")(?![\w@])"
 )
 _SIGNOFF_RE = re.compile(
     r"(?im)(?:^|(?<=[\s.!?)]))(?:best\s+regards|kind\s+regards|warm\s+regards|regards|sincerely|"
@@ -889,35 +1140,78 @@ _FIELD_NAME_BAD_PREFIX = re.compile(
     r"channel|group|org|organization|business|store|event|course|book|song|band|pet|"
     r"dog|cat|street|city|town|country|user|screen|code|brand|font|layer|node|job|task)[ \t_-]*$"
 )
+# "Name X Y ..." written in lower case after a cue: "my name is john smith", "hi priya"
+_LOWER_CUE_RE = re.compile(
+    r"(?:\bmy\s+name\s+is|\bmy\s+name['’]s|\bi['’]m|\bi\s+am|\bthis\s+is|\bdear|\bhi|\bhello|\bhey|"
+    r"\bthanks|\bregards,?|\bname\s*:|\bsigned,?|\bmy\s+(?:friend|colleague|boss|wife|husband|"
+    r"neighbou?r|landlord|manager)|\bmet|\bask|\bemail|\bcall)[ \t\n]+(?P<tok>[a-zß-öø-ÿ][a-zß-öø-ÿ'’-]+)"
+    r"(?:[ \t]+(?P<tok2>[a-zß-öø-ÿ][a-zß-öø-ÿ'’-]+))?"
+)
+_LOWER_PAIR_RE = re.compile(r"(?<![\w@.])(?P<a>[a-zß-öø-ÿ]{3,})[ \t]+(?P<b>[a-zß-öø-ÿ'’-]{3,})(?![\w@])")
+# attribute values in HTML/XML: alt="Markus Weber", title='Dr. Jane Roe'
+_HTML_ATTR_RE = re.compile(
+    r"(?i)\b(?:alt|title|aria-label|placeholder|value|content|label|author|data-[\w-]*name)\s*=\s*"
+    r"(?P<q>[\"'])(?P<val>[^\"'<>\n]{3,80})(?P=q)"
+)
 
 
 def _cue_token_ok(tok: str) -> bool:
-    if tok in _CAP_STOP:
+    if not _ok_name_token(tok):
         return False
-    if tok in _ALL_FIRST or tok in _SURNAMES:
+    if _is_first(tok) or tok in _SURNAMES:
         return True
     return not _NATIONALITY_SUFFIX.search(tok)
 
 
-def _cue_names(text: str) -> Iterable[Span]:
-    for m in _NAME_CUE_RE.finditer(text):
+def _cue_names_only(text: str, wins, kind: str) -> Iterable[Span]:
+    """Names found by one family of cues: "cue" (my name is, my colleague, met, Name:), "this_is"
+    (Hi/Thanks/this is + listed name), "title" (Mr/Dr/Frau), "signoff" (Regards,\nName)."""
+    if kind == "cue":
+        yield from _names_after_cue(text, wins)
+        yield from _names_in_field(text, wins)
+    elif kind == "this_is":
+        yield from _names_this_is(text, wins)
+    elif kind == "title":
+        yield from _names_after_title(text, wins)
+    elif kind == "signoff":
+        yield from _names_signoff(text, wins)
+
+
+def _names_after_cue(text: str, wins) -> Iterable[Span]:
+    for m in _iter(_NAME_CUE_RE, text, wins):
         tok = m.group("tok")
         if not _cue_token_ok(tok):
             continue
-        cue = text[m.start():m.start("tok")].lower()
-        known = tok in _ALL_FIRST or tok in _SURNAMES
+        cue = text[m.start():m.start("tok")].lower().strip()
+        cue_word = re.sub(r"[ \t]+(?:mr|mrs|ms|miss|mx|dr|prof|herr|frau|mme|mlle|m)\.?$", "", cue)
+        known = _is_first(tok) or tok in _SURNAMES
+        if cue_word in _WEAK_CUES:
+            # "met X Y", "ask X Y": two name-like tokens, one of them listed
+            sm = _SURNAME_AT_RE.match(text, m.end("tok"))
+            if not sm or not _ok_name_token(sm.group("sur")):
+                continue
+            sur = sm.group("sur")
+            if not (_is_first(tok) or _is_strong_surname(sur)) or _wordlike(tok) and not _is_first(tok):
+                continue
+            if _wordlike(sur) and sur not in _SURNAMES:
+                continue
+            yield m.start("tok"), sm.end(), "person_name"
+            continue
         if not known and (_NATIONALITY_SUFFIX.search(tok) or len(tok) < 3):
             continue
         # "I'm X" / "I am X" is weaker than "my name is X": an unknown X needs length >= 4
-        if cue.startswith(("i'm", "i’m", "i am", "im")) and not known and len(tok) < 4:
+        if cue.startswith(("i'm", "i’m", "i am", "im")) and not known and (len(tok) < 4 or _wordlike(tok)):
             continue
         end = _extend_name(text, m.end("tok"), 2)
         yield m.start("tok"), end, "person_name"
-    for m in _THIS_IS_RE.finditer(text):
-        # "this is X" / "Hi X" / "Thanks X": X must be a listed first name (any,
-        # ambiguous ones included) not followed by a number ("this is May 2024")
+
+
+def _names_this_is(text: str, wins) -> Iterable[Span]:
+    for m in _iter(_THIS_IS_RE, text, wins):
+        # "this is X" / "Hi X" / "Thanks X": X must be a listed name (ambiguous ones included)
+        # not followed by a number ("this is May 2024")
         tok = m.group("tok")
-        if tok not in _ALL_FIRST:
+        if not (_is_first(tok) or _is_strong_surname(tok)) or not _ok_name_token(tok):
             continue
         if tok in _AMBIGUOUS_FIRST:
             if re.match(r"[ \t]*,?[ \t]*\d", text[m.end("tok"):m.end("tok") + 4]):
@@ -926,20 +1220,26 @@ def _cue_names(text: str) -> Iterable[Span]:
                 continue
         end = _extend_name(text, m.end("tok"), 2)
         yield m.start("tok"), end, "person_name"
-    for m in _TITLE_RE.finditer(text):
+
+
+def _names_after_title(text: str, wins) -> Iterable[Span]:
+    for m in _iter(_TITLE_RE, text, wins):
         tok = m.group("tok")
         if not _ok_name_token(tok):
             continue
-        end = _extend_name(text, m.end("tok"), 1)
+        end = _extend_name(text, m.end("tok"), 2)
         yield m.start("tok"), end, "person_name"
-    for m in _SIGNOFF_RE.finditer(text):
+
+
+def _names_signoff(text: str, wins) -> Iterable[Span]:
+    for m in _iter(_SIGNOFF_RE, text, wins):
         # "Regards,\nJane Doe ..." (name on its own line) or "Regards, Jane Doe<EOL>";
         # without the comma only a listed name counts ("Thanks\nKevin", not "Best Buy")
         dash = text[m.start():m.start("tok")].lstrip().startswith(("--", "—"))
         if not m.group("nl") and m.group("eol") is None:
             continue
         if not (m.group("comma") or dash) and not (
-            m.group("nl") and (m.group("tok") in _ALL_FIRST or m.group("tok") in _SURNAMES)
+            m.group("nl") and (_is_first(m.group("tok")) or m.group("tok") in _SURNAMES)
         ):
             continue
         stop = m.end("rest") if m.group("rest") else m.end("tok")
@@ -950,11 +1250,14 @@ def _cue_names(text: str) -> Iterable[Span]:
             kept.append(t)
         if not kept:
             continue
-        if len(kept) == 1 and kept[0].group(0) not in _ALL_FIRST and kept[0].group(0) not in _SURNAMES:
-            if _NATIONALITY_SUFFIX.search(kept[0].group(0)):
+        if len(kept) == 1 and not _is_first(kept[0].group(0)) and kept[0].group(0) not in _SURNAMES:
+            if _NATIONALITY_SUFFIX.search(kept[0].group(0)) or _wordlike(kept[0].group(0)):
                 continue
         yield kept[0].start(), kept[-1].end(), "person_name"
-    for m in _FIELD_NAME_RE.finditer(text):
+
+
+def _names_in_field(text: str, wins) -> Iterable[Span]:
+    for m in _iter(_FIELD_NAME_RE, text, wins):
         if _FIELD_NAME_BAD_PREFIX.search(text[max(0, m.start() - 20):m.start()]):
             continue
         tok = m.group("tok")
@@ -964,41 +1267,185 @@ def _cue_names(text: str) -> Iterable[Span]:
         yield m.start("tok"), end, "person_name"
 
 
-def _find_names(text: str) -> Iterable[Span]:
-    yield from _gazetteer_names(text)
-    yield from _cue_names(text)
+def _html_attr_names(text: str) -> Iterable[Span]:
+    for m in _HTML_ATTR_RE.finditer(text):
+        val = m.group("val")
+        toks = list(_TOK_RE.finditer(val))
+        words = val.split()
+        # the whole value is 2-4 capitalised words (titles allowed), one of them a listed name
+        if not 2 <= len(words) <= 5 or len(toks) < 2:
+            continue
+        names = [t for t in toks if _ok_name_token(t.group(0))]
+        if len(names) < 2 or not any(_is_first(t.group(0)) or t.group(0) in _SURNAMES for t in names):
+            continue
+        if any(_wordlike(t.group(0)) and not (_is_first(t.group(0)) or t.group(0) in _SURNAMES) for t in names):
+            continue
+        base = m.start("val")
+        yield base + names[0].start(), base + names[-1].end(), "person_name"
+
+
+def _lower_names(text: str, low: str, wins) -> Iterable[Span]:
+    """Names written in lower case: after a cue, or a listed first name + listed surname."""
+    for m in _iter(_LOWER_CUE_RE, low, wins):
+        tok, tok2 = m.group("tok"), m.group("tok2")
+        if text[m.start("tok")] != tok[0]:
+            continue  # capitalised in the original: handled by the other rules
+        if tok in _LOWER_FIRST or tok in _LOWER_SUR:
+            end = m.end("tok")
+            if tok2 and (tok2 in _LOWER_SUR or tok2 in _LOWER_FIRST or (tok2 not in _COMMON and len(tok2) >= 3)):
+                end = m.end("tok2")
+            yield m.start("tok"), end, "person_name"
+    for m in _iter(_LOWER_PAIR_RE, text, wins):
+        a, b = m.group("a"), m.group("b")
+        if a in _LOWER_FIRST and (b in _LOWER_SUR or (b not in _COMMON and b[:1].isalpha() and len(b) >= 4
+                                                     and "-" not in b and a not in _COMMON)):
+            if b in _LOWER_SUR or a in _LOWER_FIRST and b not in _COMMON:
+                yield m.start(), m.end(), "person_name"
 
 
 # --------------------------------------------------------------------------
-# span resolution
+# span resolution: one cheap pass decides which detectors run, and where
 # --------------------------------------------------------------------------
 
-_DETECTORS: tuple[Callable[[str], Iterable[Span]], ...] = (
-    _find_url_secrets,
-    _find_api_keys,
-    _find_emails,
-    _find_cards,
-    _find_ssns,
-    _find_phones,
-    _find_ips,
-    _find_addresses,
-    _find_names,
-)
+# numbers with separators: "0141 496 0451", "8.8.8.8", "DE89 3704 ..." (digit part), "12/05/1980"
+_NUM_CLUSTER_RE = re.compile(r"\d[\d \t./:()\-]*\d")
+_MARGIN = 48
+_DIGIT_RUN_RE = re.compile(r"\d+")
+
+
+def _iter(rx: re.Pattern, text: str, wins) -> Iterable[re.Match]:
+    """``rx.finditer`` over the whole text (wins None) or over each (start, end) window."""
+    if wins is None:
+        yield from rx.finditer(text)
+    else:
+        for a, b in wins:
+            yield from rx.finditer(text, a, b)
+
+
+def _merge(spans: list[tuple[int, int]], n: int, before: int, after: int) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for s, e in spans:
+        a, b = max(0, s - before), min(n, e + after)
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _num_windows(text: str) -> list[tuple[int, int]]:
+    spans = []
+    for m in _NUM_CLUSTER_RE.finditer(text):
+        s, e = m.span()
+        nd = sum(c.isdigit() for c in text[s:e]) if e - s < 64 else 64
+        if nd >= 5 or (nd >= 4 and e - s > nd):
+            spans.append((s, e))
+    return _merge(spans, len(text), _MARGIN, _MARGIN)
+
+
+def _kw_windows(low: str, words: tuple[str, ...], before: int, after: int) -> list[tuple[int, int]] | None:
+    """Windows around every occurrence of ``words`` in ``low``; [] when none occurs."""
+    spans = []
+    for w in words:
+        i = low.find(w)
+        while i >= 0:
+            spans.append((i, i + len(w)))
+            i = low.find(w, i + 1)
+    if not spans:
+        return []
+    spans.sort()
+    return _merge(spans, len(low), before, after)
+
+
+_PHONE_CUES = ("call", "phone", "tel", "mobile", "cell", "text", "whatsapp", "fax", "sms", "reach",
+               "contact", "number", "ring", "dial", "landline", "handy", "téléphone", "portable", "no.", "nr")
+_SECRET_WORDS = ("key", "token", "secret", "pass", "pwd", "auth", "credential", "sig", "session", "jwt",
+                 "hmac", "otp", "sid", "code", "bearer", "basic", "pin")
+_DOB_WORDS = ("born", "birth", "dob", "d.o.b", "geburt", "geboren", "geb.", "né", "naissance")
+_ID_WORDS = ("passport", "pass", "ausweis", "passeport", "licen", "id card", "identity", "national id",
+             "steuer", "identifikation", "tax id")
+_NAME_CUE_WORDS = ("name", "i'm", "i’m", "i am", "im ", "call me", "signed", "dear", "my ", "met ", "ask ",
+                   "tell ", "email", "text ", "ping ", "add ", "help ", "invite", "contact", "thank", "cc",
+                   "message", "meet", "told ", "hired", "fired", "introduce", "with ", "and ", "by ", "for ",
+                   "to ", "from", ":")
+_THIS_IS_WORDS = ("this is", "hi", "hello", "hey", "thank", "cheers", "morning", "bye")
+_SIGNOFF_WORDS = ("regards", "sincerely", "yours", "best", "cheers", "thanks", "thank you", "respectfully",
+                  "love", "signed", "--", "—")
+_TITLE_WORDS = ("mr", "mrs", "ms", "miss", "mx", "dr", "prof", "dame", "sir", "herr", "frau", "mme", "mlle",
+                "shri", "smt", "sri")
+_ADDR_CUE_WORDS = ("address", "live", "ship", "deliver", "located", "send", "mail", "moved", "stay", "reside")
+_API_PREFIXES = ("sk-", "sk_", "pk_", "rk_", "AKIA", "ASIA", "AGPA", "AIDA", "AROA", "gh", "github_pat_",
+                 "xox", "AIza", "glpat-", "hf_", "npm_", "SG.", "eyJ")
 
 
 def find_pii(text: str) -> list[Span]:
     """Return non-overlapping PII spans ``(start, end, type)`` sorted by start.
 
     Overlaps are resolved by type priority (order of ``PII_TYPES``), then by
-    length (longer first), then by position.
+    length (longer first), then by position.  Cheap checks on the text (which
+    characters and cue words occur, where the numbers are) decide which
+    detectors run and on which windows, so text without PII costs little.
     """
     if not text:
         return []
+    low = text.lower()
+    if len(low) != len(text):  # a rare case change altered the length: no shortcuts
+        low = None
+    n = len(text)
     cands: list[Span] = []
-    for det in _DETECTORS:
-        for s, e, t in det(text):
+
+    def add(it: Iterable[Span]) -> None:
+        for s, e, t in it:
             if e > s:
                 cands.append((s, e, t))
+
+    def kw(words, before, after):
+        return None if low is None else _kw_windows(low, words, before, after)
+
+    has_url = "://" in text or (low is None or "www." in low)
+    if has_url:
+        add(_find_url_secrets(text))
+    add(_find_api_keys(text, low, kw))
+    if "@" in text or (low is None or "dot" in low):
+        add(_find_emails(text))
+    nums = _num_windows(text)
+    if nums:
+        add(_find_ibans(text, nums))
+        add(_find_cards(text, nums))
+        add(_find_ssns(text, nums))
+        add(_find_national_ids(text, nums))
+        add(_find_phones(text, nums, kw(_PHONE_CUES, 40, 40)))
+        add(_find_ips(text, nums))
+    if text.count(":") >= 2:
+        add(_find_ipv6(text))
+    w = kw(_ID_WORDS, 0, 60)
+    if w != []:
+        add(_find_id_after_cue(text, w))
+    w = kw(_DOB_WORDS, 2, 60)
+    if w != []:
+        add(_find_dobs(text, w))
+    digit_wins = _merge([m.span() for m in _DIGIT_RUN_RE.finditer(text)], n, 64, 64)
+    if digit_wins:
+        add(_find_addresses(text, digit_wins, kw(_ADDR_CUE_WORDS, 0, 24)))
+    # names
+    add(_gazetteer_names(text))
+    w = kw(_NAME_CUE_WORDS, 2, 80)
+    if w != []:
+        add(_cue_names_only(text, w, "cue"))
+    w = kw(_THIS_IS_WORDS, 2, 60)
+    if w != []:
+        add(_cue_names_only(text, w, "this_is"))
+    w = kw(_SIGNOFF_WORDS, 2, 80)
+    if w != []:
+        add(_cue_names_only(text, w, "signoff"))
+    if low is None or any(t in low for t in _TITLE_WORDS):
+        add(_cue_names_only(text, None, "title"))
+    if "=" in text:
+        add(_html_attr_names(text))
+    if low is not None and low != text:
+        pass
+    if low is not None:
+        add(_lower_names(text, low, None))
     cands.sort(key=lambda c: (-_PRIORITY[c[2]], -(c[1] - c[0]), c[0]))
     # greedy interval selection; ``starts``/``taken`` stay sorted and disjoint
     starts: list[int] = []
@@ -1170,8 +1617,8 @@ def _sub_secret(orig: str, rng: _Rng) -> str:
 
 def _sub_address(orig: str, rng: _Rng) -> str:
     m = _ADDR_RE_I.match(orig)
-    if not m:
-        return f"{rng.randint(10, 9999)} {rng.choice(_FAKE_STREETS)} Street"
+    if not m or m.end() < len(orig.rstrip()) - 1:
+        return _sub_address_generic(orig, rng)
     out = f"{rng.randint(10, 9899)} {rng.choice(_FAKE_STREETS)} {m.group('suffix')}"
     if m.group("dir"):
         out += m.group("dir")
@@ -1185,6 +1632,8 @@ def _sub_address(orig: str, rng: _Rng) -> str:
 
 
 def _sub_name(orig: str, rng: _Rng) -> str:
+    if orig.islower():  # "john smith" -> "avery ashford"
+        return _sub_name(orig.title(), rng).lower()
     toks = orig.split()
     first = rng.choice(_FAKE_FIRST)
     if len(toks) == 1:
@@ -1198,7 +1647,76 @@ def _sub_name(orig: str, rng: _Rng) -> str:
     return f"{first} {last}"
 
 
+def _sub_iban(orig: str, rng: _Rng) -> str:
+    """Same country and layout, random account part, and a check that fails mod-97 (nobody's IBAN)."""
+    compact = re.sub(r"\s", "", orig).upper()
+    body = _scramble(compact[4:], rng)
+    n = int("".join(str(int(c, 36)) for c in body + compact[:2] + "00"))
+    good = 98 - n % 97
+    bad = (good + rng.randint(1, 96)) % 97 + 1
+    if bad == good:  # pragma: no cover - the offset is 1..96
+        bad = good % 97 + 1
+    new = compact[:2] + f"{bad:02d}" + body
+    return _fill_alnum(orig, new)
+
+
+def _fill_alnum(template: str, chars: str) -> str:
+    """Put ``chars`` into the letter/digit positions of ``template`` (spaces kept)."""
+    it = iter(chars)
+    return "".join(next(it) if c.isalnum() else c for c in template)
+
+
+def _sub_national_id(orig: str, rng: _Rng) -> str:
+    return _scramble(orig, rng)
+
+
+_MONTH_NAME_RE = re.compile(r"(?i)^" + _MONTH_WORDS + r"$")
+
+
+def _sub_dob(orig: str, rng: _Rng) -> str:
+    """A different date in the same layout: day and month both 1-12 so either order is valid."""
+    groups = list(re.finditer(r"\d+", orig))
+    out, pos = [], 0
+    small = [rng.randint(1, 12), rng.randint(1, 12)]
+    for g in groups:
+        out.append(orig[pos:g.start()])
+        v = g.group(0)
+        if len(v) == 4:
+            out.append(str(rng.randint(1940, 2004)))
+        elif len(v) == 2 and g is groups[-1] and len(groups) == 3 and not re.search(r"[A-Za-z]", orig):
+            out.append(f"{rng.randint(40, 99):02d}")
+        else:
+            val = small.pop(0) if small else rng.randint(1, 28)
+            out.append(f"{val:0{len(v)}d}")
+        pos = g.end()
+    out.append(orig[pos:])
+    return "".join(out)
+
+
+_KEEP_ADDR_WORDS = re.compile(r"(?i)^(?:" + _STREET_SUFFIXES + r"|flat|studio|apt|apartment|suite|unit|box|"
+                              r"rue|avenue|boulevard|chemin|place|allée|impasse|route|quai|de|du|des|la|le|les|"
+                              r"am|an|der|die|das|h|no|psc|dpo|apo|fpo|usns|usnv|uscgc)$")
+
+
+def _sub_address_generic(orig: str, rng: _Rng) -> str:
+    """Non-US layouts: numbers and postcodes scrambled, place and street names replaced, layout kept."""
+    def repl(m: re.Match) -> str:
+        w = m.group(0)
+        if any(c.isdigit() for c in w) or (w.isupper() and len(w) <= 3):
+            return _scramble(w, rng)
+        low_suffix = re.match(r"(?i)^(.*?)(stra(?:ss|ß)e|str|weg|gasse|allee|platz|ring|damm)$", w)
+        if low_suffix and low_suffix.group(1):
+            return rng.choice(_FAKE_STREETS) + low_suffix.group(2)
+        if _KEEP_ADDR_WORDS.match(w) or not w[0].isupper():
+            return w
+        return rng.choice(_FAKE_STREETS + _FAKE_CITIES)
+    return re.sub(r"[\wÀ-ÿ'’]+", repl, orig)
+
+
 _SUBSTITUTERS: dict[str, Callable[[str, _Rng], str]] = {
+    "iban": _sub_iban,
+    "national_id": _sub_national_id,
+    "date_of_birth": _sub_dob,
     "email": _sub_email,
     "phone": _sub_phone,
     "credit_card": _sub_card,
