@@ -136,8 +136,8 @@ PII_TYPES: tuple[str, ...] = (
     "api_key",
     "email",
     "iban",
-    "credit_card",
     "national_id",
+    "credit_card",
     "ssn",
     "date_of_birth",
     "phone",
@@ -721,7 +721,7 @@ _NINO_RE = re.compile(
 _NIR_RE = re.compile(
     r"(?<![\w-])[12] ?\d{2} ?(?:0[1-9]|1[0-2]|[2-9]\d) ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}(?![\w-])"
 )
-_AADHAAR_RE = re.compile(r"(?<![\w-])[2-9]\d{3}([ -]?)\d{4}\1\d{4}(?![\w-])")
+_AADHAAR_RE = re.compile(r"(?<![\w-])\d{4}([ -]?)\d{4}\1\d{4}(?![\w-])")
 _RVNR_RE = re.compile(r"(?<![\w-])\d{2} ?(?:0[1-9]|[12]\d|3[01])(?:0[1-9]|1[0-2])\d{2} ?[A-Z] ?\d{3}(?![\w-])")
 _PAN_RE = re.compile(r"(?<![A-Za-z0-9])[A-Z]{3}[ABCFGHLJPT][A-Z]\d{4}[A-Z](?![A-Za-z0-9])")
 _STEUER_ID_RE = re.compile(
@@ -815,7 +815,7 @@ _STREET_SUFFIXES = (
 )
 _STATES = (
     "AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|"
-    "NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|AA|AE|AP"
+    "NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|AA|AE|AP|AS|GU|MP|VI|FM|MH|PW|UM"
 )
 _UNIT = r"(?:Apt|Apartment|Suite|Ste|Unit|Fl|Floor|Rm|Room|Bldg|Building|Flat|Studio|#)\.?[ \t]*#?[ \t]*[A-Za-z0-9-]{1,6}\b"
 _ADDR_RE = re.compile(
@@ -834,7 +834,7 @@ _ADDR_NAME_STOP = {
     "Top", "Best", "Easy", "Simple", "Ways", "Tips", "Steps", "Reasons", "Things",
     "Days", "Hours", "Minutes", "Weeks", "Months", "Years", "Times", "Star", "Stars",
     "Points", "People", "Users", "Items", "Pages", "More", "Less", "New", "Old", "Key",
-    "Main", "Big", "Small", "Great", "Good", "Bad", "First", "Last", "Next", "Free",
+    "Big", "Small", "Great", "Good", "Bad", "Last", "Next", "Free",
 }
 # lower-case addresses ("i live at 55 water st apt 4") are accepted only after a cue
 _ADDR_RE_I = re.compile(_ADDR_RE.pattern, re.IGNORECASE)
@@ -845,7 +845,7 @@ _ADDR_CUE_RE = re.compile(
 )
 # German street + number: "Hauptstraße 5", "Anne-Kathrin-Kreusel-Ring 10-57", "Am Markt 3a"
 _DE_STREET_RE = re.compile(
-    r"(?<![\w-])(?P<street>(?:[A-ZÄÖÜ][\wäöüß.'-]*[ -])*?[A-ZÄÖÜ]?[\wäöüß'-]*?"
+    r"(?<![\w-])(?P<street>(?:(?:van|von|de|der|den|zu|zum|zur|am|an|auf|in|im)[ \t]+)*(?:[A-ZÄÖÜ][\wäöüß.'-]*[ -])*?[A-ZÄÖÜ]?[\wäöüß'-]*?"
     r"(?:stra(?:ss|ß)e|str\.|weg|gasse|allee|platz|ring|damm|ufer|chaussee|steig|pfad|markt|graben|"
     r"kamp|wall|berg|hof|zeile|promenade|anger|gang|tor|brücke|feld|garten|park|siedlung|stieg|"
     r"Straße|Strasse|Weg|Gasse|Allee|Platz|Ring|Damm|Ufer|Chaussee|Steig|Pfad|Markt|Graben))"
@@ -858,11 +858,15 @@ _FR_STREET_RE = re.compile(
     r"r[ée]sidence|lotissement|hameau)[ \t]+(?:(?:de|du|des|d['’]|la|le|les|l['’]|aux?|sur|en|"
     r"[A-ZÀ-ÖØ-Þ][\wà-öø-ÿ'’-]*)[ \t]*){1,5}"
 )
+_FR_STREET_NONUM_RE = re.compile(
+    r"(?<![\w-])(?:rue|avenue|boulevard|chemin|place|all[ée]e|impasse|route|quai|cours|passage|square)[ \t]+"
+    r"(?:(?:de|du|des|d['’]|la|le|les|l['’])[ \t]*)*[A-ZÀ-ÖØ-Þ][\wà-öø-ÿ'’-]*(?:[ \t]+[A-ZÀ-ÖØ-Þ][\wà-öø-ÿ'’-]*){0,2}"
+)
 # unit / house-number lines that start an address: "Flat 17", "Studio 36U", "H.No. 70", "69/07"
 _UNIT_LINE_RE = re.compile(
     r"(?<![\w])(?:(?:Flat|Studio|Apartment|Apt\.?|Suite|Unit|Room|House|H\.[ \t]?No\.?|Plot(?:[ \t]No\.?)?|"
     r"Door(?:[ \t]No\.?)?)[ \t]*\d{1,5}[A-Za-z]?(?:[ \t]+Box[ \t]+\d{1,5})?|PSC[ \t]+\d{3,5},?[ \t]+Box[ \t]+\d{1,5}|"
-    r"USN[SV]?[ \t]+[A-Z][a-z]+|USCGC[ \t]+[A-Z][a-z]+|\d{1,4}/\d{1,4}|\d{1,4}(?=,[ \t]+[A-Z]))(?![\w/])"
+    r"USN[SV]?[ \t]+[A-Z][a-z]+|USCGC[ \t]+[A-Z][a-z]+|\d{1,4}/\d{1,4}|\d{1,4}(?=,[ \t]+[A-Z])|\d{1,4}(?=[ \t]*\n))(?![\w/])"
 )
 # postcode lines: UK postcode, US "City, ST 12345", "DPO AA 60680", DE/FR "12345 City", IN "City-123456"
 _UK_POSTCODE = r"(?:[A-Z]{1,2}\d[A-Z\d]?[ \t]?\d[A-Z]{2})"
@@ -870,8 +874,8 @@ _POSTCODE_RE = re.compile(
     r"(?<![\w-])(?:"
     r"(?P<uk>(?:[A-Z][\w'’.-]*(?:[ \t]+[A-Z][\w'’.-]*){0,3}[ \t]*,?[ \t]+)?" + _UK_POSTCODE + r")"
     r"|(?P<us>(?:[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+){0,3},[ \t]*|[ADF]PO[ \t]+)(?:" + _STATES + r")[ \t]+\d{5}(?:-\d{4})?)"
-    r"|(?P<eu>\d{5}[ \t]+[A-ZÀ-ÖØ-Þ][\wà-öø-ÿäöüß'’.-]*(?:[ \t-]+(?:[A-ZÀ-ÖØ-Þ]|sur|l[ae]s?|de|am|an|im|bei|in)[\wà-öø-ÿäöüß'’.-]*){0,3})"
-    r"|(?P<in>[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+){0,2}[ \t]*[-–,]?[ \t]*[1-9]\d{5})"
+    r"|(?P<eu>\d{5}[ \t]+[A-ZÀ-ÖØ-Þ][\wà-öø-ÿäöüß'’-]*(?:[ \t-]+(?:[A-ZÀ-ÖØ-Þ]|sur|l[ae]s?|de|am|an|im|bei|in)[\wà-öø-ÿäöüß'’-]*){0,3})"
+    r"|(?P<in>[A-Z][a-z]+(?:[ \t-]+[A-Z][a-z]+){0,2}[ \t]*[-–,]?[ \t]*\d{6})"
     r")(?![\w-])"
 )
 # a town or locality line between two address parts ("West Glen", "Bassi Chowk")
@@ -879,7 +883,7 @@ _TOWN_LINE_RE = re.compile(r"[A-Z][\w'’.-]*(?:[ \t]+(?:[A-Z][\w'’.-]*|upon|o
 # a street line whose suffix is lower case (en_GB style "Buckley skyway") or that has no number
 _STREET_WORD_RE = re.compile(
     r"(?<![\w])(?:\d{1,5}[A-Za-z]?[ \t]+)?[A-Z][\w'’-]+(?:[ \t]+[A-Z][\w'’-]+)?[ \t]+(?i:" + _STREET_SUFFIXES
-    + r")\b\.?"
+    + r")\b"
 )
 
 
@@ -910,6 +914,8 @@ def _address_parts(text: str, wins) -> list[tuple[int, int, str]]:
         parts.append((m.start(), m.end().__index__() - (len(m.group(0)) - len(m.group(0).rstrip())), "street"))
     for m in _iter(_UNIT_LINE_RE, text, wins):
         parts.append((m.start(), m.end(), "unit"))
+    for m in _iter(_FR_STREET_NONUM_RE, text, wins):
+        parts.append((m.start(), m.end(), "street_weak"))
     for m in _iter(_POSTCODE_RE, text, wins):
         kind = "post" if m.group("uk") or m.group("us") else "post_weak"
         parts.append((m.start(), m.end(), kind))
@@ -998,6 +1004,7 @@ _STRONG_SURNAMES = {n for n in _SURNAMES if not _wordlike(n) and len(n) >= 3}
 _UNAMBIGUOUS_FIRST = _ALL_FIRST - _AMBIGUOUS_FIRST
 _LOWER_FIRST = {n.lower() for n in _UNAMBIGUOUS_FIRST if n.lower() not in _COMMON and len(n) >= 3}
 _LOWER_SUR = {n.lower() for n in _STRONG_SURNAMES}
+_LOWER_SUR_ALL = {n.lower() for n in _SURNAMES if len(n) >= 3}
 
 _TOK = r"(?:Mc|Mac|O['’]|D['’]|De|Di|La|Le)?[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+(?:-[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+)*"
 _TOK_RE = re.compile(_TOK)
@@ -1012,7 +1019,16 @@ _PLACE_BEFORE_RE = re.compile(
 )
 _FIRM_AFTER_RE = re.compile(r",[ \t]+[A-Z][a-z]+(?:,[ \t]+[A-Z][a-z]+)*,?[ \t]+(?:and|&)[ \t]+[A-Z]")
 _AFTER_SURNAME_WORD = re.compile(r"(?:[ \t]+(?:said|says|wrote|writes|called|told|asked|is\s+my|was\s+my|"
-                                 r"from|will|who|and\s+I|has|had|sent|replied|mentioned))\b")
+                                 r"sent|replied|mentioned))\b")
+# company names built from surnames: "Trapp Döring AG", "Patterson, Ruiz and Jones"
+_COMPANY_AFTER_RE = re.compile(
+    r"[ \t]*,?[ \t]*(?:AG|GmbH|SA|S\.A\.|SARL|SAS|SE|KG|PLC|plc|Ltd|LLC|LLP|Inc|Corp|Co\.|& Co|and Sons|"
+    r"& Sons|Group|Holdings|Partners|Associates|Brothers|Bros)(?!\w)"
+)
+_FIRM_LIST_RE = re.compile(
+    r"\b(?:at|for|with|from|of|by|joined|join|joins)[ \t]+[A-Z][\w'’-]+(?:,[ \t]+[A-Z][\w'’-]+)+,?[ \t]+"
+    r"(?:and|&)[ \t]+[A-Z][\w'’-]+"
+)
 
 # word endings that mark adjectives/verbs rather than names ("I'm Stuck", "I'm Confused")
 _NATIONALITY_SUFFIX = re.compile(r"(?:ing|ed|ly|ful|less|ous|ive|able|ible|ment|ness|tion)$")
@@ -1059,14 +1075,73 @@ def _extend_name(text: str, end: int, max_extra: int) -> int:
 _WORD_BEFORE_OK = frozenset(" \t\n\r\"'(<[{,;:>=*_`“‘«")
 
 
-def _gazetteer_names(text: str) -> Iterable[Span]:
+def _cap_words(text: str) -> list[re.Match]:
+    """Capitalised words that are not in the stop list and start a word."""
+    out = []
     for m in _CAP_WORD_RE.finditer(text):
+        if m.group(0) in _CAP_STOP and m.group(0) not in _ALL_FIRST:
+            continue
         s0 = m.start()
         if s0 and text[s0 - 1] not in _WORD_BEFORE_OK and not (text[s0 - 1] in ".!?" and s0 > 1):
             continue
+        out.append(m)
+    return out
+
+
+# the word right before a name that can make it one: "name is X", "Dear X", "Hi X", "Dr X",
+# "colleague X", "met X", "Reviewer: X", "Regards,\nX"
+_CUE_LAST_WORDS = frozenset("""
+is name name's name’s dear me signed hi hello hey thanks thank you cheers morning bye i'm i’m im am called
+mr mrs ms miss mx dr prof professor dame sir herr frau mme mlle m shri smt sri univ.prof
+friend colleague boss manager wife husband partner son daughter brother sister mother father mom mum dad
+neighbor neighbour landlord landlady tenant coworker co-worker teacher doctor lawyer client customer roommate
+flatmate cousin uncle aunt boyfriend girlfriend ex supervisor student reviewer author assignee owner contact
+applicant patient employee candidate recipient sender from to cc attn attendee speaker guest met ask tell
+email e-mail call text ping add help invite message meet asked told emailed invited thanked hired fired
+introduce regards sincerely best wishes truly respectfully love -- — holder cardholder
+""".split())
+_SPEECH_AFTER_RE = re.compile(r"[ \t]+(?:said|says|wrote|writes|called|calls|told|asked|replied|mentioned|"
+                              r"emailed|texted|thinks|thought|wants|needs|is\s+my|was\s+my)\b")
+
+
+def _prev_word(text: str, s: int) -> str:
+    """The word before position ``s``, lower-cased, skipping blanks, quotes and one , : or =."""
+    j = s - 1
+    while j >= 0 and text[j] in " \t\n\r\"'":
+        j -= 1
+    if j >= 0 and text[j] in ",:=":
+        j -= 1
+        while j >= 0 and text[j] in " \t\"'":
+            j -= 1
+    k = j
+    while k >= 0 and (text[k].isalnum() or text[k] in "'’.-—"):
+        k -= 1
+    return text[k + 1:j + 1].lower().rstrip(".")
+
+
+def _name_windows(text: str, caps: list[re.Match]):
+    """Windows for the cue, speech and sign-off patterns around capitalised words with a cue."""
+    cue, speech, sign = [], [], []
+    for m in caps:
+        s0, e0 = m.span()
+        pw = _prev_word(text, s0).rstrip(",:=")
+        if pw in _CUE_LAST_WORDS:
+            cue.append((s0, e0))
+            if pw in ("regards", "sincerely", "best", "wishes", "truly", "respectfully", "love", "cheers",
+                      "thanks", "signed", "--", "—", "you"):
+                sign.append((s0, e0))
+        nxt = _SEP_TOK_RE.match(text, e0)
+        end = nxt.end() if nxt else e0
+        if _SPEECH_AFTER_RE.match(text, end):
+            speech.append((s0, end + 12))
+    n = len(text)
+    return _merge(cue, n, 48, 70), _merge(speech, n, 0, 20), _merge(sign, n, 40, 70)
+
+
+def _gazetteer_names(text: str, caps: list[re.Match]) -> Iterable[Span]:
+    for m in caps:
+        s0 = m.start()
         first = m.group(0)
-        if first in _CAP_STOP:
-            continue
         known_first = _is_first(first)
         sm = _SURNAME_AT_RE.match(text, m.end())
         sur = sm.group("sur") if sm else None
@@ -1088,7 +1163,7 @@ def _gazetteer_names(text: str) -> Iterable[Span]:
             if t and t.group("tok") in _SURNAMES and _ok_name_token(t.group("tok")):
                 end = t.end()
             yield s0, end, "person_name"
-        elif known_first and _is_unambiguous_first(first) and first in _FIRST_NAMES | _BROAD_FIRST:
+        elif known_first and _is_unambiguous_first(first) and (first in _FIRST_NAMES or first in _BROAD_FIRST):
             # a lone first name ("ask Kevin"); broad-list names only before a verb of speech etc.
             if _FIRM_AFTER_RE.match(text, m.end()):
                 continue
@@ -1104,13 +1179,20 @@ _NAME_CUE_RE = re.compile(
     r"\b(?:reviewer|author|assignee|owner|contact|applicant|patient|employee|candidate|recipient|sender|"
     r"from|to|cc|attn|attendee|speaker|guest)\s*:|\b(?:met|ask|tell|email|e-mail|call|text|ping|add|help|"
     r"invite|contact|thank|cc|message|meet|asked|told|emailed|called|invited|thanked|hired|fired|"
-    r"introduce|with|and|by|for|to|from)\b)"
+    r"introduce)\b)"
     r"|\bI['’]m|\bI\s+am|\bIm|\bi['’]m)[ \t]+(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Herr|Frau|Mme|Mlle|M)\.?[ \t]+)?"
     r"(?P<tok>" + _TOK + r")(?![\w@])"
 )
 _WEAK_CUES = ("met", "ask", "tell", "email", "e-mail", "call", "text", "ping", "add", "help", "invite",
               "contact", "thank", "cc", "message", "meet", "asked", "told", "emailed", "called", "invited",
               "thanked", "hired", "fired", "introduce", "with", "and", "by", "for", "to", "from")
+_GENERIC_CUES = frozenset({"with", "and", "by", "for", "to", "from", "add", "help", "text", "call", "message"})
+_SPEECH_RE = re.compile(
+    r"(?P<a>" + _TOK + r")[ \t]+(?P<b>" + _TOK + r")[ \t]+(?:said|says|wrote|writes|called|calls|told|asked|"
+    r"replied|mentioned|emailed|texted|thinks|thought|wants|needs|is\s+my|was\s+my)\b"
+)
+_SPEECH_WORDS = ("said", "says", "wrote", "writes", "called", "calls", "told", "asked", "replied", "mentioned",
+                 "emailed", "texted", "thinks", "thought", "wants", "needs", "is my", "was my")
 _THIS_IS_RE = re.compile(
     r"(?i:\bthis\s+is|\bhi|\bhello|\bhey|\bthanks|\bthank\s+you|\bcheers|\bmorning|\bbye)"
     r",?[ \t]+(?P<tok>" + _TOK + r")(?![\w@])"
@@ -1143,9 +1225,13 @@ _FIELD_NAME_BAD_PREFIX = re.compile(
 # "Name X Y ..." written in lower case after a cue: "my name is john smith", "hi priya"
 _LOWER_CUE_RE = re.compile(
     r"(?:\bmy\s+name\s+is|\bmy\s+name['’]s|\bi['’]m|\bi\s+am|\bthis\s+is|\bdear|\bhi|\bhello|\bhey|"
-    r"\bthanks|\bregards,?|\bname\s*:|\bsigned,?|\bmy\s+(?:friend|colleague|boss|wife|husband|"
-    r"neighbou?r|landlord|manager)|\bmet|\bask|\bemail|\bcall)[ \t\n]+(?P<tok>[a-zß-öø-ÿ][a-zß-öø-ÿ'’-]+)"
+    r"\bthanks[,!]?|\bregards[,:]?|\b(?:name|reviewer|author|from|to|contact|attn|cc)\s*:|\bsigned[,:]?|\bmy\s+(?:friend|colleague|boss|wife|husband|"
+    r"neighbou?r|landlord|manager)|\bi\s+met|\bmet|\bask|\bemail|\bcall)[ \t\n]+(?P<tok>[a-zß-öø-ÿ][a-zß-öø-ÿ'’-]+)"
     r"(?:[ \t]+(?P<tok2>[a-zß-öø-ÿ][a-zß-öø-ÿ'’-]+))?"
+)
+_LOWER_SPEECH_RE = re.compile(
+    r"(?<![\w@.])(?P<a>[a-zß-öø-ÿ]{2,})[ \t]+(?P<b>[a-zß-öø-ÿ'’-]{2,})[ \t]+(?:said|says|wrote|told|asked|"
+    r"called|replied|mentioned|emailed|texted)\b"
 )
 _LOWER_PAIR_RE = re.compile(r"(?<![\w@.])(?P<a>[a-zß-öø-ÿ]{3,})[ \t]+(?P<b>[a-zß-öø-ÿ'’-]{3,})(?![\w@])")
 # attribute values in HTML/XML: alt="Markus Weber", title='Dr. Jane Roe'
@@ -1153,6 +1239,13 @@ _HTML_ATTR_RE = re.compile(
     r"(?i)\b(?:alt|title|aria-label|placeholder|value|content|label|author|data-[\w-]*name)\s*=\s*"
     r"(?P<q>[\"'])(?P<val>[^\"'<>\n]{3,80})(?P=q)"
 )
+
+
+def _company_like(text: str, s: int, e: int, firms: list[tuple[int, int]]) -> bool:
+    """A name that is part of a company name ("Kusch Finke GmbH"; "at Taylor, Thomas and Hudson")."""
+    if _COMPANY_AFTER_RE.match(text, e):
+        return True
+    return " " not in text[s:e] and any(a <= s and e <= b for a, b in firms)
 
 
 def _cue_token_ok(tok: str) -> bool:
@@ -1175,6 +1268,8 @@ def _cue_names_only(text: str, wins, kind: str) -> Iterable[Span]:
         yield from _names_after_title(text, wins)
     elif kind == "signoff":
         yield from _names_signoff(text, wins)
+    elif kind == "speech":
+        yield from _names_before_speech(text, wins)
 
 
 def _names_after_cue(text: str, wins) -> Iterable[Span]:
@@ -1191,13 +1286,19 @@ def _names_after_cue(text: str, wins) -> Iterable[Span]:
             if not sm or not _ok_name_token(sm.group("sur")):
                 continue
             sur = sm.group("sur")
-            if not (_is_first(tok) or _is_strong_surname(sur)) or _wordlike(tok) and not _is_first(tok):
+            listed = _is_first(tok) or _is_strong_surname(sur)
+            if _wordlike(tok) and not _is_first(tok):
+                continue
+            # generic words ("with", "and", "to") need a listed name; verbs ("met", "ask") do not
+            if not listed and (cue_word in _GENERIC_CUES or _wordlike(sur) or len(tok) < 3):
                 continue
             if _wordlike(sur) and sur not in _SURNAMES:
                 continue
             yield m.start("tok"), sm.end(), "person_name"
             continue
-        if not known and (_NATIONALITY_SUFFIX.search(tok) or len(tok) < 3):
+        nxt = _SURNAME_AT_RE.match(text, m.end("tok"))
+        listed_next = bool(nxt) and nxt.group("sur") in _STRONG_SURNAMES
+        if not known and ((_NATIONALITY_SUFFIX.search(tok) and not listed_next) or len(tok) < 3):
             continue
         # "I'm X" / "I am X" is weaker than "my name is X": an unknown X needs length >= 4
         if cue.startswith(("i'm", "i’m", "i am", "im")) and not known and (len(tok) < 4 or _wordlike(tok)):
@@ -1206,12 +1307,31 @@ def _names_after_cue(text: str, wins) -> Iterable[Span]:
         yield m.start("tok"), end, "person_name"
 
 
+def _names_before_speech(text: str, wins) -> Iterable[Span]:
+    """"Wolfram Thanel said ...": two name-like capitalised words before a verb of speech."""
+    for m in _iter(_SPEECH_RE, text, wins):
+        a, b = m.group("a"), m.group("b")
+        if not (_ok_name_token(a) and _ok_name_token(b)):
+            continue
+        if (_wordlike(a) and not _is_first(a)) or (_wordlike(b) and b not in _SURNAMES):
+            continue
+        yield m.start("a"), m.end("b"), "person_name"
+
+
 def _names_this_is(text: str, wins) -> Iterable[Span]:
     for m in _iter(_THIS_IS_RE, text, wins):
         # "this is X" / "Hi X" / "Thanks X": X must be a listed name (ambiguous ones included)
         # not followed by a number ("this is May 2024")
         tok = m.group("tok")
-        if not (_is_first(tok) or _is_strong_surname(tok)) or not _ok_name_token(tok):
+        if not _ok_name_token(tok) and not _is_first(tok):
+            continue
+        if not (_is_first(tok) or _is_strong_surname(tok)):
+            # "Hi Widisha Deep": an unlisted word counts with a second capitalised name-like word
+            sm = _SURNAME_AT_RE.match(text, m.end("tok"))
+            if (sm and _ok_name_token(sm.group("sur")) and not _wordlike(tok) and len(tok) >= 3
+                    and (not _NATIONALITY_SUFFIX.search(tok) or sm.group("sur") in _STRONG_SURNAMES)
+                    and (not _wordlike(sm.group("sur")) or sm.group("sur") in _SURNAMES)):
+                yield m.start("tok"), sm.end(), "person_name"
             continue
         if tok in _AMBIGUOUS_FIRST:
             if re.match(r"[ \t]*,?[ \t]*\d", text[m.end("tok"):m.end("tok") + 4]):
@@ -1284,18 +1404,41 @@ def _html_attr_names(text: str) -> Iterable[Span]:
         yield base + names[0].start(), base + names[-1].end(), "person_name"
 
 
-def _lower_names(text: str, low: str, wins) -> Iterable[Span]:
+_LOWER_CUE_WORDS = ("my name", "i'm", "i’m", "i am", "this is", "dear", "hi", "hello", "hey", "thanks",
+                    "regards", "name", "reviewer", "author", "from:", "to:", "contact", "attn", "cc:", "signed",
+                    "friend", "colleague", "boss", "wife", "husband", "neighb", "landlord", "manager", "met ",
+                    "ask ", "email", "call")
+
+
+def _lower_names(text: str, low: str) -> Iterable[Span]:
     """Names written in lower case: after a cue, or a listed first name + listed surname."""
+    words = text.split()
+    firsts = _LOWER_FIRST.intersection(words)
+    if not firsts and not any(w in low for w in _LOWER_CUE_WORDS):
+        return
+    wins = _kw_windows(low, _LOWER_CUE_WORDS, 2, 60)
+    speech_wins = _kw_windows(low, _SPEECH_WORDS, 60, 2)
     for m in _iter(_LOWER_CUE_RE, low, wins):
         tok, tok2 = m.group("tok"), m.group("tok2")
         if text[m.start("tok")] != tok[0]:
             continue  # capitalised in the original: handled by the other rules
+        cue = low[m.start():m.start("tok")].strip()
+        strong = not cue.startswith(("met", "ask", "email", "call"))
+        tok2_ok = bool(tok2) and tok2 not in _COMMON and len(tok2) >= 2
+        tok2_name = bool(tok2) and (tok2 in _LOWER_SUR_ALL or tok2 in _LOWER_FIRST or tok2_ok)
         if tok in _LOWER_FIRST or tok in _LOWER_SUR:
-            end = m.end("tok")
-            if tok2 and (tok2 in _LOWER_SUR or tok2 in _LOWER_FIRST or (tok2 not in _COMMON and len(tok2) >= 3)):
-                end = m.end("tok2")
+            end = m.end("tok2") if tok2_name else m.end("tok")
             yield m.start("tok"), end, "person_name"
-    for m in _iter(_LOWER_PAIR_RE, text, wins):
+        elif strong and tok not in _COMMON and len(tok) >= 3 and tok2_ok and not _NATIONALITY_SUFFIX.search(tok):
+            yield m.start("tok"), m.end("tok2"), "person_name"
+    for m in _iter(_LOWER_SPEECH_RE, text, speech_wins):
+        a, b = m.group("a"), m.group("b")
+        if (a in _LOWER_FIRST or (a not in _COMMON and len(a) >= 3)) and b not in _COMMON and len(b) >= 2:
+            yield m.start("a"), m.end("b"), "person_name"
+    if not firsts:
+        return
+    pair_wins = _kw_windows(text, tuple(firsts), 2, 40)
+    for m in _iter(_LOWER_PAIR_RE, text, pair_wins):
         a, b = m.group("a"), m.group("b")
         if a in _LOWER_FIRST and (b in _LOWER_SUR or (b not in _COMMON and b[:1].isalpha() and len(b) >= 4
                                                      and "-" not in b and a not in _COMMON)):
@@ -1364,10 +1507,17 @@ _SECRET_WORDS = ("key", "token", "secret", "pass", "pwd", "auth", "credential", 
 _DOB_WORDS = ("born", "birth", "dob", "d.o.b", "geburt", "geboren", "geb.", "né", "naissance")
 _ID_WORDS = ("passport", "pass", "ausweis", "passeport", "licen", "id card", "identity", "national id",
              "steuer", "identifikation", "tax id")
-_NAME_CUE_WORDS = ("name", "i'm", "i’m", "i am", "im ", "call me", "signed", "dear", "my ", "met ", "ask ",
-                   "tell ", "email", "text ", "ping ", "add ", "help ", "invite", "contact", "thank", "cc",
-                   "message", "meet", "told ", "hired", "fired", "introduce", "with ", "and ", "by ", "for ",
-                   "to ", "from", ":")
+# cue words that open a window for the name-cue patterns (generic words such as "and"/"to" are left
+# to the gazetteer rule: they would open a window almost everywhere)
+_NAME_CUE_WORDS = ("name", "i'm", "i’m", "i am", " im ", "call me", "signed", "dear", "friend", "colleague",
+                   "boss", "manager", "wife", "husband", "partner", "son ", "daughter", "brother", "sister",
+                   "mother", "father", "mom ", "mum ", "dad ", "neighb", "landlord", "landlady", "tenant",
+                   "worker", "teacher", "doctor", "lawyer", "client", "customer", "roommate", "flatmate",
+                   "cousin", "uncle", "aunt", "boyfriend", "girlfriend", "supervisor", "student", "reviewer",
+                   "author", "assignee", "owner", "contact", "applicant", "patient", "employee", "candidate",
+                   "recipient", "sender", "attn", "attendee", "speaker", "guest", "from:", "to:", "cc:",
+                   "met ", "ask ", "tell ", "email", "e-mail", "text ", "ping ", "invite", "thank", "message",
+                   "meet ", "told ", "hired", "fired", "introduce")
 _THIS_IS_WORDS = ("this is", "hi", "hello", "hey", "thank", "cheers", "morning", "bye")
 _SIGNOFF_WORDS = ("regards", "sincerely", "yours", "best", "cheers", "thanks", "thank you", "respectfully",
                   "love", "signed", "--", "—")
@@ -1421,31 +1571,32 @@ def find_pii(text: str) -> list[Span]:
     w = kw(_ID_WORDS, 0, 60)
     if w != []:
         add(_find_id_after_cue(text, w))
-    w = kw(_DOB_WORDS, 2, 60)
+    w = kw(_DOB_WORDS, 16, 60)
     if w != []:
         add(_find_dobs(text, w))
     digit_wins = _merge([m.span() for m in _DIGIT_RUN_RE.finditer(text)], n, 64, 64)
     if digit_wins:
         add(_find_addresses(text, digit_wins, kw(_ADDR_CUE_WORDS, 0, 24)))
-    # names
-    add(_gazetteer_names(text))
-    w = kw(_NAME_CUE_WORDS, 2, 80)
-    if w != []:
-        add(_cue_names_only(text, w, "cue"))
-    w = kw(_THIS_IS_WORDS, 2, 60)
-    if w != []:
-        add(_cue_names_only(text, w, "this_is"))
-    w = kw(_SIGNOFF_WORDS, 2, 80)
-    if w != []:
-        add(_cue_names_only(text, w, "signoff"))
-    if low is None or any(t in low for t in _TITLE_WORDS):
-        add(_cue_names_only(text, None, "title"))
+    # names: one pass over capitalised words feeds the gazetteer rule and opens small windows for
+    # the cue patterns only where a cue word stands right before a capitalised word
+    caps = _cap_words(text)
+    add(_gazetteer_names(text, caps))
+    cue_w, speech_w, sign_w = _name_windows(text, caps)
+    if cue_w:
+        add(_cue_names_only(text, cue_w, "cue"))
+        add(_cue_names_only(text, cue_w, "this_is"))
+        add(_cue_names_only(text, cue_w, "title"))
+    if sign_w:
+        add(_cue_names_only(text, sign_w, "signoff"))
+    if speech_w:
+        add(_cue_names_only(text, speech_w, "speech"))
     if "=" in text:
         add(_html_attr_names(text))
-    if low is not None and low != text:
-        pass
     if low is not None:
-        add(_lower_names(text, low, None))
+        add(_lower_names(text, low))
+    if any(t == "person_name" for _, _, t in cands):
+        firms = [m.span() for m in _FIRM_LIST_RE.finditer(text)] if (" and " in text or "&" in text) else []
+        cands = [c for c in cands if c[2] != "person_name" or not _company_like(text, c[0], c[1], firms)]
     cands.sort(key=lambda c: (-_PRIORITY[c[2]], -(c[1] - c[0]), c[0]))
     # greedy interval selection; ``starts``/``taken`` stay sorted and disjoint
     starts: list[int] = []

@@ -132,7 +132,7 @@ CARRIERS: dict[str, list[str]] = {
         "the logs show requests from {v}",
         "ping {v} returns timeout",
         "whitelist {v} in the firewall please",
-        "curl http://{v}:8080/health",
+        "curl http://{v}:8080/health",  # IPv6: bracketed when the record is built
         "{v} - - [10/Oct/2023:13:55:36] \"GET / HTTP/1.1\" 200",
         "my home ip is {v}",
         "host={v}",
@@ -321,7 +321,7 @@ def _value(typ: str, loc: str, fk: Faker, r: random.Random) -> tuple[str, list[t
         return v, [(0, len(v))]
     if typ == "ip":
         v = fk.ipv4_public() if r.random() < 0.75 else fk.ipv6()
-        return v, [(0, len(v))]
+        return v, [(0, len(v))]  # (an IPv6 address in a URL is bracketed by the carrier below)
     if typ == "api_key":
         v = _api_key(fk, r)
         return v, [(0, len(v))]
@@ -435,6 +435,8 @@ def _record(typ: str, split: str, r: random.Random, fakers: dict[str, Faker]) ->
     if lower:
         value = value.lower()
         carrier = carrier.lower()
+    if typ == "ip" and ":" in value and "http://{v}" in carrier:
+        carrier = carrier.replace("http://{v}", "http://[{v}]")  # RFC 3986: IPv6 hosts are bracketed
     pre, post = carrier.split("{v}", 1)
     pre, post = pre.replace("{{", "{").replace("}}", "}"), post.replace("{{", "{").replace("}}", "}")
     parts: list[str] = []
