@@ -116,9 +116,11 @@ import copy
 import hashlib
 import ipaddress
 import json
+import multiprocessing
+import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 __all__ = [
     "PII_TYPES",
@@ -1404,37 +1406,46 @@ def _html_attr_names(text: str) -> Iterable[Span]:
         yield base + names[0].start(), base + names[-1].end(), "person_name"
 
 
-_LOWER_CUE_WORDS = ("my name", "i'm", "i’m", "i am", "this is", "dear", "hi", "hello", "hey", "thanks",
-                    "regards", "name", "reviewer", "author", "from:", "to:", "contact", "attn", "cc:", "signed",
-                    "friend", "colleague", "boss", "wife", "husband", "neighb", "landlord", "manager", "met ",
-                    "ask ", "email", "call")
+_LOWER_CUE_TOKS = frozenset("""name name's i'm i’m am is dear hi hello hey thanks regards reviewer author from to
+contact attn cc signed friend colleague boss wife husband neighbor neighbour landlord manager met ask email
+call""".split())
+_LOWER_SPEECH_TOKS = frozenset("said says wrote told asked called replied mentioned emailed texted".split())
 
 
-def _lower_names(text: str, low: str) -> Iterable[Span]:
+def _lower_names(text: str, low: str, toks: set[str]) -> Iterable[Span]:
     """Names written in lower case: after a cue, or a listed first name + listed surname."""
-    words = text.split()
-    firsts = _LOWER_FIRST.intersection(words)
-    if not firsts and not any(w in low for w in _LOWER_CUE_WORDS):
+    firsts = _LOWER_FIRST.intersection(text.split())
+    cue = not _LOWER_CUE_TOKS.isdisjoint(toks)
+    speech = not _LOWER_SPEECH_TOKS.isdisjoint(toks)
+    if not (firsts or cue or speech):
         return
-    wins = _kw_windows(low, _LOWER_CUE_WORDS, 2, 60)
-    speech_wins = _kw_windows(low, _SPEECH_WORDS, 60, 2)
-    for m in _iter(_LOWER_CUE_RE, low, wins):
-        tok, tok2 = m.group("tok"), m.group("tok2")
-        if text[m.start("tok")] != tok[0]:
-            continue  # capitalised in the original: handled by the other rules
-        cue = low[m.start():m.start("tok")].strip()
-        strong = not cue.startswith(("met", "ask", "email", "call"))
-        tok2_ok = bool(tok2) and tok2 not in _COMMON and len(tok2) >= 2
-        tok2_name = bool(tok2) and (tok2 in _LOWER_SUR_ALL or tok2 in _LOWER_FIRST or tok2_ok)
-        if tok in _LOWER_FIRST or tok in _LOWER_SUR:
-            end = m.end("tok2") if tok2_name else m.end("tok")
-            yield m.start("tok"), end, "person_name"
-        elif strong and tok not in _COMMON and len(tok) >= 3 and tok2_ok and not _NATIONALITY_SUFFIX.search(tok):
-            yield m.start("tok"), m.end("tok2"), "person_name"
-    for m in _iter(_LOWER_SPEECH_RE, text, speech_wins):
-        a, b = m.group("a"), m.group("b")
-        if (a in _LOWER_FIRST or (a not in _COMMON and len(a) >= 3)) and b not in _COMMON and len(b) >= 2:
-            yield m.start("a"), m.end("b"), "person_name"
+    if cue:
+        for m in _LOWER_CUE_RE.finditer(low):
+            yield from _lower_cue_span(text, low, m)
+    if speech:
+        for m in _LOWER_SPEECH_RE.finditer(text):
+            a, b = m.group("a"), m.group("b")
+            if (a in _LOWER_FIRST or (a not in _COMMON and len(a) >= 3)) and b not in _COMMON and len(b) >= 2:
+                yield m.start("a"), m.end("b"), "person_name"
+    yield from _lower_pairs(text, firsts)
+
+
+def _lower_cue_span(text: str, low: str, m: re.Match) -> Iterable[Span]:
+    tok, tok2 = m.group("tok"), m.group("tok2")
+    if text[m.start("tok")] != tok[0]:
+        return  # capitalised in the original: handled by the other rules
+    cue = low[m.start():m.start("tok")].strip()
+    strong = not cue.startswith(("met", "ask", "email", "call"))
+    tok2_ok = bool(tok2) and tok2 not in _COMMON and len(tok2) >= 2
+    tok2_name = bool(tok2) and (tok2 in _LOWER_SUR_ALL or tok2 in _LOWER_FIRST or tok2_ok)
+    if tok in _LOWER_FIRST or tok in _LOWER_SUR:
+        end = m.end("tok2") if tok2_name else m.end("tok")
+        yield m.start("tok"), end, "person_name"
+    elif strong and tok not in _COMMON and len(tok) >= 3 and tok2_ok and not _NATIONALITY_SUFFIX.search(tok):
+        yield m.start("tok"), m.end("tok2"), "person_name"
+
+
+def _lower_pairs(text: str, firsts: set[str]) -> Iterable[Span]:
     if not firsts:
         return
     pair_wins = _kw_windows(text, tuple(firsts), 2, 40)
@@ -1500,30 +1511,33 @@ def _kw_windows(low: str, words: tuple[str, ...], before: int, after: int) -> li
     return _merge(spans, len(low), before, after)
 
 
-_PHONE_CUES = ("call", "phone", "tel", "mobile", "cell", "text", "whatsapp", "fax", "sms", "reach",
-               "contact", "number", "ring", "dial", "landline", "handy", "téléphone", "portable", "no.", "nr")
-_SECRET_WORDS = ("key", "token", "secret", "pass", "pwd", "auth", "credential", "sig", "session", "jwt",
-                 "hmac", "otp", "sid", "code", "bearer", "basic", "pin")
-_DOB_WORDS = ("born", "birth", "dob", "d.o.b", "geburt", "geboren", "geb.", "né", "naissance")
-_ID_WORDS = ("passport", "pass", "ausweis", "passeport", "licen", "id card", "identity", "national id",
-             "steuer", "identifikation", "tax id")
-# cue words that open a window for the name-cue patterns (generic words such as "and"/"to" are left
-# to the gazetteer rule: they would open a window almost everywhere)
-_NAME_CUE_WORDS = ("name", "i'm", "i’m", "i am", " im ", "call me", "signed", "dear", "friend", "colleague",
-                   "boss", "manager", "wife", "husband", "partner", "son ", "daughter", "brother", "sister",
-                   "mother", "father", "mom ", "mum ", "dad ", "neighb", "landlord", "landlady", "tenant",
-                   "worker", "teacher", "doctor", "lawyer", "client", "customer", "roommate", "flatmate",
-                   "cousin", "uncle", "aunt", "boyfriend", "girlfriend", "supervisor", "student", "reviewer",
-                   "author", "assignee", "owner", "contact", "applicant", "patient", "employee", "candidate",
-                   "recipient", "sender", "attn", "attendee", "speaker", "guest", "from:", "to:", "cc:",
-                   "met ", "ask ", "tell ", "email", "e-mail", "text ", "ping ", "invite", "thank", "message",
-                   "meet ", "told ", "hired", "fired", "introduce")
-_THIS_IS_WORDS = ("this is", "hi", "hello", "hey", "thank", "cheers", "morning", "bye")
-_SIGNOFF_WORDS = ("regards", "sincerely", "yours", "best", "cheers", "thanks", "thank you", "respectfully",
-                  "love", "signed", "--", "—")
-_TITLE_WORDS = ("mr", "mrs", "ms", "miss", "mx", "dr", "prof", "dame", "sir", "herr", "frau", "mme", "mlle",
-                "shri", "smt", "sri")
-_ADDR_CUE_WORDS = ("address", "live", "ship", "deliver", "located", "send", "mail", "moved", "stay", "reside")
+_TOKEN_RE = re.compile(r"[0-9a-zà-öø-ÿß]+(?:['’][a-z]+)?")
+
+
+class _Family:
+    """Cue words of one detector: whole tokens (checked against the text's token set) and a few
+    substrings (for cues glued to other words, "DB_PASSWORD", "d.o.b")."""
+
+    def __init__(self, tokens: str, subs: tuple[str, ...] = ()) -> None:
+        self.tokens = frozenset(tokens.split())
+        self.subs = subs
+
+    def present(self, low: str, toks: set[str]) -> tuple[str, ...]:
+        hits = tuple(self.tokens.intersection(toks))
+        return hits + tuple(x for x in self.subs if x in low)
+
+
+_PHONE_CUES = _Family("call calls calling phone tel telephone mobile cell cellphone text whatsapp fax sms reach "
+                      "contact number ring dial landline handy téléphone portable hotline helpline no nr ph")
+_SECRET_WORDS = _Family("key keys token tokens secret secrets password passwd pwd pass passcode passphrase pin "
+                        "auth authorization credential credentials sig signature session sessionid jwt hmac otp "
+                        "sid code bearer basic apikey",
+                        ("pass", "key", "token", "secret", "pwd", "auth"))
+_DOB_WORDS = _Family("born birth birthday birthdate dob geburtsdatum geboren geb né née naissance", ("d.o.b",))
+_ID_WORDS = _Family("passport reisepass passeport personalausweis ausweis ausweisnummer licence license id "
+                    "identity steuer identifikationsnummer steueridentifikationsnummer tax national")
+_ADDR_CUE_WORDS = _Family("address live lives living ship shipped deliver delivered located send mail moved stay "
+                          "staying reside")
 _API_PREFIXES = ("sk-", "sk_", "pk_", "rk_", "AKIA", "ASIA", "AGPA", "AIDA", "AROA", "gh", "github_pat_",
                  "xox", "AIza", "glpat-", "hf_", "npm_", "SG.", "eyJ")
 
@@ -1549,8 +1563,14 @@ def find_pii(text: str) -> list[Span]:
             if e > s:
                 cands.append((s, e, t))
 
-    def kw(words, before, after):
-        return None if low is None else _kw_windows(low, words, before, after)
+    toks = set(_TOKEN_RE.findall(low)) if low is not None else set()
+
+    def kw(fam: _Family, before: int, after: int):
+        """None (no shortcut: scan everything), [] (no cue word) or windows around the cue words."""
+        if low is None:
+            return None
+        hits = fam.present(low, toks)
+        return _kw_windows(low, hits, before, after) if hits else []
 
     has_url = "://" in text or (low is None or "www." in low)
     if has_url:
@@ -1593,7 +1613,7 @@ def find_pii(text: str) -> list[Span]:
     if "=" in text:
         add(_html_attr_names(text))
     if low is not None:
-        add(_lower_names(text, low))
+        add(_lower_names(text, low, toks))
     if any(t == "person_name" for _, _, t in cands):
         firms = [m.span() for m in _FIRM_LIST_RE.finditer(text)] if (" and " in text or "&" in text) else []
         cands = [c for c in cands if c[2] != "person_name" or not _company_like(text, c[0], c[1], firms)]
@@ -2072,6 +2092,31 @@ def _copy_function(fn: Any, mapping: dict, key: str, counts: dict[str, int]) -> 
     return fn
 
 
+# joins plain-text messages so that one find_pii call serves a whole conversation (a NUL between
+# line breaks: no pattern matches across it, since none accepts a control character)
+_JOIN = "\n\x00\n"
+
+
+def _batched_spans(messages: list[dict]) -> dict[int, list[Span]]:
+    """Spans of every plain-text message (not JSON-looking, no NUL) from one find_pii call."""
+    idx = [i for i, m in enumerate(messages)
+           if isinstance(m, dict) and isinstance(m.get("content"), str) and m["content"]
+           and "\x00" not in m["content"] and m["content"].lstrip()[:1] not in ("[", "{")]
+    if len(idx) < 2:
+        return {}
+    texts = [messages[i]["content"] for i in idx]
+    starts, pos = [], 0
+    for t in texts:
+        starts.append(pos)
+        pos += len(t) + len(_JOIN)
+    out: dict[int, list[Span]] = {i: [] for i in idx}
+    for s, e, t in find_pii(_JOIN.join(texts)):
+        j = bisect.bisect_right(starts, s) - 1
+        if e <= starts[j] + len(texts[j]):  # a span cannot cross into the next message
+            out[idx[j]].append((s - starts[j], e - starts[j], t))
+    return out
+
+
 def deidentify_messages(messages: list[dict], key: str = "") -> tuple[list[dict], dict]:
     """De-identify one conversation; return ``(new_messages, summed_counts)``.
 
@@ -2081,9 +2126,13 @@ def deidentify_messages(messages: list[dict], key: str = "") -> tuple[list[dict]
     mapping: dict[str, str] = {}
     counts = _empty_counts()
     out: list[dict] = []
-    for msg in messages:
+    batched = _batched_spans(messages)
+    for i, msg in enumerate(messages):
         new = dict(msg)
-        if "content" in new:
+        if i in batched:
+            used = set(mapping.values())
+            new["content"] = _deid_with_spans(new["content"], batched[i], mapping, key, counts, used)
+        elif "content" in new:
             new["content"] = _deid_content(new["content"], mapping, key, counts)
         if isinstance(new.get("tool_calls"), list):
             calls = []
@@ -2098,3 +2147,35 @@ def deidentify_messages(messages: list[dict], key: str = "") -> tuple[list[dict]
             new["function_call"] = _copy_function(new["function_call"], mapping, key, counts)
         out.append(new)
     return out, counts
+
+
+def _deid_one(args: tuple[list[dict], str]) -> tuple[list[dict], dict]:
+    return deidentify_messages(args[0], args[1])
+
+
+def deidentify_many(
+    conversations: Sequence[list[dict]],
+    keys: Sequence[str],
+    processes: int | None = None,
+    chunksize: int = 64,
+) -> list[tuple[list[dict], dict]]:
+    """De-identify many conversations, spread over worker processes.
+
+    Returns one ``(new_messages, counts)`` per conversation, in input order, exactly as
+    ``deidentify_messages(conversations[i], keys[i])`` would (each conversation keeps its own
+    mapping, so substitutes stay consistent within it and reproducible across runs).
+    ``processes``: worker processes; ``None`` uses every CPU this process may run on, ``1`` (or
+    fewer than ``2 * chunksize`` conversations) runs here without a pool.  Workers start with
+    ``forkserver`` where available (safe next to DuckDB's threads), else ``spawn``.
+    """
+    if len(conversations) != len(keys):
+        raise ValueError(f"deidentify_many: {len(conversations)} conversations but {len(keys)} keys")
+    if processes is None:
+        processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = max(1, min(processes, len(conversations) // max(1, chunksize) or 1))
+    if processes == 1:
+        return [deidentify_messages(m, k) for m, k in zip(conversations, keys)]
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ctx.Pool(processes) as pool:
+        return pool.map(_deid_one, zip(conversations, keys), chunksize=chunksize)
