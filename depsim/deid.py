@@ -358,6 +358,9 @@ def _cc_grouping_ok(s: str) -> bool:
     return all(g == 4 for g in groups[:-1]) and 1 <= groups[-1] <= 4
 
 
+_IBAN_HEAD_RE = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4})* ?$")
+
+
 def _card_layout_ok(d: str) -> bool:
     """Issuer prefix and length of a card number (ISO/IEC 7812 ranges of the major networks)."""
     n = len(d)
@@ -386,6 +389,9 @@ def _find_cards(text: str, wins) -> Iterable[Span]:
             if not (maestro and _CARD_CUE_RE.search(text, max(0, m.start() - 40), min(len(text), m.end() + 40))):
                 continue
         if len(set(d)) == 1:
+            continue
+        # digits inside an IBAN-shaped string (a bad-checksum one, e.g. our own substitute)
+        if _IBAN_HEAD_RE.search(text, max(0, m.start() - 45), m.start()):
             continue
         # IMEIs (15 digits, Luhn) and tracking/reference numbers are not cards
         if _CARD_NOT_CUE.search(text[max(0, m.start() - 30):m.start()]):
@@ -718,7 +724,7 @@ _ID_AFTER_CUE_RE = re.compile(
     r"[A-Z]{1,2}\d{6,9})(?![\w-])"
 )
 _NINO_RE = re.compile(
-    r"(?<![A-Za-z0-9])(?P<p>[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]) ?\d{2} ?\d{2} ?\d{2} ?(?P<s>[A-Z])(?![A-Za-z0-9])"
+    r"(?<![A-Za-z0-9])(?P<p>[A-Z]{2}) ?\d{2} ?\d{2} ?\d{2} ?(?P<s>[A-Z])(?![A-Za-z0-9])"
 )
 _NIR_RE = re.compile(
     r"(?<![\w-])[12] ?\d{2} ?(?:0[1-9]|1[0-2]|[2-9]\d) ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}(?![\w-])"
@@ -730,6 +736,11 @@ _STEUER_ID_RE = re.compile(
     r"(?i)\b(?:steuer-?id|steueridentifikationsnummer|identifikationsnummer|tax\s+id)\b[^\d\n]{0,12}"
     r"(?P<num>\d{2} ?\d{3} ?\d{3} ?\d{3})(?!\d)"
 )
+
+
+def _nino_shape_ok(prefix: str, suffix: str) -> bool:
+    return (suffix in "ABCD" and prefix[0] not in "DFIQUV" and prefix[1] not in "DFIOQUV"
+            and prefix not in ("BG", "GB", "KN", "NK", "NT", "TN", "ZZ"))
 
 
 def _nir_valid(s: str) -> bool:
@@ -746,8 +757,9 @@ def _cue_near(text: str, start: int, end: int, before: int = 40, after: int = 30
 
 def _find_national_ids(text: str, wins) -> Iterable[Span]:
     for m in _iter(_NINO_RE, text, wins):
-        # suffix A-D is the real range; other suffixes (and the unused ZZ prefix) only with a cue
-        if m.group("s") in "ABCD" and m.group("p") not in ("ZZ",) or _cue_near(text, m.start(), m.end()):
+        # HMRC's rules (prefix letters, suffix A-D) without a cue; any letters next to a cue
+        # ("National Insurance number QQ 12 34 56 C", Faker's "ZZ 603062 T")
+        if _nino_shape_ok(m.group("p"), m.group("s")) or _cue_near(text, m.start(), m.end()):
             yield m.start(), m.end(), "national_id"
     for m in _iter(_NIR_RE, text, wins):
         if _nir_valid(m.group(0)):
@@ -1844,8 +1856,29 @@ def _sub_national_id(orig: str, rng: _Rng) -> str:
 _MONTH_NAME_RE = re.compile(r"(?i)^" + _MONTH_WORDS + r"$")
 
 
+_EN_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+              "October", "November", "December")
+
+
+def _sub_month_word(m: re.Match, rng: _Rng) -> str:
+    w = m.group(0)
+    full = next((x for x in _EN_MONTHS if x.lower() == w.lower().rstrip(".")), None)
+    abbr = next((x for x in _EN_MONTHS if x[:3].lower() == w.lower().rstrip(".")), None)
+    if not (full or abbr):
+        return w  # another language: kept (the day and year still change)
+    new = rng.choice(_EN_MONTHS)
+    new = new if full else new[:3] + ("." if w.endswith(".") else "")
+    return new.upper() if w.isupper() else new.lower() if w.islower() else new
+
+
 def _sub_dob(orig: str, rng: _Rng) -> str:
-    """A different date in the same layout: day and month both 1-12 so either order is valid."""
+    """A different date in the same layout: day and month both 1-12 so either order is valid;
+    an English month name becomes another month."""
+    orig_words = re.sub(r"[A-Za-z]+\.?", lambda m: _sub_month_word(m, rng), orig)
+    return _sub_dob_digits(orig_words, rng)
+
+
+def _sub_dob_digits(orig: str, rng: _Rng) -> str:
     groups = list(re.finditer(r"\d+", orig))
     out, pos = [], 0
     small = [rng.randint(1, 12), rng.randint(1, 12)]
