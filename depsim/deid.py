@@ -99,14 +99,18 @@ date_of_birth     153   1.000     1.000
 phone             299   1.000     1.000
 ip                143   1.000     1.000
 street_address    272   0.996     0.996
-person_name       330   0.933     0.933
+person_name       330   0.927     0.927
 ==============  =====  ======  ========
 
-Look-alike negatives flagged: 4 of 1,200 (0.33%).  Names by locale: en_US and
-fr_FR 1.000, en_GB 0.963, de_DE 0.875, en_IN 0.857; lower-case names 0.86
-(37 values).  These carriers are still written by one person and the values
+Look-alike negatives flagged: 3 of 1,200 (0.25%).  Names by locale: en_US
+1.000, fr_FR 0.982, en_GB 0.944, de_DE 0.875, en_IN 0.857; lower-case names
+0.88 (38 of 43).  These carriers are still written by one person and the values
 come from one generator, so expect lower recall on real traffic, above all for
-names and addresses.
+names and addresses.  On real chats (data/hh-rlhf, 2,312 conversations) this
+version flags 335 names where the previous one flagged 218; of a random 50 of
+the new detections about 40 are people (mostly public figures) and about 10
+are not (places, products, titles: "Puerto Rico", "Wells Fargo", "Merry
+Xmas"): over-redaction that changes the text but leaks nothing.
 
 Limitations
 -----------
@@ -1070,6 +1074,19 @@ _BROAD_SUR = _load_words("surnames.txt")
 _CURATED_SURNAMES = _load_words("curated_surnames.txt")
 
 
+# place words: never the first word of a name pair, never a surname ("San Jose", "Orlando Florida")
+_PLACE_WORDS = frozenset("""
+San Santa Los Las El Lake Mount Fort Port Saint Sainte St Nazi Florida California Texas Carolina Dakota
+Washington Jersey York Vegas Angeles Francisco Diego Jose Antonio Monica Barbara Salvador Dorado Cruz
+Germany France Spain Italy Japan China India England Scotland Ireland Wales Mexico Canada Australia Russia
+Brazil Africa America Europe Asia London Berlin Tokyo Chicago Boston Seattle Denver Dallas Houston Miami
+Atlanta Phoenix Detroit Portland Oregon Nevada Arizona Utah Ohio Michigan Illinois Kentucky Tennessee
+Alabama Louisiana Arkansas Missouri Kansas Nebraska Oklahoma Montana Idaho Wyoming Colorado Alaska Hawaii
+Maine Vermont Massachusetts Connecticut Pennsylvania Maryland Delaware Wisconsin Minnesota Iowa Indiana
+Mississippi Bay Beach Hills Valley Island Islands County City Street Avenue Road Park
+""".split())
+
+
 def _wordlike(n: str) -> bool:
     return n.lower() in _COMMON or n in _CAP_STOP
 
@@ -1226,12 +1243,16 @@ def _gazetteer_names(text: str, caps: list[re.Match]) -> Iterable[Span]:
         sur = sm.group("sur") if sm else None
         if not known_first and not (sur and _is_strong_surname(sur)):
             continue
-        if _PLACE_BEFORE_RE.search(text, max(0, s0 - 8), s0):
+        if _PLACE_BEFORE_RE.search(text, max(0, s0 - 8), s0) or first in _PLACE_WORDS:
             continue
+        if sur in _PLACE_WORDS:
+            sur = None
         if known_first and not _is_unambiguous_first(first):
             sur_ok = sur is not None and sur in _SURNAMES and _ok_name_token(sur)
         elif known_first:
-            sur_ok = sur is not None and _ok_name_token(sur) and (not _wordlike(sur) or sur in _SURNAMES)
+            # a surname that is also a word ("Ham", "Garden", "Free") only after a curated first name
+            sur_ok = sur is not None and _ok_name_token(sur) and (
+                not _wordlike(sur) or (sur in _SURNAMES and first in _FIRST_NAMES))
         else:
             # unknown first word + strong surname ("Warhi Sengupta"): the first word must look like a name
             sur_ok = (_ok_name_token(first) and not _wordlike(first) and len(first) >= 2

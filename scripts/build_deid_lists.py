@@ -12,7 +12,7 @@ Sources (independent of Faker, which builds the evaluation corpus):
     nl, pl, pt, tr, sv, da, cs locales.
   * depsim/deid_data/names_south_asia.txt: South Asian first names and surnames written by hand for
     depsim (mimesis and the census have almost none); kept as an input file, not overwritten.
-  * common words: lower-case words seen at least three times (and at least as often as capitalised) in the English text of the repository's
+  * common words: lower-case words seen at least three times (and at least as often as capitalised mid-sentence) in the English text of the repository's
     public data sets (data/hh-rlhf, data/xstest, data/prompt-sets); a name that is also such a word
     (Will, Rose, Young, Hill) needs a cue or a listed partner before it is taken as a name.
 """
@@ -92,11 +92,16 @@ def common_words() -> set[str]:
     low: Counter = Counter()
     cap: Counter = Counter()
     for t in texts:
-        for w in WORD.findall(t):
+        prev = "."
+        for m in WORD.finditer(t):
+            w = m.group(0)
+            gap = t[max(0, m.start() - 3):m.start()]
+            initial = any(c in gap for c in ".!?:\n\"“") or prev == "."
             if w.islower():
                 low[w] += 1
-            elif w[:1].isupper() and w[1:].islower():
-                cap[w.lower()] += 1
+            elif w[:1].isupper() and w[1:].islower() and not initial:
+                cap[w.lower()] += 1  # capitalised mid-sentence: a name or a proper noun
+            prev = w
     # a word written in lower case at least as often as capitalised ("will", "hill"), not a name
     # that people sometimes type in lower case ("kevin")
     return {w for w, n in low.items() if n >= 3 and len(w) >= 2 and n >= cap[w]}
