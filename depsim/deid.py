@@ -1504,7 +1504,7 @@ def _html_attr_names(text: str) -> Iterable[Span]:
         yield base + names[0].start(), base + names[-1].end(), "person_name"
 
 
-_LOWER_CUE_TOKS = frozenset("""name name's i'm i’m am is dear hi hello hey thanks regards reviewer author from to
+_LOWER_CUE_TOKS = frozenset("""name name's i'm i’m im am this dear hi hello hey thanks regards reviewer author
 contact attn cc signed friend colleague boss wife husband neighbor neighbour landlord manager met ask email
 call""".split())
 _LOWER_SPEECH_TOKS = frozenset("said says wrote told asked called replied mentioned emailed texted".split())
@@ -1512,16 +1512,22 @@ _LOWER_SPEECH_TOKS = frozenset("said says wrote told asked called replied mentio
 
 def _lower_names(text: str, low: str, toks: set[str]) -> Iterable[Span]:
     """Names written in lower case: after a cue, or a listed first name + listed surname."""
-    firsts = _LOWER_FIRST.intersection(text.split())
+    # a lower-case name has a word that is not a common English word: without one, nothing to do
+    rare = toks.difference(_COMMON)
+    if not rare:
+        return
+    firsts = _LOWER_FIRST.intersection(rare)
     cue = not _LOWER_CUE_TOKS.isdisjoint(toks)
     speech = not _LOWER_SPEECH_TOKS.isdisjoint(toks)
     if not (firsts or cue or speech):
         return
     if cue:
-        for m in _LOWER_CUE_RE.finditer(low):
+        wins = _kw_windows(low, tuple(_LOWER_CUE_TOKS.intersection(toks)), 24, 60)
+        for m in _iter(_LOWER_CUE_RE, low, wins):
             yield from _lower_cue_span(text, low, m)
     if speech:
-        for m in _LOWER_SPEECH_RE.finditer(text):
+        wins = _kw_windows(low, tuple(_LOWER_SPEECH_TOKS.intersection(toks)), 60, 2)
+        for m in _iter(_LOWER_SPEECH_RE, text, wins):
             a, b = m.group("a"), m.group("b")
             if (a in _LOWER_FIRST or (a not in _COMMON and len(a) >= 3)) and b not in _COMMON and len(b) >= 2:
                 yield m.start("a"), m.end("b"), "person_name"
@@ -1610,6 +1616,7 @@ def _kw_windows(low: str, words: tuple[str, ...], before: int, after: int) -> li
 
 
 _TOKEN_RE = re.compile(r"[0-9a-zà-öø-ÿß]+(?:['’][a-z]+)?")
+
 
 
 class _Family:
