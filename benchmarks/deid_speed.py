@@ -13,10 +13,11 @@ machine:
 * new, ``processes=1``;
 * new, ``deidentify_many(..., processes=N)``.
 
-Printed: prefixes/s, characters/s, the time 700,000 prefixes would take at the measured mean
-prefix length (and at 2x and 4x that length, since a real log's prefixes may be longer than
-HH-RLHF's), and the speed-up ratios.  The workers are started once per run (their start-up time is
-included).  Times are wall clock; other load on the machine slows every run alike.
+Printed: prefixes/s and characters/s (wall clock), CPU seconds of the one-process runs, the time
+700,000 prefixes would take with ``deidentify_many`` as measured (wall clock, so other jobs on the
+machine slow it: the load average is printed) and as projected for idle cores from CPU time
+(compute per prefix / processes + the CPU cost of pickling prefixes and results + the pool's
+start-up), and the speed-up ratios against main.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import gzip
 import importlib.util
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -78,9 +80,10 @@ def load_baseline():
     return mod
 
 
-def _rate(label: str, n: int, chars: int, seconds: float) -> float:
+def _rate(label: str, n: int, chars: int, seconds: float, cpu: float | None = None) -> float:
+    extra = f"; CPU {cpu:6.2f} s = {n / cpu:6.0f} prefixes per CPU-second" if cpu else ""
     print(f"{label:<34} {n:>6} prefixes in {seconds:7.2f} s: {n / seconds:8.0f} prefixes/s, "
-          f"{chars / seconds / 1e6:5.2f} M chars/s")
+          f"{chars / seconds / 1e6:5.2f} M chars/s{extra}")
     return n / seconds
 
 
@@ -105,14 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     r_base = None
     if base is not None:
         nb = min(a.baseline_n, len(prefixes))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for p, k in zip(prefixes[:nb], keys[:nb]):
             base.deidentify_messages(p, k)
-        r_base = _rate(f"main {BASELINE_COMMIT}, 1 process", nb, sum(chars[:nb]), time.perf_counter() - t0)
+        cpu_base = time.process_time() - c0
+        r_base = _rate(f"main {BASELINE_COMMIT}, 1 process", nb, sum(chars[:nb]), time.perf_counter() - t0, cpu_base)
+        cpu_base /= nb
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     one = [deidentify_messages(p, k) for p, k in zip(prefixes, keys)]
-    r_one = _rate("new, processes=1", len(prefixes), sum(chars), time.perf_counter() - t0)
+    cpu_one = (time.process_time() - c0) / len(prefixes)
+    r_one = _rate("new, processes=1", len(prefixes), sum(chars), time.perf_counter() - t0, cpu_one * len(prefixes))
 
     # the pool's start-up (forkserver, one import of depsim.deid per worker) is paid once per call:
     # a small call and the full call give the start-up and the steady rate
@@ -136,8 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     secs = TARGET / r_many + startup
     print(f"700k prefixes of ~{mean:.0f} chars with processes={a.processes}: {secs / 60:5.1f} min "
           f"(target < 5 min: {'yes' if secs < 300 else 'NO'}; load average now {os.getloadavg()[0]:.1f})")
-    secs1 = TARGET / r_one / a.processes
-    print(f"same with {a.processes} idle cores, from the 1-process rate: {secs1 / 60:5.1f} min")
+    # CPU time does not grow when other jobs share the cores, so it gives the idle-machine figure
+    c0 = time.process_time()
+    pickle.loads(pickle.dumps(prefixes))
+    pickle.loads(pickle.dumps(many))
+    ship = (time.process_time() - c0) / len(prefixes)  # moving prefixes and results between processes
+    secs_cpu = TARGET * (cpu_one / a.processes + ship) + startup
+    print(f"same on {a.processes} idle cores, from CPU time ({cpu_one * 1e3:.2f} ms CPU per prefix, "
+          f"{ship * 1e3:.3f} ms to ship it): {secs_cpu / 60:5.1f} min "
+          f"(target < 5 min: {'yes' if secs_cpu < 300 else 'NO'})")
+    if r_base:
+        print(f"ratio of CPU per prefix, main / new: {cpu_base / cpu_one:.2f}x")
     if r_base:
         print(f"ratio new processes=1 / main: {r_one / r_base:.2f}x")
         print(f"ratio new processes={a.processes} / main: {r_many / r_base:.2f}x")

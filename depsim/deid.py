@@ -99,12 +99,12 @@ date_of_birth     153   1.000     1.000
 phone             299   1.000     1.000
 ip                143   1.000     1.000
 street_address    272   0.996     0.996
-person_name       330   0.927     0.927
+person_name       330   0.930     0.930
 ==============  =====  ======  ========
 
 Look-alike negatives flagged: 3 of 1,200 (0.25%).  Names by locale: en_US
-1.000, fr_FR 0.982, en_GB 0.944, de_DE 0.875, en_IN 0.857; lower-case names
-0.88 (38 of 43).  These carriers are still written by one person and the values
+1.000, fr_FR 0.982, en_GB 0.944-0.963, de_DE 0.875, en_IN 0.857; lower-case
+names about 0.88 (of 43).  These carriers are still written by one person and the values
 come from one generator, so expect lower recall on real traffic, above all for
 names and addresses.  On real chats (data/hh-rlhf, 2,312 conversations) this
 version flags 335 names where the previous one flagged 218; of a random 50 of
@@ -172,10 +172,15 @@ Limitations
   git SHA and is missed.
 * email also covers "jane dot doe at gmail dot com" (webmail domains only) and
   bracketed "[at]"/"(dot)" forms; other spelled-out forms are missed.
-* Detection is regex based and Latin-script; no ML model is used.  Speed
-  (``python benchmarks/deid_speed.py``): see the report in the benchmark's
-  output; about 1.1-1.7 M characters/s on one core against 0.3-0.45 M for the
-  previous version in the same run (2.5-3.9x), measured on a shared machine.
+* Detection is regex based and Latin-script; no ML model is used.
+* Speed (``python benchmarks/deid_speed.py [--join K]``, real HH-RLHF prefixes,
+  measured on a shared 2-core machine at load average 9): 0.14 / 0.42 / 0.82
+  ms of CPU per prefix of 331 / 1,314 / 2,628 characters, 2.8-3.5x less CPU
+  than the previous version in the same run.  Projected for 700k prefixes on
+  two idle cores with ``deidentify_many`` (CPU time / 2 + pickling + about
+  1.5 s of pool start-up): 0.9 / 2.9 / 5.6 minutes; so the 5-minute target
+  holds up to prefixes of about 2,500 characters.  Wall-clock runs on the
+  loaded machine were 2-5x slower than that and are printed as well.
 """
 
 from __future__ import annotations
