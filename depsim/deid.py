@@ -102,9 +102,10 @@ street_address    272   0.996     0.996
 person_name       330   0.930     0.930
 ==============  =====  ======  ========
 
-Look-alike negatives flagged: 3 of 1,200 (0.25%).  Names by locale: en_US
-1.000, fr_FR 0.982, en_GB 0.944-0.963, de_DE 0.875, en_IN 0.857; lower-case
-names about 0.88 (of 43).  These carriers are still written by one person and the values
+Look-alike negatives flagged: 5 of 1,200 (0.42%).  Names by locale: en_US
+1.000, fr_FR 0.982, en_GB 0.944, de_DE 0.875, en_IN 0.857; lower-case names
+0.91 (39 of 43; en_IN 7 of 11).  On the tuning split (dev, seeds 1 and 11)
+the same code scores 0.99 on names and 0.975 on api_key.  These carriers are still written by one person and the values
 come from one generator, so expect lower recall on real traffic, above all for
 names and addresses.  On real chats (data/hh-rlhf, 2,312 conversations) this
 version flags 335 names where the previous one flagged 218; of a random 50 of
@@ -1296,8 +1297,6 @@ _SPEECH_RE = re.compile(
     r"(?P<a>" + _TOK + r")[ \t]+(?P<b>" + _TOK + r")[ \t]+(?:said|says|wrote|writes|called|calls|told|asked|"
     r"replied|mentioned|emailed|texted|thinks|thought|wants|needs|is\s+my|was\s+my)\b"
 )
-_SPEECH_WORDS = ("said", "says", "wrote", "writes", "called", "calls", "told", "asked", "replied", "mentioned",
-                 "emailed", "texted", "thinks", "thought", "wants", "needs", "is my", "was my")
 _THIS_IS_RE = re.compile(
     r"(?i:\bthis\s+is|\bhi|\bhello|\bhey|\bthanks|\bthank\s+you|\bcheers|\bmorning|\bbye)"
     r",?[ \t]+(?P<tok>" + _TOK + r")(?![\w@])"

@@ -579,6 +579,13 @@ def test_corpus_is_faker_based_multilocale_and_held_out(corpus):
         assert f"negative:{k}" in kinds
 
 
+def test_corpus_file_is_the_generators_output(corpus):
+    faker = pytest.importorskip("faker")
+    if faker.VERSION != corpus_gen.GENERATED_WITH_FAKER:
+        pytest.skip(f"corpus written with Faker {corpus_gen.GENERATED_WITH_FAKER}, {faker.VERSION} installed")
+    assert corpus_gen.make(corpus_gen.TEST_SEED, "test") == corpus
+
+
 def test_recall_floors_on_held_out_corpus(evaluation):
     rows = {r["type"]: r for r in bench.summarize(evaluation)}
     for t in STRUCTURED_TYPES:

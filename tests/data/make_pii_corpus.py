@@ -24,6 +24,7 @@ the ``test`` split with seed 2, so neither its sentences nor its values were see
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import random
 import string
@@ -35,6 +36,12 @@ LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "en_IN")
 OUT = Path(__file__).with_name("pii_corpus.jsonl")
 TEST_SEED = 2
 DEV_SEED = 1
+# fixed date ranges (Faker's defaults are relative to today, which would change the corpus daily)
+_DOB_FROM, _DOB_TO = dt.date(1935, 1, 1), dt.date(2007, 12, 31)
+_DATE_FROM, _DATE_TO = dt.date(2015, 1, 1), dt.date(2026, 12, 31)
+_TIME_FROM, _TIME_TO = dt.datetime(2015, 1, 1), dt.datetime(2026, 12, 31)
+# Faker's values for a seed change between its releases; pii_corpus.jsonl was written with this one
+GENERATED_WITH_FAKER = "39.1.0"
 
 # --------------------------------------------------------------------------
 # carrier sentences: {v} is the value; chat-like, varied, some without any cue word
@@ -236,7 +243,7 @@ def _group4(s: str) -> str:
 
 
 def _date_formats(fk: Faker, r: random.Random) -> str:
-    d = fk.date_of_birth(minimum_age=18, maximum_age=90)
+    d = fk.date_between_dates(_DOB_FROM, _DOB_TO)  # fixed range: Faker's own default moves with today
     fmt = r.choice([
         "%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%B %d, %Y", "%d %B %Y", "%-d %b %Y",
         "%d-%m-%Y",
@@ -384,8 +391,8 @@ def _negative(fk: Faker, r: random.Random) -> tuple[str, str]:
         "invoice": lambda: f"invoice no. {fk.bothify('INV-####-????').upper()}",
         "tracking": lambda: f"tracking number {fk.numerify('1Z###########' if r.random() < 0.5 else '#' * 12)}",
         "price": lambda: fk.pricetag(),
-        "date": lambda: f"meeting on {fk.date()}",
-        "time": lambda: f"{fk.date()} {fk.time()}",
+        "date": lambda: f"meeting on {fk.date_between_dates(_DATE_FROM, _DATE_TO).isoformat()}",
+        "time": lambda: fk.date_time_between_dates(_TIME_FROM, _TIME_TO).strftime("%Y-%m-%d %H:%M:%S"),
         "file_path": lambda: fk.file_path(depth=r.randint(1, 4)),
         "code": lambda: r.choice([
             f"x = np.zeros(({r.randint(2, 512)}, {r.randint(2, 512)}))",
