@@ -934,7 +934,7 @@ _ADDR_CUE_RE = re.compile(
 )
 # German street + number: "Hauptstraße 5", "Anne-Kathrin-Kreusel-Ring 10-57", "Am Markt 3a"
 _DE_STREET_RE = re.compile(
-    r"(?<![\w-])(?P<street>(?:(?:van|von|de|der|den|zu|zum|zur|am|an|auf|in|im)[ \t]+)*(?:[A-ZÄÖÜ][\wäöüß.'-]*[ -])*?[A-ZÄÖÜ]?[\wäöüß'-]*?"
+    r"(?<![\w-])(?P<street>(?:(?:van|von|de|der|den|zu|zum|zur|am|an|auf|in|im)[ \t]+){0,3}(?:[A-ZÄÖÜ][\wäöüß.'-]{0,30}[ -]){0,4}?[A-ZÄÖÜ]?[\wäöüß'-]{0,40}?"
     r"(?:stra(?:ss|ß)e|str\.|weg|gasse|allee|platz|ring|damm|ufer|chaussee|steig|pfad|markt|graben|"
     r"kamp|wall|berg|hof|zeile|promenade|anger|gang|tor|brücke|feld|garten|park|siedlung|stieg|"
     r"Straße|Strasse|Weg|Gasse|Allee|Platz|Ring|Damm|Ufer|Chaussee|Steig|Pfad|Markt|Graben))"
@@ -1128,7 +1128,7 @@ _COMPANY_AFTER_RE = re.compile(
     r"& Sons|Group|Holdings|Partners|Associates|Brothers|Bros)(?!\w)"
 )
 _FIRM_LIST_RE = re.compile(
-    r"\b(?:at|for|with|from|of|by|joined|join|joins)[ \t]+[A-Z][\w'’-]+(?:,[ \t]+[A-Z][\w'’-]+)+,?[ \t]+"
+    r"\b(?:at|for|with|from|of|by|joined|join|joins)[ \t]+[A-Z][\w'’-]+(?:,[ \t]+[A-Z][\w'’-]+){1,6},?[ \t]+"
     r"(?:and|&)[ \t]+[A-Z][\w'’-]+"
 )
 
