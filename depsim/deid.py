@@ -35,8 +35,9 @@ Types and substitutes (chosen to read naturally and not to be real data):
 
 * email -> ``user_3f2a@example.com`` (RFC 2606 reserved domain);
 * phone -> the original's layout with a NANP fiction number ``XXX-555-01YY``
-  (US and national layouts) or hash digits after the original country code
-  (international);
+  (US and other national layouts), an Ofcom drama number (UK 11-digit numbers:
+  07700 900xxx, 01632 960xxx, 020 7946 0xxx), or hash digits after the
+  original country code (international);
 * credit_card -> Luhn-valid ``400000...`` (Stripe-style test range), same
   length and grouping;
 * iban -> same country and layout, random account part and a check number
@@ -1852,6 +1853,10 @@ def _sub_phone(orig: str, rng: _Rng) -> str:
         if rest and rest[0] == "0":
             rest = str(rng.randint(1, 9)) + rest[1:]
         new = cc + rest
+    elif len(md) == 11 and md[:2] in ("07", "01", "02"):
+        # UK national numbers: Ofcom's ranges for drama (07700 900xxx, 01632 960xxx, 020 7946 0xxx)
+        tail = f"{rng.randint(0, 999):03d}"
+        new = {"07": "07700900", "01": "01632960", "02": "02079460"}[md[:2]] + tail
     else:
         n = len(md)
         area = str(rng.randint(201, 989))
