@@ -25,7 +25,7 @@ Public API
     per message at a fraction of the fixed cost.
 ``deidentify_many(conversations, keys, processes=None, chunksize=64) -> [(new_messages, counts), ...]``
     ``deidentify_messages`` over many conversations on a process pool
-    (``forkserver``); same results, in input order.  About 1 s of pool
+    (``forkserver``); same results, in input order.  About 1-2 s of pool
     start-up per call, so call it once with all of a stage's conversations.
 ``PII_TYPES``
     The detected types, in priority order when spans overlap.  ``counts`` dicts
@@ -935,7 +935,7 @@ _ADDR_CUE_RE = re.compile(
 )
 # German street + number: "Hauptstraße 5", "Anne-Kathrin-Kreusel-Ring 10-57", "Am Markt 3a"
 _DE_STREET_RE = re.compile(
-    r"(?<![\w-])(?P<street>(?:(?:van|von|de|der|den|zu|zum|zur|am|an|auf|in|im)[ \t]+){0,3}(?:[A-ZÄÖÜ][\wäöüß.'-]{0,30}[ -]){0,4}?[A-ZÄÖÜ]?[\wäöüß'-]{0,40}?"
+    r"(?<![\w-])(?P<street>(?:(?:van|von|de)[ \t]+(?:(?:der|den|dem|la)[ \t]+)?)?(?:[A-ZÄÖÜ][\wäöüß.'-]{0,30}[ -]){0,4}?[A-ZÄÖÜ]?[\wäöüß'-]{0,40}?"
     r"(?:stra(?:ss|ß)e|str\.|weg|gasse|allee|platz|ring|damm|ufer|chaussee|steig|pfad|markt|graben|"
     r"kamp|wall|berg|hof|zeile|promenade|anger|gang|tor|brücke|feld|garten|park|siedlung|stieg|"
     r"Straße|Strasse|Weg|Gasse|Allee|Platz|Ring|Damm|Ufer|Chaussee|Steig|Pfad|Markt|Graben))"
@@ -1182,7 +1182,9 @@ def _cap_words(text: str) -> list[re.Match]:
     """Capitalised words that are not in the stop list and start a word."""
     out = []
     for m in _CAP_WORD_RE.finditer(text):
-        if m.group(0) in _CAP_STOP and m.group(0) not in _ALL_FIRST:
+        w = m.group(0)
+        # a stop word is a name only if it is a known name-word ("Will", "May", "Mark")
+        if w in _CAP_STOP and w not in _CURATED_AMBIGUOUS and w not in _FIRST_NAMES:
             continue
         s0 = m.start()
         if s0 and text[s0 - 1] not in _WORD_BEFORE_OK and not (text[s0 - 1] in ".!?" and s0 > 1):

@@ -504,6 +504,15 @@ def test_uk_phone_substitute_is_an_ofcom_drama_number():
         assert re.sub(r"\D", "", sub).startswith(prefix), sub
 
 
+def test_common_phrases_are_not_names_or_addresses():
+    for text in ("print('Hello World')", "I read the New York Times today", "The Amazon River is long",
+                 "Order #123456789 for 2 items at $19.99", "We flew to San Jose and Los Angeles.",
+                 "SELECT Name, Address FROM Users WHERE Id = 42"):
+        assert find_pii(text) == [], (text, spans_text(text))
+    # the German particle "in der" before a street is not part of the address
+    assert ("Lindenallee 12, 50667 Köln", "street_address") in spans_text("Ich wohne in der Lindenallee 12, 50667 Köln.")
+
+
 def test_passport_and_dob_need_their_cue():
     # the same strings without a cue are not identity numbers or birth dates
     assert find_pii("Order M95604230 shipped") == []
