@@ -195,6 +195,7 @@ import json
 import multiprocessing
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -2310,6 +2311,10 @@ def deidentify_many(
     if processes is None:
         processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     processes = max(1, min(processes, len(conversations) // max(1, chunksize) or 1))
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file and not os.path.exists(main_file):
+        # a script read from stdin ("python -"): new workers would try to re-run it and die in a loop
+        processes = 1
     if processes == 1:
         return [deidentify_messages(m, k) for m, k in zip(conversations, keys)]
     methods = multiprocessing.get_all_start_methods()
