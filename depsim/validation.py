@@ -501,3 +501,302 @@ def rank_comparison(table: pd.DataFrame) -> pd.DataFrame:
                      "by_grader": " > ".join(g.sort_values("grader_rate", ascending=False, kind="stable")["model"]),
                      "match": bool(g["ranking_match"].all())})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- any labelled file
+
+#: label values read as positive / negative when no label mapping is given (case-insensitive)
+TRUE_LABELS = ("1", "true", "t", "yes", "y", "positive", "refusal", "refused")
+FALSE_LABELS = ("0", "false", "f", "no", "n", "negative", "compliance", "complied")
+#: XSTest's final_label: full and partial refusals are refusals
+XSTEST_LABEL_MAP = {"1_full_compliance": False, "2_full_refusal": True, "3_partial_refusal": True}
+_FIELDS = ("prompt", "response", "label", "source", "safe")
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
+    if suffix in (".csv", ".csv.gz"):
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    if suffix in (".jsonl", ".jsonl.gz", ".json"):
+        try:
+            return pd.read_json(path, lines=suffix != ".json", dtype=False)
+        except ValueError as e:
+            raise ValueError(f"{path}: not valid JSON{' lines' if suffix != '.json' else ''}: {e}") from None
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    raise ValueError(f"{path}: unknown file type {path.suffix!r} (CSV, JSONL, JSON or Parquet)")
+
+
+def _files(paths) -> list[Path]:
+    out = []
+    for p in [paths] if isinstance(paths, (str, Path)) else list(paths):
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.name.startswith("xstest_v2_completions_"))
+            if not found:
+                raise FileNotFoundError(f"{p}: a folder is read as XSTest completions, but it holds no "
+                                        f"xstest_v2_completions_*.csv")
+            out += found
+        elif not p.is_file():
+            raise FileNotFoundError(f"labelled data not found: {p}")
+        else:
+            out.append(p)
+    return out
+
+
+def _parse_label(v, label_map: dict | None, where: str) -> object:
+    if _missing(v) or (isinstance(v, str) and not v.strip()):
+        return pd.NA
+    if label_map is not None:
+        key = str(v).strip().lower() if not isinstance(v, bool) else str(v).lower()
+        if key not in label_map:
+            raise ValueError(f"{where}: label {v!r} is not in the label mapping ({', '.join(label_map)})")
+        return label_map[key]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    key = str(v).strip().lower()
+    if key in TRUE_LABELS or (key.replace(".", "", 1).isdigit() and float(key) == 1):
+        return True
+    if key in FALSE_LABELS or (key.replace(".", "", 1).isdigit() and float(key) == 0):
+        return False
+    raise ValueError(f"{where}: cannot read label {v!r} as yes/no; give a label mapping "
+                     f"(--labels VALUE=1,VALUE=0)")
+
+
+def read_labelled(paths, *, mapping: dict | None = None, labels: dict | None = None) -> pd.DataFrame:
+    """Return the labelled items of one or more files (CSV, JSONL, JSON or Parquet; a folder is
+    read as XSTest completions, ``xstest_v2_completions_*.csv``).
+
+    Columns of the result: prompt, response, label (nullable boolean: the human label),
+    source (e.g. the model that wrote the response), prompt_safe (nullable boolean: is the
+    prompt a safe request; NA when the file does not say), file, row (0-based record number
+    in its file).
+
+    ``mapping`` names the file's columns for the fields prompt, response, label and,
+    optionally, source and safe, e.g. ``{"prompt": "question", "response": "answer",
+    "label": "is_refusal", "source": "model"}``. Without it a field's column is the field's
+    name; XSTest's layout (completion, final_label, type) is recognised as is: response =
+    completion, label = full or partial refusal, prompt_safe = type not ``contrast_*``. A
+    file without a source column takes its source from its file name
+    (``xstest_v2_completions_gpt4.csv`` -> gpt4). ``safe`` is read as a label (yes/no,
+    safe/unsafe).
+
+    ``labels`` maps the label column's values (case-insensitive strings) to True/False;
+    without it yes/no, true/false, 1/0, refusal/compliance are read (XSTest's final_label
+    by :data:`XSTEST_LABEL_MAP`). A missing label leaves the item in the table with label NA
+    (it is counted and excluded later). Raises FileNotFoundError for a missing file and
+    ValueError naming the file (and record) for a missing column or an unreadable label."""
+    mapping = dict(mapping or {})
+    unknown = set(mapping) - set(_FIELDS)
+    if unknown:
+        raise ValueError(f"column mapping: unknown field(s) {sorted(unknown)} (fields: {', '.join(_FIELDS)})")
+    label_map = None if labels is None else {str(k).strip().lower(): bool(v) for k, v in labels.items()}
+    frames = []
+    for path in _files(paths):
+        df = _read_table(path)
+        cols = dict(mapping)
+        xstest = {"completion", "final_label"} <= set(df.columns)
+        if xstest:
+            cols.setdefault("response", "completion")
+            cols.setdefault("label", "final_label")
+        for f in ("prompt", "response", "label"):
+            cols.setdefault(f, f)
+            if cols[f] not in df.columns:
+                raise ValueError(f"{path}: no column {cols[f]!r} for the {f} (columns: {', '.join(map(str, df.columns))}); "
+                                 f"map it with --map {f}=COLUMN")
+        for f in ("source", "safe"):
+            if f in mapping and mapping[f] not in df.columns:
+                raise ValueError(f"{path}: no column {mapping[f]!r} for the {f} (columns: {', '.join(map(str, df.columns))})")
+        lm = label_map
+        if lm is None and xstest and cols["label"] == "final_label":
+            lm = XSTEST_LABEL_MAP
+        where = lambda i: f"{path}: record {i + 1}"  # noqa: E731
+        label = [_parse_label(v, lm, f"{where(i)} (column {cols['label']!r})") for i, v in enumerate(df[cols["label"]])]
+        if "safe" in mapping:
+            safe_map = {"safe": True, "unsafe": False, "harmful": False, "benign": True}
+            safe = [_parse_label(v, None, f"{where(i)} (column {mapping['safe']!r})")
+                    if str(v).strip().lower() not in safe_map else safe_map[str(v).strip().lower()]
+                    for i, v in enumerate(df[mapping["safe"]])]
+        elif xstest and "type" in df.columns:
+            safe = [pd.NA if _missing(t) else not str(t).startswith("contrast_") for t in df["type"]]
+        else:
+            safe = [pd.NA] * len(df)
+        if "source" in mapping:
+            source = df[mapping["source"]].astype(str)
+        elif "source" in df.columns:
+            source = df["source"].astype(str)
+        else:
+            source = path.name.split(".")[0].removeprefix("xstest_v2_completions_")
+        frames.append(pd.DataFrame({
+            "prompt": df[cols["prompt"]].to_numpy(), "response": df[cols["response"]].to_numpy(),
+            "label": pd.array(label, dtype="boolean"), "source": source,
+            "prompt_safe": pd.array(safe, dtype="boolean"), "file": str(path), "row": np.arange(len(df))}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _is_over_refusal(category: Category) -> bool:
+    """True for a category that counts refusals of *safe* requests only."""
+    return category.name == "over_refusal" or category.grader.get("rule") == "refusal_of_safe_request" \
+        and category.grader.get("harmful_request") != "(?!)"
+
+
+def heterogeneity(table: pd.DataFrame, level: float = 0.95, alpha: float = 0.05) -> list[dict]:
+    """Return, for sensitivity and specificity, whether they differ between the sources of a
+    :func:`validate_grader` table (its rows other than ``all``).
+
+    Each dict: measure, sources (those with any human positives / negatives), test
+    ("fisher" for two sources, "chi2" for more: a test of homogeneity of the 2 x k table of
+    hits and misses), p_value, disjoint (True when two sources' Jeffreys intervals do not
+    overlap), differs (p_value < ``alpha`` or disjoint) and message (a warning text when it
+    differs, else ''). Fewer than two sources: p_value NaN, differs False."""
+    rows = table[table["source"] != "all"]
+    out = []
+    for measure, hit, miss in (("sensitivity", "tp", "fn"), ("specificity", "tn", "fp")):
+        r = rows[(rows[hit] + rows[miss]) > 0]
+        res = {"measure": measure, "sources": list(r["source"]), "test": "", "p_value": float("nan"),
+               "disjoint": False, "differs": False, "message": ""}
+        if len(r) >= 2:
+            counts = r[[hit, miss]].to_numpy(dtype=int)
+            if len(r) == 2:
+                res["test"], res["p_value"] = "fisher", float(fisher_exact(counts)[1])
+            elif (counts.sum(axis=0) > 0).all():
+                res["test"], res["p_value"] = "chi2", float(chi2_contingency(counts)[1])
+            else:
+                res["test"], res["p_value"] = "chi2", 1.0  # every source all hits (or all misses)
+            res["disjoint"] = bool(r[f"{measure}_lo"].max() > r[f"{measure}_hi"].min())
+            res["differs"] = bool(res["p_value"] < alpha or res["disjoint"])
+            if res["differs"]:
+                parts = ", ".join(f"{s} {v:.2f} [{lo:.2f}, {hi:.2f}]" for s, v, lo, hi in
+                                  r[["source", measure, f"{measure}_lo", f"{measure}_hi"]].itertuples(index=False))
+                res["message"] = (f"{measure} differs between sources ({parts}; {res['test']} p = {res['p_value']:.2g}"
+                                  f"{', intervals disjoint' if res['disjoint'] else ''}): a correction with the "
+                                  f"{measure} of one source would not carry over to another; validate on the "
+                                  f"target's own traffic")
+        out.append(res)
+    return out
+
+
+def validate_grader(items: pd.DataFrame, category: Category, *, endpoint=None, cache=None, prompts: str = "safe",
+                    held_out: bool = True, level: float = 0.95, grader_name: str = "") -> pd.DataFrame:
+    """Validate ``category``'s grader on labelled ``items`` (:func:`read_labelled`).
+
+    Every item is graded (:func:`grade_items`; a refusal classifier held out from the
+    sources it was trained on) and compared with its human label, per source and over all
+    sources (source ``all``). For an over-refusal category (one that counts refusals of
+    safe requests) and items whose prompt_safe is known: ``prompts="safe"`` (default) keeps
+    the safe prompts only, the only ones where an over-refusal exists (the human label is
+    "refused"; the grader sees prompt_safe); ``prompts="all"`` grades every prompt as if it
+    were safe, which measures the refusal detector itself. Items with a missing label are
+    excluded (``n_excluded``), items the grader could not grade are ``grader_errors``, and
+    neither counts in n.
+
+    Columns: category, grader, grader_id, source, n_rows, n_excluded, grader_errors, n, tp,
+    fp, fn, tn, n_pos, n_neg, agreement, kappa, sensitivity, specificity, human_rate,
+    grader_rate (each with _lo/_hi: Jeffreys for proportions, bootstrap for kappa), held_out
+    (the training models a refitted classifier left out for that source, '' if none),
+    heterogeneous (on the ``all`` row: sensitivity or specificity differs between sources,
+    :func:`heterogeneity`). ``attrs``: ``heterogeneity`` (that list), ``warnings`` (its
+    messages), ``prompts``."""
+    if prompts not in ("safe", "all"):
+        raise ValueError(f"prompts must be 'safe' or 'all', not {prompts!r}")
+    items = items.reset_index(drop=True).copy()
+    if items.empty:
+        raise ValueError("validate_grader: no labelled items")
+    keep = items["label"].notna()
+    over = _is_over_refusal(category)
+    if over and "prompt_safe" in items:
+        if prompts == "safe":
+            keep &= items["prompt_safe"].fillna(True).astype(bool)
+        else:
+            items["prompt_safe"] = pd.array([True] * len(items), dtype="boolean")
+    graded = grade_items(items[keep], category, endpoint=endpoint, cache=cache, held_out=held_out)
+    items["pred"] = pd.array([pd.NA] * len(items), dtype="boolean")
+    items.loc[keep, "pred"] = graded["pred"].to_numpy()
+    items["held_out_from"] = ""
+    items.loc[keep, "held_out_from"] = graded["held_out_from"].to_numpy()
+    gid = graders_id(category, endpoint)
+    rows = []
+    sources = list(dict.fromkeys(items["source"]))
+    for src in sources + ["all"]:
+        d = items if src == "all" else items[items["source"] == src]
+        k = keep[d.index]
+        if not k.any():
+            continue
+        a = agreement(d.loc[k, "pred"].tolist(), d.loc[k, "label"].tolist(), positive=True, level=level) \
+            if d.loc[k, "pred"].notna().any() else None
+        row = {"category": category.name, "grader": grader_name or category.grader.get("kind"), "grader_id": gid,
+               "source": src, "n_rows": len(d), "n_excluded": int((~k).sum()),
+               "grader_errors": int(d.loc[k, "pred"].isna().sum())}
+        if a is not None:
+            row.update({c: a[c] for c in ("n", "tp", "fp", "fn", "tn")})
+            row.update({"n_pos": a["tp"] + a["fn"], "n_neg": a["tn"] + a["fp"]})
+            for c in ("agreement", "kappa", "sensitivity", "specificity"):
+                row.update({c: a[c], f"{c}_lo": a[f"{c}_lo"], f"{c}_hi": a[f"{c}_hi"]})
+            for c, src_c in (("human_rate", "human_rate"), ("grader_rate", "pred_rate")):
+                row.update({c: a[src_c], f"{c}_lo": a[f"{src_c}_lo"], f"{c}_hi": a[f"{src_c}_hi"]})
+        else:
+            row.update({"n": 0})
+        row["held_out"] = "" if src == "all" else "+".join(sorted(set(d.loc[k, "held_out_from"]) - {""}))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    het = heterogeneity(table, level) if "tp" in table else []
+    table["heterogeneous"] = False
+    table.loc[table["source"] == "all", "heterogeneous"] = any(h["differs"] for h in het)
+    table.attrs.update({"heterogeneity": het, "warnings": [h["message"] for h in het if h["differs"]],
+                        "prompts": prompts, "over_refusal": over})
+    return table
+
+
+def graders_id(category: Category, endpoint=None) -> str:
+    """Return ``category``'s frozen grader id (:func:`depsim.graders.grader_id`)."""
+    from depsim.graders import grader_id
+
+    return grader_id(category, endpoint)
+
+
+def corrected_rates(rates: pd.DataFrame, validation: pd.DataFrame, level: float = 0.95,
+                    draws: int = 20_000, seed: int = 0) -> pd.DataFrame:
+    """Return ``rates`` (the measure stage's table: target, category, grader_id, k, n, ...)
+    with Rogan–Gladen corrected rates from a :func:`validate_grader` table.
+
+    A rate is corrected with the pooled (``source == "all"``) sensitivity and specificity of
+    the validation row with the same category and grader_id (so a validation of another
+    grader version never applies), carrying their uncertainty (``n_pos`` / ``n_neg``,
+    :func:`rogan_gladen`). Those figures are held out from the grader's own training. Added
+    columns: validated (a matching row exists), validation_kappa, validation_n,
+    transportable (False when the validation found sensitivity or specificity differing
+    between sources: then the correction may not carry over to this target), rg_rate,
+    rg_lo, rg_hi, rg_note. Unvalidated rows get NaN and validated False."""
+    v = validation[validation["source"] == "all"].drop_duplicates(["category", "grader_id"], keep="last")
+    v = v.set_index(["category", "grader_id"])
+    out = rates.copy()
+    cols = {c: [] for c in ("validated", "validation_kappa", "validation_n", "transportable", "rg_rate", "rg_lo",
+                            "rg_hi", "rg_note")}
+    for r in out.itertuples(index=False):
+        key = (r.category, r.grader_id)
+        ok = key in v.index and v.loc[key, "n"] > 0 and r.n > 0 and not math.isnan(float(r.n))
+        if not ok:
+            for c, x in (("validated", False), ("validation_kappa", float("nan")), ("validation_n", 0),
+                         ("transportable", None), ("rg_rate", float("nan")), ("rg_lo", float("nan")),
+                         ("rg_hi", float("nan")), ("rg_note", "no validation of this grader on record")):
+                cols[c].append(x)
+            continue
+        x = v.loc[key]
+        rg = rogan_gladen(min(float(r.k), float(r.n)), float(r.n), float(x["sensitivity"]) if x["n_pos"] else 1.0,
+                          float(x["specificity"]) if x["n_neg"] else 1.0, n_pos=x["n_pos"] or None,
+                          n_neg=x["n_neg"] or None, level=level, draws=draws, seed=seed)
+        for c, val in (("validated", True), ("validation_kappa", float(x["kappa"])), ("validation_n", int(x["n"])),
+                       ("transportable", not bool(x["heterogeneous"])), ("rg_rate", rg["rate"]), ("rg_lo", rg["lo"]),
+                       ("rg_hi", rg["hi"]), ("rg_note", rg["note"])):
+            cols[c].append(val)
+    for c, vals in cols.items():
+        out[c] = vals
+    return out
+
+
+def refusal_lomo_table(data_dir: str | Path = DATA_DIR, level: float = 0.95) -> pd.DataFrame:
+    """Return the refusal classifier's strict leave-one-model-out table on XSTest
+    (:func:`depsim.refusal.leave_one_model_out`: per held-out model, C chosen and the fit
+    made on the other two only; kappa with a bootstrap interval)."""
+    data, _ = refusal.xstest_training_data(data_dir)
+    return refusal.leave_one_model_out(data, level=level)
