@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -259,7 +260,6 @@ def _held_out_classifiers(items: pd.DataFrame) -> dict[str, tuple[refusal.Refusa
     ValueError when a source overlaps every training model (nothing would be left to train on)."""
     train, _ = refusal.xstest_training_data(DATA_DIR)
     by_model = {m: set(g["completion"].dropna()) for m, g in train.groupby("model")}
-    fitted: dict[tuple, refusal.RefusalClassifier] = {}
     out = {}
     for src, g in items.groupby("source", sort=False):
         texts = g["response"].dropna()
@@ -269,16 +269,21 @@ def _held_out_classifiers(items: pd.DataFrame) -> dict[str, tuple[refusal.Refusa
         if not overlap:
             out[src] = (None, [])
             continue
-        rest = train[~train["model"].isin(overlap)]
-        if rest.empty:
+        if set(overlap) == set(by_model):
             raise ValueError(f"source {src!r} shares completions with every model the refusal classifier was "
                              f"trained on ({', '.join(overlap)}): no held-out classifier can grade it; split "
                              f"the data by model (a source column)")
-        key = tuple(overlap)
-        if key not in fitted:
-            fitted[key] = refusal.select_and_fit(rest, meta={"left_out": list(key)})
-        out[src] = (fitted[key], overlap)
+        out[src] = (_refit_without(tuple(overlap)), overlap)
     return out
+
+
+@lru_cache(maxsize=8)
+def _refit_without(left_out: tuple[str, ...]) -> refusal.RefusalClassifier:
+    """The refusal classifier refitted (C chosen the same way) on the shipped training data
+    without the models ``left_out`` (cached: deterministic)."""
+    train, digest = refusal.xstest_training_data(DATA_DIR)
+    return refusal.select_and_fit(train[~train["model"].isin(left_out)],
+                                  meta={"left_out": list(left_out), "data_sha256_16": digest})
 
 
 def grade_items(items: pd.DataFrame, category: Category, *, endpoint=None, cache=None,
@@ -636,8 +641,8 @@ def read_labelled(paths, *, mapping: dict | None = None, labels: dict | None = N
 
 def _is_over_refusal(category: Category) -> bool:
     """True for a category that counts refusals of *safe* requests only."""
-    return category.name == "over_refusal" or category.grader.get("rule") == "refusal_of_safe_request" \
-        and category.grader.get("harmful_request") != "(?!)"
+    return category.name == "over_refusal" or (category.grader.get("rule") == "refusal_of_safe_request"
+                                               and category.grader.get("harmful_request") != "(?!)")
 
 
 def heterogeneity(table: pd.DataFrame, level: float = 0.95, alpha: float = 0.05) -> list[dict]:
@@ -709,7 +714,9 @@ def validate_grader(items: pd.DataFrame, category: Category, *, endpoint=None, c
             keep &= items["prompt_safe"].fillna(True).astype(bool)
         else:
             items["prompt_safe"] = pd.array([True] * len(items), dtype="boolean")
-    graded = grade_items(items[keep], category, endpoint=endpoint, cache=cache, held_out=held_out)
+    # only an over-refusal grader reads whether a prompt is safe
+    to_grade = items[keep] if over else items[keep].drop(columns=["prompt_safe"], errors="ignore")
+    graded = grade_items(to_grade, category, endpoint=endpoint, cache=cache, held_out=held_out)
     items["pred"] = pd.array([pd.NA] * len(items), dtype="boolean")
     items.loc[keep, "pred"] = graded["pred"].to_numpy()
     items["held_out_from"] = ""
