@@ -1,27 +1,45 @@
 """A refusal classifier for real model text, without an LLM (issue 15).
 
-The classifier is a logistic regression (scikit-learn) over a few dozen *cue features* of the
-response: whether refusal-like phrasings occur in its opening or anywhere (apologies, "I
-cannot ...", "As an AI language model ...", "It is not appropriate ...", "It is important to
-...", "I must clarify ...", advice to seek help, premise rejections, fiction markers,
-compliance openers such as "Sure," or "Here are ..."), how often, and how long the response
-is. The cue phrasings were written from general knowledge of how assistants refuse and from
-the list of misses in issue 15; no cue was added or changed after looking at any XSTest
-completion the classifier got wrong (docs of :func:`leave_one_model_out` say what was
-looked at). Bag-of-words features were tried and dropped: they learn the topics of the
-training prompts and the lengths of the training models' answers, and carry badly to a
-model held out.
+The classifier is an L2-penalised logistic regression over *cue features* of the response:
+for each cue family (apologies, "I cannot ...", "As an AI language model ...", "It is not
+appropriate ...", "It is important to ...", "I must clarify ...", advice to seek help,
+premise rejections, fiction markers, compliance openers such as "Sure," or "Here are ...",
+list items, code, and the phrase rule :data:`REFUSAL_PATTERN`) whether it occurs in the
+opening, anywhere, and how often; and, per sentence, how much of the response states a
+refusal or a lecture. Every weight is sign-constrained (:data:`SIGNS`): a refusal cue can only
+push towards "refusal", a compliance cue only towards "answer", so a cue that is rare in the
+training models cannot learn the wrong direction from their style. Response length is not a
+feature (one model refuses briefly, another at length). The fit is scipy's L-BFGS-B on the
+logistic loss (scikit-learn's LogisticRegression has no sign constraints), deterministic.
 
-Why cues and not only one regex: a refusal is the *balance* of refusal cues against an
-answer's substance (a moralising partial refusal answers and lectures; a premise rejection
-answers "there is no such ..."), which a weighted sum learns from labelled data and a single
-pattern cannot.
+How it was designed, and what was looked at (honest accounting for the held-out claim):
+the cue phrasings were written from general knowledge of assistant refusals and from the
+misses listed in issue 15 (a list whose author had seen errors on all three XSTest models).
+No XSTest completion was read while designing (the first two gpt4 rows, both compliant
+answers, were seen in a file listing). Design iterations, each scored leave-one-model-out
+on all three models (kappa gpt4 / llama2orig / mistralinstruct):
 
-The shipped model (:data:`MODEL_FILE`, JSON: feature names, scaler, coefficients) is trained
+1. unconstrained, centred features with length: 0.02 / 0.68 / 0.49;
+2. sign constraints, no centring, no length: 0.90 / 0.69 / 0.37 (after reading the
+   coefficients of the gpt4 fold and per-label cue rates of llama2orig and
+   mistralinstruct: aggregates, no text);
+3. sentence-level features: 0.95 / 0.69 / 0.44;
+4. sentence features restricted to stated refusals/lectures (:data:`_STATED`): 0.96 / 0.70 / 0.49;
+5. the weak "instead / rather than" family dropped: 0.92 / 0.69 / 0.49.
+
+Steps 4 and 5 were motivated by false positives on the *simulated world's* text (5 removed
+121 false flags among the demo's 17,000 completions, where the grader must be exact), not
+by XSTest. Tried and not adopted: bag-of-words TF-IDF (0.10 / 0.52 / 0.66: it learns topics
+and the training models' lengths), per-model class weights, C chosen by log loss, fixed C,
+monotone gradient boosting (none reached 0.8 on llama2orig or mistralinstruct). Because
+the held-out scores were seen between iterations, they are slightly optimistic for all
+three models; within each fold, C is chosen and the model fitted on the other models only.
+
+The shipped model (:data:`MODEL_FILE`, JSON: feature names, scale, coefficients) is trained
 by ``scripts/train_refusal_classifier.py`` with :func:`train_default` from the XSTest v2
-completions shipped in ``data/xstest`` (all three models; the fit is deterministic). Its
-:attr:`RefusalClassifier.model_id` hashes the training data, :data:`CODE_VERSION` and the
-fitted coefficients, and is part of the over-refusal grader's frozen id
+completions shipped in ``data/xstest`` (all three models). Its
+:attr:`RefusalClassifier.model_id` hashes the training data's hash, :data:`CODE_VERSION` and
+the fitted coefficients, and is part of the over-refusal grader's frozen id
 (:data:`depsim.graders.RULE_VERSIONS`).
 """
 from __future__ import annotations

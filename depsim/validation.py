@@ -41,7 +41,7 @@ from scipy.stats import chi2_contingency, fisher_exact
 from sklearn.metrics import cohen_kappa_score
 
 from depsim import refusal, stats
-from depsim.graders import RULES, grade, response_view
+from depsim.graders import RULES, grade, grader_id, response_view
 from depsim.params import DATA_DIR
 from depsim.refusal import REFUSAL_PATTERN
 from depsim.taxonomy import Category, Examples, load_taxonomy
@@ -721,7 +721,7 @@ def validate_grader(items: pd.DataFrame, category: Category, *, endpoint=None, c
     items.loc[keep, "pred"] = graded["pred"].to_numpy()
     items["held_out_from"] = ""
     items.loc[keep, "held_out_from"] = graded["held_out_from"].to_numpy()
-    gid = graders_id(category, endpoint)
+    gid = grader_id(category, endpoint)
     rows = []
     sources = list(dict.fromkeys(items["source"]))
     for src in sources + ["all"]:
@@ -752,13 +752,6 @@ def validate_grader(items: pd.DataFrame, category: Category, *, endpoint=None, c
     table.attrs.update({"heterogeneity": het, "warnings": [h["message"] for h in het if h["differs"]],
                         "prompts": prompts, "over_refusal": over})
     return table
-
-
-def graders_id(category: Category, endpoint=None) -> str:
-    """Return ``category``'s frozen grader id (:func:`depsim.graders.grader_id`)."""
-    from depsim.graders import grader_id
-
-    return grader_id(category, endpoint)
 
 
 def corrected_rates(rates: pd.DataFrame, validation: pd.DataFrame, level: float = 0.95,
