@@ -59,11 +59,13 @@ HISTORY_KEYS = ["release", "category", "group", "method"]
 
 @dataclass(frozen=True)
 class ErrorPrior:
-    """Prior standard deviations (natural-log units): bias μ, drift β per release, and the
-    half-normal scale of σ."""
+    """Prior standard deviations (natural-log units): bias μ, drift β per release, the
+    half-normal scale of σ, and the log-sd of σ's empirical-Bayes prior around the σ shared
+    by the pooled groups (see :func:`fit_batch`)."""
     mu_sd: float = 2.0
     beta_sd: float = 0.5
     sigma_scale: float = 1.0
+    pool_log_sd: float = 0.7
 
 
 def _rowterms(K, T, eta, sigma):
@@ -120,13 +122,17 @@ def _newton(K, T, off, X, sig, theta, P, iters):
     return theta, ll, g, h, H
 
 
-def fit_batch(K, T, off, t, cluster, prior: ErrorPrior = ErrorPrior(), drift: bool = True, iters: int = 30):
+def fit_batch(K, T, off, t, cluster, prior: ErrorPrior = ErrorPrior(), drift: bool = True, iters: int = 30,
+              pool=None):
     """Fit the error model to B problems at once.
 
     K, T, off, t, cluster: arrays (B, M) — realised count, total count K_f + K, offset
     ln(N / n_f), release time (centred on the training releases), and an integer release id
     per row (0..R−1); padding rows have T = 0. Drift is fitted only where a problem has ≥ 3
-    releases with events (otherwise β = 0).
+    releases with events (otherwise β = 0). ``pool`` (B,) optionally groups problems (e.g. the
+    category groups of one method and release): σ then gets an empirical-Bayes prior, log-normal
+    (sd ``prior.pool_log_sd``) around the σ that the pooled problems share, so that a group of
+    one or two categories borrows strength from the others instead of resting on the prior.
 
     Returns a dict of arrays over problems: ``w`` (B, S) posterior weights over
     ``SIGMA_GRID``; ``sigma_mean`` / ``sigma2`` posterior means of σ and σ²; ``theta_grid``
@@ -151,9 +157,18 @@ def fit_batch(K, T, off, t, cluster, prior: ErrorPrior = ErrorPrior(), drift: bo
     sig = SIGMA_GRID[None, :, None]
     theta, ll, g, h, H = _newton(K[:, None], T[:, None], off[:, None], X, sig,
                                  np.zeros((B, SIGMA_GRID.size, 2)), P, iters)
-    logpost = (ll.sum(-1) - 0.5 * np.einsum("bsi,ij,bsj->bs", theta, P, theta)
-               - 0.5 * np.linalg.slogdet(-H)[1] - 0.5 * (SIGMA_GRID / prior.sigma_scale) ** 2
-               + np.log(_SIGMA_DW))
+    loglik = (ll.sum(-1) - 0.5 * np.einsum("bsi,ij,bsj->bs", theta, P, theta)
+              - 0.5 * np.linalg.slogdet(-H)[1])                                  # σ's marginal likelihood
+    logprior = -0.5 * (SIGMA_GRID / prior.sigma_scale) ** 2 + np.log(_SIGMA_DW)
+    if pool is not None:
+        _, pid = np.unique(np.asarray(pool), return_inverse=True)
+        common = np.zeros((pid.max() + 1, SIGMA_GRID.size))
+        np.add.at(common, pid, loglik)
+        cw = np.exp(common + logprior - (common + logprior).max(-1, keepdims=True))
+        centre = np.log((cw * SIGMA_GRID).sum(-1) / cw.sum(-1))[pid]
+        ls = np.log(np.maximum(SIGMA_GRID, SIGMA_GRID[1] / 2))
+        logprior = -0.5 * ((ls - centre[:, None]) / prior.pool_log_sd) ** 2 + np.log(_SIGMA_DW) - ls
+    logpost = loglik + logprior
     w = np.exp(logpost - logpost.max(-1, keepdims=True))
     w /= w.sum(-1, keepdims=True)
     s2 = (w * SIGMA_GRID ** 2).sum(-1)
@@ -311,9 +326,10 @@ def _pack(problems):
 
 
 def _rows(train: pd.DataFrame, order: dict, centre: float) -> pd.DataFrame:
+    """The fit's per-row inputs (K, T, off, t, cluster) of a training table."""
     k_f, n_f = train["k"].to_numpy(float), train["n"].to_numpy(float)
     K, N = train["k_real"].to_numpy(float), train["n_real"].to_numpy(float)
-    rel = train["release"].map(order).to_numpy()
+    rel = train["_rel"].to_numpy() if "_rel" in train else train["release"].map(order).to_numpy()
     _, cl = np.unique(rel, return_inverse=True)
     return pd.DataFrame({"K": K, "T": K + k_f, "off": np.log(N / n_f), "t": rel - centre, "cluster": cl})
 
@@ -366,7 +382,9 @@ def predict(history: pd.DataFrame, forecasts: pd.DataFrame, prior: ErrorPrior = 
         centre = np.mean(rels) if rels else t_new_abs
         problems.append(_rows(g, order, centre) if len(g) else pd.DataFrame(columns=["K", "T", "off", "t", "cluster"]))
         t_new.append(t_new_abs - centre)
-    fit = fit_batch(**_pack(problems), prior=prior, drift=drift)
+    pools = [hash(tuple(k for b, k in zip(by, key) if b != "group")) if "group" in by else i
+             for i, key in enumerate(keys)]
+    fit = fit_batch(**_pack(problems), prior=prior, drift=drift, pool=np.array(pools))
     loc, scale, df = predictive_t(fit, np.array(t_new))
     idx = {k: i for i, k in enumerate(keys)}
     pos = np.array([idx[tuple(x)] for x in fc[list(by)].to_numpy()])
@@ -377,21 +395,26 @@ def predict(history: pd.DataFrame, forecasts: pd.DataFrame, prior: ErrorPrior = 
 
 def forward_chain(history: pd.DataFrame, min_train: int = 1, level: float = 0.9,
                   prior: ErrorPrior = ErrorPrior(), drift: bool = True, by=("method", "group"),
-                  problem=None) -> pd.DataFrame:
+                  problem=None, intervals: bool = True) -> pd.DataFrame:
     """Forward-chaining validation: for each release r with at least ``min_train`` earlier
     releases, fit on the releases before r (per ``by``) and predict r's realised counts.
 
     ``problem`` optionally names a column (e.g. a simulated-history id) whose values are
     independent histories, all fitted in the same vectorised call. Returns the history rows
     that were predicted, with err_loc/err_scale/err_df, ``train_releases``, the count
-    interval ``pred_k_lo``/``pred_k_hi`` at ``level`` and :func:`calibration`'s columns."""
+    interval ``pred_k_lo``/``pred_k_hi`` at ``level`` (when ``intervals``) and
+    :func:`calibration`'s columns. The groups of one method and step share σ's
+    empirical-Bayes prior (``pool`` in :func:`fit_batch`) when ``by`` includes "group"."""
     _check_history(history, "forward_chain")
     parts = [("", history)] if problem is None else list(history.groupby(problem, sort=False))
-    problems, t_new, targets = [], [], []
-    for _, h in parts:
+    problems, t_new, targets, pools = [], [], [], []
+    for part, h in parts:
         order = _release_order(h)
+        h = h.assign(_rel=h["release"].map(order).to_numpy())
         for key, g in h.groupby(list(by), sort=False):
-            g_rel = g["release"].map(order).to_numpy()
+            key = key if isinstance(key, tuple) else (key,)
+            pool_key = (part, *(k for b, k in zip(by, key) if b != "group"))
+            g_rel = g["_rel"].to_numpy()
             for i in range(min_train, len(order)):
                 test = g[g_rel == i]
                 if test.empty:
@@ -401,16 +424,18 @@ def forward_chain(history: pd.DataFrame, min_train: int = 1, level: float = 0.9,
                 problems.append(_rows(train, order, centre) if len(train)
                                 else pd.DataFrame(columns=["K", "T", "off", "t", "cluster"]))
                 t_new.append(i - centre)
-                targets.append(test.assign(train_releases=len(np.unique(g_rel[g_rel < i]))))
+                targets.append(test.drop(columns="_rel").assign(train_releases=len(np.unique(g_rel[g_rel < i]))))
+                pools.append(hash((*pool_key, i)) if "group" in by else len(pools))
     if not problems:
         return pd.DataFrame()
-    fit = fit_batch(**_pack(problems), prior=prior, drift=drift)
+    fit = fit_batch(**_pack(problems), prior=prior, drift=drift, pool=np.array(pools))
     loc, scale, df = predictive_t(fit, np.array(t_new))
     out = pd.concat([t.assign(err_loc=loc[j], err_scale=scale[j], err_df=df[j]) for j, t in enumerate(targets)],
                     ignore_index=True)
     args = (out["k"].to_numpy(float), out["n"].to_numpy(float), out["n_real"].to_numpy(float),
             out["err_loc"].to_numpy(), out["err_scale"].to_numpy(), out["err_df"].to_numpy())
-    out["pred_k_lo"], out["pred_k_hi"] = count_interval(level, *args)
+    if intervals:
+        out["pred_k_lo"], out["pred_k_hi"] = count_interval(level, *args)
     cal = calibration(out["k_real"].to_numpy(float), *args, level=level)
     return pd.concat([out, cal], axis=1)
 

@@ -125,9 +125,12 @@ class Realism(_Strict):
 
 class Reweight(_Strict):
     """Reweight the ``sim`` prefixes towards a forecast traffic mix: ``shares`` of user turns
-    per value of ``column`` (a prefix metadata column, e.g. an intent or topic label)."""
+    per value of ``column`` (a prefix metadata column, e.g. an intent or topic label).
+    ``source`` says where the shares came from (a declared forecast, e.g. Y's recent trend;
+    never the post-release truth); the report quotes it."""
     column: str
     shares: dict[str, float]
+    source: str | None = None
 
     @field_validator("shares")
     @classmethod
