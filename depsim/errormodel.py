@@ -131,8 +131,8 @@ def fit_batch(K, T, off, t, cluster, prior: ErrorPrior = ErrorPrior(), drift: bo
     per row (0..R−1); padding rows have T = 0. Drift is fitted only where a problem has ≥ 3
     releases with events (otherwise β = 0). ``pool`` (B,) optionally groups problems (e.g. the
     category groups of one method and release): σ then gets an empirical-Bayes prior, log-normal
-    (sd ``prior.pool_log_sd``) around the σ that the pooled problems share, so that a group of
-    one or two categories borrows strength from the others instead of resting on the prior.
+    (sd ``prior.pool_log_sd``) around the median of the pooled groups' own σ, so that a group
+    of one or two categories borrows strength from the others instead of resting on the prior.
 
     Returns a dict of arrays over problems: ``w`` (B, S) posterior weights over
     ``SIGMA_GRID``; ``sigma_mean`` / ``sigma2`` posterior means of σ and σ²; ``theta_grid``
@@ -161,11 +161,13 @@ def fit_batch(K, T, off, t, cluster, prior: ErrorPrior = ErrorPrior(), drift: bo
               - 0.5 * np.linalg.slogdet(-H)[1])                                  # σ's marginal likelihood
     logprior = -0.5 * (SIGMA_GRID / prior.sigma_scale) ** 2 + np.log(_SIGMA_DW)
     if pool is not None:
+        # centre: the median over the pooled groups of each group's own posterior-mean σ,
+        # so that one unusually noisy group does not widen every other group's intervals
         _, pid = np.unique(np.asarray(pool), return_inverse=True)
-        common = np.zeros((pid.max() + 1, SIGMA_GRID.size))
-        np.add.at(common, pid, loglik)
-        cw = np.exp(common + logprior - (common + logprior).max(-1, keepdims=True))
-        centre = np.log((cw * SIGMA_GRID).sum(-1) / cw.sum(-1))[pid]
+        own = np.exp(loglik + logprior - (loglik + logprior).max(-1, keepdims=True))
+        own_mean = (own * SIGMA_GRID).sum(-1) / own.sum(-1)
+        centre = np.array([np.median(own_mean[pid == i]) for i in range(pid.max() + 1)])
+        centre = np.log(np.maximum(centre, SIGMA_GRID[1]))[pid]
         ls = np.log(np.maximum(SIGMA_GRID, SIGMA_GRID[1] / 2))
         logprior = -0.5 * ((ls - centre[:, None]) / prior.pool_log_sd) ** 2 + np.log(_SIGMA_DW) - ls
     logpost = loglik + logprior
@@ -406,32 +408,51 @@ def forward_chain(history: pd.DataFrame, min_train: int = 1, level: float = 0.9,
     :func:`calibration`'s columns. The groups of one method and step share σ's
     empirical-Bayes prior (``pool`` in :func:`fit_batch`) when ``by`` includes "group"."""
     _check_history(history, "forward_chain")
-    parts = [("", history)] if problem is None else list(history.groupby(problem, sort=False))
-    problems, t_new, targets, pools = [], [], [], []
-    for part, h in parts:
-        order = _release_order(h)
-        h = h.assign(_rel=h["release"].map(order).to_numpy())
-        for key, g in h.groupby(list(by), sort=False):
-            key = key if isinstance(key, tuple) else (key,)
-            pool_key = (part, *(k for b, k in zip(by, key) if b != "group"))
-            g_rel = g["_rel"].to_numpy()
-            for i in range(min_train, len(order)):
-                test = g[g_rel == i]
-                if test.empty:
-                    continue
-                train = g[g_rel < i]
-                centre = np.mean(np.unique(g_rel[g_rel < i])) if len(train) else i
-                problems.append(_rows(train, order, centre) if len(train)
-                                else pd.DataFrame(columns=["K", "T", "off", "t", "cluster"]))
-                t_new.append(i - centre)
-                targets.append(test.drop(columns="_rel").assign(train_releases=len(np.unique(g_rel[g_rel < i]))))
-                pools.append(hash((*pool_key, i)) if "group" in by else len(pools))
-    if not problems:
+    h = history.reset_index(drop=True)
+    part = pd.factorize(h[problem])[0] if problem is not None else np.zeros(len(h), int)
+    # release order of first appearance within each independent history
+    rel = pd.Series(list(zip(part, h["release"]))).pipe(lambda x: pd.factorize(x)[0])
+    first = pd.Series(rel).groupby(part).transform("min").to_numpy()
+    rel = rel - first
+    key = pd.factorize(pd.Series(list(zip(part, *(h[b] for b in by)))))[0]
+    order = np.lexsort((rel, key))
+    key_s, rel_s = key[order], rel[order]
+    starts = np.searchsorted(key_s, np.arange(key.max() + 1))
+    # problems: one per (key, step i) with test rows at release i
+    kr = pd.DataFrame({"key": key_s, "rel": rel_s, "pos": np.arange(len(h))})
+    steps = kr.groupby(["key", "rel"], sort=True)["pos"].agg(["min", "max"]).reset_index()
+    steps = steps[(steps["rel"] >= min_train)]
+    if steps.empty:
         return pd.DataFrame()
-    fit = fit_batch(**_pack(problems), prior=prior, drift=drift, pool=np.array(pools))
-    loc, scale, df = predictive_t(fit, np.array(t_new))
-    out = pd.concat([t.assign(err_loc=loc[j], err_scale=scale[j], err_df=df[j]) for j, t in enumerate(targets)],
-                    ignore_index=True)
+    B = len(steps)
+    cnt = (steps["min"] - starts[steps["key"]]).to_numpy()          # train rows: releases before i
+    M = max(1, int(cnt.max()))
+    idx = starts[steps["key"].to_numpy()][:, None] + np.arange(M)
+    valid = np.arange(M) < cnt[:, None]
+    idx = np.where(valid, idx, 0)
+    src = order[idx]
+    k_f, n_f = h["k"].to_numpy(float)[src], h["n"].to_numpy(float)[src]
+    K, N = h["k_real"].to_numpy(float)[src], h["n_real"].to_numpy(float)[src]
+    r_train = rel[src]
+    centre = np.where(cnt > 0, (r_train * valid).sum(1) / np.maximum(cnt, 1), steps["rel"].to_numpy())
+    arrays = {"K": np.where(valid, K, 0.0), "T": np.where(valid, K + k_f, 0.0),
+              "off": np.where(valid, np.log(N / n_f), 0.0), "t": np.where(valid, r_train - centre[:, None], 0.0),
+              "cluster": np.where(valid, r_train, 0)}
+    if "group" in by:
+        rest = [b for b in by if b != "group"]
+        first_row = order[steps["min"].to_numpy()]
+        pools = pd.factorize(pd.Series(list(zip(part[first_row], *(h[b].to_numpy()[first_row] for b in rest),
+                                                steps["rel"]))))[0]
+    else:
+        pools = np.arange(B)
+    fit = fit_batch(**arrays, prior=prior, drift=drift, pool=pools)
+    loc, scale, df = predictive_t(fit, steps["rel"].to_numpy() - centre)
+    # the test rows of each problem
+    lens = (steps["max"] - steps["min"] + 1).to_numpy()
+    prob = np.repeat(np.arange(B), lens)
+    pos = np.concatenate([np.arange(a, b + 1) for a, b in zip(steps["min"], steps["max"])])
+    out = h.iloc[order[pos]].reset_index(drop=True)
+    out = out.assign(train_releases=fit["releases"][prob], err_loc=loc[prob], err_scale=scale[prob], err_df=df[prob])
     args = (out["k"].to_numpy(float), out["n"].to_numpy(float), out["n_real"].to_numpy(float),
             out["err_loc"].to_numpy(), out["err_scale"].to_numpy(), out["err_df"].to_numpy())
     if intervals:

@@ -31,7 +31,8 @@ def score_rows(f: pd.DataFrame, threshold: float = 1.5, level: float = 0.95) -> 
     k_real, n_real; optionally direction and the error model's err_loc/err_scale/err_df) with:
 
     * realised (Jeffreys rate of k_real of n_real), ``realised_label`` (k of n text), NLL and
-      regret of the realised count (nats), SME and log10 error;
+      regret of the realised count (nats), SME and log10 error; ``covered`` (realised point
+      inside the forecast's confidence interval: kept for callers, but it is not calibration);
     * the realised change against Y (realised_change = realised / prev_rate), the realised
       direction with the evidence rule (``realised_direction``: "up"/"down" only when the
       exact ``level`` interval of the ratio excludes 1), ``large_shift`` (≥ ``threshold``×
@@ -49,6 +50,8 @@ def score_rows(f: pd.DataFrame, threshold: float = 1.5, level: float = 0.95) -> 
     f["regret"] = stats.regret(k, n, rate)
     f["sme"] = stats.sme(rate, f["realised"].to_numpy())
     f["log10_error"] = stats.log10_error(rate, f["realised"].to_numpy())
+    # kept for callers; NOT calibration (a perfect forecaster scores about 83%): see pred_covered
+    f["covered"] = (f["lo"] <= f["realised"]) & (f["realised"] <= f["hi"])
     f["realised_change"] = f["realised"] / f["prev_rate"]
     if {"prev_k", "prev_n"} <= set(f.columns):
         pk, pn = f["prev_k"].to_numpy(float), f["prev_n"].to_numpy(float)
@@ -104,8 +107,8 @@ def summary(scored: pd.DataFrame, methods=None, reps: int = 1000, seed: int = 0)
     ``.attrs["excluded"]``): categories scored, summed NLL and regret (nats), SME median /
     mean / max with percentile-bootstrap 95% intervals over categories (``_lo``/``_hi``),
     directional accuracy k/n on large shifts beside its no-skill permutation null
-    (``direction_null`` mean, ``direction_p``), posterior-predictive coverage
-    (``coverage_predictive``, when the error model's columns are present) and the log-scale
+    (``direction_null`` mean, ``direction_p``), ``coverage`` (posterior-predictive coverage of
+    the realised count at the scoring level; NaN without the error model's columns) and the log-scale
     Pearson r between forecast and realised rates."""
     mask, excluded = common_set(scored, methods)
     s = scored[mask]
@@ -126,8 +129,8 @@ def summary(scored: pd.DataFrame, methods=None, reps: int = 1000, seed: int = 0)
             null = stats.direction_null(big["direction"], big["realised_direction"], seed=seed)
             row.update(direction=f"{right}/{len(big)}", direction_right=right, direction_null=null["null_mean"],
                        direction_p=null["p_value"])
-        if "pred_covered" in g:
-            row["coverage_predictive"] = g["pred_covered"].mean()
+        # posterior-predictive coverage of the realised count (NaN without an error model)
+        row["coverage"] = g["pred_covered"].mean() if "pred_covered" in g else np.nan
         row["log_pearson_r"] = (stats.log_pearson(g["rate"].to_numpy(), g["realised"].to_numpy())
                                 if len(g) > 2 else np.nan)
         rows.append(row)

@@ -87,7 +87,8 @@ def world_history(releases: int = 6, seed: int = 11, n: int = 4000, n_llm: int =
 
 def error_model_history(model: str, histories: int = 200, releases: int = 5, seed: int = 0,
                         n: int = 4000, n_llm: int = 200, sigma: float = 0.4, spread: float = 0.8,
-                        drift: float = 0.3, shock: float = 0.4, tool_sigma: float = 1.2) -> pd.DataFrame:
+                        drift: float = 0.3, shock: float = 0.4, tool_sigma: float = 1.2,
+                        bias: float = 1.0) -> pd.DataFrame:
     """Return ``histories`` independent synthetic histories (column ``history``) of one method
     ("deployment_sim") over the simulated world's categories, under a forecast-error model.
 
@@ -97,7 +98,8 @@ def error_model_history(model: str, histories: int = 200, releases: int = 5, see
     "assumed" N(0, σ²); "t3" σ·t₃ (heavy tails); "drift" N(0, σ²) + ``drift``·r (a bias that
     drifts per release); "shock" N(0, σ²) + s_r, s_r ~ N(0, shock²) shared by all categories
     of a release; "noisy_tools" N(0, σ²) but N(0, tool_sigma²) for the tool categories.
-    Counts are binomial at n (rule-graded) or n_llm (LLM-graded) items."""
+    The group biases are scaled by ``bias`` (0 with σ = 0: a perfect forecaster). Counts are
+    binomial at n (rule-graded) or n_llm (LLM-graded) items; ``true_eta`` is each row's η."""
     if model not in ERROR_MODELS:
         raise ValueError(f"error_model_history: model must be one of {ERROR_MODELS}, got {model!r}")
     rng = np.random.default_rng(seed)
@@ -107,8 +109,8 @@ def error_model_history(model: str, histories: int = 200, releases: int = 5, see
     group = np.array([tax[c][0] for c in cats])
     m = np.array([n_llm if tax[c][2] else n for c in cats])
     p0 = np.array([world.true_rate(c, "sim-y", "Y") for c in cats])
-    bias = {"disallowed": 0.2, "misalignment": -0.4, "evaluation_awareness": 0.3, "refusal": -0.1}
-    mu = np.array([bias.get(g, 0.0) for g in group])
+    group_bias = {"disallowed": 0.2, "misalignment": -0.4, "evaluation_awareness": 0.3, "refusal": -0.1}
+    mu = bias * np.array([group_bias.get(g, 0.0) for g in group])
     H, R, C = histories, releases, len(cats)
     shape = (H, R, C)
     if model == "t3":
