@@ -458,7 +458,8 @@ def forward_chain(history: pd.DataFrame, min_train: int = 1, level: float = 0.9,
     if intervals:
         out["pred_k_lo"], out["pred_k_hi"] = count_interval(level, *args)
     cal = calibration(out["k_real"].to_numpy(float), *args, level=level)
-    return pd.concat([out, cal], axis=1)
+    # a scored table's own "covered" (the confidence-interval check) is replaced, not duplicated
+    return pd.concat([out.drop(columns=[c for c in cal.columns if c in out]), cal], axis=1)
 
 
 def coverage_by(chained: pd.DataFrame, by=("method", "group"), level: float = 0.9) -> pd.DataFrame:

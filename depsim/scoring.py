@@ -1,6 +1,8 @@
 """Stage 6: score each forecast against X's realised production rates (docs/design.md §6)."""
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pandas as pd
 
@@ -33,12 +35,14 @@ def score_rows(f: pd.DataFrame, threshold: float = 1.5, level: float = 0.95) -> 
     * realised (Jeffreys rate of k_real of n_real), ``realised_label`` (k of n text), NLL and
       regret of the realised count (nats), SME and log10 error; ``covered`` (realised point
       inside the forecast's confidence interval: kept for callers, but it is not calibration);
-    * the realised change against Y (realised_change = realised / prev_rate), the realised
-      direction with the evidence rule (``realised_direction``: "up"/"down" only when the
-      exact ``level`` interval of the ratio excludes 1), ``large_shift`` (≥ ``threshold``×
-      and supported), the forecast direction (from ``direction`` or computed the same way) and
-      ``direction_right`` on large shifts (NaN elsewhere and for prev_production, which
-      predicts no change);
+    * the realised change against Y (realised_change = realised / prev_rate); for scoring,
+      Y's count is split at random into two halves (:func:`depsim.stats.split_count`, seeded
+      by the category, the same for every method): ``direction_scored`` is the forecast's call
+      against half A and ``realised_direction`` the outcome's against half B, both with the
+      evidence rule ("up"/"down" only when the exact ``level`` interval of the ratio excludes
+      1); ``large_shift`` (≥ ``threshold``× and supported) and ``direction_right`` on large
+      shifts (NaN elsewhere and for prev_production, which predicts no change). ``direction``
+      (the forecast's call against all of Y's sample, as shown before release) is kept;
     * when the error model's columns are present, posterior-predictive calibration of the
       realised count at ``level``: ``pred_covered`` (fraction; a perfect forecaster averages
       ``level``), ``pred_inside`` (integer interval) and ``pit``."""
@@ -55,14 +59,24 @@ def score_rows(f: pd.DataFrame, threshold: float = 1.5, level: float = 0.95) -> 
     f["realised_change"] = f["realised"] / f["prev_rate"]
     if {"prev_k", "prev_n"} <= set(f.columns):
         pk, pn = f["prev_k"].to_numpy(float), f["prev_n"].to_numpy(float)
-        f["realised_direction"] = stats.direction(k, n, pk, pn, level)
         if "direction" not in f or f["direction"].isna().any():
             f["direction"] = stats.direction(f["k"].to_numpy(float), f["n"].to_numpy(float), pk, pn, level)
             f.loc[f["method"] == "prev_production", "direction"] = "no change"
+        # Y's sample split in two (the same split for every method of a category): the forecast
+        # is scored against one half and the outcome against the other, so noise in Y's
+        # measurement cannot make a forecaster with no skill look right
+        unit = _unit(f) if "release" in f else f["category"].astype(str)
+        seeds = [zlib.crc32(u.encode()) for u in unit]
+        ka, na, kb, nb = stats.split_count(pk, pn, seeds)
+        f["direction_scored"] = stats.direction(f["k"].to_numpy(float), f["n"].to_numpy(float), ka, na, level)
+        f.loc[f["method"] == "prev_production", "direction_scored"] = "no change"
+        f["realised_direction"] = stats.direction(k, n, kb, nb, level)
     else:   # no counts for Y: the change cannot be tested, so no shift counts as large
         f["realised_direction"] = "no change"
-        f["direction"] = f.get("direction", "no change")
-    sc = stats.direction_scores(f["direction"], f["realised_direction"], f["realised_change"], threshold)
+        f["direction_scored"] = "no change"
+        if "direction" not in f:
+            f["direction"] = "no change"
+    sc = stats.direction_scores(f["direction_scored"], f["realised_direction"], f["realised_change"], threshold)
     f["large_shift"] = sc["large"]
     f["direction_right"] = np.where(sc["large"] & (f["method"] != "prev_production"), sc["right"], np.nan)
     if {"err_loc", "err_scale", "err_df"} <= set(f.columns):
@@ -126,7 +140,7 @@ def summary(scored: pd.DataFrame, methods=None, reps: int = 1000, seed: int = 0)
             row.update(direction="n/a (predicts no change)", direction_right=0, direction_null=np.nan, direction_p=np.nan)
         else:
             right = int(big["direction_right"].astype(bool).sum())
-            null = stats.direction_null(big["direction"], big["realised_direction"], seed=seed)
+            null = stats.direction_null(big["direction_scored"], big["realised_direction"], seed=seed)
             row.update(direction=f"{right}/{len(big)}", direction_right=right, direction_null=null["null_mean"],
                        direction_p=null["p_value"])
         # posterior-predictive coverage of the realised count (NaN without an error model)
@@ -148,7 +162,7 @@ def direction_table(scored: pd.DataFrame, a: str = "deployment_sim", seed: int =
     rows = []
     ref = big[big["method"] == a].set_index("category")["direction_right"].astype(bool)
     for method, g in big.groupby("method", sort=False):
-        null = stats.direction_null(g["direction"], g["realised_direction"], seed=seed)
+        null = stats.direction_null(g["direction_scored"], g["realised_direction"], seed=seed)
         row = {"method": method, "right": int(g["direction_right"].astype(bool).sum()), "large_shifts": len(g),
                "share": null["observed"], "null_mean": null["null_mean"], "null_lo": null["null_lo"],
                "null_hi": null["null_hi"], "p_value": null["p_value"]}

@@ -42,6 +42,7 @@ __all__ = [
     "rate_ratio",
     "direction",
     "direction_scores",
+    "split_count",
     "direction_null",
     "mcnemar",
     "holm",
@@ -564,6 +565,24 @@ def direction(k1, n1, k2, n2, level=0.95):
     return pd.Series(out, index=r.index, name="direction") if isinstance(k1, pd.Series) else out
 
 
+def split_count(k, n, seed=0):
+    """Split a count K of N at random into two independent-looking halves: K_A of N_A = N // 2
+    and K_B = K − K_A of N_B = N − N_A, with K_A hypergeometric (exactly what splitting the
+    graded items at random gives, since items are exchangeable given K). Scoring compares a
+    forecast with one half of Y's sample and the realised rate with the other, so that noise
+    in Y's measurement cannot make a forecaster with no skill look right. ``seed`` is an int
+    or a sequence of ints (one per value). Returns four integer arrays (K_A, N_A, K_B, N_B)."""
+    k = np.rint(np.atleast_1d(np.asarray(k, dtype=float))).astype(np.int64)
+    n = np.rint(np.atleast_1d(np.asarray(n, dtype=float))).astype(np.int64)
+    if np.any((k < 0) | (k > n) | (n < 2)):
+        raise ValueError("split_count: need 0 <= K <= N and N >= 2")
+    seeds = np.broadcast_to(np.asarray(seed), k.shape)
+    na = n // 2
+    ka = np.array([np.random.default_rng(int(s)).hypergeometric(int(a), int(b - a), int(m))
+                   for s, a, b, m in zip(seeds, k, n, na)], dtype=np.int64)
+    return ka, na, k - ka, n - na
+
+
 def direction_scores(forecast_dir, realised_dir, realised_ratio, threshold=1.5):
     """Score forecast directions on large realised shifts.
 
@@ -696,7 +715,8 @@ def rogan_gladen(k, n, sens, spec, sens_n=None, spec_n=None, level=0.95, draws=4
     corr = np.clip((p_d + sp_d - 1) / np.where(den > 0, den, np.nan), 0, 1)
     tail = (1 - level) / 2
     p0 = (k + 0.5) / (n + 1)
-    point = np.clip((p0 + sp - 1) / (se + sp - 1), 0, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point = np.clip((p0 + sp - 1) / (se + sp - 1), 0, 1)
     lo, hi = np.nanquantile(corr, tail, axis=1), np.nanquantile(corr, 1 - tail, axis=1)
     return pd.DataFrame({"rate": point, "lo": lo, "hi": hi, "informative": (den <= 0).mean(axis=1) <= tail},
                         index=index if index is not None else pd.RangeIndex(len(k)))
