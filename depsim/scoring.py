@@ -227,7 +227,8 @@ def nll_table(scored: pd.DataFrame) -> pd.DataFrame:
 
 
 def against_truth(world, scored: pd.DataFrame, reweight=None, power: float = 0.8, draws: int = 2000,
-                  level: float = 0.95, threshold: float = 1.5, seed: int = 0) -> tuple[pd.DataFrame, str]:
+                  level: float = 0.95, threshold: float = 1.5, seed: int = 0,
+                  view: str = "first") -> tuple[pd.DataFrame, str]:
     """Return (table, note) comparing a simulated release with its world's exact rates.
 
     Per category: the true rates (per 100k), the true change new/prev and the measured one
@@ -239,9 +240,10 @@ def against_truth(world, scored: pd.DataFrame, reweight=None, power: float = 0.8
     ``why_not`` for undetectable shifts ("sample too small" or "simulation biased": its exact
     rate does not move the true way). The note gives the undetectable shifts, the exact prefix
     error with and without reweighting (when the release reweights by intent) and where the
-    reweighting shares came from."""
+    reweighting shares came from. ``view`` is what the simulation grades ("first" in tool
+    mode stop, "turn" in replay/simulate; see World.true_rate)."""
     shares = reweight.shares if reweight is not None and reweight.column == "intent" else None
-    truth = world.truth_table(sorted(scored["category"].unique()), shares=shares)
+    truth = world.truth_table(sorted(scored["category"].unique()), view=view, shares=shares)
     real = scored.drop_duplicates("category").set_index("category")
     truth["measured_change"] = truth["category"].map(real["realised_change"])
     truth["same_direction"] = (truth["true_change"] > 1) == (truth["measured_change"] > 1)
