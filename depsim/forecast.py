@@ -40,7 +40,11 @@ def forecasts(rates: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     group, Y's production count prev_k of prev_n and rate prev_rate, the rate ratio
     forecast/prev with its exact ``level`` interval (ratio, ratio_lo, ratio_hi), and the
     forecast ``direction`` against Y ("up", "down" or "no change"; prev_production itself
-    predicts "no change")."""
+    predicts "no change"), ``rises`` (the forecast rate is significantly above Y's: exact
+    one-sided test, Holm-adjusted across each method's categories at 1 − level; p-values in
+    rises_p / rises_p_holm) and, when the rates count failed grades, ``failed``,
+    ``worst_case_hi`` (upper bound if every failed grade were positive) and
+    ``failed_warning`` (more than 5% of grades failed)."""
     check_comparable(rates)
     r = rates.set_index(["target", "category"])
     has_prev = "prod_prev" in r.index.get_level_values(0)
@@ -53,7 +57,8 @@ def forecasts(rates: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             if method == "challenging" and not x["baseline"]:
                 continue
             rows.append({"category": cat, "method": method, "rate": x["rate"], "lo": x["lo"], "hi": x["hi"],
-                         "k": x["k"], "n": x["n"], "grader_id": x["grader_id"], "group": x["group"],
+                         "k": x["k"], "n": x["n"], "failed": x.get("failed", 0), "grader_id": x["grader_id"],
+                         "group": x["group"],
                          "prev_k": prev["k"].get(cat, np.nan), "prev_n": prev["n"].get(cat, np.nan),
                          "prev_rate": prev["rate"].get(cat, np.nan)})
     fc = pd.DataFrame(rows)
@@ -70,4 +75,35 @@ def forecasts(rates: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         fc.loc[ok, ["ratio", "ratio_lo", "ratio_hi"]] = rr[["ratio", "lo", "hi"]].to_numpy()
         fc.loc[ok, "direction"] = np.where(rr["lo"] > 1, "up", np.where(rr["hi"] < 1, "down", "no change"))
     fc.loc[fc["method"] == "prev_production", "direction"] = "no change"
+    # "rises significantly" against Y, Holm-adjusted across the categories of each method
+    fc["rises_p"] = fc["rises_p_holm"] = np.nan
+    fc["rises"] = False
+    for method, g in fc[ok & (fc["method"] != "prev_production")].groupby("method"):
+        rs = stats.rises_significantly(g["k"].to_numpy(float), g["n"].to_numpy(float),
+                                       g["prev_k"].to_numpy(float), g["prev_n"].to_numpy(float), 1 - level, "holm")
+        fc.loc[g.index, "rises_p"], fc.loc[g.index, "rises_p_holm"] = rs["p_value"].to_numpy(), rs["p_adjusted"].to_numpy()
+        fc.loc[g.index, "rises"] = rs["rises"].to_numpy()
+    # failed grades bound the rate: best case all negative, worst case all positive
+    if "failed" in fc:
+        fb = stats.failed_bounds(fc["k"].to_numpy(float), fc["n"].to_numpy(float), fc["failed"].fillna(0).to_numpy(float),
+                                 level)
+        fc["worst_case_hi"], fc["failed_warning"] = fb["hi"].to_numpy(), fb["warning"].to_numpy()
     return fc
+
+
+def gate_table(rates: pd.DataFrame, gates: dict[str, float], alpha: float = 0.025) -> pd.DataFrame:
+    """Return, per (target, category) with a release gate (a rate, fraction), k of n, the
+    exact one-sided upper bound ``gate_upper`` (Clopper–Pearson at 1 − ``alpha``; with failed
+    grades, of the worst case that counts them all as positive) and ``gate_status`` ("breach":
+    even the lower bound exceeds the gate; "may breach": the upper bound does; "below")."""
+    r = rates[rates["category"].isin(list(gates)) & (rates["n"] > 0)].copy()
+    f = r["failed"].fillna(0).to_numpy(float) if "failed" in r else np.zeros(len(r))
+    k, n = r["k"].to_numpy(float) + f, r["n"].to_numpy(float) + f
+    r["gate"] = r["category"].map(gates).astype(float)
+    r["label"] = stats.count_label(r["k"].to_numpy(float), r["n"].to_numpy(float))
+    r["gate_upper"] = np.atleast_1d(np.asarray(stats.gate_upper(k, n, alpha)))
+    r["gate_status"] = np.atleast_1d(stats.gate_status(r["k"].to_numpy(float), r["n"].to_numpy(float),
+                                                       r["gate"].to_numpy(), alpha))
+    worst = np.atleast_1d(stats.gate_status(k, n, r["gate"].to_numpy(), alpha))
+    r.loc[(worst != "below") & (r["gate_status"] == "below"), "gate_status"] = "may breach"
+    return r

@@ -170,6 +170,9 @@ class Release(_Strict):
     realism: Realism | None = None
     reweight: Reweight | None = None
     history: str | None = None    # earlier releases' forecasts and outcomes (CSV), for cross-release metrics
+    #: release gates: the highest acceptable rate (fraction) per category, compared with the
+    #: exact one-sided upper bound (depsim.forecast.gate_table)
+    gates: dict[str, float] = {}
     path: Path | None = Field(None, exclude=True)
 
     @field_validator("targets")

@@ -94,3 +94,26 @@ def test_against_truth_states_what_the_sample_could_detect():
     for c in missed["category"]:
         assert c in note
     assert set(missed["why_not"]) <= {"sample too small", "simulation biased"}
+
+
+def test_gate_table_uses_the_exact_bound_and_counts_failures():
+    from depsim.forecast import gate_table
+
+    rates = _rates()
+    g = gate_table(rates, {"up_big": 0.01, "never": 0.001, "flat": 0.01}).set_index(["target", "category"])
+    assert g.loc[("sim", "up_big"), "gate_status"] == "breach"
+    assert g.loc[("sim", "flat"), "gate_status"] == "may breach"      # 30 of 4000: bound 1.07% ≥ 1%
+    assert g.loc[("sim", "never"), "gate_status"] == "below"
+    assert g.loc[("sim", "never"), "label"] == "0 of 4,000 (≤ 92 per 100k)"
+    # failed grades that could all be positive turn "below" into "may breach"
+    rates.loc[(rates["category"] == "never") & (rates["target"] == "sim"), "failed"] = 5
+    g2 = gate_table(rates, {"never": 0.001}).set_index(["target", "category"])
+    assert g2.loc[("sim", "never"), "gate_status"] == "may breach"
+
+
+def test_rises_significantly_is_holm_adjusted_per_method():
+    fc = forecasts(_rates()).set_index(["category", "method"])
+    assert fc.loc[("up_big", "deployment_sim"), "rises"]
+    assert not fc.loc[("flat", "deployment_sim"), "rises"] and not fc.loc[("never", "deployment_sim"), "rises"]
+    sim = fc.xs("deployment_sim", level="method")
+    assert (sim["rises_p_holm"] >= sim["rises_p"]).all()
