@@ -46,7 +46,7 @@ from depsim import stats as S
 
 __all__ = ["ErrorPrior", "fit_batch", "predictive_t", "count_cdf", "count_interval",
            "calibration", "fit_history", "predict", "forward_chain", "coverage_by", "flag_categories",
-           "HISTORY_KEYS"]
+           "pit_histogram", "HISTORY_KEYS"]
 
 GH_X, GH_W = np.polynomial.hermite_e.hermegauss(8)   # nodes for ∫ f(x) N(x; 0, 1) dx
 GH_W = GH_W / GH_W.sum()
@@ -169,7 +169,9 @@ def fit_batch(K, T, off, t, cluster, prior: ErrorPrior = ErrorPrior(), drift: bo
         centre = np.array([np.median(own_mean[pid == i]) for i in range(pid.max() + 1)])
         centre = np.log(np.maximum(centre, SIGMA_GRID[1]))[pid]
         ls = np.log(np.maximum(SIGMA_GRID, SIGMA_GRID[1] / 2))
-        logprior = -0.5 * ((ls - centre[:, None]) / prior.pool_log_sd) ** 2 + np.log(_SIGMA_DW) - ls
+        pooled = -0.5 * ((ls - centre[:, None]) / prior.pool_log_sd) ** 2 + np.log(_SIGMA_DW) - ls
+        alone = (np.bincount(pid) == 1)[pid]          # a group with nobody to pool with keeps the prior
+        logprior = np.where(alone[:, None], logprior, pooled)
     logpost = loglik + logprior
     w = np.exp(logpost - logpost.max(-1, keepdims=True))
     w /= w.sum(-1, keepdims=True)
@@ -496,3 +498,12 @@ def flag_categories(chained: pd.DataFrame, level: float = 0.9, alpha: float = 0.
     narrow = (t["mean_z2"] > 1) | (t["coverage"] < level)
     t["why"] = np.where(t["flagged"], np.where(narrow, "too narrow", "too wide"), "")
     return t
+
+
+def pit_histogram(pit, bins: int = 10) -> pd.DataFrame:
+    """Return the PIT histogram: per bin of [0, 1] its ``lo``, ``hi``, ``count`` and ``share``
+    (fraction; a calibrated forecaster gives 1/bins everywhere, a ∪ shape means intervals too
+    narrow, a ∩ shape too wide)."""
+    counts, edges = np.histogram(np.asarray(pit, float), bins=bins, range=(0.0, 1.0))
+    return pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "count": counts,
+                         "share": counts / max(counts.sum(), 1)})
