@@ -140,7 +140,8 @@ def fit_batch(K, T, off, t, cluster, prior: ErrorPrior = ErrorPrior(), drift: bo
     ``theta`` (B, 2) the mode at the posterior-mean σ; ``D`` the variance of the releases'
     own effects around the trend (one-step release effects, R − p degrees of freedom) and
     ``tau2`` = max(0, D − the part the within-release model explains): the variance of a
-    shock shared by every category of a release; ``releases`` R, ``p`` the number of mean
+    shock shared by every category of a release (0 where releases average fewer than two
+    categories with events); ``releases`` R, ``p`` the number of mean
     parameters, ``XtXinv`` (B, 2, 2) the release-level design's inverse cross-product (for a
     new release's leverage) and ``drift`` (bool, β fitted)."""
     K, T, off, t = (np.asarray(x, float) for x in (K, T, off, t))
@@ -190,6 +191,10 @@ def fit_batch(K, T, off, t, cluster, prior: ErrorPrior = ErrorPrior(), drift: bo
     # what the within-release model alone expects of D: the release effects' own noise
     v_exp = np.where(has, 1.0 / np.maximum(den, 1e-300), 0.0).sum(-1) / np.maximum(n_rel, 1)
     tau2 = np.where(np.isfinite(D), np.maximum(np.nan_to_num(D) - v_exp, 0.0), 0.0)
+    # with about one category per release a shared shock cannot be told from the category's
+    # own error, which σ already carries: no separate shock term there
+    per_release = (T > 0).sum(-1) / np.maximum(n_rel, 1)
+    tau2 = np.where(per_release >= 2, tau2, 0.0)
     # release-level design (one row per release with events) for the leverage of a new release
     t_rel = np.einsum("bm,bmr->br", t * (T > 0), onehot) / np.maximum(onehot.sum(1), 1)
     Xr = np.stack([has.astype(float), t_rel * has], -1)
