@@ -207,9 +207,12 @@ class Realism(_Strict):
 
 class Reweight(_Strict):
     """Reweight the ``sim`` prefixes towards a forecast traffic mix: ``shares`` of user turns
-    per value of ``column`` (a prefix metadata column, e.g. an intent or topic label)."""
+    per value of ``column`` (a prefix metadata column, e.g. an intent or topic label).
+    ``source`` says where the shares came from (a declared forecast, e.g. Y's recent trend;
+    never the post-release truth); the report quotes it."""
     column: str
     shares: dict[str, float]
+    source: str | None = None
 
     @field_validator("shares")
     @classmethod
@@ -249,6 +252,9 @@ class Release(_Strict):
     realism: Realism | None = None
     reweight: Reweight | None = None
     history: str | None = None    # earlier releases' forecasts and outcomes (CSV), for cross-release metrics
+    #: release gates: the highest acceptable rate (fraction) per category, compared with the
+    #: exact one-sided upper bound (depsim.forecast.gate_table)
+    gates: dict[str, float] = {}
     path: Path | None = Field(None, exclude=True)
 
     @field_validator("targets")
