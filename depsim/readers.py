@@ -38,6 +38,7 @@ Reading streams: JSONL line by line, JSON arrays incrementally, Parquet by recor
 """
 from __future__ import annotations
 
+import bisect
 import codecs
 import csv
 import glob as _glob
@@ -54,9 +55,12 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 __all__ = [
     "FORMATS",
@@ -144,6 +148,9 @@ LANGUAGE_CODES = {
     "uzbek": "uz", "kyrgyz": "ky", "tajik": "tg", "pashto": "ps", "kurdish": "ku", "amharic": "am",
 }
 _NO_LANGUAGE = {"", "unknown", "nolang", "none", "und"}
+#: Record and per-message fields that identify people (WildChat's IP hash, browser headers with
+#: the user agent, country and state). Left out of the table unless ``keep_identifying=True``.
+IDENTIFYING_FIELDS: frozenset[str] = frozenset({"hashed_ip", "header", "country", "state"})
 
 
 class InputError(ValueError):
@@ -651,6 +658,20 @@ def _parquet(path: Path) -> Iterator[tuple[_Loc, Any, Any]]:
         raise _fatal(_Loc(str(path), record=idx), f"cannot read the Parquet file ({_one_line(e)})") from None
 
 
+def _parquet_rows(pf: pq.ParquetFile, rows: list[int]) -> Iterator[dict]:
+    """The records at 0-based ``rows`` (ascending) of a Parquet file, as Python dicts."""
+    starts, at = [], 0
+    for g in range(pf.metadata.num_row_groups):
+        starts.append(at)
+        at += pf.metadata.row_group(g).num_rows
+    cache: tuple[int, pa.Table] | None = None
+    for r in rows:
+        g = max(0, bisect.bisect_right(starts, r) - 1)
+        if cache is None or cache[0] != g:
+            cache = (g, pf.read_row_group(g))
+        yield cache[1].slice(r - starts[g], 1).to_pylist()[0]
+
+
 def _hub(hub_id: str, fmt: str) -> Iterator[tuple[_Loc, Any, Any]]:
     """Stream a data set from the Hugging Face hub (needs ``datasets`` and a network)."""
     try:
@@ -746,11 +767,20 @@ class _Ctx:
     warnings: Counter
     index: int = 0  # 0-based ordinal of the record in its file
     lift: tuple[str, ...] = ()  # record fields to keep as their own columns instead of in ``meta``
+    drop: frozenset = frozenset()  # identifying fields left out of the table (IDENTIFYING_FIELDS)
 
 
 def _finish(row: dict, msgs: list[dict], mmeta: list[dict] | None = None, meta: dict | None = None,
-            lift: tuple[str, ...] = ()) -> dict:
+            lift: tuple[str, ...] = (), drop: frozenset = frozenset()) -> dict:
     row["messages"] = _dumps(msgs)
+    if drop:
+        for k in drop:
+            row.pop(k, None)
+        if meta:
+            meta = {k: v for k, v in meta.items() if k not in drop}
+        if mmeta is not None:
+            mmeta = [{k: v for k, v in m.items() if k not in drop} for m in mmeta]
+            mmeta = mmeta if any(mmeta) else None
     if "message_meta" not in row and mmeta is not None:
         row["message_meta"] = _dumps(mmeta)
     if meta and lift:
@@ -776,7 +806,7 @@ def _row_openai(rec: Any, c: _Ctx) -> dict:
            "tools": tools, "source": c.source or _str(rec, "source") or c.fmt, "model": _str(rec, "model"),
            "language": _str(rec, "language"), "surface": _str(rec, "surface"),
            "created_at": _timestamp(rec.get("created_at"))}
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift)
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop)
 
 
 def _any_flag(v: Any, key: str) -> bool | None:
@@ -821,7 +851,7 @@ def _row_chatlog(rec: Any, c: _Ctx) -> dict:
     else:
         row["created_at"] = _timestamp(rec.get("timestamp"), "timestamp")
         used.add("timestamp")
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift)
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop)
 
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
@@ -878,7 +908,7 @@ def _row_sharegpt(rec: Any, c: _Ctx) -> dict:
            "tools": None, "source": c.source or c.fmt, "model": _str(rec, "model"),
            "language": _language(rec.get("language"))[0], "surface": None, "created_at": None}
     used = {"id", "conversation_id", "conversations", "model", "language"}
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift)
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop)
 
 
 _HH_MARK = re.compile(r"\n\n(Human|Assistant):")
@@ -1098,11 +1128,209 @@ def _records(f: Path, fmt: str, max_line_bytes: int) -> Iterator[tuple[_Loc, Any
     return _jsonl(f, max_line_bytes, array_hint=hint)
 
 
+# --------------------------------------------------------------------------------------------
+# Native ingestion: hub-layout Parquet (WildChat, LMSYS-Chat-1M) flattened and validated in bulk
+# by DuckDB. Rows that fail the bulk test (and duplicate ids) go through the per-record path,
+# which names the reason; the two paths write the same table.
+
+_PY_LAMBDA = tuple(int("".join(ch for ch in x if ch.isdigit()) or 0)
+                   for x in duckdb.__version__.split(".")[:2]) >= (1, 3)
+
+
+def _lam(var: str, body: str) -> str:
+    """A one-argument DuckDB lambda (``lambda x: ...`` from 1.3 on; 2.x rejects ``x -> ...``)."""
+    return f"lambda {var}: {body}" if _PY_LAMBDA else f"{var} -> {body}"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _s(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _is_str(t: pa.DataType | None) -> bool:
+    return t is not None and (pa.types.is_string(t) or pa.types.is_large_string(t)
+                              or (_HAS_VIEW and pa.types.is_string_view(t)))
+
+
+_HAS_VIEW = hasattr(pa.types, "is_string_view")
+
+
+def _json_ready(e: str, t: pa.DataType, depth: int = 0) -> str | None:
+    """SQL for value ``e`` (Arrow type ``t``) ready for ``to_json`` so that it reads as the
+    per-record path writes it: non-finite floats as null, timestamps as ISO 8601 text. None
+    for types the bulk path does not handle (binary, maps of such values, ...)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_floating(t):
+        return f"(CASE WHEN isfinite({e}) THEN {e} END)"
+    if pa.types.is_timestamp(t):
+        zone = " || '+00:00'" if t.tz else ""
+        return (f"(CASE WHEN microsecond({e}) % 1000000 = 0 THEN strftime({e}, '%Y-%m-%dT%H:%M:%S') "
+                f"ELSE strftime({e}, '%Y-%m-%dT%H:%M:%S.%f') END{zone})")
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t) \
+            or pa.types.is_map(t) or pa.types.is_union(t) or pa.types.is_time(t) or pa.types.is_duration(t):
+        return None
+    if pa.types.is_struct(t):
+        parts = []
+        for f in t:
+            inner = _json_ready(f"{e}.{_q(f.name)}", f.type, depth)
+            if inner is None:
+                return None
+            parts.append(f"{_s(f.name)}: {inner}")
+        if not parts:
+            return None
+        if all(p == f"{_s(f.name)}: {e}.{_q(f.name)}" for p, f in zip(parts, t)):
+            return e
+        return f"(CASE WHEN {e} IS NULL THEN NULL ELSE {{{', '.join(parts)}}} END)"
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        v = f"y{depth}"
+        inner = _json_ready(v, t.value_type, depth + 1)
+        if inner is None:
+            return None
+        return e if inner == v else f"list_transform({e}, {_lam(v, inner)})"
+    return e
+
+
+def _flag_sql(conv: str, fields: dict, key: str) -> str:
+    """SQL twin of :func:`_turn_flag`: any per-turn boolean ``key``, null when none is set."""
+    if key not in fields:
+        return "CAST(NULL AS BOOLEAN)"
+    vals = f"list_filter(list_transform({conv}, {_lam('x', f'x.{_q(key)}')}), {_lam('y', 'y IS NOT NULL')})"
+    return f"list_bool_or({vals})"
+
+
+def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tuple[str, ...],
+                drop: frozenset, max_chars: int) -> str | None:
+    """The bulk query for a hub-layout Parquet file, or None when its schema is not one the bulk
+    path reads exactly like the per-record path (then every record takes that path)."""
+    names = sch.names
+    typ = {n: sch.field(n).type for n in names}
+    if "file_row_number" in typ or "conversation" not in typ:
+        return None
+    keys = ("conversation_hash", "conversation_id") if fmt == "wildchat" else ("conversation_id",)
+    ids = [k for k in keys if k in typ]
+    if not ids or not all(_is_str(typ[k]) or pa.types.is_integer(typ[k]) for k in ids):
+        return None
+    ct = typ["conversation"]
+    if not (pa.types.is_list(ct) or pa.types.is_large_list(ct)) or not pa.types.is_struct(ct.value_type):
+        return None
+    turn = {x.name: x.type for x in ct.value_type}
+    if not (_is_str(turn.get("role")) and _is_str(turn.get("content"))) \
+            or set(turn) & {"name", "tool_calls", "tool_call_id", "refusal"}:
+        return None
+    for k in ("model", "language", "country", "state"):
+        if k in typ and not (_is_str(typ[k]) or pa.types.is_null(typ[k])):
+            return None
+    for k in ("redacted", "toxic"):
+        if k in typ and not (pa.types.is_boolean(typ[k]) or pa.types.is_null(typ[k])):
+            return None
+        if k in turn and not pa.types.is_boolean(turn[k]):
+            return None
+    if "timestamp" in typ and not pa.types.is_timestamp(typ["timestamp"]) and not pa.types.is_null(typ["timestamp"]):
+        return None
+    if "timestamp" in turn and fmt == "wildchat" and not pa.types.is_timestamp(turn["timestamp"]):
+        return None
+    if "language" in turn and not _is_str(turn["language"]):
+        return None
+    om = typ.get("openai_moderation")
+    if om is not None and not ((pa.types.is_list(om) or pa.types.is_large_list(om))
+                               and pa.types.is_struct(om.value_type)
+                               and all(x.name != "flagged" or pa.types.is_boolean(x.type) for x in om.value_type)):
+        return None
+
+    conv = "conversation"
+    cid = "coalesce(" + ", ".join(f"CAST({_q(k)} AS VARCHAR)" for k in ids) + ")" if len(ids) > 1 \
+        else f"CAST({_q(ids[0])} AS VARCHAR)"
+    role = "CASE WHEN x.role = 'developer' THEN 'system' ELSE x.role END"
+    msg = f"{{'role': {role}, 'content': x.content}}"
+    cols = {
+        "conversation_id": "__id",
+        "messages": f"to_json(list_transform({conv}, {_lam('x', msg)}))",
+        "tools": "CAST(NULL AS VARCHAR)",
+        "source": _s(source or fmt),
+        "model": "model" if "model" in typ else "CAST(NULL AS VARCHAR)",
+        "language": "__lang",
+        "surface": "'chat'",
+    }
+    is_user_lang = "x.role = 'user' AND x.language IS NOT NULL AND x.language <> ''"
+    user_lang = (f"list_filter({conv}, {_lam('x', is_user_lang)})[1].language"
+                 if "language" in turn else "CAST(NULL AS VARCHAR)")
+    lang = f"coalesce(language, {user_lang})" if "language" in typ else user_lang
+    ts_top = "CAST(timestamp AS TIMESTAMP)" if "timestamp" in typ else "CAST(NULL AS TIMESTAMP)"
+    if fmt == "wildchat" and "timestamp" in turn:
+        first = (f"list_filter(list_transform({conv}, {_lam('x', 'CAST(x.timestamp AS TIMESTAMP)')}), "
+                 f"{_lam('y', 'y IS NOT NULL')})[1]")
+        cols["created_at"] = f"coalesce({first}, {ts_top})"
+    else:
+        cols["created_at"] = ts_top
+    cols["language_name"] = "__lang"
+    top = lambda k: k if k in typ else f"CAST(NULL AS {'BOOLEAN' if k in ('redacted', 'toxic') else 'VARCHAR'})"
+    cols["redacted"] = f"coalesce({top('redacted')}, {_flag_sql(conv, turn, 'redacted')})"
+    if fmt == "wildchat":
+        cols["toxic"] = f"coalesce({top('toxic')}, {_flag_sql(conv, turn, 'toxic')})"
+    if om is None:
+        cols["moderation_flagged"] = "CAST(NULL AS BOOLEAN)"
+    else:
+        flag = "coalesce(x.flagged, false)" if "flagged" in {x.name for x in om.value_type} else "false"
+        cols["moderation_flagged"] = (f"CASE WHEN openai_moderation IS NULL THEN NULL ELSE coalesce(list_bool_or("
+                                      f"list_transform(openai_moderation, {_lam('x', flag)})), false) END")
+    if fmt == "wildchat":
+        for k in ("country", "state"):
+            if k not in drop:
+                cols[k] = top(k)
+    extra = [k for k in turn if k not in MESSAGE_KEYS and k not in drop]
+    if extra:
+        parts = []
+        for k in extra:
+            inner = _json_ready(f"x.{_q(k)}", turn[k], 1)
+            if inner is None:
+                return None
+            parts.append(f"{_s(k)}: {inner}")
+        cols["message_meta"] = f"to_json(list_transform({conv}, {_lam('x', '{' + ', '.join(parts) + '}')}))"
+    else:
+        cols["message_meta"] = "CAST(NULL AS VARCHAR)"
+    used = {*keys, "conversation", "model", "language", "redacted", "timestamp"}
+    if fmt == "wildchat":
+        used |= {"toxic", "country", "state"}
+    rest = [k for k in names if k not in used and k not in lift and k not in drop]
+    parts = []
+    for k in rest:
+        inner = _json_ready(_q(k), typ[k], 1)
+        if inner is None:
+            return None
+        parts.append(f"{_s(k)}: {inner}")
+    cols["meta"] = f"to_json({{{', '.join(parts)}}})" if parts else "CAST(NULL AS VARCHAR)"
+    for k in lift:
+        if k not in typ:
+            cols[k] = "CAST(NULL AS VARCHAR)"
+        elif _is_str(typ[k]):
+            cols[k] = _q(k)
+        else:
+            inner = _json_ready(_q(k), typ[k], 1)
+            if inner is None:
+                return None
+            cols[k] = f"CAST(to_json({inner}) AS VARCHAR)"
+    is_user = "x.role = 'user'"
+    content_ok = (f"x IS NOT NULL AND x.role IN ('system', 'user', 'assistant', 'developer') "
+                  f"AND x.content IS NOT NULL AND length(x.content) <= {int(max_chars)}")
+    ok = (f"__id IS NOT NULL AND NOT regexp_full_match(__id, '\\s*') AND {conv} IS NOT NULL "
+          f"AND len({conv}) > 0 AND list_bool_and(list_transform({conv}, {_lam('x', content_ok)})) "
+          f"AND list_bool_or(list_transform({conv}, {_lam('x', is_user)}))")
+    select = ", ".join(f"{expr} AS {_q(name)}" for name, expr in cols.items())
+    return (f"SELECT {select}, coalesce({ok}, false) AS __ok, file_row_number AS __i FROM ("
+            f"SELECT *, {cid} AS __id, {lang} AS __lang FROM read_parquet({_s(str(f))}, file_row_number = true))")
+
+
 class _Run:
     """One read: records -> validated rows in chunks (pyarrow tables), bad records -> quarantine."""
 
     def __init__(self, path, fmt: str, *, quarantine, max_message_chars: int, source: str | None,
-                 chunk_rows: int, max_line_bytes: int | None, columns: Iterable[str] = ()):
+                 chunk_rows: int, max_line_bytes: int | None, columns: Iterable[str] = (),
+                 keep_identifying: bool = False, quarantine_raw: bool = False, progress: bool | None = None,
+                 memory_limit: str | None = None, threads: int | None = None, json_path: str | None = None):
         if fmt not in _CONVERTERS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS + PROMPT_SETS)}")
         self.lift = tuple(columns)
@@ -1119,8 +1347,13 @@ class _Run:
         self.max_line_bytes = max_line_bytes or max(256 << 20, 4 * self.max_chars + (1 << 20))
         self.inputs = _inputs(path, fmt)
         self.quarantine = Path(quarantine) if quarantine is not None else None
-        self.schema: pa.Schema | None = (None if fmt == "parquet" else
-                                         pa.schema(_BASE + _EXTRAS[fmt] + [(c, _S) for c in self.lift]))
+        if self.quarantine is not None:
+            _refuse_overwrite(self, self.quarantine, "the quarantine file")
+        self.drop = frozenset() if keep_identifying else IDENTIFYING_FIELDS
+        self.quarantine_raw, self.progress = quarantine_raw, progress
+        self.memory_limit, self.threads, self.json_path = memory_limit, threads, json_path
+        self.schema: pa.Schema | None = (None if fmt == "parquet" else pa.schema(
+            [x for x in _BASE + _EXTRAS[fmt] if x[0] not in self.drop] + [(c, _S) for c in self.lift]))
         self.seen: dict[str, tuple[int, str]] = {}
         self.rows: list[dict] = []
         self.records = self.kept = self.quarantined = 0
@@ -1153,11 +1386,14 @@ class _Run:
                              reason=bad.reason)
         self.quarantined += 1
         self.reasons[bad.reason] += 1
+        # the raw record may hold personal data: kept only when asked (quarantine_raw=True)
         self._qfh.write(json.dumps({"file": loc.file, "line": loc.line, "record": loc.record, "reason": bad.reason,
-                                    "message": f"{loc}: {bad.detail}", "raw": _raw_text(raw)},
+                                    "message": f"{loc}: {bad.detail}",
+                                    "raw": _raw_text(raw) if self.quarantine_raw else None},
                                    ensure_ascii=False) + "\n")
 
-    def _good(self, loc: _Loc, raw: Any, row: dict, fi: int) -> pa.Table | None:
+    def _accept(self, loc: _Loc, raw: Any, row: dict, fi: int) -> bool:
+        """Check a converted row (unique id, valid Unicode) and count it; False if it went bad."""
         cid = row["conversation_id"]
         if not isinstance(cid, str):
             cid = row["conversation_id"] = str(cid)
@@ -1166,7 +1402,7 @@ class _Run:
             where = first[1] if first[0] == fi else f"{self._files[first[0]]} {first[1]}"
             self._bad(loc, raw, _Bad("duplicate_id", f"duplicate conversation id {cid[:80]!r} "
                                                      f"(first seen at {where})"))
-            return None
+            return False
         for k, v in row.items():
             if isinstance(v, str):
                 try:
@@ -1174,12 +1410,33 @@ class _Run:
                 except UnicodeEncodeError:
                     self._bad(loc, raw, _Bad("invalid_unicode", f"{k} contains an unpaired surrogate "
                                                                 f"(a lone \\ud800-\\udfff escape)"))
-                    return None
+                    return False
         self.seen[cid] = (fi, loc.short())
         self.records += 1
         self.kept += 1
+        return True
+
+    def _good(self, loc: _Loc, raw: Any, row: dict, fi: int) -> pa.Table | None:
+        if not self._accept(loc, raw, row, fi):
+            return None
         self.rows.append(row)
         return self._flush() if len(self.rows) >= self.chunk_rows else None
+
+    def _convert_one(self, loc: _Loc, raw: Any, obj: Any, stem: str, index: int) -> dict | None:
+        """One record through its format's converter: the row, or None once it is quarantined."""
+        if isinstance(obj, _Bad):
+            self._bad(loc, raw, obj)
+            return None
+        ctx = _Ctx(self.fmt, stem, loc, self.max_chars, self.source, self.warnings, index, self.lift,
+                   self.drop)
+        try:
+            return _CONVERTERS[self.fmt](obj, ctx)
+        except _Bad as b:
+            self._bad(loc, raw if raw is not None else obj, b)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            self._bad(loc, raw if raw is not None else obj,
+                      _Bad("invalid_record", f"cannot read the record ({type(e).__name__}: {e})"))
+        return None
 
     def _flush(self) -> pa.Table:
         names = self.schema.names
@@ -1218,6 +1475,8 @@ class _Run:
                 sources: Iterable = [(self.inputs, _hub(self.inputs, self.fmt), self.inputs.split("/")[-1])]
             else:
                 sources = ((str(f), f, _stem(f)) for f in self.inputs)
+            self._bar = tqdm(total=self._total_rows(), unit=" conversations", unit_scale=True, mininterval=1.0,
+                             desc=f"reading {self.fmt}", disable=None if self.progress is None else not self.progress)
             for fi, (name, src, stem) in enumerate(sources):
                 self._files.append(name)
                 if isinstance(src, Path):
@@ -1229,21 +1488,17 @@ class _Run:
                             self.schema = sch
                         elif sch != self.schema:
                             raise _fatal(name, "columns differ from the first file's")
+                    sql = self._native_plan(src)
+                    if sql is not None:
+                        if self.rows:
+                            yield self._flush()
+                        yield from self._native(src, fi, sql, stem)
+                        continue
                     src = _records(src, self.fmt, self.max_line_bytes)
-                conv = _CONVERTERS[self.fmt]
                 for index, (loc, raw, obj) in enumerate(src):
-                    if isinstance(obj, _Bad):
-                        self._bad(loc, raw, obj)
-                        continue
-                    ctx = _Ctx(self.fmt, stem, loc, self.max_chars, self.source, self.warnings, index, self.lift)
-                    try:
-                        row = conv(obj, ctx)
-                    except _Bad as b:
-                        self._bad(loc, raw if raw is not None else obj, b)
-                        continue
-                    except (TypeError, ValueError, KeyError, AttributeError) as e:
-                        self._bad(loc, raw if raw is not None else obj,
-                                  _Bad("invalid_record", f"cannot read the record ({type(e).__name__}: {e})"))
+                    self._bar.update(1)
+                    row = self._convert_one(loc, raw, obj, stem, index)
+                    if row is None:
                         continue
                     t = self._good(loc, raw if raw is not None else obj, row, fi)
                     if t is not None:
@@ -1252,7 +1507,101 @@ class _Run:
                 yield self._flush()
             ok = True
         finally:
+            self._bar.close()
             self._close_quarantine(ok)
+
+    def _total_rows(self) -> int | None:
+        """Records to read, where the files say (Parquet metadata); None otherwise."""
+        if isinstance(self.inputs, str) or not all(_magic(f) == b"PAR1" for f in self.inputs):
+            return None
+        try:
+            return sum(pq.read_metadata(f).num_rows for f in self.inputs)
+        except (pa.ArrowException, OSError):
+            return None
+
+    def _native_plan(self, f: Path) -> str | None:
+        """The bulk query for a hub-layout Parquet file of WildChat or LMSYS, or None."""
+        if self.fmt not in ("wildchat", "lmsys") or f.stat().st_size == 0 or _magic(f) != b"PAR1":
+            return None
+        pf = _parquet_file(f)
+        if pf.metadata.num_rows == 0:
+            raise _fatal(str(f), "empty Parquet file (no records)")
+        return _native_sql(f, pf.schema_arrow, self.fmt, self.source, self.lift, self.drop, self.max_chars)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        config = {"preserve_insertion_order": True}
+        if self.threads:
+            config["threads"] = int(self.threads)
+        if self.memory_limit:
+            config["memory_limit"] = self.memory_limit
+        con = duckdb.connect(config=config)
+        con.execute("SET enable_progress_bar = false")
+        con.execute("SET TimeZone = 'UTC'")
+        return con
+
+    def _native(self, f: Path, fi: int, sql: str, stem: str) -> Iterator[pa.Table]:
+        """Bulk conversion of one hub-layout Parquet file: DuckDB flattens and tests every
+        record; the ones that fail (and duplicate ids) take the per-record path, which
+        quarantines them with their reason or keeps them. Yields tables in file order."""
+        name = str(f)
+        out_names = self.schema.names
+        langs: dict[str | None, tuple[str | None, str | None]] = {None: (None, None)}
+        con = self._connect()
+        try:
+            res = con.sql(sql)
+            batches = max(self.chunk_rows, 1)
+            # DuckDB 2.x: to_arrow_reader; 1.x: fetch_record_batch
+            reader = (res.to_arrow_reader(batches) if hasattr(res, "to_arrow_reader")
+                      else res.fetch_record_batch(batches))
+            pf = None
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except duckdb.Error as e:
+                    raise _fatal(name, f"cannot read the Parquet file ({_one_line(e)})") from None
+                t = pa.Table.from_batches([batch])
+                idx = t.column("__i").to_pylist()
+                good = t.column("__ok").to_pylist()
+                ids = t.column("conversation_id").to_pylist()
+                keep, slow = [], []
+                for i, cid, g in zip(idx, ids, good):
+                    if g and cid not in self.seen:
+                        self.seen[cid] = (fi, f"record {i}")
+                        keep.append(True)
+                    else:
+                        keep.append(False)
+                        slow.append(i)
+                n_kept = len(idx) - len(slow)
+                self.records += n_kept
+                self.kept += n_kept
+                raw_lang = t.column("language_name").to_pylist()
+                for v in set(raw_lang):
+                    if v not in langs:
+                        langs[v] = _language(v)
+                t = t.set_column(t.schema.get_field_index("language"), "language",
+                                 pa.array([langs[v][0] for v in raw_lang], pa.string()))
+                t = t.filter(pa.array(keep, pa.bool_())).select([*out_names, "__i"])
+                tables = [t.cast(pa.schema([*self.schema, ("__i", pa.int64())]))]
+                if slow:
+                    pf = pf or _parquet_file(f)
+                    rows = []
+                    for i, rec in zip(slow, _parquet_rows(pf, slow)):
+                        loc = _Loc(name, record=i)
+                        row = self._convert_one(loc, None, rec, stem, i)
+                        if row is not None and self._accept(loc, rec, row, fi):
+                            rows.append({**{k: row.get(k) for k in out_names}, "__i": i})
+                    if rows:
+                        tables.append(pa.Table.from_pylist(rows, schema=tables[0].schema))
+                    t = pa.concat_tables(tables)
+                    t = t.take(pc.sort_indices(t.column("__i")))
+                else:
+                    t = tables[0]
+                self._bar.update(len(idx))
+                yield t.drop_columns(["__i"])
+        finally:
+            con.close()
 
     def _check_csv(self, f: Path) -> None:
         header = _csv_header(f)
@@ -1276,6 +1625,15 @@ class _Run:
                           quarantine=self.quarantine)
 
 
+def _refuse_overwrite(run: "_Run", path: Path, what: str) -> None:
+    """Raise if ``path`` is one of the run's input files (it would be replaced)."""
+    if isinstance(run.inputs, str) or not path.exists():
+        return
+    for f in run.inputs:
+        if f.exists() and os.path.samefile(f, path):
+            raise InputError(f"{path}: {what} would overwrite an input file; choose another path", file=str(path))
+
+
 def _to_pandas(tables: list[pa.Table]) -> pd.DataFrame:
     return pa.concat_tables(tables).to_pandas()
 
@@ -1283,7 +1641,9 @@ def _to_pandas(tables: list[pa.Table]) -> pd.DataFrame:
 def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | os.PathLike | None = None,
                        max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, source: str | None = None,
                        columns: Iterable[str] = (), chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                       max_line_bytes: int | None = None) -> ReadResult:
+                       max_line_bytes: int | None = None, keep_identifying: bool = False,
+                       quarantine_raw: bool = False, progress: bool | None = False,
+                       memory_limit: str | None = None, json_path: str | None = None) -> ReadResult:
     """Read conversations into the canonical table.
 
     ``path``: a file, a folder (every file of the format under it, sorted), a glob, a list of
@@ -1308,18 +1668,30 @@ def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | o
     ``columns``: record fields to keep as their own (string) columns rather than in ``meta``,
     e.g. ``["intent"]`` for a reweighting stratum; ``max_line_bytes``: a longer JSONL line is
     bad without being parsed (default 256 MiB or 4 x max_message_chars).
+
+    ``keep_identifying``: keep the fields that identify people (:data:`IDENTIFYING_FIELDS`:
+    WildChat's ``hashed_ip``, ``header`` with the user agent, ``country``, ``state``), which are
+    left out by default; ``quarantine_raw``: also write each bad record's raw text (up to 2,000
+    characters) to the quarantine file, which otherwise holds only where and why;
+    ``progress``: a progress bar on stderr (None: when stderr is a terminal);
+    ``memory_limit``: DuckDB's memory limit for the bulk path (e.g. ``"4GB"``; default DuckDB's,
+    80 % of RAM); ``json_path``: where the records are inside a JSON document that is not a
+    plain array or JSONL, as dotted keys (``instances`` for ``{"instances": [...]}``).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown conversation format {fmt!r}; expected one of {', '.join(FORMATS)}"
                          + (" (prompt sets are read by read_prompt_set)" if fmt in PROMPT_SETS else ""))
     run = _Run(path, fmt, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
-               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns)
+               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns,
+               keep_identifying=keep_identifying, quarantine_raw=quarantine_raw, progress=progress,
+               memory_limit=memory_limit, json_path=json_path)
     tables = list(run.chunks())
     return run.result(_to_pandas(tables))
 
 
 def read_prompt_set(path: str | os.PathLike, kind: str, *, quarantine: str | os.PathLike | None = None,
-                    max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, source: str | None = None) -> ReadResult:
+                    max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, source: str | None = None,
+                    quarantine_raw: bool = False) -> ReadResult:
     """Read a challenging-prompt set into single-turn conversations (canonical schema, surface
     ``eval``, language ``en``, a ``category`` column where the set has one). ``kind``:
 
@@ -1340,7 +1712,7 @@ def read_prompt_set(path: str | os.PathLike, kind: str, *, quarantine: str | os.
     if kind not in PROMPT_SETS:
         raise ValueError(f"unknown prompt set {kind!r}; expected one of {', '.join(PROMPT_SETS)}")
     run = _Run(path, kind, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
-               chunk_rows=DEFAULT_CHUNK_ROWS, max_line_bytes=None)
+               chunk_rows=DEFAULT_CHUNK_ROWS, max_line_bytes=None, quarantine_raw=quarantine_raw)
     tables = list(run.chunks())
     return run.result(_to_pandas(tables))
 
@@ -1348,14 +1720,21 @@ def read_prompt_set(path: str | os.PathLike, kind: str, *, quarantine: str | os.
 def convert(path: str | os.PathLike, fmt: str, out_parquet: str | os.PathLike, *,
             quarantine: str | os.PathLike | None = None, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS,
             source: str | None = None, columns: Iterable[str] = (), chunk_rows: int = DEFAULT_CHUNK_ROWS,
-            max_line_bytes: int | None = None) -> ReadResult:
+            max_line_bytes: int | None = None, keep_identifying: bool = False, quarantine_raw: bool = False,
+            progress: bool | None = None, memory_limit: str | None = None,
+            json_path: str | None = None) -> ReadResult:
     """Read ``path`` (any conversation format or prompt set) and write the canonical table to
     ``out_parquet``, chunk by chunk (one row group per ``chunk_rows`` rows), atomically: a temp
     file renamed into place, so a failed or killed run leaves no partial output. Returns a
-    :class:`ReadResult` with ``table=None`` and ``path`` set."""
+    :class:`ReadResult` with ``table=None`` and ``path`` set. The other arguments are those of
+    :func:`read_conversations`; ``out_parquet`` or ``quarantine`` naming one of the input files
+    is refused (an input is never overwritten)."""
     run = _Run(path, fmt, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
-               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns)
+               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns,
+               keep_identifying=keep_identifying, quarantine_raw=quarantine_raw, progress=progress,
+               memory_limit=memory_limit, json_path=json_path)
     out = Path(out_parquet)
+    _refuse_overwrite(run, out, "the output")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     writer = None

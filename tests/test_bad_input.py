@@ -108,7 +108,7 @@ def test_bad_record_quarantined_and_good_kept(name, fmt, where, reason, reasons,
     assert Counter(x["reason"] for x in entries) == Counter(reasons)
     for x in entries:
         assert x["file"] == str(BAD / name) and (x["line"] is None) != (x["record"] is None)
-        assert len(x["raw"]) <= 2000 and x["message"].startswith(str(BAD / name))
+        assert x["raw"] is None and x["message"].startswith(str(BAD / name))  # no raw text unless asked
     assert entries[0]["message"].startswith(f"{BAD / name}{where}: ")
     assert sorted(p.name for p in q.parent.iterdir()) == ["bad.jsonl"]  # no temp file left
 
@@ -161,12 +161,26 @@ def test_50mb_message(tmp_path):
                                          r"\(limit max_message_chars=1,000,000\)$"):
         read_conversations(p, "openai_jsonl")
     q = tmp_path / "q.jsonl"
-    res = read_conversations(p, "openai_jsonl", quarantine=q)
+    res = read_conversations(p, "openai_jsonl", quarantine=q, quarantine_raw=True)
     assert res.table["conversation_id"].tolist() == ["ok", "ok2"] and res.reasons == {"message_too_large": 1}
     entry = json.loads(q.read_text())
     assert entry["line"] == 2 and len(entry["raw"]) == 2000 and q.stat().st_size < 5000
     # a higher limit lets it through
     assert read_conversations(p, "openai_jsonl", max_message_chars=60_000_000).rows == 3
+
+
+@pytest.mark.parametrize("fmt, name", [("openai_jsonl", "two_bad.jsonl"), ("wildchat", "wildchat_bad.jsonl")])
+def test_quarantine_holds_no_raw_text_unless_asked(fmt, name, tmp_path):
+    """The raw record may hold personal data: the quarantine file says where and why only,
+    unless quarantine_raw=True."""
+    q = tmp_path / "q.jsonl"
+    read_conversations(BAD / name, fmt, quarantine=q)
+    entries = [json.loads(x) for x in q.read_text().splitlines()]
+    assert entries and all(x["raw"] is None for x in entries)
+    raw_text = (BAD / name).read_text(encoding="utf-8", errors="replace").splitlines()
+    assert not any(line[:200] in q.read_text() for line in raw_text if len(line) > 40)
+    read_conversations(BAD / name, fmt, quarantine=q, quarantine_raw=True)
+    assert all(json.loads(x)["raw"] for x in q.read_text().splitlines())
 
 
 def test_line_longer_than_the_line_limit_is_skipped_not_parsed(tmp_path):

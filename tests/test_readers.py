@@ -151,13 +151,15 @@ WILD_EXPECTED = {
 }
 
 
+@pytest.mark.parametrize("keep", [True, False], ids=["keep_identifying", "default"])
 @pytest.mark.parametrize("name", ["wildchat.jsonl", "wildchat.json", "parquet"])
-def test_wildchat(name, tmp_path):
+def test_wildchat(name, keep, tmp_path):
     path = _wild_parquet(tmp_path / "train-00000-of-00001.parquet") if name == "parquet" else FIX / name
-    res = read_conversations(path, "wildchat")
+    res = read_conversations(path, "wildchat", keep_identifying=keep)
     assert (res.rows, res.quarantined) == (2, 0)
+    located = ["country", "state"] if keep else []
     assert list(res.table.columns) == [*CANONICAL_COLUMNS, "language_name", "redacted", "toxic",
-                                       "moderation_flagged", "country", "state", "message_meta", "meta"]
+                                       "moderation_flagged", *located, "message_meta", "meta"]
     assert any("WildChat" in n and "under-represents disallowed content" in n for n in res.notes)
     got = by_id(res.table)
     assert list(got) == list(WILD_EXPECTED)  # order kept
@@ -167,8 +169,8 @@ def test_wildchat(name, tmp_path):
         assert [m["role"] for m in r["messages"]] == exp["roles"]
         assert [m["content"] for m in r["messages"]] == [t["content"] for t in src[cid]["conversation"]]
         assert all(set(m) == {"role", "content"} for m in r["messages"])  # per-turn fields are not message keys
-        for k in ("model", "language", "language_name", "redacted", "toxic", "moderation_flagged", "country",
-                  "state", "created_at"):
+        for k in ("model", "language", "language_name", "redacted", "toxic", "moderation_flagged",
+                  *located, "created_at"):
             assert r[k] == exp[k], k
         assert (r["source"], r["surface"], r["tools"]) == ("wildchat", "chat", None)
         assert [m["redacted"] for m in r["message_meta"]] == exp["turn_redacted"]
@@ -177,7 +179,12 @@ def test_wildchat(name, tmp_path):
         assert len(r["meta"]["openai_moderation"]) == len(exp["roles"])
         assert r["meta"]["detoxify_moderation"][0]["toxicity"] == pytest.approx(
             src[cid]["detoxify_moderation"][0]["toxicity"])
-        assert r["meta"]["hashed_ip"] == src[cid]["hashed_ip"]
+        if keep:
+            assert r["meta"]["hashed_ip"] == src[cid]["hashed_ip"]
+            assert r["message_meta"][0]["header"]["user-agent"] == "Mozilla/5.0"
+        else:  # what identifies a person is left out of meta and of every message's meta
+            assert not {"hashed_ip", "header", "country", "state"} & set(r["meta"])
+            assert not any({"hashed_ip", "header", "country", "state"} & set(m) for m in r["message_meta"])
 
 
 def test_wildchat_v1_schema_uses_conversation_id():
