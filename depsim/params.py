@@ -49,6 +49,14 @@ class Source(_Strict):
     quarantine: bool = True        # bad records go to a quarantine file (counted) instead of stopping
     max_message_chars: int = Field(1_000_000, gt=0)
     columns: list[str] = []        # record fields kept as their own columns (e.g. a topic label)
+    keep_identifying: bool = False  # keep hashed_ip, header (user agent), country, state (dropped by default)
+    quarantine_raw: bool = False   # the quarantine file also holds each bad record's raw text
+    keep_meta: bool = True         # the record's other fields as JSON in `meta` (False: faster, not kept)
+    #: where the records sit in a JSON document ({"instances": [...]} -> "instances")
+    json_path: str | None = None
+    #: canonical field -> dotted record field, for logs in another layout (openai_jsonl), e.g.
+    #: {prompt: user_input, response: model_output, id: conv_id}; see depsim.readers.read_conversations
+    mapping: dict[str, str] = {}
 
     @property
     def public(self) -> bool:
@@ -68,6 +76,11 @@ class Sampling(_Strict):
     n: int = Field(gt=0)
     seed: int = 0
     eligibility: EligibilityRules = EligibilityRules()
+    #: DuckDB memory limit for conversion and sampling, e.g. "8GB" (None: DuckDB's default, 80 %
+    #: of the machine's memory); what does not fit spills to disk
+    memory_limit: str | None = Field(None, pattern=r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|[KMGT]B?|bytes)\s*$")
+    #: folder for DuckDB's spill files (None: the system temp folder)
+    spill_dir: str | None = None
 
 
 class Generation(_Strict):

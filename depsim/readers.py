@@ -257,7 +257,24 @@ def _json_default(v: Any):
 
 
 def _dumps(v: Any) -> str:
-    return json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    """Compact JSON text; non-finite numbers (NaN, Infinity: not JSON) are written as null."""
+    try:
+        return json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_json_default, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(v), ensure_ascii=False, separators=(",", ":"), default=_json_default)
+
+
+def _finite(v: Any) -> Any:
+    """``v`` with every non-finite float replaced by None (nested lists and dicts too)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):  # numpy scalars
+        return _finite(v.item())
+    return v
 
 
 def _raw_text(raw: Any) -> str:
@@ -418,6 +435,38 @@ def _tool_calls(calls: Any, i: int) -> tuple[list[dict], int]:
     return out, size
 
 
+def _legacy_functions(msgs: list | tuple) -> list | tuple:
+    """Messages with OpenAI's legacy function calling (an assistant ``function_call`` and a
+    ``function`` role answer) rewritten as tool calls and tool messages; ids ``call_<i>`` (the
+    index of the calling message). Others are returned as they are."""
+    if not any(isinstance(m, dict) and (m.get("function_call") is not None or m.get("role") == "function")
+               for m in msgs):
+        return msgs
+    out, open_calls = [], []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            out.append(m)
+            continue
+        fc = m.get("function_call")
+        if fc is not None and m.get("role") == "assistant":
+            if not isinstance(fc, dict) or not isinstance(fc.get("name"), str) or not fc["name"]:
+                raise _Bad("bad_tool_call", f"message {i}: function_call has no function name")
+            call = {"id": f"call_{i}", "type": "function",
+                    "function": {"name": fc["name"], "arguments": fc.get("arguments", "")}}
+            m = {k: v for k, v in m.items() if k != "function_call"}
+            m["tool_calls"] = [*(m.get("tool_calls") or []), call]
+            open_calls.append((fc["name"], call["id"]))
+        elif m.get("role") == "function":
+            name = m.get("name")
+            match = next((c for c in reversed(open_calls) if c[0] == name), open_calls[-1] if open_calls else None)
+            if match is None:
+                raise _Bad("unmatched_tool_message", f"message {i} (function) answers no earlier function_call")
+            open_calls.remove(match)
+            m = {**m, "role": "tool", "tool_call_id": match[1]}
+        out.append(m)
+    return out
+
+
 def _messages(msgs: Any, max_chars: int) -> tuple[list[dict], list[dict] | None]:
     """Validate and normalise a message list. Returns (messages with only OpenAI keys, per-message
     extra fields or None when there are none). Raises _Bad naming the message index."""
@@ -425,6 +474,7 @@ def _messages(msgs: Any, max_chars: int) -> tuple[list[dict], list[dict] | None]
         raise _Bad("wrong_type", f"messages is {_tn(msgs)}, expected an array")
     if not msgs:
         raise _Bad("empty_conversation", "conversation has no messages")
+    msgs = _legacy_functions(msgs)
     out: list[dict] = []
     extras: list[dict] = []
     calls: set[str] = set()
@@ -483,10 +533,40 @@ def _messages(msgs: Any, max_chars: int) -> tuple[list[dict], list[dict] | None]
 # Record sources: each yields (location, raw, parsed record or _Bad)
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def _open_binary(path: Path):
+    """The file's bytes, decompressed when it is gzip or zstd (told by its first bytes)."""
     with open(path, "rb") as fh:
-        magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+        magic = fh.read(4)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    if magic == _ZSTD_MAGIC:
+        return io.BufferedReader(pa.CompressedInputStream(pa.OSFile(str(path)), "zstd"), 1 << 20)
+    return open(path, "rb")
+
+
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+              (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
+def _check_encoding(path: Path) -> None:
+    """Raise for a text file in UTF-16/UTF-32 (with a byte order mark, or NUL bytes in every
+    other position of its start), which would otherwise read as a "NUL byte" per line."""
+    try:
+        with _open_binary(path) as fh:
+            head = fh.read(256)
+    except (OSError, EOFError, zlib.error):
+        return  # the reader reports it with its line
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            raise _fatal(_Loc(str(path), 1), f"the file is {name} (it starts with a {name} byte order mark); "
+                                             f"depsim reads UTF-8: re-save it as UTF-8 (e.g. iconv -f {name} -t UTF-8)")
+    even, odd = head[0::2], head[1::2]
+    if len(head) >= 8 and (odd.count(0) >= 0.9 * len(odd) or even.count(0) >= 0.9 * len(even)):
+        raise _fatal(_Loc(str(path), 1), "the file looks like UTF-16 without a byte order mark (a NUL byte "
+                                         "between characters); depsim reads UTF-8: re-save it as UTF-8")
 
 
 def _magic(path: Path) -> bytes:
@@ -562,6 +642,8 @@ def _jsonl(path: Path, max_line_bytes: int, *, array_hint: str) -> Iterator[tupl
             except RecursionError:
                 yield loc, raw, _Bad("invalid_json", "invalid JSON: nested too deeply")
                 continue
+            if first and isinstance(obj, list) and (not obj or isinstance(obj[0], dict)):
+                raise _fatal(loc, f"the file is a JSON array, not JSONL (one JSON object per line); {array_hint}")
             yield loc, raw, obj
     if not seen:
         raise _fatal(_Loc(name, 1), "empty file (no records)")
@@ -768,10 +850,11 @@ class _Ctx:
     index: int = 0  # 0-based ordinal of the record in its file
     lift: tuple[str, ...] = ()  # record fields to keep as their own columns instead of in ``meta``
     drop: frozenset = frozenset()  # identifying fields left out of the table (IDENTIFYING_FIELDS)
+    meta: bool = True  # keep the record's other fields in ``meta``
 
 
 def _finish(row: dict, msgs: list[dict], mmeta: list[dict] | None = None, meta: dict | None = None,
-            lift: tuple[str, ...] = (), drop: frozenset = frozenset()) -> dict:
+            lift: tuple[str, ...] = (), drop: frozenset = frozenset(), keep_meta: bool = True) -> dict:
     row["messages"] = _dumps(msgs)
     if drop:
         for k in drop:
@@ -787,7 +870,7 @@ def _finish(row: dict, msgs: list[dict], mmeta: list[dict] | None = None, meta: 
         for k in lift:  # strings as they are, anything else as its JSON text
             v = meta.pop(k, None)
             row[k] = v if v is None or isinstance(v, str) else _dumps(v)
-    if meta:
+    if meta and keep_meta:
         row["meta"] = _dumps(meta)
     return row
 
@@ -806,7 +889,7 @@ def _row_openai(rec: Any, c: _Ctx) -> dict:
            "tools": tools, "source": c.source or _str(rec, "source") or c.fmt, "model": _str(rec, "model"),
            "language": _str(rec, "language"), "surface": _str(rec, "surface"),
            "created_at": _timestamp(rec.get("created_at"))}
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop)
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop, c.meta)
 
 
 def _any_flag(v: Any, key: str) -> bool | None:
@@ -851,7 +934,7 @@ def _row_chatlog(rec: Any, c: _Ctx) -> dict:
     else:
         row["created_at"] = _timestamp(rec.get("timestamp"), "timestamp")
         used.add("timestamp")
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop)
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop, c.meta)
 
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
@@ -908,7 +991,7 @@ def _row_sharegpt(rec: Any, c: _Ctx) -> dict:
            "tools": None, "source": c.source or c.fmt, "model": _str(rec, "model"),
            "language": _language(rec.get("language"))[0], "surface": None, "created_at": None}
     used = {"id", "conversation_id", "conversations", "model", "language"}
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop)
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop, c.meta)
 
 
 _HH_MARK = re.compile(r"\n\n(Human|Assistant):")
@@ -1056,19 +1139,40 @@ _CONVERTERS: dict[str, Callable[[Any, _Ctx], dict]] = {
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_EXTS = {"openai_jsonl": (".jsonl", ".jsonl.gz", ".ndjson"), "hh_rlhf": (".jsonl", ".jsonl.gz"),
-         "wildchat": (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz"),
-         "lmsys": (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz"),
-         "sharegpt": (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".parquet"), "parquet": (".parquet",),
-         "jailbreakbench": (".json",)}
+_Z = (".gz", ".zst", ".zstd")
+_EXTS = {"openai_jsonl": (".jsonl", ".ndjson", ".json", *(f".jsonl{z}" for z in _Z), *(f".json{z}" for z in _Z)),
+         "hh_rlhf": (".jsonl", *(f".jsonl{z}" for z in _Z)),
+         "wildchat": (".parquet", ".jsonl", ".json", *(f".jsonl{z}" for z in _Z), *(f".json{z}" for z in _Z)),
+         "lmsys": (".parquet", ".jsonl", ".json", *(f".jsonl{z}" for z in _Z), *(f".json{z}" for z in _Z)),
+         "sharegpt": (".json", ".jsonl", ".parquet", *(f".jsonl{z}" for z in _Z), *(f".json{z}" for z in _Z)),
+         "parquet": (".parquet",), "jailbreakbench": (".json",)}
+#: What each kind reads, for diagnoses ("wrong kind?").
+KIND_SHAPES = {
+    "openai_jsonl": '{"messages": [{"role", "content"}, ...]} per line',
+    "wildchat": '{"conversation_hash", "conversation": [{"role", "content"}, ...]} (WildChat)',
+    "lmsys": '{"conversation_id", "conversation": [{"role", "content"}, ...]} (LMSYS-Chat-1M)',
+    "sharegpt": '{"id", "conversations": [{"from", "value"}, ...]} (ShareGPT)',
+    "hh_rlhf": '{"chosen", "rejected"} transcripts (HH-RLHF)',
+    "parquet": "the canonical table (conversation_id, messages, source)",
+}
+#: Bumped when the canonical table a reader writes changes (part of stage 1's cache key).
+READER_VERSION = "2"
 
 
 def _stem(p: Path) -> str:
     name = p.name
-    for ext in (".gz", ".jsonl", ".json", ".ndjson", ".parquet", ".csv"):
-        if name.endswith(ext):
+    for ext in (".gz", ".zst", ".zstd", ".jsonl", ".json", ".ndjson", ".parquet", ".csv"):
+        if name.lower().endswith(ext):
             name = name[: -len(ext)]
     return name or p.name
+
+
+def input_files(path: Any, fmt: str) -> list[Path] | str:
+    """The files :func:`read_conversations` would read for ``path`` (a file, every file of the
+    format under a folder, extensions in any case, a glob where ``**`` matches any depth, or a
+    list of those), in reading order; or ``path`` itself when it is a hub id. Raises
+    InputError when nothing matches."""
+    return _inputs(path, fmt)
 
 
 def _inputs(path: Any, fmt: str) -> list[Path] | str:
@@ -1090,7 +1194,7 @@ def _inputs(path: Any, fmt: str) -> list[Path] | str:
         return [p]
     if p.is_dir():
         exts = _EXTS.get(fmt, (".csv",))
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(exts)
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(exts)
                        and not any(part.startswith(".") for part in f.relative_to(p).parts))
         if not files:
             raise InputError(f"{s}: no {'/'.join(exts)} files in this folder", file=s)
@@ -1106,12 +1210,79 @@ def _inputs(path: Any, fmt: str) -> list[Path] | str:
     raise InputError(f"{s}: file not found{hint}", file=s)
 
 
-def _records(f: Path, fmt: str, max_line_bytes: int) -> Iterator[tuple[_Loc, Any, Any]]:
+def _json_doc(path: Path, json_path: str) -> Iterator[tuple[_Loc, Any, Any]]:
+    """The records of the array at ``json_path`` (dotted keys) inside one JSON document."""
+    name = str(path)
+    try:
+        with _open_binary(path) as fh:
+            doc = json.loads(fh.read().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise _fatal(name, f"the file is not valid UTF-8 ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise _fatal(_Loc(name, e.lineno), f"invalid JSON ({e.msg})") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise _fatal(name, f"cannot read the file: {e}") from None
+    node = doc
+    for key in json_path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            have = ", ".join(list(node)[:10]) if isinstance(node, dict) else _tn(node)
+            raise _fatal(name, f"json_path {json_path!r}: no key {key!r} (has {have})")
+        node = node[key]
+    if not isinstance(node, list):
+        raise _fatal(name, f"json_path {json_path!r} is {_tn(node)}, expected an array of records")
+    if not node:
+        raise _fatal(name, f"json_path {json_path!r}: empty array (no records)")
+    for i, rec in enumerate(node):
+        yield _Loc(name, record=i), None, rec
+
+
+#: Keys of a ``mapping`` (canonical field -> record field): ``prompt``/``response``/``system``
+#: build the messages from plain text fields; the others name a field holding that value.
+MAPPING_KEYS = ("id", "messages", "prompt", "response", "system", "tools", "model", "language", "surface",
+                "source", "created_at")
+
+
+def _get_path(rec: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(rec, dict):
+            return None
+        rec = rec.get(key)
+    return rec
+
+
+def _apply_mapping(rec: Any, mapping: dict[str, str]) -> Any:
+    """A record of another layout rewritten into the openai_jsonl layout by ``mapping``; the
+    fields it does not map stay as they are (so they reach ``meta``)."""
+    if not isinstance(rec, dict):
+        return rec
+    tops = {v.split(".")[0] for v in mapping.values()}
+    out = {k: v for k, v in rec.items() if k not in tops}
+    for key, field_ in mapping.items():
+        if key not in ("prompt", "response", "system"):
+            out[key] = _get_path(rec, field_)
+    if "prompt" in mapping:
+        msgs = []
+        if "system" in mapping and _get_path(rec, mapping["system"]) is not None:
+            msgs.append({"role": "system", "content": _get_path(rec, mapping["system"])})
+        msgs.append({"role": "user", "content": _get_path(rec, mapping["prompt"])})
+        if "response" in mapping and _get_path(rec, mapping["response"]) is not None:
+            msgs.append({"role": "assistant", "content": _get_path(rec, mapping["response"])})
+        out["messages"] = msgs
+    return out
+
+
+def _records(f: Path, fmt: str, max_line_bytes: int, json_path: str | None = None) -> Iterator[tuple[_Loc, Any, Any]]:
     if fmt in PROMPT_SETS:
         return _jbc(f) if fmt == "jailbreakbench" else _csv(f)
     if f.stat().st_size == 0:
         raise _fatal(_Loc(str(f), 1), "empty file (no records)")
     is_parquet = _magic(f) == b"PAR1"
+    if not is_parquet:
+        _check_encoding(f)
+    if json_path:
+        if is_parquet:
+            raise _fatal(str(f), "json_path applies to JSON documents, not Parquet files")
+        return _json_doc(f, json_path)
     if fmt == "parquet":
         if not is_parquet:
             raise _fatal(str(f), "not a Parquet file (format 'parquet' reads the canonical Parquet table; "
@@ -1122,8 +1293,11 @@ def _records(f: Path, fmt: str, max_line_bytes: int) -> Iterator[tuple[_Loc, Any
             raise _fatal(str(f), f"a Parquet file, but format {fmt!r} reads JSONL; for a canonical "
                                  f"Parquet table use format 'parquet'")
         return _parquet(f)
-    hint = "convert it with: jq -c '.[]' IN.json > OUT.jsonl"
-    if fmt in ("wildchat", "lmsys", "sharegpt") and _first_char(f) == "[":
+    hint = ("name it .json (a JSON array is read as one) or convert it with: jq -c '.[]' IN.json > OUT.jsonl; "
+            "records inside an object ({\"instances\": [...]}) are read with json_path")
+    low = f.name.lower()
+    json_name = ".json" in low and ".jsonl" not in low  # .json, .json.gz, ...: may be an array
+    if (fmt in ("wildchat", "lmsys", "sharegpt") or json_name) and _first_char(f) == "[":
         return _json_array(f)
     return _jsonl(f, max_line_bytes, array_hint=hint)
 
@@ -1203,7 +1377,7 @@ def _flag_sql(conv: str, fields: dict, key: str) -> str:
 
 
 def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tuple[str, ...],
-                drop: frozenset, max_chars: int) -> str | None:
+                drop: frozenset, max_chars: int, keep_meta: bool = True) -> str | None:
     """The bulk query for a hub-layout Parquet file, or None when its schema is not one the bulk
     path reads exactly like the per-record path (then every record takes that path)."""
     names = sch.names
@@ -1295,14 +1469,15 @@ def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tup
     used = {*keys, "conversation", "model", "language", "redacted", "timestamp"}
     if fmt == "wildchat":
         used |= {"toxic", "country", "state"}
-    rest = [k for k in names if k not in used and k not in lift and k not in drop]
+    rest = [k for k in names if k not in used and k not in lift and k not in drop] if keep_meta else []
     parts = []
     for k in rest:
         inner = _json_ready(_q(k), typ[k], 1)
         if inner is None:
             return None
         parts.append(f"{_s(k)}: {inner}")
-    cols["meta"] = f"to_json({{{', '.join(parts)}}})" if parts else "CAST(NULL AS VARCHAR)"
+    if keep_meta:
+        cols["meta"] = f"to_json({{{', '.join(parts)}}})" if parts else "CAST(NULL AS VARCHAR)"
     for k in lift:
         if k not in typ:
             cols[k] = "CAST(NULL AS VARCHAR)"
@@ -1330,7 +1505,8 @@ class _Run:
     def __init__(self, path, fmt: str, *, quarantine, max_message_chars: int, source: str | None,
                  chunk_rows: int, max_line_bytes: int | None, columns: Iterable[str] = (),
                  keep_identifying: bool = False, quarantine_raw: bool = False, progress: bool | None = None,
-                 memory_limit: str | None = None, threads: int | None = None, json_path: str | None = None):
+                 memory_limit: str | None = None, threads: int | None = None, json_path: str | None = None,
+                 keep_meta: bool = True, mapping: dict[str, str] | None = None):
         if fmt not in _CONVERTERS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS + PROMPT_SETS)}")
         self.lift = tuple(columns)
@@ -1350,10 +1526,19 @@ class _Run:
         if self.quarantine is not None:
             _refuse_overwrite(self, self.quarantine, "the quarantine file")
         self.drop = frozenset() if keep_identifying else IDENTIFYING_FIELDS
+        self.keep_meta = keep_meta
+        self.mapping = dict(mapping or {})
+        if self.mapping:
+            if fmt != "openai_jsonl":
+                raise ValueError(f"mapping= applies to openai_jsonl, not {fmt!r}")
+            unknown = [k for k in self.mapping if k not in MAPPING_KEYS]
+            if unknown:
+                raise ValueError(f"mapping keys must be among {', '.join(MAPPING_KEYS)}; not {unknown}")
         self.quarantine_raw, self.progress = quarantine_raw, progress
         self.memory_limit, self.threads, self.json_path = memory_limit, threads, json_path
         self.schema: pa.Schema | None = (None if fmt == "parquet" else pa.schema(
-            [x for x in _BASE + _EXTRAS[fmt] if x[0] not in self.drop] + [(c, _S) for c in self.lift]))
+            [x for x in _BASE + _EXTRAS[fmt] if x[0] not in self.drop and (keep_meta or x[0] != "meta")]
+            + [(c, _S) for c in self.lift]))
         self.seen: dict[str, tuple[int, str]] = {}
         self.rows: list[dict] = []
         self.records = self.kept = self.quarantined = 0
@@ -1427,8 +1612,10 @@ class _Run:
         if isinstance(obj, _Bad):
             self._bad(loc, raw, obj)
             return None
+        if self.mapping:
+            obj = _apply_mapping(obj, self.mapping)
         ctx = _Ctx(self.fmt, stem, loc, self.max_chars, self.source, self.warnings, index, self.lift,
-                   self.drop)
+                   self.drop, self.keep_meta)
         try:
             return _CONVERTERS[self.fmt](obj, ctx)
         except _Bad as b:
@@ -1494,7 +1681,7 @@ class _Run:
                             yield self._flush()
                         yield from self._native(src, fi, sql, stem)
                         continue
-                    src = _records(src, self.fmt, self.max_line_bytes)
+                    src = _records(src, self.fmt, self.max_line_bytes, self.json_path)
                 for index, (loc, raw, obj) in enumerate(src):
                     self._bar.update(1)
                     row = self._convert_one(loc, raw, obj, stem, index)
@@ -1526,7 +1713,8 @@ class _Run:
         pf = _parquet_file(f)
         if pf.metadata.num_rows == 0:
             raise _fatal(str(f), "empty Parquet file (no records)")
-        return _native_sql(f, pf.schema_arrow, self.fmt, self.source, self.lift, self.drop, self.max_chars)
+        return _native_sql(f, pf.schema_arrow, self.fmt, self.source, self.lift, self.drop, self.max_chars,
+                           self.keep_meta)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         config = {"preserve_insertion_order": True}
@@ -1617,6 +1805,11 @@ class _Run:
             notes.append(NOTES[self.fmt])
         elif self.fmt in PROMPT_SETS:
             notes.append(_PROMPT_NOTE.format(self.fmt))
+        if self.drop and self.schema is not None and self.fmt in ("wildchat", "lmsys", "openai_jsonl", "sharegpt"):
+            notes.append("Fields that identify people (" + ", ".join(sorted(self.drop)) + ") were left out "
+                         "(keep_identifying=True keeps them).")
+        if not self.keep_meta:
+            notes.append("The records' other fields were not kept (keep_meta=False): no `meta` column.")
         if self.warnings["rejected_prefix_differs"]:
             notes.append(f"{self.warnings['rejected_prefix_differs']} conversations: the rejected transcript does "
                          f"not share the chosen one's prefix, so `rejected` is null there.")
@@ -1643,7 +1836,8 @@ def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | o
                        columns: Iterable[str] = (), chunk_rows: int = DEFAULT_CHUNK_ROWS,
                        max_line_bytes: int | None = None, keep_identifying: bool = False,
                        quarantine_raw: bool = False, progress: bool | None = False,
-                       memory_limit: str | None = None, json_path: str | None = None) -> ReadResult:
+                       memory_limit: str | None = None, json_path: str | None = None,
+                       keep_meta: bool = True, mapping: dict[str, str] | None = None) -> ReadResult:
     """Read conversations into the canonical table.
 
     ``path``: a file, a folder (every file of the format under it, sorted), a glob, a list of
@@ -1676,7 +1870,14 @@ def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | o
     ``progress``: a progress bar on stderr (None: when stderr is a terminal);
     ``memory_limit``: DuckDB's memory limit for the bulk path (e.g. ``"4GB"``; default DuckDB's,
     80 % of RAM); ``json_path``: where the records are inside a JSON document that is not a
-    plain array or JSONL, as dotted keys (``instances`` for ``{"instances": [...]}``).
+    plain array or JSONL, as dotted keys (``instances`` for ``{"instances": [...]}``);
+    ``keep_meta``: keep the record's other fields as JSON in ``meta`` (True, lossless). For
+    WildChat that is mostly the per-message moderation scores, and writing them as JSON text is
+    most of the conversion time (``benchmarks/ingest_speed.py``); False leaves ``meta`` out;
+    ``mapping`` (openai_jsonl): canonical field -> dotted record field for logs in another
+    layout, e.g. ``{"prompt": "user_input", "response": "model_output", "id": "conv_id"}``
+    (ToxicChat); ``prompt``/``response``/``system`` make the messages from text fields, the
+    other keys of :data:`MAPPING_KEYS` name where that value is.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown conversation format {fmt!r}; expected one of {', '.join(FORMATS)}"
@@ -1684,7 +1885,7 @@ def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | o
     run = _Run(path, fmt, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
                chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns,
                keep_identifying=keep_identifying, quarantine_raw=quarantine_raw, progress=progress,
-               memory_limit=memory_limit, json_path=json_path)
+               memory_limit=memory_limit, json_path=json_path, keep_meta=keep_meta, mapping=mapping)
     tables = list(run.chunks())
     return run.result(_to_pandas(tables))
 
@@ -1722,7 +1923,8 @@ def convert(path: str | os.PathLike, fmt: str, out_parquet: str | os.PathLike, *
             source: str | None = None, columns: Iterable[str] = (), chunk_rows: int = DEFAULT_CHUNK_ROWS,
             max_line_bytes: int | None = None, keep_identifying: bool = False, quarantine_raw: bool = False,
             progress: bool | None = None, memory_limit: str | None = None,
-            json_path: str | None = None) -> ReadResult:
+            json_path: str | None = None, keep_meta: bool = True,
+            mapping: dict[str, str] | None = None) -> ReadResult:
     """Read ``path`` (any conversation format or prompt set) and write the canonical table to
     ``out_parquet``, chunk by chunk (one row group per ``chunk_rows`` rows), atomically: a temp
     file renamed into place, so a failed or killed run leaves no partial output. Returns a
@@ -1732,7 +1934,7 @@ def convert(path: str | os.PathLike, fmt: str, out_parquet: str | os.PathLike, *
     run = _Run(path, fmt, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
                chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns,
                keep_identifying=keep_identifying, quarantine_raw=quarantine_raw, progress=progress,
-               memory_limit=memory_limit, json_path=json_path)
+               memory_limit=memory_limit, json_path=json_path, keep_meta=keep_meta, mapping=mapping)
     out = Path(out_parquet)
     _refuse_overwrite(run, out, "the output")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1741,7 +1943,11 @@ def convert(path: str | os.PathLike, fmt: str, out_parquet: str | os.PathLike, *
     try:
         for t in run.chunks():
             if writer is None:
-                writer = pq.ParquetWriter(tmp, t.schema)
+                # no dictionaries or min/max statistics for the long JSON text columns: both cost
+                # time for nothing (their values are unique and never filtered on)
+                long = [n for n in ("messages", "message_meta", "meta", "tools", "rejected") if n in t.schema.names]
+                short = [n for n in t.schema.names if n not in long]
+                writer = pq.ParquetWriter(tmp, t.schema, use_dictionary=short, write_statistics=short)
             writer.write_table(t, row_group_size=max(chunk_rows, 1))
         writer.close()
         writer = None

@@ -62,6 +62,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from depsim.readers import LANGUAGE_CODES
+
 __all__ = [
     "EligibilityRules",
     "SamplingWarning",
@@ -109,6 +111,8 @@ class EligibilityRules(BaseModel):
     """Which user turns may be sampled. Every rule is a conjunction; ``None`` means "no limit".
 
     - ``languages`` / ``surfaces``: keep conversations whose ``language`` / ``surface`` is listed.
+      A language may be given as a code or a name, in any case (``en``, ``English``): both match
+      either spelling in the log, and a code matches its regional variants (``en-US``).
     - ``min_chars`` / ``max_chars``: bounds on the length (in characters) of the sampled user
       message's text; for a list of content parts, the text parts' lengths are summed.
     - ``allow_multimodal``: if false (default), exclude user turns whose content is a list with
@@ -397,7 +401,7 @@ def _plan(src: _Source, rules: EligibilityRules, stratum_column: str | None,
 
     where = ["conversation_id IS NOT NULL", "messages IS NOT NULL"]
     if rules.languages is not None:
-        where.append(f"language IN ({', '.join(_lit(x) for x in rules.languages)})")
+        where.append(_language_sql(rules.languages))
     if rules.surfaces is not None:
         where.append(f"surface IN ({', '.join(_lit(x) for x in rules.surfaces)})")
     if rules.start is not None:
@@ -408,6 +412,31 @@ def _plan(src: _Source, rules: EligibilityRules, stratum_column: str | None,
         where.append(f"CAST({_ident(stratum_column)} AS VARCHAR) IN "
                      f"({', '.join(_lit(k) for k in strata_keys)})")
     return _Plan(select, names, " AND ".join(where))
+
+
+def language_spellings(languages: Sequence[str]) -> list[str]:
+    """Every lower-case spelling that counts as one of ``languages``: the value itself, its ISO
+    639-1 code for a name ("English" -> "en") and the names of a code ("en" -> "english"), so
+    rules may use either whatever the log stores."""
+    names: dict[str, list[str]] = {}
+    for name, code in LANGUAGE_CODES.items():
+        names.setdefault(code, []).append(name)
+    out: list[str] = []
+    for x in languages:
+        x = str(x).strip().lower()
+        code = LANGUAGE_CODES.get(x, x)
+        for v in (x, code, *names.get(code, [])):
+            if v not in out:
+                out.append(v)
+    return out
+
+
+def _language_sql(languages: Sequence[str]) -> str:
+    """SQL: the conversation's language is one of ``languages`` (any spelling; "en" also
+    matches "en-US")."""
+    vals = ", ".join(_lit(x) for x in language_spellings(languages))
+    lang = "lower(trim(CAST(language AS VARCHAR)))"
+    return f"({lang} IN ({vals}) OR split_part(replace({lang}, '_', '-'), '-', 1) IN ({vals}))"
 
 
 def _turn_slice(rules: EligibilityRules, ui: str) -> str:
@@ -573,16 +602,16 @@ FROM top WHERE __ok
 class _Session:
     """A private in-memory DuckDB connection with bounded threads/memory and its own spill dir."""
 
-    def __init__(self, src: _Source, threads: int | None, memory_limit: str):
-        self.tmp = tempfile.mkdtemp(prefix="depsim-duckdb-")
+    def __init__(self, src: _Source, threads: int | None, memory_limit: str | None, spill_dir: str | None = None):
+        if spill_dir is not None:
+            os.makedirs(spill_dir, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(prefix="depsim-duckdb-", dir=spill_dir)
         threads = self.threads = threads or max(1, min(4, os.cpu_count() or 1))
+        config = {"threads": threads, "preserve_insertion_order": False, "temp_directory": self.tmp}
+        if memory_limit:  # else DuckDB's default: 80 % of the machine's memory
+            config["memory_limit"] = memory_limit
         try:
-            self.con = duckdb.connect(config={
-                "threads": threads,
-                "memory_limit": memory_limit,
-                "preserve_insertion_order": False,
-                "temp_directory": self.tmp,
-            })
+            self.con = duckdb.connect(config=config)
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
@@ -622,7 +651,8 @@ class _Session:
 
 def user_turns(source: Any, rules: EligibilityRules | None = None, *,
                extra_columns: Sequence[str] = (), seed: int | None = None,
-               threads: int | None = None, memory_limit: str = "1GB") -> pa.Table:
+               threads: int | None = None, memory_limit: str | None = None,
+               spill_dir: str | None = None) -> pa.Table:
     """Every eligible user turn of ``source`` (same inputs as :func:`sample_prefixes`).
 
     One row per turn: ``conversation_id, source, model, language, surface, created_at``
@@ -638,11 +668,76 @@ def user_turns(source: Any, rules: EligibilityRules | None = None, *,
     src = _resolve(source, [*REQUIRED_COLUMNS, *rules.needed_columns(), *extra_columns])
     plan = _plan(src, rules, None, None, extra_columns)
     sql = _turns_sql(src.sql(), plan, rules, seed)
-    with _Session(src, threads, memory_limit) as s:
+    with _Session(src, threads, memory_limit, spill_dir) as s:
         table = _arrow(s, sql)
     if seed is not None:
         table = table.rename_columns([("turn_hash" if n == "__h" else n) for n in table.column_names])
     return table
+
+
+def explain_ineligible(source: Any, rules: EligibilityRules | None = None, *, threads: int | None = None,
+                       memory_limit: str | None = None, spill_dir: str | None = None) -> str:
+    """Why ``source`` has no eligible user turn under ``rules``: one line with the counts by
+    filter and the likely cause (e.g. ``language is null in all 2,853 conversations``). Returns
+    an empty string when some turn is eligible. Costs one pass over the data (two when the
+    conversation filters leave something)."""
+    rules = _rules(rules)
+    src = _resolve(source, [*REQUIRED_COLUMNS, *rules.needed_columns()])
+    plan = _plan(src, rules, None, None, ())
+    parts = ["count(*)", f"count(*) FILTER (WHERE {plan.where})"]
+    checks: list[tuple[str, str]] = []
+    if rules.languages is not None:
+        checks.append(("languages", _language_sql(rules.languages)))
+        parts += ["count(language)", f"count(*) FILTER (WHERE {_language_sql(rules.languages)})"]
+    if rules.surfaces is not None:
+        cond = f"surface IN ({', '.join(_lit(x) for x in rules.surfaces)})"
+        checks.append(("surfaces", cond))
+        parts += ["count(surface)", f"count(*) FILTER (WHERE {cond})"]
+    if rules.start is not None or rules.end is not None:
+        cond = " AND ".join(([f"created_at >= {_lit(rules.start)}"] if rules.start is not None else [])
+                            + ([f"created_at < {_lit(rules.end)}"] if rules.end is not None else []))
+        checks.append(("dates", cond))
+        parts += ["count(created_at)", f"count(*) FILTER (WHERE {cond})"]
+    with _Session(src, threads, memory_limit, spill_dir) as s:
+        row = s.con.execute(f"SELECT {', '.join(parts)} FROM {src.sql()}").fetchall()[0]
+        total, passing = row[0], row[1]
+        if total == 0:
+            return "the table has no conversations"
+        why = []
+        for i, (name, _) in enumerate(checks):
+            nonnull, ok = row[2 + 2 * i], row[3 + 2 * i]
+            if ok:
+                continue
+            col = {"languages": "language", "surfaces": "surface", "dates": "created_at"}[name]
+            if nonnull == 0:
+                hint = {"languages": "the source gives no language: drop `languages` or add one",
+                        "surfaces": "the source gives no surface: drop `surfaces`",
+                        "dates": "the source has no timestamps: drop `start`/`end`"}[name]
+                why.append(f"{col} is null in all {total:,} conversations ({hint})")
+            elif name == "dates":
+                lo, hi = s.con.execute(f"SELECT min(created_at), max(created_at) FROM {src.sql()}").fetchall()[0]
+                why.append(f"no conversation has created_at in [{rules.start}, {rules.end}) (the data spans "
+                           f"{lo} to {hi})")
+            else:
+                top = s.con.execute(f"SELECT {col}, count(*) AS k FROM {src.sql()} WHERE {col} IS NOT NULL "
+                                    f"GROUP BY 1 ORDER BY k DESC, 1 LIMIT 5").fetchall()
+                wanted = rules.languages if name == "languages" else rules.surfaces
+                why.append(f"no conversation has {col} in {list(wanted)} (most common: "
+                           + ", ".join(f"{v} {k:,}" for v, k in top) + ")")
+        if why:
+            return f"0 of {total:,} conversations pass the eligibility rules: " + "; ".join(why)
+        if passing:
+            turns = s.con.execute(f"SELECT count(*) FROM ({_turns_sql(src.sql(), plan, rules, None)})").fetchall()[0][0]
+            if turns:
+                return ""
+            relaxed = EligibilityRules(min_chars=0, allow_multimodal=True)
+            any_turns = s.con.execute(
+                f"SELECT count(*) FROM ({_turns_sql(src.sql(), plan, relaxed, None)})").fetchall()[0][0]
+            limits = rules.model_dump(include={"min_chars", "max_chars", "allow_multimodal", "min_turn", "max_turn"})
+            return (f"{passing:,} of {total:,} conversations pass the conversation filters, but none of their "
+                    f"{any_turns:,} user turns passes the turn rules ({', '.join(f'{k}={v}' for k, v in limits.items())})"
+                    + ("; the messages may not parse as chat messages (role/content)" if any_turns == 0 else ""))
+        return (f"0 of {total:,} conversations have a conversation_id and messages")
 
 
 def _largest_remainder(n: int, shares: Mapping[str, float]) -> dict[str, int]:
@@ -720,7 +815,7 @@ def _estimate_turns(s: _Session, src: _Source, rules: EligibilityRules) -> float
 def sample_prefixes(source: Any, n: int, rules: EligibilityRules | None = None, seed: int = 0,
                     strata: Mapping[Any, float] | None = None, stratum_column: str | None = None,
                     *, extra_columns: Sequence[str] = (), threads: int | None = None,
-                    memory_limit: str = "1GB") -> pd.DataFrame:
+                    memory_limit: str | None = None, spill_dir: str | None = None) -> pd.DataFrame:
     """Sample ``n`` eligible user turns uniformly without replacement and return their prefixes.
 
     Parameters
@@ -748,8 +843,10 @@ def sample_prefixes(source: Any, n: int, rules: EligibilityRules | None = None, 
         ``strata``, ``stratum_column`` is just carried into the output.
     extra_columns:
         More input columns to carry into the output (e.g. ``["tools"]``).
-    threads, memory_limit:
-        DuckDB settings (default: up to 4 threads, 1GB; DuckDB spills to a private temp dir).
+    threads, memory_limit, spill_dir:
+        DuckDB settings: up to 4 threads by default; ``memory_limit`` such as ``"4GB"`` (default
+        DuckDB's own, 80 % of the machine's memory); what does not fit spills to a private
+        folder made under ``spill_dir`` (default the system temp folder) and removed after.
 
     Returns
     -------
@@ -777,7 +874,7 @@ def sample_prefixes(source: Any, n: int, rules: EligibilityRules | None = None, 
     src = _resolve(source, needed)
     plan = _plan(src, rules, stratum_column, list(shares) if shares else None, extra_columns)
 
-    with _Session(src, threads, memory_limit) as s:
+    with _Session(src, threads, memory_limit, spill_dir) as s:
         if shares is not None:
             df, pop = _sample_stratified(s, src, plan, rules, seed, n, shares)
         else:

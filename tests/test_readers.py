@@ -534,3 +534,66 @@ def test_real_hh_rlhf_converts_and_samples(tmp_path):
     assert len(df) == 200
     for m in df["messages"]:
         assert json.loads(m)[-1]["role"] == "user"
+
+
+# ---------------------------------------------------------------------------------------------
+# Native (bulk) ingestion of hub-layout Parquet: the same table as the per-record path
+
+
+def _norm(df: pd.DataFrame) -> list[dict]:
+    return records(df)
+
+
+def _wild_parquet_with_bad(path: Path) -> Path:
+    """The WildChat fixture repeated with a bad record of each kind between good ones."""
+    base = _wild_records()
+    recs = []
+    for i in range(30):
+        r = json.loads(json.dumps(base[i % 2]))
+        r["conversation_hash"] = f"h{i}"
+        recs.append(r)
+    recs[3]["conversation"][0]["role"] = "bot"                       # unknown_role
+    recs[5]["conversation"][1]["content"] = None                     # missing_field
+    recs[7]["conversation"] = []                                     # empty_conversation
+    recs[9]["conversation_hash"] = "h2"                              # duplicate_id
+    recs[11]["conversation"] = [t for t in recs[11]["conversation"] if t["role"] != "user"]  # no_user_turn
+    recs[13]["conversation"][0]["content"] = "x" * 500               # message_too_large (limit 400)
+    recs[15]["conversation_hash"] = "   "                            # missing_field (empty id)
+    recs[17]["language"] = None                                      # falls back to the turns' language
+    recs[19]["detoxify_moderation"][0]["toxicity"] = float("nan")    # non-finite -> null in meta
+    recs[20]["conversation"][0]["role"] = "developer"                # an alias of system
+    for r in recs:
+        r["timestamp"] = datetime.fromisoformat(r["timestamp"]).astimezone(timezone.utc)
+        for t in r["conversation"]:
+            t["timestamp"] = None if t["timestamp"] is None else datetime.fromisoformat(t["timestamp"])
+    pq.write_table(pa.Table.from_pylist(recs), path, row_group_size=7)
+    return path
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_native_parquet_matches_per_record_path(tmp_path, monkeypatch, keep):
+    import depsim.readers as readers
+    path = _wild_parquet_with_bad(tmp_path / "w.parquet")
+    kw = dict(quarantine=tmp_path / "q.jsonl", max_message_chars=400, keep_identifying=keep, chunk_rows=4)
+    native = read_conversations(path, "wildchat", **kw)
+    q_native = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
+    monkeypatch.setattr(readers, "_native_sql", lambda *a, **k: None)
+    slow = read_conversations(path, "wildchat", **kw)
+    q_slow = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
+    assert native.reasons == slow.reasons == Counter(unknown_role=1, missing_field=2, empty_conversation=1,
+                                                     duplicate_id=1, no_user_turn=1, message_too_large=1)
+    assert (native.rows, native.records) == (slow.rows, slow.records) == (23, 30)
+    assert q_native == q_slow  # same file, record index and message for each bad record
+    assert [x["record"] for x in q_native] == [3, 5, 7, 9, 11, 13, 15]
+    assert list(native.table.columns) == list(slow.table.columns)
+    assert _norm(native.table) == _norm(slow.table)
+    row = by_id(native.table)
+    assert row["h17"]["language"] == ("en" if 17 % 2 == 0 else "ru")
+    assert row["h19"]["meta"]["detoxify_moderation"][0]["toxicity"] is None
+    assert row["h20"]["messages"][0]["role"] == "system"
+
+
+def test_native_parquet_error_names_file_and_record(tmp_path):
+    path = _wild_parquet_with_bad(tmp_path / "w.parquet")
+    with pytest.raises(InputError, match=rf"^{path}: record 3: message 0 has unknown role 'bot'"):
+        read_conversations(path, "wildchat")
