@@ -5,6 +5,7 @@ raises :class:`ParamsError`, whose message is one line naming the file and the l
 """
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Literal
 
@@ -276,7 +277,8 @@ def load_release(path: str | Path) -> Release:
                 raise ParamsError(f"{path}:{_line_of(node, ('sources', name, 'kind'))}: sources.{name}: "
                                   f"{src.kind} is a prompt set: use it under sources.challenging")
             hub_id = src.kind in HUB_FORMATS and src.path.count("/") == 1 and not rel.resolve(src.path).exists()
-            if not hub_id and not any(rel.resolve(src.path).parent.glob(rel.resolve(src.path).name)):
+            target = rel.resolve(src.path)
+            if not hub_id and not target.exists() and not glob.glob(str(target), recursive=True):  # ** as in the CLI
                 raise ParamsError(f"{path}:{_line_of(node, ('sources', name, 'path'))}: "
                                   f"sources.{name}.path: file not found: {rel.resolve(src.path)}")
         elif rel.world is None:
