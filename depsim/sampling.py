@@ -100,6 +100,7 @@ _PILOT_ROW_GROUPS = 8  # pilot: heads of this many row groups, spread over the l
 _PILOT_ROWS = 4_000  # pilot: conversations read in all
 _FAST_MAX_SHARE = 0.25  # use the one-pass route only if the sample is <= 25 % of the turns
 _BIG_LIMIT = 2**63 - 1  # a LIMIT that limits nothing (an optimizer fence)
+_STREAM_ROWS = 2048  # rows per Arrow batch fetched from DuckDB
 _CAP_FACTOR, _CAP_SLACK = 1.5, 1000  # a sampling pass returns at most factor * wanted + slack rows
 
 
@@ -550,27 +551,32 @@ def _sample_sql(src_sql: str, plan: _Plan, rules: EligibilityRules, seed: int, t
     else:
         top, tail = f"ORDER BY {order}" + (f" LIMIT {limit}" if limit is not None else ""), ""
     return f"""
-WITH cand AS (
-  SELECT {cols}, messages, __pfx, __tau,
-         unnest(CASE WHEN __hi > {_BLOCK} OR {quick}
-                     THEN list_filter(range({rules.min_turn}, __hi + 1), {below}) ELSE [] END) AS user_ordinal
-  FROM (SELECT *, substr(__tau, 1, {_HEAD}) AS __tauh, md5(__pfx || '#0') AS __b0
-        FROM (SELECT {', '.join(plan.select)}, messages, {hi} AS __hi,
-                     {_pfx_sql(seed, 'conversation_id')} AS __pfx, {tau} AS __tau
-              FROM {src_sql} WHERE {plan.where}))
-), surv AS (
-  SELECT {cols}, CAST(user_ordinal AS INTEGER) AS user_ordinal,
-         {_key_sql('__pfx', 'user_ordinal')} AS __h,
-         __tau, json_extract(messages, '$[*]') AS __L
-  FROM cand
+WITH conv AS (
+  SELECT *, CASE WHEN len(__c) > 0 THEN json_extract(messages, '$[*]') END AS __L
+  FROM (SELECT {cols}, messages, __pfx, __tau,
+               CASE WHEN __hi > {_BLOCK} OR {quick}
+                    THEN list_filter(range({rules.min_turn}, __hi + 1), {below}) ELSE [] END AS __c
+        FROM (SELECT *, substr(__tau, 1, {_HEAD}) AS __tauh, md5(__pfx || '#0') AS __b0
+              FROM (SELECT {', '.join(plan.select)}, messages, {hi} AS __hi,
+                           {_pfx_sql(seed, 'conversation_id')} AS __pfx, {tau} AS __tau
+                    FROM {src_sql} WHERE {plan.where})))
 ), roles AS (
-  SELECT *, list_transform(__L, {role_of}) AS __roles FROM surv
-), idx AS (
-  SELECT * EXCLUDE (__roles),
-         CAST(list_filter(list_transform(__roles, {user_at}), {not_null})[user_ordinal] AS INTEGER)
-           AS turn_index,
-         list_count(__roles) = len(__roles) AS __wf
+  -- parsed once per conversation with a candidate turn (not once per candidate: a long
+  -- conversation may have hundreds), then each candidate refers to the same lists
+  SELECT {cols}, __pfx, __tau, __c, __L, list_transform(__L, {role_of}) AS __roles,
+         '[' || array_to_string(__L, ',') || ']' AS __J,
+         list_transform(__L, {_lam('e', 'length(e)')}) AS __lens
+  FROM conv
+), cand AS (
+  SELECT {cols}, __pfx, __tau, __L, __J, __lens, list_count(__roles) = len(__roles) AS __wf,
+         list_filter(list_transform(__roles, {user_at}), {not_null}) AS __users,
+         unnest(__c) AS user_ordinal
   FROM roles
+), idx AS (
+  SELECT {cols}, CAST(user_ordinal AS INTEGER) AS user_ordinal,
+         {_key_sql('__pfx', 'user_ordinal')} AS __h, __tau, __L, __J, __lens, __wf,
+         CAST(__users[user_ordinal] AS INTEGER) AS turn_index
+  FROM cand
 ), el AS (
   SELECT *, json_type(__L[turn_index + 1], '$.content') AS __t,
          json_extract_string(__L[turn_index + 1], '$.content') AS __v,
@@ -584,11 +590,13 @@ WITH cand AS (
                   AND {_eligible_sql(rules, 'chars', '__nontext')}, false) AS __ok
   FROM st
 ), top AS (
-  SELECT {cols}, turn_index, user_ordinal, chars, __h, __ok, __L FROM ok
+  SELECT {cols}, turn_index, user_ordinal, chars, __h, __ok, __L, __J, __lens FROM ok
   {top}
 )
 SELECT {cols}, turn_index, user_ordinal, chars, __h,
-       '[' || array_to_string(list_resize(__L, turn_index + 1), ',') || ']' AS __prefix,
+       -- the prefix is a cut of the conversation's JSON text (its messages joined once), not a
+       -- list of messages per sampled turn: a long conversation sampled many times stays small
+       left(__J, CAST(list_sum(__lens[1:turn_index + 1]) AS BIGINT) + turn_index + 1) || ']' AS __prefix,
        CASE WHEN {_role_sql('__L[turn_index + 2]')} = 'assistant'
             THEN CAST(__L[turn_index + 2] AS VARCHAR) END AS __next,
        md5(concat_ws(chr(31), CAST(conversation_id AS VARCHAR), CAST(turn_index AS VARCHAR),
@@ -901,10 +909,31 @@ def _as_int(value: Any, name: str) -> int:
 def _arrow(s: _Session, sql: str, views: bool = False) -> pa.Table:
     """Run ``sql`` and fetch the result as an Arrow table. With ``views``, strings may come as
     Arrow string views (``string_view``), which DuckDB hands over without copying the text
-    (DuckDB >= 1.1 with pyarrow >= 16; otherwise they come as plain strings)."""
+    (DuckDB >= 1.1 with pyarrow >= 16; otherwise they come as plain strings). A batch whose
+    text exceeds 2 GiB cannot be a valid view array (32-bit offsets; DuckDB 2.0 writes them
+    anyway, and reading them crashes): the query then runs again without views."""
+    table = _arrow_once(s, sql, views)
+    if views and any(_is_view(c.type) and any(b is not None and b.size >= 2**31 for ch in c.chunks
+                                               for b in ch.buffers()[2:]) for c in table.columns):
+        log.info("a result batch holds more than 2 GiB of text; fetching it again without string views")
+        del table
+        s.con.execute("SET arrow_large_buffer_size = true")  # 64-bit offsets
+        try:
+            table = _arrow_once(s, sql, False)
+        finally:
+            s.con.execute("RESET arrow_large_buffer_size")
+    return table
+
+
+def _arrow_once(s: _Session, sql: str, views: bool) -> pa.Table:
     on = views and _VIEWS and s.set_string_views(True)
     try:
         rel = s.con.sql(sql)
+        # streamed in batches where DuckDB can: the result (long prefixes) then never has to fit
+        # in DuckDB's memory limit as a whole
+        for name in ("to_arrow_reader", "fetch_record_batch"):  # DuckDB 2.x, 1.x
+            if hasattr(rel, name):
+                return getattr(rel, name)(_STREAM_ROWS).read_all()
         for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):  # DuckDB 2.x, 1.x, older
             if hasattr(rel, name):
                 result = getattr(rel, name)()
