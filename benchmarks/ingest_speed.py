@@ -131,9 +131,10 @@ def _convert_child(shard: str, out: str, quarantine: str, keep_meta: bool) -> No
     sys.path.insert(0, str(ROOT))
     from depsim.readers import convert
 
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     res = convert(shard, "wildchat", out, quarantine=quarantine, progress=False, keep_meta=keep_meta)
-    print(json.dumps({"seconds": time.perf_counter() - t, "rows": res.rows, "quarantined": res.quarantined}))
+    print(json.dumps({"seconds": time.perf_counter() - t, "cpu": time.process_time() - c, "rows": res.rows,
+                      "quarantined": res.quarantined}))
 
 
 def run_convert(shard: Path, out: Path, keep_meta: bool = True) -> tuple[dict, float]:
@@ -151,6 +152,7 @@ def main() -> None:
     ap.add_argument("--conversations", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
+    ap.add_argument("--repeat", type=int, default=1, help="timed runs of each; the fastest is reported")
     args = ap.parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="depsim-ingest-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -162,18 +164,26 @@ def main() -> None:
               f"in {time.perf_counter() - t:.0f} s")
     rows = pq.read_metadata(shard).num_rows
     bare_unnest(shard, args.threads)  # warm the file cache
-    t = time.perf_counter()
-    msgs = bare_unnest(shard, args.threads)
-    base = time.perf_counter() - t
-    print(f"baseline  DuckDB read + unnest: {base:7.2f} s  {rows / base:10,.0f} conversations/s ({msgs:,} messages)")
+    base = base_cpu = float("inf")
+    for _ in range(args.repeat):
+        t, c = time.perf_counter(), time.process_time()
+        msgs = bare_unnest(shard, args.threads)
+        base, base_cpu = min(base, time.perf_counter() - t), min(base_cpu, time.process_time() - c)
+    print(f"baseline  DuckDB read + unnest: {base:7.2f} s wall, {base_cpu:6.2f} s CPU  "
+          f"{rows / base:10,.0f} conversations/s ({msgs:,} messages)")
     run_convert(shard, work / "warm.parquet")
     for keep_meta in (True, False):
-        rep, rss = run_convert(shard, work / "out.parquet", keep_meta)
-        assert rep["rows"] + rep["quarantined"] == rows, rep
-        ratio = base / rep["seconds"]
-        print(f"convert   wildchat -> canonical, keep_meta={keep_meta}: {rep['seconds']:7.2f} s  "
-              f"{rows / rep['seconds']:10,.0f} conversations/s ({rep['rows']:,} kept, {rep['quarantined']} quarantined)")
-        print(f"  throughput ratio convert/baseline: {ratio:.2f} (target >= 0.33)  {'PASS' if ratio >= 1 / 3 else 'FAIL'}")
+        reps = []
+        for _ in range(args.repeat):
+            rep, rss = run_convert(shard, work / "out.parquet", keep_meta)
+            assert rep["rows"] + rep["quarantined"] == rows, rep
+            reps.append(rep)
+        sec, cpu = min(r["seconds"] for r in reps), min(r["cpu"] for r in reps)
+        ratio = base / sec
+        print(f"convert   wildchat -> canonical, keep_meta={keep_meta}: {sec:7.2f} s wall, {cpu:6.2f} s CPU  "
+              f"{rows / sec:10,.0f} conversations/s ({rep['rows']:,} kept, {rep['quarantined']} quarantined)")
+        print(f"  throughput ratio convert/baseline: {ratio:.2f} wall, {base_cpu / cpu:.2f} CPU (target >= 0.33)  "
+              f"{'PASS' if ratio >= 1 / 3 else 'FAIL'}")
         print(f"  peak RSS of convert: {rss:.2f} GB (target < 2 GB)  {'PASS' if rss < 2 else 'FAIL'}")
 
 if __name__ == "__main__":

@@ -23,18 +23,27 @@ extras               per format: ``redacted``, ``toxic``, ``moderation_flagged``
 ===================  =========================================================================
 
 Public API: :func:`read_conversations`, :func:`read_prompt_set`, :func:`convert`,
-:class:`ReadResult`, :class:`InputError`, :data:`FORMATS`, :data:`PROMPT_SETS`.
+:func:`input_files`, :class:`ReadResult`, :class:`InputError`, :data:`FORMATS`,
+:data:`PROMPT_SETS`, :data:`IDENTIFYING_FIELDS`.
 
 Bad input is never dropped silently. Each bad record raises :class:`InputError`, whose message
 is one line naming the file and the 1-based line (JSONL, CSV) or the 0-based record index
 (JSON arrays, Parquet, hub data sets), and the reason. With ``quarantine=<path>`` bad records
 are written there instead, one JSON object per line (``file``, ``line``, ``record``,
-``reason``, ``message``, ``raw`` cut to 2,000 characters), and counted in the result. Errors
-that concern the whole file (empty, not JSONL, a corrupt gzip or Parquet file, a broken JSON
-array, missing CSV columns) raise even with a quarantine. Blank lines are not records.
+``reason``, ``message``, and ``raw``: null, or with ``quarantine_raw=True`` the record's text
+cut to 2,000 characters, since it may hold personal data), and counted in the result. Errors
+that concern the whole file (empty, not JSONL, UTF-16, a corrupt gzip/zstd or Parquet file, a
+broken JSON array, missing CSV columns) raise even with a quarantine. Blank lines are not
+records. An output or quarantine path that is one of the inputs is refused.
+
+Fields that identify people (:data:`IDENTIFYING_FIELDS`: WildChat's ``hashed_ip``, ``header``
+with the user agent, ``country``, ``state``) are left out unless ``keep_identifying=True``.
 
 Reading streams: JSONL line by line, JSON arrays incrementally, Parquet by record batch.
-:func:`convert` writes the output in row groups, so memory stays bounded by one chunk.
+Hub-layout Parquet (WildChat, LMSYS-Chat-1M) is flattened and validated in bulk by DuckDB;
+the records that fail the bulk test (and duplicate ids) go through the per-record path, which
+names their reason, so both paths give the same table and the same quarantine. :func:`convert`
+writes the output in row groups from a second thread, so memory stays bounded by a few chunks.
 """
 from __future__ import annotations
 
@@ -48,11 +57,13 @@ import json
 import math
 import os
 import re
+import threading
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
+from queue import Queue
 from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
@@ -69,7 +80,9 @@ __all__ = [
     "CANONICAL_COLUMNS",
     "InputError",
     "ReadResult",
+    "IDENTIFYING_FIELDS",
     "convert",
+    "input_files",
     "read_conversations",
     "read_prompt_set",
 ]
@@ -1818,6 +1831,47 @@ class _Run:
                           quarantine=self.quarantine)
 
 
+def _write_chunks(chunks: Iterator[pa.Table], path: Path, chunk_rows: int) -> None:
+    """Write the tables of ``chunks`` to one Parquet file, in a second thread: compressing a
+    chunk then overlaps with making the next one (DuckDB and pyarrow both release the GIL)."""
+    queue: Queue = Queue(maxsize=2)
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        writer = None
+        try:
+            while (t := queue.get()) is not None:
+                if failed:
+                    continue  # drain, so the producer never blocks
+                if writer is None:
+                    # no dictionaries or min/max statistics for the long JSON text columns: both
+                    # cost time for nothing (their values are unique and never filtered on)
+                    long = [n for n in ("messages", "message_meta", "meta", "tools", "rejected")
+                            if n in t.schema.names]
+                    short = [n for n in t.schema.names if n not in long]
+                    writer = pq.ParquetWriter(path, t.schema, use_dictionary=short, write_statistics=short,
+                                              compression="zstd", compression_level=1)
+                writer.write_table(t, row_group_size=max(chunk_rows, 1))
+        except BaseException as e:  # noqa: BLE001 - handed to the producer
+            failed.append(e)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    thread = threading.Thread(target=write, name="depsim-convert-writer", daemon=True)
+    thread.start()
+    try:
+        for t in chunks:
+            if failed:
+                break
+            queue.put(t)
+    finally:
+        queue.put(None)
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
 def _refuse_overwrite(run: "_Run", path: Path, what: str) -> None:
     """Raise if ``path`` is one of the run's input files (it would be replaced)."""
     if isinstance(run.inputs, str) or not path.exists():
@@ -1939,21 +1993,9 @@ def convert(path: str | os.PathLike, fmt: str, out_parquet: str | os.PathLike, *
     _refuse_overwrite(run, out, "the output")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    writer = None
     try:
-        for t in run.chunks():
-            if writer is None:
-                # no dictionaries or min/max statistics for the long JSON text columns: both cost
-                # time for nothing (their values are unique and never filtered on)
-                long = [n for n in ("messages", "message_meta", "meta", "tools", "rejected") if n in t.schema.names]
-                short = [n for n in t.schema.names if n not in long]
-                writer = pq.ParquetWriter(tmp, t.schema, use_dictionary=short, write_statistics=short)
-            writer.write_table(t, row_group_size=max(chunk_rows, 1))
-        writer.close()
-        writer = None
+        _write_chunks(run.chunks(), tmp, chunk_rows)
         os.replace(tmp, out)
     finally:
-        if writer is not None:
-            writer.close()
         tmp.unlink(missing_ok=True)
     return run.result(None, out)

@@ -597,3 +597,27 @@ def test_native_parquet_error_names_file_and_record(tmp_path):
     path = _wild_parquet_with_bad(tmp_path / "w.parquet")
     with pytest.raises(InputError, match=rf"^{path}: record 3: message 0 has unknown role 'bot'"):
         read_conversations(path, "wildchat")
+
+
+def test_native_lmsys_parquet_matches_per_record_path(tmp_path, monkeypatch):
+    import depsim.readers as readers
+    recs = [json.loads(x) for x in (FIX / "lmsys.jsonl").read_text().splitlines()]
+    recs += [{**recs[0], "conversation_id": "bad", "conversation": [{"role": "assistant", "content": "hi"}]}]
+    path = tmp_path / "lmsys.parquet"
+    pq.write_table(pa.Table.from_pylist(recs), path)
+    native = read_conversations(path, "lmsys", quarantine=tmp_path / "q.jsonl")
+    monkeypatch.setattr(readers, "_native_sql", lambda *a, **k: None)
+    slow = read_conversations(path, "lmsys", quarantine=tmp_path / "q.jsonl")
+    assert native.reasons == slow.reasons == Counter(no_user_turn=1)
+    assert _norm(native.table) == _norm(slow.table) and native.rows == 2
+
+
+def test_native_path_is_taken_for_hub_parquet(tmp_path, monkeypatch):
+    """The bulk path really runs (the per-record converter sees only the failing records)."""
+    import depsim.readers as readers
+    path = _wild_parquet_with_bad(tmp_path / "w.parquet")
+    seen = []
+    real = readers._CONVERTERS["wildchat"]
+    monkeypatch.setitem(readers._CONVERTERS, "wildchat", lambda rec, c: seen.append(c.loc.record) or real(rec, c))
+    res = read_conversations(path, "wildchat", quarantine=tmp_path / "q.jsonl", max_message_chars=400)
+    assert res.rows == 23 and seen == [3, 5, 7, 9, 11, 13, 15]
