@@ -120,7 +120,8 @@ def converted(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> 
 
 def conversion_reports(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
     """Return what each converted source read, kept and quarantined (no rows for simulated
-    or canonical Parquet sources): pool, kind, records, rows, quarantined, reasons, notes."""
+    or canonical Parquet sources): pool, kind, records, rows, quarantined, reasons, notes,
+    quarantine (the quarantine file's path, or None)."""
     rows = []
     for pool in POOLS:
         src = getattr(rel.sources, pool)
@@ -129,8 +130,7 @@ def conversion_reports(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
         _, report, _ = _converted_paths(rel, pool, src, reports_dir)
         if report.exists():
             rep = json.loads(report.read_text())
-            rep.pop("quarantine", None)
-            rows.append({"pool": pool, "kind": src.kind, **rep})
+            rows.append({"pool": pool, "kind": src.kind, **rep, "quarantine": rep.get("quarantine")})
     return pd.DataFrame(rows)
 
 
