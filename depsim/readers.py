@@ -1552,7 +1552,7 @@ class _Run:
         self.schema: pa.Schema | None = (None if fmt == "parquet" else pa.schema(
             [x for x in _BASE + _EXTRAS[fmt] if x[0] not in self.drop and (keep_meta or x[0] != "meta")]
             + [(c, _S) for c in self.lift]))
-        self.seen: dict[str, tuple[int, str]] = {}
+        self.seen: dict[str, tuple[int, str | int]] = {}  # id -> (file, "line n"/"record i", or i)
         self.rows: list[dict] = []
         self.records = self.kept = self.quarantined = 0
         self.reasons: Counter = Counter()
@@ -1597,7 +1597,8 @@ class _Run:
             cid = row["conversation_id"] = str(cid)
         first = self.seen.get(cid)
         if first is not None:
-            where = first[1] if first[0] == fi else f"{self._files[first[0]]} {first[1]}"
+            at = first[1] if isinstance(first[1], str) else f"record {first[1]}"  # bulk path: an index
+            where = at if first[0] == fi else f"{self._files[first[0]]} {at}"
             self._bad(loc, raw, _Bad("duplicate_id", f"duplicate conversation id {cid[:80]!r} "
                                                      f"(first seen at {where})"))
             return False
@@ -1766,24 +1767,34 @@ class _Run:
                 idx = t.column("__i").to_pylist()
                 good = t.column("__ok").to_pylist()
                 ids = t.column("conversation_id").to_pylist()
-                keep, slow = [], []
-                for i, cid, g in zip(idx, ids, good):
-                    if g and cid not in self.seen:
-                        self.seen[cid] = (fi, f"record {i}")
-                        keep.append(True)
-                    else:
-                        keep.append(False)
-                        slow.append(i)
+                fresh = set(ids)
+                if all(good) and len(fresh) == len(ids) and fresh.isdisjoint(self.seen):
+                    # the usual batch: every record passed, no id seen before (checked as sets)
+                    self.seen.update(zip(ids, ((fi, i) for i in idx)))
+                    keep, slow = None, []
+                else:
+                    keep, slow = [], []
+                    for i, cid, g in zip(idx, ids, good):
+                        if g and cid not in self.seen:
+                            self.seen[cid] = (fi, i)
+                            keep.append(True)
+                        else:
+                            keep.append(False)
+                            slow.append(i)
                 n_kept = len(idx) - len(slow)
                 self.records += n_kept
                 self.kept += n_kept
-                raw_lang = t.column("language_name").to_pylist()
-                for v in set(raw_lang):
+                raw = t.column("language_name")
+                names = pc.unique(raw).to_pylist()
+                for v in names:
                     if v not in langs:
                         langs[v] = _language(v)
+                codes = pa.array([langs[v][0] for v in names], pa.string())
                 t = t.set_column(t.schema.get_field_index("language"), "language",
-                                 pa.array([langs[v][0] for v in raw_lang], pa.string()))
-                t = t.filter(pa.array(keep, pa.bool_())).select([*out_names, "__i"])
+                                 pc.take(codes, pc.index_in(raw, pa.array(names, raw.type))))
+                if keep is not None:
+                    t = t.filter(pa.array(keep, pa.bool_()))
+                t = t.select([*out_names, "__i"])
                 tables = [t.cast(pa.schema([*self.schema, ("__i", pa.int64())]))]
                 if slow:
                     pf = pf or _parquet_file(f)
