@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from conftest import small_release
-from depsim.cli import app
 from depsim.params import load_release
 from depsim.prefixes import NoUsableData, build_prefixes, check_sources, converted
 
@@ -104,32 +102,6 @@ def test_language_name_in_rules_matches_codes(tmp_path):
     rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs.jsonl"},
                    eligibility="    languages: [English]\n")
     assert check_sources(rel, tmp_path / "reports") == ["previous: openai_jsonl logs.jsonl: has eligible user turns"]
-
-
-def test_depsim_check_exits_nonzero_with_the_diagnosis(tmp_path):
-    _lines(tmp_path / "logs.jsonl", ["c1"], lang=None)
-    p = small_release(tmp_path, previous={"kind": "openai_jsonl", "path": "logs.jsonl"})
-    res = CliRunner().invoke(app, ["check", str(p), "--reports-dir", str(tmp_path / "reports")])
-    assert res.exit_code == 1, res.output
-    assert "language is null in all 1 conversations" in res.output
-    res = CliRunner().invoke(app, ["check", str(p), "--no-data"])
-    assert res.exit_code == 0 and "ok" in res.output
-
-
-def test_convert_exits_nonzero_when_everything_is_quarantined(tmp_path):
-    _lines(tmp_path / "logs.jsonl", ["c1", "c2"])
-    res = CliRunner().invoke(app, ["convert", str(tmp_path / "logs.jsonl"), "-f", "wildchat", "-o",
-                                   str(tmp_path / "out.parquet"), "--quarantine", str(tmp_path / "q.jsonl")])
-    assert res.exit_code == 1
-    assert "no record kept: all 2 quarantined (missing_field 2)" in res.output
-
-
-def test_convert_refuses_to_overwrite_its_input(tmp_path):
-    src = _lines(tmp_path / "logs.jsonl", ["c1"])
-    before = src.read_text()
-    res = CliRunner().invoke(app, ["convert", str(src), "-f", "openai_jsonl", "-o", str(src)])
-    assert res.exit_code == 2 and "would overwrite an input file" in res.output
-    assert src.read_text() == before
 
 
 def test_lifted_columns_reach_the_prefixes_table(tmp_path):

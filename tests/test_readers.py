@@ -621,3 +621,12 @@ def test_native_path_is_taken_for_hub_parquet(tmp_path, monkeypatch):
     monkeypatch.setitem(readers._CONVERTERS, "wildchat", lambda rec, c: seen.append(c.loc.record) or real(rec, c))
     res = read_conversations(path, "wildchat", quarantine=tmp_path / "q.jsonl", max_message_chars=400)
     assert res.rows == 23 and seen == [3, 5, 7, 9, 11, 13, 15]
+
+
+def test_convert_shows_progress_when_asked(tmp_path, capsys):
+    path = _wild_parquet_with_bad(tmp_path / "w.parquet")
+    convert(path, "wildchat", tmp_path / "o.parquet", quarantine=tmp_path / "q.jsonl", progress=True)
+    err = capsys.readouterr().err
+    assert "reading wildchat" in err and "100%" in err and "conversations/s" in err
+    convert(path, "wildchat", tmp_path / "o.parquet", quarantine=tmp_path / "q.jsonl", progress=False)
+    assert capsys.readouterr().err == ""
