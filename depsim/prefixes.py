@@ -108,7 +108,7 @@ def converted(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> 
                       max_message_chars=src.max_message_chars, columns=src.columns,
                       keep_identifying=src.keep_identifying, quarantine_raw=src.quarantine_raw,
                       keep_meta=src.keep_meta, json_path=src.json_path, mapping=src.mapping or None,
-                      memory_limit=rel.sampling.memory_limit)
+                      memory_limit=rel.sampling.memory_limit, spill_dir=rel.sampling.spill_dir)
         report.write_text(json.dumps({"records": res.records, "rows": res.rows, "quarantined": res.quarantined,
                                       "reasons": dict(res.reasons), "notes": list(res.notes),
                                       "quarantine": str(quarantine) if src.quarantine else None}))

@@ -1519,7 +1519,7 @@ class _Run:
                  chunk_rows: int, max_line_bytes: int | None, columns: Iterable[str] = (),
                  keep_identifying: bool = False, quarantine_raw: bool = False, progress: bool | None = None,
                  memory_limit: str | None = None, threads: int | None = None, json_path: str | None = None,
-                 keep_meta: bool = True, mapping: dict[str, str] | None = None):
+                 keep_meta: bool = True, mapping: dict[str, str] | None = None, spill_dir: str | None = None):
         if fmt not in _CONVERTERS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS + PROMPT_SETS)}")
         self.lift = tuple(columns)
@@ -1539,7 +1539,7 @@ class _Run:
         if self.quarantine is not None:
             _refuse_overwrite(self, self.quarantine, "the quarantine file")
         self.drop = frozenset() if keep_identifying else IDENTIFYING_FIELDS
-        self.keep_meta = keep_meta
+        self.keep_meta, self.spill_dir = keep_meta, spill_dir
         self.mapping = dict(mapping or {})
         if self.mapping:
             if fmt != "openai_jsonl":
@@ -1736,6 +1736,9 @@ class _Run:
             config["threads"] = int(self.threads)
         if self.memory_limit:
             config["memory_limit"] = self.memory_limit
+        if self.spill_dir:
+            os.makedirs(self.spill_dir, exist_ok=True)
+            config["temp_directory"] = str(self.spill_dir)
         con = duckdb.connect(config=config)
         con.execute("SET enable_progress_bar = false")
         con.execute("SET TimeZone = 'UTC'")
@@ -1902,7 +1905,8 @@ def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | o
                        max_line_bytes: int | None = None, keep_identifying: bool = False,
                        quarantine_raw: bool = False, progress: bool | None = False,
                        memory_limit: str | None = None, json_path: str | None = None,
-                       keep_meta: bool = True, mapping: dict[str, str] | None = None) -> ReadResult:
+                       keep_meta: bool = True, mapping: dict[str, str] | None = None,
+                       spill_dir: str | None = None) -> ReadResult:
     """Read conversations into the canonical table.
 
     ``path``: a file, a folder (every file of the format under it, sorted), a glob, a list of
@@ -1934,8 +1938,9 @@ def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | o
     characters) to the quarantine file, which otherwise holds only where and why;
     ``progress``: a progress bar on stderr (None: when stderr is a terminal);
     ``memory_limit``: DuckDB's memory limit for the bulk path (e.g. ``"4GB"``; default DuckDB's,
-    80 % of RAM); ``json_path``: where the records are inside a JSON document that is not a
-    plain array or JSONL, as dotted keys (``instances`` for ``{"instances": [...]}``);
+    80 % of RAM) and ``spill_dir`` the folder it spills to; ``json_path``: where the records
+    are inside a JSON document that is not a plain array or JSONL, as dotted keys
+    (``instances`` for ``{"instances": [...]}``);
     ``keep_meta``: keep the record's other fields as JSON in ``meta`` (True, lossless). For
     WildChat that is mostly the per-message moderation scores, and writing them as JSON text is
     most of the conversion time (``benchmarks/ingest_speed.py``); False leaves ``meta`` out;
@@ -1950,7 +1955,8 @@ def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | o
     run = _Run(path, fmt, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
                chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns,
                keep_identifying=keep_identifying, quarantine_raw=quarantine_raw, progress=progress,
-               memory_limit=memory_limit, json_path=json_path, keep_meta=keep_meta, mapping=mapping)
+               memory_limit=memory_limit, json_path=json_path, keep_meta=keep_meta, mapping=mapping,
+               spill_dir=spill_dir)
     tables = list(run.chunks())
     return run.result(_to_pandas(tables))
 
@@ -1989,7 +1995,7 @@ def convert(path: str | os.PathLike, fmt: str, out_parquet: str | os.PathLike, *
             max_line_bytes: int | None = None, keep_identifying: bool = False, quarantine_raw: bool = False,
             progress: bool | None = None, memory_limit: str | None = None,
             json_path: str | None = None, keep_meta: bool = True,
-            mapping: dict[str, str] | None = None) -> ReadResult:
+            mapping: dict[str, str] | None = None, spill_dir: str | None = None) -> ReadResult:
     """Read ``path`` (any conversation format or prompt set) and write the canonical table to
     ``out_parquet``, chunk by chunk (one row group per ``chunk_rows`` rows), atomically: a temp
     file renamed into place, so a failed or killed run leaves no partial output. Returns a
@@ -1999,7 +2005,8 @@ def convert(path: str | os.PathLike, fmt: str, out_parquet: str | os.PathLike, *
     run = _Run(path, fmt, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
                chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns,
                keep_identifying=keep_identifying, quarantine_raw=quarantine_raw, progress=progress,
-               memory_limit=memory_limit, json_path=json_path, keep_meta=keep_meta, mapping=mapping)
+               memory_limit=memory_limit, json_path=json_path, keep_meta=keep_meta, mapping=mapping,
+               spill_dir=spill_dir)
     out = Path(out_parquet)
     _refuse_overwrite(run, out, "the output")
     out.parent.mkdir(parents=True, exist_ok=True)
