@@ -37,6 +37,11 @@ few turns only, and the prefix texts are built for the turns that are kept. ``ta
 estimated from a small pilot read (large Parquet logs: one pass over the data), or exact (one
 pass that tests every turn, then the sampling pass: small or in-memory inputs, stratified
 samples, and the fallback when the estimate was too tight). Either way the result is the same.
+A conversation with candidate turns is parsed once however many they are, and each prefix is
+cut from the conversation's JSON text, so a long conversation sampled many times costs its
+prefixes' text, not a copy of the conversation per candidate. Memory: DuckDB's limit is
+``memory_limit`` (default DuckDB's, 80 % of the machine's memory), with spilling to a private
+folder under ``spill_dir``; results are fetched in batches.
 """
 from __future__ import annotations
 
