@@ -1358,7 +1358,8 @@ def _json_ready(e: str, t: pa.DataType, depth: int = 0) -> str | None:
         return (f"(CASE WHEN microsecond({e}) % 1000000 = 0 THEN strftime({e}, '%Y-%m-%dT%H:%M:%S') "
                 f"ELSE strftime({e}, '%Y-%m-%dT%H:%M:%S.%f') END{zone})")
     if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t) \
-            or pa.types.is_map(t) or pa.types.is_union(t) or pa.types.is_time(t) or pa.types.is_duration(t):
+            or pa.types.is_map(t) or pa.types.is_union(t) or pa.types.is_time(t) or pa.types.is_duration(t) \
+            or pa.types.is_decimal(t):  # decimals: a JSON string per record, a number from DuckDB
         return None
     if pa.types.is_struct(t):
         parts = []
