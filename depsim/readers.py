@@ -1865,7 +1865,7 @@ def _write_chunks(chunks: Iterator[pa.Table], path: Path, chunk_rows: int) -> No
                             if n in t.schema.names]
                     short = [n for n in t.schema.names if n not in long]
                     writer = pq.ParquetWriter(path, t.schema, use_dictionary=short, write_statistics=short,
-                                              compression="zstd", compression_level=1)
+                                              compression="snappy")  # the fastest to write (zstd-1: 40 % slower)
                 writer.write_table(t, row_group_size=max(chunk_rows, 1))
         except BaseException as e:  # noqa: BLE001 - handed to the producer
             failed.append(e)
