@@ -15,6 +15,7 @@ from depsim.readers import InputError
 from depsim.readers import convert as do_convert
 from depsim.render import render as do_render
 from depsim.runner import StageFailed, run_release
+from depsim.sample import NoUsableData, check_sources
 from depsim.refusal import REFUSAL_PATTERN
 from depsim.taxonomy import for_release, load_taxonomy
 
@@ -62,20 +63,36 @@ def convert(inputs: list[str] = typer.Argument(..., help="file(s), a folder, a q
             out: Path = typer.Option(..., "--out", "-o", help="canonical conversation table to write (Parquet)"),
             quarantine: Path | None = typer.Option(None, help="write bad records here instead of stopping at the first"),
             max_message_chars: int = typer.Option(1_000_000, help="longer messages are bad records"),
-            column: list[str] = typer.Option([], "--column", help="record field kept as its own column (repeatable)")):
-    """Convert chat logs, a public chat data set or a prompt set into the canonical table."""
+            column: list[str] = typer.Option([], "--column", help="record field kept as its own column (repeatable)"),
+            keep_identifying: bool = typer.Option(False, help="keep hashed_ip, header (user agent), country, state"),
+            quarantine_raw: bool = typer.Option(False, help="also write each bad record's raw text to the quarantine"),
+            meta: bool = typer.Option(True, help="keep the records' other fields as JSON in `meta`"),
+            json_path: str | None = typer.Option(None, help="dotted key of the record array in a JSON document"),
+            map_: list[str] = typer.Option([], "--map", help="FIELD=RECORD_FIELD for openai_jsonl, e.g. prompt=user_input"),
+            memory_limit: str | None = typer.Option(None, help="DuckDB memory limit, e.g. 4GB")):
+    """Convert chat logs, a public chat data set or a prompt set into the canonical table.
+    Exits 1 when no record could be kept."""
+
     if fmt not in FORMATS + PROMPT_SETS:
         _fail(f"--format must be one of {', '.join(FORMATS + PROMPT_SETS)}")
+    bad_map = [m for m in map_ if "=" not in m]
+    if bad_map:
+        _fail(f"--map takes FIELD=RECORD_FIELD, not {bad_map[0]!r}")
     try:
         res = do_convert(inputs[0] if len(inputs) == 1 else inputs, fmt, out, quarantine=quarantine,
-                         max_message_chars=max_message_chars, columns=column)
-    except (InputError, FileNotFoundError) as e:
+                         max_message_chars=max_message_chars, columns=column, keep_identifying=keep_identifying,
+                         quarantine_raw=quarantine_raw, keep_meta=meta, json_path=json_path,
+                         mapping=dict(m.split("=", 1) for m in map_) or None, memory_limit=memory_limit)
+    except (InputError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"{out}: {res.rows} conversations from {res.records} records"
                + (f"; {res.quarantined} quarantined in {quarantine} ("
                   + ", ".join(f"{k}: {v}" for k, v in res.reasons.most_common()) + ")" if res.quarantined else ""))
     for note in res.notes:
         typer.echo(f"note: {note}")
+    if res.rows == 0:
+        _fail(f"no record kept: all {res.records:,} quarantined ("
+              + ", ".join(f"{k} {v}" for k, v in res.reasons.most_common()) + "); wrong --format?", 1)
 
 
 def _pairs(values: list[str], what: str) -> dict[str, str]:
@@ -192,13 +209,23 @@ def grader_prompt(category: str = typer.Argument(..., help="a category of the ta
         typer.echo(f"# LLM grader id on {model}: {llm_grader_id(cat, model, cat.grader.get('params', DEFAULT_PARAMS), cat.grader.get('response_style', 'json_schema'))}")
 
 @app.command()
-def check(params_file: Path = typer.Argument(..., help="release parameters to validate")):
-    """Validate a params file (and its taxonomy) without running anything."""
+def check(params_file: Path = typer.Argument(..., help="release parameters to validate"),
+          data: bool = typer.Option(True, help="also convert the sources (cached) and check that each has "
+                                               "eligible user turns"),
+          reports_dir: Path = typer.Option(Path("reports"), help="where reports/<release>/ is (conversion cache)")):
+    """Validate a params file (and its taxonomy) without running a model; with --data (default)
+    also that every prefix source has usable records and eligible user turns. Exits 1 if not."""
 
     try:
         rel = load_release(params_file)
     except ParamsError as e:
         _fail(str(e))
+    if data:
+        try:
+            for line in check_sources(rel, reports_dir):
+                typer.echo(line)
+        except (NoUsableData, InputError, FileNotFoundError) as e:
+            _fail(str(e), 1)
     typer.echo(f"{params_file}: ok (release {rel.release}, targets {', '.join(rel.targets)})")
 
 if __name__ == "__main__":
