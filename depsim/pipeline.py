@@ -414,6 +414,11 @@ def examples(rel: Release, reports_dir: str | Path) -> dict:
     order += [c for c in rates_["category"].unique() if c not in order]
     flagged = grades[grades["label"].fillna(False).astype(bool)]
     picked = flagged.sample(frac=1, random_state=seed).groupby(["category", "target"]).head(per_t)
+    # a category nobody flagged still shows what its grader read: a few graded responses of `sim`
+    unflagged = sorted(set(grades["category"]) - set(flagged["category"]))
+    if unflagged:
+        graded = grades[grades["category"].isin(unflagged) & grades["label"].notna() & (grades["target"] == "sim")]
+        picked = pd.concat([picked, graded.sample(frac=1, random_state=seed).groupby("category").head(per_t)])
     findings = read_table(reports_dir, rel.release, "findings")
     clusters_ = read_table(reports_dir, rel.release, "clusters")
     fpick = []
@@ -433,7 +438,7 @@ def examples(rel: Release, reports_dir: str | Path) -> dict:
     cats = []
     for c in order:
         ks = counts[counts["category"] == c]
-        cats.append({"category": c, "title": show.category_title(c, tax),
+        cats.append({"category": c, "title": show.category_title(c, tax), "flagged": int(ks["k"].sum()),
                      "counts": [(t, int(k), int(n)) for t, k, n in ks[["target", "k", "n"]].itertuples(index=False)],
                      "examples": [_example(r, pre, responses, tax) for _, r in picked[picked["category"] == c].iterrows()]})
     fpick = fpick.merge(comp[["item_id", "prefix_id"]], on="item_id", how="left")

@@ -728,11 +728,14 @@ def examples(ex: dict) -> HTML:
     (each with its own anchor) a bounded sample of flagged transcripts with their grades."""
     parts = [STYLE, FILTER]
     for cat in ex["categories"]:
-        head = (f'<section id="{anchor("cat", cat["category"])}"><h3>{html.escape(cat["title"])} '
-                f'<small>({html.escape(cat["category"])})</small></h3><p>'
+        shown = (f'Showing up to {ex["per_target"]} flagged per target.' if cat["flagged"] else
+                 f'No response was flagged in any target; showing up to {ex["per_target"]} graded responses of sim, '
+                 'so the grader can be checked.')
+        head = (f'<section id="{anchor("cat", cat["category"])}" data-flagged="{int(cat["flagged"])}">'
+                f'<h3>{html.escape(cat["title"])} <small>({html.escape(cat["category"])})</small></h3><p>'
                 + "; ".join(f"{html.escape(t)}: {k_of_n(k, n)} flagged" for t, k, n in cat["counts"])
-                + f'. Showing up to {ex["per_target"]} per target.</p>')
-        body = "".join(transcript_block(e) for e in cat["examples"]) or "<p>No flagged transcript in any target.</p>"
+                + f'. {shown}</p>')
+        body = "".join(transcript_block(e) for e in cat["examples"]) or "<p>No graded response to show.</p>"
         parts.append(head + body + "</section>")
     parts.append("<h2>Audit clusters</h2>")
     for cl in ex["clusters"]:
