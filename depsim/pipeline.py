@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -81,12 +82,17 @@ def git_commit() -> str:
         return "unknown"
 
 
+#: params that change what the pages show, never a table: left out of the params hash
+DISPLAY_PARAMS = {"title", "gates", "report", "path"}
+
+
 def params_hash(rel: Release) -> str:
-    """Return 12 hex chars of the sha256 of the release's params file (and its taxonomy)."""
-    h = hashlib.sha256()
-    for p in (rel.path, rel.resolve(rel.taxonomy)):
-        if p is not None and Path(p).exists():
-            h.update(Path(p).read_bytes())
+    """Return 12 hex chars of the sha256 of the release's parameters that shape its tables
+    (all but :data:`DISPLAY_PARAMS`) and of its taxonomy file."""
+    h = hashlib.sha256(json.dumps(rel.model_dump(mode="json", exclude=DISPLAY_PARAMS), sort_keys=True).encode())
+    tax = rel.resolve(rel.taxonomy)
+    if tax.exists():
+        h.update(tax.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -433,6 +439,8 @@ def examples(rel: Release, reports_dir: str | Path) -> dict:
     pre = read_table(reports_dir, rel.release, "prefixes")
     pre = pre[pre["prefix_id"].isin(set(comp["prefix_id"]))].set_index("prefix_id")["messages"]
     picked = picked.merge(comp[["item_id", "prefix_id"]], on="item_id", how="left")
+    rank = {t: i for i, t in enumerate(rel.targets)}
+    picked = picked.assign(_t=picked["target"].map(rank)).sort_values(["_t", "item_id"]).drop(columns="_t")
     responses = comp.set_index("item_id")["messages"]
     counts = rates_[~rates_["target"].str.endswith("_rw")]
     cats = []

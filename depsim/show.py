@@ -174,33 +174,6 @@ def fidelity_chart(curves: pd.DataFrame | None, empty: str = "") -> alt.HConcatC
     return alt.hconcat(rates, wins)
 
 
-def _fmt(rate, lo, hi) -> str:
-    if rate is None or np.isnan(rate):
-        return "–"
-    r, l, h = per100k([rate, lo, hi])
-    return f"{r:,.0f} [{l:,.0f}–{h:,.0f}]"
-
-
-def forecast_table(fc: pd.DataFrame) -> HTML:
-    """Return the forecast table: one row per category, the methods side by side (rate per
-    100k [95% interval]) and, once released (scored rows), the realised prod_new rate and
-    its change since Y."""
-    rows = []
-    methods = [m for m in ("deployment_sim", "deployment_sim_reweighted", "challenging", "prev_production")
-               if m in set(fc["method"])]
-    for cat, g in fc.groupby("category", sort=False):
-        by = g.set_index("method")
-        first = g.iloc[0]
-        row = {"category": cat, "group": first["group"]}
-        for m in methods:
-            row[m] = _fmt(*by.loc[m, ["rate", "lo", "hi"]]) if m in by.index else "not a baseline category"
-        if "realised" in g:
-            row["realised (prod_new)"] = f"{per100k(first['realised']).item():,.0f}"
-            row["realised change"] = f"{first['realised_change']:.2f}×"
-        rows.append(row)
-    return table(pd.DataFrame(rows))
-
-
 def prefix_examples(prefixes: pd.DataFrame, n: int = 3, seed: int = 0, max_chars: int = 400) -> HTML:
     """Return ``n`` sampled prefixes (their user messages) as escaped HTML."""
     pick = prefixes.sample(min(n, len(prefixes)), random_state=seed)
@@ -254,9 +227,13 @@ def fidelity_table(curves: pd.DataFrame | None) -> HTML:
 
 def clusters(table_: pd.DataFrame) -> HTML:
     """Return the audit's clusters: size, label, matched category, similarity, novel flag and
-    the per-target rates."""
-    cols = ["cluster", "size", "label", "category", "similarity", "novel"] + [c for c in table_ if c.endswith("_rate")]
-    return table(table_[cols])
+    the per-target rates of audited responses (per 100k)."""
+    rate_cols = [c for c in table_ if c.endswith(("_rate", "_lo", "_hi"))]
+    shown = table_.assign(**{c: per100k(table_[c]) for c in rate_cols})
+    shown = shown.rename(columns={c: c.replace("_rate", " per 100k").replace("_lo", " low per 100k")
+                                  .replace("_hi", " high per 100k") for c in rate_cols})
+    cols = ["cluster", "size", "label", "category", "similarity", "novel"] + [c for c in shown if c.endswith("per 100k")]
+    return table(shown[cols])
 
 
 def detection(mdr: float, n_audited: int) -> HTML:
@@ -726,7 +703,10 @@ def transcript_block(ex: dict, max_chars: int = 2000) -> str:
 def examples(ex: dict) -> HTML:
     """Return the examples page body: a filter box, then per category and per audit cluster
     (each with its own anchor) a bounded sample of flagged transcripts with their grades."""
-    parts = [STYLE, FILTER]
+    toc = " · ".join(f'<a href="#{anchor("cat", c["category"])}">{html.escape(c["title"])}</a>' for c in ex["categories"])
+    toc += " · " + " · ".join(f'<a href="#{anchor("cluster", c["cluster"])}">cluster {int(c["cluster"])}</a>'
+                              for c in ex["clusters"])
+    parts = [STYLE, f"<p><small>{toc}</small></p>", FILTER]
     for cat in ex["categories"]:
         shown = (f'Showing up to {ex["per_target"]} flagged per target.' if cat["flagged"] else
                  f'No response was flagged in any target; showing up to {ex["per_target"]} graded responses of sim, '
