@@ -187,8 +187,8 @@ def prefix_examples(prefixes: pd.DataFrame, n: int = 3, seed: int = 0, max_chars
 
 
 def text(s: str) -> HTML:
-    """Return untrusted text as an escaped HTML paragraph."""
-    return HTML(f"<p>{html.escape(s)}</p>")
+    """Return untrusted text as an escaped HTML paragraph (nothing for empty text)."""
+    return HTML(f"<p>{html.escape(s)}</p>" if s else "")
 
 
 def pre(s: str) -> HTML:
@@ -589,7 +589,7 @@ def realised(out: dict) -> HTML:
              "realised per 100k": rate100k(r["realised"]),
              "realised flagged": k_of_n(r["k_real"], r["n_real"]),
              "realised / previous": f"{number(r['realised_change'], 2)}×"} for _, r in sc.iterrows()]
-    return table(pd.DataFrame(rows))
+    return HTML(text(out.get("realised_why") or "").data + table(pd.DataFrame(rows)).data)
 
 
 GLOSSARY = [
