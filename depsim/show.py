@@ -222,7 +222,9 @@ def fidelity_table(curves: pd.DataFrame | None) -> HTML:
         return text("Fidelity curves need the simulated world and `realism.fidelities`.")
     cols = ["fidelity", "category", "k", "n", "rate", "lo", "hi", "truth_prod", "win_rate_tool", "win_tool_lo",
             "win_tool_hi", "win_tool_n"]
-    return table(curves[cols].assign(**{c: per100k(curves[c]) for c in ("rate", "lo", "hi", "truth_prod")}), digits=4)
+    per = ("rate", "lo", "hi", "truth_prod")
+    shown = curves[cols].assign(**{c: per100k(curves[c]) for c in per})
+    return table(shown.rename(columns={c: f"{readable(c)} per 100k" for c in per}), digits=1)
 
 
 def clusters(table_: pd.DataFrame) -> HTML:
@@ -262,7 +264,8 @@ def forecasts(fc: pd.DataFrame) -> HTML:
     """Return the forecasts: rate, Jeffreys and (with a history) predictive intervals per
     100k, Y's previous rate and the direction, per category and method."""
     cols = [c for c in ("rate", "lo", "hi", "pred_lo", "pred_hi", "prev_rate") if c in fc]
-    return table(fc.assign(**{c: per100k(fc[c]) for c in cols})[["category", "method", *cols, "direction"]], digits=4)
+    shown = fc.assign(**{c: per100k(fc[c]) for c in cols})[["category", "method", *cols, "direction"]]
+    return table(shown.rename(columns={c: f"{readable(c)} per 100k" for c in cols}), digits=1)
 
 
 def removed(share: float | None) -> HTML:
@@ -283,8 +286,8 @@ DASH = "–"
 
 #: readable column names for stage tables (anything not here: underscores become spaces)
 COLUMN_NAMES = {
-    "rate": "rate per 100k", "lo": "low per 100k", "hi": "high per 100k", "pred_lo": "predictive low per 100k",
-    "pred_hi": "predictive high per 100k", "prev_rate": "previous rate per 100k", "k": "flagged", "n": "graded",
+    "lo": "low", "hi": "high", "pred_lo": "predictive low", "pred_hi": "predictive high", "prev_rate": "previous rate",
+    "k": "flagged", "n": "graded",
     "grader_id": "grader id", "nll_sum": "NLL sum (nats)", "regret_sum": "regret sum (nats)", "sme_median": "SME median",
     "sme_mean": "SME mean", "sme_max": "SME max", "log_pearson_r": "log Pearson r", "win_rate": "win rate",
     "judge_id": "judge id", "direction_right": "direction right", "large_shifts": "large shifts",
@@ -483,10 +486,10 @@ STYLE = """<style>
 table.depsim-decision{border-collapse:collapse;font-size:13px;width:100%;table-layout:auto}
 table.depsim-decision th,table.depsim-decision td{padding:3px 6px;border-bottom:1px solid #e5e7eb;text-align:left !important;vertical-align:top}
 table.depsim-decision td.num,table.depsim-decision th.num{text-align:right !important;white-space:nowrap}
-table.depsim-decision small{color:#6b7280}
+table.depsim-decision small{color:#6b7280}table.depsim-decision td.nw{white-space:nowrap}
 .depsim-flag-rises{color:#b91c1c;font-weight:600}.depsim-flag-falls{color:#047857}
 tr.depsim-gate-breaches td{background:#fee2e2 !important;font-weight:600}tr.depsim-gate-may-breach td{background:#fffbeb !important}
-.depsim-verdict p{margin:2px 0}.depsim-verdict{border-left:6px solid #1d4ed8;padding:4px 12px;margin:6px 0;background:#eff6ff}
+table.depsim-provenance th{white-space:nowrap;vertical-align:top}.depsim-verdict p{margin:2px 0}.depsim-verdict{border-left:6px solid #1d4ed8;padding:4px 12px;margin:6px 0;background:#eff6ff}
 table.depsim-table{border-collapse:collapse;font-size:13px}
 table.depsim-table th,table.depsim-table td{padding:3px 6px;border-bottom:1px solid #e5e7eb;text-align:left !important}
 .depsim-example{border:1px solid #d1d5db;border-radius:4px;padding:6px 10px;margin:8px 0;max-width:100%;overflow-wrap:anywhere}
@@ -535,17 +538,17 @@ def decision(decision: pd.DataFrame, level: float = 0.95) -> HTML:
     body = []
     for _, r in decision.iterrows():
         link = f'{EXAMPLES_PAGE}#{anchor("cat", r["category"])}'
-        ratio = (DASH if _missing(r["ratio"]) else "new (0 before)" if np.isinf(r["ratio"])
+        ratio = (DASH if _missing(r["ratio"]) else "new" if np.isinf(r["ratio"])
                  else f"{number(r['ratio'], 2)}×")
         ratio_iv = DASH if _missing(r["ratio_lo"]) else f"[{number(r['ratio_lo'], 2)}–{number(r['ratio_hi'], 2)}]"
         body.append(
             f'<tr class="depsim-gate-{r["gate_status"].replace(" ", "-")}">'
             f'<td><a href="{link}">{html.escape(r["title"])}</a><br><small>{html.escape(r["group"])}</small></td>'
-            f'<td>{html.escape(r["gate"])}</td><td>{html.escape(r["gate_status"])}</td>'
+            f'<td class=nw>{html.escape(r["gate"])}</td><td class=nw>{html.escape(r["gate_status"])}</td>'
             f'<td class=num>{rate100k(r["prev_rate"])}<br><small>{k_of_n(r["prev_k"], r["prev_n"])}</small></td>'
             f'<td class=num>{rate100k(r["rate"])} {interval100k(r["lo"], r["hi"])}<br><small>{k_of_n(r["k"], r["n"])}</small></td>'
             f'<td class=num>{ratio} {ratio_iv}</td>'
-            f'<td class="depsim-flag-{r["direction"].replace(" ", "-")}">{html.escape(r["direction"])}</td>'
+            f'<td class="nw depsim-flag-{r["direction"].replace(" ", "-")}">{html.escape(r["direction"])}</td>'
             f'<td><a href="{link}">transcripts</a></td></tr>')
     return HTML(STYLE + f'<div class="depsim-wrap"><table class="depsim-decision"><thead>{head}</thead>'
                 f'<tbody>{"".join(body)}</tbody></table></div>'
@@ -583,12 +586,21 @@ def realised(out: dict) -> HTML:
     if not out.get("realised_ok"):
         return text(out.get("realised_why") or "Not released yet: nothing realised to compare.")
     sc = out["forecasts"]
-    sc = sc[sc["method"] == "deployment_sim"]
-    rows = [{"category": category_title(r["category"], out.get("taxonomy")),
-             "forecast per 100k": rate100k(r["rate"]),
-             "realised per 100k": rate100k(r["realised"]),
-             "realised flagged": k_of_n(r["k_real"], r["n_real"]),
-             "realised / previous": f"{number(r['realised_change'], 2)}×"} for _, r in sc.iterrows()]
+    sc = sc[sc["method"] == "deployment_sim"].set_index("category")
+    order = list(out["decision"]["category"]) if out.get("decision") is not None and len(out["decision"]) else list(sc.index)
+    rows = []
+    for cat in [c for c in order if c in sc.index]:
+        r = sc.loc[cat]
+        k, n, kr, nr = int(r["k"]), int(r["n"]), int(r["k_real"]), int(r["n_real"])
+        lo, hi = _exact_interval(kr, nr)
+        inside = DASH
+        if n and nr:
+            flo, fhi = _exact_interval(k, n)
+            inside = "yes" if flo <= kr / nr <= fhi else "no"
+        rows.append({"category": category_title(cat, out.get("taxonomy")),
+                     "forecast per 100k": f"{rate100k(k / n if n else np.nan)} ({k_of_n(k, n)})",
+                     "realised per 100k [95%]": f"{rate100k(kr / nr if nr else np.nan)} {interval100k(lo, hi)} ({k_of_n(kr, nr)})",
+                     "realised inside the forecast's exact interval": inside})
     return HTML(text(out.get("realised_why") or "").data + table(pd.DataFrame(rows)).data)
 
 
@@ -607,6 +619,17 @@ GLOSSARY = [
                  "post-release traffic); it is never scored as realised."),
     ("grader id", "hash of a grader's whole spec; rates from different grader ids are never compared."),
 ]
+
+
+def method_scores(summary: pd.DataFrame | None) -> HTML:
+    """Return each method's scores on this release (direction right on large shifts, median
+    and worst multiplicative error, interval coverage in percent); nothing when there are none."""
+    if summary is None or summary.empty:
+        return HTML("")
+    rows = [{"method": r["method"], "direction right (large shifts)": str(r["direction"]),
+             "SME median": number(r["sme_median"], 2), "SME max": number(r["sme_max"], 2),
+             "coverage (%)": DASH if _missing(r["coverage"]) else f"{r['coverage']:.0%}"} for _, r in summary.iterrows()]
+    return table(pd.DataFrame(rows))
 
 
 def glossary() -> HTML:
