@@ -356,6 +356,22 @@ def realised_status(rel: Release, released: bool) -> tuple[bool, str]:
     return True, "Realised = the candidate's production traffic after release."
 
 
+SCORED = ("scores", "summary", "nll", "comparison", "large_shifts", "across", "across_summary", "loo", "truth",
+          "truth_note")
+
+
+def withhold_stand_in(rel: Release, out: dict) -> dict:
+    """Return the score page's inputs (``out`` of :func:`run_score`) with ``why``: what the
+    page may call realised. When the post-release pool is a stand-in, every score against it
+    is withheld (None), so no page scores a stand-in as realised; the decomposition stays
+    (it says nothing about realised rates beyond the same stand-in, and is labelled so)."""
+    ok, why = realised_status(rel, out["released"])
+    out = {**out, "why": why}
+    if out["released"] and not ok:
+        out.update({k: None for k in SCORED})
+    return out
+
+
 def method_record(rel: Release) -> pd.DataFrame | None:
     """Return each method's record on earlier releases (from the params ``history``):
     ``method``, ``releases``, ``categories``, ``sme_median``, ``sme_max``, ``coverage``,

@@ -9,7 +9,7 @@ from scipy.stats import binom
 
 from depsim import show
 from depsim.params import Gate, load_release
-from depsim.pipeline import pools, realised_status
+from depsim.pipeline import SCORED, pools, realised_status, withhold_stand_in
 
 
 def test_numbers_have_separators_fixed_precision_and_no_scientific_notation():
@@ -89,7 +89,11 @@ def test_public_release_never_reports_a_realised_score():
     ok, why = realised_status(rel, released=True)
     assert not ok and "stand-in" in why
     assert "realised per 100k" not in show.realised({"realised_ok": ok, "realised_why": why}).data
+    scored = {k: pd.DataFrame({"x": [1]}) for k in SCORED} | {"released": True, "decomposition": pd.DataFrame({"x": [1]})}
+    page = withhold_stand_in(rel, scored)
+    assert all(page[k] is None for k in SCORED) and "stand-in" in page["why"]
     demo = load_release("params/demo.yaml")
+    assert withhold_stand_in(demo, scored)["scores"] is not None
     ok, why = realised_status(demo, released=True)
     assert ok and "simulated" in why
 
