@@ -52,6 +52,10 @@ INPUTS = {"prefixes": [], "completions": ["prefixes"], "realism_pairs": ["prefix
           "clusters": ["prefixes", "completions"], "grades": ["prefixes", "completions"],
           "rates": ["prefixes", "completions"], "forecasts": ["rates"], "scores": ["forecasts", "rates"],
           "score_summary": ["forecasts", "rates"]}
+#: table -> the stage that writes it
+WRITER = {"prefixes": "sample", "completions": "simulate", "realism_pairs": "realism", "realism": "realism",
+          "fidelity_curves": "realism", "findings": "audit", "clusters": "audit", "grades": "grade", "rates": "grade",
+          "forecasts": "forecast", "scores": "score", "score_summary": "score"}
 #: page (notebook stem) -> the tables it shows
 PAGE_TABLES = {"01_sample": ["prefixes"], "02_simulate": ["completions"],
                "02b_realism": ["realism_pairs", "realism", "fidelity_curves"], "03_audit": ["findings", "clusters"],
@@ -151,7 +155,12 @@ def stale_pages(rel: Release, reports_dir: str | Path, executed: dict[str, float
                 if meta is not None and meta["written_at"] > executed[page] + 1:
                     reasons.append(f"{t} was rewritten after this page ran")
         if reasons:
-            out[page] = "; ".join(dict.fromkeys(reasons))
+            # rerun from the earliest stale table of the release (or, if none is, this page's stage)
+            stale_tables = [t for t in st.index if st.loc[t, "stale"]] or [t for t in tables if t in st.index]
+            first = min((list(STAGES).index(WRITER[t]) for t in stale_tables if t in WRITER), default=None)
+            rerun = (f"; rerun: depsim run {rel.path.name if rel.path else 'PARAMS'} --from {list(STAGES)[first]}"
+                     if first is not None else "")
+            out[page] = "; ".join(dict.fromkeys(reasons)) + rerun
     return out
 
 

@@ -56,7 +56,7 @@ def strip_remote(page: str) -> str:
 
 def _stale_banner(why: str) -> str:
     return (f'<div class="depsim-stale" role="alert"><strong>Stale page:</strong> {html.escape(why)}. '
-            f"Rerun the stages from the earliest one named (<code>depsim run PARAMS --from STAGE</code>).</div>")
+            "Its numbers may not match the tables they describe.</div>")
 
 
 def _finish(page: str, stem: str, engine: str, stale: dict[str, str]) -> str:
