@@ -15,7 +15,7 @@ import pandas as pd
 from IPython.display import HTML
 from scipy.stats import beta, norm
 
-from depsim.params import Release
+from depsim.params import TARGETS, Release
 from depsim.records import decode_messages
 
 alt.renderers.enable("svg")  # static SVG: no CDN scripts, readable offline
@@ -256,8 +256,9 @@ def eval_awareness_table(rates: pd.DataFrame, targets: list[str]) -> HTML | None
     ea = rates[(rates["group"] == "evaluation_awareness") & rates["target"].isin(targets)]
     if not len(ea):
         return None
-    return table(ea.assign(percent=ea["rate"] * 100).pivot(index="category", columns="target", values="percent")
-                 .reset_index(), digits=3)
+    wide = ea.assign(percent=ea["rate"] * 100).pivot(index="category", columns="target", values="percent")
+    wide.index = [category_title(c) for c in wide.index]
+    return table(wide.rename_axis("measure (% of responses)").reset_index(), digits=2)
 
 
 def forecasts(fc: pd.DataFrame) -> HTML:
@@ -293,6 +294,10 @@ COLUMN_NAMES = {
     "judge_id": "judge id", "direction_right": "direction right", "large_shifts": "large shifts",
     "coverage_predictive": "predictive coverage",
 }
+
+
+# target names are identifiers (README glossary): shown as they are
+COLUMN_NAMES.update({t: t for t in (*TARGETS, "sim_rw")})
 
 
 def _missing(x) -> bool:
