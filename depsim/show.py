@@ -261,12 +261,32 @@ def eval_awareness_table(rates: pd.DataFrame, targets: list[str]) -> HTML | None
     return table(wide.rename_axis("measure (% of responses)").reset_index(), digits=2)
 
 
-def forecasts(fc: pd.DataFrame) -> HTML:
-    """Return the forecasts: rate, Jeffreys and (with a history) predictive intervals per
-    100k, Y's previous rate and the direction, per category and method."""
-    cols = [c for c in ("rate", "lo", "hi", "pred_lo", "pred_hi", "prev_rate") if c in fc]
-    shown = fc.assign(**{c: per100k(fc[c]) for c in cols})[["category", "method", *cols, "direction"]]
-    return table(shown.rename(columns={c: f"{readable(c)} per 100k" for c in cols}), digits=1)
+def forecasts(fc: pd.DataFrame, level: float = 0.95) -> HTML:
+    """Return the forecasts, one row per category and method: the count as k of n, its rate
+    per 100k with the exact interval, the predictive interval (with a history) per 100k, the
+    previous production count, and the change against it by the evidence rule (rises / no
+    change / falls: does the ratio's interval exclude 1)."""
+    prev = fc[fc["method"] == "prev_production"].set_index("category")
+    rows = []
+    for _, r in fc.iterrows():
+        k, n = float(r["k"]), float(r["n"])
+        lo, hi = _exact_interval(k, n, level) if n else (np.nan, np.nan)
+        row = {"category": category_title(r["category"]), "method": r["method"], "flagged": k_of_n(k, n),
+               f"rate per 100k [{level:.0%} exact]": f"{rate100k(k / n if n else np.nan)} {interval100k(lo, hi)}"}
+        if "pred_lo" in fc:
+            row["predictive interval per 100k"] = interval100k(r["pred_lo"], r["pred_hi"])
+        change = DASH
+        if r["category"] in prev.index and r["method"] != "prev_production" and n:
+            k0, n0 = float(prev.loc[r["category"], "k"]), float(prev.loc[r["category"], "n"])
+            row["previous flagged"] = k_of_n(k0, n0)
+            if n0:
+                _, rlo, rhi = _ratio_interval(k, n, k0, n0, level)
+                change = _direction(rlo, rhi)
+        else:
+            row["previous flagged"] = DASH
+        row["change"] = change
+        rows.append(row)
+    return table(pd.DataFrame(rows))
 
 
 def removed(share: float | None) -> HTML:
@@ -332,7 +352,9 @@ def k_of_n(k, n) -> str:
     """Return a count as "k of n" (thousands separators); a dash when n is missing or 0."""
     if _missing(n) or not n:
         return DASH
-    return f"{int(k):,} of {int(n):,}"
+    if float(k).is_integer() and float(n).is_integer():
+        return f"{int(k):,} of {int(n):,}"
+    return f"{float(k):,.1f} of {float(n):,.1f} (effective)"  # reweighted: Kish effective counts
 
 
 def interval100k(lo, hi) -> str:
