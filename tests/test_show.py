@@ -112,3 +112,14 @@ def test_transcript_block_shows_every_role_and_escapes():
                    "&lt;b&gt;because&lt;/b&gt;", "&lt;script&gt;"):
         assert needle in h, needle
     assert "<script>" not in h
+
+
+def test_forecast_page_reads_counts_and_never_calls_a_tie_down():
+    fc = pd.DataFrame([
+        {"category": "hate", "method": "deployment_sim", "k": 5.0, "n": 200.0, "rate": 0.027, "lo": 0.0, "hi": 0.05},
+        {"category": "hate", "method": "prev_production", "k": 5.0, "n": 200.0, "rate": 0.027, "lo": 0.0, "hi": 0.05},
+        {"category": "bio", "method": "deployment_sim", "k": 0.0, "n": 200.0, "rate": 0.0025, "lo": 0.0, "hi": 0.012},
+        {"category": "bio", "method": "prev_production", "k": 0.0, "n": 200.0, "rate": 0.0025, "lo": 0.0, "hi": 0.012}])
+    h = show.forecasts(fc).data
+    assert "down" not in h and "falls" not in h and "rises" not in h
+    assert "0 of 200" in h and "<td>0 [0–1,828]</td>" in h  # zero events read as zero, not a Jeffreys rate
