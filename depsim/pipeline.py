@@ -423,6 +423,14 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
             "taxonomy": tax, "provenance": prov, "staleness": staleness(rel, reports_dir)}
 
 
+def _rows(reports_dir, rel: Release, name: str, filters: list, columns: list[str] | None = None) -> pd.DataFrame:
+    """Return the rows of table ``name`` that pass the Parquet ``filters`` (only those are read)."""
+    path = table_path(reports_dir, rel.release, name)
+    if not path.exists():
+        return read_table(reports_dir, rel.release, name)  # raises, naming the stage that writes it
+    return pd.read_parquet(path, filters=filters, columns=columns)
+
+
 def _example(row, prefixes: pd.Series, responses: pd.Series, tax) -> dict:
     return {"category": row["category"], "category_title": show.category_title(row["category"], tax),
             "target": row["target"], "item_id": row["item_id"],
@@ -439,16 +447,17 @@ def examples(rel: Release, reports_dir: str | Path) -> dict:
     prefix, the response and its grade. A bounded sample: never every transcript."""
     per_t, per_c, seed = rel.report.examples_per_target, rel.report.examples_per_cluster, rel.grading.seed
     tax = load_taxonomy(rel.resolve(rel.taxonomy))
-    grades = read_table(reports_dir, rel.release, "grades")
     rates_ = read_table(reports_dir, rel.release, "rates")
     order = list(show.decision_table(rates_, tax, rel.gates, rel.report.level)["category"])
     order += [c for c in rates_["category"].unique() if c not in order]
-    flagged = grades[grades["label"].fillna(False).astype(bool)]
+    # read only the rows shown (Parquet filters): the paper's scale holds millions of grades
+    flagged = _rows(reports_dir, rel, "grades", [("label", "==", True)])
     picked = flagged.sample(frac=1, random_state=seed).groupby(["category", "target"]).head(per_t)
     # a category nobody flagged still shows what its grader read: a few graded responses of `sim`
-    unflagged = sorted(set(grades["category"]) - set(flagged["category"]))
+    unflagged = sorted(set(rates_["category"]) - set(flagged["category"]))
     if unflagged:
-        graded = grades[grades["category"].isin(unflagged) & grades["label"].notna() & (grades["target"] == "sim")]
+        graded = _rows(reports_dir, rel, "grades", [("category", "in", unflagged), ("target", "==", "sim")])
+        graded = graded[graded["label"].notna()]
         picked = pd.concat([picked, graded.sample(frac=1, random_state=seed).groupby("category").head(per_t)])
     findings = read_table(reports_dir, rel.release, "findings")
     clusters_ = read_table(reports_dir, rel.release, "clusters")
@@ -459,10 +468,9 @@ def examples(rel: Release, reports_dir: str | Path) -> dict:
     fpick = pd.concat(fpick, ignore_index=True) if fpick else pd.DataFrame(columns=["item_id", "cluster"])
     # read only the transcripts shown
     needed = set(picked["item_id"]) | set(fpick["item_id"])
-    comp = read_table(reports_dir, rel.release, "completions")
-    comp = comp[comp["item_id"].isin(needed)]
-    pre = read_table(reports_dir, rel.release, "prefixes")
-    pre = pre[pre["prefix_id"].isin(set(comp["prefix_id"]))].set_index("prefix_id")["messages"]
+    comp = _rows(reports_dir, rel, "completions", [("item_id", "in", sorted(needed) or [""])])
+    pre = _rows(reports_dir, rel, "prefixes", [("prefix_id", "in", sorted(set(comp["prefix_id"])) or [""])],
+                columns=["prefix_id", "messages"]).set_index("prefix_id")["messages"]
     picked = picked.merge(comp[["item_id", "prefix_id"]], on="item_id", how="left")
     rank = {t: i for i, t in enumerate(rel.targets)}
     picked = picked.assign(_t=picked["target"].map(rank)).sort_values(["_t", "item_id"]).drop(columns="_t")
