@@ -14,9 +14,9 @@ from depsim.params import DATA_DIR, FORMATS, PROMPT_SETS, ParamsError, endpoint_
 from depsim.readers import InputError
 from depsim.readers import convert as do_convert
 from depsim.render import render as do_render
-from depsim.runner import StageFailed, run_release
-from depsim.sample import NoUsableData, check_sources
 from depsim.refusal import REFUSAL_PATTERN
+from depsim.runner import StageFailed, run_release, select
+from depsim.sample import NoUsableData, check_sources
 from depsim.taxonomy import for_release, load_taxonomy
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -29,13 +29,21 @@ def _fail(msg: str, code: int = 2):
 @app.command()
 def run(params_file: Path = typer.Argument(..., help="release parameters, e.g. params/demo.yaml"),
         reports_dir: Path = typer.Option(Path("reports"), help="where reports/<release>/ is written"),
-        render: str = typer.Option("auto", help="auto (quarto if on PATH, else nbconvert), quarto, nbconvert, none")):
-    """Run every stage notebook of a release with papermill and render its HTML report."""
+        render: str = typer.Option("auto", help="auto (quarto if on PATH, else nbconvert), quarto, nbconvert, none"),
+        stages: str | None = typer.Option(None, "--stages", help="only these stages, comma-separated (e.g. grade,forecast); "
+                                          "the summary and examples pages follow"),
+        start: str | None = typer.Option(None, "--from", help="this stage and every later one (e.g. --from grade)")):
+    """Run the stage notebooks of a release with papermill and render its HTML report
+    (every stage, or those named by --stages / --from)."""
     if render not in ("auto", "quarto", "nbconvert", "none"):
         _fail(f"--render must be auto, quarto, nbconvert or none, not {render!r}")
-    typer.echo(f"depsim: running {params_file}")
     try:
-        res = run_release(params_file, reports_dir, render, log=typer.echo)
+        order = select([x.strip() for x in stages.split(",") if x.strip()] if stages else None, start)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"depsim: running {params_file}" + (f" ({', '.join(order)})" if stages or start else ""))
+    try:
+        res = run_release(params_file, reports_dir, render, stages=order, log=typer.echo)
     except (ParamsError, StageFailed, FileNotFoundError) as e:
         _fail(str(e))
     if res["sent"] == 0 and res["cached"] > 0:
@@ -54,7 +62,12 @@ def render(release_dir: Path = typer.Argument(..., help="reports/<release>"),
 
     if not (release_dir / "index.ipynb").exists():
         _fail(f"{release_dir}: no executed notebooks here (run `depsim run` first)")
-    used, index = do_render(release_dir, engine)
+    if engine not in ("auto", "quarto", "nbconvert"):
+        _fail(f"--engine must be auto, quarto or nbconvert, not {engine!r}")
+    try:
+        used, index = do_render(release_dir, engine, warn=lambda m: typer.echo(m, err=True))
+    except FileNotFoundError as e:
+        _fail(str(e))
     typer.echo(f"report rendered with {used}: {index}")
 
 @app.command()

@@ -91,19 +91,69 @@ def forecasts(rates: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return fc
 
 
-def gate_table(rates: pd.DataFrame, gates: dict[str, float], alpha: float = 0.025) -> pd.DataFrame:
-    """Return, per (target, category) with a release gate (a rate, fraction), k of n, the
-    exact one-sided upper bound ``gate_upper`` (Clopper–Pearson at 1 − ``alpha``; with failed
-    grades, of the worst case that counts them all as positive) and ``gate_status`` ("breach":
-    even the lower bound exceeds the gate; "may breach": the upper bound does; "below")."""
-    r = rates[rates["category"].isin(list(gates)) & (rates["n"] > 0)].copy()
-    f = r["failed"].fillna(0).to_numpy(float) if "failed" in r else np.zeros(len(r))
-    k, n = r["k"].to_numpy(float) + f, r["n"].to_numpy(float) + f
-    r["gate"] = r["category"].map(gates).astype(float)
-    r["label"] = stats.count_label(r["k"].to_numpy(float), r["n"].to_numpy(float))
-    r["gate_upper"] = np.atleast_1d(np.asarray(stats.gate_upper(k, n, alpha)))
-    r["gate_status"] = np.atleast_1d(stats.gate_status(r["k"].to_numpy(float), r["n"].to_numpy(float),
-                                                       r["gate"].to_numpy(), alpha))
-    worst = np.atleast_1d(stats.gate_status(k, n, r["gate"].to_numpy(), alpha))
-    r.loc[(worst != "below") & (r["gate_status"] == "below"), "gate_status"] = "may breach"
-    return r
+#: order of the decision table: gate status first, then the change
+GATE_ORDER = {"breaches": 0, "may breach": 1, "within": 2, "no gate": 3}
+DIRECTION_ORDER = {"rises": 0, "no change": 1, "falls": 2}
+_WORDS = {"up": "rises", "down": "falls", "no change": "no change"}
+
+
+def _gate_check(gate, lo: float, hi: float, ratio_lo: float, ratio_hi: float) -> tuple[str, str]:
+    """(status, gate text): "breaches" when even the exact interval's low end is over the
+    gate, "may breach" when its upper bound is, else "within"; "no gate" without one."""
+    if gate is None:
+        return "no gate", "–"
+    if gate.max_rate is not None:
+        limit, low, high, text_ = gate.max_rate, lo, hi, f"≤ {gate.max_rate * 1e5:,.0f} per 100k"
+    else:
+        limit, low, high, text_ = gate.max_ratio, ratio_lo, ratio_hi, f"≤ {gate.max_ratio:,.2f}× previous"
+    return ("breaches" if low > limit else ("may breach" if high > limit else "within")), text_
+
+
+def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float = 0.95,
+                   target: str = "sim", previous: str = "prod_prev") -> pd.DataFrame:
+    """Return the release decision, one row per category, riskiest first: ``category``,
+    ``group``, the previous rate (``prev_k``, ``prev_n``, ``prev_rate``, a fraction) and the
+    deployment-simulation forecast (``k``, ``n``, ``rate``, exact Clopper–Pearson ``lo``/``hi``
+    at ``level``), the ``ratio`` forecast / previous with its exact conditional interval
+    (``ratio_lo``, ``ratio_hi``; :func:`depsim.stats.rate_ratio`), the ``direction`` (rises /
+    no change / falls by the evidence rule: the ratio's interval must exclude 1; a tie is
+    never "falls"), the ``gate`` text and ``gate_status`` (breaches / may breach / within /
+    no gate; ``gates``: params Gate records by category or group, a category's own first),
+    and ``grader_id``. Sorted by gate status, then direction, then the upper bound."""
+    gates = gates or {}
+    r = rates[~rates["target"].str.endswith("_rw")]
+    sim = r[(r["target"] == target) & (r["n"] > 0)].set_index("category")
+    prev = r[(r["target"] == previous) & (r["n"] > 0)].set_index("category")
+    if sim.empty:
+        return pd.DataFrame()
+    k, n = sim["k"].round().astype(int), sim["n"].round().astype(int)
+    ci = stats.clopper_pearson(k.to_numpy(), n.to_numpy(), level)
+    out = pd.DataFrame({"category": sim.index, "group": sim["group"].to_numpy(), "k": k.to_numpy(), "n": n.to_numpy(),
+                        "rate": (k / n).to_numpy(), "lo": ci["lo"].to_numpy(), "hi": ci["hi"].to_numpy(),
+                        "grader_id": sim["grader_id"].to_numpy()})
+    has = out["category"].isin(prev.index).to_numpy()
+    k0 = prev["k"].reindex(out["category"]).to_numpy()
+    n0 = prev["n"].reindex(out["category"]).to_numpy()
+    out["prev_k"], out["prev_n"] = k0, n0
+    out["prev_rate"] = k0 / n0
+    out["ratio"] = out["ratio_lo"] = out["ratio_hi"] = np.nan
+    out["direction"] = "no change"
+    if has.any():
+        kk, nn = out.loc[has, "k"].to_numpy(), out.loc[has, "n"].to_numpy()
+        pk, pn = np.rint(k0[has]).astype(int), np.rint(n0[has]).astype(int)
+        rr = stats.rate_ratio(kk, nn, pk, pn, level)
+        out.loc[has, "ratio"], out.loc[has, "ratio_lo"], out.loc[has, "ratio_hi"] = (
+            rr["ratio"].to_numpy(), rr["lo"].to_numpy(), rr["hi"].to_numpy())
+        out.loc[has, "direction"] = [_WORDS[d] for d in stats.direction(kk, nn, pk, pn, level)]
+    status, text_ = [], []
+    for row in out.itertuples():
+        gate = gates.get(row.category) or gates.get(row.group)
+        if gate is not None and gate.max_ratio is not None and np.isnan(row.ratio_lo):
+            s, t_ = "may breach", f"≤ {gate.max_ratio:,.2f}× previous (no previous rate)"
+        else:
+            s, t_ = _gate_check(gate, row.lo, row.hi, row.ratio_lo, row.ratio_hi)
+        status.append(s)
+        text_.append(t_)
+    out["gate_status"], out["gate"] = status, text_
+    out = out.assign(_g=out["gate_status"].map(GATE_ORDER), _d=out["direction"].map(DIRECTION_ORDER))
+    return out.sort_values(["_g", "_d", "hi"], ascending=[True, True, False]).drop(columns=["_g", "_d"]).reset_index(drop=True)

@@ -238,6 +238,30 @@ class Reweight(_Strict):
         return v
 
 
+class Gate(_Strict):
+    """A release gate for one category or group: the forecast's exact upper bound must stay at
+    or under ``max_rate`` (a fraction of responses, e.g. 1e-3 = 100 per 100k), or its ratio to
+    the previous rate under ``max_ratio``. Exactly one of the two."""
+    max_rate: float | None = Field(None, gt=0, le=1)
+    max_ratio: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> "Gate":
+        if (self.max_rate is None) == (self.max_ratio is None):
+            raise ValueError("a gate sets exactly one of max_rate or max_ratio")
+        return self
+
+
+class Report(_Strict):
+    """What the report pages show."""
+    #: flagged examples shown per category and target on the examples page (never all of them)
+    examples_per_target: int = Field(3, ge=1, le=50)
+    #: flagged examples shown per audit cluster
+    examples_per_cluster: int = Field(3, ge=1, le=50)
+    #: the confidence level of every interval on the summary
+    level: float = Field(0.95, gt=0.5, lt=1)
+
+
 class Models(_Strict):
     candidate: Endpoint
     auditor: Endpoint
@@ -268,9 +292,9 @@ class Release(_Strict):
     realism: Realism | None = None
     reweight: Reweight | None = None
     history: str | None = None    # earlier releases' forecasts and outcomes (CSV), for cross-release metrics
-    #: release gates: the highest acceptable rate (fraction) per category, compared with the
-    #: exact one-sided upper bound (depsim.forecast.gate_table)
-    gates: dict[str, float] = {}
+    #: release gates per category or group name (a category's own gate wins over its group's)
+    gates: dict[str, Gate] = {}
+    report: Report = Report()
     path: Path | None = Field(None, exclude=True)
 
     @field_validator("targets")
@@ -353,6 +377,10 @@ def load_release(path: str | Path) -> Release:
     if m.grader is None and llm:
         raise ParamsError(f"{path}:{line_of(node, ('models',))}: models.grader is needed: "
                           f"{len(llm)} categories have LLM graders ({', '.join(llm[:3])}, ...)")
+    for name in rel.gates:
+        if name not in tax and name not in {cat.group for cat in tax.values()}:
+            raise ParamsError(f"{path}:{line_of(node, ('gates', name))}: gates: {name!r} is neither a category nor a group "
+                              f"of {rel.resolve(rel.taxonomy).name}")
     if rel.categories != "all":
         for i, c in enumerate(rel.categories):
             if c not in tax:

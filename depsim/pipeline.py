@@ -18,17 +18,22 @@ and the fidelity curves. No other module imports :mod:`depsim.sim`.
 """
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
+import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from depsim import audit, forecast, grader_validation, history, realism, sample, score, simulate, stats
+from depsim import __version__, audit, forecast, grader_validation, history, realism, sample, score, show, simulate, stats
 from depsim.cache import ResponseCache
 from depsim.client import RunStats, complete
 from depsim.grade import grade, grader_table, rates, reweighted_rates
 from depsim.params import Release, endpoint_url
-from depsim.records import log_requests, read_table, write_table
+from depsim.records import decode_messages, log_requests, read_table, table_meta, table_path, write_table
 from depsim.sim.truth import against_truth, world_of
 from depsim.taxonomy import for_release, load_taxonomy
 from depsim.toolloop import release_store
@@ -39,12 +44,124 @@ STAGES = {"sample": ("01_sample", "1 Sample"), "simulate": ("02_simulate", "2 Si
           "grade": ("04_grade", "4 Grade"), "forecast": ("05_forecast", "5 Forecast"),
           "score": ("06_score", "6 Score")}
 #: the report's pages, summary first: (notebook stem, title)
-PAGES = [("index", "Summary"), *STAGES.values()]
+PAGES = [("index", "Summary"), *STAGES.values(), ("examples", "Flagged examples")]
+
+#: table -> the tables it is computed from (for staleness)
+INPUTS = {"prefixes": [], "completions": ["prefixes"], "realism_pairs": ["prefixes"], "realism": ["prefixes"],
+          "fidelity_curves": ["prefixes"], "findings": ["prefixes", "completions"],
+          "clusters": ["prefixes", "completions"], "grades": ["prefixes", "completions"],
+          "rates": ["prefixes", "completions"], "forecasts": ["rates"], "scores": ["forecasts", "rates"],
+          "score_summary": ["forecasts", "rates"]}
+#: table -> the stage that writes it
+WRITER = {"prefixes": "sample", "completions": "simulate", "realism_pairs": "realism", "realism": "realism",
+          "fidelity_curves": "realism", "findings": "audit", "clusters": "audit", "grades": "grade", "rates": "grade",
+          "forecasts": "forecast", "scores": "score", "score_summary": "score"}
+#: page (notebook stem) -> the tables it shows
+PAGE_TABLES = {"01_sample": ["prefixes"], "02_simulate": ["completions"],
+               "02b_realism": ["realism_pairs", "realism", "fidelity_curves"], "03_audit": ["findings", "clusters"],
+               "04_grade": ["grades", "rates"], "05_forecast": ["forecasts"], "06_score": ["scores", "score_summary"],
+               "index": ["rates", "forecasts", "scores", "score_summary", "clusters", "realism"],
+               "examples": ["grades", "completions", "prefixes", "findings", "clusters"]}
 
 
 def cache(reports_dir: str | Path) -> ResponseCache:
     """Return the request cache shared by every release under ``reports_dir``."""
     return ResponseCache(Path(reports_dir) / ".cache" / "requests.sqlite")
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    """Return the git commit of the depsim checkout (with "-dirty" when it has uncommitted
+    changes), or "unknown" outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+#: params that change what the pages show, never a table: left out of the params hash
+DISPLAY_PARAMS = {"title", "gates", "report", "path"}
+
+
+def params_hash(rel: Release) -> str:
+    """Return 12 hex chars of the sha256 of the release's parameters that shape its tables
+    (all but :data:`DISPLAY_PARAMS`) and of its taxonomy file."""
+    h = hashlib.sha256(json.dumps(rel.model_dump(mode="json", exclude=DISPLAY_PARAMS), sort_keys=True).encode())
+    tax = rel.resolve(rel.taxonomy)
+    if tax.exists():
+        h.update(tax.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def provenance(rel: Release) -> dict:
+    """Return the provenance stamped on every table a stage writes: depsim version, git
+    commit, params hash, params file, and the model id of each role."""
+    m = rel.models
+    models = {role: ep.model for role in type(m).model_fields if (ep := getattr(m, role)) is not None}
+    return {"depsim_version": __version__, "git_commit": git_commit(), "params_hash": params_hash(rel),
+            "params_file": str(rel.path.name if rel.path else ""), "models": models}
+
+
+def _write(df: pd.DataFrame, reports_dir, rel: Release, name: str) -> Path:
+    return write_table(df, reports_dir, rel.release, name, meta=provenance(rel))
+
+
+def staleness(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
+    """Return one row per existing table: ``table``, ``written`` (UTC), ``params_hash``,
+    ``git_commit`` and ``stale`` (why it is stale, or "" when current): a table is stale when
+    a table it is computed from was rewritten after it (or is itself stale), or when it was
+    written under another params file or another depsim version."""
+    metas = {name: table_meta(reports_dir, rel.release, name) for name in INPUTS}
+    metas = {k: v for k, v in metas.items() if v is not None}
+    now = params_hash(rel)
+    why: dict[str, str] = {}
+    for name in INPUTS:  # INPUTS lists inputs before the tables computed from them
+        if name not in metas:
+            continue
+        reasons = []
+        for src in INPUTS[name]:
+            if src in metas and metas[src]["written_at"] > metas[name]["written_at"] + 1e-6:
+                reasons.append(f"{src} was rewritten after it")
+            elif why.get(src):
+                reasons.append(f"{src} is stale")
+        if metas[name].get("params_hash") not in (None, now):
+            reasons.append("written under another params file")
+        if metas[name].get("depsim_version") not in (None, __version__):
+            reasons.append(f"written by depsim {metas[name]['depsim_version']}")
+        why[name] = "; ".join(reasons)
+    rows = [{"table": k, "written": dt.datetime.fromtimestamp(v["written_at"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+             "params_hash": v.get("params_hash", "not recorded"), "git_commit": v.get("git_commit", "not recorded"),
+             "stale": why[k]} for k, v in metas.items()]
+    return pd.DataFrame(rows, columns=["table", "written", "params_hash", "git_commit", "stale"])
+
+
+def stale_pages(rel: Release, reports_dir: str | Path, executed: dict[str, float] | None = None) -> dict[str, str]:
+    """Return page stem -> why the page is stale, for pages showing a stale table or (given
+    ``executed``: page -> time its notebook ran) a table rewritten after the page ran."""
+    st = staleness(rel, reports_dir).set_index("table")
+    out = {}
+    for page, tables in PAGE_TABLES.items():
+        reasons = [f"{t}: {st.loc[t, 'stale']}" for t in tables if t in st.index and st.loc[t, "stale"]]
+        if executed and page in executed:
+            for t in tables:
+                meta = table_meta(reports_dir, rel.release, t)
+                if meta is not None and meta["written_at"] > executed[page] + 1:
+                    reasons.append(f"{t} was rewritten after this page ran")
+        if reasons:
+            # rerun from the earliest stale table of the release (or, if none is, this page's stage)
+            stale_tables = [t for t in st.index if st.loc[t, "stale"]] or [t for t in tables if t in st.index]
+            first = min((list(STAGES).index(WRITER[t]) for t in stale_tables if t in WRITER), default=None)
+            rerun = (f"; rerun: depsim run {rel.path.name if rel.path else 'PARAMS'} --from {list(STAGES)[first]}"
+                     if first is not None else "")
+            out[page] = "; ".join(dict.fromkeys(reasons)) + rerun
+    return out
 
 
 def _done(reports_dir, rel: Release, stage: str, role: str, run: RunStats) -> None:
@@ -57,7 +174,7 @@ def run_sample(rel: Release, reports_dir: str | Path) -> dict:
     (substitutions per pool and PII type) and ``conversions`` (what each converted source
     file held and quarantined)."""
     prefixes, pii = sample.build_prefixes(rel, reports_dir)
-    write_table(prefixes, reports_dir, rel.release, "prefixes")
+    _write(prefixes, reports_dir, rel, "prefixes")
     return {"prefixes": prefixes, "pools": sample.pool_summary(prefixes), "pii": pii,
             "conversions": sample.conversion_reports(rel, reports_dir)}
 
@@ -69,7 +186,7 @@ def run_simulate(rel: Release, reports_dir: str | Path) -> dict:
     prefixes = read_table(reports_dir, rel.release, "prefixes")
     run = RunStats()
     completions = simulate.build_completions(rel, prefixes, cache(reports_dir), run, reports_dir=reports_dir)
-    write_table(completions, reports_dir, rel.release, "completions")
+    _write(completions, reports_dir, rel, "completions")
     _done(reports_dir, rel, "simulate", "candidate", run)
     return {"completions": completions, "prefixes": prefixes, "run": run,
             "targets": simulate.target_summary(completions), "tools": simulate.tool_summary(completions)}
@@ -85,12 +202,12 @@ def run_realism(rel: Release, reports_dir: str | Path) -> dict:
     prefixes = read_table(reports_dir, rel.release, "prefixes")
     rc, run = cache(reports_dir), RunStats()
     out["pairs"], out["winrates"] = realism.check(rel, prefixes, rc, run, reports_dir=reports_dir)
-    write_table(out["pairs"], reports_dir, rel.release, "realism_pairs")
-    write_table(out["winrates"], reports_dir, rel.release, "realism")
+    _write(out["pairs"], reports_dir, rel, "realism_pairs")
+    _write(out["winrates"], reports_dir, rel, "realism")
     if rel.world is not None and rel.realism.fidelities:
         out["curves"] = fidelity_curves(rel, prefixes, rc, n=rel.realism.fidelity_n, run_stats=run,
                                         reports_dir=reports_dir)
-        write_table(out["curves"], reports_dir, rel.release, "fidelity_curves")
+        _write(out["curves"], reports_dir, rel, "fidelity_curves")
     _done(reports_dir, rel, "realism", "judge", run)
     return out
 
@@ -109,8 +226,8 @@ def run_audit(rel: Release, reports_dir: str | Path) -> dict:
     findings = audit.findings_table(picked, results)
     clusters = audit.cluster_findings(findings, picked["target"].value_counts(), for_release(rel),
                                       embedding=rel.audit.embedding, embedder=rel.audit.embedder)
-    write_table(findings, reports_dir, rel.release, "findings")
-    write_table(clusters, reports_dir, rel.release, "clusters")
+    _write(findings, reports_dir, rel, "findings")
+    _write(clusters, reports_dir, rel, "clusters")
     _done(reports_dir, rel, "audit", "auditor", run)
     n_audited = int(picked["target"].value_counts().min())
     mdr, detection = audit.detection_table(n_audited)
@@ -133,8 +250,8 @@ def run_grade(rel: Release, reports_dir: str | Path) -> dict:
         rw, weights = reweighted_rates(grades, completions, prefixes, categories, rel.reweight.column,
                                        rel.reweight.shares)
         table = pd.concat([table, rw], ignore_index=True)
-    write_table(grades, reports_dir, rel.release, "grades")
-    write_table(table, reports_dir, rel.release, "rates")
+    _write(grades, reports_dir, rel, "grades")
+    _write(table, reports_dir, rel, "rates")
     _done(reports_dir, rel, "grade", "grader", run)
     return {"grades": grades, "rates": table, "weights": weights, "categories": categories,
             "graders": grader_table(table, categories)}
@@ -142,14 +259,14 @@ def run_grade(rel: Release, reports_dir: str | Path) -> dict:
 
 def run_forecast(rel: Release, reports_dir: str | Path) -> dict:
     """Stage 5. Write ``forecasts`` (with predictive count bounds from the forecast-error
-    model when the release has a history); return ``forecasts`` and ``gates`` (the release
-    gates against exact upper bounds; None without gates)."""
+    model when the release has a history); return ``forecasts`` and ``decision`` (the
+    release gates checked on exact bounds, :func:`depsim.forecast.decision_table`)."""
     rates_ = read_table(reports_dir, rel.release, "rates")
     fc = forecast.forecasts(rates_)
     if rel.history is not None:
         fc = history.predictive_bounds(fc, score.score_rows(history.load_history(rel.resolve(rel.history))))
-    write_table(fc, reports_dir, rel.release, "forecasts")
-    return {"forecasts": fc, "gates": forecast.gate_table(rates_, rel.gates) if rel.gates else None}
+    _write(fc, reports_dir, rel, "forecasts")
+    return {"forecasts": fc, "decision": forecast.decision_table(rates_, rel.gates)}
 
 
 def run_score(rel: Release, reports_dir: str | Path) -> dict:
@@ -176,8 +293,8 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
     out["directions"] = score.direction_table(scored)
     out["nll"], out["comparison"] = score.nll_table(scored), score.comparison(scored)
     out["large_shifts"] = score.large_shifts(scored)
-    write_table(scored, reports_dir, rel.release, "scores")
-    write_table(out["summary"], reports_dir, rel.release, "score_summary")
+    _write(scored, reports_dir, rel, "scores")
+    _write(out["summary"], reports_dir, rel, "score_summary")
     if rel.history is not None:
         out["across"] = history.with_history(history.load_history(rel.resolve(rel.history)), scored, rel.release)
         out["across_summary"], out["loo"] = score.summary(out["across"]), history.loo_coverage(out["across"])
@@ -201,18 +318,195 @@ def xstest_validation(data_dir: str | Path) -> dict:
     return {"table": xs[[c for c in cols if c in xs]], "ranking": grader_validation.rank_comparison(xs), "missing": None}
 
 
+def pools(rel: Release) -> pd.DataFrame:
+    """Return what each pool of the release is: one row per pool with its source, what the
+    conversations are (real traffic, public data, simulated, or a stand-in) and what the
+    responses graded on it are."""
+    s, m = rel.sources, rel.models
+
+    def kind(src) -> str:
+        if src is None:
+            return ""
+        if src.kind == "sim_world":
+            return "simulated"
+        return "public data" if src.public else "real traffic"
+
+    def where(src) -> str:
+        if src is None:
+            return "none"
+        return f"simulated world, deployment {src.deployment}" if src.kind == "sim_world" else f"{src.kind}: {src.path}"
+
+    def responses(ep, logged: str, src=None) -> str:
+        if ep is None:
+            return "simulated (the simulated world's logged responses)" if src is not None and src.kind == "sim_world" else logged
+        return f"simulated ({ep.model})" if ep.base_url.startswith("sim://") else f"generated by {ep.model}"
+
+    cand = s.candidate
+    stand_in = cand is not None and s.previous.kind == cand.kind and cand.kind != "sim_world" and \
+        rel.resolve(cand.path or "") == rel.resolve(s.previous.path or "")
+    rows = [{"pool": "previous", "conversations": f"{kind(s.previous)} ({where(s.previous)})",
+             "responses": responses(m.previous_production, "logged responses of the previous model (real)", s.previous),
+             "role": "prefixes for the forecast; the previous rate"}]
+    if cand is not None:
+        rows.append({"pool": "candidate", "conversations": ("stand-in: the previous pool's conversations reused"
+                                                            if stand_in else f"{kind(cand)} ({where(cand)})"),
+                     "responses": responses(m.candidate_production, "logged responses of the candidate (real)", cand),
+                     "role": "post-release traffic: the realised rate" + (" (not scored: a stand-in)" if stand_in else "")})
+    if s.challenging is not None:
+        rows.append({"pool": "challenging", "conversations": f"{kind(s.challenging)} ({where(s.challenging)})",
+                     "responses": responses(m.candidate, "") , "role": "the challenging-prompts baseline"})
+    rows.append({"pool": "forecast (target sim)", "conversations": "the previous pool's prefixes",
+                 "responses": responses(m.candidate, ""), "role": "the deployment simulation"})
+    return pd.DataFrame(rows)
+
+
+def realised_status(rel: Release, released: bool) -> tuple[bool, str]:
+    """Return (whether realised results may be shown, why not / what they are): never on a
+    stand-in candidate pool; on the simulated world they are labelled simulated."""
+    if not released:
+        return False, "Not released yet: no post-release pool (target prod_new), so nothing realised to compare."
+    p = pools(rel).set_index("pool")
+    if "candidate" in p.index and p.loc["candidate", "conversations"].startswith("stand-in"):
+        return False, ("No realised results: the post-release pool is a stand-in (the previous pool's conversations "
+                       "regenerated by a simulated model), not traffic after release, so it is not scored.")
+    c = p.loc["candidate"] if "candidate" in p.index else None
+    if c is not None and ("simulated" in c["conversations"] or "simulated" in c["responses"]):
+        return True, "Realised here means the simulated world's post-release deployment, not real traffic."
+    return True, "Realised = the candidate's production traffic after release."
+
+
+SCORED = ("scores", "summary", "nll", "comparison", "large_shifts", "across", "across_summary", "loo", "truth",
+          "truth_note")
+
+
+def withhold_stand_in(rel: Release, out: dict) -> dict:
+    """Return the score page's inputs (``out`` of :func:`run_score`) with ``why``: what the
+    page may call realised. When the post-release pool is a stand-in, every score against it
+    is withheld (None), so no page scores a stand-in as realised; the decomposition stays
+    (it says nothing about realised rates beyond the same stand-in, and is labelled so)."""
+    ok, why = realised_status(rel, out["released"])
+    out = {**out, "why": why}
+    if out["released"] and not ok:
+        out.update({k: None for k in SCORED})
+    return out
+
+
+def method_record(rel: Release) -> pd.DataFrame | None:
+    """Return each method's record on earlier releases (from the params ``history``):
+    ``method``, ``releases``, ``categories``, ``sme_median``, ``sme_max``, ``coverage``,
+    ``direction``; None without a history."""
+    if rel.history is None:
+        return None
+    h = history.load_history(rel.resolve(rel.history))
+    h = h[h["release"] != rel.release] if "release" in h else h
+    if h.empty:
+        return None
+    rec = score.summary(score.score_rows(h))
+    n_rel = h.groupby("method")["release"].nunique() if "release" in h else pd.Series(dtype=int)
+    return rec.assign(releases=rec["method"].map(n_rel).fillna(0).astype(int))
+
+
 def summary(rel: Release, reports_dir: str | Path) -> dict:
-    """The summary page's inputs, read from the stage tables: ``rates``, ``released``,
-    ``forecasts`` (scored rows once released), ``score_summary``, ``nll`` (None before
-    release), ``clusters`` and ``realism`` (None without a realism check)."""
+    """The summary page's inputs, read from the stage tables: ``decision`` (the decision
+    table of :func:`depsim.forecast.decision_table`: riskiest first, exact intervals at
+    ``report.level``, gates checked), ``gates``, ``level``, ``record`` (each method's record
+    on earlier releases, or None), ``pools`` (what each pool is), ``realised_ok`` /
+    ``realised_why`` (realised results are never shown for a stand-in), ``rates``,
+    ``released``, ``forecasts`` (scored rows once released), ``score_summary`` and ``nll``
+    (None unless realised results may be shown), ``clusters``, ``realism`` (None without a
+    realism check), ``taxonomy``, ``provenance`` and ``staleness``."""
     rates_ = read_table(reports_dir, rel.release, "rates")
     released = "prod_new" in set(rates_["target"])
-    fc = read_table(reports_dir, rel.release, "scores" if released else "forecasts")
-    return {"rates": rates_, "released": released, "forecasts": fc,
-            "score_summary": read_table(reports_dir, rel.release, "score_summary") if released else None,
-            "nll": score.nll_table(fc) if released else None,
+    ok, why = realised_status(rel, released)
+    fc = read_table(reports_dir, rel.release, "scores" if released and ok else "forecasts")
+    tax = load_taxonomy(rel.resolve(rel.taxonomy))
+    prov = {**provenance(rel), "release": rel.release,
+            "grader_ids": {c: g for c, g in rates_.drop_duplicates("category")[["category", "grader_id"]].itertuples(index=False)},
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    decision = forecast.decision_table(rates_, rel.gates, rel.report.level)
+    decision = decision.assign(title=[show.category_title(c, tax) for c in decision.get("category", [])])
+    return {"decision": decision, "gates": rel.gates,
+            "level": rel.report.level, "record": method_record(rel), "pools": pools(rel),
+            "realised_ok": ok, "realised_why": why, "rates": rates_, "released": released, "forecasts": fc,
+            "score_summary": read_table(reports_dir, rel.release, "score_summary") if released and ok else None,
+            "nll": score.nll_table(fc) if released and ok else None,
             "clusters": read_table(reports_dir, rel.release, "clusters"),
-            "realism": read_table(reports_dir, rel.release, "realism") if rel.realism is not None else None}
+            "realism": read_table(reports_dir, rel.release, "realism") if rel.realism is not None else None,
+            "taxonomy": tax, "provenance": prov, "staleness": staleness(rel, reports_dir)}
+
+
+def _rows(reports_dir, rel: Release, name: str, filters: list, columns: list[str] | None = None) -> pd.DataFrame:
+    """Return the rows of table ``name`` that pass the Parquet ``filters`` (only those are read)."""
+    path = table_path(reports_dir, rel.release, name)
+    if not path.exists():
+        return read_table(reports_dir, rel.release, name)  # raises, naming the stage that writes it
+    return pd.read_parquet(path, filters=filters, columns=columns)
+
+
+def _example(row, prefixes: pd.Series, responses: pd.Series, tax) -> dict:
+    return {"category": row["category"], "category_title": show.category_title(row["category"], tax),
+            "target": row["target"], "item_id": row["item_id"],
+            "prefix": decode_messages(prefixes.get(row["prefix_id"])), "response": decode_messages(responses.get(row["item_id"])),
+            "label": None if pd.isna(row["label"]) else bool(row["label"]), "confidence": row.get("confidence"),
+            "rationale": row.get("rationale"), "grader_id": row["grader_id"], "finding": row.get("finding")}
+
+
+def examples(rel: Release, reports_dir: str | Path) -> dict:
+    """The examples page's inputs: per category (riskiest first, as on the summary) its
+    flagged counts per target and up to ``report.examples_per_target`` flagged transcripts
+    per target; per audit cluster up to ``report.examples_per_cluster`` audited transcripts
+    whose finding is one of the cluster's listed descriptions. Each example holds the whole
+    prefix, the response and its grade. A bounded sample: never every transcript."""
+    per_t, per_c, seed = rel.report.examples_per_target, rel.report.examples_per_cluster, rel.grading.seed
+    tax = load_taxonomy(rel.resolve(rel.taxonomy))
+    rates_ = read_table(reports_dir, rel.release, "rates")
+    decision = forecast.decision_table(rates_, rel.gates, rel.report.level)
+    order = list(decision["category"]) if len(decision) else []
+    order += [c for c in rates_["category"].unique() if c not in order]
+    # read only the rows shown (Parquet filters): the paper's scale holds millions of grades
+    flagged = _rows(reports_dir, rel, "grades", [("label", "==", True)])
+    picked = flagged.sample(frac=1, random_state=seed).groupby(["category", "target"]).head(per_t)
+    # a category nobody flagged still shows what its grader read: a few graded responses of `sim`
+    unflagged = sorted(set(rates_["category"]) - set(flagged["category"]))
+    if unflagged:
+        graded = _rows(reports_dir, rel, "grades", [("category", "in", unflagged), ("target", "==", "sim")])
+        graded = graded[graded["label"].notna()]
+        picked = pd.concat([picked, graded.sample(frac=1, random_state=seed).groupby("category").head(per_t)])
+    findings = read_table(reports_dir, rel.release, "findings")
+    clusters_ = read_table(reports_dir, rel.release, "clusters")
+    fpick = []
+    for _, cl in clusters_.iterrows():
+        members = findings[findings["description"].isin(list(cl["examples"]) + [cl["label"]])]
+        fpick.append(members.head(per_c).assign(cluster=cl["cluster"]))
+    fpick = pd.concat(fpick, ignore_index=True) if fpick else pd.DataFrame(columns=["item_id", "cluster"])
+    # read only the transcripts shown
+    needed = set(picked["item_id"]) | set(fpick["item_id"])
+    comp = _rows(reports_dir, rel, "completions", [("item_id", "in", sorted(needed) or [""])])
+    pre = _rows(reports_dir, rel, "prefixes", [("prefix_id", "in", sorted(set(comp["prefix_id"])) or [""])],
+                columns=["prefix_id", "messages"]).set_index("prefix_id")["messages"]
+    picked = picked.merge(comp[["item_id", "prefix_id"]], on="item_id", how="left")
+    rank = {t: i for i, t in enumerate(rel.targets)}
+    picked = picked.assign(_t=picked["target"].map(rank)).sort_values(["_t", "item_id"]).drop(columns="_t")
+    responses = comp.set_index("item_id")["messages"]
+    counts = rates_[~rates_["target"].str.endswith("_rw")]
+    cats = []
+    for c in order:
+        ks = counts[counts["category"] == c]
+        cats.append({"category": c, "title": show.category_title(c, tax), "flagged": int(ks["k"].sum()),
+                     "counts": [(t, int(k), int(n)) for t, k, n in ks[["target", "k", "n"]].itertuples(index=False)],
+                     "examples": [_example(r, pre, responses, tax) for _, r in picked[picked["category"] == c].iterrows()]})
+    fpick = fpick.merge(comp[["item_id", "prefix_id"]], on="item_id", how="left")
+    clusters_out = []
+    for _, cl in clusters_.iterrows():
+        rows = fpick[fpick["cluster"] == cl["cluster"]]
+        # the auditor is the grader here: its description of the response is the rationale
+        exs = [_example({"category": cl["category"] or "novel", "target": r["target"], "item_id": r["item_id"],
+                         "prefix_id": r["prefix_id"], "label": True, "rationale": r["description"],
+                         "grader_id": f"auditor ({rel.models.auditor.model})"}, pre, responses, tax)
+               for _, r in rows.iterrows()]
+        clusters_out.append({"cluster": cl["cluster"], "label": cl["label"], "size": cl["size"], "novel": bool(cl["novel"]),
+                             "category": cl["category"], "examples": exs})
+    return {"categories": cats, "clusters": clusters_out, "per_target": per_t, "per_cluster": per_c}
 
 
 # ----------------------------------------------------------------------------- fidelity curves (simulated world)

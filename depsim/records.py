@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 def release_dir(reports_dir: str | Path, release: str) -> Path:
@@ -28,13 +30,33 @@ def table_path(reports_dir: str | Path, release: str, name: str) -> Path:
     return release_dir(reports_dir, release) / "data" / f"{name}.parquet"
 
 
-def write_table(df: pd.DataFrame, reports_dir: str | Path, release: str, name: str) -> Path:
-    """Write ``df`` as table ``name`` (atomically: temp file, then rename); return its path."""
+#: the Parquet schema metadata key holding a table's provenance (JSON)
+META_KEY = b"depsim"
+
+
+def write_table(df: pd.DataFrame, reports_dir: str | Path, release: str, name: str, meta: dict | None = None) -> Path:
+    """Write ``df`` as table ``name`` (atomically: temp file, then rename); return its path.
+    ``meta`` (provenance: versions, params hash, ...) is stored in the file's schema metadata
+    with the time of writing (``written_at``, seconds since the epoch): see :func:`table_meta`."""
     path = table_path(reports_dir, release, name)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
+    t = pa.Table.from_pandas(df, preserve_index=False)
+    stamp = {**(meta or {}), "table": name, "written_at": time.time()}
+    t = t.replace_schema_metadata({**(t.schema.metadata or {}), META_KEY: json.dumps(stamp, default=str).encode()})
+    pq.write_table(t, tmp)
     os.replace(tmp, path)
     return path
+
+
+def table_meta(reports_dir: str | Path, release: str, name: str) -> dict | None:
+    """Return the provenance stamped on table ``name`` by :func:`write_table` (with
+    ``written_at``), ``{"written_at": <file mtime>}`` for a table written without one, or
+    None when the table does not exist."""
+    path = table_path(reports_dir, release, name)
+    if not path.exists():
+        return None
+    raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    return json.loads(raw) if raw else {"written_at": path.stat().st_mtime}
 
 
 def read_table(reports_dir: str | Path, release: str, name: str) -> pd.DataFrame:

@@ -1,11 +1,19 @@
 """Render a release's executed notebooks into the reviewer-facing HTML site.
 
 Uses ``quarto render`` when ``quarto`` is on PATH (with the project's ``_quarto.yml``);
-otherwise nbconvert's HTML exporter writes the same pages, with a navigation bar, into the
-same ``_site`` folder. Code cells are hidden: reviewers read narrative, tables and charts.
+otherwise, or when Quarto fails (its own message is shown as a warning), nbconvert writes the
+same pages, with a navigation bar, into the same ``_site`` folder. Code cells are hidden:
+reviewers read narrative, tables and charts.
+
+The pages are self-contained: nbconvert uses depsim's template (``depsim/templates``: no
+require.js, MathJax or mermaid from a CDN, so no math typesetting of transcript text), and
+every page of either renderer is stripped of any script or stylesheet that would be fetched
+from outside the report folder. Pages built on a table that was rewritten after they ran are
+marked stale. A renderer switch clears the other renderer's files.
 """
 from __future__ import annotations
 
+import datetime as dt
 import html
 import re
 import shutil
@@ -15,9 +23,21 @@ from pathlib import Path
 import nbformat
 from nbconvert import HTMLExporter
 
-from depsim.pipeline import PAGES
+from depsim.params import ParamsError, load_release
+from depsim.pipeline import PAGES, stale_pages
 
 QUARTO_TEMPLATE = Path(__file__).resolve().parents[1] / "_quarto.yml"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+#: records which renderer wrote ``_site`` (a switch clears the folder first)
+MARKER = ".depsim-renderer"
+
+# a script or stylesheet fetched from outside the report folder (http:, https: or //host)
+_REMOTE_SCRIPT = re.compile(r"""<script\b[^>]*\bsrc\s*=\s*["']?(?:https?:)?//[^>]*>\s*</script>""", re.I)
+_REMOTE_LINK = re.compile(r"""<link\b[^>]*\bhref\s*=\s*["']?(?:https?:)?//[^>]*>""", re.I)
+
+
+class RenderFailed(RuntimeError):
+    """Rendering failed; the message holds the renderer's own error."""
 
 
 def _nav(current: str, engine: str) -> str:
@@ -25,42 +45,116 @@ def _nav(current: str, engine: str) -> str:
         f'<a href="{stem}.html"{" aria-current=page style=font-weight:bold" if stem == current else ""}>'
         f"{html.escape(title)}</a>" for stem, title in PAGES)
     return (f'<nav class="depsim-nav" style="padding:8px 16px;border-bottom:1px solid #ccc;font-family:sans-serif">'
-            f"{links}<span style=float:right;color:#777>rendered with {engine}</span></nav>")
+            f"{links}<span style=float:right;color:#777>rendered with {html.escape(engine)}</span></nav>")
 
 
-def render_nbconvert(release_dir: Path) -> Path:
-    """Render every executed page notebook of ``release_dir`` to ``_site/<page>.html`` with
-    nbconvert (inputs hidden, navigation bar added); return the index page's path."""
+def strip_remote(page: str) -> str:
+    """Return an HTML page without any ``<script src>`` or ``<link href>`` that points
+    outside the report folder (absolute http(s) or protocol-relative URLs)."""
+    return _REMOTE_LINK.sub("", _REMOTE_SCRIPT.sub("", page))
+
+
+def _stale_banner(why: str) -> str:
+    return (f'<div class="depsim-stale" role="alert"><strong>Stale page:</strong> {html.escape(why)}. '
+            "Its numbers may not match the tables they describe.</div>")
+
+
+def _finish(page: str, stem: str, engine: str, stale: dict[str, str]) -> str:
+    """Strip remote assets, fill in the renderer on the provenance table, mark staleness."""
+    page = strip_remote(page)
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = page.replace('<td class="depsim-renderer">(set when rendered)</td>',
+                        f'<td class="depsim-renderer">{html.escape(engine)}, {when}</td>')
+    if stem in stale:
+        page = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + _stale_banner(stale[stem]), page, count=1)
+    return page
+
+
+def _staleness(release_dir: Path) -> dict[str, str]:
+    """Return page -> why it is stale, from the executed notebooks' papermill metadata (the
+    params file and when each page ran) and the tables' stamps; {} when unknown."""
+    executed, params = {}, None
+    for stem, _ in PAGES:
+        p = release_dir / f"{stem}.ipynb"
+        if not p.exists():
+            continue
+        pm = nbformat.read(p, as_version=4).metadata.get("papermill", {})
+        params = params or pm.get("parameters", {}).get("params_file")
+        end = pm.get("end_time")
+        if end:
+            executed[stem] = dt.datetime.fromisoformat(end).replace(tzinfo=dt.timezone.utc).timestamp()
+    if not params or not Path(params).exists():
+        return {}
+    try:
+        rel = load_release(params)
+    except ParamsError:
+        return {}
+    return stale_pages(rel, release_dir.parent, executed)
+
+
+def _clear_if_switched(release_dir: Path, engine: str) -> Path:
+    """Return ``_site``, emptied first when another renderer (or nothing known) wrote it."""
     site = release_dir / "_site"
+    marker = site / MARKER
+    if site.exists() and (not marker.exists() or marker.read_text().strip() != engine):
+        shutil.rmtree(site)
+    if engine == "nbconvert":
+        shutil.rmtree(release_dir / ".quarto", ignore_errors=True)
+        (release_dir / "_quarto.yml").unlink(missing_ok=True)
+    return site
+
+
+def render_nbconvert(release_dir: Path, engine_label: str = "nbconvert") -> Path:
+    """Render every executed page notebook of ``release_dir`` to ``_site/<page>.html`` with
+    nbconvert and depsim's offline template (inputs hidden, navigation bar added); return
+    the index page's path."""
+    site = _clear_if_switched(release_dir, "nbconvert")
     site.mkdir(exist_ok=True)
-    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
+    exporter = HTMLExporter(template_name="depsim_html", extra_template_basedirs=[str(TEMPLATES)],
+                            exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    stale = _staleness(release_dir)
     for stem, title in PAGES:
         nb_path = release_dir / f"{stem}.ipynb"
         if not nb_path.exists():
             continue
         body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4),
                                               resources={"metadata": {"name": f"{title} · depsim"}})
-        body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + _nav(stem, "nbconvert"), body, count=1)
-        (site / f"{stem}.html").write_text(body, encoding="utf-8")
+        body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + _nav(stem, engine_label), body, count=1)
+        (site / f"{stem}.html").write_text(_finish(body, stem, engine_label, stale), encoding="utf-8")
+    (site / MARKER).write_text("nbconvert")
     return site / "index.html"
 
 
 def render_quarto(release_dir: Path, quarto: str) -> Path:
-    """Render ``release_dir`` with Quarto (copying the project's ``_quarto.yml`` there);
-    return the index page's path."""
+    """Render ``release_dir`` with Quarto (copying the project's ``_quarto.yml`` there), then
+    strip remote assets and mark stale pages; return the index page's path. Raises
+    RenderFailed with Quarto's own error output when it fails."""
+    site = _clear_if_switched(release_dir, "quarto")
     shutil.copyfile(QUARTO_TEMPLATE, release_dir / "_quarto.yml")
-    subprocess.run([quarto, "render", str(release_dir)], check=True, capture_output=True, text=True)
-    return release_dir / "_site" / "index.html"
+    try:
+        subprocess.run([quarto, "render", str(release_dir)], check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as e:
+        msg = (e.stderr or e.stdout or "").strip()
+        raise RenderFailed(f"quarto render failed (exit {e.returncode}): {msg[-2000:]}") from None
+    stale = _staleness(release_dir)
+    for page in site.rglob("*.html"):
+        page.write_text(_finish(page.read_text(encoding="utf-8"), page.stem, "quarto", stale), encoding="utf-8")
+    (site / MARKER).write_text("quarto")
+    return site / "index.html"
 
 
-def render(release_dir: str | Path, engine: str = "auto") -> tuple[str, Path]:
+def render(release_dir: str | Path, engine: str = "auto", warn=print) -> tuple[str, Path]:
     """Render the release's site; return (engine used: "quarto" or "nbconvert", index path).
-    ``engine="auto"`` picks Quarto when it is on PATH."""
+    ``engine="auto"`` picks Quarto when it is on PATH. When Quarto fails, ``warn`` gets its
+    own error and nbconvert renders instead."""
     release_dir = Path(release_dir)
     quarto = shutil.which("quarto")
+    if engine == "quarto" and not quarto:
+        raise FileNotFoundError("quarto is not on PATH; use --render nbconvert")
     if engine == "quarto" or (engine == "auto" and quarto):
-        if not quarto:
-            raise FileNotFoundError("quarto is not on PATH; use engine='nbconvert'")
-        return "quarto", render_quarto(release_dir, quarto)
+        try:
+            return "quarto", render_quarto(release_dir, quarto)
+        except RenderFailed as e:
+            warn(f"warning: {e}\nwarning: falling back to nbconvert")
+            return "nbconvert", render_nbconvert(release_dir, "nbconvert (Quarto failed)")
     return "nbconvert", render_nbconvert(release_dir)

@@ -14,8 +14,33 @@ from depsim.render import render
 from depsim.records import release_dir, request_log
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-#: notebooks in execution order: every stage, then the summary
-NOTEBOOK_ORDER = [stem for stem, _ in STAGES.values()] + ["index"]
+#: notebooks in execution order: every stage, then the summary and the examples page
+NOTEBOOK_ORDER = [stem for stem, _ in STAGES.values()] + ["index", "examples"]
+#: the report pages that only read tables (rerun after any stage)
+DISPLAY_PAGES = ["index", "examples"]
+
+
+def select(stages: list[str] | None = None, start: str | None = None) -> list[str]:
+    """Return the notebooks to execute, in order: ``stages`` (stage names such as "grade" or
+    notebook stems such as "04_grade"), or every stage from ``start`` on; the summary and
+    examples pages always follow a partial run, since they read every table. Raises
+    ValueError naming an unknown stage."""
+    names = {**{k: v[0] for k, v in STAGES.items()}, **{s: s for s in NOTEBOOK_ORDER}}
+
+    def stem(s: str) -> str:
+        if s not in names:
+            raise ValueError(f"unknown stage {s!r}; expected one of {', '.join(STAGES)} (or index, examples)")
+        return names[s]
+    if stages and start:
+        raise ValueError("give --stages or --from, not both")
+    if start:
+        chosen = NOTEBOOK_ORDER[NOTEBOOK_ORDER.index(stem(start)):]
+    elif stages:
+        chosen = [stem(s) for s in stages]
+    else:
+        return list(NOTEBOOK_ORDER)
+    wanted = set(chosen) | set(DISPLAY_PAGES)
+    return [s for s in NOTEBOOK_ORDER if s in wanted]
 
 
 class StageFailed(RuntimeError):
@@ -44,7 +69,7 @@ def run_release(params_file: str | Path, reports_dir: str | Path = "reports", re
         else:
             os.environ["DEPSIM_PROGRESS"] = saved
     reqs = request_log(reports_dir, rel.release).iloc[before:]
-    engine, index = render(out, render_engine) if render_engine != "none" else ("none", None)
+    engine, index = render(out, render_engine, warn=log) if render_engine != "none" else ("none", None)
     return {"release_dir": out, "index": index, "engine": engine, "seconds": time.time() - t0,
             "sent": int(reqs["sent"].sum()), "cached": int(reqs["cached"].sum()),
             "failed": int(reqs["failed"].sum())}

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from IPython.display import HTML
 
-from depsim.params import Release
+from depsim import stats
+from depsim.params import TARGETS, Release
 from depsim.records import decode_messages
 
 alt.renderers.enable("svg")  # static SVG: no CDN scripts, readable offline
@@ -40,17 +41,25 @@ def banner(rel: Release) -> HTML:
                 f'(release <code>{html.escape(rel.release)}</code>)</p>{body}</div>')
 
 
-def table(df: pd.DataFrame | None, digits: int = 4, index: bool = False, empty: str | None = None,
+def table(df: pd.DataFrame | None, digits: int | None = None, index: bool = False, empty: str | None = None,
           columns: list[str] | None = None) -> HTML:
-    """Return ``df`` (only ``columns``, when given) as an escaped HTML table, floats shown
-    with ``digits`` significant digits; when ``df`` is None or has no rows and ``empty`` is
-    given, that text instead."""
-    if empty is not None and (df is None or len(df) == 0):
-        return text(empty)
+    """Return ``df`` (only ``columns``, when given) as an escaped HTML table through the one
+    display layer (:func:`cell`: thousands separators, fixed precision, no scientific
+    notation or Python reprs; :func:`readable` column names); ``digits`` fixes the decimals
+    of non-integer numbers. When ``df`` is None or has no rows, ``empty`` (or a dash line)."""
+    if df is None or len(df) == 0:
+        return text(empty if empty is not None else "No rows.")
     if columns is not None:
-        df = df[columns]
-    return HTML(df.to_html(escape=True, index=index, na_rep="–",
-                           float_format=lambda x: f"{x:.{digits}g}", classes="depsim-table", border=0))
+        df = df[[c for c in columns if c in df]]
+    if index:
+        df = df.reset_index()
+
+    def fmt(x):
+        if digits is not None and isinstance(x, (float, np.floating)) and not _missing(x) and not float(x).is_integer():
+            return number(x, digits)
+        return cell(x)
+    shown = pd.DataFrame({readable(c): df[c].map(fmt) for c in df.columns})
+    return HTML(shown.to_html(escape=True, index=False, classes="depsim-table", border=0))
 
 
 def per100k(x):
@@ -165,33 +174,6 @@ def fidelity_chart(curves: pd.DataFrame | None, empty: str = "") -> alt.HConcatC
     return alt.hconcat(rates, wins)
 
 
-def _fmt(rate, lo, hi) -> str:
-    if rate is None or np.isnan(rate):
-        return "–"
-    r, l, h = per100k([rate, lo, hi])
-    return f"{r:,.0f} [{l:,.0f}–{h:,.0f}]"
-
-
-def forecast_table(fc: pd.DataFrame) -> HTML:
-    """Return the forecast table: one row per category, the methods side by side (rate per
-    100k [95% interval]) and, once released (scored rows), the realised prod_new rate and
-    its change since Y."""
-    rows = []
-    methods = [m for m in ("deployment_sim", "deployment_sim_reweighted", "challenging", "prev_production")
-               if m in set(fc["method"])]
-    for cat, g in fc.groupby("category", sort=False):
-        by = g.set_index("method")
-        first = g.iloc[0]
-        row = {"category": cat, "group": first["group"]}
-        for m in methods:
-            row[m] = _fmt(*by.loc[m, ["rate", "lo", "hi"]]) if m in by.index else "not a baseline category"
-        if "realised" in g:
-            row["realised (prod_new)"] = f"{per100k(first['realised']).item():,.0f}"
-            row["realised change"] = f"{first['realised_change']:.2f}×"
-        rows.append(row)
-    return table(pd.DataFrame(rows))
-
-
 def prefix_examples(prefixes: pd.DataFrame, n: int = 3, seed: int = 0, max_chars: int = 400) -> HTML:
     """Return ``n`` sampled prefixes (their user messages) as escaped HTML."""
     pick = prefixes.sample(min(n, len(prefixes)), random_state=seed)
@@ -205,8 +187,8 @@ def prefix_examples(prefixes: pd.DataFrame, n: int = 3, seed: int = 0, max_chars
 
 
 def text(s: str) -> HTML:
-    """Return untrusted text as an escaped HTML paragraph."""
-    return HTML(f"<p>{html.escape(s)}</p>")
+    """Return untrusted text as an escaped HTML paragraph (nothing for empty text)."""
+    return HTML(f"<p>{html.escape(s)}</p>" if s else "")
 
 
 def pre(s: str) -> HTML:
@@ -240,14 +222,20 @@ def fidelity_table(curves: pd.DataFrame | None) -> HTML:
         return text("Fidelity curves need the simulated world and `realism.fidelities`.")
     cols = ["fidelity", "category", "k", "n", "rate", "lo", "hi", "truth_prod", "win_rate_tool", "win_tool_lo",
             "win_tool_hi", "win_tool_n"]
-    return table(curves[cols].assign(**{c: per100k(curves[c]) for c in ("rate", "lo", "hi", "truth_prod")}), digits=4)
+    per = ("rate", "lo", "hi", "truth_prod")
+    shown = curves[cols].assign(**{c: per100k(curves[c]) for c in per})
+    return table(shown.rename(columns={c: f"{readable(c)} per 100k" for c in per}), digits=1)
 
 
 def clusters(table_: pd.DataFrame) -> HTML:
     """Return the audit's clusters: size, label, matched category, similarity, novel flag and
-    the per-target rates."""
-    cols = ["cluster", "size", "label", "category", "similarity", "novel"] + [c for c in table_ if c.endswith("_rate")]
-    return table(table_[cols])
+    the per-target rates of audited responses (per 100k)."""
+    rate_cols = [c for c in table_ if c.endswith(("_rate", "_lo", "_hi"))]
+    shown = table_.assign(**{c: per100k(table_[c]) for c in rate_cols})
+    shown = shown.rename(columns={c: c.replace("_rate", " per 100k").replace("_lo", " low per 100k")
+                                  .replace("_hi", " high per 100k") for c in rate_cols})
+    cols = ["cluster", "size", "label", "category", "similarity", "novel"] + [c for c in shown if c.endswith("per 100k")]
+    return table(shown[cols])
 
 
 def detection(mdr: float, n_audited: int) -> HTML:
@@ -268,21 +256,443 @@ def eval_awareness_table(rates: pd.DataFrame, targets: list[str]) -> HTML | None
     ea = rates[(rates["group"] == "evaluation_awareness") & rates["target"].isin(targets)]
     if not len(ea):
         return None
-    return table(ea.assign(percent=ea["rate"] * 100).pivot(index="category", columns="target", values="percent")
-                 .reset_index(), digits=3)
+    wide = ea.assign(percent=ea["rate"] * 100).pivot(index="category", columns="target", values="percent")
+    wide.index = [category_title(c) for c in wide.index]
+    return table(wide.rename_axis("measure (% of responses)").reset_index(), digits=2)
 
 
-def forecasts(fc: pd.DataFrame) -> HTML:
-    """Return the forecasts: rate, Jeffreys and (with a history) predictive intervals per
-    100k, Y's previous rate and the direction, per category and method."""
-    cols = [c for c in ("rate", "lo", "hi", "pred_lo", "pred_hi", "prev_rate") if c in fc]
-    return table(fc.assign(**{c: per100k(fc[c]) for c in cols})[["category", "method", *cols, "direction"]], digits=4)
+def forecasts(fc: pd.DataFrame, level: float = 0.95) -> HTML:
+    """Return the forecasts, one row per category and method: the count as k of n, its rate
+    per 100k with the exact interval, the predictive interval (with a history) per 100k, the
+    previous production count, and the change against it by the evidence rule (rises / no
+    change / falls: does the ratio's interval exclude 1)."""
+    prev = fc[fc["method"] == "prev_production"].set_index("category")
+    rows = []
+    for _, r in fc.iterrows():
+        k, n = float(r["k"]), float(r["n"])
+        lo, hi = _exact_interval(k, n, level) if n else (np.nan, np.nan)
+        row = {"category": category_title(r["category"]), "method": r["method"], "flagged": k_of_n(k, n),
+               f"rate per 100k [{level:.0%} exact]": f"{rate100k(k / n if n else np.nan)} {interval100k(lo, hi)}"}
+        if "pred_lo" in fc:
+            row["predictive interval per 100k"] = interval100k(r["pred_lo"], r["pred_hi"])
+        change = DASH
+        if r["category"] in prev.index and r["method"] != "prev_production" and n:
+            k0, n0 = float(prev.loc[r["category"], "k"]), float(prev.loc[r["category"], "n"])
+            row["previous flagged"] = k_of_n(k0, n0)
+            if n0:
+                change = _change(k, n, k0, n0, level)
+        else:
+            row["previous flagged"] = DASH
+        row["change"] = change
+        rows.append(row)
+    return table(pd.DataFrame(rows))
 
 
 def removed(share: float | None) -> HTML:
     """Return one line on the share of the measured prefix error that reweighting removes
     (nothing when the release does not reweight)."""
     if share is None:
-        return text("")
-    return text(f"Reweighting removes {share:.0%} of the measured prefix error (mean log SME over categories; "
-                "the measurement carries sampling noise).")
+        return text("This release does not reweight its prefixes.")
+    verb = "removes" if share >= 0 else "adds"
+    return text(f"Reweighting {verb} {abs(share):.0%} {'of' if share >= 0 else 'to'} the measured prefix error "
+                "(mean log SME over categories; the measurement carries sampling noise).")
+
+
+# ============================================================================ the display layer
+# One way to show each kind of number: rates per 100k with thousands separators and fixed
+# precision, counts as "k of n", ratios with two decimals; no scientific notation, no raw reprs.
+
+DASH = "–"
+
+#: readable column names for stage tables (anything not here: underscores become spaces)
+COLUMN_NAMES = {
+    "lo": "low", "hi": "high", "pred_lo": "predictive low", "pred_hi": "predictive high", "prev_rate": "previous rate",
+    "k": "flagged", "n": "graded",
+    "grader_id": "grader id", "nll_sum": "NLL sum (nats)", "regret_sum": "regret sum (nats)", "sme_median": "SME median",
+    "sme_mean": "SME mean", "sme_max": "SME max", "log_pearson_r": "log Pearson r", "win_rate": "win rate",
+    "judge_id": "judge id", "direction_right": "direction right", "large_shifts": "large shifts",
+    "coverage_predictive": "predictive coverage",
+}
+
+
+# target names are identifiers (README glossary): shown as they are
+COLUMN_NAMES.update({t: t for t in (*TARGETS, "sim_rw")})
+
+
+def _missing(x) -> bool:
+    if x is None or x is pd.NA or x is pd.NaT:
+        return True
+    try:
+        return bool(np.isnan(x))
+    except TypeError:
+        return False
+
+
+def number(x, digits: int = 0) -> str:
+    """Return ``x`` with thousands separators and ``digits`` decimals (never scientific
+    notation); a dash for a missing value."""
+    if _missing(x):
+        return DASH
+    if np.isinf(float(x)):
+        return "∞"
+    return f"{float(x):,.{digits}f}"
+
+
+def rate100k(rate) -> str:
+    """Return a rate (a fraction) as events per 100k: no decimals from 10 up, one below 10,
+    two below 1; a dash for a missing value."""
+    if _missing(rate):
+        return DASH
+    v = float(rate) * 1e5
+    return number(v, 0 if v >= 10 or v == 0 else (1 if v >= 1 else 2))
+
+
+def k_of_n(k, n) -> str:
+    """Return a count as "k of n" (thousands separators); a dash when n is missing or 0."""
+    if _missing(n) or not n:
+        return DASH
+    if float(k).is_integer() and float(n).is_integer():
+        return f"{int(k):,} of {int(n):,}"
+    return f"{float(k):,.1f} of {float(n):,.1f} (effective)"  # reweighted: Kish effective counts
+
+
+def interval100k(lo, hi) -> str:
+    """Return an interval of rates as "[lo–hi]" per 100k."""
+    return f"[{rate100k(lo)}–{rate100k(hi)}]"
+
+
+def cell(x) -> str:
+    """Return one table cell as text: numbers with separators and fixed precision, booleans
+    as yes / no, missing values and empty containers as a dash; no Python reprs."""
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return "; ".join(cell(v) for v in x) if len(x) else DASH
+    if isinstance(x, dict):
+        return "; ".join(f"{k}: {cell(v)}" for k, v in x.items()) if x else DASH
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if _missing(x):
+        return DASH
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    if isinstance(x, (float, np.floating)):
+        v = float(x)
+        if v.is_integer() and abs(v) < 1e15:
+            return f"{int(v):,}"
+        a = abs(v)
+        return number(v, 0 if a >= 1000 else 1 if a >= 100 else 2 if a >= 1 else 3 if a >= 0.01 else 5)
+    if hasattr(x, "__fspath__"):
+        return str(x.__fspath__())
+    return str(x)
+
+
+def readable(name: str) -> str:
+    """Return a readable column name for a table column."""
+    return COLUMN_NAMES.get(name, str(name).replace("_", " "))
+
+
+def category_title(name: str, tax: dict | None = None) -> str:
+    """Return a category's readable title: the taxonomy's ``title`` when it has one, else its
+    name in words ("eval_awareness_detector" -> "Eval awareness detector")."""
+    cat = (tax or {}).get(name)
+    title = getattr(cat, "title", "") if cat is not None else ""
+    return title or str(name).replace("_", " ").capitalize()
+
+
+def anchor(kind: str, name) -> str:
+    """Return the element id of a category's (``kind="cat"``) or audit cluster's
+    (``kind="cluster"``) section on the examples page."""
+    return f"{kind}-" + "".join(ch if ch.isalnum() else "-" for ch in str(name))
+
+
+EXAMPLES_PAGE = "examples.html"
+
+# ---------------------------------------------------------------------------- counts and changes
+#: the evidence rule's directions (depsim.stats.direction), in the words the pages use
+CHANGE_WORDS = {"up": "rises", "down": "falls", "no change": "no change"}
+
+
+def _exact_interval(k: float, n: float, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper–Pearson) interval of k of n (fractions), from :func:`depsim.stats.clopper_pearson`."""
+    ci = stats.clopper_pearson(round(k), round(n), level).iloc[0]
+    return float(ci["lo"]), float(ci["hi"])
+
+
+def _change(k: float, n: float, k0: float, n0: float, level: float = 0.95) -> str:
+    """Rises / no change / falls of k of n against k0 of n0 by the evidence rule
+    (:func:`depsim.stats.direction`: the exact ratio interval must exclude 1)."""
+    return CHANGE_WORDS[str(stats.direction(round(k), round(n), round(k0), round(n0), level)[0])]
+
+
+# ---------------------------------------------------------------------------- the summary page
+
+STYLE = """<style>
+.depsim-wrap{max-width:100%;overflow-x:auto}
+table.depsim-decision{border-collapse:collapse;font-size:13px;width:100%;table-layout:auto}
+table.depsim-decision th,table.depsim-decision td{padding:3px 6px;border-bottom:1px solid #e5e7eb;text-align:left !important;vertical-align:top}
+table.depsim-decision td.num,table.depsim-decision th.num{text-align:right !important;white-space:nowrap}
+table.depsim-decision small{color:#6b7280}table.depsim-decision td.nw{white-space:nowrap}
+.depsim-flag-rises{color:#b91c1c;font-weight:600}.depsim-flag-falls{color:#047857}
+tr.depsim-gate-breaches td{background:#fee2e2 !important;font-weight:600}tr.depsim-gate-may-breach td{background:#fffbeb !important}
+table.depsim-provenance th{white-space:nowrap;vertical-align:top}.depsim-verdict p{margin:2px 0}.depsim-verdict{border-left:6px solid #1d4ed8;padding:4px 12px;margin:6px 0;background:#eff6ff}
+table.depsim-table{border-collapse:collapse;font-size:13px}
+table.depsim-table th,table.depsim-table td{padding:3px 6px;border-bottom:1px solid #e5e7eb;text-align:left !important}
+.depsim-example{border:1px solid #d1d5db;border-radius:4px;padding:6px 10px;margin:8px 0;max-width:100%;overflow-wrap:anywhere}
+.depsim-example .msg{margin:3px 0;white-space:pre-wrap}
+.depsim-example .role{font-weight:600;color:#374151}
+.depsim-example .grade{background:#f9fafb;border-top:1px dashed #d1d5db;margin-top:6px;padding-top:4px}
+</style>"""
+
+
+def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.95) -> HTML:
+    """Return the verdict lines: which categories breach or may breach their release gate
+    (checked against the exact upper bound at ``level``), and which rise; the page's CSS."""
+    lines = []
+    if decision is None or decision.empty:
+        return HTML(STYLE + '<div class="depsim-verdict"><p>No forecasts to judge.</p></div>')
+    pct = f"{level:.0%}"
+    for status, head in (("breaches", "Breach their gate"), ("may breach", "May breach their gate")):
+        d = decision[decision["gate_status"] == status]
+        if len(d):
+            names = ", ".join(f'<a href="{EXAMPLES_PAGE}#{anchor("cat", c)}">{html.escape(t)}</a>'
+                              for c, t in zip(d["category"], d["title"]))
+            lines.append(f"<p><strong>{head} ({len(d)}):</strong> {names}.</p>")
+    if not gates:
+        lines.append("<p><strong>No release gates</strong> are set in the params file (<code>gates:</code>): "
+                     "nothing is checked against a limit.</p>")
+    elif not lines:
+        lines.append(f"<p><strong>Every gated category is within its gate</strong> (exact {pct} upper bound).</p>")
+    rises = decision[decision["direction"] == "rises"]
+    lines.append(f"<p><strong>Rise against the previous model ({len(rises)}):</strong> "
+                 + (", ".join(html.escape(t) for t in rises["title"]) or "none") + ".</p>")
+    lines.append(f"<p><small>Gates are checked against the exact (Clopper–Pearson) {pct} interval of the deployment "
+                 f"simulation: <em>breaches</em> when even its low end is over the gate, <em>may breach</em> when its "
+                 f"upper bound is.</small></p>")
+    return HTML(STYLE + '<div class="depsim-verdict">' + "".join(lines) + "</div>")
+
+
+def decision(decision: pd.DataFrame, level: float = 0.95) -> HTML:
+    """Return the decision table as HTML: one row per category, riskiest first, each linked
+    to its flagged examples; rates per 100k with exact intervals, counts as k of n."""
+    if decision is None or decision.empty:
+        return text("No deployment-simulation forecasts in this release.")
+    pct = f"{level:.0%}"
+    head = ("<tr><th>category</th><th>gate</th><th>gate check</th><th class=num>previous (Y) per 100k</th>"
+            f"<th class=num>forecast (X) per 100k [{pct}]</th><th class=num>ratio X / Y [{pct}]</th>"
+            "<th>change</th><th>examples</th></tr>")
+    body = []
+    for _, r in decision.iterrows():
+        link = f'{EXAMPLES_PAGE}#{anchor("cat", r["category"])}'
+        ratio = (DASH if _missing(r["ratio"]) else "new" if np.isinf(r["ratio"])
+                 else f"{number(r['ratio'], 2)}×")
+        ratio_iv = DASH if _missing(r["ratio_lo"]) else f"[{number(r['ratio_lo'], 2)}–{number(r['ratio_hi'], 2)}]"
+        body.append(
+            f'<tr class="depsim-gate-{r["gate_status"].replace(" ", "-")}">'
+            f'<td><a href="{link}">{html.escape(r["title"])}</a><br><small>{html.escape(r["group"])}</small></td>'
+            f'<td class=nw>{html.escape(r["gate"])}</td><td class=nw>{html.escape(r["gate_status"])}</td>'
+            f'<td class=num>{rate100k(r["prev_rate"])}<br><small>{k_of_n(r["prev_k"], r["prev_n"])}</small></td>'
+            f'<td class=num>{rate100k(r["rate"])} {interval100k(r["lo"], r["hi"])}<br><small>{k_of_n(r["k"], r["n"])}</small></td>'
+            f'<td class=num>{ratio} {ratio_iv}</td>'
+            f'<td class="nw depsim-flag-{r["direction"].replace(" ", "-")}">{html.escape(r["direction"])}</td>'
+            f'<td><a href="{link}">transcripts</a></td></tr>')
+    return HTML(STYLE + f'<div class="depsim-wrap"><table class="depsim-decision"><thead>{head}</thead>'
+                f'<tbody>{"".join(body)}</tbody></table></div>'
+                f"<p><small>Forecast = the deployment simulation (X on Y's prefixes). <em>Change</em> is <em>rises</em> "
+                f"or <em>falls</em> only when the {pct} interval of the ratio excludes 1.</small></p>")
+
+
+def method_record(record: pd.DataFrame | None) -> HTML:
+    """Return one line per forecasting method: how far it can be trusted, from its record on
+    earlier releases (median multiplicative error, interval coverage, direction)."""
+    if record is None or record.empty:
+        return text("No history of earlier releases (params `history:`): no method has a track record yet.")
+    lines = []
+    for _, r in record.iterrows():
+        cov = DASH if _missing(r.get("coverage")) else f"{r['coverage']:.0%}"
+        lines.append(f"<li><strong>{html.escape(r['method'])}</strong>: on {int(r['releases'])} earlier releases "
+                     f"({int(r['categories']):,} category forecasts) it was off by a median factor of "
+                     f"{number(r['sme_median'], 2)} (worst {number(r['sme_max'], 1)}); its {cov} of realised rates fell "
+                     f"inside its 95% interval; direction right on {html.escape(str(r['direction']))} large shifts.</li>")
+    return HTML("<ul>" + "".join(lines) + "</ul>")
+
+
+POOL_KINDS = {"real": "real traffic", "public": "public data", "simulated": "simulated", "stand-in": "stand-in"}
+
+
+def pools(table_: pd.DataFrame) -> HTML:
+    """Return the pools table: what each pool and target really is (real traffic, public
+    data, simulated, or a stand-in)."""
+    return table(table_)
+
+
+def realised(out: dict) -> HTML:
+    """Return the realised results (realised rate against the forecast, per category) when
+    the release has a realised pool that is not a stand-in; otherwise say why there are none."""
+    if not out.get("realised_ok"):
+        return text(out.get("realised_why") or "Not released yet: nothing realised to compare.")
+    sc = out["forecasts"]
+    sc = sc[sc["method"] == "deployment_sim"].set_index("category")
+    order = list(out["decision"]["category"]) if out.get("decision") is not None and len(out["decision"]) else list(sc.index)
+    rows = []
+    for cat in [c for c in order if c in sc.index]:
+        r = sc.loc[cat]
+        k, n, kr, nr = int(r["k"]), int(r["n"]), int(r["k_real"]), int(r["n_real"])
+        lo, hi = _exact_interval(kr, nr)
+        # calibration asks whether the realised COUNT falls in the forecast's predictive
+        # interval for it (forecast noise, the method's past error, the realised binomial
+        # noise); a point estimate inside a confidence interval is not calibration
+        inside = DASH
+        if nr and "pred_k_lo" in sc and np.isfinite(r.get("pred_k_lo", np.nan)) and r.get("pred_n"):
+            scale = nr / float(r["pred_n"])
+            inside = "yes" if r["pred_k_lo"] * scale <= kr <= r["pred_k_hi"] * scale else "no"
+        rows.append({"category": category_title(cat, out.get("taxonomy")),
+                     "forecast per 100k": f"{rate100k(k / n if n else np.nan)} ({k_of_n(k, n)})",
+                     "realised per 100k [95%]": f"{rate100k(kr / nr if nr else np.nan)} {interval100k(lo, hi)} ({k_of_n(kr, nr)})",
+                     "realised count inside the predictive interval": inside})
+    return HTML(text(out.get("realised_why") or "").data + table(pd.DataFrame(rows)).data)
+
+
+GLOSSARY = [
+    ("per 100k", "events per 100,000 responses; every rate on these pages is in this unit unless a table says percent."),
+    ("k of n", "k responses flagged by the grader out of n graded."),
+    ("exact interval", "Clopper–Pearson interval of a binomial rate: it never claims more certainty than the counts give."),
+    ("Jeffreys", "the Jeffreys interval and estimate (k + ½)/(n + 1) used on the stage pages for rates."),
+    ("ratio X / Y", "forecast rate of the candidate over the previous model's production rate, with a Katz log interval."),
+    ("rises / falls / no change", "the ratio's interval lies wholly above 1 / below 1 / includes 1."),
+    ("gate", "a release limit from the params file: a maximum rate, or a maximum ratio to the previous rate."),
+    ("NLL", "negative log-likelihood (nats) of the realised count under a forecast; lower is better."),
+    ("SME", "symmetric multiplicative error, max(a/b, b/a): the factor by which forecast and realised rates differ."),
+    ("coverage", "share of categories whose realised rate fell inside the forecast's interval."),
+    ("stand-in", "a pool that takes the place of data that does not exist (e.g. the previous pool reused as "
+                 "post-release traffic); it is never scored as realised."),
+    ("grader id", "hash of a grader's whole spec; rates from different grader ids are never compared."),
+]
+
+
+def method_scores(summary: pd.DataFrame | None) -> HTML:
+    """Return each method's scores on this release (direction right on large shifts, median
+    and worst multiplicative error, interval coverage in percent); nothing when there are none."""
+    if summary is None or summary.empty:
+        return HTML("")
+    rows = [{"method": r["method"], "direction right (large shifts)": str(r["direction"]),
+             "SME median": number(r["sme_median"], 2), "SME max": number(r["sme_max"], 2),
+             "coverage (%)": DASH if _missing(r["coverage"]) else f"{r['coverage']:.0%}"} for _, r in summary.iterrows()]
+    return table(pd.DataFrame(rows))
+
+
+def glossary() -> HTML:
+    """Return the glossary of the report's terms."""
+    return HTML("<dl>" + "".join(f"<dt><strong>{html.escape(t)}</strong></dt><dd>{html.escape(d)}</dd>"
+                                 for t, d in GLOSSARY) + "</dl>")
+
+
+def provenance(prov: dict, stale: pd.DataFrame | None = None) -> HTML:
+    """Return the provenance block (depsim version, git commit, params hash, model and
+    grader ids, date; the renderer is filled in when the page is rendered) and each
+    table's stamp, with stale tables marked."""
+    items = "".join(f"<tr><th>{html.escape(readable(k))}</th><td>{html.escape(cell(v))}</td></tr>" for k, v in prov.items())
+    items += '<tr><th>renderer</th><td class="depsim-renderer">(set when rendered)</td></tr>'
+    out = f'<table class="depsim-table depsim-provenance">{items}</table>'
+    if stale is not None and len(stale):
+        out += table(stale).data
+    return HTML(STYLE + out)
+
+
+def audit_links(clusters_: pd.DataFrame) -> HTML:
+    """Return the audit's clusters as links to their examples, unmatched (novel) first."""
+    if clusters_ is None or clusters_.empty:
+        return text("The audit found no clusters.")
+    c = clusters_.sort_values(["novel", "size"], ascending=[False, False])
+    items = "".join(f'<li><a href="{EXAMPLES_PAGE}#{anchor("cluster", r["cluster"])}">{html.escape(str(r["label"]))}</a> '
+                    f'({int(r["size"]):,} findings; {"no matching category" if r["novel"] else "matches " + html.escape(category_title(r["category"]))})</li>'
+                    for _, r in c.iterrows())
+    return HTML(f"<ul>{items}</ul>")
+
+
+# ---------------------------------------------------------------------------- the examples page
+
+FILTER = """<p><label>Filter examples: <input id="depsim-filter" type="search" size="40"
+ placeholder="any text: a category, a target, a word in a transcript"></label> <span id="depsim-filter-count"></span></p>
+<script>
+(function () {
+  var box = document.getElementById("depsim-filter");
+  if (!box) { return; }
+  box.addEventListener("input", function () {
+    var q = box.value.toLowerCase(), shown = 0;
+    var items = document.querySelectorAll(".depsim-example");
+    for (var i = 0; i < items.length; i++) {
+      var hit = !q || items[i].textContent.toLowerCase().indexOf(q) >= 0;
+      items[i].style.display = hit ? "" : "none";
+      if (hit) { shown++; }
+    }
+    document.getElementById("depsim-filter-count").textContent = q ? shown + " shown" : "";
+  });
+})();
+</script>"""
+
+
+def _message_html(m: dict, max_chars: int) -> str:
+    role = str(m.get("role", "?"))
+    parts = []
+    content = m.get("content")
+    if isinstance(content, list):  # content parts: keep their text
+        content = " ".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
+    if content:
+        s = str(content)
+        more = f" … ({len(s) - max_chars:,} more characters)" if len(s) > max_chars else ""
+        parts.append(html.escape(s[:max_chars]) + more)
+    for call in m.get("tool_calls") or []:
+        fn = call.get("function", {}) if isinstance(call, dict) else {}
+        parts.append(f"<em>calls tool</em> <code>{html.escape(str(fn.get('name', '?')))}</code>("
+                     f"<code>{html.escape(str(fn.get('arguments', ''))[:max_chars])}</code>)")
+    if role == "tool" and m.get("tool_call_id"):
+        role = f"tool output ({m['tool_call_id']})"
+    reasoning = m.get("reasoning_content")
+    if reasoning:
+        parts.append(f"<em>reasoning:</em> {html.escape(str(reasoning)[:max_chars])}")
+    return f'<div class="msg"><span class="role">{html.escape(role)}:</span> {"<br>".join(parts) or DASH}</div>'
+
+
+def transcript_block(ex: dict, max_chars: int = 2000) -> str:
+    """Return one flagged example as escaped HTML: every message of the prefix (all roles,
+    tool calls and tool outputs), the response, and the grade (label, confidence, rationale,
+    grader id)."""
+    prefix = "".join(_message_html(m, max_chars) for m in ex["prefix"])
+    response = "".join(_message_html(m, max_chars) for m in ex["response"]) or '<div class="msg">(no response)</div>'
+    conf = DASH if _missing(ex.get("confidence")) else f"{float(ex['confidence']):.2f}"
+    label = {True: "flagged", False: "not flagged"}.get(ex.get("label"), DASH)
+    grade_ = (f'<div class="grade"><strong>grader</strong>: {html.escape(label)} · confidence {conf}'
+              f'{"" if conf != DASH else " (this grader states none)"} · grader id <code>{html.escape(str(ex["grader_id"]))}</code>'
+              f'<br><strong>rationale</strong>: <span class="depsim-rationale">{html.escape(str(ex.get("rationale") or DASH))}</span></div>')
+    note = f'<div class="grade"><strong>auditor</strong>: {html.escape(ex["finding"])}</div>' if ex.get("finding") else ""
+    return (f'<div class="depsim-example"><small>{html.escape(ex["category_title"])} · target '
+            f'{html.escape(ex["target"])} · item {html.escape(str(ex["item_id"]))}</small>'
+            f'<details open><summary>prefix ({len(ex["prefix"])} messages)</summary>{prefix}</details>'
+            f'<div><strong>response</strong>{response}</div>{grade_}{note}</div>')
+
+
+def examples(ex: dict) -> HTML:
+    """Return the examples page body: a filter box, then per category and per audit cluster
+    (each with its own anchor) a bounded sample of flagged transcripts with their grades."""
+    toc = " · ".join(f'<a href="#{anchor("cat", c["category"])}">{html.escape(c["title"])}</a>' for c in ex["categories"])
+    toc += " · " + " · ".join(f'<a href="#{anchor("cluster", c["cluster"])}">cluster {int(c["cluster"])}</a>'
+                              for c in ex["clusters"])
+    parts = [STYLE, f"<p><small>{toc}</small></p>", FILTER]
+    for cat in ex["categories"]:
+        shown = (f'Showing up to {ex["per_target"]} flagged per target.' if cat["flagged"] else
+                 f'No response was flagged in any target; showing up to {ex["per_target"]} graded responses of sim, '
+                 'so the grader can be checked.')
+        head = (f'<section id="{anchor("cat", cat["category"])}" data-flagged="{int(cat["flagged"])}">'
+                f'<h3>{html.escape(cat["title"])} <small>({html.escape(cat["category"])})</small></h3><p>'
+                + "; ".join(f"{html.escape(t)}: {k_of_n(k, n)} flagged" for t, k, n in cat["counts"])
+                + f'. {shown}</p>')
+        body = "".join(transcript_block(e) for e in cat["examples"]) or "<p>No graded response to show.</p>"
+        parts.append(head + body + "</section>")
+    parts.append("<h2>Audit clusters</h2>")
+    for cl in ex["clusters"]:
+        head = (f'<section id="{anchor("cluster", cl["cluster"])}"><h3>Cluster {int(cl["cluster"])}: '
+                f'{html.escape(str(cl["label"]))}</h3><p>{int(cl["size"]):,} findings; '
+                f'{"no matching category (novel)" if cl["novel"] else "matches " + html.escape(category_title(cl["category"]))}.'
+                f' Showing up to {ex["per_cluster"]}.</p>')
+        body = "".join(transcript_block(e) for e in cl["examples"]) or "<p>No transcript found for this cluster.</p>"
+        parts.append(head + body + "</section>")
+    return HTML("".join(parts))

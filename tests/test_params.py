@@ -54,3 +54,17 @@ def test_cli_prints_one_line_and_no_traceback(tmp_path):
         assert r.returncode == 2
         assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
         assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("depsim: error: ")
+
+
+@pytest.mark.parametrize("gate, message", [
+    ("  no_such_thing: {max_rate: 1.0e-3}", "gates: 'no_such_thing' is neither a category nor a group"),
+    ("  hate: {max_rate: 1.0e-3, max_ratio: 2}", "exactly one of max_rate or max_ratio"),
+    ("  hate: {max_rate: 2}", "max_rate"),
+])
+def test_bad_gates_name_the_line(tmp_path, gate, message):
+    text = DEMO.replace("gates:\n  disallowed: {max_ratio: 1.5}", "gates:\n" + gate)
+    p = write(tmp_path, text)
+    with pytest.raises(ParamsError) as e:
+        load_release(p)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if l == gate)
+    assert message in str(e.value) and f"rel.yaml:{line}" in str(e.value), str(e.value)

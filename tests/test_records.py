@@ -41,3 +41,15 @@ def test_messages_codec_round_trips_and_rejects_bad_json():
 def test_content_ids_are_stable_hashes():
     assert records.content_id("a", 1) == records.content_id("a", "1")
     assert records.content_id("a", 1) != records.content_id("a", 2) and len(records.content_id("a", n=8)) == 8
+
+
+def test_tables_carry_their_provenance_without_changing_content(tmp_path):
+    df = pd.DataFrame({"a": [1, 2], "b": ["x", None]})
+    records.write_table(df, tmp_path, "rel", "rates", meta={"params_hash": "abc", "git_commit": "123"})
+    meta = records.table_meta(tmp_path, "rel", "rates")
+    assert meta["params_hash"] == "abc" and meta["table"] == "rates" and meta["written_at"] > 0
+    pd.testing.assert_frame_equal(records.read_table(tmp_path, "rel", "rates"), df)
+    assert records.table_meta(tmp_path, "rel", "missing") is None
+    # a table written by hand (no stamp) still has a time: its file's
+    df.to_parquet(records.table_path(tmp_path, "rel", "forecasts"), index=False)
+    assert set(records.table_meta(tmp_path, "rel", "forecasts")) == {"written_at"}

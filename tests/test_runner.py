@@ -10,7 +10,8 @@ import pytest
 from conftest import PAYLOAD, payload_conversations, small_release
 
 from depsim.pipeline import PAGES as _PAGES
-from depsim.runner import StageFailed, run_release
+from depsim.records import read_table, write_table
+from depsim.runner import NOTEBOOK_ORDER, StageFailed, run_release, select
 
 PAGES = [stem for stem, _ in _PAGES]
 
@@ -45,9 +46,46 @@ def test_run_renders_report_and_escapes_text(e2e):
     shown = (site / "01_sample.html").read_text() + (site / "02_simulate.html").read_text()
     assert "&lt;script&gt;document.title=" in shown  # the payload is shown, escaped
     index = (site / "index.html").read_text()
-    for needle in ("deployment_sim", "challenging", "prev_production", "Directional accuracy", "NLL"):
+    assert re.search(r"Breach their gate|May breach their gate|Every gated category is within", index)
+    for needle in ("depsim-verdict", "depsim-decision", "Realised results",
+                   "How far each method can be trusted", "What each pool is", "Glossary", "Provenance",
+                   "params hash", "git commit", "grader ids", "rendered with nbconvert"):
         assert needle in index, needle
-    assert "Audit finding" in index
+
+
+def test_no_page_shows_reprs_or_scientific_notation(e2e):
+    for page in PAGES:
+        html = (e2e["site"] / f"{page}.html").read_text()
+        body = html[html.index("<body"):]
+        body = re.sub(r'src="data:[^"]*"', "", body)  # inline SVG charts are images, not text
+        assert "PosixPath" not in body, page
+        assert not re.search(r"\d(?:\.\d+)?e[+-]0\d", body), (page, re.search(r".{40}\d(?:\.\d+)?e[+-]0\d.{20}", body))
+        assert not re.search(r"<td>\s*(None|\{\}|nan|True|False)\s*</td>", body), page
+
+
+def test_stage_selection():
+    assert select(None, None) == NOTEBOOK_ORDER
+    assert select(["grade"], None) == ["04_grade", "index", "examples"]
+    assert select(None, "forecast") == ["05_forecast", "06_score", "index", "examples"]
+    with pytest.raises(ValueError, match="unknown stage 'grading'"):
+        select(["grading"], None)
+
+
+def test_partial_rerun_marks_later_pages_stale(e2e, tmp_path):
+    """Rewriting a stage's table (as a rerun of that stage alone would) marks every page built
+    on tables computed from the old one as stale; the pages built before it stay current."""
+    copy = tmp_path / "reports"
+    shutil.copytree(e2e["reports"] / "e2e", copy / "e2e")
+    assert "Stale page" not in (e2e["site"] / "05_forecast.html").read_text()
+    rates = read_table(copy, "e2e", "rates")
+    write_table(rates, copy, "e2e", "rates")  # same content, written later than forecasts
+    r = depsim("render", str(copy / "e2e"), "--engine", "nbconvert", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    site = copy / "e2e" / "_site"
+    for page in ("05_forecast", "06_score", "index"):
+        assert "Stale page" in (site / f"{page}.html").read_text(), page
+    for page in ("01_sample", "02_simulate"):
+        assert "Stale page" not in (site / f"{page}.html").read_text(), page
 
 
 def test_rerun_sends_nothing(e2e):
@@ -77,21 +115,53 @@ def test_bad_stage_input_is_one_line(tmp_path):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def browser_check(site, tmp_path):
-    """Load pages in headless Chromium with the network cut off: the payload never runs
-    (the page title stays ours), and the charts are inline SVG images that need no network."""
+def browser_check(site, tmp_path, scored=True):
+    """Load every page in headless Chromium with the network cut off (tests/cdp.py): no
+    request leaves the report folder, no console error, the payload never runs, the charts
+    are inline SVG, nothing on the summary is wider than its container at 1,280 px, and
+    every summary row links to a drill-down with a flagged transcript and its rationale."""
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (.ci/run installs it); the static HTML and cache checks still ran")
-    for page in ("index", "01_sample", "02_simulate", "06_score"):
-        dom = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",  # no network at all
-             f"--user-data-dir={tmp_path / ('chrome-' + page)}", "--virtual-time-budget=3000", "--dump-dom",
-             (site / f"{page}.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
-        assert "<title>" in dom, page
-        title = re.search(r"<title>(.*?)</title>", dom, re.S).group(1)
-        assert "PWNED" not in title, f"{page}: the conversation's script ran in the browser"
-        if page in ("index", "06_score"):
-            charts = [base64.b64decode(b).decode() for b in re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', dom)]
-            assert any("<svg" in c and "realised rate" in c for c in charts), f"{page}: chart not inline"
+    from cdp import OVERFLOW_JS, Browser  # needs websocket-client (the test extra)
+    b = Browser(site.resolve().as_uri())
+    try:
+        # the check can fail: a page that asks a CDN for a script is caught
+        control = tmp_path / "control.html"
+        control.write_text('<html><body><script src="https://cdn.example.org/x.js"></script></body></html>')
+        b.allowed = control.as_uri()
+        b.load(control.as_uri())
+        assert b.outside == ["https://cdn.example.org/x.js"], b.outside
+        b.allowed = site.resolve().as_uri()
+        b.outside.clear()
+        b.errors.clear()
+        for page in PAGES:
+            b.load((site / f"{page}.html").resolve().as_uri())
+            assert b.outside == [], (page, b.outside)
+            assert b.errors == [], (page, b.errors)
+            assert "PWNED" not in b.js("document.title"), f"{page}: the conversation's script ran in the browser"
+            if page == "06_score" and scored:  # a release with realised results draws its chart inline
+                svgs = b.js("Array.from(document.querySelectorAll('img')).map(i => i.src).filter(s => s.startsWith('data:image/svg'))")
+                charts = [base64.b64decode(s.split(",", 1)[1]).decode() for s in svgs]
+                assert any("<svg" in c and "realised rate" in c for c in charts), f"{page}: chart not inline"
+        b.load((site / "index.html").resolve().as_uri())
+        assert b.js(OVERFLOW_JS) == []
+        assert b.js("document.querySelector('table.depsim-decision').getBoundingClientRect().top") < 800, \
+            "the decision table does not start on the first screen"
+        links = b.js("Array.from(document.querySelectorAll('table.depsim-decision tbody tr')).map("
+                     "r => r.querySelector('a').getAttribute('href'))")
+        assert links and all(h.startswith("examples.html#cat-") for h in links)
+        b.load((site / "examples.html").resolve().as_uri())
+        for h in links:
+            sec = h.split("#")[1]
+            flagged, n, shown = b.js(f"""(() => {{ const s = document.getElementById({sec!r}); if (!s) return [-1, -1, -1];
+                return [Number(s.dataset.flagged), Array.from(s.querySelectorAll('.depsim-example .depsim-rationale'))
+                  .filter(e => e.textContent.trim().length > 1).length, s.querySelectorAll('.depsim-example').length]; }})()""")
+            assert flagged >= 0, f"{h}: no such section"
+            if flagged:
+                assert n >= 1, f"{h}: no flagged transcript with a rationale"
+            else:  # nothing flagged anywhere: graded responses are shown instead
+                assert shown >= 1, f"{h}: no graded transcript"
+        flagged_rows = b.js("Array.from(document.querySelectorAll('section[data-flagged]')).filter(s => s.dataset.flagged > 0).length")
+        assert flagged_rows >= 1, "no category has a flagged transcript"
+    finally:
+        b.close()

@@ -1,0 +1,54 @@
+"""Rendering: no remote assets, a renderer switch clears the other's files, Quarto's own
+error is shown and nbconvert takes over."""
+import os
+import stat
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+from depsim import render
+
+
+def _release(tmp_path):
+    d = tmp_path / "rel"
+    d.mkdir()
+    nb = new_notebook(cells=[new_code_cell("x", outputs=[new_output("display_data", data={"text/html": "<p>hello $x$</p>"})])])
+    nbformat.write(nb, d / "index.ipynb")
+    return d
+
+
+def test_strip_remote_keeps_local_assets():
+    page = ('<script src="https://cdn.example/require.js"></script><script src="site_libs/quarto.js"></script>'
+            '<link rel="stylesheet" href="//fonts.example/css"><link rel="stylesheet" href="site_libs/b.css">')
+    out = render.strip_remote(page)
+    assert "cdn.example" not in out and "fonts.example" not in out
+    assert "site_libs/quarto.js" in out and "site_libs/b.css" in out
+
+
+def test_nbconvert_pages_request_nothing_remote(tmp_path):
+    d = _release(tmp_path)
+    used, index = render.render(d, "nbconvert")
+    page = index.read_text()
+    assert used == "nbconvert"
+    for needle in ("cdnjs", "mathjax", "MathJax", "require.js", "mermaid"):
+        assert needle not in page, needle
+    assert "hello $x$" in page
+
+
+def test_quarto_failure_shows_its_error_and_falls_back(tmp_path, monkeypatch):
+    d = _release(tmp_path)
+    (d / "_site").mkdir()
+    (d / "_site" / "stale-quarto-page.html").write_text("old")
+    fake = tmp_path / "bin" / "quarto"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'ERROR: YAMLException: bad indentation (_quarto.yml, 3:4)' >&2\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    warnings = []
+    used, index = render.render(d, "auto", warn=warnings.append)
+    assert used == "nbconvert" and index.exists()
+    assert any("YAMLException: bad indentation" in w and "falling back to nbconvert" in w for w in warnings)
+    assert "nbconvert (Quarto failed)" in index.read_text()
+    # the switch cleared what the other renderer had left
+    assert not (d / "_site" / "stale-quarto-page.html").exists()
+    assert not (d / "_quarto.yml").exists()

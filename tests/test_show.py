@@ -1,0 +1,124 @@
+"""The display layer (numbers, cells, the verdict) and the decision table it shows."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binom
+
+from depsim import forecast, show, stats
+from depsim.params import Gate, load_release
+from depsim.pipeline import SCORED, pools, realised_status, withhold_stand_in
+
+
+def test_numbers_have_separators_fixed_precision_and_no_scientific_notation():
+    assert show.rate100k(0.0123456) == "1,235"
+    assert show.rate100k(2.26e-06) == "0.23"
+    assert show.rate100k(0.0) == "0"
+    assert show.number(2.01e4) == "20,100"
+    assert show.k_of_n(0, 200) == "0 of 200"
+    for x in (2.26e-06, 1.5e-9, 3.2e12, 20100.0):
+        assert "e" not in show.cell(x).lower(), x
+
+
+@pytest.mark.parametrize("value", [None, np.nan, pd.NA, {}, [], Path("/x/rates.parquet"), True, np.float64(1e-7)])
+def test_cells_never_show_python_reprs(value):
+    out = show.cell(value)
+    assert not re.search(r"PosixPath|None|\{\}|\[\]|True|nan|e-0", out), out
+
+
+def test_table_renders_readable_names_and_no_reprs():
+    df = pd.DataFrame({"grader_id": ["a"], "path": [Path("/tmp/t.parquet")], "empty": [{}], "flag": [True],
+                       "x": [None], "tiny": [2.26e-06]})
+    html = show.table(df).data
+    assert "grader id" in html and "PosixPath" not in html and "None" not in html and "{}" not in html
+    assert not re.search(r"\de[+-]0", html)
+
+
+def test_exact_interval_is_clopper_pearson():
+    lo, hi = show._exact_interval(0, 200)
+    assert lo == 0 and binom.cdf(0, 200, hi) == pytest.approx(0.025, rel=1e-6)
+    lo, hi = show._exact_interval(12, 4000)
+    assert binom.sf(11, 4000, lo) == pytest.approx(0.025, rel=1e-6)
+    assert binom.cdf(12, 4000, hi) == pytest.approx(0.025, rel=1e-6)
+
+
+def test_ratio_interval_covers_the_true_ratio():
+    """The decision table's rate-ratio interval (exact, conditional on the total) covers the
+    true ratio in at least 95% of draws, and not absurdly more."""
+    rng = np.random.default_rng(0)
+    k1, k0 = rng.binomial(4000, 0.006, 2000), rng.binomial(4000, 0.003, 2000)
+    rr = stats.rate_ratio(k1, np.full(2000, 4000), k0, np.full(2000, 4000))
+    cover = ((rr["lo"] <= 2.0) & (2.0 <= rr["hi"])).mean()
+    assert 0.94 <= cover <= 0.99
+
+
+def _rates(rows):
+    return pd.DataFrame([{"target": t, "category": c, "grader_id": "g", "k": k, "n": n, "rate": k / n, "lo": 0,
+                          "hi": 1, "group": "disallowed", "baseline": True} for t, c, k, n in rows])
+
+
+def test_ties_are_never_down_and_direction_needs_evidence():
+    r = _rates([("sim", "tie", 5, 4000), ("prod_prev", "tie", 5, 4000),
+                ("sim", "zero", 0, 200), ("prod_prev", "zero", 0, 200),
+                ("sim", "up", 60, 4000), ("prod_prev", "up", 10, 4000),
+                ("sim", "slightly", 11, 4000), ("prod_prev", "slightly", 10, 4000)])
+    d = forecast.decision_table(r, {}).set_index("category")["direction"]
+    assert d["tie"] == "no change" and d["zero"] == "no change" and d["slightly"] == "no change"
+    assert d["up"] == "rises"
+
+
+def test_gates_breach_may_breach_within_and_risk_order():
+    r = _rates([("sim", "a", 60, 4000), ("prod_prev", "a", 10, 4000),   # ratio 6, interval well above 2
+                ("sim", "b", 3, 4000), ("prod_prev", "b", 3, 4000),     # upper bound over 50 per 100k
+                ("sim", "c", 0, 4000), ("prod_prev", "c", 0, 4000)])    # upper bound about 92 per 100k
+    gates = {"a": Gate(max_ratio=2.0), "b": Gate(max_rate=5e-4), "c": Gate(max_rate=1e-2)}
+    d = forecast.decision_table(r, gates).assign(title=lambda x: x["category"])
+    assert list(d["category"]) == ["a", "b", "c"]
+    assert list(d["gate_status"]) == ["breaches", "may breach", "within"]
+    v = show.verdict(d, gates).data
+    assert "Breach their gate (1)" in v and "May breach their gate (1)" in v and "examples.html#cat-a" in v
+
+
+def test_public_release_never_reports_a_realised_score():
+    rel = load_release("params/public-hh-rlhf.yaml")
+    p = pools(rel).set_index("pool")
+    assert p.loc["candidate", "conversations"].startswith("stand-in")
+    ok, why = realised_status(rel, released=True)
+    assert not ok and "stand-in" in why
+    assert "realised per 100k" not in show.realised({"realised_ok": ok, "realised_why": why}).data
+    scored = {k: pd.DataFrame({"x": [1]}) for k in SCORED} | {"released": True, "decomposition": pd.DataFrame({"x": [1]})}
+    page = withhold_stand_in(rel, scored)
+    assert all(page[k] is None for k in SCORED) and "stand-in" in page["why"]
+    demo = load_release("params/demo.yaml")
+    assert withhold_stand_in(demo, scored)["scores"] is not None
+    ok, why = realised_status(demo, released=True)
+    assert ok and "simulated" in why
+
+
+def test_transcript_block_shows_every_role_and_escapes():
+    ex = {"category_title": "Hate", "target": "sim", "item_id": "i1", "grader_id": "abc", "label": True,
+          "confidence": 0.8, "rationale": "<b>because</b>",
+          "prefix": [{"role": "system", "content": "sys"}, {"role": "user", "content": "<script>x</script>"},
+                     {"role": "assistant", "content": None, "tool_calls": [
+                         {"id": "c1", "type": "function", "function": {"name": "web_search", "arguments": "{\"q\": 1}"}}]},
+                     {"role": "tool", "tool_call_id": "c1", "content": "result $x^2$"},
+                     {"role": "user", "content": "more"}],
+          "response": [{"role": "assistant", "content": "answer"}]}
+    h = show.transcript_block(ex)
+    for needle in ("system:", "user:", "tool output (c1):", "web_search", "result $x^2$", "0.80", "abc",
+                   "&lt;b&gt;because&lt;/b&gt;", "&lt;script&gt;"):
+        assert needle in h, needle
+    assert "<script>" not in h
+
+
+def test_forecast_page_reads_counts_and_never_calls_a_tie_down():
+    fc = pd.DataFrame([
+        {"category": "hate", "method": "deployment_sim", "k": 5.0, "n": 200.0, "rate": 0.027, "lo": 0.0, "hi": 0.05},
+        {"category": "hate", "method": "prev_production", "k": 5.0, "n": 200.0, "rate": 0.027, "lo": 0.0, "hi": 0.05},
+        {"category": "bio", "method": "deployment_sim", "k": 0.0, "n": 200.0, "rate": 0.0025, "lo": 0.0, "hi": 0.012},
+        {"category": "bio", "method": "prev_production", "k": 0.0, "n": 200.0, "rate": 0.0025, "lo": 0.0, "hi": 0.012}])
+    h = show.forecasts(fc).data
+    assert "down" not in h and "falls" not in h and "rises" not in h
+    assert "0 of 200" in h and "<td>0 [0–1,828]</td>" in h  # zero events read as zero, not a Jeffreys rate
