@@ -307,15 +307,18 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
 
 
 def xstest_validation(data_dir: str | Path) -> dict:
-    """The refusal rule grader validated on XSTest's human labels (:mod:`depsim.grader_validation`):
-    ``table`` (per variant and model), ``ranking``, and ``missing`` (why they are None, or None)."""
+    """The over-refusal grader validated on XSTest's human labels (:mod:`depsim.grader_validation`):
+    ``table`` (per variant and model, each model held out of the classifier's training),
+    ``ranking``, ``held_out`` (the classifier's strict leave-one-model-out κ with intervals)
+    and ``missing`` (why they are None, or None)."""
     try:
         xs = grader_validation.xstest_refusal_validation(data_dir)
     except FileNotFoundError as e:
-        return {"table": None, "ranking": None, "missing": f"XSTest is not available here: {e}"}
+        return {"table": None, "ranking": None, "held_out": None, "missing": f"XSTest is not available here: {e}"}
     cols = ["variant", "model", "n", "human_rate", "grader_rate", "agreement", "kappa", "sensitivity", "specificity",
             "rg_rate", "rg_lo", "rg_hi"]
-    return {"table": xs[[c for c in cols if c in xs]], "ranking": grader_validation.rank_comparison(xs), "missing": None}
+    return {"table": xs[[c for c in cols if c in xs]], "ranking": grader_validation.rank_comparison(xs),
+            "held_out": grader_validation.refusal_lomo_table(data_dir), "missing": None}
 
 
 def pools(rel: Release) -> pd.DataFrame:
@@ -375,8 +378,8 @@ def realised_status(rel: Release, released: bool) -> tuple[bool, str]:
     return True, "Realised = the candidate's production traffic after release."
 
 
-SCORED = ("scores", "summary", "nll", "comparison", "large_shifts", "across", "across_summary", "loo", "truth",
-          "truth_note")
+SCORED = ("scores", "summary", "excluded", "directions", "nll", "comparison", "large_shifts", "across",
+          "across_summary", "loo", "calibration", "truth", "truth_note")
 
 
 def withhold_stand_in(rel: Release, out: dict) -> dict:

@@ -696,3 +696,16 @@ def examples(ex: dict) -> HTML:
         body = "".join(transcript_block(e) for e in cl["examples"]) or "<p>No transcript found for this cluster.</p>"
         parts.append(head + body + "</section>")
     return HTML("".join(parts))
+
+
+def pit_chart(pit: pd.DataFrame | None, empty: str = "") -> alt.Chart | HTML:
+    """Return the PIT histogram per method (10 bins of the randomised probability integral
+    transform of each realised count under its forecast's predictive distribution): flat
+    when the predictive intervals are calibrated, U-shaped when too narrow, humped when too
+    wide."""
+    if pit is None or len(pit) == 0:
+        return text(empty)
+    return alt.Chart(pit).mark_bar().encode(
+        x=alt.X("pit:Q", bin=alt.Bin(step=0.1, extent=[0, 1]), title="PIT of the realised count"),
+        y=alt.Y("count():Q", title="predictions"),
+        column=alt.Column("method:N", title=None)).properties(width=180, height=140)
