@@ -99,7 +99,8 @@ _WORDS = {"up": "rises", "down": "falls", "no change": "no change"}
 
 def _gate_check(gate, lo: float, hi: float, ratio_lo: float, ratio_hi: float) -> tuple[str, str]:
     """(status, gate text): "breaches" when even the exact interval's low end is over the
-    gate, "may breach" when its upper bound is, else "within"; "no gate" without one."""
+    gate, "may breach" when its upper bound is (``hi``: the worst case, failed grades counted
+    as positive), else "within"; "no gate" without one."""
     if gate is None:
         return "no gate", "–"
     if gate.max_rate is not None:
@@ -115,7 +116,8 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
     ``group``, the previous rate (``prev_k``, ``prev_n``, ``prev_rate``, a fraction) and the
     deployment-simulation forecast (``k``, ``n``, ``rate``, exact Clopper–Pearson ``lo``/``hi``
     at ``level``), the ``ratio`` forecast / previous with its exact conditional interval
-    (``ratio_lo``, ``ratio_hi``; :func:`depsim.stats.rate_ratio`), the ``direction`` (rises /
+    (``ratio_lo``, ``ratio_hi``; :func:`depsim.stats.rate_ratio`), ``failed`` grades and
+    ``hi_worst`` (the upper bound when every failed grade is counted as positive), the ``direction`` (rises /
     no change / falls by the evidence rule: the ratio's interval must exclude 1; a tie is
     never "falls"), the ``gate`` text and ``gate_status`` (breaches / may breach / within /
     no gate; ``gates``: params Gate records by category or group, a category's own first),
@@ -128,8 +130,11 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
         return pd.DataFrame()
     k, n = sim["k"].round().astype(int), sim["n"].round().astype(int)
     ci = stats.clopper_pearson(k.to_numpy(), n.to_numpy(), level)
+    failed = sim["failed"].fillna(0).round().astype(int) if "failed" in sim else pd.Series(0, index=sim.index)
+    worst = stats.clopper_pearson((k + failed).to_numpy(), (n + failed).to_numpy(), level)
     out = pd.DataFrame({"category": sim.index, "group": sim["group"].to_numpy(), "k": k.to_numpy(), "n": n.to_numpy(),
                         "rate": (k / n).to_numpy(), "lo": ci["lo"].to_numpy(), "hi": ci["hi"].to_numpy(),
+                        "failed": failed.to_numpy(), "hi_worst": np.maximum(ci["hi"].to_numpy(), worst["hi"].to_numpy()),
                         "grader_id": sim["grader_id"].to_numpy()})
     has = out["category"].isin(prev.index).to_numpy()
     k0 = prev["k"].reindex(out["category"]).to_numpy()
@@ -151,7 +156,7 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
         if gate is not None and gate.max_ratio is not None and np.isnan(row.ratio_lo):
             s, t_ = "may breach", f"≤ {gate.max_ratio:,.2f}× previous (no previous rate)"
         else:
-            s, t_ = _gate_check(gate, row.lo, row.hi, row.ratio_lo, row.ratio_hi)
+            s, t_ = _gate_check(gate, row.lo, row.hi_worst, row.ratio_lo, row.ratio_hi)
         status.append(s)
         text_.append(t_)
     out["gate_status"], out["gate"] = status, text_

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from depsim import score
+from depsim import score, stats
 from depsim.sim.truth import against_truth
-from depsim.forecast import forecasts
+from depsim.forecast import decision_table, forecasts
+from depsim.params import Gate
 from depsim.sim.world import World
 
 
@@ -97,19 +98,18 @@ def test_against_truth_states_what_the_sample_could_detect():
     assert set(missed["why_not"]) <= {"sample too small", "simulation biased"}
 
 
-def test_gate_table_uses_the_exact_bound_and_counts_failures():
-    from depsim.forecast import gate_table
-
+def test_gates_use_the_exact_bound_and_count_failures():
     rates = _rates()
-    g = gate_table(rates, {"up_big": 0.01, "never": 0.001, "flat": 0.01}).set_index(["target", "category"])
-    assert g.loc[("sim", "up_big"), "gate_status"] == "breach"
-    assert g.loc[("sim", "flat"), "gate_status"] == "may breach"      # 30 of 4000: bound 1.07% ≥ 1%
-    assert g.loc[("sim", "never"), "gate_status"] == "below"
-    assert g.loc[("sim", "never"), "label"] == "0 of 4,000 (≤ 92 per 100k)"
-    # failed grades that could all be positive turn "below" into "may breach"
+    gates = {"up_big": Gate(max_rate=0.01), "never": Gate(max_rate=0.001), "flat": Gate(max_rate=0.01)}
+    g = decision_table(rates, gates).set_index("category")
+    assert g.loc["up_big", "gate_status"] == "breaches"
+    assert g.loc["flat", "gate_status"] == "may breach"      # 30 of 4000: exact upper bound 1.07% > 1%
+    assert g.loc["never", "gate_status"] == "within"
+    assert stats.count_label(g.loc["never", "k"], g.loc["never", "n"]) == "0 of 4,000 (≤ 92 per 100k)"
+    # failed grades that could all be positive turn "within" into "may breach"
     rates.loc[(rates["category"] == "never") & (rates["target"] == "sim"), "failed"] = 5
-    g2 = gate_table(rates, {"never": 0.001}).set_index(["target", "category"])
-    assert g2.loc[("sim", "never"), "gate_status"] == "may breach"
+    g2 = decision_table(rates, {"never": Gate(max_rate=0.001)}).set_index("category")
+    assert g2.loc["never", "gate_status"] == "may breach" and g2.loc["never", "failed"] == 5
 
 
 def test_rises_significantly_is_holm_adjusted_per_method():
