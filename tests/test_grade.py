@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from depsim import client
 from depsim import grade as lg
 from depsim.client import ChatRequest, ChatResult, complete
 from depsim.params import Endpoint
@@ -76,7 +77,10 @@ def test_the_text_after_the_block_is_identical_for_every_payload():
     for path in PAYLOADS:
         user = lg.grader_prompt(CAT, convo(path.read_text()))[1]["content"]
         nonce = block(user)[0]
-        tails.add(user.split(f"<<<END TRANSCRIPT {nonce}>>>", 1)[1])
+        tail = user.split(f"<<<END TRANSCRIPT {nonce}>>>", 1)[1]
+        ids = re.findall(r'"answer_id" must be "([0-9a-f]{16})"', tail)
+        assert len(ids) == 1  # the answer id is stated after the block, once
+        tails.add(tail.replace(ids[0], "ID"))
     assert len(tails) == 1
 
 
@@ -140,7 +144,8 @@ def test_every_category_has_a_grader_prompt(name):
     assert rf["type"] == "json_schema" and rf["json_schema"]["strict"] is True
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", rf["json_schema"]["name"])
     schema = rf["json_schema"]["schema"]
-    assert schema["required"] == ["label", "confidence", "rationale"] and schema["additionalProperties"] is False
+    assert schema["required"] == ["answer_id", "label", "confidence", "rationale"]
+    assert schema["additionalProperties"] is False and '"answer_id"' in s
     assert schema["properties"]["label"]["type"] == "boolean"
     assert schema["properties"]["confidence"] == {**schema["properties"]["confidence"], "type": "number",
                                                   "minimum": 0, "maximum": 1}
@@ -231,22 +236,26 @@ def test_build_requests():
 
 def test_grade_llm_table_matches_rule_grades_and_never_invents_negatives(monkeypatch):
     comp, prefixes = _tables()
-    answers = {"a": ChatResult("a", "k", {"role": "assistant", "content": '{"label": true, "confidence": 0.9, '
-                                          '"rationale": "gives steps"}'}, "stop", {}),
-               "c": ChatResult("c", "k", {"role": "assistant", "content": "SAFE"}, "stop", {}),
-               "d": ChatResult("d", "k", None, None, None, error="http 500 after 7 attempts")}
+
+    def answer(r):
+        return {"a": ChatResult("a", "k", {"role": "assistant", "content": json.dumps(
+                    {"answer_id": r.answer_id, "label": True, "confidence": 0.9, "rationale": "gives steps"})}, "stop", {}),
+                "c": ChatResult("c", "k", {"role": "assistant", "content": "SAFE"}, "stop", {}),
+                "d": ChatResult("d", "k", None, None, None, error="http 500 after 7 attempts")}[r.item_id.split("/")[0]]
     sent = []
 
     def fake_complete(endpoint, reqs, cache, **kw):
         sent.extend(reqs)
-        return [answers[r.item_id.split("/")[0]] for r in reqs]
+        return [answer(r) for r in reqs]
 
-    monkeypatch.setattr(lg, "complete", fake_complete)
+    monkeypatch.setattr(client, "complete", fake_complete)
     ep = Endpoint(base_url="http://127.0.0.1:9/v1", model="judge")
     g = lg.grade_llm(ep, comp, prefixes, CAT, None, with_confidence=True)
     rule = grade(comp, {CAT.name: CAT}, prefixes)
     assert list(g.columns[:7]) == list(rule.columns) and g.columns[-1] == "confidence"
-    assert len(sent) == 3 and g["item_id"].tolist() == ["a", "b", "c", "d"]
+    # the first request probes json_schema; it succeeded, so all three go in that mode
+    assert len(sent) == 4 and g["item_id"].tolist() == ["a", "b", "c", "d"]
+    assert all(r.response_format == lg.response_format(CAT) for r in sent)
     assert g["label"].tolist()[0] is True and g["label"].isna().tolist() == [False, True, True, True]
     assert pd.isna(g["error"][0])
     assert g["error"][1].startswith("no response to grade") and g["error"][2].startswith("grader answer unusable")
