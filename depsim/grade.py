@@ -513,3 +513,81 @@ def grader_table(rates_: pd.DataFrame, categories: dict[str, Category]) -> pd.Da
     kinds = {n: c.grader["kind"] for n, c in categories.items()}
     return (rates_.groupby(["category", "grader_id"], sort=False).agg(graded=("n", "sum"), failed=("failed", "sum"))
             .reset_index().assign(kind=lambda d: d["category"].map(kinds)))
+
+
+# ----------------------------------------------------------------------------- failures
+
+#: error classes of :func:`failure_kind`, in the order they are tried: (kind, pattern)
+FAILURE_KINDS = [
+    ("no response to grade", r"^no response to grade"),
+    ("unbound answer (copied verdict?)", r"unbound answer"),
+    ("echo of the prompt", r"^echo:"),
+    ("answer truncated", r"finish_reason=length"),
+    ("unusable answer", r"answer unusable|^not JSON|JSON objects? in the answer|missing field"),
+    ("role stopped: same error on every request", r"the role stops|not sent"),
+    ("bad key / no access", r"http 40[13]\b"),
+    ("unknown model or URL", r"http 404\b"),
+    ("structured output rejected", r"http (?:400|415|422)\b.*(?:response_format|json_schema|json_object|schema)|"
+                                   r"http 50[01]\b.*(?:response_format|json_schema|Input should be)"),
+    ("rate limited", r"http 429\b"),
+    ("timeout", r"timeout"),
+    ("connection error", r"connection error"),
+    ("malformed response", r"malformed JSON"),
+    ("server error", r"http 5\d\d\b"),
+    ("client error", r"http 4\d\d\b"),
+]
+
+
+def failure_kind(error: str) -> str:
+    """Return the class of a stored ``error`` string (see :data:`FAILURE_KINDS`; "other"
+    when none fits)."""
+    for kind, pat in FAILURE_KINDS:
+        if re.search(pat, error, re.IGNORECASE):
+            return kind
+    return "other"
+
+
+def failure_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Return the failures of a run, by role and category: ``tables`` maps a role name to its
+    table with an ``error`` column (candidate: completions, grader: grades, auditor:
+    findings, judge: realism_pairs); a ``category`` column (grades) or ``mode`` (realism
+    pairs) is the category, else "all". Columns: role, category, kind (:func:`failure_kind`),
+    failed (count), items (rows of that role and category), share (failed / items, a
+    fraction), example (the most common error, redacted at the source). Grades of a
+    failed generation count under the candidate, not the grader. Rows sorted by role, then
+    most failed first; empty when nothing failed."""
+    rows = []
+    for role, t in tables.items():
+        if t is None or len(t) == 0 or "error" not in t:
+            continue
+        cat = t["category"] if "category" in t else (t["mode"] if "mode" in t else pd.Series("all", index=t.index))
+        items = cat.value_counts()
+        err = t["error"].where(t["error"].notna(), None)
+        bad = t[err.notna()].assign(_cat=cat[err.notna()])
+        if role == "grader":
+            bad = bad[~bad["error"].astype(str).str.startswith("no response to grade")]
+        for (c, kind), g in bad.assign(_kind=bad["error"].astype(str).map(failure_kind)).groupby(["_cat", "_kind"], sort=False):
+            rows.append({"role": role, "category": c, "kind": kind, "failed": len(g), "items": int(items[c]),
+                         "share": len(g) / int(items[c]), "example": g["error"].astype(str).value_counts().index[0][:200]})
+    cols = ["role", "category", "kind", "failed", "items", "share", "example"]
+    out = pd.DataFrame(rows, columns=cols)
+    return out.sort_values(["role", "failed"], ascending=[True, False], kind="stable", ignore_index=True)
+
+
+class GradingFailed(RuntimeError):
+    """Some category has grades to give but not one usable grade: its rate would be empty."""
+
+
+def check_grades(grades: pd.DataFrame) -> None:
+    """Raise :class:`GradingFailed` when a category's grades all failed in some target (rows
+    present, none labelled), naming each such category, how many failed and the most common
+    error (the server's redacted message), so a run cannot end with an empty rate and exit 0.
+    Return None otherwise."""
+    bad = []
+    for (cat, target), g in grades.groupby(["category", "target"], sort=False):
+        if len(g) and g["label"].notna().sum() == 0:
+            top = g["error"].dropna().astype(str).value_counts()
+            bad.append(f"{cat} on {target}: all {len(g)} grades failed"
+                       + (f" (most common error: {top.index[0][:200]!r}, {top.iloc[0]}x)" if len(top) else ""))
+    if bad:
+        raise GradingFailed(f"{len(bad)} (category, target) pairs have no usable grade, so no rate: " + "; ".join(bad))

@@ -26,7 +26,7 @@ import pandas as pd
 from depsim import audit, forecast, grader_validation, history, realism, sample, score, simulate, stats
 from depsim.cache import ResponseCache
 from depsim.client import RunStats, complete
-from depsim.grade import grade, grader_table, rates, reweighted_rates
+from depsim.grade import check_grades, failure_table, grade, grader_table, rates, reweighted_rates
 from depsim.params import Release, endpoint_url
 from depsim.records import log_requests, read_table, write_table
 from depsim.sim.truth import against_truth, world_of
@@ -87,6 +87,7 @@ def run_realism(rel: Release, reports_dir: str | Path) -> dict:
     out["pairs"], out["winrates"] = realism.check(rel, prefixes, rc, run, reports_dir=reports_dir)
     write_table(out["pairs"], reports_dir, rel.release, "realism_pairs")
     write_table(out["winrates"], reports_dir, rel.release, "realism")
+    realism.check_failures(out["pairs"])
     if rel.world is not None and rel.realism.fidelities:
         out["curves"] = fidelity_curves(rel, prefixes, rc, n=rel.realism.fidelity_n, run_stats=run,
                                         reports_dir=reports_dir)
@@ -106,7 +107,7 @@ def run_audit(rel: Release, reports_dir: str | Path) -> dict:
     run = RunStats()
     results = complete(endpoint_url(rel, rel.models.auditor), requests, cache(reports_dir), progress="audit",
                        stats=run, role="auditor")
-    findings = audit.findings_table(picked, results)
+    findings = audit.findings_table(picked, results, requests)
     clusters = audit.cluster_findings(findings, picked["target"].value_counts(), for_release(rel),
                                       embedding=rel.audit.embedding, embedder=rel.audit.embedder)
     write_table(findings, reports_dir, rel.release, "findings")
@@ -136,6 +137,7 @@ def run_grade(rel: Release, reports_dir: str | Path) -> dict:
     write_table(grades, reports_dir, rel.release, "grades")
     write_table(table, reports_dir, rel.release, "rates")
     _done(reports_dir, rel, "grade", "grader", run)
+    check_grades(grades)  # after writing: the tables show what failed; the run stops non-zero
     return {"grades": grades, "rates": table, "weights": weights, "categories": categories,
             "graders": grader_table(table, categories)}
 
@@ -177,6 +179,20 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
     if rel.world is not None:
         out["truth"], out["truth_note"] = against_truth(world_of(rel), scored, rel.reweight)
     return out
+
+
+def failures(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
+    """The run's failures by role and category (:func:`depsim.grade.failure_table`), from the
+    stage tables written so far (completions, grades, findings, realism_pairs; a missing
+    table is skipped). Empty when nothing failed."""
+    tables = {}
+    for role, name in (("candidate", "completions"), ("grader", "grades"), ("auditor", "findings"),
+                       ("judge", "realism_pairs")):
+        try:
+            tables[role] = read_table(reports_dir, rel.release, name)
+        except FileNotFoundError:
+            continue
+    return failure_table(tables)
 
 
 def xstest_validation(data_dir: str | Path) -> dict:

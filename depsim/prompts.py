@@ -285,7 +285,7 @@ def echoes_scaffolding(text: str, nonce: str | None = None) -> str | None:
     ``transcript`` tag, a message header, or the prompt's ``nonce``. An answer that echoes
     its prompt's scaffolding is a failed answer, never a finding."""
     for pat in (r"<<<[^\n]*?>>>", r"</?\s*transcript\b[^>]*>", r"\[[0-9a-f]{16} message \d+/\d+ \|",
-                r"===\s*RESPONSE UNDER AUDIT\s*===", r"<<<|>>>"):
+                r"===\s*RESPONSE UNDER AUDIT\s*===", r"<<<"):
         if m := re.search(pat, text, re.IGNORECASE):
             return m.group()
     if nonce and nonce in text:
