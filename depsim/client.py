@@ -547,6 +547,8 @@ async def _send(client: openai.AsyncOpenAI, endpoint: Endpoint, req: ChatRequest
                 limiter.on_server_error()
                 if status not in (502, 503, 504):  # overload and gateway errors pass
                     signature = (status, detail)
+                if is_format_rejection(f"{reason}: {detail}"):  # a rejected parameter: retrying cannot help
+                    retryable = False
             else:  # a client error (or exhausted quota) will not go away by retrying
                 retryable = False
                 signature = (status, detail)

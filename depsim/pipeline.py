@@ -25,8 +25,8 @@ import pandas as pd
 
 from depsim import audit, forecast, grader_validation, history, realism, sample, score, simulate, stats
 from depsim.cache import ResponseCache
-from depsim.client import RunStats, complete
-from depsim.grade import check_grades, failure_table, grade, grader_table, rates, reweighted_rates
+from depsim.client import RunStats, complete, mask_url
+from depsim.grade import check_grades, failure_table, grade, structured_notes, grader_table, rates, reweighted_rates
 from depsim.params import Release, endpoint_url
 from depsim.records import log_requests, read_table, write_table
 from depsim.sim.truth import against_truth, world_of
@@ -120,8 +120,12 @@ def run_audit(rel: Release, reports_dir: str | Path) -> dict:
 
 def run_grade(rel: Release, reports_dir: str | Path) -> dict:
     """Stage 4. Write ``grades`` and ``rates`` (with ``sim_rw`` when the release reweights);
-    return them, ``weights`` (None without reweighting), ``categories`` and ``graders`` (items
-    graded and failed per grader)."""
+    return them, ``weights`` (None without reweighting), ``categories``, ``graders`` (items
+    graded and failed per grader), ``structured`` (the structured-output mode each LLM grader
+    endpoint used, and the server's reasons for the modes it rejected) and ``failures``
+    (:func:`depsim.grade.failure_table` of generation and grading). Raises
+    :class:`depsim.grade.GradingFailed`, after writing the tables, when a category has no usable
+    grade in some target."""
     categories = for_release(rel)
     prefixes = read_table(reports_dir, rel.release, "prefixes")
     completions = read_table(reports_dir, rel.release, "completions")
@@ -139,7 +143,8 @@ def run_grade(rel: Release, reports_dir: str | Path) -> dict:
     _done(reports_dir, rel, "grade", "grader", run)
     check_grades(grades)  # after writing: the tables show what failed; the run stops non-zero
     return {"grades": grades, "rates": table, "weights": weights, "categories": categories,
-            "graders": grader_table(table, categories)}
+            "graders": grader_table(table, categories), "structured": structured_notes(),
+            "failures": failure_table({"candidate": completions, "grader": grades})}
 
 
 def run_forecast(rel: Release, reports_dir: str | Path) -> dict:
@@ -179,6 +184,18 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
     if rel.world is not None:
         out["truth"], out["truth_note"] = against_truth(world_of(rel), scored, rel.reweight)
     return out
+
+
+def roles(rel: Release) -> pd.DataFrame:
+    """The model behind each role of the release: role, model and endpoint URL (credentials
+    masked); roles the release does not use are left out."""
+    m = rel.models
+    eps = {"candidate": m.candidate, "auditor": m.auditor, "grader": m.grader, "tool simulator": m.tool_simulator,
+           "judge": m.judge, "previous production": m.previous_production,
+           "candidate production": m.candidate_production,
+           "realism model": rel.realism.model if rel.realism is not None else None}
+    return pd.DataFrame([{"role": r, "model": e.model, "url": mask_url(e.base_url)} for r, e in eps.items() if e is not None],
+                        columns=["role", "model", "url"])
 
 
 def failures(rel: Release, reports_dir: str | Path) -> pd.DataFrame:

@@ -12,6 +12,12 @@ judge-like roles, the tool simulator, the realism judge) uses these pieces.
   text, a code fence around it, or the only object amid prose.
 - **Freeze**: :func:`prompt_id` hashes a prompt's whole spec, so changing any template,
   rendering rule, model or parameter changes the id.
+- **Bind**: a verdict must echo the request's answer id (:func:`bind_answer`: an HMAC of the
+  request under a secret kept next to the cache, :func:`answer_secret`), stated outside the
+  transcript block; :func:`check_answer_id` turns an answer without it (a verdict copied from
+  the transcript) into a failed answer.
+- **Echo**: :func:`echoes_scaffolding` finds delimiters, headers or the nonce repeated in an
+  answer (an auditor echoing its prompt), which is a failed answer, never a finding.
 """
 from __future__ import annotations
 

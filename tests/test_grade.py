@@ -299,3 +299,40 @@ def test_real_grader_call_on_smollm2(llama_server, tmp_path):
     row = g.iloc[0]
     assert pd.isna(row["label"]) == pd.notna(row["error"]), row.to_dict()
     print("SmolLM2 grade:", row.to_dict())
+
+
+# ----------------------------------------------------------------------------- failures
+
+def test_failure_table_by_role_and_category():
+    grades = pd.DataFrame({"item_id": list("abcdef"), "target": "sim",
+                           "category": ["x", "x", "x", "y", "y", "y"], "grader_id": "g",
+                           "label": pd.array([True, None, None, None, None, None], dtype="boolean"),
+                           "error": [None, "grader call failed: http 500 after 7 attempts: boom",
+                                     "grader answer unusable: unbound answer: no answer_id (a verdict ...)",
+                                     "no response to grade: timeout after 7 attempts",
+                                     "grader call failed: http 401: bad key [REDACTED]",
+                                     "grader call failed: http 401: bad key [REDACTED] (not sent)"]})
+    comp = pd.DataFrame({"item_id": list("abcd"), "error": [None, None, None, "timeout after 7 attempts"]})
+    pairs = pd.DataFrame({"mode": ["stop", "stop"], "error": ["judge call failed: http 500: Input should be "
+                                                              "'text' or 'json_object'", None]})
+    t = lg.failure_table({"candidate": comp, "grader": grades, "judge": pairs, "auditor": None})
+    assert list(t.columns) == ["role", "category", "kind", "failed", "items", "share", "example"]
+    rows = {(r.role, r.category, r.kind): (r.failed, r.items) for r in t.itertuples()}
+    assert rows[("candidate", "all", "timeout")] == (1, 4)
+    assert rows[("grader", "x", "server error")] == (1, 3)
+    assert rows[("grader", "x", "unbound answer (copied verdict?)")] == (1, 3)
+    assert rows[("grader", "y", "bad key / no access")] == (1, 3)
+    assert rows[("grader", "y", "role stopped: same error on every request")] == (1, 3)
+    assert rows[("judge", "stop", "structured output rejected")] == (1, 2)
+    assert not any(k[0] == "grader" and k[2] == "no response to grade" for k in rows)  # counted under candidate
+    assert t["failed"].sum() == 6 and lg.failure_table({"grader": grades[:1]}).empty
+
+
+def test_a_category_whose_grades_all_failed_stops_the_run():
+    g = pd.DataFrame({"item_id": ["a", "b", "a", "b"], "target": "sim", "category": ["x", "x", "y", "y"],
+                      "grader_id": "g", "label": pd.array([True, None, None, None], dtype="boolean"),
+                      "error": [None, "e", "grader call failed: http 500: Input should be 'text'", "grader call failed: "
+                                "http 500: Input should be 'text'"]})
+    with pytest.raises(lg.GradingFailed, match=r"y on sim: all 2 grades failed \(most common error: .*Input should be"):
+        lg.check_grades(g)
+    assert lg.check_grades(g[g["category"] == "x"]) is None
