@@ -482,7 +482,8 @@ class _CacheWriter:
 
 class _SameErrors:
     """Watches one call's failures: :data:`SAME_ERROR_LIMIT` identical errors (status and
-    message) in a row before any success is an error every request gets, and stops the call."""
+    message) in a row before any success is an error every request gets, and stops the call.
+    A retryable error (5xx) counts only when it comes back on a retry."""
 
     def __init__(self):
         self.last, self.run, self.succeeded, self.stopped = None, 0, False, None
@@ -568,7 +569,8 @@ async def _send(client: openai.AsyncOpenAI, endpoint: Endpoint, req: ChatRequest
         finally:
             await limiter.release()
         tail = f": {detail}" if detail else ""
-        if watch.failure(signature):
+        # a retryable error counts once it survived a retry: a brief outage is not "every request"
+        if watch.failure(signature if attempt >= 2 or not retryable else None):
             watch.stopped = (f"{reason}{tail} (the same error {SAME_ERROR_LIMIT} times in a row and no success: "
                              f"the role stops)")
             return None, watch.stopped, attempt
