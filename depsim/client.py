@@ -62,6 +62,8 @@ SAME_ERROR_LIMIT = 3
 #: limit multiplier after a timeout (at most once per GROWTH_PAUSE_S): a one-slot local
 #: server answers one request at a time, so the queue behind it times out
 TIMEOUT_DECREASE = 0.5
+#: what the error of a role stopped by an error every request gets says
+STOPPED = "the role stops"
 #: longest server error message kept, characters (after redaction)
 ERROR_MESSAGE_MAX = 300
 #: what a secret is replaced with in stored errors and logs
@@ -571,8 +573,7 @@ async def _send(client: openai.AsyncOpenAI, endpoint: Endpoint, req: ChatRequest
         tail = f": {detail}" if detail else ""
         # a retryable error counts once it survived a retry: a brief outage is not "every request"
         if watch.failure(signature if attempt >= 2 or not retryable else None):
-            watch.stopped = (f"{reason}{tail} (the same error {SAME_ERROR_LIMIT} times in a row and no success: "
-                             f"the role stops)")
+            watch.stopped = f"{reason}{tail} (the same error {SAME_ERROR_LIMIT} times in a row and no success: {STOPPED})"
             return None, watch.stopped, attempt
         if not retryable:
             return None, f"{reason}{tail}", attempt
@@ -755,6 +756,17 @@ def structured_format(mode: str, name: str, schema: dict) -> dict | None:
     raise ValueError(f"structured-output mode must be auto or one of {', '.join(STRUCTURED_MODES)}, not {mode!r}")
 
 
+def unsent(endpoint: Endpoint, requests: list[ChatRequest], error: str, stats: RunStats | None = None) -> list[ChatResult]:
+    """Return failed results for ``requests``, not sent because of ``error`` (an error every
+    request gets), counted in ``stats`` as items and failures."""
+    if stats is not None:
+        stats.items += len(requests)
+        stats.failed += len(requests)
+        stats.errors[error.split(":")[0]] += len(requests)
+    why = error if error.endswith("(not sent)") else f"{error} (not sent)"
+    return [ChatResult(r.item_id, request_key(endpoint, r), None, None, None, why) for r in requests]
+
+
 def is_format_rejection(error: str | None) -> bool:
     """True when a request's final ``error`` says the server rejects its response_format."""
     return bool(error) and bool(_REJECTION.search(error))
@@ -791,6 +803,8 @@ def complete_structured(endpoint: Endpoint, requests: list[ChatRequest], cache: 
             if not probe.ok and is_format_rejection(probe.error):
                 notes.append(f"{m} rejected by {endpoint.model}: {probe.error}")
                 continue
+            if not probe.ok and STOPPED in probe.error:  # every request gets this error: send no more
+                return Structured([probe] + unsent(endpoint, reqs[1:], probe.error, stats), m, notes)
         return Structured(complete(endpoint, reqs, cache, progress=progress, stats=stats, role=role) if reqs else [],
                           m, notes)
     raise AssertionError("unreachable: the last mode is always used")

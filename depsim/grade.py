@@ -28,13 +28,14 @@ grades into per-target rates (docs/design.md §4).
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 
 import pandas as pd
 
 from depsim import stats
-from depsim.client import STRUCTURED_MODES, ChatRequest, complete_structured, structured_format
+from depsim.client import STOPPED, STRUCTURED_MODES, ChatRequest, Structured, complete_structured, structured_format, unsent
 from depsim.params import Endpoint
 from depsim.prompts import (ANSWER_ID_FIELD, ANSWER_ID_SLOT, CLOSE, HEADER, NEUTRALISE, OPEN, PART_CONTEXT, PART_RESPONSE,
                             answer_object, answer_secret, bind_answer, check_answer_id, neutralise, prompt_id,
@@ -264,7 +265,10 @@ def llm_grader_id(category: Category, model: str, params: dict | None = None,
     header, delimiters, neutralisation rules, the answer-id binding, the category's rendered
     rubric, the model, the sampling parameters, the structured-output mode used
     (``response_style``, one of :data:`depsim.client.STRUCTURED_MODES`) and the parser
-    version). Changing any prompt text changes the id."""
+    version). Changing any prompt text changes the id. ``"auto"`` gives the id in
+    json_schema mode, the mode ``auto`` tries first; the grades table holds the id of the
+    mode actually used."""
+    response_style = "json_schema" if response_style == "auto" else response_style
     spec = {"kind": "llm", "category": category.name, "system_template": SYSTEM_TEMPLATE,
             "user_template": USER_TEMPLATE, "header": HEADER, "parts": [PART_CONTEXT, PART_RESPONSE],
             "delimiters": [OPEN, CLOSE], "neutralise": [p for p, _ in NEUTRALISE],
@@ -346,12 +350,17 @@ def grade_llm(endpoint: Endpoint, completions: pd.DataFrame, prefixes: pd.DataFr
     params = dict(DEFAULT_PARAMS if model_params is None else model_params)
     failed = _failed(completions).to_numpy()
     secret = answer_secret(cache)
-    frames = []
+    frames, stopped = [], None
     for name, cat in cats.items():
         reqs = build_requests(completions, prefixes, cat, params, "auto", secret=secret)
-        done = complete_structured(endpoint, reqs, cache, name=_schema_name(cat), schema=grade_schema(),
-                                   mode=response_style, progress=progress, stats=stats, role="grader")
-        _MODES[("grader", endpoint.model)] = (done.mode, done.notes)
+        if stopped is not None:  # an error every request got in an earlier category: send no more
+            done = Structured(unsent(endpoint, reqs, stopped, stats), done.mode, done.notes)
+        else:
+            done = complete_structured(endpoint, reqs, cache, name=_schema_name(cat), schema=grade_schema(),
+                                       mode=response_style, progress=progress, stats=stats, role="grader")
+            _MODES[("grader", endpoint.model)] = (done.mode, done.notes)
+            if done.results and all(not r.ok and STOPPED in r.error for r in done.results):
+                stopped = done.results[0].error
         results, ids = iter(done.results), iter([r.answer_id for r in reqs])
         labels, confs, whys, errors = [], [], [], []
         for bad, err in zip(failed, completions["error"] if "error" in completions else [None] * len(completions)):
@@ -424,11 +433,19 @@ def grade(completions: pd.DataFrame, categories: dict[str, Category],
         if grader is None:
             raise ValueError(f"{len(llm)} categories have LLM graders ({', '.join(llm)}): pass grader=")
         sub = llm_subsample(completions, llm_sample, seed)
+        # categories with the same settings go in one call, so an error every request gets
+        # stops the grader once, not once per category
+        groups: dict[str, dict[str, Category]] = {}
         for name, cat in llm.items():
-            frames.append(grade_llm(grader, sub, prefixes, cat, cache, stats=stats,
-                                    model_params=cat.grader.get("params", DEFAULT_PARAMS),
-                                    response_style=cat.grader.get("response_style", "auto"),
-                                    progress=f"grader: {name}" if progress else False))
+            key = json.dumps([cat.grader.get("params", DEFAULT_PARAMS), cat.grader.get("response_style", "auto")],
+                             sort_keys=True)
+            groups.setdefault(key, {})[name] = cat
+        for group in groups.values():
+            first = next(iter(group.values()))
+            frames.append(grade_llm(grader, sub, prefixes, group, cache, stats=stats,
+                                    model_params=first.grader.get("params", DEFAULT_PARAMS),
+                                    response_style=first.grader.get("response_style", "auto"),
+                                    progress=f"grader: {', '.join(group)}"[:60] if progress else False))
     order = {n: i for i, n in enumerate(categories)}
     out = pd.concat(frames, ignore_index=True)
     return out.sort_values("category", key=lambda c: c.map(order), kind="stable", ignore_index=True)
