@@ -77,14 +77,20 @@ def run_simulate(rel: Release, reports_dir: str | Path) -> dict:
 
 def run_realism(rel: Release, reports_dir: str | Path) -> dict:
     """Stage 2b. Write ``realism_pairs``, ``realism`` and, on the simulated world,
-    ``fidelity_curves``; return ``pairs``, ``winrates`` and ``curves`` (None where the release
-    runs no realism check or has no world)."""
-    out = {"pairs": None, "winrates": None, "curves": None}
+    ``fidelity_curves``; return ``pairs``, ``winrates``, ``curves`` and ``structured`` (the
+    judge's structured-output mode and the server's reasons for modes it rejected) (None
+    where the release runs no realism check or has no world). Raises
+    :class:`depsim.realism.JudgeFailed`, after writing the tables, when a tool mode got no
+    usable verdict."""
+    out = {"pairs": None, "winrates": None, "curves": None, "structured": None}
     if rel.realism is None:
         return out
     prefixes = read_table(reports_dir, rel.release, "prefixes")
     rc, run = cache(reports_dir), RunStats()
     out["pairs"], out["winrates"] = realism.check(rel, prefixes, rc, run, reports_dir=reports_dir)
+    out["structured"] = pd.DataFrame([{"role": "judge", "model": m, "mode": mode, "notes": "; ".join(notes)}
+                                      for m, (mode, notes) in realism.last_mode.items()],
+                                     columns=["role", "model", "mode", "notes"])
     write_table(out["pairs"], reports_dir, rel.release, "realism_pairs")
     write_table(out["winrates"], reports_dir, rel.release, "realism")
     realism.check_failures(out["pairs"])
