@@ -269,7 +269,7 @@ def check_answer_id(obj: dict, answer_id: str | None) -> str | None:
     got = obj.get(ANSWER_ID_FIELD)
     if got is None:
         return f"unbound answer: no {ANSWER_ID_FIELD} (a verdict not written for this request)"
-    if not isinstance(got, str) or not hmac.compare_digest(got.strip().lower(), answer_id):
+    if not isinstance(got, str) or not hmac.compare_digest(got.strip().lower().encode(), answer_id.encode()):
         return f"unbound answer: wrong {ANSWER_ID_FIELD} (a verdict not written for this request)"
     return None
 

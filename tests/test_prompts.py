@@ -85,6 +85,7 @@ def test_check_answer_id():
     assert prompts.check_answer_id({}, "abc").startswith("unbound answer: no answer_id")
     assert prompts.check_answer_id({"answer_id": "abd"}, "abc").startswith("unbound answer: wrong")
     assert prompts.check_answer_id({"answer_id": 7}, "abc").startswith("unbound answer: wrong")
+    assert prompts.check_answer_id({"answer_id": "ａｂｃ‹"}, "abc").startswith("unbound answer: wrong")  # non-ASCII
     assert prompts.check_answer_id({}, None) is None
 
 
