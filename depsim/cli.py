@@ -6,14 +6,18 @@ from pathlib import Path
 
 import typer
 
+from depsim.cache import ResponseCache
 from depsim.grade import DEFAULT_PARAMS, grade_schema, llm_grader_id, system_message
-from depsim.grader_validation import rank_comparison, xstest_refusal_validation
-from depsim.params import DATA_DIR, FORMATS, PROMPT_SETS, ParamsError, load_release
+from depsim.grader_validation import read_labelled
+from depsim.grader_validation import validate_grader as run_validation
+from depsim.params import DATA_DIR, FORMATS, PROMPT_SETS, ParamsError, endpoint_url, load_release
 from depsim.readers import InputError
 from depsim.readers import convert as do_convert
 from depsim.render import render as do_render
 from depsim.runner import StageFailed, run_release
-from depsim.taxonomy import load_taxonomy
+from depsim.sample import NoUsableData, check_sources
+from depsim.refusal import REFUSAL_PATTERN
+from depsim.taxonomy import for_release, load_taxonomy
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Forecast a chat model's post-release misbehaviour by simulating its deployment.")
@@ -59,40 +63,130 @@ def convert(inputs: list[str] = typer.Argument(..., help="file(s), a folder, a q
             out: Path = typer.Option(..., "--out", "-o", help="canonical conversation table to write (Parquet)"),
             quarantine: Path | None = typer.Option(None, help="write bad records here instead of stopping at the first"),
             max_message_chars: int = typer.Option(1_000_000, help="longer messages are bad records"),
-            column: list[str] = typer.Option([], "--column", help="record field kept as its own column (repeatable)")):
-    """Convert chat logs, a public chat data set or a prompt set into the canonical table."""
+            column: list[str] = typer.Option([], "--column", help="record field kept as its own column (repeatable)"),
+            keep_identifying: bool = typer.Option(False, help="keep hashed_ip, header (user agent), country, state"),
+            quarantine_raw: bool = typer.Option(False, help="also write each bad record's raw text to the quarantine"),
+            meta: bool = typer.Option(True, help="keep the records' other fields as JSON in `meta`"),
+            json_path: str | None = typer.Option(None, help="dotted key of the record array in a JSON document"),
+            map_: list[str] = typer.Option([], "--map", help="FIELD=RECORD_FIELD for openai_jsonl, e.g. prompt=user_input"),
+            memory_limit: str | None = typer.Option(None, help="DuckDB memory limit, e.g. 4GB")):
+    """Convert chat logs, a public chat data set or a prompt set into the canonical table.
+    Exits 1 when no record could be kept."""
+
     if fmt not in FORMATS + PROMPT_SETS:
         _fail(f"--format must be one of {', '.join(FORMATS + PROMPT_SETS)}")
+    bad_map = [m for m in map_ if "=" not in m]
+    if bad_map:
+        _fail(f"--map takes FIELD=RECORD_FIELD, not {bad_map[0]!r}")
     try:
         res = do_convert(inputs[0] if len(inputs) == 1 else inputs, fmt, out, quarantine=quarantine,
-                         max_message_chars=max_message_chars, columns=column)
-    except (InputError, FileNotFoundError) as e:
+                         max_message_chars=max_message_chars, columns=column, keep_identifying=keep_identifying,
+                         quarantine_raw=quarantine_raw, keep_meta=meta, json_path=json_path,
+                         mapping=dict(m.split("=", 1) for m in map_) or None, memory_limit=memory_limit)
+    except (InputError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"{out}: {res.rows} conversations from {res.records} records"
                + (f"; {res.quarantined} quarantined in {quarantine} ("
                   + ", ".join(f"{k}: {v}" for k, v in res.reasons.most_common()) + ")" if res.quarantined else ""))
     for note in res.notes:
         typer.echo(f"note: {note}")
+    if res.rows == 0:
+        _fail(f"no record kept: all {res.records:,} quarantined ("
+              + ", ".join(f"{k} {v}" for k, v in res.reasons.most_common()) + "); wrong --format?", 1)
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    """KEY=VALUE pairs from repeatable / comma-separated options."""
+    out = {}
+    for item in (x.strip() for v in values for x in v.split(",")):
+        if not item:
+            continue
+        if "=" not in item:
+            _fail(f"{what}: {item!r} is not KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+GRADERS = ("taxonomy", "classifier", "phrases", "llm")
+
 
 @app.command("validate-grader")
-def validate_grader(data_dir: Path = typer.Option(DATA_DIR, "--data-dir", help="folder holding xstest/"),
-                    prompts: str = typer.Option("all", help="all, safe or unsafe prompts"),
-                    out: Path | None = typer.Option(None, "--out", "-o", help="also write the table (.csv or .parquet)")):
-    """Validate the refusal rule grader against XSTest's human labels: agreement, Cohen's κ,
-    sensitivity, specificity and Rogan–Gladen corrected rates per model, and the ranking."""
-    if prompts not in ("all", "safe", "unsafe"):
-        _fail(f"--prompts must be all, safe or unsafe, not {prompts!r}")
+def validate_grader(
+        data: list[Path] = typer.Option([DATA_DIR / "xstest"], "--data",
+                                        help="labelled file(s): CSV, JSONL or Parquet (repeatable); a folder is read "
+                                             "as XSTest completions"),
+        category: str = typer.Option("over_refusal", help="the taxonomy category the labels are for"),
+        grader: str = typer.Option("taxonomy", help="taxonomy (the category's grader), classifier (the refusal "
+                                                    "classifier), phrases (the refusal phrase rule) or llm (the "
+                                                    "category's rubric on the params file's models.grader)"),
+        params: Path | None = typer.Option(None, help="release params: its taxonomy (with grading.llm) and its "
+                                                      "models.grader endpoint"),
+        taxonomy: Path = typer.Option(DATA_DIR.parent / "params" / "taxonomy.yaml",
+                                      help="taxonomy YAML (without --params)"),
+        mapping: list[str] = typer.Option([], "--map", help="FIELD=COLUMN for prompt, response, label, source, safe, "
+                                                            "e.g. prompt=question,response=answer,label=is_refusal"),
+        labels: list[str] = typer.Option([], "--labels", help="VALUE=1 / VALUE=0 pairs for the label column, "
+                                                              "e.g. refused=1,answered=0"),
+        prompts: str = typer.Option("safe", help="over-refusal only: safe (only safe prompts count, where the file "
+                                                 "says) or all (grade every prompt as if safe)"),
+        cache: Path = typer.Option(Path("reports/.cache/requests.sqlite"), help="LLM grader response cache"),
+        out: Path = typer.Option(Path("grader_validation.parquet"), "--out", "-o",
+                                 help="validation table to write (.parquet, or .csv)")):
+    """Validate a grader against human labels: agreement, Cohen's κ, sensitivity and
+    specificity with intervals per source, a test of whether they carry over between sources,
+    and a validation table the measure stage uses for corrected rates."""
+    if grader not in GRADERS:
+        _fail(f"--grader must be one of {', '.join(GRADERS)}, not {grader!r}")
+    if prompts not in ("safe", "all"):
+        _fail(f"--prompts must be safe or all, not {prompts!r}")
+    endpoint = None
     try:
-        table = xstest_refusal_validation(data_dir, prompts=prompts)
+        if params is not None:
+            rel = load_release(params)
+            cats = for_release(rel) if grader != "llm" else load_taxonomy(rel.resolve(rel.taxonomy))
+            endpoint = endpoint_url(rel, rel.models.grader) if rel.models.grader is not None else None
+        else:
+            cats = load_taxonomy(taxonomy)
+    except (ParamsError, FileNotFoundError) as e:
+        _fail(str(e))
+    if category not in cats:
+        _fail(f"unknown category {category!r} (known: {', '.join(cats)})")
+    cat = cats[category]
+    if grader in ("classifier", "phrases"):
+        if cat.group != "refusal" or cat.name == "unsafe_compliance":
+            _fail(f"--grader {grader} detects refusals: it grades over_refusal, not {category}")
+        gate = cat.grader.get("harmful_request", "(?!)")
+        spec = {"kind": "rule", "rule": "refusal_of_safe_request", "harmful_request": gate,
+                **({"refusal": "classifier"} if grader == "classifier" else {"pattern": REFUSAL_PATTERN})}
+        cat = cat.model_copy(update={"grader": spec})
+    elif grader == "llm":
+        cat = cat.model_copy(update={"grader": {"kind": "llm", **{k: v for k, v in cat.grader.items()
+                                                                   if k in ("params", "response_style")}}})
+    if cat.is_llm and endpoint is None:
+        _fail(f"{category} is graded by an LLM here: give --params with a models.grader endpoint")
+    try:
+        items = read_labelled(data, mapping=_pairs(mapping, "--map"),
+                              labels={k: v.lower() in ("1", "true", "yes") for k, v in _pairs(labels, "--labels").items()}
+                              if labels else None)
+        table = run_validation(items, cat, endpoint=endpoint, cache=ResponseCache(cache) if cat.is_llm else None,
+                               prompts=prompts, grader_name=grader)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    cols = ["variant", "model", "n", "human_rate", "grader_rate", "agreement", "kappa", "sensitivity",
-            "specificity", "rg_rate", "rg_lo", "rg_hi"]
+    typer.echo(f"{category}: grader {grader} ({'llm on ' + endpoint.model if cat.is_llm else cat.grader['rule']}), "
+               f"grader_id {table['grader_id'].iloc[0]}, {len(items)} labelled items")
+    cols = ["source", "n", "n_excluded", "grader_errors", "human_rate", "grader_rate", "agreement", "kappa",
+            "kappa_lo", "kappa_hi", "sensitivity", "sensitivity_lo", "sensitivity_hi", "specificity",
+            "specificity_lo", "specificity_hi", "held_out"]
     typer.echo(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    typer.echo("\n" + rank_comparison(table).to_string(index=False))
-    if out is not None:
-        (table.to_parquet if out.suffix == ".parquet" else table.to_csv)(out, index=False)
-        typer.echo(f"wrote {out}")
+    if table.attrs.get("over_refusal") and prompts == "safe" and (table["n_excluded"] > 0).any():
+        typer.echo("(over-refusal: prompts the file marks unsafe, and items without a label, are excluded)")
+    for w in table.attrs["warnings"]:
+        typer.echo(f"warning: {w}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (table.to_csv if out.suffix == ".csv" else table.to_parquet)(out, index=False)
+    typer.echo(f"wrote {out}")
+
 
 @app.command("grader-prompt")
 def grader_prompt(category: str = typer.Argument(..., help="a category of the taxonomy"),
@@ -115,13 +209,23 @@ def grader_prompt(category: str = typer.Argument(..., help="a category of the ta
         typer.echo(f"# LLM grader id on {model}: {llm_grader_id(cat, model, cat.grader.get('params', DEFAULT_PARAMS), cat.grader.get('response_style', 'json_schema'))}")
 
 @app.command()
-def check(params_file: Path = typer.Argument(..., help="release parameters to validate")):
-    """Validate a params file (and its taxonomy) without running anything."""
+def check(params_file: Path = typer.Argument(..., help="release parameters to validate"),
+          data: bool = typer.Option(True, help="also convert the sources (cached) and check that each has "
+                                               "eligible user turns"),
+          reports_dir: Path = typer.Option(Path("reports"), help="where reports/<release>/ is (conversion cache)")):
+    """Validate a params file (and its taxonomy) without running a model; with --data (default)
+    also that every prefix source has usable records and eligible user turns. Exits 1 if not."""
 
     try:
         rel = load_release(params_file)
     except ParamsError as e:
         _fail(str(e))
+    if data:
+        try:
+            for line in check_sources(rel, reports_dir):
+                typer.echo(line)
+        except (NoUsableData, InputError, FileNotFoundError) as e:
+            _fail(str(e), 1)
     typer.echo(f"{params_file}: ok (release {rel.release}, targets {', '.join(rel.targets)})")
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Earlier releases: their forecasts and realised rates, for metrics across releases (as in
-the paper's four-release analysis) and for fitting predictive intervals.
+"""Earlier releases: their forecasts and realised counts, for metrics across releases (as in
+the paper's four-release analysis) and for the forecast-error model (depsim.errormodel).
 
-``params/history.csv`` holds one row per (release, category, method): the forecast rate and
-interval, Y's previous production rate, and the realised count k_real of n_real graded items
-of X in production. The shipped file is simulated (:mod:`depsim.sim.history`).
+``params/history.csv`` holds one row per (release, category, method), releases in time
+order: the forecast's count k of n (and its Jeffreys rate, lo, hi), the category's
+grader_id, Y's previous production count prev_k of prev_n (and prev_rate), and X's realised
+production count k_real of n_real. The shipped file comes from the simulated world:
+``python -m depsim.sim.history params/history.csv --seed 11`` writes it.
 """
 from __future__ import annotations
 
@@ -12,15 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from depsim import stats
+from depsim import errormodel
 from depsim.score import score_rows
 
-COLUMNS = ["release", "category", "group", "method", "rate", "lo", "hi", "prev_rate", "k_real", "n_real"]
+COLUMNS = ["release", "category", "group", "method", "grader_id", "k", "n", "rate", "lo", "hi",
+           "prev_k", "prev_n", "prev_rate", "k_real", "n_real"]
 
 
 def load_history(path: str | Path) -> pd.DataFrame:
     """Return the history table of ``path``; raise ValueError naming the file, line and
-    problem for missing columns or invalid values."""
+    problem for missing columns, invalid values, or a category whose grader_id changes
+    within one release."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
@@ -29,59 +33,114 @@ def load_history(path: str | Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}:1: missing columns {missing}")
     bad = ~((df["lo"] <= df["rate"]) & (df["rate"] <= df["hi"]) & (df["rate"] > 0) & (df["prev_rate"] > 0)
+            & (df["k"] >= 0) & (df["k"] <= df["n"]) & (df["n"] > 0)
+            & (df["prev_k"] >= 0) & (df["prev_k"] <= df["prev_n"]) & (df["prev_n"] > 0)
             & (df["k_real"] >= 0) & (df["k_real"] <= df["n_real"]) & (df["n_real"] > 0))
     if bad.any():
         line = int(np.flatnonzero(bad)[0]) + 2  # header is line 1
-        raise ValueError(f"{path}:{line}: invalid row (need 0 < lo ≤ rate ≤ hi, prev_rate > 0, 0 ≤ k_real ≤ n_real > 0)")
+        raise ValueError(f"{path}:{line}: invalid row (need 0 < lo ≤ rate ≤ hi, prev_rate > 0, 0 ≤ k ≤ n > 0, "
+                         "0 ≤ prev_k ≤ prev_n > 0, 0 ≤ k_real ≤ n_real > 0)")
+    ids = df.groupby(["release", "category"])["grader_id"].transform("nunique")
+    if (ids > 1).any():
+        line = int(np.flatnonzero(ids > 1)[0]) + 2
+        raise ValueError(f"{path}:{line}: category {df['category'].iloc[line - 2]!r} has several grader_ids in "
+                         f"release {df['release'].iloc[line - 2]!r}")
     return df
 
 
-def loo_coverage(scored: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Return, per method, interval coverage across releases validated leave-one-release-out:
-    for each release, σ of :func:`depsim.stats.fit_log_error` is fitted on the *other*
-    releases, and its predictive interval is checked on this one (methods seen in fewer than
-    two releases are left out). Columns: method, rows, jeffreys_coverage,
-    predictive_coverage, mean_sigma."""
-    out = []
-    for method, g in scored.groupby("method", sort=False):
-        if g["release"].nunique() < 2:
-            continue  # nothing to fit on: a method with a single release has no history
-        inside_j, inside_p, sigmas = [], [], []
-        for rel, test in g.groupby("release"):
-            train = g[g["release"] != rel]
-            if train.empty:
-                continue
-            sigma = stats.fit_log_error(train["rate"], train["realised"], train["lo"], train["hi"], level)
-            lo, hi = stats.predictive_interval(test["rate"].to_numpy(), test["lo"].to_numpy(), test["hi"].to_numpy(),
-                                               sigma, level)
-            inside_p += list((lo <= test["realised"].to_numpy()) & (test["realised"].to_numpy() <= hi))
-            inside_j += list(test["covered"])
-            sigmas.append(sigma)
-        out.append({"method": method, "rows": len(inside_j), "jeffreys_coverage": float(np.mean(inside_j)),
-                    "predictive_coverage": float(np.mean(inside_p)), "mean_sigma": float(np.mean(sigmas))})
-    return pd.DataFrame(out)
+def comparable(history: pd.DataFrame, forecasts: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Return (rows of ``history`` whose category was graded by the same grader_id as in
+    ``forecasts``, sorted names of the categories whose earlier rows were dropped because the
+    grader changed). Categories new to the history simply have no rows."""
+    if "grader_id" not in history or "grader_id" not in forecasts:
+        return history, []
+    now = forecasts.drop_duplicates("category").set_index("category")["grader_id"]
+    same = history["grader_id"].to_numpy() == history["category"].map(now).to_numpy()
+    known = history["category"].isin(now.index).to_numpy()
+    dropped = sorted(set(history.loc[known & ~same, "category"]))
+    return history[same].reset_index(drop=True), dropped
 
 
 def with_history(history: pd.DataFrame, scored: pd.DataFrame, release: str) -> pd.DataFrame:
     """Return earlier releases' scored rows and this release's, in one table (column
     ``release``), for metrics across releases."""
-    cols = [c for c in COLUMNS if c != "release"]
+    cols = [c for c in COLUMNS if c != "release" and c in scored]
     return pd.concat([score_rows(history), scored[cols].pipe(score_rows).assign(release=release)],
                      ignore_index=True)
 
 
-def predictive_bounds(forecasts: pd.DataFrame, history_scored: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Return ``forecasts`` with ``sigma``, ``pred_lo`` and ``pred_hi``: each method's
-    interval widened by the multiplicative error fitted on the history (see
-    :func:`depsim.stats.predictive_interval`); methods without history keep σ = 0."""
-    fc = forecasts.copy()
-    sig = {m: stats.fit_log_error(g["rate"], g["realised"], g["lo"], g["hi"], level)
-           for m, g in history_scored.groupby("method")}
-    fc["sigma"] = fc["method"].map(sig).fillna(0.0)
-    lo, hi = [], []
-    for (_, row) in fc.iterrows():
-        a, b = stats.predictive_interval(row["rate"], row["lo"], row["hi"], row["sigma"], level)
-        lo.append(a)
-        hi.append(b)
-    fc["pred_lo"], fc["pred_hi"] = lo, hi
+def predictive_bounds(forecasts: pd.DataFrame, history: pd.DataFrame, level: float = 0.95,
+                      n_real: float | None = None) -> pd.DataFrame:
+    """Return ``forecasts`` with each method's predictive distribution of the realised count,
+    from the forecast-error model fitted on ``history`` (its method and category group, earlier
+    releases with the same grader_id only; see depsim.errormodel):
+
+    * ``err_loc``, ``err_scale``, ``err_df``: the Student t of the log ratio realised /
+      forecast rate (natural-log units); ``err_releases``: releases it was fitted on (0: the
+      prior alone: the interval is then very wide);
+    * ``pred_n``: the realised sample size assumed (``n_real``, else Y's production n for the
+      category, else the forecast's n);
+    * ``pred_k_lo``, ``pred_k_hi``: the central ``level`` interval of the realised count of
+      pred_n, and ``pred_lo``, ``pred_hi`` the same as rates (fractions);
+    * ``history_dropped``: True where the category's earlier rows were dropped because its
+      grader_id changed.
+
+    ``history`` is a history table (scored or not) with the count columns of
+    :data:`COLUMNS`."""
+    hist, dropped = comparable(history, forecasts)
+    fc = errormodel.predict(hist[["release", "category", "group", "method", "k", "n", "k_real", "n_real"]], forecasts)
+    if n_real is not None:
+        fc["pred_n"] = float(n_real)
+    elif "prev_n" in fc:
+        fc["pred_n"] = fc["prev_n"].fillna(fc["n"]).astype(float)
+    else:
+        fc["pred_n"] = fc["n"].astype(float)
+    args = (fc["k"].to_numpy(float), fc["n"].to_numpy(float), fc["pred_n"].to_numpy(float),
+            fc["err_loc"].to_numpy(), fc["err_scale"].to_numpy(), fc["err_df"].to_numpy())
+    fc["pred_k_lo"], fc["pred_k_hi"] = errormodel.count_interval(level, *args)
+    fc["pred_lo"], fc["pred_hi"] = fc["pred_k_lo"] / fc["pred_n"], fc["pred_k_hi"] / fc["pred_n"]
+    fc["history_dropped"] = fc["category"].isin(dropped)
     return fc
+
+
+def forward_chained(history: pd.DataFrame, level: float = 0.9, min_train: int = 2) -> pd.DataFrame:
+    """Return the forward-chained predictions of ``history`` (depsim.errormodel.forward_chain:
+    each release predicted from the error model fitted on the releases before it), one row per
+    predicted forecast with its calibration columns."""
+    return errormodel.forward_chain(history, min_train=min_train, level=level)
+
+
+def loo_coverage(scored: pd.DataFrame, level: float = 0.9, min_train: int = 2) -> pd.DataFrame:
+    """Return, per method, posterior-predictive calibration across releases, validated by
+    forward chaining (each release predicted from the releases before it only; the name is
+    kept from the earlier leave-one-out check, which let later releases inform earlier ones).
+
+    Columns: method, rows (predictions), coverage (share of realised counts inside the
+    ``level`` predictive interval, randomised at ties so a perfect forecaster scores
+    ``level`` exactly in expectation), inside (conservative integer-interval share), se, p_value
+    (of coverage = level), nominal, mean_sigma (posterior mean σ fitted on all releases)."""
+    ch = errormodel.forward_chain(scored, min_train=min_train, level=level, intervals=False)
+    if ch.empty:
+        return pd.DataFrame(columns=["method", "rows", "coverage", "inside", "se", "p_value", "nominal", "mean_sigma"])
+    cov = errormodel.coverage_by(ch, by=("method",), level=level).rename(columns={"n": "rows"})
+    fit = errormodel.fit_history(scored)
+    sig = fit.groupby("method").apply(lambda g: float(np.average(g["sigma"], weights=g["rows"])), include_groups=False)
+    cov["mean_sigma"] = cov["method"].map(sig)
+    return cov[["method", "rows", "coverage", "inside", "se", "p_value", "nominal", "mean_sigma"]]
+
+
+def calibration_report(history: pd.DataFrame, level: float = 0.9, min_train: int = 2,
+                       alpha: float = 0.05) -> dict[str, pd.DataFrame]:
+    """Return forward-chained calibration tables for a page: ``by_group`` (per method and
+    category group), ``by_category`` with the miscalibrated categories flagged (Benjamini–
+    Hochberg at ``alpha``; see depsim.errormodel.flag_categories), ``pit`` (the randomised PIT
+    values per method, for a histogram) and ``fit`` (σ, bias and drift per method and group
+    fitted on all releases)."""
+    ch = errormodel.forward_chain(history, min_train=min_train, level=level, intervals=False)
+    if ch.empty:
+        empty = pd.DataFrame()
+        return {"by_group": empty, "by_category": empty, "pit": empty, "fit": errormodel.fit_history(history)}
+    return {"by_group": errormodel.coverage_by(ch, ("method", "group"), level),
+            "by_category": errormodel.flag_categories(ch, level, alpha),
+            "pit": ch[["release", "category", "method", "pit"]],
+            "fit": errormodel.fit_history(history)}

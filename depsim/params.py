@@ -5,6 +5,7 @@ raises :class:`ParamsError`, whose message is one line naming the file and the l
 """
 from __future__ import annotations
 
+import glob
 import math
 import re
 from pathlib import Path
@@ -94,6 +95,8 @@ class EligibilityRules(BaseModel):
     """Which user turns may be sampled. Every rule is a conjunction; ``None`` means "no limit".
 
     - ``languages`` / ``surfaces``: keep conversations whose ``language`` / ``surface`` is listed.
+      A language may be given as a code or a name, in any case (``en``, ``English``): both match
+      either spelling in the log, and a code matches its regional variants (``en-US``).
     - ``min_chars`` / ``max_chars``: bounds on the length (in characters) of the sampled user
       message's text; for a list of content parts, the text parts' lengths are summed.
     - ``allow_multimodal``: if false (default), exclude user turns whose content is a list with
@@ -164,6 +167,14 @@ class Source(_Strict):
     quarantine: bool = True        # bad records go to a quarantine file (counted) instead of stopping
     max_message_chars: int = Field(1_000_000, gt=0)
     columns: list[str] = []        # record fields kept as their own columns (e.g. a topic label)
+    keep_identifying: bool = False  # keep hashed_ip, header (user agent), country, state (dropped by default)
+    quarantine_raw: bool = False   # the quarantine file also holds each bad record's raw text
+    keep_meta: bool = True         # the record's other fields as JSON in `meta` (False: faster, not kept)
+    #: where the records sit in a JSON document ({"instances": [...]} -> "instances")
+    json_path: str | None = None
+    #: canonical field -> dotted record field, for logs in another layout (openai_jsonl), e.g.
+    #: {prompt: user_input, response: model_output, id: conv_id}; see depsim.readers.read_conversations
+    mapping: dict[str, str] = {}
 
     @property
     def public(self) -> bool:
@@ -181,6 +192,11 @@ class Sampling(_Strict):
     n: int = Field(gt=0)
     seed: int = 0
     eligibility: EligibilityRules = EligibilityRules()
+    #: DuckDB memory limit for conversion and sampling, e.g. "8GB" (None: DuckDB's default, 80 %
+    #: of the machine's memory); what does not fit spills to disk
+    memory_limit: str | None = Field(None, pattern=r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|[KMGT]B?|bytes)\s*$")
+    #: folder for DuckDB's spill files (None: the system temp folder)
+    spill_dir: str | None = None
 
 
 class Generation(_Strict):
@@ -238,9 +254,12 @@ class Realism(_Strict):
 
 class Reweight(_Strict):
     """Reweight the ``sim`` prefixes towards a forecast traffic mix: ``shares`` of user turns
-    per value of ``column`` (a prefix metadata column, e.g. an intent or topic label)."""
+    per value of ``column`` (a prefix metadata column, e.g. an intent or topic label).
+    ``source`` says where the shares came from (a declared forecast, e.g. Y's recent trend;
+    never the post-release truth); the report quotes it."""
     column: str
     shares: dict[str, float]
+    source: str | None = None
 
     @field_validator("shares")
     @classmethod
@@ -280,6 +299,9 @@ class Release(_Strict):
     realism: Realism | None = None
     reweight: Reweight | None = None
     history: str | None = None    # earlier releases' forecasts and outcomes (CSV), for cross-release metrics
+    #: release gates: the highest acceptable rate (fraction) per category, compared with the
+    #: exact one-sided upper bound (depsim.forecast.gate_table)
+    gates: dict[str, float] = {}
     path: Path | None = Field(None, exclude=True)
 
     @field_validator("targets")
@@ -333,7 +355,8 @@ def load_release(path: str | Path) -> Release:
                 raise ParamsError(f"{path}:{line_of(node, ('sources', name, 'kind'))}: sources.{name}: "
                                   f"{src.kind} is a prompt set: use it under sources.challenging")
             hub_id = src.kind in HUB_FORMATS and src.path.count("/") == 1 and not rel.resolve(src.path).exists()
-            if not hub_id and not any(rel.resolve(src.path).parent.glob(rel.resolve(src.path).name)):
+            target = rel.resolve(src.path)
+            if not hub_id and not target.exists() and not glob.glob(str(target), recursive=True):  # ** as in the CLI
                 raise ParamsError(f"{path}:{line_of(node, ('sources', name, 'path'))}: "
                                   f"sources.{name}.path: file not found: {rel.resolve(src.path)}")
         elif rel.world is None:

@@ -154,24 +154,29 @@ def run_grade(rel: Release, reports_dir: str | Path) -> dict:
 
 
 def run_forecast(rel: Release, reports_dir: str | Path) -> dict:
-    """Stage 5. Write ``forecasts`` (with predictive bounds when the release has a history);
-    return ``forecasts``."""
-    fc = forecast.forecasts(read_table(reports_dir, rel.release, "rates"))
+    """Stage 5. Write ``forecasts`` (with predictive count bounds from the forecast-error
+    model when the release has a history); return ``forecasts`` and ``gates`` (the release
+    gates against exact upper bounds; None without gates)."""
+    rates_ = read_table(reports_dir, rel.release, "rates")
+    fc = forecast.forecasts(rates_)
     if rel.history is not None:
         fc = history.predictive_bounds(fc, score.score_rows(history.load_history(rel.resolve(rel.history))))
     write_table(fc, reports_dir, rel.release, "forecasts")
-    return {"forecasts": fc}
+    return {"forecasts": fc, "gates": forecast.gate_table(rates_, rel.gates) if rel.gates else None}
 
 
 def run_score(rel: Release, reports_dir: str | Path) -> dict:
     """Stage 6. After release (a ``prod_new`` target), write ``scores`` and
     ``score_summary``; return ``released``, ``decomposition`` / ``removed`` (with ``sim_self``)
-    and, when released, ``scores``, ``summary``, ``nll``, ``comparison``, ``large_shifts``,
-    ``across`` / ``across_summary`` / ``loo`` (with a history) and ``truth`` / ``truth_note``
+    and, when released, ``scores``, ``summary`` (on one common category set; ``excluded``
+    lists the others), ``directions`` (directional accuracy beside its no-skill null and
+    McNemar), ``nll``, ``comparison``, ``large_shifts``, ``across`` / ``across_summary`` /
+    ``loo`` / ``calibration`` (forward-chained, with a history) and ``truth`` / ``truth_note``
     (on the simulated world). Missing parts are None."""
     rates_ = read_table(reports_dir, rel.release, "rates")
-    out = {k: None for k in ("scores", "summary", "nll", "comparison", "large_shifts", "decomposition", "removed",
-                             "across", "across_summary", "loo", "truth", "truth_note")}
+    out = {k: None for k in ("scores", "summary", "excluded", "directions", "nll", "comparison", "large_shifts",
+                             "decomposition", "removed", "across", "across_summary", "loo", "calibration", "truth",
+                             "truth_note")}
     out["released"] = "prod_new" in set(rates_["target"])
     out["decomposition"] = score.decomposition(rates_)
     if out["decomposition"] is not None and "prefix_reweighted" in out["decomposition"]:
@@ -180,6 +185,8 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
         return out
     scored = score.per_category(read_table(reports_dir, rel.release, "forecasts"), rates_)
     out["scores"], out["summary"] = scored, score.summary(scored)
+    out["excluded"] = out["summary"].attrs.pop("excluded", None)  # a table: not Parquet metadata
+    out["directions"] = score.direction_table(scored)
     out["nll"], out["comparison"] = score.nll_table(scored), score.comparison(scored)
     out["large_shifts"] = score.large_shifts(scored)
     write_table(scored, reports_dir, rel.release, "scores")
@@ -187,8 +194,11 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
     if rel.history is not None:
         out["across"] = history.with_history(history.load_history(rel.resolve(rel.history)), scored, rel.release)
         out["across_summary"], out["loo"] = score.summary(out["across"]), history.loo_coverage(out["across"])
+        out["across_summary"].attrs.pop("excluded", None)
+        out["calibration"] = history.calibration_report(out["across"])
     if rel.world is not None:
-        out["truth"], out["truth_note"] = against_truth(world_of(rel), scored, rel.reweight)
+        view = "first" if rel.generation.tool_mode == "stop" else "turn"  # what the simulation grades
+        out["truth"], out["truth_note"] = against_truth(world_of(rel), scored, rel.reweight, view=view)
     return out
 
 

@@ -23,21 +23,31 @@ extras               per format: ``redacted``, ``toxic``, ``moderation_flagged``
 ===================  =========================================================================
 
 Public API: :func:`read_conversations`, :func:`read_prompt_set`, :func:`convert`,
-:class:`ReadResult`, :class:`InputError`, :data:`FORMATS`, :data:`PROMPT_SETS`.
+:func:`input_files`, :class:`ReadResult`, :class:`InputError`, :data:`FORMATS`,
+:data:`PROMPT_SETS`, :data:`IDENTIFYING_FIELDS`.
 
 Bad input is never dropped silently. Each bad record raises :class:`InputError`, whose message
 is one line naming the file and the 1-based line (JSONL, CSV) or the 0-based record index
 (JSON arrays, Parquet, hub data sets), and the reason. With ``quarantine=<path>`` bad records
 are written there instead, one JSON object per line (``file``, ``line``, ``record``,
-``reason``, ``message``, ``raw`` cut to 2,000 characters), and counted in the result. Errors
-that concern the whole file (empty, not JSONL, a corrupt gzip or Parquet file, a broken JSON
-array, missing CSV columns) raise even with a quarantine. Blank lines are not records.
+``reason``, ``message``, and ``raw``: null, or with ``quarantine_raw=True`` the record's text
+cut to 2,000 characters, since it may hold personal data), and counted in the result. Errors
+that concern the whole file (empty, not JSONL, UTF-16, a corrupt gzip/zstd or Parquet file, a
+broken JSON array, missing CSV columns) raise even with a quarantine. Blank lines are not
+records. An output or quarantine path that is one of the inputs is refused.
+
+Fields that identify people (:data:`IDENTIFYING_FIELDS`: WildChat's ``hashed_ip``, ``header``
+with the user agent, ``country``, ``state``) are left out unless ``keep_identifying=True``.
 
 Reading streams: JSONL line by line, JSON arrays incrementally, Parquet by record batch.
-:func:`convert` writes the output in row groups, so memory stays bounded by one chunk.
+Hub-layout Parquet (WildChat, LMSYS-Chat-1M) is flattened and validated in bulk by DuckDB;
+the records that fail the bulk test (and duplicate ids) go through the per-record path, which
+names their reason, so both paths give the same table and the same quarantine. :func:`convert`
+writes the output in row groups from a second thread, so memory stays bounded by a few chunks.
 """
 from __future__ import annotations
 
+import bisect
 import codecs
 import csv
 import glob as _glob
@@ -47,16 +57,21 @@ import json
 import math
 import os
 import re
+import threading
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
+from queue import Queue
 from typing import Any, Callable, Iterable, Iterator
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from depsim.params import FORMATS, HUB_FORMATS, PROMPT_SETS, PUBLIC_FORMATS
 
@@ -67,7 +82,9 @@ __all__ = [
     "CANONICAL_COLUMNS",
     "InputError",
     "ReadResult",
+    "IDENTIFYING_FIELDS",
     "convert",
+    "input_files",
     "read_conversations",
     "read_prompt_set",
 ]
@@ -138,6 +155,9 @@ LANGUAGE_CODES = {
     "uzbek": "uz", "kyrgyz": "ky", "tajik": "tg", "pashto": "ps", "kurdish": "ku", "amharic": "am",
 }
 _NO_LANGUAGE = {"", "unknown", "nolang", "none", "und"}
+#: Record and per-message fields that identify people (WildChat's IP hash, browser headers with
+#: the user agent, country and state). Left out of the table unless ``keep_identifying=True``.
+IDENTIFYING_FIELDS: frozenset[str] = frozenset({"hashed_ip", "header", "country", "state"})
 
 
 class InputError(ValueError):
@@ -244,7 +264,24 @@ def _json_default(v: Any):
 
 
 def _dumps(v: Any) -> str:
-    return json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    """Compact JSON text; non-finite numbers (NaN, Infinity: not JSON) are written as null."""
+    try:
+        return json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_json_default, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(v), ensure_ascii=False, separators=(",", ":"), default=_json_default)
+
+
+def _finite(v: Any) -> Any:
+    """``v`` with every non-finite float replaced by None (nested lists and dicts too)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):  # numpy scalars
+        return _finite(v.item())
+    return v
 
 
 def _raw_text(raw: Any) -> str:
@@ -405,6 +442,38 @@ def _tool_calls(calls: Any, i: int) -> tuple[list[dict], int]:
     return out, size
 
 
+def _legacy_functions(msgs: list | tuple) -> list | tuple:
+    """Messages with OpenAI's legacy function calling (an assistant ``function_call`` and a
+    ``function`` role answer) rewritten as tool calls and tool messages; ids ``call_<i>`` (the
+    index of the calling message). Others are returned as they are."""
+    if not any(isinstance(m, dict) and (m.get("function_call") is not None or m.get("role") == "function")
+               for m in msgs):
+        return msgs
+    out, open_calls = [], []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            out.append(m)
+            continue
+        fc = m.get("function_call")
+        if fc is not None and m.get("role") == "assistant":
+            if not isinstance(fc, dict) or not isinstance(fc.get("name"), str) or not fc["name"]:
+                raise _Bad("bad_tool_call", f"message {i}: function_call has no function name")
+            call = {"id": f"call_{i}", "type": "function",
+                    "function": {"name": fc["name"], "arguments": fc.get("arguments", "")}}
+            m = {k: v for k, v in m.items() if k != "function_call"}
+            m["tool_calls"] = [*(m.get("tool_calls") or []), call]
+            open_calls.append((fc["name"], call["id"]))
+        elif m.get("role") == "function":
+            name = m.get("name")
+            match = next((c for c in reversed(open_calls) if c[0] == name), open_calls[-1] if open_calls else None)
+            if match is None:
+                raise _Bad("unmatched_tool_message", f"message {i} (function) answers no earlier function_call")
+            open_calls.remove(match)
+            m = {**m, "role": "tool", "tool_call_id": match[1]}
+        out.append(m)
+    return out
+
+
 def _messages(msgs: Any, max_chars: int) -> tuple[list[dict], list[dict] | None]:
     """Validate and normalise a message list. Returns (messages with only OpenAI keys, per-message
     extra fields or None when there are none). Raises _Bad naming the message index."""
@@ -412,6 +481,7 @@ def _messages(msgs: Any, max_chars: int) -> tuple[list[dict], list[dict] | None]
         raise _Bad("wrong_type", f"messages is {_tn(msgs)}, expected an array")
     if not msgs:
         raise _Bad("empty_conversation", "conversation has no messages")
+    msgs = _legacy_functions(msgs)
     out: list[dict] = []
     extras: list[dict] = []
     calls: set[str] = set()
@@ -470,10 +540,40 @@ def _messages(msgs: Any, max_chars: int) -> tuple[list[dict], list[dict] | None]
 # Record sources: each yields (location, raw, parsed record or _Bad)
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def _open_binary(path: Path):
+    """The file's bytes, decompressed when it is gzip or zstd (told by its first bytes)."""
     with open(path, "rb") as fh:
-        magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+        magic = fh.read(4)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    if magic == _ZSTD_MAGIC:
+        return io.BufferedReader(pa.CompressedInputStream(pa.OSFile(str(path)), "zstd"), 1 << 20)
+    return open(path, "rb")
+
+
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+              (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
+def _check_encoding(path: Path) -> None:
+    """Raise for a text file in UTF-16/UTF-32 (with a byte order mark, or NUL bytes in every
+    other position of its start), which would otherwise read as a "NUL byte" per line."""
+    try:
+        with _open_binary(path) as fh:
+            head = fh.read(256)
+    except (OSError, EOFError, zlib.error):
+        return  # the reader reports it with its line
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            raise _fatal(_Loc(str(path), 1), f"the file is {name} (it starts with a {name} byte order mark); "
+                                             f"depsim reads UTF-8: re-save it as UTF-8 (e.g. iconv -f {name} -t UTF-8)")
+    even, odd = head[0::2], head[1::2]
+    if len(head) >= 8 and (odd.count(0) >= 0.9 * len(odd) or even.count(0) >= 0.9 * len(even)):
+        raise _fatal(_Loc(str(path), 1), "the file looks like UTF-16 without a byte order mark (a NUL byte "
+                                         "between characters); depsim reads UTF-8: re-save it as UTF-8")
 
 
 def _magic(path: Path) -> bytes:
@@ -549,6 +649,8 @@ def _jsonl(path: Path, max_line_bytes: int, *, array_hint: str) -> Iterator[tupl
             except RecursionError:
                 yield loc, raw, _Bad("invalid_json", "invalid JSON: nested too deeply")
                 continue
+            if first and isinstance(obj, list) and (not obj or isinstance(obj[0], dict)):
+                raise _fatal(loc, f"the file is a JSON array, not JSONL (one JSON object per line); {array_hint}")
             yield loc, raw, obj
     if not seen:
         raise _fatal(_Loc(name, 1), "empty file (no records)")
@@ -643,6 +745,20 @@ def _parquet(path: Path) -> Iterator[tuple[_Loc, Any, Any]]:
                 idx += 1
     except (pa.ArrowException, OSError) as e:
         raise _fatal(_Loc(str(path), record=idx), f"cannot read the Parquet file ({_one_line(e)})") from None
+
+
+def _parquet_rows(pf: pq.ParquetFile, rows: list[int]) -> Iterator[dict]:
+    """The records at 0-based ``rows`` (ascending) of a Parquet file, as Python dicts."""
+    starts, at = [], 0
+    for g in range(pf.metadata.num_row_groups):
+        starts.append(at)
+        at += pf.metadata.row_group(g).num_rows
+    cache: tuple[int, pa.Table] | None = None
+    for r in rows:
+        g = max(0, bisect.bisect_right(starts, r) - 1)
+        if cache is None or cache[0] != g:
+            cache = (g, pf.read_row_group(g))
+        yield cache[1].slice(r - starts[g], 1).to_pylist()[0]
 
 
 def _hub(hub_id: str, fmt: str) -> Iterator[tuple[_Loc, Any, Any]]:
@@ -740,18 +856,28 @@ class _Ctx:
     warnings: Counter
     index: int = 0  # 0-based ordinal of the record in its file
     lift: tuple[str, ...] = ()  # record fields to keep as their own columns instead of in ``meta``
+    drop: frozenset = frozenset()  # identifying fields left out of the table (IDENTIFYING_FIELDS)
+    meta: bool = True  # keep the record's other fields in ``meta``
 
 
 def _finish(row: dict, msgs: list[dict], mmeta: list[dict] | None = None, meta: dict | None = None,
-            lift: tuple[str, ...] = ()) -> dict:
+            lift: tuple[str, ...] = (), drop: frozenset = frozenset(), keep_meta: bool = True) -> dict:
     row["messages"] = _dumps(msgs)
+    if drop:
+        for k in drop:
+            row.pop(k, None)
+        if meta:
+            meta = {k: v for k, v in meta.items() if k not in drop}
+        if mmeta is not None:
+            mmeta = [{k: v for k, v in m.items() if k not in drop} for m in mmeta]
+            mmeta = mmeta if any(mmeta) else None
     if "message_meta" not in row and mmeta is not None:
         row["message_meta"] = _dumps(mmeta)
     if meta and lift:
         for k in lift:  # strings as they are, anything else as its JSON text
             v = meta.pop(k, None)
             row[k] = v if v is None or isinstance(v, str) else _dumps(v)
-    if meta:
+    if meta and keep_meta:
         row["meta"] = _dumps(meta)
     return row
 
@@ -770,7 +896,7 @@ def _row_openai(rec: Any, c: _Ctx) -> dict:
            "tools": tools, "source": c.source or _str(rec, "source") or c.fmt, "model": _str(rec, "model"),
            "language": _str(rec, "language"), "surface": _str(rec, "surface"),
            "created_at": _timestamp(rec.get("created_at"))}
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift)
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop, c.meta)
 
 
 def _any_flag(v: Any, key: str) -> bool | None:
@@ -815,7 +941,7 @@ def _row_chatlog(rec: Any, c: _Ctx) -> dict:
     else:
         row["created_at"] = _timestamp(rec.get("timestamp"), "timestamp")
         used.add("timestamp")
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift)
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop, c.meta)
 
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
@@ -872,7 +998,7 @@ def _row_sharegpt(rec: Any, c: _Ctx) -> dict:
            "tools": None, "source": c.source or c.fmt, "model": _str(rec, "model"),
            "language": _language(rec.get("language"))[0], "surface": None, "created_at": None}
     used = {"id", "conversation_id", "conversations", "model", "language"}
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift)
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop, c.meta)
 
 
 _HH_MARK = re.compile(r"\n\n(Human|Assistant):")
@@ -1020,19 +1146,40 @@ _CONVERTERS: dict[str, Callable[[Any, _Ctx], dict]] = {
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_EXTS = {"openai_jsonl": (".jsonl", ".jsonl.gz", ".ndjson"), "hh_rlhf": (".jsonl", ".jsonl.gz"),
-         "wildchat": (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz"),
-         "lmsys": (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz"),
-         "sharegpt": (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".parquet"), "parquet": (".parquet",),
-         "jailbreakbench": (".json",)}
+_Z = (".gz", ".zst", ".zstd")
+_EXTS = {"openai_jsonl": (".jsonl", ".ndjson", ".json", *(f".jsonl{z}" for z in _Z), *(f".json{z}" for z in _Z)),
+         "hh_rlhf": (".jsonl", *(f".jsonl{z}" for z in _Z)),
+         "wildchat": (".parquet", ".jsonl", ".json", *(f".jsonl{z}" for z in _Z), *(f".json{z}" for z in _Z)),
+         "lmsys": (".parquet", ".jsonl", ".json", *(f".jsonl{z}" for z in _Z), *(f".json{z}" for z in _Z)),
+         "sharegpt": (".json", ".jsonl", ".parquet", *(f".jsonl{z}" for z in _Z), *(f".json{z}" for z in _Z)),
+         "parquet": (".parquet",), "jailbreakbench": (".json",)}
+#: What each kind reads, for diagnoses ("wrong kind?").
+KIND_SHAPES = {
+    "openai_jsonl": '{"messages": [{"role", "content"}, ...]} per line',
+    "wildchat": '{"conversation_hash", "conversation": [{"role", "content"}, ...]} (WildChat)',
+    "lmsys": '{"conversation_id", "conversation": [{"role", "content"}, ...]} (LMSYS-Chat-1M)',
+    "sharegpt": '{"id", "conversations": [{"from", "value"}, ...]} (ShareGPT)',
+    "hh_rlhf": '{"chosen", "rejected"} transcripts (HH-RLHF)',
+    "parquet": "the canonical table (conversation_id, messages, source)",
+}
+#: Bumped when the canonical table a reader writes changes (part of stage 1's cache key).
+READER_VERSION = "2"
 
 
 def _stem(p: Path) -> str:
     name = p.name
-    for ext in (".gz", ".jsonl", ".json", ".ndjson", ".parquet", ".csv"):
-        if name.endswith(ext):
+    for ext in (".gz", ".zst", ".zstd", ".jsonl", ".json", ".ndjson", ".parquet", ".csv"):
+        if name.lower().endswith(ext):
             name = name[: -len(ext)]
     return name or p.name
+
+
+def input_files(path: Any, fmt: str) -> list[Path] | str:
+    """The files :func:`read_conversations` would read for ``path`` (a file, every file of the
+    format under a folder, extensions in any case, a glob where ``**`` matches any depth, or a
+    list of those), in reading order; or ``path`` itself when it is a hub id. Raises
+    InputError when nothing matches."""
+    return _inputs(path, fmt)
 
 
 def _inputs(path: Any, fmt: str) -> list[Path] | str:
@@ -1054,7 +1201,7 @@ def _inputs(path: Any, fmt: str) -> list[Path] | str:
         return [p]
     if p.is_dir():
         exts = _EXTS.get(fmt, (".csv",))
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(exts)
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(exts)
                        and not any(part.startswith(".") for part in f.relative_to(p).parts))
         if not files:
             raise InputError(f"{s}: no {'/'.join(exts)} files in this folder", file=s)
@@ -1070,12 +1217,79 @@ def _inputs(path: Any, fmt: str) -> list[Path] | str:
     raise InputError(f"{s}: file not found{hint}", file=s)
 
 
-def _records(f: Path, fmt: str, max_line_bytes: int) -> Iterator[tuple[_Loc, Any, Any]]:
+def _json_doc(path: Path, json_path: str) -> Iterator[tuple[_Loc, Any, Any]]:
+    """The records of the array at ``json_path`` (dotted keys) inside one JSON document."""
+    name = str(path)
+    try:
+        with _open_binary(path) as fh:
+            doc = json.loads(fh.read().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise _fatal(name, f"the file is not valid UTF-8 ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise _fatal(_Loc(name, e.lineno), f"invalid JSON ({e.msg})") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise _fatal(name, f"cannot read the file: {e}") from None
+    node = doc
+    for key in json_path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            have = ", ".join(list(node)[:10]) if isinstance(node, dict) else _tn(node)
+            raise _fatal(name, f"json_path {json_path!r}: no key {key!r} (has {have})")
+        node = node[key]
+    if not isinstance(node, list):
+        raise _fatal(name, f"json_path {json_path!r} is {_tn(node)}, expected an array of records")
+    if not node:
+        raise _fatal(name, f"json_path {json_path!r}: empty array (no records)")
+    for i, rec in enumerate(node):
+        yield _Loc(name, record=i), None, rec
+
+
+#: Keys of a ``mapping`` (canonical field -> record field): ``prompt``/``response``/``system``
+#: build the messages from plain text fields; the others name a field holding that value.
+MAPPING_KEYS = ("id", "messages", "prompt", "response", "system", "tools", "model", "language", "surface",
+                "source", "created_at")
+
+
+def _get_path(rec: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(rec, dict):
+            return None
+        rec = rec.get(key)
+    return rec
+
+
+def _apply_mapping(rec: Any, mapping: dict[str, str]) -> Any:
+    """A record of another layout rewritten into the openai_jsonl layout by ``mapping``; the
+    fields it does not map stay as they are (so they reach ``meta``)."""
+    if not isinstance(rec, dict):
+        return rec
+    tops = {v.split(".")[0] for v in mapping.values()}
+    out = {k: v for k, v in rec.items() if k not in tops}
+    for key, field_ in mapping.items():
+        if key not in ("prompt", "response", "system"):
+            out[key] = _get_path(rec, field_)
+    if "prompt" in mapping:
+        msgs = []
+        if "system" in mapping and _get_path(rec, mapping["system"]) is not None:
+            msgs.append({"role": "system", "content": _get_path(rec, mapping["system"])})
+        msgs.append({"role": "user", "content": _get_path(rec, mapping["prompt"])})
+        if "response" in mapping and _get_path(rec, mapping["response"]) is not None:
+            msgs.append({"role": "assistant", "content": _get_path(rec, mapping["response"])})
+        out["messages"] = msgs
+    return out
+
+
+def _records(f: Path, fmt: str, max_line_bytes: int, json_path: str | None = None) -> Iterator[tuple[_Loc, Any, Any]]:
     if fmt in PROMPT_SETS:
         return _jbc(f) if fmt == "jailbreakbench" else _csv(f)
     if f.stat().st_size == 0:
         raise _fatal(_Loc(str(f), 1), "empty file (no records)")
     is_parquet = _magic(f) == b"PAR1"
+    if not is_parquet:
+        _check_encoding(f)
+    if json_path:
+        if is_parquet:
+            raise _fatal(str(f), "json_path applies to JSON documents, not Parquet files")
+        return _json_doc(f, json_path)
     if fmt == "parquet":
         if not is_parquet:
             raise _fatal(str(f), "not a Parquet file (format 'parquet' reads the canonical Parquet table; "
@@ -1086,17 +1300,221 @@ def _records(f: Path, fmt: str, max_line_bytes: int) -> Iterator[tuple[_Loc, Any
             raise _fatal(str(f), f"a Parquet file, but format {fmt!r} reads JSONL; for a canonical "
                                  f"Parquet table use format 'parquet'")
         return _parquet(f)
-    hint = "convert it with: jq -c '.[]' IN.json > OUT.jsonl"
-    if fmt in ("wildchat", "lmsys", "sharegpt") and _first_char(f) == "[":
+    hint = ("name it .json (a JSON array is read as one) or convert it with: jq -c '.[]' IN.json > OUT.jsonl; "
+            "records inside an object ({\"instances\": [...]}) are read with json_path")
+    low = f.name.lower()
+    json_name = ".json" in low and ".jsonl" not in low  # .json, .json.gz, ...: may be an array
+    if (fmt in ("wildchat", "lmsys", "sharegpt") or json_name) and _first_char(f) == "[":
         return _json_array(f)
     return _jsonl(f, max_line_bytes, array_hint=hint)
+
+
+# --------------------------------------------------------------------------------------------
+# Native ingestion: hub-layout Parquet (WildChat, LMSYS-Chat-1M) flattened and validated in bulk
+# by DuckDB. Rows that fail the bulk test (and duplicate ids) go through the per-record path,
+# which names the reason; the two paths write the same table.
+
+_PY_LAMBDA = tuple(int("".join(ch for ch in x if ch.isdigit()) or 0)
+                   for x in duckdb.__version__.split(".")[:2]) >= (1, 3)
+
+
+def _lam(var: str, body: str) -> str:
+    """A one-argument DuckDB lambda (``lambda x: ...`` from 1.3 on; 2.x rejects ``x -> ...``)."""
+    return f"lambda {var}: {body}" if _PY_LAMBDA else f"{var} -> {body}"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _s(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _is_str(t: pa.DataType | None) -> bool:
+    return t is not None and (pa.types.is_string(t) or pa.types.is_large_string(t)
+                              or (_HAS_VIEW and pa.types.is_string_view(t)))
+
+
+_HAS_VIEW = hasattr(pa.types, "is_string_view")
+
+
+def _json_ready(e: str, t: pa.DataType, depth: int = 0) -> str | None:
+    """SQL for value ``e`` (Arrow type ``t``) ready for ``to_json`` so that it reads as the
+    per-record path writes it: non-finite floats as null, timestamps as ISO 8601 text. None
+    for types the bulk path does not handle (binary, maps of such values, ...)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_floating(t):
+        return f"(CASE WHEN isfinite({e}) THEN {e} END)"
+    if pa.types.is_timestamp(t):
+        zone = " || '+00:00'" if t.tz else ""
+        return (f"(CASE WHEN microsecond({e}) % 1000000 = 0 THEN strftime({e}, '%Y-%m-%dT%H:%M:%S') "
+                f"ELSE strftime({e}, '%Y-%m-%dT%H:%M:%S.%f') END{zone})")
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t) \
+            or pa.types.is_map(t) or pa.types.is_union(t) or pa.types.is_time(t) or pa.types.is_duration(t) \
+            or pa.types.is_decimal(t):  # decimals: a JSON string per record, a number from DuckDB
+        return None
+    if pa.types.is_struct(t):
+        parts = []
+        for f in t:
+            inner = _json_ready(f"{e}.{_q(f.name)}", f.type, depth)
+            if inner is None:
+                return None
+            parts.append(f"{_s(f.name)}: {inner}")
+        if not parts:
+            return None
+        if all(p == f"{_s(f.name)}: {e}.{_q(f.name)}" for p, f in zip(parts, t)):
+            return e
+        return f"(CASE WHEN {e} IS NULL THEN NULL ELSE {{{', '.join(parts)}}} END)"
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        v = f"y{depth}"
+        inner = _json_ready(v, t.value_type, depth + 1)
+        if inner is None:
+            return None
+        return e if inner == v else f"list_transform({e}, {_lam(v, inner)})"
+    return e
+
+
+def _flag_sql(conv: str, fields: dict, key: str) -> str:
+    """SQL twin of :func:`_turn_flag`: any per-turn boolean ``key``, null when none is set."""
+    if key not in fields:
+        return "CAST(NULL AS BOOLEAN)"
+    vals = f"list_filter(list_transform({conv}, {_lam('x', f'x.{_q(key)}')}), {_lam('y', 'y IS NOT NULL')})"
+    return f"list_bool_or({vals})"
+
+
+def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tuple[str, ...],
+                drop: frozenset, max_chars: int, keep_meta: bool = True) -> str | None:
+    """The bulk query for a hub-layout Parquet file, or None when its schema is not one the bulk
+    path reads exactly like the per-record path (then every record takes that path)."""
+    names = sch.names
+    typ = {n: sch.field(n).type for n in names}
+    if "file_row_number" in typ or "conversation" not in typ:
+        return None
+    keys = ("conversation_hash", "conversation_id") if fmt == "wildchat" else ("conversation_id",)
+    ids = [k for k in keys if k in typ]
+    if not ids or not all(_is_str(typ[k]) or pa.types.is_integer(typ[k]) for k in ids):
+        return None
+    ct = typ["conversation"]
+    if not (pa.types.is_list(ct) or pa.types.is_large_list(ct)) or not pa.types.is_struct(ct.value_type):
+        return None
+    turn = {x.name: x.type for x in ct.value_type}
+    if not (_is_str(turn.get("role")) and _is_str(turn.get("content"))) \
+            or set(turn) & {"name", "tool_calls", "tool_call_id", "refusal"}:
+        return None
+    for k in ("model", "language", "country", "state"):
+        if k in typ and not (_is_str(typ[k]) or pa.types.is_null(typ[k])):
+            return None
+    for k in ("redacted", "toxic"):
+        if k in typ and not (pa.types.is_boolean(typ[k]) or pa.types.is_null(typ[k])):
+            return None
+        if k in turn and not pa.types.is_boolean(turn[k]):
+            return None
+    if "timestamp" in typ and not pa.types.is_timestamp(typ["timestamp"]) and not pa.types.is_null(typ["timestamp"]):
+        return None
+    if "timestamp" in turn and fmt == "wildchat" and not pa.types.is_timestamp(turn["timestamp"]):
+        return None
+    if "language" in turn and not _is_str(turn["language"]):
+        return None
+    om = typ.get("openai_moderation")
+    if om is not None and not ((pa.types.is_list(om) or pa.types.is_large_list(om))
+                               and pa.types.is_struct(om.value_type)
+                               and all(x.name != "flagged" or pa.types.is_boolean(x.type) for x in om.value_type)):
+        return None
+
+    conv = "conversation"
+    cid = "coalesce(" + ", ".join(f"CAST({_q(k)} AS VARCHAR)" for k in ids) + ")" if len(ids) > 1 \
+        else f"CAST({_q(ids[0])} AS VARCHAR)"
+    role = "CASE WHEN x.role = 'developer' THEN 'system' ELSE x.role END"
+    msg = f"{{'role': {role}, 'content': x.content}}"
+    cols = {
+        "conversation_id": "__id",
+        "messages": f"to_json(list_transform({conv}, {_lam('x', msg)}))",
+        "tools": "CAST(NULL AS VARCHAR)",
+        "source": _s(source or fmt),
+        "model": "model" if "model" in typ else "CAST(NULL AS VARCHAR)",
+        "language": "__lang",
+        "surface": "'chat'",
+    }
+    is_user_lang = "x.role = 'user' AND x.language IS NOT NULL AND x.language <> ''"
+    user_lang = (f"list_filter({conv}, {_lam('x', is_user_lang)})[1].language"
+                 if "language" in turn else "CAST(NULL AS VARCHAR)")
+    lang = f"coalesce(language, {user_lang})" if "language" in typ else user_lang
+    ts_top = "CAST(timestamp AS TIMESTAMP)" if "timestamp" in typ else "CAST(NULL AS TIMESTAMP)"
+    if fmt == "wildchat" and "timestamp" in turn:
+        first = (f"list_filter(list_transform({conv}, {_lam('x', 'CAST(x.timestamp AS TIMESTAMP)')}), "
+                 f"{_lam('y', 'y IS NOT NULL')})[1]")
+        cols["created_at"] = f"coalesce({first}, {ts_top})"
+    else:
+        cols["created_at"] = ts_top
+    cols["language_name"] = "__lang"
+    top = lambda k: k if k in typ else f"CAST(NULL AS {'BOOLEAN' if k in ('redacted', 'toxic') else 'VARCHAR'})"
+    cols["redacted"] = f"coalesce({top('redacted')}, {_flag_sql(conv, turn, 'redacted')})"
+    if fmt == "wildchat":
+        cols["toxic"] = f"coalesce({top('toxic')}, {_flag_sql(conv, turn, 'toxic')})"
+    if om is None:
+        cols["moderation_flagged"] = "CAST(NULL AS BOOLEAN)"
+    else:
+        flag = "coalesce(x.flagged, false)" if "flagged" in {x.name for x in om.value_type} else "false"
+        cols["moderation_flagged"] = (f"CASE WHEN openai_moderation IS NULL THEN NULL ELSE coalesce(list_bool_or("
+                                      f"list_transform(openai_moderation, {_lam('x', flag)})), false) END")
+    if fmt == "wildchat":
+        for k in ("country", "state"):
+            if k not in drop:
+                cols[k] = top(k)
+    extra = [k for k in turn if k not in MESSAGE_KEYS and k not in drop]
+    if extra:
+        parts = []
+        for k in extra:
+            inner = _json_ready(f"x.{_q(k)}", turn[k], 1)
+            if inner is None:
+                return None
+            parts.append(f"{_s(k)}: {inner}")
+        cols["message_meta"] = f"to_json(list_transform({conv}, {_lam('x', '{' + ', '.join(parts) + '}')}))"
+    else:
+        cols["message_meta"] = "CAST(NULL AS VARCHAR)"
+    used = {*keys, "conversation", "model", "language", "redacted", "timestamp"}
+    if fmt == "wildchat":
+        used |= {"toxic", "country", "state"}
+    rest = [k for k in names if k not in used and k not in lift and k not in drop] if keep_meta else []
+    parts = []
+    for k in rest:
+        inner = _json_ready(_q(k), typ[k], 1)
+        if inner is None:
+            return None
+        parts.append(f"{_s(k)}: {inner}")
+    if keep_meta:
+        cols["meta"] = f"to_json({{{', '.join(parts)}}})" if parts else "CAST(NULL AS VARCHAR)"
+    for k in lift:
+        if k not in typ:
+            cols[k] = "CAST(NULL AS VARCHAR)"
+        elif _is_str(typ[k]):
+            cols[k] = _q(k)
+        else:
+            inner = _json_ready(_q(k), typ[k], 1)
+            if inner is None:
+                return None
+            cols[k] = f"CAST(to_json({inner}) AS VARCHAR)"
+    is_user = "x.role = 'user'"
+    content_ok = (f"x IS NOT NULL AND x.role IN ('system', 'user', 'assistant', 'developer') "
+                  f"AND x.content IS NOT NULL AND length(x.content) <= {int(max_chars)}")
+    ok = (f"__id IS NOT NULL AND NOT regexp_full_match(__id, '\\s*') AND {conv} IS NOT NULL "
+          f"AND len({conv}) > 0 AND list_bool_and(list_transform({conv}, {_lam('x', content_ok)})) "
+          f"AND list_bool_or(list_transform({conv}, {_lam('x', is_user)}))")
+    select = ", ".join(f"{expr} AS {_q(name)}" for name, expr in cols.items())
+    return (f"SELECT {select}, coalesce({ok}, false) AS __ok, file_row_number AS __i FROM ("
+            f"SELECT *, {cid} AS __id, {lang} AS __lang FROM read_parquet({_s(str(f))}, file_row_number = true))")
 
 
 class _Run:
     """One read: records -> validated rows in chunks (pyarrow tables), bad records -> quarantine."""
 
     def __init__(self, path, fmt: str, *, quarantine, max_message_chars: int, source: str | None,
-                 chunk_rows: int, max_line_bytes: int | None, columns: Iterable[str] = ()):
+                 chunk_rows: int, max_line_bytes: int | None, columns: Iterable[str] = (),
+                 keep_identifying: bool = False, quarantine_raw: bool = False, progress: bool | None = None,
+                 memory_limit: str | None = None, threads: int | None = None, json_path: str | None = None,
+                 keep_meta: bool = True, mapping: dict[str, str] | None = None, spill_dir: str | None = None):
         if fmt not in _CONVERTERS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS + PROMPT_SETS)}")
         self.lift = tuple(columns)
@@ -1113,9 +1531,23 @@ class _Run:
         self.max_line_bytes = max_line_bytes or max(256 << 20, 4 * self.max_chars + (1 << 20))
         self.inputs = _inputs(path, fmt)
         self.quarantine = Path(quarantine) if quarantine is not None else None
-        self.schema: pa.Schema | None = (None if fmt == "parquet" else
-                                         pa.schema(_BASE + _EXTRAS[fmt] + [(c, _S) for c in self.lift]))
-        self.seen: dict[str, tuple[int, str]] = {}
+        if self.quarantine is not None:
+            _refuse_overwrite(self, self.quarantine, "the quarantine file")
+        self.drop = frozenset() if keep_identifying else IDENTIFYING_FIELDS
+        self.keep_meta, self.spill_dir = keep_meta, spill_dir
+        self.mapping = dict(mapping or {})
+        if self.mapping:
+            if fmt != "openai_jsonl":
+                raise ValueError(f"mapping= applies to openai_jsonl, not {fmt!r}")
+            unknown = [k for k in self.mapping if k not in MAPPING_KEYS]
+            if unknown:
+                raise ValueError(f"mapping keys must be among {', '.join(MAPPING_KEYS)}; not {unknown}")
+        self.quarantine_raw, self.progress = quarantine_raw, progress
+        self.memory_limit, self.threads, self.json_path = memory_limit, threads, json_path
+        self.schema: pa.Schema | None = (None if fmt == "parquet" else pa.schema(
+            [x for x in _BASE + _EXTRAS[fmt] if x[0] not in self.drop and (keep_meta or x[0] != "meta")]
+            + [(c, _S) for c in self.lift]))
+        self.seen: dict[str, tuple[int, str | int]] = {}  # id -> (file, "line n"/"record i", or i)
         self.rows: list[dict] = []
         self.records = self.kept = self.quarantined = 0
         self.reasons: Counter = Counter()
@@ -1147,20 +1579,24 @@ class _Run:
                              reason=bad.reason)
         self.quarantined += 1
         self.reasons[bad.reason] += 1
+        # the raw record may hold personal data: kept only when asked (quarantine_raw=True)
         self._qfh.write(json.dumps({"file": loc.file, "line": loc.line, "record": loc.record, "reason": bad.reason,
-                                    "message": f"{loc}: {bad.detail}", "raw": _raw_text(raw)},
+                                    "message": f"{loc}: {bad.detail}",
+                                    "raw": _raw_text(raw) if self.quarantine_raw else None},
                                    ensure_ascii=False) + "\n")
 
-    def _good(self, loc: _Loc, raw: Any, row: dict, fi: int) -> pa.Table | None:
+    def _accept(self, loc: _Loc, raw: Any, row: dict, fi: int) -> bool:
+        """Check a converted row (unique id, valid Unicode) and count it; False if it went bad."""
         cid = row["conversation_id"]
         if not isinstance(cid, str):
             cid = row["conversation_id"] = str(cid)
         first = self.seen.get(cid)
         if first is not None:
-            where = first[1] if first[0] == fi else f"{self._files[first[0]]} {first[1]}"
+            at = first[1] if isinstance(first[1], str) else f"record {first[1]}"  # bulk path: an index
+            where = at if first[0] == fi else f"{self._files[first[0]]} {at}"
             self._bad(loc, raw, _Bad("duplicate_id", f"duplicate conversation id {cid[:80]!r} "
                                                      f"(first seen at {where})"))
-            return None
+            return False
         for k, v in row.items():
             if isinstance(v, str):
                 try:
@@ -1168,12 +1604,35 @@ class _Run:
                 except UnicodeEncodeError:
                     self._bad(loc, raw, _Bad("invalid_unicode", f"{k} contains an unpaired surrogate "
                                                                 f"(a lone \\ud800-\\udfff escape)"))
-                    return None
+                    return False
         self.seen[cid] = (fi, loc.short())
         self.records += 1
         self.kept += 1
+        return True
+
+    def _good(self, loc: _Loc, raw: Any, row: dict, fi: int) -> pa.Table | None:
+        if not self._accept(loc, raw, row, fi):
+            return None
         self.rows.append(row)
         return self._flush() if len(self.rows) >= self.chunk_rows else None
+
+    def _convert_one(self, loc: _Loc, raw: Any, obj: Any, stem: str, index: int) -> dict | None:
+        """One record through its format's converter: the row, or None once it is quarantined."""
+        if isinstance(obj, _Bad):
+            self._bad(loc, raw, obj)
+            return None
+        if self.mapping:
+            obj = _apply_mapping(obj, self.mapping)
+        ctx = _Ctx(self.fmt, stem, loc, self.max_chars, self.source, self.warnings, index, self.lift,
+                   self.drop, self.keep_meta)
+        try:
+            return _CONVERTERS[self.fmt](obj, ctx)
+        except _Bad as b:
+            self._bad(loc, raw if raw is not None else obj, b)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            self._bad(loc, raw if raw is not None else obj,
+                      _Bad("invalid_record", f"cannot read the record ({type(e).__name__}: {e})"))
+        return None
 
     def _flush(self) -> pa.Table:
         names = self.schema.names
@@ -1212,6 +1671,8 @@ class _Run:
                 sources: Iterable = [(self.inputs, _hub(self.inputs, self.fmt), self.inputs.split("/")[-1])]
             else:
                 sources = ((str(f), f, _stem(f)) for f in self.inputs)
+            self._bar = tqdm(total=self._total_rows(), unit=" conversations", unit_scale=True, mininterval=1.0,
+                             desc=f"reading {self.fmt}", disable=None if self.progress is None else not self.progress)
             for fi, (name, src, stem) in enumerate(sources):
                 self._files.append(name)
                 if isinstance(src, Path):
@@ -1223,21 +1684,17 @@ class _Run:
                             self.schema = sch
                         elif sch != self.schema:
                             raise _fatal(name, "columns differ from the first file's")
-                    src = _records(src, self.fmt, self.max_line_bytes)
-                conv = _CONVERTERS[self.fmt]
+                    sql = self._native_plan(src)
+                    if sql is not None:
+                        if self.rows:
+                            yield self._flush()
+                        yield from self._native(src, fi, sql, stem)
+                        continue
+                    src = _records(src, self.fmt, self.max_line_bytes, self.json_path)
                 for index, (loc, raw, obj) in enumerate(src):
-                    if isinstance(obj, _Bad):
-                        self._bad(loc, raw, obj)
-                        continue
-                    ctx = _Ctx(self.fmt, stem, loc, self.max_chars, self.source, self.warnings, index, self.lift)
-                    try:
-                        row = conv(obj, ctx)
-                    except _Bad as b:
-                        self._bad(loc, raw if raw is not None else obj, b)
-                        continue
-                    except (TypeError, ValueError, KeyError, AttributeError) as e:
-                        self._bad(loc, raw if raw is not None else obj,
-                                  _Bad("invalid_record", f"cannot read the record ({type(e).__name__}: {e})"))
+                    self._bar.update(1)
+                    row = self._convert_one(loc, raw, obj, stem, index)
+                    if row is None:
                         continue
                     t = self._good(loc, raw if raw is not None else obj, row, fi)
                     if t is not None:
@@ -1246,7 +1703,115 @@ class _Run:
                 yield self._flush()
             ok = True
         finally:
+            self._bar.close()
             self._close_quarantine(ok)
+
+    def _total_rows(self) -> int | None:
+        """Records to read, where the files say (Parquet metadata); None otherwise."""
+        if isinstance(self.inputs, str) or not all(_magic(f) == b"PAR1" for f in self.inputs):
+            return None
+        try:
+            return sum(pq.read_metadata(f).num_rows for f in self.inputs)
+        except (pa.ArrowException, OSError):
+            return None
+
+    def _native_plan(self, f: Path) -> str | None:
+        """The bulk query for a hub-layout Parquet file of WildChat or LMSYS, or None."""
+        if self.fmt not in ("wildchat", "lmsys") or f.stat().st_size == 0 or _magic(f) != b"PAR1":
+            return None
+        pf = _parquet_file(f)
+        if pf.metadata.num_rows == 0:
+            raise _fatal(str(f), "empty Parquet file (no records)")
+        return _native_sql(f, pf.schema_arrow, self.fmt, self.source, self.lift, self.drop, self.max_chars,
+                           self.keep_meta)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        config = {"preserve_insertion_order": True}
+        if self.threads:
+            config["threads"] = int(self.threads)
+        if self.memory_limit:
+            config["memory_limit"] = self.memory_limit
+        if self.spill_dir:
+            os.makedirs(self.spill_dir, exist_ok=True)
+            config["temp_directory"] = str(self.spill_dir)
+        con = duckdb.connect(config=config)
+        con.execute("SET enable_progress_bar = false")
+        con.execute("SET TimeZone = 'UTC'")
+        return con
+
+    def _native(self, f: Path, fi: int, sql: str, stem: str) -> Iterator[pa.Table]:
+        """Bulk conversion of one hub-layout Parquet file: DuckDB flattens and tests every
+        record; the ones that fail (and duplicate ids) take the per-record path, which
+        quarantines them with their reason or keeps them. Yields tables in file order."""
+        name = str(f)
+        out_names = self.schema.names
+        langs: dict[str | None, tuple[str | None, str | None]] = {None: (None, None)}
+        con = self._connect()
+        try:
+            res = con.sql(sql)
+            batches = max(self.chunk_rows, 1)
+            # DuckDB 2.x: to_arrow_reader; 1.x: fetch_record_batch
+            reader = (res.to_arrow_reader(batches) if hasattr(res, "to_arrow_reader")
+                      else res.fetch_record_batch(batches))
+            pf = None
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except duckdb.Error as e:
+                    raise _fatal(name, f"cannot read the Parquet file ({_one_line(e)})") from None
+                t = pa.Table.from_batches([batch])
+                idx = t.column("__i").to_pylist()
+                good = t.column("__ok").to_pylist()
+                ids = t.column("conversation_id").to_pylist()
+                fresh = set(ids)
+                if all(good) and len(fresh) == len(ids) and fresh.isdisjoint(self.seen):
+                    # the usual batch: every record passed, no id seen before (checked as sets)
+                    self.seen.update(zip(ids, ((fi, i) for i in idx)))
+                    keep, slow = None, []
+                else:
+                    keep, slow = [], []
+                    for i, cid, g in zip(idx, ids, good):
+                        if g and cid not in self.seen:
+                            self.seen[cid] = (fi, i)
+                            keep.append(True)
+                        else:
+                            keep.append(False)
+                            slow.append(i)
+                n_kept = len(idx) - len(slow)
+                self.records += n_kept
+                self.kept += n_kept
+                raw = t.column("language_name")
+                names = pc.unique(raw).to_pylist()
+                for v in names:
+                    if v not in langs:
+                        langs[v] = _language(v)
+                codes = pa.array([langs[v][0] for v in names], pa.string())
+                t = t.set_column(t.schema.get_field_index("language"), "language",
+                                 pc.take(codes, pc.index_in(raw, pa.array(names, raw.type))))
+                if keep is not None:
+                    t = t.filter(pa.array(keep, pa.bool_()))
+                t = t.select([*out_names, "__i"])
+                tables = [t.cast(pa.schema([*self.schema, ("__i", pa.int64())]))]
+                if slow:
+                    pf = pf or _parquet_file(f)
+                    rows = []
+                    for i, rec in zip(slow, _parquet_rows(pf, slow)):
+                        loc = _Loc(name, record=i)
+                        row = self._convert_one(loc, None, rec, stem, i)
+                        if row is not None and self._accept(loc, rec, row, fi):
+                            rows.append({**{k: row.get(k) for k in out_names}, "__i": i})
+                    if rows:
+                        tables.append(pa.Table.from_pylist(rows, schema=tables[0].schema))
+                    t = pa.concat_tables(tables)
+                    t = t.take(pc.sort_indices(t.column("__i")))
+                else:
+                    t = tables[0]
+                self._bar.update(len(idx))
+                yield t.drop_columns(["__i"])
+        finally:
+            con.close()
 
     def _check_csv(self, f: Path) -> None:
         header = _csv_header(f)
@@ -1262,12 +1827,67 @@ class _Run:
             notes.append(NOTES[self.fmt])
         elif self.fmt in PROMPT_SETS:
             notes.append(_PROMPT_NOTE.format(self.fmt))
+        if self.drop and self.schema is not None and self.fmt in ("wildchat", "lmsys", "openai_jsonl", "sharegpt"):
+            notes.append("Fields that identify people (" + ", ".join(sorted(self.drop)) + ") were left out "
+                         "(keep_identifying=True keeps them).")
+        if not self.keep_meta:
+            notes.append("The records' other fields were not kept (keep_meta=False): no `meta` column.")
         if self.warnings["rejected_prefix_differs"]:
             notes.append(f"{self.warnings['rejected_prefix_differs']} conversations: the rejected transcript does "
                          f"not share the chosen one's prefix, so `rejected` is null there.")
         return ReadResult(table=table, quarantined=self.quarantined, reasons=Counter(self.reasons),
                           records=self.records, rows=self.kept, notes=notes, files=list(self._files), path=path,
                           quarantine=self.quarantine)
+
+
+def _write_chunks(chunks: Iterator[pa.Table], path: Path, chunk_rows: int) -> None:
+    """Write the tables of ``chunks`` to one Parquet file, in a second thread: compressing a
+    chunk then overlaps with making the next one (DuckDB and pyarrow both release the GIL)."""
+    queue: Queue = Queue(maxsize=2)
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        writer = None
+        try:
+            while (t := queue.get()) is not None:
+                if failed:
+                    continue  # drain, so the producer never blocks
+                if writer is None:
+                    # no dictionaries or min/max statistics for the long JSON text columns: both
+                    # cost time for nothing (their values are unique and never filtered on)
+                    long = [n for n in ("messages", "message_meta", "meta", "tools", "rejected")
+                            if n in t.schema.names]
+                    short = [n for n in t.schema.names if n not in long]
+                    writer = pq.ParquetWriter(path, t.schema, use_dictionary=short, write_statistics=short,
+                                              compression="snappy")  # the fastest to write (zstd-1: 40 % slower)
+                writer.write_table(t, row_group_size=max(chunk_rows, 1))
+        except BaseException as e:  # noqa: BLE001 - handed to the producer
+            failed.append(e)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    thread = threading.Thread(target=write, name="depsim-convert-writer", daemon=True)
+    thread.start()
+    try:
+        for t in chunks:
+            if failed:
+                break
+            queue.put(t)
+    finally:
+        queue.put(None)
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
+def _refuse_overwrite(run: "_Run", path: Path, what: str) -> None:
+    """Raise if ``path`` is one of the run's input files (it would be replaced)."""
+    if isinstance(run.inputs, str) or not path.exists():
+        return
+    for f in run.inputs:
+        if f.exists() and os.path.samefile(f, path):
+            raise InputError(f"{path}: {what} would overwrite an input file; choose another path", file=str(path))
 
 
 def _to_pandas(tables: list[pa.Table]) -> pd.DataFrame:
@@ -1277,7 +1897,11 @@ def _to_pandas(tables: list[pa.Table]) -> pd.DataFrame:
 def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | os.PathLike | None = None,
                        max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, source: str | None = None,
                        columns: Iterable[str] = (), chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                       max_line_bytes: int | None = None) -> ReadResult:
+                       max_line_bytes: int | None = None, keep_identifying: bool = False,
+                       quarantine_raw: bool = False, progress: bool | None = False,
+                       memory_limit: str | None = None, json_path: str | None = None,
+                       keep_meta: bool = True, mapping: dict[str, str] | None = None,
+                       spill_dir: str | None = None) -> ReadResult:
     """Read conversations into the canonical table.
 
     ``path``: a file, a folder (every file of the format under it, sorted), a glob, a list of
@@ -1302,18 +1926,39 @@ def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | o
     ``columns``: record fields to keep as their own (string) columns rather than in ``meta``,
     e.g. ``["intent"]`` for a reweighting stratum; ``max_line_bytes``: a longer JSONL line is
     bad without being parsed (default 256 MiB or 4 x max_message_chars).
+
+    ``keep_identifying``: keep the fields that identify people (:data:`IDENTIFYING_FIELDS`:
+    WildChat's ``hashed_ip``, ``header`` with the user agent, ``country``, ``state``), which are
+    left out by default; ``quarantine_raw``: also write each bad record's raw text (up to 2,000
+    characters) to the quarantine file, which otherwise holds only where and why;
+    ``progress``: a progress bar on stderr (None: when stderr is a terminal);
+    ``memory_limit``: DuckDB's memory limit for the bulk path (e.g. ``"4GB"``; default DuckDB's,
+    80 % of RAM) and ``spill_dir`` the folder it spills to; ``json_path``: where the records
+    are inside a JSON document that is not a plain array or JSONL, as dotted keys
+    (``instances`` for ``{"instances": [...]}``);
+    ``keep_meta``: keep the record's other fields as JSON in ``meta`` (True, lossless). For
+    WildChat that is mostly the per-message moderation scores, and writing them as JSON text is
+    most of the conversion time (``benchmarks/ingest_speed.py``); False leaves ``meta`` out;
+    ``mapping`` (openai_jsonl): canonical field -> dotted record field for logs in another
+    layout, e.g. ``{"prompt": "user_input", "response": "model_output", "id": "conv_id"}``
+    (ToxicChat); ``prompt``/``response``/``system`` make the messages from text fields, the
+    other keys of :data:`MAPPING_KEYS` name where that value is.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown conversation format {fmt!r}; expected one of {', '.join(FORMATS)}"
                          + (" (prompt sets are read by read_prompt_set)" if fmt in PROMPT_SETS else ""))
     run = _Run(path, fmt, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
-               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns)
+               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns,
+               keep_identifying=keep_identifying, quarantine_raw=quarantine_raw, progress=progress,
+               memory_limit=memory_limit, json_path=json_path, keep_meta=keep_meta, mapping=mapping,
+               spill_dir=spill_dir)
     tables = list(run.chunks())
     return run.result(_to_pandas(tables))
 
 
 def read_prompt_set(path: str | os.PathLike, kind: str, *, quarantine: str | os.PathLike | None = None,
-                    max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, source: str | None = None) -> ReadResult:
+                    max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, source: str | None = None,
+                    quarantine_raw: bool = False) -> ReadResult:
     """Read a challenging-prompt set into single-turn conversations (canonical schema, surface
     ``eval``, language ``en``, a ``category`` column where the set has one). ``kind``:
 
@@ -1334,7 +1979,7 @@ def read_prompt_set(path: str | os.PathLike, kind: str, *, quarantine: str | os.
     if kind not in PROMPT_SETS:
         raise ValueError(f"unknown prompt set {kind!r}; expected one of {', '.join(PROMPT_SETS)}")
     run = _Run(path, kind, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
-               chunk_rows=DEFAULT_CHUNK_ROWS, max_line_bytes=None)
+               chunk_rows=DEFAULT_CHUNK_ROWS, max_line_bytes=None, quarantine_raw=quarantine_raw)
     tables = list(run.chunks())
     return run.result(_to_pandas(tables))
 
@@ -1342,27 +1987,28 @@ def read_prompt_set(path: str | os.PathLike, kind: str, *, quarantine: str | os.
 def convert(path: str | os.PathLike, fmt: str, out_parquet: str | os.PathLike, *,
             quarantine: str | os.PathLike | None = None, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS,
             source: str | None = None, columns: Iterable[str] = (), chunk_rows: int = DEFAULT_CHUNK_ROWS,
-            max_line_bytes: int | None = None) -> ReadResult:
+            max_line_bytes: int | None = None, keep_identifying: bool = False, quarantine_raw: bool = False,
+            progress: bool | None = None, memory_limit: str | None = None,
+            json_path: str | None = None, keep_meta: bool = True,
+            mapping: dict[str, str] | None = None, spill_dir: str | None = None) -> ReadResult:
     """Read ``path`` (any conversation format or prompt set) and write the canonical table to
     ``out_parquet``, chunk by chunk (one row group per ``chunk_rows`` rows), atomically: a temp
     file renamed into place, so a failed or killed run leaves no partial output. Returns a
-    :class:`ReadResult` with ``table=None`` and ``path`` set."""
+    :class:`ReadResult` with ``table=None`` and ``path`` set. The other arguments are those of
+    :func:`read_conversations`; ``out_parquet`` or ``quarantine`` naming one of the input files
+    is refused (an input is never overwritten)."""
     run = _Run(path, fmt, quarantine=quarantine, max_message_chars=max_message_chars, source=source,
-               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns)
+               chunk_rows=chunk_rows, max_line_bytes=max_line_bytes, columns=columns,
+               keep_identifying=keep_identifying, quarantine_raw=quarantine_raw, progress=progress,
+               memory_limit=memory_limit, json_path=json_path, keep_meta=keep_meta, mapping=mapping,
+               spill_dir=spill_dir)
     out = Path(out_parquet)
+    _refuse_overwrite(run, out, "the output")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    writer = None
     try:
-        for t in run.chunks():
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, t.schema)
-            writer.write_table(t, row_group_size=max(chunk_rows, 1))
-        writer.close()
-        writer = None
+        _write_chunks(run.chunks(), tmp, chunk_rows)
         os.replace(tmp, out)
     finally:
-        if writer is not None:
-            writer.close()
         tmp.unlink(missing_ok=True)
     return run.result(None, out)

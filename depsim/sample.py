@@ -15,12 +15,12 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from depsim.deid import deidentify_messages
-from depsim.params import Release, Source
-from depsim.readers import convert
+from depsim.deid import deidentify_many
+from depsim.params import HUB_FORMATS, Release, Source
+from depsim.readers import KIND_SHAPES, READER_VERSION, InputError, convert, input_files
 from depsim.records import content_id, decode_messages, encode_messages, release_dir
 from depsim.registry import plugin
-from depsim.sampling import sample_prefixes
+from depsim.sampling import explain_ineligible, sample_prefixes
 
 POOLS = ("previous", "candidate", "challenging")
 
@@ -45,35 +45,76 @@ def source_path(rel: Release, pool: str, src: Source, reports_dir: str | Path) -
     return path
 
 
-def _converted_paths(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> tuple[Path, Path, Path]:
-    """Return (table, report, quarantine) paths of a converted source, keyed by the source
-    settings and the input files' sizes and modification times."""
+def _source_files(rel: Release, src: Source) -> list[Path] | str:
+    """The input files of a source (a file, a folder's files, a glob with ``**``), or its hub id."""
     target = rel.resolve(src.path)
-    stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(target.parent.glob(target.name))]
-    key = content_id(src.model_dump_json(), stamp, n=12)
+    try:
+        return input_files(str(target), src.kind)
+    except InputError:
+        if src.kind in HUB_FORMATS and not target.exists():
+            return input_files(src.path, src.kind)  # a hub id such as allenai/WildChat-1M
+        raise
+
+
+def _converted_paths(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> tuple[Path, Path, Path]:
+    """Return (table, report, quarantine) paths of a converted source, keyed by the conversion
+    settings and each input file's name, size and modification time (a shard replaced inside a
+    folder gives a new key). The pool is not part of the key: a file that feeds two pools is
+    converted once."""
+    files = _source_files(rel, src)
+    stamp = files if isinstance(files, str) else [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
+                                                  for p in files]
+    settings = src.model_dump(exclude={"deployment", "path"})
+    key = content_id(json.dumps(settings, sort_keys=True), stamp, READER_VERSION, n=12)
     folder = release_dir(reports_dir, rel.release) / "data" / "sources"
-    return folder / f"{pool}-{key}.parquet", folder / f"{pool}-{key}.json", folder / f"{pool}-quarantine.jsonl"
+    stem = f"{src.kind}-{key}"
+    return folder / f"{stem}.parquet", folder / f"{stem}.json", folder / f"{stem}-quarantine.jsonl"
+
+
+class NoUsableData(ValueError):
+    """Stage 1 found nothing usable in a source (every record quarantined, or no eligible user
+    turn); the message gives the counts by reason and the likely cause."""
+
+
+def _kept_nothing(pool: str, src: Source, report: dict) -> str:
+    """The diagnosis of a conversion that kept no record."""
+    reasons = sorted(report["reasons"].items(), key=lambda kv: -kv[1])
+    msg = (f"{pool} source ({src.kind}, {src.path}): 0 of {report['records']:,} records kept ("
+           + ", ".join(f"{k} {v:,}" for k, v in reasons) + ")")
+    top = reasons[0][0] if reasons else ""
+    if top in ("missing_field", "not_an_object", "wrong_type", "unknown_role", "empty_conversation", "no_user_turn"):
+        msg += f": wrong kind? (`kind: {src.kind}` reads {KIND_SHAPES.get(src.kind, 'its own layout')})"
+    if report.get("quarantine"):
+        msg += f"; each bad record is listed in {report['quarantine']}"
+    return msg
 
 
 def converted(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> Path:
     """Return the canonical table converted from a source file (or hub id) with
-    :mod:`depsim.readers`, made once and reused while the file is unchanged. Bad records go
-    to ``data/sources/<pool>-quarantine.jsonl`` (with ``quarantine: true``) and are counted."""
+    :mod:`depsim.readers`, made once and reused while the files are unchanged. Bad records go
+    to ``data/sources/<kind>-<key>-quarantine.jsonl`` (with ``quarantine: true``) and are
+    counted. Raises :class:`NoUsableData` when no record is usable."""
     out, report, quarantine = _converted_paths(rel, pool, src, reports_dir)
-    if not out.exists():
+    if not out.exists() or not report.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        target = rel.resolve(src.path)
-        path = str(target) if any(target.parent.glob(target.name)) else src.path  # else a hub id
-        res = convert(path, src.kind, out, quarantine=quarantine if src.quarantine else None,
-                      max_message_chars=src.max_message_chars, columns=src.columns)
+        res = convert(_source_files(rel, src), src.kind, out, quarantine=quarantine if src.quarantine else None,
+                      max_message_chars=src.max_message_chars, columns=src.columns,
+                      keep_identifying=src.keep_identifying, quarantine_raw=src.quarantine_raw,
+                      keep_meta=src.keep_meta, json_path=src.json_path, mapping=src.mapping or None,
+                      memory_limit=rel.sampling.memory_limit, spill_dir=rel.sampling.spill_dir)
         report.write_text(json.dumps({"records": res.records, "rows": res.rows, "quarantined": res.quarantined,
-                                      "reasons": dict(res.reasons), "notes": list(res.notes)}))
+                                      "reasons": dict(res.reasons), "notes": list(res.notes),
+                                      "quarantine": str(quarantine) if src.quarantine else None}))
+    rep = json.loads(report.read_text())
+    if rep["rows"] == 0:
+        raise NoUsableData(_kept_nothing(pool, src, rep))
     return out
 
 
 def conversion_reports(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
     """Return what each converted source read, kept and quarantined (no rows for simulated
-    or canonical Parquet sources): pool, kind, records, rows, quarantined, reasons, notes."""
+    or canonical Parquet sources): pool, kind, records, rows, quarantined, reasons, notes,
+    quarantine (the quarantine file's path, or None)."""
     rows = []
     for pool in POOLS:
         src = getattr(rel.sources, pool)
@@ -81,7 +122,8 @@ def conversion_reports(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
             continue
         _, report, _ = _converted_paths(rel, pool, src, reports_dir)
         if report.exists():
-            rows.append({"pool": pool, "kind": src.kind, **json.loads(report.read_text())})
+            rep = json.loads(report.read_text())
+            rows.append({"pool": pool, "kind": src.kind, **rep, "quarantine": rep.get("quarantine")})
     return pd.DataFrame(rows)
 
 
@@ -121,7 +163,13 @@ def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame,
         if pool == "challenging":
             n = int(duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0])
         strat = rel.reweight.column if rel.reweight is not None and pool != "challenging" else None
-        df = sample_prefixes(path, n, rules=rel.sampling.eligibility, seed=rel.sampling.seed, stratum_column=strat)
+        lifted = [c for c in src.columns if c != strat] if src.kind not in ("sim_world", "parquet") else []
+        mem = dict(memory_limit=rel.sampling.memory_limit, spill_dir=rel.sampling.spill_dir)
+        df = sample_prefixes(path, n, rules=rel.sampling.eligibility, seed=rel.sampling.seed, stratum_column=strat,
+                             extra_columns=lifted, **mem)
+        if df.empty:
+            why = explain_ineligible(path, rel.sampling.eligibility, **mem)
+            raise NoUsableData(f"{pool} source ({src.kind}, {src.path}): no eligible user turn; {why}")
         df = pd.concat([df, _responses(path, df)], axis=1)
         df.insert(1, "pool", pool)
         # two pools may sample the same turn of one file (a public set standing in for both)
@@ -140,10 +188,11 @@ def _deidentify(df: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
     same substitute."""
     total: Counter = Counter()
     msgs_out, resp_out = [], []
-    for cid, raw, resp in zip(df["conversation_id"], df["messages"], df["logged_response"]):
-        msgs = decode_messages(raw)
-        tail = decode_messages(resp)
-        clean, counts = deidentify_messages(msgs + tail, key=str(cid))
+    prefixes = [decode_messages(raw) for raw in df["messages"]]
+    tails = [decode_messages(resp) for resp in df["logged_response"]]
+    # spread over worker processes (small tables stay in this process: see deidentify_many)
+    done = deidentify_many([m + r for m, r in zip(prefixes, tails)], [str(c) for c in df["conversation_id"]])
+    for msgs, resp, (clean, counts) in zip(prefixes, df["logged_response"], done):
         total.update(counts)
         msgs_out.append(encode_messages(clean[: len(msgs)]))
         resp_out.append(encode_messages(clean[len(msgs):]) if resp else None)
@@ -157,3 +206,23 @@ def pool_summary(prefixes: pd.DataFrame) -> pd.DataFrame:
     """Return per pool: prefixes sampled, distinct conversations, mean turn index (0-based)."""
     return prefixes.groupby("pool").agg(prefixes=("prefix_id", "size"), conversations=("conversation_id", "nunique"),
                                         mean_turn_index=("turn_index", "mean")).reset_index()
+
+
+def check_sources(rel: Release, reports_dir: str | Path) -> list[str]:
+    """Convert every prefix source (cached, as stage 1 does) and check that it has eligible user
+    turns under ``sampling.eligibility``. Returns one line per source; raises
+    :class:`NoUsableData` (counts by reason, likely cause) for the first that has none.
+    Simulated-world sources are not generated here (they always have data)."""
+    lines = []
+    for pool in POOLS:
+        src = getattr(rel.sources, pool)
+        if src is None or src.kind == "sim_world":
+            continue
+        path = source_path(rel, pool, src, reports_dir)
+        rules = rel.sampling.eligibility  # as build_prefixes samples every pool
+        why = explain_ineligible(path, rules, memory_limit=rel.sampling.memory_limit,
+                                 spill_dir=rel.sampling.spill_dir)
+        if why:
+            raise NoUsableData(f"{pool} source ({src.kind}, {src.path}): no eligible user turn; {why}")
+        lines.append(f"{pool}: {src.kind} {src.path}: has eligible user turns")
+    return lines

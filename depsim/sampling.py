@@ -37,6 +37,11 @@ few turns only, and the prefix texts are built for the turns that are kept. ``ta
 estimated from a small pilot read (large Parquet logs: one pass over the data), or exact (one
 pass that tests every turn, then the sampling pass: small or in-memory inputs, stratified
 samples, and the fallback when the estimate was too tight). Either way the result is the same.
+A conversation with candidate turns is parsed once however many they are, and each prefix is
+cut from the conversation's JSON text, so a long conversation sampled many times costs its
+prefixes' text, not a copy of the conversation per candidate. Memory: DuckDB's limit is
+``memory_limit`` (default DuckDB's, 80 % of the machine's memory), with spilling to a private
+folder under ``spill_dir``; results are fetched in batches.
 """
 from __future__ import annotations
 
@@ -62,6 +67,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from depsim.params import EligibilityRules
+
+from depsim.readers import LANGUAGE_CODES
 
 __all__ = [
     "EligibilityRules",
@@ -99,6 +106,7 @@ _PILOT_ROW_GROUPS = 8  # pilot: heads of this many row groups, spread over the l
 _PILOT_ROWS = 4_000  # pilot: conversations read in all
 _FAST_MAX_SHARE = 0.25  # use the one-pass route only if the sample is <= 25 % of the turns
 _BIG_LIMIT = 2**63 - 1  # a LIMIT that limits nothing (an optimizer fence)
+_STREAM_ROWS = 2048  # rows per Arrow batch fetched from DuckDB
 _CAP_FACTOR, _CAP_SLACK = 1.5, 1000  # a sampling pass returns at most factor * wanted + slack rows
 
 
@@ -346,7 +354,7 @@ def _plan(src: _Source, rules: EligibilityRules, stratum_column: str | None,
 
     where = ["conversation_id IS NOT NULL", "messages IS NOT NULL"]
     if rules.languages is not None:
-        where.append(f"language IN ({', '.join(_lit(x) for x in rules.languages)})")
+        where.append(_language_sql(rules.languages))
     if rules.surfaces is not None:
         where.append(f"surface IN ({', '.join(_lit(x) for x in rules.surfaces)})")
     if rules.start is not None:
@@ -357,6 +365,31 @@ def _plan(src: _Source, rules: EligibilityRules, stratum_column: str | None,
         where.append(f"CAST({_ident(stratum_column)} AS VARCHAR) IN "
                      f"({', '.join(_lit(k) for k in strata_keys)})")
     return _Plan(select, names, " AND ".join(where))
+
+
+def language_spellings(languages: Sequence[str]) -> list[str]:
+    """Every lower-case spelling that counts as one of ``languages``: the value itself, its ISO
+    639-1 code for a name ("English" -> "en") and the names of a code ("en" -> "english"), so
+    rules may use either whatever the log stores."""
+    names: dict[str, list[str]] = {}
+    for name, code in LANGUAGE_CODES.items():
+        names.setdefault(code, []).append(name)
+    out: list[str] = []
+    for x in languages:
+        x = str(x).strip().lower()
+        code = LANGUAGE_CODES.get(x, x)
+        for v in (x, code, *names.get(code, [])):
+            if v not in out:
+                out.append(v)
+    return out
+
+
+def _language_sql(languages: Sequence[str]) -> str:
+    """SQL: the conversation's language is one of ``languages`` (any spelling; "en" also
+    matches "en-US")."""
+    vals = ", ".join(_lit(x) for x in language_spellings(languages))
+    lang = "lower(trim(CAST(language AS VARCHAR)))"
+    return f"({lang} IN ({vals}) OR split_part(replace({lang}, '_', '-'), '-', 1) IN ({vals}))"
 
 
 def _turn_slice(rules: EligibilityRules, ui: str) -> str:
@@ -470,27 +503,32 @@ def _sample_sql(src_sql: str, plan: _Plan, rules: EligibilityRules, seed: int, t
     else:
         top, tail = f"ORDER BY {order}" + (f" LIMIT {limit}" if limit is not None else ""), ""
     return f"""
-WITH cand AS (
-  SELECT {cols}, messages, __pfx, __tau,
-         unnest(CASE WHEN __hi > {_BLOCK} OR {quick}
-                     THEN list_filter(range({rules.min_turn}, __hi + 1), {below}) ELSE [] END) AS user_ordinal
-  FROM (SELECT *, substr(__tau, 1, {_HEAD}) AS __tauh, md5(__pfx || '#0') AS __b0
-        FROM (SELECT {', '.join(plan.select)}, messages, {hi} AS __hi,
-                     {_pfx_sql(seed, 'conversation_id')} AS __pfx, {tau} AS __tau
-              FROM {src_sql} WHERE {plan.where}))
-), surv AS (
-  SELECT {cols}, CAST(user_ordinal AS INTEGER) AS user_ordinal,
-         {_key_sql('__pfx', 'user_ordinal')} AS __h,
-         __tau, json_extract(messages, '$[*]') AS __L
-  FROM cand
+WITH conv AS (
+  SELECT *, CASE WHEN len(__c) > 0 THEN json_extract(messages, '$[*]') END AS __L
+  FROM (SELECT {cols}, messages, __pfx, __tau,
+               CASE WHEN __hi > {_BLOCK} OR {quick}
+                    THEN list_filter(range({rules.min_turn}, __hi + 1), {below}) ELSE [] END AS __c
+        FROM (SELECT *, substr(__tau, 1, {_HEAD}) AS __tauh, md5(__pfx || '#0') AS __b0
+              FROM (SELECT {', '.join(plan.select)}, messages, {hi} AS __hi,
+                           {_pfx_sql(seed, 'conversation_id')} AS __pfx, {tau} AS __tau
+                    FROM {src_sql} WHERE {plan.where})))
 ), roles AS (
-  SELECT *, list_transform(__L, {role_of}) AS __roles FROM surv
-), idx AS (
-  SELECT * EXCLUDE (__roles),
-         CAST(list_filter(list_transform(__roles, {user_at}), {not_null})[user_ordinal] AS INTEGER)
-           AS turn_index,
-         list_count(__roles) = len(__roles) AS __wf
+  -- parsed once per conversation with a candidate turn (not once per candidate: a long
+  -- conversation may have hundreds), then each candidate refers to the same lists
+  SELECT {cols}, __pfx, __tau, __c, __L, list_transform(__L, {role_of}) AS __roles,
+         '[' || array_to_string(__L, ',') || ']' AS __J,
+         list_transform(__L, {_lam('e', 'length(e)')}) AS __lens
+  FROM conv
+), cand AS (
+  SELECT {cols}, __pfx, __tau, __L, __J, __lens, list_count(__roles) = len(__roles) AS __wf,
+         list_filter(list_transform(__roles, {user_at}), {not_null}) AS __users,
+         unnest(__c) AS user_ordinal
   FROM roles
+), idx AS (
+  SELECT {cols}, CAST(user_ordinal AS INTEGER) AS user_ordinal,
+         {_key_sql('__pfx', 'user_ordinal')} AS __h, __tau, __L, __J, __lens, __wf,
+         CAST(__users[user_ordinal] AS INTEGER) AS turn_index
+  FROM cand
 ), el AS (
   SELECT *, json_type(__L[turn_index + 1], '$.content') AS __t,
          json_extract_string(__L[turn_index + 1], '$.content') AS __v,
@@ -504,11 +542,13 @@ WITH cand AS (
                   AND {_eligible_sql(rules, 'chars', '__nontext')}, false) AS __ok
   FROM st
 ), top AS (
-  SELECT {cols}, turn_index, user_ordinal, chars, __h, __ok, __L FROM ok
+  SELECT {cols}, turn_index, user_ordinal, chars, __h, __ok, __L, __J, __lens FROM ok
   {top}
 )
 SELECT {cols}, turn_index, user_ordinal, chars, __h,
-       '[' || array_to_string(list_resize(__L, turn_index + 1), ',') || ']' AS __prefix,
+       -- the prefix is a cut of the conversation's JSON text (its messages joined once), not a
+       -- list of messages per sampled turn: a long conversation sampled many times stays small
+       left(__J, CAST(list_sum(__lens[1:turn_index + 1]) AS BIGINT) + turn_index + 1) || ']' AS __prefix,
        CASE WHEN {_role_sql('__L[turn_index + 2]')} = 'assistant'
             THEN CAST(__L[turn_index + 2] AS VARCHAR) END AS __next,
        md5(concat_ws(chr(31), CAST(conversation_id AS VARCHAR), CAST(turn_index AS VARCHAR),
@@ -522,16 +562,16 @@ FROM top WHERE __ok
 class _Session:
     """A private in-memory DuckDB connection with bounded threads/memory and its own spill dir."""
 
-    def __init__(self, src: _Source, threads: int | None, memory_limit: str):
-        self.tmp = tempfile.mkdtemp(prefix="depsim-duckdb-")
+    def __init__(self, src: _Source, threads: int | None, memory_limit: str | None, spill_dir: str | None = None):
+        if spill_dir is not None:
+            os.makedirs(spill_dir, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(prefix="depsim-duckdb-", dir=spill_dir)
         threads = self.threads = threads or max(1, min(4, os.cpu_count() or 1))
+        config = {"threads": threads, "preserve_insertion_order": False, "temp_directory": self.tmp}
+        if memory_limit:  # else DuckDB's default: 80 % of the machine's memory
+            config["memory_limit"] = memory_limit
         try:
-            self.con = duckdb.connect(config={
-                "threads": threads,
-                "memory_limit": memory_limit,
-                "preserve_insertion_order": False,
-                "temp_directory": self.tmp,
-            })
+            self.con = duckdb.connect(config=config)
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
@@ -571,7 +611,8 @@ class _Session:
 
 def user_turns(source: Any, rules: EligibilityRules | None = None, *,
                extra_columns: Sequence[str] = (), seed: int | None = None,
-               threads: int | None = None, memory_limit: str = "1GB") -> pa.Table:
+               threads: int | None = None, memory_limit: str | None = None,
+               spill_dir: str | None = None) -> pa.Table:
     """Every eligible user turn of ``source`` (same inputs as :func:`sample_prefixes`).
 
     One row per turn: ``conversation_id, source, model, language, surface, created_at``
@@ -587,11 +628,76 @@ def user_turns(source: Any, rules: EligibilityRules | None = None, *,
     src = _resolve(source, [*REQUIRED_COLUMNS, *rules.needed_columns(), *extra_columns])
     plan = _plan(src, rules, None, None, extra_columns)
     sql = _turns_sql(src.sql(), plan, rules, seed)
-    with _Session(src, threads, memory_limit) as s:
+    with _Session(src, threads, memory_limit, spill_dir) as s:
         table = _arrow(s, sql)
     if seed is not None:
         table = table.rename_columns([("turn_hash" if n == "__h" else n) for n in table.column_names])
     return table
+
+
+def explain_ineligible(source: Any, rules: EligibilityRules | None = None, *, threads: int | None = None,
+                       memory_limit: str | None = None, spill_dir: str | None = None) -> str:
+    """Why ``source`` has no eligible user turn under ``rules``: one line with the counts by
+    filter and the likely cause (e.g. ``language is null in all 2,853 conversations``). Returns
+    an empty string when some turn is eligible. Costs one pass over the data (two when the
+    conversation filters leave something)."""
+    rules = _rules(rules)
+    src = _resolve(source, [*REQUIRED_COLUMNS, *rules.needed_columns()])
+    plan = _plan(src, rules, None, None, ())
+    parts = ["count(*)", f"count(*) FILTER (WHERE {plan.where})"]
+    checks: list[tuple[str, str]] = []
+    if rules.languages is not None:
+        checks.append(("languages", _language_sql(rules.languages)))
+        parts += ["count(language)", f"count(*) FILTER (WHERE {_language_sql(rules.languages)})"]
+    if rules.surfaces is not None:
+        cond = f"surface IN ({', '.join(_lit(x) for x in rules.surfaces)})"
+        checks.append(("surfaces", cond))
+        parts += ["count(surface)", f"count(*) FILTER (WHERE {cond})"]
+    if rules.start is not None or rules.end is not None:
+        cond = " AND ".join(([f"created_at >= {_lit(rules.start)}"] if rules.start is not None else [])
+                            + ([f"created_at < {_lit(rules.end)}"] if rules.end is not None else []))
+        checks.append(("dates", cond))
+        parts += ["count(created_at)", f"count(*) FILTER (WHERE {cond})"]
+    with _Session(src, threads, memory_limit, spill_dir) as s:
+        row = s.con.execute(f"SELECT {', '.join(parts)} FROM {src.sql()}").fetchall()[0]
+        total, passing = row[0], row[1]
+        if total == 0:
+            return "the table has no conversations"
+        why = []
+        for i, (name, _) in enumerate(checks):
+            nonnull, ok = row[2 + 2 * i], row[3 + 2 * i]
+            if ok:
+                continue
+            col = {"languages": "language", "surfaces": "surface", "dates": "created_at"}[name]
+            if nonnull == 0:
+                hint = {"languages": "the source gives no language: drop `languages` or add one",
+                        "surfaces": "the source gives no surface: drop `surfaces`",
+                        "dates": "the source has no timestamps: drop `start`/`end`"}[name]
+                why.append(f"{col} is null in all {total:,} conversations ({hint})")
+            elif name == "dates":
+                lo, hi = s.con.execute(f"SELECT min(created_at), max(created_at) FROM {src.sql()}").fetchall()[0]
+                why.append(f"no conversation has created_at in [{rules.start}, {rules.end}) (the data spans "
+                           f"{lo} to {hi})")
+            else:
+                top = s.con.execute(f"SELECT {col}, count(*) AS k FROM {src.sql()} WHERE {col} IS NOT NULL "
+                                    f"GROUP BY 1 ORDER BY k DESC, 1 LIMIT 5").fetchall()
+                wanted = rules.languages if name == "languages" else rules.surfaces
+                why.append(f"no conversation has {col} in {list(wanted)} (most common: "
+                           + ", ".join(f"{v} {k:,}" for v, k in top) + ")")
+        if why:
+            return f"0 of {total:,} conversations pass the eligibility rules: " + "; ".join(why)
+        if passing:
+            turns = s.con.execute(f"SELECT count(*) FROM ({_turns_sql(src.sql(), plan, rules, None)})").fetchall()[0][0]
+            if turns:
+                return ""
+            relaxed = EligibilityRules(min_chars=0, allow_multimodal=True)
+            any_turns = s.con.execute(
+                f"SELECT count(*) FROM ({_turns_sql(src.sql(), plan, relaxed, None)})").fetchall()[0][0]
+            limits = rules.model_dump(include={"min_chars", "max_chars", "allow_multimodal", "min_turn", "max_turn"})
+            return (f"{passing:,} of {total:,} conversations pass the conversation filters, but none of their "
+                    f"{any_turns:,} user turns passes the turn rules ({', '.join(f'{k}={v}' for k, v in limits.items())})"
+                    + ("; the messages may not parse as chat messages (role/content)" if any_turns == 0 else ""))
+        return (f"0 of {total:,} conversations have a conversation_id and messages")
 
 
 def _largest_remainder(n: int, shares: Mapping[str, float]) -> dict[str, int]:
@@ -669,7 +775,7 @@ def _estimate_turns(s: _Session, src: _Source, rules: EligibilityRules) -> float
 def sample_prefixes(source: Any, n: int, rules: EligibilityRules | None = None, seed: int = 0,
                     strata: Mapping[Any, float] | None = None, stratum_column: str | None = None,
                     *, extra_columns: Sequence[str] = (), threads: int | None = None,
-                    memory_limit: str = "1GB") -> pd.DataFrame:
+                    memory_limit: str | None = None, spill_dir: str | None = None) -> pd.DataFrame:
     """Sample ``n`` eligible user turns uniformly without replacement and return their prefixes.
 
     Parameters
@@ -697,8 +803,10 @@ def sample_prefixes(source: Any, n: int, rules: EligibilityRules | None = None, 
         ``strata``, ``stratum_column`` is just carried into the output.
     extra_columns:
         More input columns to carry into the output (e.g. ``["tools"]``).
-    threads, memory_limit:
-        DuckDB settings (default: up to 4 threads, 1GB; DuckDB spills to a private temp dir).
+    threads, memory_limit, spill_dir:
+        DuckDB settings: up to 4 threads by default; ``memory_limit`` such as ``"4GB"`` (default
+        DuckDB's own, 80 % of the machine's memory); what does not fit spills to a private
+        folder made under ``spill_dir`` (default the system temp folder) and removed after.
 
     Returns
     -------
@@ -726,7 +834,7 @@ def sample_prefixes(source: Any, n: int, rules: EligibilityRules | None = None, 
     src = _resolve(source, needed)
     plan = _plan(src, rules, stratum_column, list(shares) if shares else None, extra_columns)
 
-    with _Session(src, threads, memory_limit) as s:
+    with _Session(src, threads, memory_limit, spill_dir) as s:
         if shares is not None:
             df, pop = _sample_stratified(s, src, plan, rules, seed, n, shares)
         else:
@@ -753,10 +861,31 @@ def _as_int(value: Any, name: str) -> int:
 def _arrow(s: _Session, sql: str, views: bool = False) -> pa.Table:
     """Run ``sql`` and fetch the result as an Arrow table. With ``views``, strings may come as
     Arrow string views (``string_view``), which DuckDB hands over without copying the text
-    (DuckDB >= 1.1 with pyarrow >= 16; otherwise they come as plain strings)."""
+    (DuckDB >= 1.1 with pyarrow >= 16; otherwise they come as plain strings). A batch whose
+    text exceeds 2 GiB cannot be a valid view array (32-bit offsets; DuckDB 2.0 writes them
+    anyway, and reading them crashes): the query then runs again without views."""
+    table = _arrow_once(s, sql, views)
+    if views and any(_is_view(c.type) and any(b is not None and b.size >= 2**31 for ch in c.chunks
+                                               for b in ch.buffers()[2:]) for c in table.columns):
+        log.info("a result batch holds more than 2 GiB of text; fetching it again without string views")
+        del table
+        s.con.execute("SET arrow_large_buffer_size = true")  # 64-bit offsets
+        try:
+            table = _arrow_once(s, sql, False)
+        finally:
+            s.con.execute("RESET arrow_large_buffer_size")
+    return table
+
+
+def _arrow_once(s: _Session, sql: str, views: bool) -> pa.Table:
     on = views and _VIEWS and s.set_string_views(True)
     try:
         rel = s.con.sql(sql)
+        # streamed in batches where DuckDB can: the result (long prefixes) then never has to fit
+        # in DuckDB's memory limit as a whole
+        for name in ("to_arrow_reader", "fetch_record_batch"):  # DuckDB 2.x, 1.x
+            if hasattr(rel, name):
+                return getattr(rel, name)(_STREAM_ROWS).read_all()
         for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):  # DuckDB 2.x, 1.x, older
             if hasattr(rel, name):
                 result = getattr(rel, name)()

@@ -1,10 +1,12 @@
 """Stage 6: score each forecast against X's realised production rates (docs/design.md §6)."""
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pandas as pd
 
-from depsim import stats
+from depsim import errormodel, stats
 from depsim.forecast import check_comparable
 
 
@@ -21,64 +23,172 @@ def per_category(forecasts: pd.DataFrame, rates: pd.DataFrame, threshold: float 
         raise ValueError(f"grader_id of forecast and realised rates differ for {set(f['category'][mismatch])}")
     f["k_real"] = real.loc[f["category"], "k"].to_numpy()
     f["n_real"] = real.loc[f["category"], "n"].to_numpy()
+    if "failed" in real:
+        f["failed_real"] = real.loc[f["category"], "failed"].to_numpy()
     return score_rows(f.reset_index(drop=True), threshold)
 
 
-def score_rows(f: pd.DataFrame, threshold: float = 1.5) -> pd.DataFrame:
-    """Return ``f`` (one row per forecast: rate, lo, hi, prev_rate, method, k_real, n_real)
-    with: realised (Jeffreys rate of k_real/n_real), NLL and regret of the realised count
-    (nats), SME and log10 error, whether the interval covers the realised rate, the realised
-    change against prev_rate, and direction scoring for categories whose realised rate moved
-    by ≥ ``threshold``× (prev_production predicts no change and is not scored on it)."""
+def score_rows(f: pd.DataFrame, threshold: float = 1.5, level: float = 0.95) -> pd.DataFrame:
+    """Return ``f`` (one row per forecast: rate, k, n, prev_k, prev_n, prev_rate, method,
+    k_real, n_real; optionally direction and the error model's err_loc/err_scale/err_df) with:
+
+    * realised (Jeffreys rate of k_real of n_real), ``realised_label`` (k of n text), NLL and
+      regret of the realised count (nats), SME and log10 error; ``covered`` (realised point
+      inside the forecast's confidence interval: kept for callers, but it is not calibration);
+    * the realised change against Y (realised_change = realised / prev_rate); for scoring,
+      Y's count is split at random into two halves (:func:`depsim.stats.split_count`, seeded
+      by the category, the same for every method): ``direction_scored`` is the forecast's call
+      against half A and ``realised_direction`` the outcome's against half B, both with the
+      evidence rule ("up"/"down" only when the exact ``level`` interval of the ratio excludes
+      1); ``large_shift`` (≥ ``threshold``× and supported) and ``direction_right`` on large
+      shifts (NaN elsewhere and for prev_production, which predicts no change). ``direction``
+      (the forecast's call against all of Y's sample, as shown before release) is kept;
+    * when the error model's columns are present, posterior-predictive calibration of the
+      realised count at ``level``: ``pred_covered`` (fraction; a perfect forecaster averages
+      ``level``), ``pred_inside`` (integer interval) and ``pit``."""
     f = f.copy()
     k, n, rate = f["k_real"].to_numpy(float), f["n_real"].to_numpy(float), f["rate"].to_numpy(float)
     f["realised"] = stats.jeffreys(k, n)["rate"].to_numpy()
+    f["realised_label"] = stats.count_label(k, n)
     f["nll"] = stats.binom_nll(k, n, rate)
     f["regret"] = stats.regret(k, n, rate)
     f["sme"] = stats.sme(rate, f["realised"].to_numpy())
     f["log10_error"] = stats.log10_error(rate, f["realised"].to_numpy())
+    # kept for callers; NOT calibration (a perfect forecaster scores about 83%): see pred_covered
     f["covered"] = (f["lo"] <= f["realised"]) & (f["realised"] <= f["hi"])
-    if "pred_lo" in f:
-        f["covered_predictive"] = (f["pred_lo"] <= f["realised"]) & (f["realised"] <= f["pred_hi"])
-    change = f["realised"] / f["prev_rate"]
-    f["realised_change"] = change
-    f["large_shift"] = np.maximum(change, 1 / change) >= threshold
-    f["direction_right"] = np.where(f["large_shift"] & (f["method"] != "prev_production"),
-                                    np.sign(f["rate"] - f["prev_rate"]) == np.sign(f["realised"] - f["prev_rate"]),
-                                    np.nan)
+    f["realised_change"] = f["realised"] / f["prev_rate"]
+    if {"prev_k", "prev_n"} <= set(f.columns):
+        pk, pn = f["prev_k"].to_numpy(float), f["prev_n"].to_numpy(float)
+        if "direction" not in f or f["direction"].isna().any():
+            f["direction"] = stats.direction(f["k"].to_numpy(float), f["n"].to_numpy(float), pk, pn, level)
+            f.loc[f["method"] == "prev_production", "direction"] = "no change"
+        # Y's sample split in two (the same split for every method of a category): the forecast
+        # is scored against one half and the outcome against the other, so noise in Y's
+        # measurement cannot make a forecaster with no skill look right
+        unit = _unit(f) if "release" in f else f["category"].astype(str)
+        seeds = [zlib.crc32(u.encode()) for u in unit]
+        ka, na, kb, nb = stats.split_count(pk, pn, seeds)
+        f["direction_scored"] = stats.direction(f["k"].to_numpy(float), f["n"].to_numpy(float), ka, na, level)
+        f.loc[f["method"] == "prev_production", "direction_scored"] = "no change"
+        f["realised_direction"] = stats.direction(k, n, kb, nb, level)
+    else:   # no counts for Y: the change cannot be tested, so no shift counts as large
+        f["realised_direction"] = "no change"
+        f["direction_scored"] = "no change"
+        if "direction" not in f:
+            f["direction"] = "no change"
+    sc = stats.direction_scores(f["direction_scored"], f["realised_direction"], f["realised_change"], threshold)
+    f["large_shift"] = sc["large"]
+    f["direction_right"] = np.where(sc["large"] & (f["method"] != "prev_production"), sc["right"], np.nan)
+    if {"err_loc", "err_scale", "err_df"} <= set(f.columns):
+        cal = errormodel.calibration(k, f["k"].to_numpy(float), f["n"].to_numpy(float), n,
+                                     f["err_loc"].to_numpy(), f["err_scale"].to_numpy(), f["err_df"].to_numpy(), level)
+        f["pred_covered"], f["pred_inside"], f["pit"] = cal["covered"].to_numpy(), cal["inside"].to_numpy(), cal["pit"].to_numpy()
     return f
 
 
-def summary(scored: pd.DataFrame) -> pd.DataFrame:
-    """Return one row per method: categories scored, summed NLL and regret (nats), SME
-    median/mean/max, directional accuracy k/n on large shifts, interval coverage, and the
-    log-scale Pearson r between forecast and realised rates."""
+def _unit(scored: pd.DataFrame) -> pd.Series:
+    """A category, or (release, category) when rows span releases."""
+    if "release" in scored and scored["release"].nunique() > 1:
+        return scored["release"].astype(str) + " / " + scored["category"].astype(str)
+    return scored["category"].astype(str)
+
+
+def common_set(scored: pd.DataFrame, methods=None) -> tuple[pd.Series, pd.DataFrame]:
+    """Return (mask over ``scored``'s rows, excluded): the one common set of categories (or
+    release/category units) on which headline metrics compare methods: forecast by every
+    method in ``methods`` (default: all present) and with ≥ 1 event somewhere (forecast,
+    Y's production or realised). ``excluded`` lists the others with the reason."""
+    methods = list(pd.unique(scored["method"])) if methods is None else list(methods)
+    s = scored[scored["method"].isin(methods)]
+    unit = _unit(s)
+    ev = s[[c for c in ("k", "prev_k", "k_real") if c in s]].fillna(0).sum(axis=1) > 0
+    events = ev.groupby(unit).any()
+    have = s.groupby(unit)["method"].agg(set)
     rows = []
-    for method, g in scored.groupby("method", sort=False):
-        s = stats.sme_summary(g["rate"].to_numpy(), g["realised"].to_numpy())
+    for u in have.index:
+        missing = [m for m in methods if m not in have[u]]
+        if missing:
+            rows.append({"unit": u, "reason": "not forecast by " + ", ".join(missing)})
+        elif not events[u]:
+            rows.append({"unit": u, "reason": "no event in any pool"})
+    excluded = pd.DataFrame(rows, columns=["unit", "reason"])
+    mask = scored["method"].isin(methods) & ~_unit(scored).isin(excluded["unit"])
+    return mask, excluded
+
+
+def summary(scored: pd.DataFrame, methods=None, reps: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Return one row per method, all on the one :func:`common_set` (the excluded units are in
+    ``.attrs["excluded"]``): categories scored, summed NLL and regret (nats), SME median /
+    mean / max with percentile-bootstrap 95% intervals over categories (``_lo``/``_hi``),
+    directional accuracy k/n on large shifts beside its no-skill permutation null
+    (``direction_null`` mean, ``direction_p``), ``coverage`` (posterior-predictive coverage of
+    the realised count at the scoring level; NaN without the error model's columns) and the log-scale
+    Pearson r between forecast and realised rates."""
+    mask, excluded = common_set(scored, methods)
+    s = scored[mask]
+    rows = []
+    for method, g in s.groupby("method", sort=False):
+        sm = stats.sme(g["rate"].to_numpy(), g["realised"].to_numpy())
+        med = stats.bootstrap_summary(sm, np.median, reps, seed)
+        mean = stats.bootstrap_summary(sm, np.mean, reps, seed)
         big = g[g["large_shift"]]
-        right = int(np.nansum(big["direction_right"].astype(float))) if method != "prev_production" else 0
-        rows.append({"method": method, "categories": len(g), "nll_sum": g["nll"].sum(),
-                     "regret_sum": g["regret"].sum(), "sme_median": s["median"], "sme_mean": s["mean"],
-                     "sme_max": s["max"], "direction_right": right, "large_shifts": len(big),
-                     "direction": f"{right}/{len(big)}" if method != "prev_production" else "n/a (predicts no change)",
-                     "coverage": g["covered"].mean(),
-                     **({"coverage_predictive": g["covered_predictive"].mean()} if "covered_predictive" in g else {}),
-                     "log_pearson_r": stats.log_pearson(g["rate"].to_numpy(), g["realised"].to_numpy()) if len(g) > 2 else np.nan})
+        row = {"method": method, "categories": len(g), "nll_sum": g["nll"].sum(), "regret_sum": g["regret"].sum(),
+               "sme_median": med["value"], "sme_median_lo": med["lo"], "sme_median_hi": med["hi"],
+               "sme_mean": mean["value"], "sme_mean_lo": mean["lo"], "sme_mean_hi": mean["hi"],
+               "sme_max": float(np.max(sm)) if len(sm) else np.nan, "large_shifts": len(big)}
+        if method == "prev_production":
+            row.update(direction="n/a (predicts no change)", direction_right=0, direction_null=np.nan, direction_p=np.nan)
+        else:
+            right = int(big["direction_right"].astype(bool).sum())
+            null = stats.direction_null(big["direction_scored"], big["realised_direction"], seed=seed)
+            row.update(direction=f"{right}/{len(big)}", direction_right=right, direction_null=null["null_mean"],
+                       direction_p=null["p_value"])
+        # posterior-predictive coverage of the realised count (NaN without an error model)
+        row["coverage"] = g["pred_covered"].mean() if "pred_covered" in g else np.nan
+        row["log_pearson_r"] = (stats.log_pearson(g["rate"].to_numpy(), g["realised"].to_numpy())
+                                if len(g) > 2 else np.nan)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs["excluded"] = excluded
+    return out
+
+
+def direction_table(scored: pd.DataFrame, a: str = "deployment_sim", seed: int = 0) -> pd.DataFrame:
+    """Return per method (prev_production, which predicts no change, left out): right calls k
+    of n on large shifts, the no-skill permutation null (mean and 95% range) and its one-sided
+    p-value, and McNemar's exact test against method ``a`` on the large shifts both scored
+    (b = a right and this wrong, c = the reverse)."""
+    big = scored[scored["large_shift"] & (scored["method"] != "prev_production")]
+    rows = []
+    ref = big[big["method"] == a].set_index("category")["direction_right"].astype(bool)
+    for method, g in big.groupby("method", sort=False):
+        null = stats.direction_null(g["direction_scored"], g["realised_direction"], seed=seed)
+        row = {"method": method, "right": int(g["direction_right"].astype(bool).sum()), "large_shifts": len(g),
+               "share": null["observed"], "null_mean": null["null_mean"], "null_lo": null["null_lo"],
+               "null_hi": null["null_hi"], "p_value": null["p_value"]}
+        if method != a and len(ref):
+            mine = g.set_index("category")["direction_right"].astype(bool)
+            both = ref.index.intersection(mine.index)
+            mc = stats.mcnemar(ref[both].to_numpy(), mine[both].to_numpy())
+            row.update(mcnemar_b=mc["b"], mcnemar_c=mc["c"], mcnemar_p=mc["p_value"])
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def comparison(scored: pd.DataFrame, a: str = "deployment_sim") -> pd.DataFrame:
-    """Return method ``a`` against each other method on the categories both forecast:
-    NLL wins/losses/ties, the exact one-sided sign test and Wilcoxon signed-rank p-values."""
-    wide = scored.pivot(index="category", columns="method", values="nll")
+    """Return method ``a`` against each other method on the categories both forecast (with ≥ 1
+    event somewhere): NLL wins/losses/ties, the exact one-sided sign test and Wilcoxon
+    signed-rank p-values, and the summed NLL difference (nats; > 0 favours ``a``)."""
     rows = []
-    for b in wide.columns:
+    for b in pd.unique(scored["method"]):
         if b == a:
             continue
-        both = wide[[a, b]].dropna()
-        res = stats.method_comparison(both[a].to_numpy(), both[b].to_numpy())
-        rows.append({"method": a, "against": b, "categories": len(both), **res})
+        mask, _ = common_set(scored, [a, b])
+        wide = scored[mask].assign(unit=_unit(scored[mask])).pivot(index="unit", columns="method", values="nll")
+        if wide.empty:
+            continue
+        res = stats.method_comparison(wide[a].to_numpy(), wide[b].to_numpy())
+        rows.append({"method": a, "against": b, "categories": len(wide), **res})
     return pd.DataFrame(rows)
 
 
@@ -104,10 +214,14 @@ def prefix_error_removed(decomp: pd.DataFrame) -> float:
 
 
 def nll_table(scored: pd.DataFrame) -> pd.DataFrame:
-    """Return NLL (nats) per category (rows) and method (columns), with a last row summing
-    each method over the categories every method forecast."""
-    nll = scored.pivot(index="category", columns="method", values="nll")
-    nll.loc["SUM (shared categories)"] = nll.dropna().sum()
+    """Return NLL (nats) per category (rows; "release / category" across releases) and method
+    (columns), with a last row summing each method over the one :func:`common_set` of
+    categories (forecast by every method, ≥ 1 event somewhere)."""
+    unit = _unit(scored)
+    nll = scored.assign(category=unit).pivot(index="category", columns="method", values="nll")
+    mask, _ = common_set(scored)
+    shared = sorted(set(unit[mask]))
+    nll.loc["SUM (common set)"] = nll.loc[shared].sum()
     nll.columns.name = None
     return nll.reset_index()
 

@@ -27,16 +27,31 @@ __all__ = [
     "log10_error",
     "sme_summary",
     "log_pearson",
-    "directional_accuracy",
     "method_comparison",
     "coverage",
     "decompose_error",
     "min_detectable_rate",
     "detection_power",
     "interval_coverage_simulation",
-    "fit_log_error",
-    "predictive_interval",
     "weighted_jeffreys",
+    "clopper_pearson",
+    "gate_upper",
+    "gate_status",
+    "gate_miss_rate",
+    "count_label",
+    "rate_ratio",
+    "direction",
+    "direction_scores",
+    "split_count",
+    "direction_null",
+    "mcnemar",
+    "holm",
+    "benjamini_hochberg",
+    "rises_significantly",
+    "rogan_gladen",
+    "failed_bounds",
+    "cluster_robust_rate",
+    "bootstrap_summary",
 ]
 
 # Forecasts are clipped away from 0 and 1 so that log-likelihoods stay finite: a forecast of
@@ -231,34 +246,6 @@ def log_pearson(forecast, realised):
     return float(stats.pearsonr(np.log10(f), np.log10(r)).statistic)
 
 
-def directional_accuracy(forecast, prev, new, threshold=1.5):
-    """Directional accuracy of a forecast on categories with a large realised shift.
-
-    Considered categories (``mask``): max(new/prev, prev/new) >= threshold, where prev is
-    Y's production rate and new is X's. A forecast is right when
-    sign(forecast - prev) == sign(new - prev); a forecast equal to prev counts as wrong.
-
-    Returns a dict: ``k`` (int, right), ``n`` (int, considered), ``share`` = k/n (NaN when
-    n = 0), ``mask`` (bool per category) and ``right`` (bool per category, False outside the
-    mask). mask/right are Series if any input is a Series, else ndarrays.
-    """
-    (f, p, r), index = _prep(forecast, prev, new)
-    for name, x in (("forecast", f), ("prev", p), ("new", r)):
-        _check(~np.isfinite(x) | (x < 0), index, "directional_accuracy",
-               f"{name} must be a finite rate >= 0")
-    f, p, r = (np.atleast_1d(x) for x in (f, p, r))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.maximum(r / p, p / r)  # inf if one side is 0; NaN (excluded) if both are
-    mask = ratio >= threshold
-    right = mask & (np.sign(f - p) == np.sign(r - p))
-    n_cat = int(mask.sum())
-    k = int(right.sum())
-    if index is not None:
-        mask, right = pd.Series(mask, index=index), pd.Series(right, index=index)
-    return {"k": k, "n": n_cat, "share": k / n_cat if n_cat else float("nan"),
-            "mask": mask, "right": right}
-
-
 def method_comparison(nll_a, nll_b):
     """Paired comparison of methods A and B on per-category NLL (lower is better).
 
@@ -431,36 +418,6 @@ def interval_coverage_simulation(rates, ns, level=0.95, reps=4000, seed=0, jitte
 # --------------------------------------------------------------------------- beyond the paper
 
 
-def fit_log_error(forecast, realised, lo, hi, level=0.95):
-    """Return σ, the standard deviation (natural-log units) of the multiplicative error of
-    forecasts beyond their binomial noise, fitted on earlier releases.
-
-    With residuals d = ln(realised / forecast) and binomial log-variance per forecast
-    v_b = ((ln(hi) − ln(lo)) / (2 z))², z = Φ⁻¹((1 + level)/2):
-    σ² = max(0, mean(d²) − mean(v_b)), the method-of-moments excess variance."""
-    (f, r, l, h), _ = _prep(forecast, realised, lo, hi)
-    _check_rates(None, "fit_log_error", forecast=f, realised=r, lo=l, hi=h)
-    z = stats.norm.ppf((1 + level) / 2)
-    d2 = np.log(r / f) ** 2
-    vb = ((np.log(h) - np.log(l)) / (2 * z)) ** 2
-    return float(np.sqrt(max(0.0, d2.mean() - vb.mean())))
-
-
-def predictive_interval(rate, lo, hi, sigma, level=0.95):
-    """Return (lo, hi) of the predictive interval: the binomial interval widened in log space
-    by a multiplicative error term of standard deviation ``sigma`` (natural-log units):
-
-    lo' = rate · exp(−√(ln(rate/lo)² + (z σ)²)),  hi' = rate · exp(√(ln(hi/rate)² + (z σ)²)),
-    z = Φ⁻¹((1 + level)/2). With σ = 0 it is the binomial interval itself. Fractions."""
-    (p, l, h), index = _prep(rate, lo, hi)
-    _check_rates(index, "predictive_interval", rate=p, lo=l, hi=h)
-    z = stats.norm.ppf((1 + level) / 2)
-    extra = (z * float(sigma)) ** 2
-    lo2 = p * np.exp(-np.sqrt(np.log(p / l) ** 2 + extra))
-    hi2 = np.minimum(p * np.exp(np.sqrt(np.log(h / p) ** 2 + extra)), 1.0)
-    return _wrap(lo2, index, "lo"), _wrap(hi2, index, "hi")
-
-
 def weighted_jeffreys(flags, weights, level=0.95):
     """Return a one-row DataFrame (rate, lo, hi, k_eff, n_eff) for a weighted sample of 0/1
     ``flags``: the Jeffreys estimate on Kish effective counts n_eff = (Σw)²/Σw²,
@@ -474,3 +431,352 @@ def weighted_jeffreys(flags, weights, level=0.95):
     out = jeffreys(k_eff, n_eff, level)
     out["k_eff"], out["n_eff"] = k_eff, n_eff
     return out
+
+
+# --------------------------------------------------------------------------- small counts, gates
+
+
+def clopper_pearson(k, n, level=0.95):
+    """Exact (Clopper–Pearson) two-sided interval for a binomial rate, per category.
+
+    lo = Beta(K, N − K + 1) quantile at (1 − level)/2 (0 when K = 0), hi = Beta(K + 1, N − K)
+    quantile at (1 + level)/2 (1 when K = N). Coverage is ≥ level for every p. Returns a
+    DataFrame with ``rate`` = K/N, ``lo``, ``hi`` (fractions), indexed like :func:`jeffreys`."""
+    if not 0 < level < 1:
+        raise ValueError(f"clopper_pearson: level must be in (0, 1), got {level!r}")
+    (k, n), index = _prep(k, n)
+    _check_counts(k, n, index, "clopper_pearson")
+    k, n = np.atleast_1d(k), np.atleast_1d(n)
+    tail = (1 - level) / 2
+    with np.errstate(invalid="ignore"):
+        lo = np.where(k > 0, stats.beta.ppf(tail, np.maximum(k, 1e-300), n - k + 1), 0.0)
+        hi = np.where(k < n, stats.beta.ppf(1 - tail, k + 1, np.maximum(n - k, 1e-300)), 1.0)
+    return pd.DataFrame({"rate": k / n, "lo": lo, "hi": hi},
+                        index=index if index is not None else pd.RangeIndex(len(k)))
+
+
+def gate_upper(k, n, alpha=0.025):
+    """Exact one-sided upper confidence bound for a rate (fraction), the number to compare
+    with a release gate: the Beta(K + 1, N − K) quantile at 1 − alpha (1 when K = N).
+    P(bound < p) ≤ alpha for every true p. Returns one value per category."""
+    (k, n), index = _prep(k, n)
+    _check_counts(k, n, index, "gate_upper")
+    with np.errstate(invalid="ignore"):
+        hi = np.where(k < n, stats.beta.ppf(1 - alpha, k + 1, np.maximum(n - k, 1e-300)), 1.0)
+    return _wrap(hi, index, name="gate_upper")
+
+
+def gate_status(k, n, gate, alpha=0.025):
+    """Compare a measured rate with a release gate (a fraction) using exact bounds: "breach"
+    when the one-sided lower bound exceeds the gate, "may breach" when only the upper bound
+    (:func:`gate_upper`) does, else "below". Returns one string per category."""
+    (k, n, g), index = _prep(k, n, gate)
+    _check_counts(k, n, index, "gate_status")
+    hi = np.atleast_1d(np.asarray(gate_upper(k, n, alpha)))
+    k1, n1, g1 = (np.atleast_1d(x) for x in (k, n, g))
+    with np.errstate(invalid="ignore"):
+        lo = np.where(k1 > 0, stats.beta.ppf(alpha, np.maximum(k1, 1e-300), n1 - k1 + 1), 0.0)
+    out = np.where(lo > g1, "breach", np.where(hi >= g1, "may breach", "below"))
+    if index is not None:
+        return pd.Series(out, index=index, name="gate_status")
+    return out.item() if np.ndim(k) == 0 else out
+
+
+def gate_miss_rate(rates, ns, alpha=0.025, bound="exact"):
+    """Exact one-sided miss rate P(upper bound < p) of a gate bound, on the grid rates × ns.
+
+    ``bound`` is "exact" (:func:`gate_upper`) or "jeffreys" (the Beta(K + ½, N − K + ½)
+    quantile at 1 − alpha). Computed from the binomial pmf (no simulation). Returns a
+    DataFrame with rate, n, n_p = N·p and ``miss`` (fraction; nominal at most alpha)."""
+    rows = []
+    for p in np.atleast_1d(rates):
+        for n in np.atleast_1d(ns):
+            n = int(n)
+            k_lo, k_hi = int(stats.binom.ppf(1e-14, n, p)), int(min(n, stats.binom.isf(1e-14, n, p)))
+            k = np.arange(k_lo, k_hi + 1, dtype=float)
+            if bound == "exact":
+                hi = np.where(k < n, stats.beta.ppf(1 - alpha, k + 1, np.maximum(n - k, 1e-300)), 1.0)
+            elif bound == "jeffreys":
+                hi = stats.beta.ppf(1 - alpha, k + 0.5, n - k + 0.5)
+            else:
+                raise ValueError(f"gate_miss_rate: bound must be 'exact' or 'jeffreys', got {bound!r}")
+            rows.append({"rate": p, "n": n, "n_p": n * p,
+                         "miss": float((stats.binom.pmf(k, n, p) * (hi < p)).sum())})
+    return pd.DataFrame(rows)
+
+
+def count_label(k, n, alpha=0.025, per=100_000):
+    """The text a reader sees for K of N: "3 of 200 (1,500 per 100k)"; zero events read
+    "0 of 200 (≤ 1,827 per 100k)", the exact one-sided upper bound at 1 − alpha, never a
+    rate. Non-integer (effective, weighted) counts are shown with one decimal. Returns a
+    string (scalar input) or a list/Series of strings."""
+    (k, n), index = _prep(k, n)
+    _check_counts(k, n, index, "count_label")
+    k1, n1 = np.atleast_1d(k), np.atleast_1d(n)
+    up = np.atleast_1d(np.asarray(gate_upper(k1, n1, alpha)))
+
+    def num(x):
+        return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.1f}"
+
+    def per_(x):
+        v = x * per
+        return f"{v:,.0f}" if v >= 10 else f"{v:.2g}"
+
+    unit = f"per {per // 1000}k" if per >= 1000 else f"per {per}"
+    out = [f"{num(a)} of {num(b)} (≤ {per_(u)} {unit})" if a == 0 else f"{num(a)} of {num(b)} ({per_(a / b)} {unit})"
+           for a, b, u in zip(k1, n1, up)]
+    if index is not None:
+        return pd.Series(out, index=index, name="label")
+    return out[0] if np.ndim(k) == 0 else out
+
+
+# --------------------------------------------------------------------------- direction
+
+
+def rate_ratio(k1, n1, k2, n2, level=0.95):
+    """Ratio of two rates (sample 1 over sample 2) with an exact conditional interval.
+
+    For Poisson counts, K1 | K1 + K2 = T is Binomial(T, π), π = n1 ρ / (n1 ρ + n2); the
+    Clopper–Pearson interval for π maps to ρ = π/(1 − π) · n2/n1. Zeros are fine (an open
+    side is 0 or inf); T = 0 gives (0, inf). ``ratio`` is the ratio of Jeffreys-smoothed
+    rates. Returns a DataFrame with ratio, lo, hi (unitless)."""
+    (k1, n1, k2, n2), index = _prep(k1, n1, k2, n2)
+    _check_counts(k1, n1, index, "rate_ratio")
+    _check_counts(k2, n2, index, "rate_ratio")
+    k1, n1, k2, n2 = (np.atleast_1d(x) for x in (k1, n1, k2, n2))
+    t = k1 + k2
+    tail = (1 - level) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        plo = np.where(k1 > 0, special.betaincinv(np.maximum(k1, 1e-300), t - k1 + 1, tail), 0.0)
+        phi = np.where(k2 > 0, special.betaincinv(k1 + 1, np.maximum(t - k1, 1e-300), 1 - tail), 1.0)
+        lo = plo / (1 - plo) * n2 / n1
+        hi = np.where(phi < 1, phi / (1 - phi) * n2 / n1, np.inf)
+    ratio = ((k1 + 0.5) / (n1 + 1)) / ((k2 + 0.5) / (n2 + 1))
+    return pd.DataFrame({"ratio": ratio, "lo": lo, "hi": hi},
+                        index=index if index is not None else pd.RangeIndex(len(k1)))
+
+
+def direction(k1, n1, k2, n2, level=0.95):
+    """Three-outcome direction of rate 1 against rate 2 with an evidence rule: "up" when the
+    :func:`rate_ratio` interval lies above 1, "down" when below, else "no change" (ties and
+    no evidence are never "down"). Returns one string per category (ndarray or Series)."""
+    r = rate_ratio(k1, n1, k2, n2, level)
+    out = np.where(r["lo"] > 1, "up", np.where(r["hi"] < 1, "down", "no change"))
+    return pd.Series(out, index=r.index, name="direction") if isinstance(k1, pd.Series) else out
+
+
+def split_count(k, n, seed=0):
+    """Split a count K of N at random into two independent-looking halves: K_A of N_A = N // 2
+    and K_B = K − K_A of N_B = N − N_A, with K_A hypergeometric (exactly what splitting the
+    graded items at random gives, since items are exchangeable given K). Scoring compares a
+    forecast with one half of Y's sample and the realised rate with the other, so that noise
+    in Y's measurement cannot make a forecaster with no skill look right. ``seed`` is an int
+    or a sequence of ints (one per value). Returns four integer arrays (K_A, N_A, K_B, N_B)."""
+    k = np.rint(np.atleast_1d(np.asarray(k, dtype=float))).astype(np.int64)
+    n = np.rint(np.atleast_1d(np.asarray(n, dtype=float))).astype(np.int64)
+    if np.any((k < 0) | (k > n) | (n < 2)):
+        raise ValueError("split_count: need 0 <= K <= N and N >= 2")
+    seeds = np.broadcast_to(np.asarray(seed), k.shape)
+    na = n // 2
+    ka = np.array([np.random.default_rng(int(s)).hypergeometric(int(a), int(b - a), int(m))
+                   for s, a, b, m in zip(seeds, k, n, na)], dtype=np.int64)
+    return ka, na, k - ka, n - na
+
+
+def direction_scores(forecast_dir, realised_dir, realised_ratio, threshold=1.5):
+    """Score forecast directions on large realised shifts.
+
+    A realised shift is *large* when it is ≥ ``threshold``× either way (``realised_ratio`` =
+    realised / previous rate) and statistically supported (``realised_dir`` is "up" or
+    "down"). A forecast is right when its direction equals the realised one ("no change" on a
+    large shift is wrong). Returns a dict: k (int, right), n (int, large shifts), share (NaN
+    when n = 0), ``large`` and ``right`` (bool arrays, one per category)."""
+    f = np.asarray(forecast_dir, dtype=object)
+    r = np.asarray(realised_dir, dtype=object)
+    ratio = np.asarray(realised_ratio, dtype=float)
+    with np.errstate(divide="ignore"):
+        big = np.maximum(ratio, 1 / ratio) >= threshold
+    large = big & ((r == "up") | (r == "down"))
+    right = large & (f == r)
+    n = int(large.sum())
+    return {"k": int(right.sum()), "n": n, "share": right.sum() / n if n else float("nan"),
+            "large": large, "right": right}
+
+
+def direction_null(forecast_dir, realised_dir, reps=10_000, seed=0):
+    """No-skill null for directional accuracy on the large shifts given (both arrays restricted
+    to them): the forecaster's calls are permuted across those shifts, keeping how often it
+    says up / down / no change while breaking any link to what happened. Returns a dict:
+    ``observed`` (share right), ``null_mean``, ``null_lo``/``null_hi`` (2.5%/97.5% of the
+    null shares) and ``p_value`` = P(null ≥ observed) (one-sided, with the +1 correction)."""
+    f = np.asarray(forecast_dir, dtype=object)
+    r = np.asarray(realised_dir, dtype=object)
+    if f.size == 0:
+        return {"observed": float("nan"), "null_mean": float("nan"), "null_lo": float("nan"),
+                "null_hi": float("nan"), "p_value": float("nan")}
+    rng = np.random.default_rng(seed)
+    codes = {"up": 0, "down": 1, "no change": 2}
+    fc, rc = np.vectorize(codes.get)(f), np.vectorize(codes.get)(r)
+    perm = rng.permuted(np.broadcast_to(fc, (reps, fc.size)), axis=1)
+    null = (perm == rc).mean(axis=1)
+    obs = float((fc == rc).mean())
+    return {"observed": obs, "null_mean": float(null.mean()), "null_lo": float(np.quantile(null, 0.025)),
+            "null_hi": float(np.quantile(null, 0.975)), "p_value": float((1 + (null >= obs - 1e-12).sum()) / (reps + 1))}
+
+
+def mcnemar(right_a, right_b):
+    """Exact McNemar test of two methods' right/wrong calls on the same items (bool arrays):
+    b = A right and B wrong, c = the reverse; p = two-sided binomial test of b against
+    b + c at ½ (1.0 when b + c = 0). Returns a dict b, c, p_value."""
+    a, b_ = np.asarray(right_a, bool), np.asarray(right_b, bool)
+    b, c = int((a & ~b_).sum()), int((~a & b_).sum())
+    p = stats.binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
+    return {"b": b, "c": c, "p_value": float(p)}
+
+
+# --------------------------------------------------------------------------- multiplicity
+
+
+def holm(p):
+    """Holm–Bonferroni adjusted p-values (familywise error control), same shape as ``p``."""
+    p = np.asarray(p, dtype=float)
+    m = p.size
+    order = np.argsort(p)
+    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out = np.empty(m)
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def benjamini_hochberg(p):
+    """Benjamini–Hochberg adjusted p-values (q-values; false-discovery-rate control), same
+    shape as ``p``."""
+    p = np.asarray(p, dtype=float)
+    m = p.size
+    if m == 0:
+        return p
+    order = np.argsort(p)
+    adj = np.minimum.accumulate((m / np.arange(m, 0, -1) * p[order][::-1]))[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def rises_significantly(k_new, n_new, k_prev, n_prev, alpha=0.05, method="holm"):
+    """Which categories' rates rise significantly from prev to new, across categories.
+
+    Per category, an exact one-sided conditional test (K_new | K_new + K_prev binomial under
+    equal rates) of new > prev; p-values are adjusted across categories by ``method``
+    ("holm": familywise error; "bh": false discovery rate). Returns a DataFrame with
+    p_value, p_adjusted and ``rises`` (bool), indexed like the inputs."""
+    (kn, nn, kp, np_), index = _prep(k_new, n_new, k_prev, n_prev)
+    _check_counts(kn, nn, index, "rises_significantly")
+    _check_counts(kp, np_, index, "rises_significantly")
+    kn, nn, kp, np_ = (np.atleast_1d(x) for x in (kn, nn, kp, np_))
+    t = kn + kp
+    pi0 = nn / (nn + np_)
+    # P(K_new ≥ k | T) under π0: the regularised incomplete beta (works for effective counts too)
+    p = np.where(kn > 0, special.betainc(np.maximum(kn, 1e-300), t - kn + 1, pi0), 1.0)
+    adj = {"holm": holm, "bh": benjamini_hochberg}[method](p)
+    return pd.DataFrame({"p_value": p, "p_adjusted": adj, "rises": adj <= alpha},
+                        index=index if index is not None else pd.RangeIndex(len(kn)))
+
+
+# --------------------------------------------------------------------------- graders, failures, clusters
+
+
+def rogan_gladen(k, n, sens, spec, sens_n=None, spec_n=None, level=0.95, draws=4000, seed=0):
+    """Rate corrected for grader misclassification (Rogan–Gladen), with an interval that
+    carries the uncertainty of the measured rate and of the grader's sensitivity and
+    specificity.
+
+    corrected = (p_obs + spec − 1) / (sens + spec − 1), clipped to [0, 1]. ``sens``/``spec``
+    are fractions measured on ``sens_n`` positives / ``spec_n`` negatives (None: treated as
+    known exactly). The interval is a parametric bootstrap: p_obs, sens and spec are drawn
+    from their Jeffreys posteriors. Returns a one-row-per-category DataFrame: rate, lo, hi
+    (fractions) and ``informative`` (False when sens + spec ≤ 1 in more than 2.5% of draws:
+    the grader then cannot separate the classes and the correction is not meaningful)."""
+    (k, n, se, sp), index = _prep(k, n, sens, spec)
+    _check_counts(k, n, index, "rogan_gladen")
+    _check(~((se > 0) & (se <= 1) & (sp > 0) & (sp <= 1)), index, "rogan_gladen", "sens and spec must be in (0, 1]")
+    k, n, se, sp = (np.atleast_1d(x) for x in (k, n, se, sp))
+    rng = np.random.default_rng(seed)
+
+    def post(x, m):
+        if m is None:
+            return np.broadcast_to(x[:, None], (x.size, draws))
+        m = np.broadcast_to(np.asarray(m, float), x.shape)
+        kk = x * m
+        return rng.beta(kk[:, None] + 0.5, (m - kk)[:, None] + 0.5, size=(x.size, draws))
+
+    p_d = rng.beta(k[:, None] + 0.5, (n - k)[:, None] + 0.5, size=(k.size, draws))
+    se_d, sp_d = post(se, sens_n), post(sp, spec_n)
+    den = se_d + sp_d - 1
+    corr = np.clip((p_d + sp_d - 1) / np.where(den > 0, den, np.nan), 0, 1)
+    tail = (1 - level) / 2
+    p0 = (k + 0.5) / (n + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point = np.clip((p0 + sp - 1) / (se + sp - 1), 0, 1)
+    lo, hi = np.nanquantile(corr, tail, axis=1), np.nanquantile(corr, 1 - tail, axis=1)
+    return pd.DataFrame({"rate": point, "lo": lo, "hi": hi, "informative": (den <= 0).mean(axis=1) <= tail},
+                        index=index if index is not None else pd.RangeIndex(len(k)))
+
+
+def failed_bounds(k, n, failed, level=0.95, warn_share=0.05):
+    """Bound a rate by its failed grades (a grader error is missing data, never a negative).
+
+    Best case: every failed item negative (K of N + F); worst case: every one positive
+    (K + F of N + F). Returns a DataFrame: ``best``, ``worst`` (Jeffreys rates), ``lo`` (the
+    best case's lower Jeffreys bound), ``hi`` (the worst case's upper bound), ``failed_share``
+    = F/(N + F) and ``warning`` (bool: failed_share > warn_share)."""
+    (k, n, f), index = _prep(k, n, failed)
+    _check(~np.isfinite(f) | (f < 0), index, "failed_bounds", "failed must be >= 0")
+    best = jeffreys(k, n + f, level)
+    worst = jeffreys(k + f, n + f, level)
+    share = np.atleast_1d(f / (n + f))
+    return pd.DataFrame({"best": best["rate"].to_numpy(), "worst": worst["rate"].to_numpy(),
+                         "lo": best["lo"].to_numpy(), "hi": worst["hi"].to_numpy(),
+                         "failed_share": share, "warning": share > warn_share},
+                        index=index if index is not None else pd.RangeIndex(share.size))
+
+
+def cluster_robust_rate(flags, clusters, level=0.95):
+    """Rate of 0/1 ``flags`` whose items share conversations (``clusters``: one id per item),
+    with a cluster-robust variance.
+
+    var = G/(G − 1) · Σ_g (Σ_{i∈g} (x_i − p̂))² / n² (CR1, G clusters). The design effect
+    deff = var / (p̂(1 − p̂)/n) (≥ 1 when turns of one conversation agree) shrinks the
+    sample to n_eff = n / deff, and the interval is Jeffreys on (p̂·n_eff, n_eff). Returns a
+    one-row DataFrame: rate, lo, hi (fractions), se, deff, n_eff, clusters."""
+    x = np.asarray(flags, dtype=float)
+    g = np.asarray(clusters)
+    if x.shape != g.shape or x.size == 0:
+        raise ValueError("cluster_robust_rate: flags and clusters must be equal-length and non-empty")
+    n = x.size
+    p = x.mean()
+    _, inv = np.unique(g, return_inverse=True)
+    resid = np.bincount(inv, weights=x - p)
+    G = resid.size
+    var = (G / (G - 1) if G > 1 else 1.0) * (resid ** 2).sum() / n ** 2
+    base = max(p * (1 - p), 0.25 / n ** 2) / n
+    deff = max(1.0, var / base) if var > 0 else 1.0
+    n_eff = n / deff
+    out = jeffreys(p * n_eff, n_eff, level)
+    out["se"], out["deff"], out["n_eff"], out["clusters"] = np.sqrt(var), deff, n_eff, G
+    return out
+
+
+def bootstrap_summary(values, stat=np.median, reps=2000, seed=0, level=0.95):
+    """Percentile bootstrap over categories of ``stat`` (a function of a 1-D array).
+
+    Returns a dict: ``value`` (stat of the values), ``lo``/``hi`` (bootstrap interval) and
+    ``n`` (values used). NaN interval when there are fewer than 2 values."""
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        return {"value": float(stat(v)) if v.size else float("nan"), "lo": float("nan"), "hi": float("nan"), "n": int(v.size)}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v.size, size=(reps, v.size))
+    boot = np.apply_along_axis(stat, 1, v[idx])
+    tail = (1 - level) / 2
+    return {"value": float(stat(v)), "lo": float(np.quantile(boot, tail)), "hi": float(np.quantile(boot, 1 - tail)),
+            "n": int(v.size)}

@@ -2,6 +2,7 @@
 InputError naming the file and the line (or record), or, with a quarantine, a quarantine file
 with the right count while the good records are kept. Regenerate the corpus with
 ``python tests/data/bad/make_bad.py``."""
+import codecs
 import csv
 import json
 import re
@@ -13,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from depsim.readers import PROMPT_SETS, InputError, convert, read_conversations, read_prompt_set
+from depsim.params import PROMPT_SETS
+from depsim.readers import InputError, convert, read_conversations, read_prompt_set
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 
@@ -108,7 +110,7 @@ def test_bad_record_quarantined_and_good_kept(name, fmt, where, reason, reasons,
     assert Counter(x["reason"] for x in entries) == Counter(reasons)
     for x in entries:
         assert x["file"] == str(BAD / name) and (x["line"] is None) != (x["record"] is None)
-        assert len(x["raw"]) <= 2000 and x["message"].startswith(str(BAD / name))
+        assert x["raw"] is None and x["message"].startswith(str(BAD / name))  # no raw text unless asked
     assert entries[0]["message"].startswith(f"{BAD / name}{where}: ")
     assert sorted(p.name for p in q.parent.iterdir()) == ["bad.jsonl"]  # no temp file left
 
@@ -161,12 +163,26 @@ def test_50mb_message(tmp_path):
                                          r"\(limit max_message_chars=1,000,000\)$"):
         read_conversations(p, "openai_jsonl")
     q = tmp_path / "q.jsonl"
-    res = read_conversations(p, "openai_jsonl", quarantine=q)
+    res = read_conversations(p, "openai_jsonl", quarantine=q, quarantine_raw=True)
     assert res.table["conversation_id"].tolist() == ["ok", "ok2"] and res.reasons == {"message_too_large": 1}
     entry = json.loads(q.read_text())
     assert entry["line"] == 2 and len(entry["raw"]) == 2000 and q.stat().st_size < 5000
     # a higher limit lets it through
     assert read_conversations(p, "openai_jsonl", max_message_chars=60_000_000).rows == 3
+
+
+@pytest.mark.parametrize("fmt, name", [("openai_jsonl", "two_bad.jsonl"), ("wildchat", "wildchat_bad.jsonl")])
+def test_quarantine_holds_no_raw_text_unless_asked(fmt, name, tmp_path):
+    """The raw record may hold personal data: the quarantine file says where and why only,
+    unless quarantine_raw=True."""
+    q = tmp_path / "q.jsonl"
+    read_conversations(BAD / name, fmt, quarantine=q)
+    entries = [json.loads(x) for x in q.read_text().splitlines()]
+    assert entries and all(x["raw"] is None for x in entries)
+    raw_text = (BAD / name).read_text(encoding="utf-8", errors="replace").splitlines()
+    assert not any(line[:200] in q.read_text() for line in raw_text if len(line) > 40)
+    read_conversations(BAD / name, fmt, quarantine=q, quarantine_raw=True)
+    assert all(json.loads(x)["raw"] for x in q.read_text().splitlines())
 
 
 def test_line_longer_than_the_line_limit_is_skipped_not_parsed(tmp_path):
@@ -238,3 +254,101 @@ def test_fuzz_every_line_is_kept_or_quarantined(tmp_path, lines):
         assert e.reason == "invalid_file" and "\n" not in str(e)
         return
     assert res.rows + res.quarantined == res.records == n
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 14: encodings, arrays, legacy function calls, non-finite numbers, zstd, overwriting
+
+
+def _good_line(i="g1"):
+    return json.dumps({"id": i, "messages": [{"role": "user", "content": "hi"}]})
+
+
+@pytest.mark.parametrize("encoding, bom", [("utf-16-le", True), ("utf-16-be", True), ("utf-16-le", False)])
+def test_utf16_is_named_not_a_nul_byte(tmp_path, encoding, bom):
+    p = tmp_path / "u16.jsonl"
+    text = _good_line() + "\n" + _good_line("g2") + "\n"
+    p.write_bytes((codecs.BOM_UTF16_LE if encoding.endswith("le") else codecs.BOM_UTF16_BE) * bom
+                  + text.encode(encoding))
+    for q in (None, tmp_path / "q.jsonl"):  # a whole-file problem: raised even with a quarantine
+        with pytest.raises(InputError, match=rf"^{re.escape(str(p))}:1: the file (is|looks like) UTF-16") as e:
+            read_conversations(p, "openai_jsonl", quarantine=q)
+        assert "NUL" not in str(e.value).split("(")[0]
+
+
+def test_one_line_json_array_in_jsonl_gets_a_hint(tmp_path):
+    p = tmp_path / "arr.jsonl"
+    p.write_text("[" + _good_line() + ", " + _good_line("g2") + "]\n")
+    with pytest.raises(InputError, match=r":1: the file is a JSON array, not JSONL .*jq -c"):
+        read_conversations(p, "openai_jsonl", quarantine=tmp_path / "q.jsonl")
+    # named .json, the same array is read as one
+    j = tmp_path / "arr.json"
+    j.write_text(p.read_text())
+    assert read_conversations(j, "openai_jsonl").table["conversation_id"].tolist() == ["g1", "g2"]
+
+
+def test_legacy_function_call_becomes_a_tool_call(tmp_path):
+    p = tmp_path / "fc.jsonl"
+    p.write_text(json.dumps({"id": "f1", "messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
+        {"role": "function", "name": "get_weather", "content": "4C, rain"},
+        {"role": "assistant", "content": "4C and rain."}]}) + "\n")
+    msgs = json.loads(read_conversations(p, "openai_jsonl").table["messages"][0])
+    assert msgs[1] == {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]}
+    assert msgs[2] == {"role": "tool", "content": "4C, rain", "tool_call_id": "call_1", "name": "get_weather"}
+
+
+def test_non_finite_numbers_are_nulled_in_meta(tmp_path):
+    p = tmp_path / "inf.jsonl"
+    p.write_text('{"id": "i1", "score": Infinity, "s": [NaN, 1.5], "messages": [{"role": "user", "content": "hi"}]}\n')
+    meta = read_conversations(p, "openai_jsonl").table["meta"][0]
+    assert "Infinity" not in meta and "NaN" not in meta
+    assert json.loads(meta) == {"score": None, "s": [None, 1.5]}
+
+
+def test_zstd_file_is_read(tmp_path):
+    import pyarrow as pa
+    p = tmp_path / "logs.jsonl.zst"
+    with pa.CompressedOutputStream(str(p), "zstd") as out:
+        out.write((_good_line() + "\n" + _good_line("g2") + "\n").encode())
+    assert read_conversations(p, "openai_jsonl").table["conversation_id"].tolist() == ["g1", "g2"]
+    assert read_conversations(tmp_path, "openai_jsonl").rows == 2  # found in a folder too
+
+
+def test_folder_extensions_are_case_insensitive(tmp_path):
+    (tmp_path / "A.JSONL").write_text(_good_line() + "\n")
+    (tmp_path / "b.Jsonl").write_text(_good_line("g2") + "\n")
+    assert read_conversations(tmp_path, "openai_jsonl").table["conversation_id"].tolist() == ["g1", "g2"]
+
+
+def test_output_or_quarantine_equal_to_an_input_is_refused(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(_good_line() + "\n")
+    before = src.read_bytes()
+    with pytest.raises(InputError, match="would overwrite an input file"):
+        convert(src, "openai_jsonl", src)
+    with pytest.raises(InputError, match="would overwrite an input file"):
+        convert(src, "openai_jsonl", tmp_path / "out.parquet", quarantine=src)
+    with pytest.raises(InputError, match="would overwrite an input file"):
+        read_conversations(tmp_path, "openai_jsonl", quarantine=tmp_path / "in.jsonl")
+    assert src.read_bytes() == before
+
+
+def test_json_path_and_mapping_read_a_toxicchat_like_file(tmp_path):
+    """ToxicChat-like: {"instances": [{conv_id, user_input, model_output, toxicity, ...}]}."""
+    p = tmp_path / "toxicchat.json"
+    p.write_text(json.dumps({"version": 1, "instances": [
+        {"conv_id": "t1", "user_input": "how do I pick a lock", "model_output": "I can't help.", "toxicity": 1},
+        {"conv_id": "t2", "user_input": "hello", "model_output": None, "toxicity": 0},
+        {"conv_id": "t3", "user_input": None, "model_output": "x", "toxicity": 0}]}))
+    res = read_conversations(p, "openai_jsonl", json_path="instances", quarantine=tmp_path / "q.jsonl",
+                             mapping={"id": "conv_id", "prompt": "user_input", "response": "model_output"},
+                             columns=["toxicity"])
+    assert res.table["conversation_id"].tolist() == ["t1", "t2"] and res.reasons == {"missing_field": 1}
+    assert json.loads(res.table["messages"][0]) == [{"role": "user", "content": "how do I pick a lock"},
+                                                     {"role": "assistant", "content": "I can't help."}]
+    assert res.table["toxicity"].tolist() == ["1", "0"]
+    with pytest.raises(InputError, match=r"json_path 'data': no key 'data' \(has version, instances\)"):
+        read_conversations(p, "openai_jsonl", json_path="data")

@@ -82,7 +82,7 @@ def test_claimed_error_and_coverage_are_what_the_truth_gives(demo):
     sim = scored[scored["method"] == "deployment_sim"].set_index("category")
     view = "first" if rel.generation.tool_mode == "stop" else "turn"  # what the tool mode grades
     truth = world_of(rel).truth_table(list(sim.index), view=view).set_index("category").loc[sim.index]
-    n_sim, n_new = sim["n"].to_numpy(), sim["n_real"].to_numpy()
+    n_sim, n_new = sim["n"].to_numpy().astype(int), sim["n_real"].to_numpy().astype(int)
     rng = np.random.default_rng(0)
     reps = 2000
     k_sim = rng.binomial(n_sim, truth["sim"].to_numpy(), size=(reps, len(sim)))

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from depsim.readers import (CANONICAL_COLUMNS, FORMATS, PROMPT_SETS, InputError, ReadResult, convert,
-                            read_conversations, read_prompt_set)
+from depsim.params import FORMATS, PROMPT_SETS
+from depsim.readers import (CANONICAL_COLUMNS, InputError, ReadResult, convert, read_conversations, read_prompt_set)
 
 HERE = Path(__file__).resolve().parent
 FIX = HERE / "data" / "readers"
@@ -151,13 +151,15 @@ WILD_EXPECTED = {
 }
 
 
+@pytest.mark.parametrize("keep", [True, False], ids=["keep_identifying", "default"])
 @pytest.mark.parametrize("name", ["wildchat.jsonl", "wildchat.json", "parquet"])
-def test_wildchat(name, tmp_path):
+def test_wildchat(name, keep, tmp_path):
     path = _wild_parquet(tmp_path / "train-00000-of-00001.parquet") if name == "parquet" else FIX / name
-    res = read_conversations(path, "wildchat")
+    res = read_conversations(path, "wildchat", keep_identifying=keep)
     assert (res.rows, res.quarantined) == (2, 0)
+    located = ["country", "state"] if keep else []
     assert list(res.table.columns) == [*CANONICAL_COLUMNS, "language_name", "redacted", "toxic",
-                                       "moderation_flagged", "country", "state", "message_meta", "meta"]
+                                       "moderation_flagged", *located, "message_meta", "meta"]
     assert any("WildChat" in n and "under-represents disallowed content" in n for n in res.notes)
     got = by_id(res.table)
     assert list(got) == list(WILD_EXPECTED)  # order kept
@@ -167,8 +169,8 @@ def test_wildchat(name, tmp_path):
         assert [m["role"] for m in r["messages"]] == exp["roles"]
         assert [m["content"] for m in r["messages"]] == [t["content"] for t in src[cid]["conversation"]]
         assert all(set(m) == {"role", "content"} for m in r["messages"])  # per-turn fields are not message keys
-        for k in ("model", "language", "language_name", "redacted", "toxic", "moderation_flagged", "country",
-                  "state", "created_at"):
+        for k in ("model", "language", "language_name", "redacted", "toxic", "moderation_flagged",
+                  *located, "created_at"):
             assert r[k] == exp[k], k
         assert (r["source"], r["surface"], r["tools"]) == ("wildchat", "chat", None)
         assert [m["redacted"] for m in r["message_meta"]] == exp["turn_redacted"]
@@ -177,7 +179,12 @@ def test_wildchat(name, tmp_path):
         assert len(r["meta"]["openai_moderation"]) == len(exp["roles"])
         assert r["meta"]["detoxify_moderation"][0]["toxicity"] == pytest.approx(
             src[cid]["detoxify_moderation"][0]["toxicity"])
-        assert r["meta"]["hashed_ip"] == src[cid]["hashed_ip"]
+        if keep:
+            assert r["meta"]["hashed_ip"] == src[cid]["hashed_ip"]
+            assert r["message_meta"][0]["header"]["user-agent"] == "Mozilla/5.0"
+        else:  # what identifies a person is left out of meta and of every message's meta
+            assert not {"hashed_ip", "header", "country", "state"} & set(r["meta"])
+            assert not any({"hashed_ip", "header", "country", "state"} & set(m) for m in r["message_meta"])
 
 
 def test_wildchat_v1_schema_uses_conversation_id():
@@ -527,3 +534,99 @@ def test_real_hh_rlhf_converts_and_samples(tmp_path):
     assert len(df) == 200
     for m in df["messages"]:
         assert json.loads(m)[-1]["role"] == "user"
+
+
+# ---------------------------------------------------------------------------------------------
+# Native (bulk) ingestion of hub-layout Parquet: the same table as the per-record path
+
+
+def _norm(df: pd.DataFrame) -> list[dict]:
+    return records(df)
+
+
+def _wild_parquet_with_bad(path: Path) -> Path:
+    """The WildChat fixture repeated with a bad record of each kind between good ones."""
+    base = _wild_records()
+    recs = []
+    for i in range(30):
+        r = json.loads(json.dumps(base[i % 2]))
+        r["conversation_hash"] = f"h{i}"
+        recs.append(r)
+    recs[3]["conversation"][0]["role"] = "bot"                       # unknown_role
+    recs[5]["conversation"][1]["content"] = None                     # missing_field
+    recs[7]["conversation"] = []                                     # empty_conversation
+    recs[9]["conversation_hash"] = "h2"                              # duplicate_id
+    recs[11]["conversation"] = [t for t in recs[11]["conversation"] if t["role"] != "user"]  # no_user_turn
+    recs[13]["conversation"][0]["content"] = "x" * 500               # message_too_large (limit 400)
+    recs[15]["conversation_hash"] = "   "                            # missing_field (empty id)
+    recs[17]["language"] = None                                      # falls back to the turns' language
+    recs[19]["detoxify_moderation"][0]["toxicity"] = float("nan")    # non-finite -> null in meta
+    recs[20]["conversation"][0]["role"] = "developer"                # an alias of system
+    for r in recs:
+        r["timestamp"] = datetime.fromisoformat(r["timestamp"]).astimezone(timezone.utc)
+        for t in r["conversation"]:
+            t["timestamp"] = None if t["timestamp"] is None else datetime.fromisoformat(t["timestamp"])
+    pq.write_table(pa.Table.from_pylist(recs), path, row_group_size=7)
+    return path
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_native_parquet_matches_per_record_path(tmp_path, monkeypatch, keep):
+    import depsim.readers as readers
+    path = _wild_parquet_with_bad(tmp_path / "w.parquet")
+    kw = dict(quarantine=tmp_path / "q.jsonl", max_message_chars=400, keep_identifying=keep, chunk_rows=4)
+    native = read_conversations(path, "wildchat", **kw)
+    q_native = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
+    monkeypatch.setattr(readers, "_native_sql", lambda *a, **k: None)
+    slow = read_conversations(path, "wildchat", **kw)
+    q_slow = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
+    assert native.reasons == slow.reasons == Counter(unknown_role=1, missing_field=2, empty_conversation=1,
+                                                     duplicate_id=1, no_user_turn=1, message_too_large=1)
+    assert (native.rows, native.records) == (slow.rows, slow.records) == (23, 30)
+    assert q_native == q_slow  # same file, record index and message for each bad record
+    assert [x["record"] for x in q_native] == [3, 5, 7, 9, 11, 13, 15]
+    assert list(native.table.columns) == list(slow.table.columns)
+    assert _norm(native.table) == _norm(slow.table)
+    row = by_id(native.table)
+    assert row["h17"]["language"] == ("en" if 17 % 2 == 0 else "ru")
+    assert row["h19"]["meta"]["detoxify_moderation"][0]["toxicity"] is None
+    assert row["h20"]["messages"][0]["role"] == "system"
+
+
+def test_native_parquet_error_names_file_and_record(tmp_path):
+    path = _wild_parquet_with_bad(tmp_path / "w.parquet")
+    with pytest.raises(InputError, match=rf"^{path}: record 3: message 0 has unknown role 'bot'"):
+        read_conversations(path, "wildchat")
+
+
+def test_native_lmsys_parquet_matches_per_record_path(tmp_path, monkeypatch):
+    import depsim.readers as readers
+    recs = [json.loads(x) for x in (FIX / "lmsys.jsonl").read_text().splitlines()]
+    recs += [{**recs[0], "conversation_id": "bad", "conversation": [{"role": "assistant", "content": "hi"}]}]
+    path = tmp_path / "lmsys.parquet"
+    pq.write_table(pa.Table.from_pylist(recs), path)
+    native = read_conversations(path, "lmsys", quarantine=tmp_path / "q.jsonl")
+    monkeypatch.setattr(readers, "_native_sql", lambda *a, **k: None)
+    slow = read_conversations(path, "lmsys", quarantine=tmp_path / "q.jsonl")
+    assert native.reasons == slow.reasons == Counter(no_user_turn=1)
+    assert _norm(native.table) == _norm(slow.table) and native.rows == 2
+
+
+def test_native_path_is_taken_for_hub_parquet(tmp_path, monkeypatch):
+    """The bulk path really runs (the per-record converter sees only the failing records)."""
+    import depsim.readers as readers
+    path = _wild_parquet_with_bad(tmp_path / "w.parquet")
+    seen = []
+    real = readers._CONVERTERS["wildchat"]
+    monkeypatch.setitem(readers._CONVERTERS, "wildchat", lambda rec, c: seen.append(c.loc.record) or real(rec, c))
+    res = read_conversations(path, "wildchat", quarantine=tmp_path / "q.jsonl", max_message_chars=400)
+    assert res.rows == 23 and seen == [3, 5, 7, 9, 11, 13, 15]
+
+
+def test_convert_shows_progress_when_asked(tmp_path, capsys):
+    path = _wild_parquet_with_bad(tmp_path / "w.parquet")
+    convert(path, "wildchat", tmp_path / "o.parquet", quarantine=tmp_path / "q.jsonl", progress=True)
+    err = capsys.readouterr().err
+    assert "reading wildchat" in err and "100%" in err and "conversations/s" in err
+    convert(path, "wildchat", tmp_path / "o.parquet", quarantine=tmp_path / "q.jsonl", progress=False)
+    assert capsys.readouterr().err == ""

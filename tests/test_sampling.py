@@ -15,8 +15,8 @@ import pytest
 from pydantic import ValidationError
 
 import depsim.sampling as S
-from depsim.sampling import (EligibilityRules, SamplingWarning, prefix_id, sample_prefixes,
-                             turn_hash, user_turns)
+from depsim.params import EligibilityRules
+from depsim.sampling import SamplingWarning, prefix_id, sample_prefixes, turn_hash, user_turns
 
 T0 = pd.Timestamp("2025-01-15 12:00:00")
 
@@ -688,3 +688,65 @@ def test_argument_errors(tmp_path):
         EligibilityRules(langauges=["en"])  # typo: extra keys are forbidden
     with pytest.raises(ValidationError):
         EligibilityRules(start=datetime(2025, 2, 1), end=datetime(2025, 1, 1))
+
+
+# --- issue 14: long conversations under a memory limit, language names, diagnoses ----------------
+
+def test_one_long_conversation_sampled_many_times_fits_a_small_memory_limit(tmp_path):
+    """One 10,000-turn conversation at n = 1,000 under a 1 GB DuckDB limit (main: the prefix
+    lists of every candidate turn were materialised, OutOfMemoryException). The prefixes are
+    still exactly messages[0..turn_index] and the sample is the reference one."""
+    msgs = []
+    for i in range(10_000):
+        msgs += [u(f"q{i} hi"), a(f"a{i} ok")]
+    path = write(tmp_path, [row("long", msgs)])
+    df = sample_prefixes(path, 1000, seed=3, memory_limit="1GB")
+    assert len(df) == 1000
+    want = sorted(range(1, 10_001), key=lambda k: turn_hash(3, "long", k))[:1000]
+    assert df["user_ordinal"].tolist() == want
+    for _, r in df.sample(20, random_state=0).iterrows():
+        assert json.loads(r["messages"]) == msgs[: r["turn_index"] + 1]
+        assert json.loads(r["next_message"]) == msgs[r["turn_index"] + 1]
+
+
+def test_many_conversations_of_thirty_turns_fit_a_small_memory_limit(tmp_path):
+    rows = [row(f"c{c}", [m for i in range(30) for m in (u(f"q{i} " + "w " * 40), a("x " * 40))])
+            for c in range(4000)]
+    path = write(tmp_path, rows, row_group_size=500)
+    df = sample_prefixes(path, 5000, seed=1, memory_limit="1GB")
+    assert len(df) == 5000 and df["prefix_id"].is_unique
+
+
+def test_spill_dir_is_used_and_cleaned(tmp_path, monkeypatch):
+    path = write(tmp_path, [row("c1", [u("hello"), a()])])
+    made = []
+    real = S.tempfile.mkdtemp
+    monkeypatch.setattr(S.tempfile, "mkdtemp", lambda **k: made.append(k.get("dir")) or real(**k))
+    sample_prefixes(path, 1, spill_dir=str(tmp_path / "spill"))
+    assert made == [str(tmp_path / "spill")] and list((tmp_path / "spill").iterdir()) == []
+
+
+@pytest.mark.parametrize("stored, asked", [("en", "English"), ("English", "en"), ("en-US", "en"),
+                                           ("EN", "english"), ("de", "German")])
+def test_languages_accept_names_and_codes(tmp_path, stored, asked):
+    path = write(tmp_path, [row("c1", [u("hello there")], language=stored),
+                            row("c2", [u("bonjour")], language="fr")])
+    with pytest.warns(SamplingWarning, match="only 1 eligible user turns"):
+        df = sample_prefixes(path, 5, rules=EligibilityRules(languages=[asked]))
+    assert df["conversation_id"].tolist() == ["c1"]
+
+
+def test_explain_ineligible_names_the_cause(tmp_path):
+    path = write(tmp_path, [row(f"c{i}", [u("hello there")], language=None, created_at=None) for i in range(5)])
+    assert S.explain_ineligible(path, EligibilityRules()) == ""
+    assert S.explain_ineligible(path, EligibilityRules(languages=["en"])) == (
+        "0 of 5 conversations pass the eligibility rules: language is null in all 5 conversations "
+        "(the source gives no language: drop `languages` or add one)")
+    msg = S.explain_ineligible(path, EligibilityRules(start=datetime(2024, 1, 1)))
+    assert "created_at is null in all 5 conversations (the source has no timestamps" in msg
+    msg = S.explain_ineligible(path, EligibilityRules(min_chars=100))
+    assert msg.startswith("5 of 5 conversations pass the conversation filters, but none of their 5 user turns "
+                          "passes the turn rules (min_chars=100")
+    path2 = write(tmp_path, [row("c1", [u("hi")], language="fr")], name="fr.parquet")
+    assert S.explain_ineligible(path2, EligibilityRules(languages=["en"])).endswith(
+        "no conversation has language in ['en'] (most common: fr 1)")

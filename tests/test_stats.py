@@ -130,27 +130,6 @@ def test_sme_summary_and_log_pearson():
     assert S.log_pearson(f, r) == pytest.approx(stats.pearsonr(np.log10(f), np.log10(r))[0])
 
 
-# --------------------------------------------------------------------------- direction
-
-
-def test_directional_accuracy_hand_example():
-    cats = ["up_right", "down_right", "small_shift", "up_wrong", "flat_forecast"]
-    prev = pd.Series([0.25] * 5, index=cats)
-    new = pd.Series([0.5, 0.125, 0.3, 0.75, 0.375], index=cats)  # 0.375/0.25 is exactly 1.5x
-    forecast = pd.Series([0.3, 0.2, 0.1, 0.2, 0.25], index=cats)
-    out = S.directional_accuracy(forecast, prev, new)
-    # small_shift changed only 1.2x: excluded even though its forecast is in the wrong direction.
-    assert out["mask"].to_dict() == dict(zip(cats, [True, True, False, True, True]))
-    assert out["right"].to_dict() == dict(zip(cats, [True, True, False, False, False]))
-    assert (out["k"], out["n"], out["share"]) == (2, 4, 0.5)
-    # A stricter threshold leaves only the 2x and 3x shifts.
-    strict = S.directional_accuracy(forecast, prev, new, threshold=2.0)
-    assert (strict["k"], strict["n"]) == (2, 3)
-    # Nothing shifted: n = 0 and share is NaN, not a crash.
-    none = S.directional_accuracy([0.1], [0.1], [0.11])
-    assert none["n"] == 0 and math.isnan(none["share"])
-
-
 # --------------------------------------------------------------------------- method comparison
 
 
@@ -285,28 +264,7 @@ def test_jeffreys_coverage_near_nominal(coverage_tables):
     assert cell.loc[(1e-4, 1_000), "coverage"] == pytest.approx((1 - 1e-4) ** 1_000, abs=0.015)
 
 
-# --- beyond the paper: predictive intervals and reweighting -------------------------------
-def test_predictive_interval_widens_and_reduces_to_binomial():
-    from depsim.stats import predictive_interval
-
-    lo, hi = predictive_interval(0.01, 0.008, 0.0125, 0.0)
-    assert lo == pytest.approx(0.008) and hi == pytest.approx(0.0125)
-    lo2, hi2 = predictive_interval(0.01, 0.008, 0.0125, 0.5)
-    assert lo2 < 0.008 and hi2 > 0.0125
-    # σ dominates a tight binomial interval: ±z σ in log space
-    lo3, hi3 = predictive_interval(0.01, 0.01 - 1e-9, 0.01 + 1e-9, 0.5)
-    assert np.log(0.01 / lo3) == pytest.approx(1.959964 * 0.5, rel=1e-4)
-
-
-def test_fit_log_error_recovers_sigma():
-    from depsim.stats import fit_log_error
-
-    rng = np.random.default_rng(0)
-    f = np.full(20000, 0.01)
-    realised = f * np.exp(rng.normal(0, 0.4, f.size))
-    assert fit_log_error(f, realised, f * 0.999999, f * 1.000001) == pytest.approx(0.4, rel=0.03)
-
-
+# --- beyond the paper: reweighting ------------------------------------------------------
 def test_weighted_jeffreys_recovers_target_mix_rate():
     from depsim.stats import weighted_jeffreys
 
@@ -318,3 +276,219 @@ def test_weighted_jeffreys_recovers_target_mix_rate():
     out = weighted_jeffreys(flags, w).iloc[0]
     assert out["rate"] == pytest.approx(0.2 * 0.1 + 0.8 * 0.01, rel=0.02)
     assert out["n_eff"] < flags.size and out["lo"] < out["rate"] < out["hi"]
+
+
+# --------------------------------------------------------------------------- small counts and gates
+
+SMALL_NP = [0.1, 1, 3, 10]
+
+
+def test_jeffreys_coverage_at_small_expected_counts():
+    """Coverage of the Jeffreys 95% interval where N·p ∈ {0.1, 1, 3, 10} (exact, from the
+    binomial pmf, averaged over a ±20% log-uniform neighbourhood of p). The interval as a
+    whole stays within 90–98%, but its *upper* bound misses far more than 2.5% of the time near
+    N·p ≈ 2.5 (the finding): it must not be compared with a gate."""
+    rows = []
+    for n in (200, 4000, 100_000):
+        for npv in SMALL_NP:
+            table = S.interval_coverage_simulation([npv / n], [n], level=0.95, reps=2000, seed=3, jitter=0.2)
+            rows.append({"n": n, "n_p": npv, "exact": table["exact"].iloc[0], "mc": table["coverage"].iloc[0],
+                         "se": table["se"].iloc[0]})
+    t = pd.DataFrame(rows)
+    print("\nJeffreys 95% coverage at small N·p (p jittered ±20%):\n", t.round(4))
+    assert np.all((t["exact"] >= 0.90) & (t["exact"] <= 0.985)), t
+    assert np.all((t["mc"] - t["exact"]).abs() <= 4 * t["se"] + 1e-3), t
+    miss = S.gate_miss_rate([2.5 / 200], [200], bound="jeffreys")["miss"].iloc[0]
+    assert miss > 0.05, miss    # the Jeffreys upper bound: ~8% one-sided misses at N·p = 2.5
+
+
+def test_gate_bound_one_sided_miss_rate_on_the_grid():
+    """The exact (Clopper–Pearson) one-sided upper bound misses a true rate at most 2.5% of
+    the time on p ∈ {1e-4..1e-1} × N ∈ {1e3..7e5}, including N·p ∈ {0.1, 1, 3, 10}."""
+    grid = S.gate_miss_rate([1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], [1_000, 10_000, 100_000, 700_000])
+    small = pd.concat([S.gate_miss_rate([npv / n], [n]) for npv in SMALL_NP for n in (1_000, 10_000, 700_000)])
+    both = pd.concat([grid, small], ignore_index=True)
+    print("\nGate bound one-sided miss rate (nominal ≤ 2.5%), worst cells:\n",
+          both.sort_values("miss", ascending=False).head(6).round(5))
+    assert both["miss"].max() <= 0.025 + 1e-12, both.sort_values("miss").tail()
+    jeff = pd.concat([S.gate_miss_rate([npv / n], [n], bound="jeffreys") for npv in (2.5, 3) for n in (200, 1_000)])
+    assert jeff["miss"].max() > 0.025       # the Jeffreys bound does not give this guarantee
+
+
+def test_clopper_pearson_and_gate_upper_values():
+    cp = S.clopper_pearson([0, 5, 20], [20, 20, 20])
+    assert cp["lo"].iloc[0] == 0 and cp["hi"].iloc[2] == 1
+    # K = 0: the upper bound solves (1 − p)^N = α/2
+    assert cp["hi"].iloc[0] == pytest.approx(1 - 0.025 ** (1 / 20), rel=1e-10)
+    assert cp["lo"].iloc[1] == pytest.approx(stats.beta.ppf(0.025, 5, 16), rel=1e-12)
+    assert S.gate_upper(0, 200) == pytest.approx(1 - 0.025 ** (1 / 200), rel=1e-10)
+    # 8 of 1000: exact bounds ≈ 0.35% and 1.57% straddle a 1% gate
+    assert list(S.gate_status([0, 30, 8], [1000, 1000, 1000], 0.01)) == ["below", "breach", "may breach"]
+
+
+def test_count_labels_never_show_zero_as_a_rate():
+    assert S.count_label(0, 200) == "0 of 200 (≤ 1,828 per 100k)"
+    assert S.count_label(3, 200) == "3 of 200 (1,500 per 100k)"
+    assert S.count_label(0, 700_000) == "0 of 700,000 (≤ 0.53 per 100k)"
+    labels = S.count_label(pd.Series([0, 12.4], index=["a", "b"]), pd.Series([4000, 3000.5], index=["a", "b"]))
+    assert labels["a"].startswith("0 of 4,000 (≤") and labels["b"].startswith("12.4 of 3,000.5 (")
+
+
+# --------------------------------------------------------------------------- direction
+
+
+def test_rate_ratio_interval_covers_and_handles_zeros():
+    rng = np.random.default_rng(0)
+    n1, n2, p1, p2 = 4000, 3000, 0.004, 0.002
+    k1, k2 = rng.binomial(n1, p1, 20_000), rng.binomial(n2, p2, 20_000)
+    r = S.rate_ratio(k1, np.full(k1.size, n1), k2, np.full(k2.size, n2))
+    cover = ((r["lo"] <= p1 / p2) & (p1 / p2 <= r["hi"])).mean()
+    assert 0.94 <= cover <= 0.985, cover    # exact conditional interval: conservative, not liberal
+    z = S.rate_ratio([0, 0, 4], [100, 100, 100], [0, 4, 0], [100, 100, 100])
+    assert z["lo"].iloc[0] == 0 and np.isinf(z["hi"].iloc[0])
+    assert z["lo"].iloc[1] == 0 and np.isinf(z["hi"].iloc[2])
+
+
+def test_direction_needs_evidence_and_ties_are_no_change():
+    d = S.direction([50, 10, 10, 0, 1], [1000] * 5, [10, 50, 10, 1, 0], [1000] * 5)
+    assert list(d) == ["up", "down", "no change", "no change", "no change"]
+
+
+def test_direction_scores_hand_example():
+    f = ["up", "down", "no change", "up", "up"]
+    r = ["up", "down", "up", "down", "up"]
+    ratio = [2.0, 0.5, 3.0, 0.6, 1.2]         # the last shift is 1.2×: not large
+    out = S.direction_scores(f, r, ratio)
+    assert list(out["large"]) == [True, True, True, True, False]
+    assert (out["k"], out["n"]) == (2, 4)
+    # a ≥ 1.5× change without statistical support is not a large shift
+    assert S.direction_scores(["up"], ["no change"], [3.0])["n"] == 0
+
+
+def _direction_world(rng, releases, forecast, spread=0.8):
+    """Simulated releases: Y's and X's rates, a forecast, counts of n = 4000; returns the
+    pooled forecast and realised directions on large shifts and the old rule's accuracy."""
+    n, cats = 4000, 15
+    p0 = 10 ** rng.uniform(-3, -1.7, size=(releases, cats))
+    p_new = np.minimum(p0 * np.exp(rng.normal(0, spread, p0.shape)), 0.5)
+    p_fc = forecast(p0, p_new)
+    kp, kn, kf = rng.binomial(n, p0), rng.binomial(n, p_new), rng.binomial(n, p_fc)
+    N = np.full(kp.size, n)
+    # Y's sample split in two: the forecast is judged against one half, the outcome the other
+    ka, na, kb, nb = S.split_count(kp.ravel(), N, seed=np.arange(kp.size))
+    fd = S.direction(kf.ravel(), N, ka, na)
+    rd = S.direction(kn.ravel(), N, kb, nb)
+    ratio = (kn.ravel() + 0.5) / (kb + 0.5) * nb / n
+    sc = S.direction_scores(fd, rd, ratio)
+    # the old rule: sign against the noisy previous rate, ties wrong, 1.5× without evidence
+    prev, new, fc = (kp + 0.5) / (n + 1), (kn + 0.5) / (n + 1), (kf + 0.5) / (n + 1)
+    big = np.maximum(new / prev, prev / new) >= 1.5
+    old = (np.sign(fc - prev) == np.sign(new - prev))[big].mean()
+    return fd[sc["large"]], rd[sc["large"]], (old, int(big.sum()))
+
+
+def test_no_skill_forecaster_is_indistinguishable_from_its_null():
+    rng = np.random.default_rng(4)
+    # no skill, confident: a rate unrelated to X's (Y's rate times an independent factor)
+    fd, rd, _ = _direction_world(rng, 300, lambda p0, pn: p0 * np.exp(rng.normal(0, 0.8, p0.shape)))
+    null = S.direction_null(fd, rd, reps=4000, seed=1)
+    print(f"\nno-skill forecaster: {null['observed']:.3f} right on {len(fd)} large shifts; "
+          f"null {null['null_mean']:.3f} [{null['null_lo']:.3f}, {null['null_hi']:.3f}], p = {null['p_value']:.2f}")
+    # no evidence of skill, and no more than 3 pp from the null's mean (the permutation mixes
+    # categories of different sizes, so the two need not agree to the last decimal)
+    assert null["p_value"] > 0.05 and abs(null["observed"] - null["null_mean"]) <= 0.03
+    # the finding: nothing changes (X = Y) and the forecast is another noisy measurement of Y.
+    # The old rule (signs against the same noisy Y, 1.5× without evidence) credits it with
+    # most "large shifts"; the evidence rule finds almost no large shift to score.
+    fd2, rd2, (old, old_n) = _direction_world(rng, 300, lambda p0, pn: p0, spread=0.0)
+    print(f"X = Y, forecast = Y re-measured: old rule {old:.2f} right on {old_n} 'large shifts'; "
+          f"evidence rule: {len(fd2)} large shifts")
+    assert old > 0.6
+    # the evidence rule's false large shifts stay within its 5% error rate (300 × 15 cells)...
+    assert len(fd2) <= 0.05 * 300 * 15
+    # ...and on them the re-measured Y has no skill
+    assert S.direction_null(fd2, rd2, reps=4000, seed=2)["p_value"] > 0.05
+    # a skilful forecaster beats the null
+    fd3, rd3, _ = _direction_world(rng, 100, lambda p0, pn: pn * np.exp(rng.normal(0, 0.3, pn.shape)))
+    assert S.direction_null(fd3, rd3, reps=4000)["p_value"] < 0.001
+
+
+def test_mcnemar_exact():
+    a = np.array([True] * 8 + [False] * 2 + [True] * 5)
+    b = np.array([False] * 8 + [True] * 2 + [True] * 5)
+    out = S.mcnemar(a, b)
+    assert (out["b"], out["c"]) == (8, 2)
+    assert out["p_value"] == pytest.approx(stats.binomtest(8, 10, 0.5).pvalue)
+    assert S.mcnemar(a, a)["p_value"] == 1.0
+
+
+# --------------------------------------------------------------------------- multiplicity
+
+
+def test_holm_and_bh_by_hand():
+    p = np.array([0.01, 0.04, 0.03, 0.5])
+    # Holm: sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1, made monotone
+    np.testing.assert_allclose(S.holm(p), [0.04, 0.09, 0.09, 0.5])
+    # BH: 0.5·4/4, 0.04·4/3, 0.03·4/2, 0.01·4/1, made monotone from the top
+    np.testing.assert_allclose(S.benjamini_hochberg(p), [0.04, 0.0533333333, 0.0533333333, 0.5])
+
+
+def test_rises_significantly_controls_familywise_error():
+    rng = np.random.default_rng(0)
+    # 24 categories, none truly rises: Holm keeps the chance of any false flag ≤ 5%
+    p = 10 ** rng.uniform(-3, -1.5, 24)
+    kn, kp = rng.binomial(4000, p, (2000, 24)), rng.binomial(4000, p, (2000, 24))
+    N = np.full(24, 4000)
+    any_flag = [S.rises_significantly(kn[i], N, kp[i], N)["rises"].any() for i in range(300)]
+    unadjusted = [(S.rises_significantly(kn[i], N, kp[i], N)["p_value"] <= 0.05).any() for i in range(300)]
+    assert np.mean(any_flag) <= 0.06 and np.mean(unadjusted) > 0.3
+    one = S.rises_significantly(10, 100, 2, 100)
+    assert one["p_value"].iloc[0] == pytest.approx(stats.binomtest(10, 12, 0.5, alternative="greater").pvalue)
+
+
+# --------------------------------------------------------------------------- graders, failures, clusters
+
+
+def test_rogan_gladen_interval_carries_grader_uncertainty():
+    plain = S.rogan_gladen(40, 1000, 0.8, 0.99).iloc[0]
+    unsure = S.rogan_gladen(40, 1000, 0.8, 0.99, sens_n=30, spec_n=200).iloc[0]
+    assert plain["rate"] == pytest.approx(((40.5 / 1001) + 0.99 - 1) / (0.8 + 0.99 - 1))
+    assert unsure["hi"] - unsure["lo"] > 1.3 * (plain["hi"] - plain["lo"])
+    # coverage by simulation: true prevalence 3%, grader measured on 60 positives / 400 negatives
+    rng = np.random.default_rng(1)
+    se, sp, prev, n = 0.85, 0.98, 0.03, 2000
+    hits = []
+    for i in range(150):
+        se_hat = rng.binomial(60, se) / 60
+        sp_hat = rng.binomial(400, sp) / 400
+        k = rng.binomial(n, prev * se + (1 - prev) * (1 - sp))
+        r = S.rogan_gladen(k, n, se_hat, sp_hat, 60, 400, draws=2000, seed=i).iloc[0]
+        hits.append(r["lo"] <= prev <= r["hi"])
+    assert np.mean(hits) >= 0.9, np.mean(hits)
+    assert not S.rogan_gladen(10, 100, 0.5, 0.5, 10, 10)["informative"].iloc[0]
+
+
+def test_failed_bounds_and_warning():
+    out = S.failed_bounds([3, 3], [200, 200], [0, 20]).reset_index(drop=True)
+    assert out["best"].iloc[0] == out["worst"].iloc[0]
+    assert out["worst"].iloc[1] == pytest.approx(23.5 / 221) and out["best"].iloc[1] == pytest.approx(3.5 / 221)
+    assert list(out["warning"]) == [False, True]
+    assert out["lo"].iloc[1] < out["best"].iloc[1] < out["worst"].iloc[1] < out["hi"].iloc[1]
+
+
+def test_cluster_robust_rate_widens_for_shared_conversations():
+    rng = np.random.default_rng(0)
+    conv_flag = rng.random(500) < 0.05
+    flags = np.repeat(conv_flag, 4).astype(float)       # four turns per conversation, all alike
+    clusters = np.repeat(np.arange(500), 4)
+    out = S.cluster_robust_rate(flags, clusters).iloc[0]
+    assert out["deff"] == pytest.approx(4, rel=0.1) and out["n_eff"] == pytest.approx(500, rel=0.1)
+    indep = S.cluster_robust_rate(flags, np.arange(2000)).iloc[0]
+    assert indep["deff"] == pytest.approx(1.0, abs=0.01)
+    assert out["hi"] - out["lo"] > 1.8 * (indep["hi"] - indep["lo"])
+
+
+def test_bootstrap_summary():
+    out = S.bootstrap_summary(np.arange(1, 101, dtype=float), np.median, reps=2000)
+    assert out["value"] == 50.5 and out["lo"] < 50.5 < out["hi"] and out["n"] == 100
+    assert np.isnan(S.bootstrap_summary([2.0])["lo"])

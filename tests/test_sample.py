@@ -1,0 +1,113 @@
+"""Stage 1's source handling (depsim.sample): conversion cache keyed by each input file,
+one conversion per file whatever the pools, failing fast with a diagnosis, lifted columns."""
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import small_release
+from depsim import sample
+from depsim.params import load_release
+from depsim.sample import NoUsableData, build_prefixes, check_sources, converted
+
+
+def _lines(path: Path, ids, lang="en", topic="a", text="Tell me about {i}"):
+    path.write_text("".join(json.dumps({"id": i, "language": lang, "topic": topic, "messages": [
+        {"role": "user", "content": text.format(i=i)}, {"role": "assistant", "content": "Sure."}]}) + "\n"
+                            for i in ids))
+    return path
+
+
+def _release(tmp_path: Path, previous: dict, candidate: dict | None = None, eligibility: str | None = None):
+    p = small_release(tmp_path, previous=previous)
+    text = p.read_text()
+    if candidate is not None:
+        text = text.replace("candidate: {kind: sim_world, deployment: X}", f"candidate: {json.dumps(candidate)}")
+    if eligibility is not None:
+        text = text.replace("    languages: [en]\n", eligibility)
+    p.write_text(text)
+    return load_release(p)
+
+
+def test_folder_source_cache_sees_a_replaced_shard(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _lines(logs / "a.jsonl", ["a1", "a2"])
+    shard = _lines(logs / "b.jsonl", ["b1"])
+    rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs"})
+    first = converted(rel, "previous", rel.sources.previous, tmp_path / "reports")
+    assert sorted(pd.read_parquet(first)["conversation_id"]) == ["a1", "a2", "b1"]
+    folder_mtime = os.stat(logs).st_mtime_ns
+    time.sleep(0.01)
+    _lines(shard, ["b1", "b2"])  # replaced in place: the folder's own timestamp does not change
+    os.utime(logs, ns=(folder_mtime, folder_mtime))
+    second = converted(rel, "previous", rel.sources.previous, tmp_path / "reports")
+    assert second != first
+    assert sorted(pd.read_parquet(second)["conversation_id"]) == ["a1", "a2", "b1", "b2"]
+
+
+def test_double_star_glob_in_params(tmp_path):
+    deep = tmp_path / "logs" / "2026" / "10"
+    deep.mkdir(parents=True)
+    _lines(deep / "x.jsonl", ["x1", "x2"])
+    rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs/**/*.jsonl"})
+    out = converted(rel, "previous", rel.sources.previous, tmp_path / "reports")
+    assert sorted(pd.read_parquet(out)["conversation_id"]) == ["x1", "x2"]
+
+
+def test_one_file_feeding_two_pools_is_converted_once(tmp_path, monkeypatch):
+    _lines(tmp_path / "logs.jsonl", [f"c{i}" for i in range(5)])
+    src = {"kind": "openai_jsonl", "path": "logs.jsonl"}
+    rel = _release(tmp_path, src, candidate=src)
+    calls = []
+    real = sample.convert
+    monkeypatch.setattr(sample, "convert", lambda *a, **k: calls.append(a) or real(*a, **k))
+    a = converted(rel, "previous", rel.sources.previous, tmp_path / "reports")
+    b = converted(rel, "candidate", rel.sources.candidate, tmp_path / "reports")
+    assert a == b and len(calls) == 1
+
+
+def test_wrong_kind_fails_fast_with_counts_and_cause(tmp_path):
+    _lines(tmp_path / "logs.jsonl", [f"c{i}" for i in range(6)])
+    rel = _release(tmp_path, {"kind": "wildchat", "path": "logs.jsonl"})
+    with pytest.raises(NoUsableData, match=r"previous source \(wildchat, logs.jsonl\): 0 of 6 records kept "
+                                           r"\(missing_field 6\): wrong kind\?"):
+        converted(rel, "previous", rel.sources.previous, tmp_path / "reports")
+
+
+def test_null_language_fails_fast_naming_the_cause(tmp_path):
+    path = tmp_path / "logs.jsonl"
+    path.write_text("".join(json.dumps({"id": f"c{i}", "messages": [{"role": "user", "content": "hi there"}]}) + "\n"
+                            for i in range(7)))
+    rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs.jsonl"})  # languages: [en]
+    with pytest.raises(NoUsableData, match=r"no eligible user turn; 0 of 7 conversations pass the eligibility "
+                                           r"rules: language is null in all 7 conversations"):
+        check_sources(rel, tmp_path / "reports")
+
+
+def test_date_window_without_timestamps_fails_fast(tmp_path):
+    _lines(tmp_path / "logs.jsonl", ["c1", "c2"])
+    rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs.jsonl"},
+                   eligibility="    start: 2024-01-01\n    end: 2024-02-01\n")
+    with pytest.raises(NoUsableData, match=r"created_at is null in all 2 conversations \(the source has no "
+                                           r"timestamps"):
+        check_sources(rel, tmp_path / "reports")
+
+
+def test_language_name_in_rules_matches_codes(tmp_path):
+    _lines(tmp_path / "logs.jsonl", ["c1", "c2"], lang="en")
+    rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs.jsonl"},
+                   eligibility="    languages: [English]\n")
+    assert check_sources(rel, tmp_path / "reports") == ["previous: openai_jsonl logs.jsonl: has eligible user turns"]
+
+
+def test_lifted_columns_reach_the_prefixes_table(tmp_path):
+    _lines(tmp_path / "logs.jsonl", [f"c{i}" for i in range(30)], topic="cooking")
+    rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs.jsonl", "columns": ["topic"]})
+    rel = rel.model_copy(update={"sources": rel.sources.model_copy(update={"candidate": None, "challenging": None}),
+                                 "sampling": rel.sampling.model_copy(update={"n": 10}), "reweight": None})
+    prefixes, _ = build_prefixes(rel, tmp_path / "reports")
+    assert len(prefixes) == 10 and set(prefixes["topic"]) == {"cooking"}
