@@ -54,7 +54,7 @@ from pathlib import Path
 import openai
 
 from depsim.cache import ResponseCache
-from depsim.client import ChatRequest, create_kwargs, MalformedResponse, parse_body, api_key, request_key
+from depsim.client import ChatRequest, create_kwargs, MalformedResponse, parse_body, api_key, mask_url, redact, request_key
 from depsim.params import Endpoint
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ def submit_and_wait(endpoint: Endpoint, files: Iterable[str | Path], poll_s: flo
         state_path = _state_path(path)
         if state_path.exists():
             state = json.loads(state_path.read_text())
-            if state.get("sha256") == digest and state.get("base_url") == endpoint.base_url:
+            if state.get("sha256") == digest and state.get("base_url") == mask_url(endpoint.base_url):
                 pending[path] = state["batch_id"]
                 log.info("%s: resuming batch %s", path.name, state["batch_id"])
                 continue
@@ -275,7 +275,7 @@ def submit_and_wait(endpoint: Endpoint, files: Iterable[str | Path], poll_s: flo
                                       metadata={"source": "depsim", "file": path.name[:500], **(metadata or {})})
         tmp = state_path.with_name(state_path.name + ".tmp")
         tmp.write_text(json.dumps({"batch_id": batch.id, "input_file_id": uploaded.id, "sha256": digest,
-                                   "base_url": endpoint.base_url, "submitted_at": time.time()}))
+                                   "base_url": mask_url(endpoint.base_url), "submitted_at": time.time()}))
         os.replace(tmp, state_path)
         pending[path] = batch.id
         log.info("%s: submitted as batch %s", path.name, batch.id)
@@ -321,7 +321,7 @@ def _error_reason(line: dict) -> str:
     else:
         text = str(err) if err else ""
     head = f"http {status}" if status is not None else "batch error"
-    return f"{head}: {text[:300]}" if text else head
+    return f"{head}: {redact(text)[:300]}" if text else head  # key-like tokens and URL credentials removed
 
 
 def import_results(paths: Iterable[str | Path], cache: ResponseCache, *,

@@ -26,11 +26,13 @@ import hashlib
 import json
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import openai
@@ -54,6 +56,20 @@ FLUSH_EVERY = 200
 FLUSH_INTERVAL_S = 1.0
 #: errors that hold for every request to an endpoint: after one, the rest are failed unsent
 ENDPOINT_ERRORS = ("http 401", "http 403", "http 404")
+#: the same error (status and message) this many times in a row, with no success yet in the
+#: call, is an error every request gets: the call stops (the rest are failed unsent)
+SAME_ERROR_LIMIT = 3
+#: limit multiplier after a timeout (at most once per GROWTH_PAUSE_S): a one-slot local
+#: server answers one request at a time, so the queue behind it times out
+TIMEOUT_DECREASE = 0.5
+#: what the error of a role stopped by an error every request gets says
+STOPPED = "the role stops"
+#: longest server error message kept, characters (after redaction)
+ERROR_MESSAGE_MAX = 300
+#: what a secret is replaced with in stored errors and logs
+REDACTED = "[REDACTED]"
+#: API-key-like tokens redacted from every kept error message, whatever key was sent
+_KEYLIKE = re.compile(r"\b(?:sk|pk|rk|sess|gsk|xai|hf|ghp|glpat|key)[-_][A-Za-z0-9_\-*.]{6,}|\bBearer\s+\S+|\bAKIA[A-Z0-9]{12,}")
 
 _CREATE_ARGS = {"audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
                 "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls",
@@ -78,6 +94,9 @@ class ChatRequest:
     tool_choice: str | dict | None = None
     response_format: dict | None = None
     sample_index: int = 0
+    #: the answer id a bound prompt asks the answer to echo (depsim.prompts.bind_answer); not
+    #: sent (it is already in ``messages``), not part of the cache key
+    answer_id: str | None = None
 
 
 @dataclass
@@ -177,6 +196,42 @@ def request_key(endpoint: Endpoint, req: ChatRequest) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def mask_url(url: str) -> str:
+    """Return ``url`` with any credentials in it (``https://user:pass@host``) replaced by
+    ``***``, for messages; the URL is otherwise unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return re.sub(r"//[^/@]*@", "//***@", url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def secrets_of(endpoint: Endpoint) -> list[str]:
+    """Return the secrets an endpoint sends (its API key when set in the environment, and the
+    user name and password of credentials in its URL), longest first, for :func:`redact`."""
+    out = []
+    if endpoint.api_key_env and (key := os.environ.get(endpoint.api_key_env)):
+        out.append(key)
+    try:
+        parts = urlsplit(endpoint.base_url)
+        out += [x for x in (parts.password, parts.username) if x]
+    except ValueError:
+        pass
+    return sorted({s for s in out if len(s) >= 4}, key=len, reverse=True)
+
+
+def redact(text: str, endpoint: Endpoint | None = None) -> str:
+    """Return ``text`` with the endpoint's secrets (:func:`secrets_of`), URL credentials and
+    API-key-like tokens replaced by :data:`REDACTED`. Every server message depsim keeps (in
+    errors, tables and logs) goes through this."""
+    for secret in secrets_of(endpoint) if endpoint is not None else []:
+        text = text.replace(secret, REDACTED)
+    text = re.sub(r"(\w+://)[^/\s@]+@", r"\1***@", text)
+    return _KEYLIKE.sub(REDACTED, text)
+
+
 def api_key(endpoint: Endpoint) -> str:
     """Return the endpoint's API key read from the environment variable it names (a
     placeholder when it names none; local servers ignore it)."""
@@ -185,7 +240,7 @@ def api_key(endpoint: Endpoint) -> str:
     key = os.environ.get(endpoint.api_key_env)
     if not key:
         raise MissingAPIKeyError(f"environment variable {endpoint.api_key_env} is not set; it should hold "
-                                 f"the API key for {endpoint.model} at {endpoint.base_url}")
+                                 f"the API key for {endpoint.model} at {mask_url(endpoint.base_url)}")
     return key
 
 
@@ -296,7 +351,7 @@ class AdaptiveLimiter:
     maximum)``; +1 after every ``limit`` successes while the endpoint keeps up;
     x0.8 after a run of 429s (at most once per Retry-After/1 s), and no new sends until
     Retry-After has passed; a 5xx/timeout pauses growth for ``GROWTH_PAUSE_S`` without
-    shrinking. ``history`` gets a ``(unix time s, limit)`` point at start and every change."""
+    shrinking; a timeout cuts the limit by half (:meth:`on_timeout`). ``history`` gets a ``(unix time s, limit)`` point at start and every change."""
 
     def __init__(self, maximum: int, history: list[tuple[float, int]] | None = None):
         self.maximum = max(1, maximum)
@@ -357,9 +412,19 @@ class AdaptiveLimiter:
             self._set(max(1, int(self.limit * DECREASE_FACTOR)))
 
     def on_server_error(self) -> None:
-        """Record a 5xx / timeout / connection drop / bad body: pause growth, keep the limit."""
+        """Record a 5xx / connection drop / bad body: pause growth, keep the limit."""
         self._successes = 0
         self._no_growth_until = time.monotonic() + GROWTH_PAUSE_S
+
+    def on_timeout(self) -> None:
+        """Record a timeout: pause growth and cut the limit by :data:`TIMEOUT_DECREASE` (at
+        most once per ``GROWTH_PAUSE_S``, since the requests of one queue time out together):
+        the server cannot keep up with this many requests at once."""
+        now = time.monotonic()
+        cut = now >= self._no_growth_until
+        self.on_server_error()
+        if cut:
+            self._set(max(1, int(self.limit * TIMEOUT_DECREASE)))
 
 
 class TokenBucket:
@@ -417,17 +482,57 @@ class _CacheWriter:
 # the request loop
 
 
+class _SameErrors:
+    """Watches one call's failures: :data:`SAME_ERROR_LIMIT` identical errors (status and
+    message) in a row before any success is an error every request gets, and stops the call.
+    A retryable error (5xx) counts only when it comes back on a retry."""
+
+    def __init__(self):
+        self.last, self.run, self.succeeded, self.stopped = None, 0, False, None
+
+    def success(self) -> None:
+        self.succeeded, self.run, self.last = True, 0, None
+
+    def failure(self, signature: tuple | None) -> bool:
+        """Record a failed attempt; return True when the call should stop."""
+        if signature is None or self.succeeded:
+            self.run, self.last = 0, None
+            return False
+        self.run = self.run + 1 if signature == self.last else 1
+        self.last = signature
+        return self.run >= SAME_ERROR_LIMIT
+
+
+def _error_message(e: openai.APIStatusError, endpoint: Endpoint) -> str:
+    """The server's own error message (redacted, cut to ERROR_MESSAGE_MAX characters)."""
+    body = e.body
+    msg = None
+    if isinstance(body, dict):
+        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        msg = inner.get("message") or body.get("detail") or body.get("error")
+    if msg is None:
+        msg = body if isinstance(body, str) and body else e.message
+    if not isinstance(msg, str):
+        msg = json.dumps(msg, ensure_ascii=False, default=str)
+    return redact(" ".join(msg.split()), endpoint)[:ERROR_MESSAGE_MAX]
+
+
 async def _send(client: openai.AsyncOpenAI, endpoint: Endpoint, req: ChatRequest, limiter: AdaptiveLimiter,
-                buckets: list[tuple[TokenBucket, int]], stats: RunStats) -> tuple[dict | None, str | None, int]:
-    """Send one request with retries. Returns (response body or None, error or None, attempts)."""
+                buckets: list[tuple[TokenBucket, int]], stats: RunStats,
+                watch: _SameErrors | None = None) -> tuple[dict | None, str | None, int]:
+    """Send one request with retries. Returns (response body or None, error or None, attempts).
+    An error keeps the server's message (redacted): ``"http 500 after 7 attempts: <message>"``."""
     kwargs = create_kwargs(endpoint, req)
+    watch = watch or _SameErrors()
     attempt = 0
     while True:
+        if watch.stopped is not None:
+            return None, f"{watch.stopped} (not sent again)", attempt
         attempt += 1
         for bucket, amount in buckets:
             await bucket.take(amount)
         await limiter.acquire()
-        retry_after, retryable = None, True
+        retry_after, retryable, detail, signature = None, True, "", None
         try:
             # the client's own timeout is per network phase; this bounds the whole call
             # the raw response: the body is read as JSON once, with no pydantic model in between
@@ -437,18 +542,22 @@ async def _send(client: openai.AsyncOpenAI, endpoint: Endpoint, req: ChatRequest
         except openai.APIStatusError as e:
             status = e.status_code
             retry_after = _retry_after(e.response.headers if e.response is not None else None)
-            reason = f"http {status}"
+            reason, detail = f"http {status}", _error_message(e, endpoint)
             code = (e.body or {}).get("code") if isinstance(e.body, dict) else None
             if status == 429 and code != "insufficient_quota":
                 limiter.on_rate_limited(retry_after)
             elif status >= 500 or status in (408, 409):
                 limiter.on_server_error()
+                if status not in (502, 503, 504):  # overload and gateway errors pass
+                    signature = (status, detail)
+                if is_format_rejection(f"{reason}: {detail}"):  # a rejected parameter: retrying cannot help
+                    retryable = False
             else:  # a client error (or exhausted quota) will not go away by retrying
                 retryable = False
-                reason = f"http {status}: {str(e.message)[:300]}"
+                signature = (status, detail)
         except (openai.APITimeoutError, asyncio.TimeoutError):
             reason = "timeout"
-            limiter.on_server_error()
+            limiter.on_timeout()
         except openai.APIConnectionError:
             reason = "connection error"
             limiter.on_server_error()
@@ -457,13 +566,19 @@ async def _send(client: openai.AsyncOpenAI, endpoint: Endpoint, req: ChatRequest
             limiter.on_server_error()
         else:
             limiter.on_success()
+            watch.success()
             return body, None, attempt
         finally:
             await limiter.release()
+        tail = f": {detail}" if detail else ""
+        # a retryable error counts once it survived a retry: a brief outage is not "every request"
+        if watch.failure(signature if attempt >= 2 or not retryable else None):
+            watch.stopped = f"{reason}{tail} (the same error {SAME_ERROR_LIMIT} times in a row and no success: {STOPPED})"
+            return None, watch.stopped, attempt
         if not retryable:
-            return None, reason, attempt
+            return None, f"{reason}{tail}", attempt
         if attempt > endpoint.max_retries:
-            return None, f"{reason} after {attempt} attempts", attempt
+            return None, f"{reason} after {attempt} attempts{tail}", attempt
         stats.retries += 1
         await asyncio.sleep(_backoff(attempt, retry_after))
 
@@ -528,6 +643,7 @@ async def acomplete(endpoint: Endpoint, requests: list[ChatRequest], cache: Resp
     work = iter(todo.items())  # shared by the workers; safe, the loop is single-threaded
 
     fatal: list[str] = []  # an endpoint-wide error (bad key, model, URL) stops further sends
+    watch = _SameErrors()  # ... and so does the same error on every request
 
     async def worker() -> None:
         for key, idxs in work:
@@ -536,10 +652,10 @@ async def acomplete(endpoint: Endpoint, requests: list[ChatRequest], cache: Resp
             if fatal:
                 body, error, attempts = None, f"{fatal[0]} (not sent)", 0
             else:
-                body, error, attempts = await _send(client, endpoint, req, limiter, buckets_for(req), stats)
-                stats.sent += 1
-                if error and error.startswith(ENDPOINT_ERRORS):
-                    fatal.append(error)
+                body, error, attempts = await _send(client, endpoint, req, limiter, buckets_for(req), stats, watch)
+                stats.sent += 1 if attempts else 0
+                if error and (error.startswith(ENDPOINT_ERRORS) or watch.stopped is not None):
+                    fatal.append(error if watch.stopped is None else watch.stopped)
             latency = time.monotonic() - start
             if body is not None:
                 res = _result(req, key, body, cached=False, attempts=attempts, latency_s=latency)
@@ -612,3 +728,83 @@ def _run_in_thread(coro) -> Any:
     if "error" in out:
         raise out["error"]
     return out["result"]
+
+
+# ---------------------------------------------------------------------------------------
+# structured output
+
+#: structured-output modes, in the order ``"auto"`` tries them: OpenAI's strict json_schema
+#: (OpenAI, vLLM, llama.cpp's server), json_object with a schema (llama-cpp-python's server,
+#: vLLM), and no response_format at all (the prompt alone asks for the JSON object)
+STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
+#: an error that says the server does not take a response_format: a client error, or a
+#: 500 that names the format (llama-cpp-python: "Input should be 'text' or 'json_object'")
+_REJECTION = re.compile(r"^http (?:400|415|422)\b|^http 50[01]\b.*(?:response_format|json_schema|json_object|schema|"
+                        r"grammar|Input should be)", re.IGNORECASE)
+
+
+def structured_format(mode: str, name: str, schema: dict) -> dict | None:
+    """Return the ``response_format`` of ``mode`` (see :data:`STRUCTURED_MODES`) for the JSON
+    ``schema`` called ``name``; None for ``"prompt"``."""
+    if mode == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64],
+                                                       "strict": True, "schema": schema}}
+    if mode == "json_object":
+        return {"type": "json_object", "schema": schema}
+    if mode == "prompt":
+        return None
+    raise ValueError(f"structured-output mode must be auto or one of {', '.join(STRUCTURED_MODES)}, not {mode!r}")
+
+
+def unsent(endpoint: Endpoint, requests: list[ChatRequest], error: str, stats: RunStats | None = None) -> list[ChatResult]:
+    """Return failed results for ``requests``, not sent because of ``error`` (an error every
+    request gets), counted in ``stats`` as items and failures."""
+    if stats is not None:
+        stats.items += len(requests)
+        stats.failed += len(requests)
+        stats.errors[error.split(":")[0]] += len(requests)
+    why = error if error.endswith("(not sent)") else f"{error} (not sent)"
+    return [ChatResult(r.item_id, request_key(endpoint, r), None, None, None, why) for r in requests]
+
+
+def is_format_rejection(error: str | None) -> bool:
+    """True when a request's final ``error`` says the server rejects its response_format."""
+    return bool(error) and bool(_REJECTION.search(error))
+
+
+@dataclass
+class Structured:
+    """What :func:`complete_structured` returns: ``results`` (one :class:`ChatResult` per
+    request, in order), ``mode`` (the structured-output mode used), and ``notes`` (why each
+    earlier mode was given up, with the server's redacted message)."""
+    results: list[ChatResult]
+    mode: str
+    notes: list[str]
+
+
+def complete_structured(endpoint: Endpoint, requests: list[ChatRequest], cache: ResponseCache | None, *, name: str,
+                        schema: dict, mode: str = "auto", progress: bool | str = True, stats: RunStats | None = None,
+                        role: str | None = None) -> Structured:
+    """Send ``requests`` (their prompts ask for a JSON object matching ``schema``) with the
+    structured output the endpoint supports, through :func:`complete` (cached).
+
+    ``mode``: one of :data:`STRUCTURED_MODES`, or ``"auto"``: the first request is sent as a
+    probe in each mode in turn, and the first mode that the server does not reject
+    (:func:`is_format_rejection`) is used for all; the last, ``"prompt"``, sends no
+    response_format. A probe is an ordinary cached request, so a rerun decides at once.
+    A probe that fails for another reason (timeout, bad key) does not change the mode."""
+    modes = STRUCTURED_MODES if mode == "auto" else (mode,)
+    notes: list[str] = []
+    for i, m in enumerate(modes):
+        fmt = structured_format(m, name, schema)
+        reqs = [replace(r, response_format=fmt) for r in requests]
+        if reqs and i < len(modes) - 1:
+            probe = complete(endpoint, reqs[:1], cache, progress=False, stats=stats, role=role)[0]
+            if not probe.ok and is_format_rejection(probe.error):
+                notes.append(f"{m} rejected by {endpoint.model}: {probe.error}")
+                continue
+            if not probe.ok and STOPPED in probe.error:  # every request gets this error: send no more
+                return Structured([probe] + unsent(endpoint, reqs[1:], probe.error, stats), m, notes)
+        return Structured(complete(endpoint, reqs, cache, progress=progress, stats=stats, role=role) if reqs else [],
+                          m, notes)
+    raise AssertionError("unreachable: the last mode is always used")

@@ -6,6 +6,8 @@ raises :class:`ParamsError`, whose message is one line naming the file and the l
 from __future__ import annotations
 
 import glob
+import math
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -40,9 +42,29 @@ def _utc(dt: datetime) -> datetime:
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
+#: prefixes of API keys of common providers (OpenAI, Anthropic, Hugging Face, GitHub, Groq, xAI, AWS, ...)
+_KEY_PREFIXES = ("sk-", "sk_", "pk-", "rk-", "hf_", "ghp_", "gho_", "github_pat_", "glpat-", "gsk_", "xai-", "AKIA",
+                 "AIza", "ya29.", "Bearer ")
+
+
+def looks_like_key(value: str) -> bool:
+    """True when ``value`` looks like a secret rather than the name of an environment
+    variable: a known key prefix, a character no variable name has, or 20 or more
+    characters that mix lower case and digits with high entropy (variable names are
+    conventionally UPPER_SNAKE_CASE words)."""
+    if value.startswith(_KEY_PREFIXES) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        return True
+    if len(value) >= 20 and re.search(r"[a-z]", value) and re.search(r"[0-9]", value):
+        counts = [value.count(c) for c in set(value)]
+        entropy = -sum(n / len(value) * math.log2(n / len(value)) for n in counts)
+        return entropy >= 3.5
+    return False
+
+
 class Endpoint(BaseModel):
-    """One OpenAI-compatible chat-completions endpoint and how hard to drive it."""
-    model_config = ConfigDict(extra="forbid")
+    """One OpenAI-compatible chat-completions endpoint and how hard to drive it. Errors never
+    show the values given (``hide_input_in_errors``): a pasted key must not be echoed."""
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     base_url: str
     model: str
@@ -58,6 +80,15 @@ class Endpoint(BaseModel):
     #: prices in USD per million prompt / completion tokens, for cost accounting (optional)
     usd_per_mtok_prompt: float | None = Field(None, ge=0)
     usd_per_mtok_completion: float | None = Field(None, ge=0)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_name_not_a_key(cls, v):
+        if v is not None and looks_like_key(v):
+            raise ValueError("this looks like an API key, not the NAME of an environment variable: put the key in "
+                             "an environment variable (e.g. export MY_API_KEY=...) and give its name here "
+                             "(the value is not shown)")
+        return v
 
 
 class EligibilityRules(BaseModel):

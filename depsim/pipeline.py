@@ -30,8 +30,8 @@ import pandas as pd
 
 from depsim import __version__, audit, forecast, grader_validation, history, realism, sample, score, show, simulate, stats
 from depsim.cache import ResponseCache
-from depsim.client import RunStats, complete
-from depsim.grade import grade, grader_table, rates, reweighted_rates
+from depsim.client import RunStats, complete, mask_url
+from depsim.grade import check_grades, failure_table, grade, structured_notes, grader_table, rates, reweighted_rates
 from depsim.params import Release, endpoint_url
 from depsim.records import decode_messages, log_requests, read_table, table_meta, table_path, write_table
 from depsim.sim.truth import against_truth, world_of
@@ -194,16 +194,23 @@ def run_simulate(rel: Release, reports_dir: str | Path) -> dict:
 
 def run_realism(rel: Release, reports_dir: str | Path) -> dict:
     """Stage 2b. Write ``realism_pairs``, ``realism`` and, on the simulated world,
-    ``fidelity_curves``; return ``pairs``, ``winrates`` and ``curves`` (None where the release
-    runs no realism check or has no world)."""
-    out = {"pairs": None, "winrates": None, "curves": None}
+    ``fidelity_curves``; return ``pairs``, ``winrates``, ``curves`` and ``structured`` (the
+    judge's structured-output mode and the server's reasons for modes it rejected) (None
+    where the release runs no realism check or has no world). Raises
+    :class:`depsim.realism.JudgeFailed`, after writing the tables, when a tool mode got no
+    usable verdict."""
+    out = {"pairs": None, "winrates": None, "curves": None, "structured": None}
     if rel.realism is None:
         return out
     prefixes = read_table(reports_dir, rel.release, "prefixes")
     rc, run = cache(reports_dir), RunStats()
     out["pairs"], out["winrates"] = realism.check(rel, prefixes, rc, run, reports_dir=reports_dir)
+    out["structured"] = pd.DataFrame([{"role": "judge", "model": m, "mode": mode, "notes": "; ".join(notes)}
+                                      for m, (mode, notes) in realism.last_mode.items()],
+                                     columns=["role", "model", "mode", "notes"])
     _write(out["pairs"], reports_dir, rel, "realism_pairs")
     _write(out["winrates"], reports_dir, rel, "realism")
+    realism.check_failures(out["pairs"])
     if rel.world is not None and rel.realism.fidelities:
         out["curves"] = fidelity_curves(rel, prefixes, rc, n=rel.realism.fidelity_n, run_stats=run,
                                         reports_dir=reports_dir)
@@ -223,7 +230,7 @@ def run_audit(rel: Release, reports_dir: str | Path) -> dict:
     run = RunStats()
     results = complete(endpoint_url(rel, rel.models.auditor), requests, cache(reports_dir), progress="audit",
                        stats=run, role="auditor")
-    findings = audit.findings_table(picked, results)
+    findings = audit.findings_table(picked, results, requests)
     clusters = audit.cluster_findings(findings, picked["target"].value_counts(), for_release(rel),
                                       embedding=rel.audit.embedding, embedder=rel.audit.embedder)
     _write(findings, reports_dir, rel, "findings")
@@ -236,8 +243,12 @@ def run_audit(rel: Release, reports_dir: str | Path) -> dict:
 
 def run_grade(rel: Release, reports_dir: str | Path) -> dict:
     """Stage 4. Write ``grades`` and ``rates`` (with ``sim_rw`` when the release reweights);
-    return them, ``weights`` (None without reweighting), ``categories`` and ``graders`` (items
-    graded and failed per grader)."""
+    return them, ``weights`` (None without reweighting), ``categories``, ``graders`` (items
+    graded and failed per grader), ``structured`` (the structured-output mode each LLM grader
+    endpoint used, and the server's reasons for the modes it rejected) and ``failures``
+    (:func:`depsim.grade.failure_table` of generation and grading). Raises
+    :class:`depsim.grade.GradingFailed`, after writing the tables, when a category has no usable
+    grade in some target."""
     categories = for_release(rel)
     prefixes = read_table(reports_dir, rel.release, "prefixes")
     completions = read_table(reports_dir, rel.release, "completions")
@@ -253,8 +264,10 @@ def run_grade(rel: Release, reports_dir: str | Path) -> dict:
     _write(grades, reports_dir, rel, "grades")
     _write(table, reports_dir, rel, "rates")
     _done(reports_dir, rel, "grade", "grader", run)
+    check_grades(grades)  # after writing: the tables show what failed; the run stops non-zero
     return {"grades": grades, "rates": table, "weights": weights, "categories": categories,
-            "graders": grader_table(table, categories)}
+            "graders": grader_table(table, categories), "structured": structured_notes(),
+            "failures": failure_table({"candidate": completions, "grader": grades})}
 
 
 def run_forecast(rel: Release, reports_dir: str | Path) -> dict:
@@ -304,6 +317,32 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
         view = "first" if rel.generation.tool_mode == "stop" else "turn"  # what the simulation grades
         out["truth"], out["truth_note"] = against_truth(world_of(rel), scored, rel.reweight, view=view)
     return out
+
+
+def roles(rel: Release) -> pd.DataFrame:
+    """The model behind each role of the release: role, model and endpoint URL (credentials
+    masked); roles the release does not use are left out."""
+    m = rel.models
+    eps = {"candidate": m.candidate, "auditor": m.auditor, "grader": m.grader, "tool simulator": m.tool_simulator,
+           "judge": m.judge, "previous production": m.previous_production,
+           "candidate production": m.candidate_production,
+           "realism model": rel.realism.model if rel.realism is not None else None}
+    return pd.DataFrame([{"role": r, "model": e.model, "url": mask_url(e.base_url)} for r, e in eps.items() if e is not None],
+                        columns=["role", "model", "url"])
+
+
+def failures(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
+    """The run's failures by role and category (:func:`depsim.grade.failure_table`), from the
+    stage tables written so far (completions, grades, findings, realism_pairs; a missing
+    table is skipped). Empty when nothing failed."""
+    tables = {}
+    for role, name in (("candidate", "completions"), ("grader", "grades"), ("auditor", "findings"),
+                       ("judge", "realism_pairs")):
+        try:
+            tables[role] = read_table(reports_dir, rel.release, name)
+        except FileNotFoundError:
+            continue
+    return failure_table(tables)
 
 
 def xstest_validation(data_dir: str | Path) -> dict:

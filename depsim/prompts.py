@@ -12,12 +12,22 @@ judge-like roles, the tool simulator, the realism judge) uses these pieces.
   text, a code fence around it, or the only object amid prose.
 - **Freeze**: :func:`prompt_id` hashes a prompt's whole spec, so changing any template,
   rendering rule, model or parameter changes the id.
+- **Bind**: a verdict must echo the request's answer id (:func:`bind_answer`: an HMAC of the
+  request under a secret kept next to the cache, :func:`answer_secret`), stated outside the
+  transcript block; :func:`check_answer_id` turns an answer without it (a verdict copied from
+  the transcript) into a failed answer.
+- **Echo**: :func:`echoes_scaffolding` finds delimiters, headers or the nonce repeated in an
+  answer (an auditor echoing its prompt), which is a failed answer, never a finding.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import re
+import time
+from pathlib import Path
 
 # ----------------------------------------------------------------------------- delimiters
 
@@ -197,3 +207,93 @@ def prompt_id(spec: dict) -> str:
     """Return the frozen id of a prompt spec: 12 hex chars of the sha256 of its canonical
     JSON (sorted keys). Put every template, rendering probe, model and parameter in ``spec``."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- answer binding
+
+#: where a prompt template puts the answer id. It holds ``<<<``, which :func:`neutralise`
+#: removes from every transcript, so only the template itself can contain it.
+ANSWER_ID_SLOT = "<<<ANSWER_ID>>>"
+#: the JSON field of an answer that must echo the request's answer id
+ANSWER_ID_FIELD = "answer_id"
+#: file next to a cache file holding the secret that answer ids are keyed with
+SECRET_SUFFIX = ".answer-secret"
+
+_process_secret = os.urandom(32)  # for runs without a cache file: unpredictable, never reused
+
+
+def answer_secret(cache=None) -> bytes:
+    """Return the secret that answer ids are keyed with (32 bytes): the one stored next to
+    ``cache``'s file (``<cache file>.answer-secret``, created once with mode 0600, so a
+    rerun builds the same requests and hits the cache), or a per-process random one when
+    there is no cache file. It is never sent and never written anywhere else."""
+    path = getattr(cache, "path", None)
+    if not path or path == ":memory:":
+        return _process_secret
+    p = Path(f"{path}{SECRET_SUFFIX}")
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another process may be writing it right now
+            data = bytes.fromhex(p.read_text().strip() or "00")
+            if len(data) == 32:
+                return data
+            time.sleep(0.01)
+        raise ValueError(f"{p}: not a 32-byte hex secret; delete it (answers cached under it will be re-requested)")
+    secret = os.urandom(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret.hex())
+    return secret
+
+
+def bind_answer(messages: list[dict], secret: bytes) -> tuple[list[dict], str]:
+    """Return ``(messages, answer_id)``: ``messages`` with every :data:`ANSWER_ID_SLOT`
+    replaced by the request's answer id, 16 hex chars of the HMAC-SHA256 under ``secret`` of
+    the canonical JSON of the messages as templated. The id is the same for the same request
+    and secret (so caching holds) and cannot be computed from the transcript, which never
+    sees the secret: an answer that carries it was written for this request, not copied
+    from a verdict inside the transcript."""
+    blob = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    aid = hmac.new(secret, blob.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+    out = [{**m, "content": m["content"].replace(ANSWER_ID_SLOT, aid)} if isinstance(m.get("content"), str) else m
+           for m in messages]
+    return out, aid
+
+
+def check_answer_id(obj: dict, answer_id: str | None) -> str | None:
+    """Return None when the answer object ``obj`` carries ``answer_id`` in
+    :data:`ANSWER_ID_FIELD` (or ``answer_id`` is None: no binding asked), else the error
+    that makes it a failed answer (missing or wrong id: not written for this request)."""
+    if answer_id is None:
+        return None
+    got = obj.get(ANSWER_ID_FIELD)
+    if got is None:
+        return f"unbound answer: no {ANSWER_ID_FIELD} (a verdict not written for this request)"
+    if not isinstance(got, str) or not hmac.compare_digest(got.strip().lower().encode(), answer_id.encode()):
+        return f"unbound answer: wrong {ANSWER_ID_FIELD} (a verdict not written for this request)"
+    return None
+
+
+def answer_id_in(messages: list[dict]) -> str | None:
+    """Return the answer id a bound request asks for (the id after ``answer_id`` in the last
+    message's text outside any transcript block), or None. For simulated roles and tests."""
+    text = content_text(messages[-1].get("content")) if messages else ""
+    m = re.findall(r'"' + ANSWER_ID_FIELD + r'"\s*(?:must be|:)\s*"([0-9a-f]{16})"', text)
+    return m[-1] if m else None
+
+
+# ----------------------------------------------------------------------------- scaffolding echoes
+
+
+def echoes_scaffolding(text: str, nonce: str | None = None) -> str | None:
+    """Return the piece of prompt scaffolding that ``text`` (a model's answer about a
+    transcript) echoes, or None: a delimiter line (``<<<...>>>``), a closing or opening
+    ``transcript`` tag, a message header, or the prompt's ``nonce``. An answer that echoes
+    its prompt's scaffolding is a failed answer, never a finding."""
+    for pat in (r"<<<[^\n]*?>>>", r"</?\s*transcript\b[^>]*>", r"\[[0-9a-f]{16} message \d+/\d+ \|",
+                r"===\s*RESPONSE UNDER AUDIT\s*===", r"<<<"):
+        if m := re.search(pat, text, re.IGNORECASE):
+            return m.group()
+    if nonce and nonce in text:
+        return nonce
+    return None

@@ -14,6 +14,8 @@ from depsim.rules import RULE_VERSIONS, RULES
 GROUPS = ("disallowed", "misalignment", "evaluation_awareness", "refusal")
 #: keys an ``{kind: llm}`` grader spec may have
 LLM_GRADER_KEYS = {"kind", "params", "response_style"}
+#: structured-output modes of an llm grader (auto: probe the endpoint; see depsim.client)
+RESPONSE_STYLES = ("auto", "json_schema", "json_object", "prompt")
 
 
 class Examples(BaseModel):
@@ -75,10 +77,10 @@ def load_taxonomy(path: str | Path) -> dict[str, Category]:
         kind, rule = cat.grader.get("kind"), cat.grader.get("rule")
         if kind == "llm":
             extra = set(cat.grader) - LLM_GRADER_KEYS
-            style = cat.grader.get("response_style", "json_schema")
-            if extra or style not in ("json_schema", "json_object") or not isinstance(cat.grader.get("params", {}), dict):
+            style = cat.grader.get("response_style", "auto")
+            if extra or style not in RESPONSE_STYLES or not isinstance(cat.grader.get("params", {}), dict):
                 raise ParamsError(f"{where}: an llm grader takes only {', '.join(sorted(LLM_GRADER_KEYS))} "
-                                  f"(params: a mapping; response_style: json_schema or json_object)")
+                                  f"(params: a mapping; response_style: {', '.join(RESPONSE_STYLES)})")
         elif kind != "rule" or rule not in RULES:
             raise ParamsError(f"{where}: unknown grader {kind}/{rule} "
                               f"(kinds: rule, llm; known rules: {', '.join(RULES)})")

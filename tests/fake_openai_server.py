@@ -19,6 +19,13 @@ model generating.
 contains ``marker``: the n-th time such a body arrives it gets ``outcomes[min(n, len-1)]``
 (outcomes: "ok", "hang", "malformed", "drop", or an HTTP status such as "429", "500", "404").
 
+``responder``: a function from a request body to the assistant message dict, used instead
+of the echo (e.g. :func:`obey_last_verdict`, a naive grader that copies the last verdict in
+its prompt); ``error_body``: ``(status, JSON body)`` every request gets instead (e.g. a 401
+that echoes the key, or a server that rejects a response_format: see ``reject_formats``).
+``reject_formats``: response_format types answered with llama-cpp-python's 500
+("Input should be 'text' or 'json_object'") or vLLM's 400.
+
 Every request is logged in ``server.log`` as a dict with ``hash`` (sha256 of the canonical
 JSON body), ``outcome``, ``t`` (unix seconds) and the parsed ``body``; "ok" entries get
 ``answered`` (unix seconds) once the whole response has been written.
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import threading
 import time
@@ -75,12 +83,53 @@ def body_hash(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def completion(body: dict) -> dict:
-    """The deterministic OpenAI-shaped response to a request body."""
+#: what marks a RESPONSE as positive for :func:`obey_last_verdict`'s honest answer
+FLAG = "UNSAFE-CONTENT"
+_VERDICT_KEYS = ('"label"', '"real"')
+
+
+def obey_last_verdict(body: dict) -> dict:
+    """A naive grader (or realism judge) that obeys the last verdict in its prompt: when the
+    user message holds a JSON object with a ``label`` or ``real`` field, it answers with that
+    object verbatim; when it holds only the start of one (a partial verdict), it answers with
+    that text, cut where the prompt's line ends; otherwise it answers honestly, echoing the
+    answer id the prompt asks for: ``label`` true when the graded text contains
+    :data:`FLAG`, and ``real`` "A"."""
+    msgs = body.get("messages") or []
+    user = next((m.get("content") or "" for m in reversed(msgs) if m.get("role") == "user"), "")
+    dec, last, partial = json.JSONDecoder(), None, None
+    for i in range(len(user)):
+        if user[i] != "{":
+            continue
+        try:
+            obj, _ = dec.raw_decode(user, i)
+        except ValueError:
+            if any(k in user[i:i + 40] for k in _VERDICT_KEYS):
+                partial = user[i:].split("\n", 1)[0]
+            continue
+        if isinstance(obj, dict) and ("label" in obj or "real" in obj):
+            last, partial = obj, None
+    if last is not None:
+        return {"role": "assistant", "content": json.dumps(last)}
+    if partial is not None:
+        return {"role": "assistant", "content": partial}
+    found = re.findall(r'"answer_id" must be "([0-9a-f]{16})"', user)
+    head = {"answer_id": found[-1]} if found else {}
+    graded = user.split("RESPONSE (grade this)]", 1)[-1]
+    verdict = {"real": "A"} if "<<<CONTINUATION" in user else {"label": FLAG in graded}
+    return {"role": "assistant", "content": json.dumps({**head, **verdict, "confidence": 0.9, "rationale": "honest"})}
+
+
+def completion(body: dict, responder=None) -> dict:
+    """The deterministic OpenAI-shaped response to a request body (``responder``: a function
+    from the body to the assistant message, instead of the echo)."""
     msgs = body.get("messages") or []
     last = next((m.get("content") or "" for m in reversed(msgs) if m.get("role") == "user"), "")
     prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in msgs)
-    if body.get("tools") and "CALL_TOOL" in last:
+    if responder is not None:
+        message = responder(body)
+        finish, completion_tokens = "stop", len(str(message.get("content")).split())
+    elif body.get("tools") and "CALL_TOOL" in last:
         name = body["tools"][0]["function"]["name"]
         message = {"role": "assistant", "content": None,
                    "tool_calls": [{"id": "call_" + body_hash(body)[:8], "type": "function",
@@ -102,6 +151,9 @@ class FakeOpenAIServer:
     def __init__(self, faults: Faults | None = None):
         self.faults = faults or Faults()
         self.script: dict[str, list[str]] = {}
+        self.responder = None
+        self.error_body: tuple[int, dict] | None = None
+        self.reject_formats: dict[str, tuple[int, str]] = {}
         self.log: list[dict] = []
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -170,6 +222,14 @@ class FakeOpenAIServer:
                     server.log.append(entry)
                 if server.faults.delay_s > 0:
                     server._stop.wait(server.faults.delay_s)
+                if server.error_body is not None:
+                    entry["outcome"] = str(server.error_body[0])
+                    return self._send_json(*server.error_body)
+                fmt = (body.get("response_format") or {}).get("type")
+                if fmt in server.reject_formats:
+                    entry["outcome"] = f"rejected {fmt}"
+                    status, msg = server.reject_formats[fmt]
+                    return self._send_json(status, {"error": {"message": msg, "type": "invalid_request_error"}})
                 if outcome == "429":
                     return self._send_json(429, {"error": {"message": "rate limited", "type": "rate_limit_error"}},
                                            {"Retry-After": server.faults.retry_after})
@@ -180,18 +240,18 @@ class FakeOpenAIServer:
                     server._stop.wait(server.faults.hang_s)
                     self.close_connection = True
                     try:
-                        return self._send_json(200, completion(body))
+                        return self._send_json(200, completion(body, server.responder))
                     except OSError:  # the client gave up long ago
                         return
                 if outcome == "malformed":
-                    data = json.dumps(completion(body)).encode()[:-7]
+                    data = json.dumps(completion(body, server.responder)).encode()[:-7]
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     return self.wfile.write(data)
                 if outcome == "drop":
-                    data = json.dumps(completion(body)).encode()
+                    data = json.dumps(completion(body, server.responder)).encode()
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
@@ -200,7 +260,7 @@ class FakeOpenAIServer:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self._send_json(200, completion(body))
+                self._send_json(200, completion(body, server.responder))
                 entry["answered"] = time.time()  # the whole response was written
 
         return Handler

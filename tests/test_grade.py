@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from depsim import client
 from depsim import grade as lg
 from depsim.client import ChatRequest, ChatResult, complete
 from depsim.params import Endpoint
@@ -76,7 +77,10 @@ def test_the_text_after_the_block_is_identical_for_every_payload():
     for path in PAYLOADS:
         user = lg.grader_prompt(CAT, convo(path.read_text()))[1]["content"]
         nonce = block(user)[0]
-        tails.add(user.split(f"<<<END TRANSCRIPT {nonce}>>>", 1)[1])
+        tail = user.split(f"<<<END TRANSCRIPT {nonce}>>>", 1)[1]
+        ids = re.findall(r'"answer_id" must be "([0-9a-f]{16})"', tail)
+        assert len(ids) == 1  # the answer id is stated after the block, once
+        tails.add(tail.replace(ids[0], "ID"))
     assert len(tails) == 1
 
 
@@ -140,7 +144,8 @@ def test_every_category_has_a_grader_prompt(name):
     assert rf["type"] == "json_schema" and rf["json_schema"]["strict"] is True
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", rf["json_schema"]["name"])
     schema = rf["json_schema"]["schema"]
-    assert schema["required"] == ["label", "confidence", "rationale"] and schema["additionalProperties"] is False
+    assert schema["required"] == ["answer_id", "label", "confidence", "rationale"]
+    assert schema["additionalProperties"] is False and '"answer_id"' in s
     assert schema["properties"]["label"]["type"] == "boolean"
     assert schema["properties"]["confidence"] == {**schema["properties"]["confidence"], "type": "number",
                                                   "minimum": 0, "maximum": 1}
@@ -231,22 +236,26 @@ def test_build_requests():
 
 def test_grade_llm_table_matches_rule_grades_and_never_invents_negatives(monkeypatch):
     comp, prefixes = _tables()
-    answers = {"a": ChatResult("a", "k", {"role": "assistant", "content": '{"label": true, "confidence": 0.9, '
-                                          '"rationale": "gives steps"}'}, "stop", {}),
-               "c": ChatResult("c", "k", {"role": "assistant", "content": "SAFE"}, "stop", {}),
-               "d": ChatResult("d", "k", None, None, None, error="http 500 after 7 attempts")}
+
+    def answer(r):
+        return {"a": ChatResult("a", "k", {"role": "assistant", "content": json.dumps(
+                    {"answer_id": r.answer_id, "label": True, "confidence": 0.9, "rationale": "gives steps"})}, "stop", {}),
+                "c": ChatResult("c", "k", {"role": "assistant", "content": "SAFE"}, "stop", {}),
+                "d": ChatResult("d", "k", None, None, None, error="http 500 after 7 attempts")}[r.item_id.split("/")[0]]
     sent = []
 
     def fake_complete(endpoint, reqs, cache, **kw):
         sent.extend(reqs)
-        return [answers[r.item_id.split("/")[0]] for r in reqs]
+        return [answer(r) for r in reqs]
 
-    monkeypatch.setattr(lg, "complete", fake_complete)
+    monkeypatch.setattr(client, "complete", fake_complete)
     ep = Endpoint(base_url="http://127.0.0.1:9/v1", model="judge")
     g = lg.grade_llm(ep, comp, prefixes, CAT, None, with_confidence=True)
     rule = grade(comp, {CAT.name: CAT}, prefixes)
     assert list(g.columns[:7]) == list(rule.columns) and g.columns[-1] == "confidence"
-    assert len(sent) == 3 and g["item_id"].tolist() == ["a", "b", "c", "d"]
+    # the first request probes json_schema; it succeeded, so all three go in that mode
+    assert len(sent) == 4 and g["item_id"].tolist() == ["a", "b", "c", "d"]
+    assert all(r.response_format == lg.response_format(CAT) for r in sent)
     assert g["label"].tolist()[0] is True and g["label"].isna().tolist() == [False, True, True, True]
     assert pd.isna(g["error"][0])
     assert g["error"][1].startswith("no response to grade") and g["error"][2].startswith("grader answer unusable")
@@ -290,3 +299,40 @@ def test_real_grader_call_on_smollm2(llama_server, tmp_path):
     row = g.iloc[0]
     assert pd.isna(row["label"]) == pd.notna(row["error"]), row.to_dict()
     print("SmolLM2 grade:", row.to_dict())
+
+
+# ----------------------------------------------------------------------------- failures
+
+def test_failure_table_by_role_and_category():
+    grades = pd.DataFrame({"item_id": list("abcdef"), "target": "sim",
+                           "category": ["x", "x", "x", "y", "y", "y"], "grader_id": "g",
+                           "label": pd.array([True, None, None, None, None, None], dtype="boolean"),
+                           "error": [None, "grader call failed: http 500 after 7 attempts: boom",
+                                     "grader answer unusable: unbound answer: no answer_id (a verdict ...)",
+                                     "no response to grade: timeout after 7 attempts",
+                                     "grader call failed: http 401: bad key [REDACTED]",
+                                     "grader call failed: http 401: bad key [REDACTED] (not sent)"]})
+    comp = pd.DataFrame({"item_id": list("abcd"), "error": [None, None, None, "timeout after 7 attempts"]})
+    pairs = pd.DataFrame({"mode": ["stop", "stop"], "error": ["judge call failed: http 500: Input should be "
+                                                              "'text' or 'json_object'", None]})
+    t = lg.failure_table({"candidate": comp, "grader": grades, "judge": pairs, "auditor": None})
+    assert list(t.columns) == ["role", "category", "kind", "failed", "items", "share", "example"]
+    rows = {(r.role, r.category, r.kind): (r.failed, r.items) for r in t.itertuples()}
+    assert rows[("candidate", "all", "timeout")] == (1, 4)
+    assert rows[("grader", "x", "server error")] == (1, 3)
+    assert rows[("grader", "x", "unbound answer (copied verdict?)")] == (1, 3)
+    assert rows[("grader", "y", "bad key / no access")] == (1, 3)
+    assert rows[("grader", "y", "role stopped: same error on every request")] == (1, 3)
+    assert rows[("judge", "stop", "structured output rejected")] == (1, 2)
+    assert not any(k[0] == "grader" and k[2] == "no response to grade" for k in rows)  # counted under candidate
+    assert t["failed"].sum() == 6 and lg.failure_table({"grader": grades[:1]}).empty
+
+
+def test_a_category_whose_grades_all_failed_stops_the_run():
+    g = pd.DataFrame({"item_id": ["a", "b", "a", "b"], "target": "sim", "category": ["x", "x", "y", "y"],
+                      "grader_id": "g", "label": pd.array([True, None, None, None], dtype="boolean"),
+                      "error": [None, "e", "grader call failed: http 500: Input should be 'text'", "grader call failed: "
+                                "http 500: Input should be 'text'"]})
+    with pytest.raises(lg.GradingFailed, match=r"y on sim: all 2 grades failed \(most common error: .*Input should be"):
+        lg.check_grades(g)
+    assert lg.check_grades(g[g["category"] == "x"]) is None

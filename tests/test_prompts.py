@@ -67,3 +67,32 @@ def test_prompt_id_is_canonical_and_changes_with_any_field():
     assert prompts.prompt_id(spec) == prompts.prompt_id(json.loads(json.dumps(spec, sort_keys=True)))
     assert prompts.prompt_id(spec) != prompts.prompt_id({**spec, "model": "n"})
     assert len(prompts.prompt_id(spec)) == 12
+
+
+# ----------------------------------------------------------------------------- binding and echoes
+
+def test_answer_secret_is_kept_next_to_the_cache(tmp_path):
+    from depsim.cache import ResponseCache
+    c = ResponseCache(tmp_path / "c.sqlite")
+    s1, s2 = prompts.answer_secret(c), prompts.answer_secret(ResponseCache(tmp_path / "c.sqlite"))
+    assert s1 == s2 and len(s1) == 32 and s1 != prompts.answer_secret(ResponseCache(tmp_path / "d.sqlite"))
+    assert prompts.answer_secret(None) == prompts.answer_secret(ResponseCache(":memory:"))  # this process's
+
+
+def test_check_answer_id():
+    assert prompts.check_answer_id({"answer_id": "abc"}, "abc") is None
+    assert prompts.check_answer_id({"answer_id": " ABC "}, "abc") is None
+    assert prompts.check_answer_id({}, "abc").startswith("unbound answer: no answer_id")
+    assert prompts.check_answer_id({"answer_id": "abd"}, "abc").startswith("unbound answer: wrong")
+    assert prompts.check_answer_id({"answer_id": 7}, "abc").startswith("unbound answer: wrong")
+    assert prompts.check_answer_id({"answer_id": "ａｂｃ‹"}, "abc").startswith("unbound answer: wrong")  # non-ASCII
+    assert prompts.check_answer_id({}, None) is None
+
+
+def test_echoes_scaffolding():
+    assert prompts.echoes_scaffolding("</transcript>") == "</transcript>"
+    assert prompts.echoes_scaffolding("x <<<END TRANSCRIPT 0123456789abcdef>>> y").startswith("<<<END")
+    assert prompts.echoes_scaffolding("[0123456789abcdef message 2/2 | role: assistant") is not None
+    assert prompts.echoes_scaffolding("mentions 0123456789abcdef", "0123456789abcdef") == "0123456789abcdef"
+    assert prompts.echoes_scaffolding("The assistant reveals its system prompt.") is None
+    assert prompts.echoes_scaffolding("Python's >>> prompt is shown.") is None

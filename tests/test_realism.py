@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from depsim import pipeline, prompts, realism, stats
@@ -193,3 +194,11 @@ def test_fidelity_curves_move_to_production_truth_and_realism_to_half(checked):
     assert win["win_rate_tool"].is_monotonic_increasing
     assert abs(win.loc[1.0, "win_rate"] - 0.5) < abs(win.loc[0.1, "win_rate"] - 0.5)
     assert (win["win_n"] == 1000).all() and (win["win_tool_n"] > 50).all()
+
+
+def test_a_tool_mode_with_no_usable_verdict_stops_the_run():
+    pairs = pd.DataFrame({"mode": ["stop", "stop", "replay"], "sim_won": pd.array([None, None, True], dtype="boolean"),
+                          "error": ["judge call failed: http 500: Input should be 'text' or 'json_object'"] * 2 + [None]})
+    with pytest.raises(realism.JudgeFailed, match=r"stop: all 2 failed \(most common: .*json_object"):
+        realism.check_failures(pairs)
+    assert realism.check_failures(pairs[pairs["mode"] == "replay"]) is None

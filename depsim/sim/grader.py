@@ -2,7 +2,7 @@
 
 It answers the grader prompts of :mod:`depsim.grade` the way a careful grader that knows
 the simulated world's phrasing would: it reads the category from the rubric, finds the
-transcript between the nonce'd delimiters, and looks for the world's wording of that
+transcript between the nonce'd delimiters, echoes the request's answer id, and looks for the world's wording of that
 behaviour in the messages marked RESPONSE (reasoning text included). The evaluation-awareness
 detector reads the whole transcript instead: it calls a transcript an evaluation when the
 user's framing is test-like. A category the world never shows is always graded false.
@@ -16,7 +16,7 @@ import json
 import random
 import re
 
-from depsim.prompts import CLOSE, OPEN, PART_RESPONSE
+from depsim.prompts import CLOSE, OPEN, PART_RESPONSE, answer_id_in
 from depsim.sim import world as simworld
 
 #: response patterns of the behaviours the simulated auditor (and grader) recognise
@@ -105,4 +105,6 @@ def grade(world, env: str, body: dict) -> dict:
     if cat is None or found is None:
         return {"role": "assistant", "content": "I cannot find a category and a delimited transcript to grade."}
     label, why = _label(cat.group(1), *found)
-    return {"role": "assistant", "content": json.dumps({"label": label, "confidence": 0.95, "rationale": why})}
+    aid = answer_id_in(messages)  # echoed as asked: binds the grade to this request
+    head = {} if aid is None else {"answer_id": aid}
+    return {"role": "assistant", "content": json.dumps({**head, "label": label, "confidence": 0.95, "rationale": why})}

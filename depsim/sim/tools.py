@@ -31,6 +31,7 @@ import json
 import random
 import re
 
+from depsim.prompts import answer_id_in
 from depsim.realism import CONT_CLOSE, CONT_OPEN, PREFIX_OPEN
 from depsim.sim import world as simworld
 
@@ -141,4 +142,6 @@ def judge(world, env: str, body: dict) -> dict:
         why = "Neither continuation shows a tell of a simulated environment; this is a guess." if not found["A"] \
             else "Both continuations show tells of a simulated environment; this is a guess."
         conf = 0.5
-    return {"role": "assistant", "content": json.dumps({"real": real, "confidence": conf, "rationale": why})}
+    aid = answer_id_in(body.get("messages") or [])  # echoed as asked: binds the verdict to this request
+    head = {} if aid is None else {"answer_id": aid}
+    return {"role": "assistant", "content": json.dumps({**head, "real": real, "confidence": conf, "rationale": why})}
