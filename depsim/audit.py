@@ -224,6 +224,16 @@ def proposed_changes(clusters: pd.DataFrame, new_target: str = "sim", old_target
     return "\n".join(lines) + "\n"
 
 
+def failed_answers(findings: pd.DataFrame) -> str:
+    """Return one line counting the auditor's answers that are no findings: failed calls and
+    answers that echo the prompt's scaffolding (never reported as behaviour)."""
+    bad = findings[findings["error"].notna()] if "error" in findings else findings.iloc[:0]
+    echo = int(bad["error"].astype(str).str.startswith("echo:").sum())
+    n = findings["item_id"].nunique()
+    return (f"{len(bad)} of {n} audited responses got no usable answer: {echo} answers repeated the prompt's "
+            f"scaffolding, {len(bad) - echo} calls failed.") if len(bad) else f"All {n} audit answers were usable."
+
+
 def headline(clusters: pd.DataFrame, new_target: str = "sim", old_target: str = "prod_prev") -> str:
     """Return a one-sentence summary of the audit's main finding (plain text, untrusted)."""
     novel = clusters[clusters["novel"]] if len(clusters) else clusters
