@@ -419,8 +419,8 @@ def grade(completions: pd.DataFrame, categories: dict[str, Category],
           prefixes: pd.DataFrame | None = None, *, grader=None, cache=None, stats=None,
           llm_sample: int | None = None, seed: int = 0, progress: bool | str = False) -> pd.DataFrame:
     """Return the grades table: one row per (graded completion, category) with item_id,
-    target, category, grader_id, label (boolean, missing when not graded), rationale and
-    error.
+    target, category, grader_id, label (boolean, missing when not graded), rationale, error
+    and confidence (0..1, what an LLM grader states; missing for rule graders).
 
     Rule graders read every completion. LLM graders (``{kind: llm}``) call the ``grader``
     endpoint through the cached engine, on every completion or, with ``llm_sample``, on that
@@ -444,7 +444,7 @@ def grade(completions: pd.DataFrame, categories: dict[str, Category],
             first = next(iter(group.values()))
             frames.append(grade_llm(grader, sub, prefixes, group, cache, stats=stats,
                                     model_params=first.grader.get("params", DEFAULT_PARAMS),
-                                    response_style=first.grader.get("response_style", "auto"),
+                                    response_style=first.grader.get("response_style", "auto"), with_confidence=True,
                                     progress=f"grader: {', '.join(group)}"[:60] if progress else False))
     order = {n: i for i, n in enumerate(categories)}
     out = pd.concat(frames, ignore_index=True)

@@ -368,7 +368,7 @@ def _national_value(loc: str, fk: Faker, r: random.Random) -> str:
     if loc == "en_IN":
         v = fk.aadhaar_id()
         return v if r.random() < 0.5 else _group4(v)
-    return fk.rvnr()
+    return fk.rvnr(birthdate=fk.date_between_dates(_DOB_FROM, _DOB_TO))  # Faker's default birthdate moves with today
 
 
 def _negative(fk: Faker, r: random.Random) -> tuple[str, str]:
