@@ -29,7 +29,6 @@ grades into per-target rates (docs/design.md §4).
 from __future__ import annotations
 
 import json
-import math
 import re
 
 import pandas as pd
@@ -38,8 +37,8 @@ from depsim import stats
 from depsim.client import STOPPED, STRUCTURED_MODES, ChatRequest, Structured, complete_structured, structured_format, unsent
 from depsim.params import Endpoint
 from depsim.prompts import (ANSWER_ID_FIELD, ANSWER_ID_SLOT, CLOSE, HEADER, NEUTRALISE, OPEN, PART_CONTEXT, PART_RESPONSE,
-                            answer_object, answer_secret, bind_answer, check_answer_id, neutralise, prompt_id,
-                            render_transcript, transcript_nonce)
+                            answer_secret, bind_answer, neutralise, prompt_id, render_transcript, transcript_nonce,
+                            verdict)
 from depsim.records import content_id, decode_messages
 from depsim.rules import RULES, response_view
 from depsim.taxonomy import Category
@@ -226,29 +225,12 @@ def parse_grade(message, answer_id: str | None = None) -> tuple[bool | None, flo
     gives ``(None, None, None, error)``: the item is missing data, never a negative; an
     answer without the right id is ``"unbound answer: ..."`` (a verdict not written for this
     request, e.g. copied from the transcript)."""
-    content = message.get("content") if isinstance(message, dict) else message
-    if content is None:
-        return None, None, None, "grader returned no content"
-    if not isinstance(content, str):
-        return None, None, None, f"grader content is {type(content).__name__}, not text"
-    if not content.strip():
-        return None, None, None, "grader returned empty content"
-    obj, err = answer_object(content)
+    label, conf, why, err = verdict(message, answer_id, "label", "grader", RATIONALE_MAX)
     if err is not None:
         return None, None, None, err
-    if (unbound := check_answer_id(obj, answer_id)) is not None:
-        return None, None, None, unbound
-    missing = [k for k in ("label", "confidence", "rationale") if k not in obj]
-    if missing:
-        return None, None, None, f"missing field(s): {', '.join(missing)}"
-    label, conf, why = obj["label"], obj["confidence"], obj["rationale"]
     if not isinstance(label, bool):
         return None, None, None, f"label is not a boolean: {label!r}"[:120]
-    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not math.isfinite(conf) or not 0 <= conf <= 1:
-        return None, None, None, f"confidence is not a number in [0, 1]: {conf!r}"[:120]
-    if not isinstance(why, str):
-        return None, None, None, f"rationale is not a string: {why!r}"[:120]
-    return label, float(conf), why.strip()[:RATIONALE_MAX], None
+    return label, conf, why, None
 
 
 # ----------------------------------------------------------------------------- identity

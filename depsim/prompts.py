@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import time
@@ -297,3 +298,34 @@ def echoes_scaffolding(text: str, nonce: str | None = None) -> str | None:
     if nonce and nonce in text:
         return nonce
     return None
+
+
+def verdict(message, answer_id: str | None, field: str, who: str,
+            rationale_max: int) -> tuple[object, float | None, str | None, str | None]:
+    """Return ``(value, confidence, rationale, error)`` of a role's JSON answer: ``value`` is
+    the object's ``field`` (unchecked: the caller checks its type), ``confidence`` a finite
+    number in [0, 1], ``rationale`` a string cut to ``rationale_max`` characters; with
+    ``answer_id`` the object must echo it (:func:`check_answer_id`). ``message`` is a
+    response message dict (its ``content`` is read) or the content string. Anything else
+    gives ``(None, None, None, error)`` naming the problem (``who``: "grader", "judge")."""
+    content = message.get("content") if isinstance(message, dict) else message
+    if content is None:
+        return None, None, None, f"{who} returned no content"
+    if not isinstance(content, str):
+        return None, None, None, f"{who} content is {type(content).__name__}, not text"
+    if not content.strip():
+        return None, None, None, f"{who} returned empty content"
+    obj, err = answer_object(content)
+    if err is not None:
+        return None, None, None, err
+    if (unbound := check_answer_id(obj, answer_id)) is not None:
+        return None, None, None, unbound
+    missing = [k for k in (field, "confidence", "rationale") if k not in obj]
+    if missing:
+        return None, None, None, f"missing field(s): {', '.join(missing)}"
+    conf, why = obj["confidence"], obj["rationale"]
+    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not math.isfinite(conf) or not 0 <= conf <= 1:
+        return None, None, None, f"confidence is not a number in [0, 1]: {conf!r}"[:120]
+    if not isinstance(why, str):
+        return None, None, None, f"rationale is not a string: {why!r}"[:120]
+    return obj[field], float(conf), why.strip()[:rationale_max], None

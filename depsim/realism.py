@@ -42,7 +42,6 @@ a turn cut short by an unresolved replay miss shows no final answer.
 from __future__ import annotations
 
 import json
-import math
 import random
 
 import pandas as pd
@@ -51,8 +50,8 @@ from depsim import stats as dstats
 from depsim import toolloop
 from depsim.client import STRUCTURED_MODES, ChatRequest, complete_structured, structured_format
 from depsim.params import Release, endpoint_url
-from depsim.prompts import (ANSWER_ID_FIELD, ANSWER_ID_SLOT, HEADER_PLAIN, answer_object, answer_secret, bind_answer,
-                            call_parts, check_answer_id, message_text, neutralise, nonce_of, prompt_id, render_messages)
+from depsim.prompts import (ANSWER_ID_FIELD, ANSWER_ID_SLOT, HEADER_PLAIN, answer_secret, bind_answer, call_parts,
+                            message_text, neutralise, nonce_of, prompt_id, render_messages, verdict)
 from depsim.records import content_id, decode_messages
 from depsim.simulate import candidate_requests, needs_store
 
@@ -177,25 +176,12 @@ def parse_judgement(message, answer_id: str | None = None) -> tuple[str | None, 
     (when ``answer_id`` is given) ``answer_id`` equal to it; in a code fence, or amid prose
     when the text holds exactly one JSON object. Anything else gives ``(None, None, None,
     error)``: missing, never counted."""
-    content = message.get("content") if isinstance(message, dict) else message
-    if not isinstance(content, str) or not content.strip():
-        return None, None, None, "judge returned no text"
-    obj, err = answer_object(content)
+    real, conf, why, err = verdict(message, answer_id, "real", "judge", RATIONALE_MAX)
     if err is not None:
         return None, None, None, err
-    if (unbound := check_answer_id(obj, answer_id)) is not None:
-        return None, None, None, unbound
-    missing = [k for k in ("real", "confidence", "rationale") if k not in obj]
-    if missing:
-        return None, None, None, f"missing field(s): {', '.join(missing)}"
-    real, conf, why = obj["real"], obj["confidence"], obj["rationale"]
     if not isinstance(real, str) or real.strip().upper() not in ("A", "B"):
         return None, None, None, f"real is not A or B: {real!r}"[:120]
-    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not math.isfinite(conf) or not 0 <= conf <= 1:
-        return None, None, None, f"confidence is not a number in [0, 1]: {conf!r}"[:120]
-    if not isinstance(why, str):
-        return None, None, None, f"rationale is not a string: {why!r}"[:120]
-    return real.strip().upper(), float(conf), why.strip()[:RATIONALE_MAX], None
+    return real.strip().upper(), conf, why, None
 
 
 #: a fixed pair whose rendered prompt is part of the judge id
