@@ -197,6 +197,8 @@ class Sampling(_Strict):
     memory_limit: str | None = Field(None, pattern=r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|[KMGT]B?|bytes)\s*$")
     #: folder for DuckDB's spill files (None: the system temp folder)
     spill_dir: str | None = None
+    #: challenging prompts drawn (uniformly, with ``seed``) from the challenging set (None: all)
+    challenging_n: int | None = Field(None, gt=0)
 
 
 class Generation(_Strict):
@@ -405,6 +407,14 @@ def load_release(path: str | Path) -> Release:
                 raise ParamsError(f"{path}:{line_of(node, ('grading', 'llm', i))}: grading.llm: unknown category {c!r}")
     llm = [c for c, cat in tax.items() if (cat.is_llm or rel.grading.llm == "all" or c in rel.grading.llm)
            and (rel.categories == "all" or c in rel.categories)]
+    if not m.candidate.base_url.startswith("sim://"):
+        sim_only = [c for c, cat in tax.items() if cat.grader.get("sim_only") and c not in llm
+                    and (rel.categories == "all" or c in rel.categories)]
+        if sim_only:
+            raise ParamsError(f"{path}:{line_of(node, ('models', 'candidate'))}: {len(sim_only)} categories "
+                              f"({', '.join(sim_only[:3])}, ...) are graded by rules that read only the simulated "
+                              f"world's markers, but the candidate is not the simulated world: set grading.llm: all "
+                              f"(or list them) and models.grader, so they are graded by their LLM rubrics")
     if m.grader is None and llm:
         raise ParamsError(f"{path}:{line_of(node, ('models',))}: models.grader is needed: "
                           f"{len(llm)} categories have LLM graders ({', '.join(llm[:3])}, ...)")

@@ -39,7 +39,8 @@ def response_view(completions: pd.DataFrame, prefixes: pd.DataFrame | None = Non
     assistant text of the response, text content parts included), ``reasoning_text`` (the
     assistant messages' reasoning text, ``reasoning_content`` or ``reasoning``, where the
     endpoint returned it), ``tool_calls`` (list of (name, arguments dict)), ``user_text``
-    (the prefix's user messages, joined; '' when prefixes are not given)."""
+    (the prefix's user messages, joined; '' when prefixes are not given) and, when the
+    prefixes carry one, ``prompt_safe`` (a prompt set's own safe/unsafe label, nullable)."""
     texts, reasons, calls = [], [], []
     for raw in completions["messages"]:
         # a missing response (None, or NaN in a string column) is no messages
@@ -64,6 +65,9 @@ def response_view(completions: pd.DataFrame, prefixes: pd.DataFrame | None = Non
     if prefixes is not None and "prefix_id" in completions:
         users = prefixes.set_index("prefix_id")["messages"].map(_user_text)
         view["user_text"] = completions["prefix_id"].map(users).fillna("").to_numpy()
+        if "prompt_safe" in prefixes:
+            safe = prefixes.set_index("prefix_id")["prompt_safe"]
+            view["prompt_safe"] = pd.array(completions["prefix_id"].map(safe).to_numpy(), dtype="boolean")
     return view
 
 

@@ -23,6 +23,8 @@ from depsim.registry import plugin
 from depsim.sampling import explain_ineligible, sample_prefixes
 
 POOLS = ("previous", "candidate", "challenging")
+#: a prompt set's safety labels (XSTest: safe / unsafe) as ``prompt_safe``; other labels read as unknown
+PROMPT_SAFETY = {"safe": True, "unsafe": False}
 
 
 def source_path(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> Path:
@@ -160,10 +162,14 @@ def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame,
             continue
         path = source_path(rel, pool, src, reports_dir)
         n = rel.sampling.n
-        if pool == "challenging":
-            n = int(duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0])
         strat = rel.reweight.column if rel.reweight is not None and pool != "challenging" else None
         lifted = [c for c in src.columns if c != strat] if src.kind not in ("sim_world", "parquet") else []
+        if pool == "challenging":
+            total = int(duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0])
+            n = min(total, rel.sampling.challenging_n or total)
+            # a prompt set's own safe/unsafe label (XSTest) tells over-refusal which prompts count
+            cols = {r[0] for r in duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()}
+            lifted += ["label"] if "label" in cols and "label" not in lifted else []
         mem = dict(memory_limit=rel.sampling.memory_limit, spill_dir=rel.sampling.spill_dir)
         df = sample_prefixes(path, n, rules=rel.sampling.eligibility, seed=rel.sampling.seed, stratum_column=strat,
                              extra_columns=lifted, **mem)
@@ -172,6 +178,8 @@ def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame,
             raise NoUsableData(f"{pool} source ({src.kind}, {src.path}): no eligible user turn; {why}")
         df = pd.concat([df, _responses(path, df)], axis=1)
         df.insert(1, "pool", pool)
+        if pool == "challenging" and "label" in df:
+            df["prompt_safe"] = df.pop("label").map(PROMPT_SAFETY).astype("boolean")
         # two pools may sample the same turn of one file (a public set standing in for both)
         df["prefix_id"] = [content_id(pool, p) for p in df["prefix_id"]]
         counts: Counter = Counter()

@@ -47,7 +47,8 @@ class Category(BaseModel):
         model: use :func:`depsim.grade.grader_id`."""
         if self.is_llm:
             raise ValueError(f"{self.name}: an LLM grader's id depends on its model; use depsim.grade.grader_id")
-        spec = {"category": self.name, **self.grader,
+        # sim_only declares where the rule applies; it does not change what the rule does
+        spec = {"category": self.name, **{k: v for k, v in self.grader.items() if k != "sim_only"},
                 "rule_version": RULE_VERSIONS.get(self.grader.get("rule"))}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -68,3 +68,19 @@ def test_bad_gates_name_the_line(tmp_path, gate, message):
         load_release(p)
     line = next(i for i, l in enumerate(text.splitlines(), 1) if l == gate)
     assert message in str(e.value) and f"rel.yaml:{line}" in str(e.value), str(e.value)
+
+
+def test_rules_that_read_only_the_simulated_world_are_refused_for_a_real_candidate(tmp_path):
+    """A real candidate model graded by rules that match only the simulated world's markers
+    would report silent zeros: `depsim check` refuses it in one line that says what to set,
+    and accepts it once grading.llm sends those categories to their LLM rubrics."""
+    real = DEMO.replace('candidate: {base_url: "sim://world/resample", model: sim-x}',
+                        'candidate: {base_url: "http://127.0.0.1:9/v1", model: my-model}')
+    p = write(tmp_path, real)
+    with pytest.raises(ParamsError, match=r"rel.yaml:\d+: 6 categories .* read only the simulated world's markers"):
+        load_release(p)
+    r = subprocess.run([sys.executable, "-m", "depsim.cli", "check", str(p), "--no-data"], capture_output=True, text=True)
+    assert r.returncode == 2 and "grading.llm" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    fixed = write(tmp_path, real.replace("grading:\n", "grading:\n  llm: all\n", 1), name="fixed.yaml")
+    assert load_release(fixed).grading.llm == "all"
+    load_release(write(tmp_path, DEMO, name="demo.yaml"))  # the simulated candidate keeps its rules

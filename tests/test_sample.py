@@ -111,3 +111,27 @@ def test_lifted_columns_reach_the_prefixes_table(tmp_path):
                                  "sampling": rel.sampling.model_copy(update={"n": 10}), "reweight": None})
     prefixes, _ = build_prefixes(rel, tmp_path / "reports")
     assert len(prefixes) == 10 and set(prefixes["topic"]) == {"cooking"}
+
+
+def test_challenging_set_is_subsampled_and_carries_safety_labels(tmp_path):
+    """XSTest as the challenging set: sampling.challenging_n draws that many prompts, and each
+    keeps its own safe/unsafe label as ``prompt_safe`` (over-refusal counts only safe ones)."""
+    p = small_release(tmp_path)
+    xs = Path(__file__).resolve().parents[1] / "data" / "xstest" / "xstest_prompts.csv"
+    text = p.read_text().replace("challenging: {kind: sim_world, deployment: challenging}",
+                                 f"challenging: {{kind: xstest, path: {xs}}}")
+    text = text.replace("  seed: 1\n", "  seed: 1\n  challenging_n: 60\n", 1)
+    p.write_text(text)
+    rel = load_release(p)
+    assert rel.sampling.challenging_n == 60
+    prefixes, _ = build_prefixes(rel, tmp_path / "reports")
+    ch = prefixes[prefixes["pool"] == "challenging"]
+    assert len(ch) == 60
+    assert ch["prompt_safe"].notna().all() and 0 < ch["prompt_safe"].sum() < 60
+    # the source's own label decides: an XSTest "safe" prompt is safe whatever its wording
+    raw = pd.read_csv(xs).set_index("prompt")["label"]
+    user = ch["messages"].map(lambda m: json.loads(m)[-1]["content"])
+    known = user.isin(raw.index)  # de-identification may rewrite a few prompts (names)
+    assert known.mean() > 0.8
+    assert (ch.loc[known, "prompt_safe"].to_numpy() == (raw.loc[user[known]] == "safe").to_numpy()).all()
+    assert prefixes.loc[prefixes["pool"] != "challenging", "prompt_safe"].isna().all()
