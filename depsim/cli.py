@@ -124,6 +124,13 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 GRADERS = ("taxonomy", "classifier", "phrases", "llm")
 
 
+def _category(cats: dict, name: str, where: Path):
+    """The category ``name`` of ``cats``; exit with one line naming ``where`` when it is unknown."""
+    if name not in cats:
+        _fail(f"unknown category {name!r} (not in {where}; known: {', '.join(cats)})")
+    return cats[name]
+
+
 @app.command("validate-grader")
 def validate_grader(
         data: list[Path] = typer.Option([DATA_DIR / "xstest"], "--data",
@@ -163,9 +170,7 @@ def validate_grader(
             cats = load_taxonomy(taxonomy)
     except (ParamsError, FileNotFoundError) as e:
         _fail(str(e))
-    if category not in cats:
-        _fail(f"unknown category {category!r} (known: {', '.join(cats)})")
-    cat = cats[category]
+    cat = _category(cats, category, params or taxonomy)
     if grader in ("classifier", "phrases"):
         if cat.group != "refusal" or cat.name == "unsafe_compliance":
             _fail(f"--grader {grader} detects refusals: it grades over_refusal, not {category}")
@@ -211,9 +216,7 @@ def grader_prompt(category: str = typer.Argument(..., help="a category of the ta
         tax = load_taxonomy(taxonomy)
     except (ParamsError, FileNotFoundError) as e:
         _fail(str(e))
-    if category not in tax:
-        _fail(f"unknown category {category!r} (not in {taxonomy}; known: {', '.join(tax)})")
-    cat = tax[category]
+    cat = _category(tax, category, taxonomy)
     typer.echo(system_message(cat))
     typer.echo("\n# JSON schema of the answer\n" + json.dumps(grade_schema(), indent=2))
     kind = "llm" if cat.is_llm else f"rule ({cat.grader['rule']}, grader_id {cat.grader_id})"
