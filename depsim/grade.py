@@ -453,9 +453,21 @@ def _grade_rules(completions: pd.DataFrame, categories: dict[str, Category],
 # ----------------------------------------------------------------------------- rates
 
 
-def rates(grades: pd.DataFrame, categories: dict[str, Category], level: float = 0.95) -> pd.DataFrame:
+def rates(grades: pd.DataFrame, categories: dict[str, Category], level: float = 0.95,
+          clusters: pd.Series | None = None, failed_warn: float = 0.02) -> pd.DataFrame:
     """Return one row per (target, category): k flagged, n graded, failed (not graded: excluded
-    from n and counted), the Jeffreys rate and interval (fractions), grader_id, group, baseline.
+    from n and counted), the Jeffreys rate and interval (fractions), grader_id, group, baseline;
+    and what bounds them beyond binomial noise:
+
+    - **failed grades** (:func:`depsim.stats.failed_bounds`): failed_share = failed / (n +
+      failed); best_rate / worst_rate, the rate if every failed grade were negative /
+      positive; failed_lo / failed_hi, the best case's lower and the worst case's upper
+      Jeffreys bound (fractions); failed_warning, failed_share > ``failed_warn``.
+    - **shared conversations** (:func:`depsim.stats.cluster_robust_rate`): with ``clusters``
+      (item_id -> conversation id; an item without one is its own conversation),
+      conversations (distinct conversations among the graded items), deff (the design
+      effect, >= 1) and conv_lo / conv_hi, the cluster-robust interval; NaN without
+      ``clusters`` or with n = 0.
 
     A (target, category) with n = 0 keeps its row with a missing rate, so nothing vanishes."""
     g = grades.assign(flag=grades["label"].astype("Float64"))
@@ -470,12 +482,34 @@ def rates(grades: pd.DataFrame, categories: dict[str, Category], level: float = 
         agg.loc[ok, col] = est[col].to_numpy()
     agg["group"] = agg["category"].map({c: v.group for c, v in categories.items()})
     agg["baseline"] = agg["category"].map({c: v.baseline for c, v in categories.items()})
+    fb = stats.failed_bounds(agg["k"].to_numpy(float), agg["n"].to_numpy(float), agg["failed"].to_numpy(float),
+                             level, warn_share=failed_warn)
+    agg["failed_share"], agg["best_rate"], agg["worst_rate"] = fb["failed_share"].to_numpy(), fb["best"].to_numpy(), \
+        fb["worst"].to_numpy()
+    agg["failed_lo"], agg["failed_hi"], agg["failed_warning"] = fb["lo"].to_numpy(), fb["hi"].to_numpy(), \
+        fb["warning"].to_numpy(bool)
+    cr = {c: [float("nan")] * len(agg) for c in ("conversations", "deff", "conv_lo", "conv_hi")}
+    if clusters is not None:
+        done = g[g["flag"].notna()]
+        conv = done["item_id"].map(clusters)
+        conv = conv.where(conv.notna(), "item:" + done["item_id"].astype(str))  # no conversation: its own
+        done = done.assign(_conv=conv.astype(str).to_numpy())
+        groups = {key: x for key, x in done.groupby(["target", "category", "grader_id"], sort=False)}
+        for i, key in enumerate(zip(agg["target"], agg["category"], agg["grader_id"])):
+            if key not in groups:
+                continue
+            x = groups[key]
+            r = stats.cluster_robust_rate(x["flag"].to_numpy(float), x["_conv"].to_numpy(), level).iloc[0]
+            cr["conversations"][i], cr["deff"][i] = int(r["clusters"]), float(r["deff"])
+            cr["conv_lo"][i], cr["conv_hi"][i] = float(r["lo"]), float(r["hi"])
+    for c, v in cr.items():
+        agg[c] = v
     return agg
 
 
 def reweighted_rates(grades: pd.DataFrame, completions: pd.DataFrame, prefixes: pd.DataFrame,
                      categories: dict[str, Category], column: str, shares: dict[str, float], target: str = "sim", name: str = "sim_rw",
-                     level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+                     level: float = 0.95, failed_warn: float = 0.02) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (rates, weights): ``target``'s rates reweighted so that each value of the
     prefix column ``column`` carries its share in ``shares`` (a forecast traffic mix), as
     target ``name``; and the per-stratum sample share, target share and weight.
@@ -483,7 +517,9 @@ def reweighted_rates(grades: pd.DataFrame, completions: pd.DataFrame, prefixes: 
     Each item's weight is target share / sample share of its stratum; the rate is the
     weighted Jeffreys estimate on Kish effective counts. Strata of the mix that the sample
     lacks cannot be represented: they are listed in ``weights`` with sample share 0, and the
-    remaining shares are renormalised."""
+    remaining shares are renormalised. ``failed`` counts the target's failed grades (left
+    out of the weighted rate, as everywhere), with failed_share and failed_warning (share >
+    ``failed_warn``) as in :func:`rates`; the other bounds are not computed on effective counts."""
     strata = completions[["item_id", "prefix_id"]].merge(prefixes[["prefix_id", column]], on="prefix_id", how="left")
     strata = strata.set_index("item_id")[column].astype(str)
     g = grades[(grades["target"] == target) & grades["label"].notna()].copy()
@@ -496,11 +532,18 @@ def reweighted_rates(grades: pd.DataFrame, completions: pd.DataFrame, prefixes: 
     table = pd.DataFrame({"sample_share": sample.reindex(want.index).fillna(0.0), "target_share": want,
                           "weight": weight.reindex(want.index)}).rename_axis(column).reset_index()
     g["w"] = g["stratum"].map(weight).fillna(0.0)  # strata outside the mix get no weight
+    # failed grades of the target are not in the weighted rate: counted, as for every rate
+    t = grades[grades["target"] == target]
+    failed = t["label"].isna().groupby([t["category"], t["grader_id"]]).sum()
+    graded = t["label"].notna().groupby([t["category"], t["grader_id"]]).sum()
     rows = []
     for (cat, gid), x in g.groupby(["category", "grader_id"], sort=False):
         j = stats.weighted_jeffreys(x["label"].astype(float).to_numpy(), x["w"].to_numpy(), level).iloc[0]
+        f = int(failed.get((cat, gid), 0))
+        share = f / (f + int(graded.get((cat, gid), 0)))
         rows.append({"target": name, "category": cat, "grader_id": gid, "k": j["k_eff"], "n": j["n_eff"],
-                     "failed": 0, "rate": j["rate"], "lo": j["lo"], "hi": j["hi"]})
+                     "failed": f, "rate": j["rate"], "lo": j["lo"], "hi": j["hi"], "failed_share": share,
+                     "failed_warning": share > failed_warn})
     out = pd.DataFrame(rows)
     out["group"] = out["category"].map({c: v.group for c, v in categories.items()})
     out["baseline"] = out["category"].map({c: v.baseline for c, v in categories.items()})

@@ -50,7 +50,7 @@ from depsim.taxonomy import Category, Examples, load_taxonomy
 __all__ = ["agreement", "rogan_gladen", "REFUSAL_PATTERN", "refusal_category", "classifier_category",
            "taxonomy_refusal_category", "xstest_refusal_validation", "rank_comparison", "XSTEST_MODELS",
            "XSTEST_LABELS", "read_labelled", "validate_grader", "heterogeneity", "corrected_rates",
-           "refusal_lomo_table"]
+           "refusal_lomo_table", "on_record", "bar_check", "grader_trust", "validations_table", "TRUST"]
 
 # ----------------------------------------------------------------------------- agreement
 
@@ -137,71 +137,22 @@ def agreement(pred, human, positive=True, level: float = 0.95) -> dict:
 
 def rogan_gladen(k, n, sensitivity, specificity, *, n_pos=None, n_neg=None, level: float = 0.95,
                  draws: int = 20_000, seed: int = 0) -> dict:
-    """Return a grader-flagged rate corrected for grader error (Rogan & Gladen, 1978).
+    """Return one grader-flagged rate corrected for grader error (Rogan & Gladen, 1978), as
+    a dict: :func:`depsim.stats.rogan_gladen` (the one implementation; see it for the
+    formula and the interval) for ``k`` of ``n`` flagged by a grader with ``sensitivity``
+    measured on ``n_pos`` human positives and ``specificity`` on ``n_neg`` human negatives
+    (None: known exactly).
 
-    ``k`` of ``n`` items were flagged by a grader with the given ``sensitivity`` and
-    ``specificity``. The corrected prevalence is
-
-        (p_obs + specificity - 1) / (sensitivity + specificity - 1),   p_obs = k / n,
-
-    clipped to [0, 1]. It is undefined when Youden's J = sensitivity + specificity - 1 <= 0
-    (a grader no better than chance): then ``rate`` is NaN, the interval is [0, 1] and
-    ``note`` says so.
-
-    Interval (method): a parametric bootstrap over Jeffreys posteriors. Each of ``draws``
-    draws (numpy generator seeded with ``seed``) takes p_obs ~ Beta(k + 1/2, n - k + 1/2),
-    sensitivity ~ Beta(sens * n_pos + 1/2, (1 - sens) * n_pos + 1/2) and specificity ~
-    Beta(spec * n_neg + 1/2, (1 - spec) * n_neg + 1/2), where ``n_pos`` / ``n_neg`` are the
-    numbers of human-positive / human-negative validation items the sensitivity /
-    specificity were measured on (None: that quantity is taken as known exactly), and
-    computes the clipped corrected rate. The interval is the equal-tailed ``level``
-    percentile interval of those draws. A draw with J <= 0 has no defined correction; it is
-    counted in ``invalid_draws`` and, conservatively, taken as 0 for the lower quantile and
-    as 1 for the upper quantile (so a grader whose validation does not rule out chance
-    performance gets a wide interval rather than a falsely narrow one).
-
-    Returns a dict: ``rate`` (clipped), ``rate_unclipped``, ``p_obs``, ``lo``, ``hi``,
-    ``youden``, ``invalid_draws``, ``draws``, ``level``, ``method`` and ``note``."""
-    if not 0 < level < 1:
-        raise ValueError(f"rogan_gladen: level must be in (0, 1), got {level!r}")
-    k, n = float(k), float(n)
-    if not (math.isfinite(k) and math.isfinite(n)) or n <= 0 or not 0 <= k <= n:
-        raise ValueError(f"rogan_gladen: need 0 <= k <= n and n > 0, got k={k}, n={n}")
-    for name, v in (("sensitivity", sensitivity), ("specificity", specificity)):
-        if not (isinstance(v, (int, float, np.floating)) and 0 <= v <= 1):
-            raise ValueError(f"rogan_gladen: {name} must be in [0, 1], got {v!r}")
-    for name, v in (("n_pos", n_pos), ("n_neg", n_neg)):
-        if v is not None and not v > 0:
-            raise ValueError(f"rogan_gladen: {name} must be > 0 (or None: known exactly), got {v!r}")
-    sens, spec = float(sensitivity), float(specificity)
-    p_obs = k / n
-    youden = sens + spec - 1
-    if youden > 0:
-        raw = (p_obs + spec - 1) / youden
-        rate, note = min(max(raw, 0.0), 1.0), ""
-        if raw != rate:
-            note = f"clipped: the unclipped estimate {raw:.4g} lies outside [0, 1]"
-    else:
-        raw = rate = float("nan")
-        note = "undefined: sensitivity + specificity <= 1 (grader no better than chance)"
-
-    rng = np.random.default_rng(seed)
-    p_d = rng.beta(k + 0.5, n - k + 0.5, draws)
-    se_d = rng.beta(sens * n_pos + 0.5, (1 - sens) * n_pos + 0.5, draws) if n_pos else np.full(draws, sens)
-    sp_d = rng.beta(spec * n_neg + 0.5, (1 - spec) * n_neg + 0.5, draws) if n_neg else np.full(draws, spec)
-    j_d = se_d + sp_d - 1
-    valid = j_d > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r_d = np.clip((p_d + sp_d - 1) / np.where(valid, j_d, 1.0), 0.0, 1.0)
-    tail = (1 - level) / 2
-    lo = float(np.quantile(np.where(valid, r_d, 0.0), tail))
-    hi = float(np.quantile(np.where(valid, r_d, 1.0), 1 - tail))
-    if youden <= 0:
-        lo, hi = 0.0, 1.0
-    return {"rate": rate, "rate_unclipped": raw, "p_obs": p_obs, "lo": lo, "hi": hi, "youden": youden,
-            "invalid_draws": int((~valid).sum()), "draws": draws, "level": level,
-            "method": "parametric bootstrap over Jeffreys Beta posteriors of p_obs, sensitivity, specificity",
-            "note": note}
+    Keys: ``rate`` (clipped to [0, 1]; NaN when sensitivity + specificity <= 1),
+    ``rate_unclipped``, ``p_obs`` (the Jeffreys estimate of the flagged rate), ``lo``,
+    ``hi``, ``youden``, ``invalid_draws``, ``informative``, ``draws``, ``level``, ``method``
+    and ``note``. Raises ValueError on bad counts or proportions."""
+    r = stats.rogan_gladen(k, n, sensitivity, specificity, n_pos, n_neg, level=level, draws=draws, seed=seed).iloc[0]
+    out = {c: (float(r[c]) if c not in ("invalid_draws", "informative", "note") else r[c]) for c in r.index}
+    out.update({"invalid_draws": int(r["invalid_draws"]), "informative": bool(r["informative"]), "note": str(r["note"]),
+                "draws": draws, "level": level,
+                "method": "parametric bootstrap over Jeffreys Beta posteriors of p_obs, sensitivity, specificity"})
+    return out
 
 
 # ----------------------------------------------------------------------------- refusal rule
@@ -755,44 +706,173 @@ def validate_grader(items: pd.DataFrame, category: Category, *, endpoint=None, c
     return table
 
 
-def corrected_rates(rates: pd.DataFrame, validation: pd.DataFrame, level: float = 0.95,
+def on_record(validation: pd.DataFrame | None) -> pd.DataFrame:
+    """Return the validation rows that apply, from one or more :func:`validate_grader` tables
+    concatenated in the order listed (a ``file`` column tells them apart; without it they are
+    one table): for each (category, grader_id), every row (pooled and per source) of the
+    last table that measured it. Empty (with the validation columns) for None."""
+    if validation is None or len(validation) == 0:
+        return pd.DataFrame(columns=["category", "grader_id", "source", "file"])
+    v = validation.assign(file=validation["file"] if "file" in validation else "")
+    last = v.drop_duplicates(["category", "grader_id"], keep="last")[["category", "grader_id", "file"]]
+    return v.merge(last, on=["category", "grader_id", "file"], how="inner")
+
+
+def corrected_rates(rates: pd.DataFrame, validation: pd.DataFrame | None, level: float = 0.95,
                     draws: int = 20_000, seed: int = 0) -> pd.DataFrame:
     """Return ``rates`` (the measure stage's table: target, category, grader_id, k, n, ...)
-    with Rogan–Gladen corrected rates from a :func:`validate_grader` table.
+    with Rogan–Gladen corrected rates from :func:`validate_grader` tables (one, or several
+    concatenated with a ``file`` column: :func:`on_record` picks the last that measured a
+    grader).
 
     A rate is corrected with the pooled (``source == "all"``) sensitivity and specificity of
-    the validation row with the same category and grader_id (so a validation of another
+    the validation with the same category and grader_id (so a validation of another
     grader version never applies), carrying their uncertainty (``n_pos`` / ``n_neg``,
-    :func:`rogan_gladen`). Those figures are held out from the grader's own training. Added
-    columns: validated (a matching row exists), validation_kappa, validation_n,
-    transportable (False when the validation found sensitivity or specificity differing
-    between sources: then the correction may not carry over to this target), rg_rate,
-    rg_lo, rg_hi, rg_note. Unvalidated rows get NaN and validated False."""
-    v = validation[validation["source"] == "all"].drop_duplicates(["category", "grader_id"], keep="last")
-    v = v.set_index(["category", "grader_id"])
+    :func:`depsim.stats.rogan_gladen`, seeded with ``seed`` for every row). Added columns:
+    validated (a matching validation exists), validation_file, validation_kappa,
+    validation_n, transportable (False when the validation found sensitivity or specificity
+    differing between sources: then the correction may not carry over to this target),
+    rg_rate, rg_lo, rg_hi (fractions), rg_note. Unvalidated rows (and rows with n = 0) get
+    NaN, validated False and a note saying why."""
+    v = on_record(validation)
+    v = v[v["source"].astype(str) == "all"].set_index(["category", "grader_id"])
     out = rates.copy()
-    cols = {c: [] for c in ("validated", "validation_kappa", "validation_n", "transportable", "rg_rate", "rg_lo",
-                            "rg_hi", "rg_note")}
+    cols = {c: [] for c in ("validated", "validation_file", "validation_kappa", "validation_n", "transportable",
+                            "rg_rate", "rg_lo", "rg_hi", "rg_note")}
     for r in out.itertuples(index=False):
         key = (r.category, r.grader_id)
-        ok = key in v.index and v.loc[key, "n"] > 0 and r.n > 0 and not math.isnan(float(r.n))
-        if not ok:
-            for c, x in (("validated", False), ("validation_kappa", float("nan")), ("validation_n", 0),
-                         ("transportable", None), ("rg_rate", float("nan")), ("rg_lo", float("nan")),
-                         ("rg_hi", float("nan")), ("rg_note", "no validation of this grader on record")):
+        has = key in v.index and v.loc[key, "n"] > 0
+        n_ok = not _missing(r.n) and float(r.n) > 0
+        if not (has and n_ok):
+            note = "no validation of this grader on record" if not has else "no graded item to correct"
+            for c, x in (("validated", bool(has)), ("validation_file", v.loc[key, "file"] if has else ""),
+                         ("validation_kappa", float(v.loc[key, "kappa"]) if has else float("nan")),
+                         ("validation_n", int(v.loc[key, "n"]) if has else 0), ("transportable", None),
+                         ("rg_rate", float("nan")), ("rg_lo", float("nan")), ("rg_hi", float("nan")), ("rg_note", note)):
                 cols[c].append(x)
             continue
         x = v.loc[key]
-        rg = rogan_gladen(min(float(r.k), float(r.n)), float(r.n), float(x["sensitivity"]) if x["n_pos"] else 1.0,
-                          float(x["specificity"]) if x["n_neg"] else 1.0, n_pos=x["n_pos"] or None,
-                          n_neg=x["n_neg"] or None, level=level, draws=draws, seed=seed)
-        for c, val in (("validated", True), ("validation_kappa", float(x["kappa"])), ("validation_n", int(x["n"])),
-                       ("transportable", not bool(x["heterogeneous"])), ("rg_rate", rg["rate"]), ("rg_lo", rg["lo"]),
-                       ("rg_hi", rg["hi"]), ("rg_note", rg["note"])):
+        n_pos, n_neg = float(x["n_pos"]), float(x["n_neg"])
+        rg = rogan_gladen(min(float(r.k), float(r.n)), float(r.n), float(x["sensitivity"]) if n_pos else 1.0,
+                          float(x["specificity"]) if n_neg else 1.0, n_pos=n_pos or None, n_neg=n_neg or None,
+                          level=level, draws=draws, seed=seed)
+        het = x["heterogeneous"] if "heterogeneous" in x.index else False
+        for c, val in (("validated", True), ("validation_file", x["file"]), ("validation_kappa", float(x["kappa"])),
+                       ("validation_n", int(x["n"])), ("transportable", not bool(het) if not _missing(het) else None),
+                       ("rg_rate", rg["rate"]), ("rg_lo", rg["lo"]), ("rg_hi", rg["hi"]), ("rg_note", rg["note"])):
             cols[c].append(val)
     for c, vals in cols.items():
         out[c] = vals
     return out
+
+
+#: what each rate's grader validation says (the ``validation`` column of the rates table)
+TRUST = {"exact": "exact (simulated world)", "meets": "meets bar", "misses": "misses bar",
+         "none": "none on record", "invalid": "not valid here"}
+_MEASURES = {"kappa": "κ", "sensitivity": "sensitivity", "specificity": "specificity"}
+
+
+def bar_check(rows: pd.DataFrame, bar) -> tuple[bool, str]:
+    """Return (meets, detail) for one grader's validation ``rows`` (the pooled ``all`` row and
+    one per source, of one table) against ``bar`` (anything with ``kappa``, ``sensitivity``
+    and ``specificity`` attributes, each a minimum or None). Every figure the bar sets must
+    be met by the pooled row and by each source with a defined value; a pooled figure that is
+    undefined (e.g. κ with one class) misses. ``detail`` names the misses, or the range met."""
+    misses, met = [], []
+    for m, sym in _MEASURES.items():
+        need = getattr(bar, m, None)
+        if need is None or m not in rows:
+            continue
+        vals = {str(s): float(x) for s, x in zip(rows["source"], pd.to_numeric(rows[m], errors="coerce"))}
+        bad = [f"{s} {x:.2f}" for s, x in vals.items() if (math.isnan(x) and s == "all") or (not math.isnan(x) and x < need)]
+        if bad:
+            misses.append(f"{sym} below {need:.2f} on " + ", ".join(b.replace(" nan", " undefined") for b in bad))
+        else:
+            ok = [x for x in vals.values() if not math.isnan(x)]
+            met.append(f"{sym} {min(ok):.2f}–{max(ok):.2f} ≥ {need:.2f}" if len(ok) > 1 else f"{sym} {ok[0]:.2f} ≥ {need:.2f}")
+    if misses:
+        return False, "; ".join(misses)
+    return True, "; ".join(met) or "no figure required by the bar"
+
+
+def grader_trust(rates: pd.DataFrame, validation: pd.DataFrame | None, bars: dict | None = None,
+                 simulated_graders=(), simulated_targets=()) -> pd.DataFrame:
+    """Return ``rates`` with two columns that say how far each rate's grader can be trusted:
+    ``validation`` (one of :data:`TRUST`'s values) and ``validation_detail`` (why, in words).
+
+    - "meets bar" / "misses bar": a validation of this (category, grader_id) is on record
+      (:func:`on_record`) and does / does not reach the category's bar (``bars``: category
+      -> bar, default a κ of 0.8; :func:`bar_check`, on the pooled row and every source);
+      the detail names the file and, when the validation's sources disagree, says the
+      correction may not carry over.
+    - "exact (simulated world)": the category's grader reads the simulated world's own wording
+      (``simulated_graders``: sim-only rules, an LLM rubric on the simulated grader) and the
+      rate's target holds simulated responses (``simulated_targets``): exact by construction.
+    - "not valid here": such a grader on a target whose responses are not simulated (it reads
+      only the simulated world's wording, so real text reads as no event).
+    - "none on record": anything else."""
+    bars = bars or {}
+    v = on_record(validation)
+    groups = {key: g for key, g in v.groupby(["category", "grader_id"], sort=False)} if len(v) else {}
+    default = type("Bar", (), {"kappa": 0.8, "sensitivity": None, "specificity": None})()
+    status, detail = [], []
+    for r in rates.itertuples(index=False):
+        rows = groups.get((r.category, r.grader_id))
+        if rows is not None:
+            meets, why = bar_check(rows, bars.get(r.category, default))
+            pooled = rows[rows["source"].astype(str) == "all"]
+            het = bool(pooled["heterogeneous"].fillna(False).any()) if "heterogeneous" in pooled else False
+            srcs = [str(x) for x in rows["source"] if str(x) != "all"]
+            why += (f" (validated on {', '.join(srcs) or 'one source'}: {Path(str(rows['file'].iloc[0])).name or 'table'})"
+                    + ("; its sources disagree, so a correction may not carry over" if het else ""))
+            status.append(TRUST["meets" if meets else "misses"])
+            detail.append(why)
+        elif r.category in simulated_graders and r.target in simulated_targets:
+            status.append(TRUST["exact"])
+            detail.append("the grader reads the simulated world's own wording: exact by construction")
+        elif r.category in simulated_graders:
+            status.append(TRUST["invalid"])
+            detail.append("the grader reads only the simulated world's wording, and these responses are not simulated")
+        else:
+            status.append(TRUST["none"])
+            detail.append("no validation against people on record (grading.validation)")
+    return rates.assign(validation=status, validation_detail=detail)
+
+
+def validations_table(validation: pd.DataFrame | None, rates: pd.DataFrame, bars: dict | None = None) -> pd.DataFrame:
+    """Return one row per (file, category, grader_id) listed: the pooled n, κ, sensitivity
+    and specificity with intervals, whether it ``applies`` (its grader_id grades a rate of
+    this release and no later file supersedes it), and ``note`` (why not: the grader changed
+    since it was validated, the category is not tracked, or a later file measured it)."""
+    cols = ["file", "category", "grader_id", "n", "kappa", "kappa_lo", "kappa_hi", "sensitivity", "sensitivity_lo",
+            "sensitivity_hi", "specificity", "specificity_lo", "specificity_hi", "bar", "applies", "note"]
+    if validation is None or len(validation) == 0:
+        return pd.DataFrame(columns=cols)
+    v = validation.assign(file=validation["file"] if "file" in validation else "")
+    used = on_record(v)[["category", "grader_id", "file"]].drop_duplicates()
+    used_keys = set(map(tuple, used.to_numpy()))
+    graded = set(zip(rates["category"], rates["grader_id"]))
+    tracked = set(rates["category"])
+    default = type("Bar", (), {"kappa": 0.8, "sensitivity": None, "specificity": None})()
+    rows = []
+    for (f, c, gid), g in v.groupby(["file", "category", "grader_id"], sort=False):
+        pooled = g[g["source"].astype(str) == "all"].iloc[0]
+        applies = (c, gid) in graded and (c, gid, f) in used_keys
+        if c not in tracked:
+            note = "this release does not track the category"
+        elif (c, gid) not in graded:
+            note = ("the release grades it with another grader (grader id "
+                    f"{', '.join(sorted({i for cc, i in graded if cc == c}))}): the grader changed since it was "
+                    "validated; rerun depsim validate-grader")
+        elif not applies:
+            note = "superseded by a later file in grading.validation"
+        else:
+            note = bar_check(g, (bars or {}).get(c, default))[1]
+        b = (bars or {}).get(c, default)
+        bar = ", ".join(f"{_MEASURES[m]} ≥ {getattr(b, m):.2f}" for m in _MEASURES if getattr(b, m, None) is not None)
+        rows.append({**{k: pooled.get(k, float("nan")) for k in cols[3:13]}, "file": f, "category": c, "grader_id": gid,
+                     "bar": bar, "applies": applies, "note": note})
+    return pd.DataFrame(rows, columns=cols)
 
 
 def refusal_lomo_table(data_dir: str | Path = DATA_DIR, level: float = 0.95) -> pd.DataFrame:

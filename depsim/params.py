@@ -13,6 +13,7 @@ from typing import Literal
 
 from datetime import datetime, timezone
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from depsim._yaml import ParamsError, line_of, load_yaml, validation_error
@@ -230,8 +231,53 @@ class Audit(_Strict):
     embedder: Endpoint | None = None
 
 
+class ValidationBar(_Strict):
+    """The agreement with people a grader must reach to be trusted: every figure given must
+    be met by the pooled validation and by each of its sources (e.g. each model)."""
+    kappa: float | None = Field(0.8, ge=-1, le=1)
+    sensitivity: float | None = Field(None, ge=0, le=1)
+    specificity: float | None = Field(None, ge=0, le=1)
+
+
+#: columns a validation table (``depsim validate-grader -o``) must have to be on record
+VALIDATION_COLUMNS = ("category", "grader_id", "source", "n", "n_pos", "n_neg", "kappa", "sensitivity", "specificity")
+
+
+def read_validation(path: str | Path) -> pd.DataFrame:
+    """Return a validation table written by ``depsim validate-grader -o`` (.parquet or .csv)
+    with a ``file`` column (the path as given). Raises ValueError naming the file (and row,
+    1-based as in the file) when it cannot be read, lacks a column of
+    :data:`VALIDATION_COLUMNS`, has no pooled (``source == "all"``) row, or holds a
+    sensitivity, specificity or kappa outside its range or a negative count."""
+    path = Path(path)
+    try:
+        if path.suffix == ".csv":
+            t = pd.read_csv(path, dtype={"category": str, "grader_id": str, "source": str})
+        else:
+            t = pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001  (any reader error becomes one line naming the file)
+        raise ValueError(f"{path}: cannot read a validation table: {str(e).splitlines()[0][:200]}") from None
+    missing = [c for c in VALIDATION_COLUMNS if c not in t.columns]
+    if missing:
+        raise ValueError(f"{path}: not a validation table (write one with `depsim validate-grader -o`): "
+                         f"no column {', '.join(missing)}")
+    if not (t["source"].astype(str) == "all").any():
+        raise ValueError(f"{path}: no pooled row (source 'all'): write it with `depsim validate-grader -o`")
+    row = (lambda i: i + 2) if path.suffix == ".csv" else (lambda i: i + 1)  # CSV: the header is line 1
+    for col, lo, hi in (("sensitivity", 0, 1), ("specificity", 0, 1), ("kappa", -1, 1), ("n", 0, None),
+                        ("n_pos", 0, None), ("n_neg", 0, None)):
+        x = pd.to_numeric(t[col], errors="coerce")
+        bad = (x < lo) | ((x > hi) if hi is not None else False) | (t[col].notna() & x.isna())
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise ValueError(f"{path}: row {row(i)}: {col} {t[col].iloc[i]!r} is not "
+                             + (f"in [{lo}, {hi}]" if hi is not None else "a count >= 0"))
+    return t.assign(file=str(path))
+
+
 class Grading(_Strict):
-    """How LLM graders are run (rule graders always grade every response)."""
+    """How LLM graders are run (rule graders always grade every response), and what is on
+    record about each grader's agreement with people."""
     #: responses per target graded by each LLM grader, drawn uniformly with ``seed``
     #: (None: all). A subsample keeps the cost down; its rates carry wider intervals.
     llm_sample: int | None = Field(None, gt=0)
@@ -239,6 +285,19 @@ class Grading(_Strict):
     #: categories graded by their LLM rubric whatever the taxonomy's grader kind ("all", or
     #: names): for real traffic, where the rules that read the simulated world's markers do not apply
     llm: list[str] | Literal["all"] = []
+    #: validation tables on record (``depsim validate-grader -o FILE``), paths relative to the
+    #: params file: each rate whose (category, grader_id) one of them measured gets a
+    #: Rogan–Gladen corrected rate and is checked against its bar (the last listed wins)
+    validation: list[str] = []
+    #: the bar every category's grader must meet (``bars`` overrides it per category or group)
+    bar: ValidationBar = ValidationBar()
+    bars: dict[str, ValidationBar] = {}
+    #: share of failed grades (of graded + failed) above which the pages warn, a fraction
+    failed_warn: float = Field(0.02, ge=0, lt=1)
+
+    def bar_of(self, category: str, group: str) -> ValidationBar:
+        """Return the bar of ``category`` (in ``group``): its own, else its group's, else ``bar``."""
+        return self.bars.get(category) or self.bars.get(group) or self.bar
 
 
 class Realism(_Strict):
@@ -405,6 +464,21 @@ def load_release(path: str | Path) -> Release:
         for i, c in enumerate(rel.grading.llm):
             if c not in tax:
                 raise ParamsError(f"{path}:{line_of(node, ('grading', 'llm', i))}: grading.llm: unknown category {c!r}")
+    for i, v in enumerate(rel.grading.validation):
+        where = f"{path}:{line_of(node, ('grading', 'validation', i))}: grading.validation"
+        if not rel.resolve(v).is_file():
+            raise ParamsError(f"{where}: file not found: {rel.resolve(v)}")
+        try:
+            vt = read_validation(rel.resolve(v))
+        except ValueError as e:
+            raise ParamsError(f"{where}: {e}") from None
+        unknown = sorted(set(vt["category"].astype(str)) - set(tax))
+        if unknown:
+            raise ParamsError(f"{where}: {rel.resolve(v)}: category {unknown[0]!r} is not in {rel.resolve(rel.taxonomy).name}")
+    for name in rel.grading.bars:
+        if name not in tax and name not in {cat.group for cat in tax.values()}:
+            raise ParamsError(f"{path}:{line_of(node, ('grading', 'bars', name))}: grading.bars: {name!r} is neither a "
+                              f"category nor a group of {rel.resolve(rel.taxonomy).name}")
     llm = [c for c, cat in tax.items() if (cat.is_llm or rel.grading.llm == "all" or c in rel.grading.llm)
            and (rel.categories == "all" or c in rel.categories)]
     if not m.candidate.base_url.startswith("sim://"):

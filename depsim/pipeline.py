@@ -32,7 +32,7 @@ from depsim import __version__, audit, forecast, grader_validation, history, rea
 from depsim.cache import ResponseCache
 from depsim.client import RunStats, complete, mask_url
 from depsim.grade import check_grades, failure_table, grade, structured_notes, grader_table, rates, reweighted_rates
-from depsim.params import Release, endpoint_url
+from depsim.params import Release, endpoint_url, read_validation
 from depsim.records import decode_messages, log_requests, read_table, table_meta, table_path, write_table
 from depsim.sim.truth import against_truth, world_of
 from depsim.taxonomy import for_release, load_taxonomy
@@ -241,14 +241,59 @@ def run_audit(rel: Release, reports_dir: str | Path) -> dict:
     return {"findings": findings, "clusters": clusters, "n_audited": n_audited, "mdr": mdr, "detection": detection}
 
 
+def simulated_targets(rel: Release) -> set[str]:
+    """Return the targets whose responses the simulated world wrote (a sim:// endpoint
+    generated them, or they are a simulated deployment's logged responses); ``sim_rw`` with
+    ``sim``."""
+    m, s = rel.models, rel.sources
+
+    def sim(ep, src=None) -> bool:
+        return ep.base_url.startswith("sim://") if ep is not None else (src is not None and src.kind == "sim_world")
+    out = {t for t in ("sim", "sim_self", "challenging", "sim_rw") if sim(m.candidate)}
+    out |= {"prod_prev"} if sim(m.previous_production, s.previous) else set()
+    out |= {"prod_new"} if sim(m.candidate_production, s.candidate) else set()
+    return out
+
+
+def simulated_graders(rel: Release, categories: dict) -> set[str]:
+    """Return the categories whose grader reads the simulated world's own wording: a rule
+    marked ``sim_only``, or an LLM rubric on a simulated (sim://) grader endpoint."""
+    g = rel.models.grader
+    return {n for n, c in categories.items()
+            if (c.is_llm and g is not None and g.base_url.startswith("sim://")) or (not c.is_llm and c.grader.get("sim_only"))}
+
+
+def validations(rel: Release) -> pd.DataFrame | None:
+    """Return the validation tables on record (``grading.validation``, in the order listed,
+    with a ``file`` column), or None when the release lists none."""
+    if not rel.grading.validation:
+        return None
+    return pd.concat([read_validation(rel.resolve(p)).assign(file=p) for p in rel.grading.validation], ignore_index=True)
+
+
+def conversations(completions: pd.DataFrame, prefixes: pd.DataFrame) -> pd.Series:
+    """Return item_id -> the conversation its prefix was sampled from ("source / conversation_id"):
+    several sampled turns of one conversation are not independent (cluster-robust intervals)."""
+    conv = prefixes.set_index("prefix_id")
+    key = conv["source"].astype(str) + " / " + conv["conversation_id"].astype(str)
+    return pd.Series(completions["prefix_id"].map(key).to_numpy(), index=completions["item_id"].to_numpy())
+
+
 def run_grade(rel: Release, reports_dir: str | Path) -> dict:
     """Stage 4. Write ``grades`` and ``rates`` (with ``sim_rw`` when the release reweights);
     return them, ``weights`` (None without reweighting), ``categories``, ``graders`` (items
     graded and failed per grader), ``structured`` (the structured-output mode each LLM grader
-    endpoint used, and the server's reasons for the modes it rejected) and ``failures``
-    (:func:`depsim.grade.failure_table` of generation and grading). Raises
-    :class:`depsim.grade.GradingFailed`, after writing the tables, when a category has no usable
-    grade in some target."""
+    endpoint used, and the server's reasons for the modes it rejected), ``failures``
+    (:func:`depsim.grade.failure_table` of generation and grading), ``validations`` (the
+    validation tables on record and whether each applies,
+    :func:`depsim.grader_validation.validations_table`) and ``failed_warn``.
+
+    Every rate carries its grader's uncertainty: failed-grade bounds and cluster-robust
+    (by conversation) intervals (:func:`depsim.grade.rates`), a Rogan–Gladen corrected rate
+    where a validation of its grader is on record (:func:`depsim.grader_validation.corrected_rates`)
+    and how far its grader can be trusted (:func:`depsim.grader_validation.grader_trust`).
+    Raises :class:`depsim.grade.GradingFailed`, after writing the tables, when a category has
+    no usable grade in some target."""
     categories = for_release(rel)
     prefixes = read_table(reports_dir, rel.release, "prefixes")
     completions = read_table(reports_dir, rel.release, "completions")
@@ -256,18 +301,24 @@ def run_grade(rel: Release, reports_dir: str | Path) -> dict:
     grader = endpoint_url(rel, rel.models.grader) if rel.models.grader is not None else None
     grades = grade(completions, categories, prefixes, grader=grader, cache=cache(reports_dir), stats=run,
                    llm_sample=rel.grading.llm_sample, seed=rel.grading.seed)
-    table, weights = rates(grades, categories), None
+    warn = rel.grading.failed_warn
+    table, weights = rates(grades, categories, clusters=conversations(completions, prefixes), failed_warn=warn), None
     if rel.reweight is not None:
         rw, weights = reweighted_rates(grades, completions, prefixes, categories, rel.reweight.column,
-                                       rel.reweight.shares)
+                                       rel.reweight.shares, failed_warn=warn)
         table = pd.concat([table, rw], ignore_index=True)
+    vt = validations(rel)
+    bars = {c: rel.grading.bar_of(c, cat.group) for c, cat in categories.items()}
+    table = grader_validation.corrected_rates(table, vt)
+    table = grader_validation.grader_trust(table, vt, bars, simulated_graders(rel, categories), simulated_targets(rel))
     _write(grades, reports_dir, rel, "grades")
     _write(table, reports_dir, rel, "rates")
     _done(reports_dir, rel, "grade", "grader", run)
     check_grades(grades)  # after writing: the tables show what failed; the run stops non-zero
     return {"grades": grades, "rates": table, "weights": weights, "categories": categories,
             "graders": grader_table(table, categories), "structured": structured_notes(),
-            "failures": failure_table({"candidate": completions, "grader": grades})}
+            "failures": failure_table({"candidate": completions, "grader": grades}),
+            "validations": grader_validation.validations_table(vt, table, bars), "failed_warn": warn}
 
 
 def run_forecast(rel: Release, reports_dir: str | Path) -> dict:
@@ -448,6 +499,11 @@ def method_record(rel: Release) -> pd.DataFrame | None:
     return rec.assign(releases=rec["method"].map(n_rel).fillna(0).astype(int))
 
 
+#: columns of the ``sim`` rates the summary's decision table carries
+TRUST_COLUMNS = ("validation", "validation_detail", "rg_rate", "rg_lo", "rg_hi", "rg_note", "transportable",
+                 "failed_share", "failed_warning", "deff", "conv_lo", "conv_hi")
+
+
 def summary(rel: Release, reports_dir: str | Path) -> dict:
     """The summary page's inputs, read from the stage tables: ``decision`` (the decision
     table of :func:`depsim.forecast.decision_table`: riskiest first, exact intervals at
@@ -456,7 +512,9 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
     ``realised_why`` (realised results are never shown for a stand-in), ``rates``,
     ``released``, ``forecasts`` (scored rows once released), ``score_summary`` and ``nll``
     (None unless realised results may be shown), ``clusters``, ``realism`` (None without a
-    realism check), ``taxonomy``, ``provenance`` and ``staleness``."""
+    realism check), ``taxonomy``, ``provenance``, ``staleness`` and ``failed_warn``. The
+    decision table carries, from the ``sim`` rates, :data:`TRUST_COLUMNS` (the grader's
+    validation status, the corrected rate, the failed share and the cluster-robust interval)."""
     rates_ = read_table(reports_dir, rel.release, "rates")
     released = "prod_new" in set(rates_["target"])
     ok, why = realised_status(rel, released)
@@ -467,7 +525,12 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     decision = forecast.decision_table(rates_, rel.gates, rel.report.level)
     decision = decision.assign(title=[show.category_title(c, tax) for c in decision.get("category", [])])
-    return {"decision": decision, "gates": rel.gates,
+    if len(decision):  # how far each forecast's grader can be trusted, and its corrected rate
+        sim = rates_[rates_["target"] == "sim"].drop_duplicates("category").set_index("category")
+        for c in TRUST_COLUMNS:
+            if c in sim:
+                decision[c] = decision["category"].map(sim[c]).to_numpy()
+    return {"decision": decision, "gates": rel.gates, "failed_warn": rel.grading.failed_warn,
             "level": rel.report.level, "record": method_record(rel), "pools": pools(rel),
             "realised_ok": ok, "realised_why": why, "rates": rates_, "released": released, "forecasts": fc,
             "score_summary": read_table(reports_dir, rel.release, "score_summary") if released and ok else None,

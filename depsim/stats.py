@@ -685,20 +685,38 @@ def rises_significantly(k_new, n_new, k_prev, n_prev, alpha=0.05, method="holm")
 # --------------------------------------------------------------------------- graders, failures, clusters
 
 
-def rogan_gladen(k, n, sens, spec, sens_n=None, spec_n=None, level=0.95, draws=4000, seed=0):
-    """Rate corrected for grader misclassification (Rogan–Gladen), with an interval that
-    carries the uncertainty of the measured rate and of the grader's sensitivity and
-    specificity.
+def rogan_gladen(k, n, sens, spec, sens_n=None, spec_n=None, level=0.95, draws=20_000, seed=0):
+    """Rate corrected for grader misclassification (Rogan & Gladen, 1978), with an interval
+    that carries the uncertainty of the measured rate and of the grader's sensitivity and
+    specificity. The one implementation in depsim: the rates table, the validation pages and
+    :func:`depsim.grader_validation.rogan_gladen` all use it.
 
-    corrected = (p_obs + spec − 1) / (sens + spec − 1), clipped to [0, 1]. ``sens``/``spec``
-    are fractions measured on ``sens_n`` positives / ``spec_n`` negatives (None: treated as
-    known exactly). The interval is a parametric bootstrap: p_obs, sens and spec are drawn
-    from their Jeffreys posteriors. Returns a one-row-per-category DataFrame: rate, lo, hi
-    (fractions) and ``informative`` (False when sens + spec ≤ 1 in more than 2.5% of draws:
-    the grader then cannot separate the classes and the correction is not meaningful)."""
+    corrected = (p + spec − 1) / (sens + spec − 1), clipped to [0, 1], where p is the
+    Jeffreys estimate (k + ½)/(n + 1) of the flagged rate (the rate the rates table shows,
+    so a perfect grader, sens = spec = 1, returns that rate unchanged). ``sens``/``spec``
+    are fractions in [0, 1] measured on ``sens_n`` human positives / ``spec_n`` human
+    negatives (None: treated as known exactly). When Youden's J = sens + spec − 1 ≤ 0 (a
+    grader no better than chance) there is no correction: rate NaN, interval [0, 1].
+
+    Interval: a parametric bootstrap of ``draws`` draws (numpy generator seeded with
+    ``seed``): p ~ Beta(k + ½, n − k + ½), sens ~ Beta(sens·sens_n + ½, (1 − sens)·sens_n + ½),
+    spec likewise; the equal-tailed ``level`` percentile interval of the clipped corrected
+    rate. A draw with J ≤ 0 has no correction: it counts in ``invalid_draws`` and is taken,
+    conservatively, as 0 for the lower quantile and 1 for the upper one (a validation that
+    cannot rule out chance performance gives a wide interval, never a falsely narrow one).
+
+    Returns a DataFrame, one row per input (fractions): rate, rate_unclipped, p_obs (the
+    Jeffreys estimate used), lo, hi, youden, invalid_draws, informative (False when more than
+    (1 − level)/2 of the draws have J ≤ 0: the correction is then not meaningful) and note
+    ("clipped: ..." or "undefined: ..."; '' otherwise)."""
+    if not 0 < level < 1:
+        raise ValueError(f"rogan_gladen: level must be in (0, 1), got {level!r}")
     (k, n, se, sp), index = _prep(k, n, sens, spec)
     _check_counts(k, n, index, "rogan_gladen")
-    _check(~((se > 0) & (se <= 1) & (sp > 0) & (sp <= 1)), index, "rogan_gladen", "sens and spec must be in (0, 1]")
+    _check(~((se >= 0) & (se <= 1) & (sp >= 0) & (sp <= 1)), index, "rogan_gladen", "sens and spec must be in [0, 1]")
+    for name, m in (("sens_n", sens_n), ("spec_n", spec_n)):
+        if m is not None and not np.all(np.asarray(m, float) > 0):
+            raise ValueError(f"rogan_gladen: {name} must be > 0 (or None: known exactly), got {m!r}")
     k, n, se, sp = (np.atleast_1d(x) for x in (k, n, se, sp))
     rng = np.random.default_rng(seed)
 
@@ -712,13 +730,22 @@ def rogan_gladen(k, n, sens, spec, sens_n=None, spec_n=None, level=0.95, draws=4
     p_d = rng.beta(k[:, None] + 0.5, (n - k)[:, None] + 0.5, size=(k.size, draws))
     se_d, sp_d = post(se, sens_n), post(sp, spec_n)
     den = se_d + sp_d - 1
-    corr = np.clip((p_d + sp_d - 1) / np.where(den > 0, den, np.nan), 0, 1)
+    valid = den > 0
+    corr = np.clip((p_d + sp_d - 1) / np.where(valid, den, 1.0), 0, 1)
     tail = (1 - level) / 2
+    lo = np.quantile(np.where(valid, corr, 0.0), tail, axis=1)
+    hi = np.quantile(np.where(valid, corr, 1.0), 1 - tail, axis=1)
     p0 = (k + 0.5) / (n + 1)
+    youden = se + sp - 1
     with np.errstate(divide="ignore", invalid="ignore"):
-        point = np.clip((p0 + sp - 1) / (se + sp - 1), 0, 1)
-    lo, hi = np.nanquantile(corr, tail, axis=1), np.nanquantile(corr, 1 - tail, axis=1)
-    return pd.DataFrame({"rate": point, "lo": lo, "hi": hi, "informative": (den <= 0).mean(axis=1) <= tail},
+        raw = np.where(youden > 0, (p0 + sp - 1) / np.where(youden > 0, youden, 1.0), np.nan)
+    rate = np.clip(raw, 0, 1)
+    lo, hi = np.where(youden > 0, lo, 0.0), np.where(youden > 0, hi, 1.0)
+    note = np.where(youden <= 0, "undefined: sens + spec <= 1 (grader no better than chance)",
+                    np.where(raw != rate, [f"clipped: the unclipped estimate {x:.4g} lies outside [0, 1]" for x in raw], ""))
+    invalid = (~valid).sum(axis=1)
+    return pd.DataFrame({"rate": rate, "rate_unclipped": raw, "p_obs": p0, "lo": lo, "hi": hi, "youden": youden,
+                         "invalid_draws": invalid, "informative": invalid / draws <= tail, "note": note},
                         index=index if index is not None else pd.RangeIndex(len(k)))
 
 

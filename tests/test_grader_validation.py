@@ -62,14 +62,15 @@ def test_agreement_undefined_parts_are_nan_not_errors():
 
 def test_rogan_gladen_known_numbers():
     r = rogan_gladen(30, 100, 0.9, 0.8)
-    assert r["rate"] == pytest.approx(0.1 / 0.7) and r["youden"] == pytest.approx(0.7)
+    # the Jeffreys estimate of the flagged rate, (30 + 1/2) / 101, corrected
+    assert r["rate"] == pytest.approx((30.5 / 101 - 0.2) / 0.7) and r["youden"] == pytest.approx(0.7)
     assert r["lo"] < r["rate"] < r["hi"] and r["note"] == ""
     assert "bootstrap" in r["method"]
 
 
 def test_rogan_gladen_clips_and_undefined():
     low = rogan_gladen(10, 100, 0.9, 0.8)          # (0.1 - 0.2) / 0.7 < 0
-    assert low["rate"] == 0.0 and low["rate_unclipped"] == pytest.approx(-0.1 / 0.7) and "clipped" in low["note"]
+    assert low["rate"] == 0.0 and low["rate_unclipped"] == pytest.approx((10.5 / 101 - 0.2) / 0.7) and "clipped" in low["note"]
     high = rogan_gladen(95, 100, 0.9, 0.9)         # (0.95 - 0.1) / 0.8 > 1
     assert high["rate"] == 1.0 and high["hi"] == 1.0
     chance = rogan_gladen(30, 100, 0.5, 0.4)       # J <= 0: no correction exists
@@ -351,7 +352,7 @@ def test_corrected_rates_use_the_matching_validation():
                           n_neg=allrow["n_neg"], draws=2000)
     r = out.iloc[0]
     assert r["validated"] and r["rg_rate"] == pytest.approx(direct["rate"]) and r["rg_lo"] == pytest.approx(direct["lo"])
-    assert r["rg_rate"] == pytest.approx(0.12 / 0.75)  # sensitivity 30/40, specificity 1
+    assert r["rg_rate"] == pytest.approx((120.5 / 1001) / 0.75)  # sensitivity 30/40, specificity 1
     assert r["validation_n"] == 100 and r["transportable"]
     other = out.iloc[1]
     assert not other["validated"] and math.isnan(other["rg_rate"]) and "no validation" in other["rg_note"]

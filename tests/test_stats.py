@@ -466,6 +466,9 @@ def test_rogan_gladen_interval_carries_grader_uncertainty():
         hits.append(r["lo"] <= prev <= r["hi"])
     assert np.mean(hits) >= 0.9, np.mean(hits)
     assert not S.rogan_gladen(10, 100, 0.5, 0.5, 10, 10)["informative"].iloc[0]
+    # a perfect grader changes nothing: the corrected rate is the rates table's Jeffreys rate
+    perfect = S.rogan_gladen(7, 300, 1.0, 1.0).iloc[0]
+    assert perfect["rate"] == pytest.approx(S.jeffreys(7, 300)["rate"].iloc[0]) and perfect["informative"]
 
 
 def test_failed_bounds_and_warning():
