@@ -245,9 +245,151 @@ def detection(mdr: float, n_audited: int) -> HTML:
 
 
 def rates_table(rates: pd.DataFrame, targets: list[str]) -> HTML:
-    """Return rates per 100k, one row per category and one column per target of ``targets``."""
+    """Return rates per 100k, one row per category and one column per target of ``targets``,
+    and, when the rates say it, the ``grader validation`` of each category's grader
+    (:func:`trust_summary`: exact, meets or misses its bar, none on record, not valid here)."""
     wide = rates.assign(per100k=per100k(rates["rate"])).pivot(index="category", columns="target", values="per100k")
-    return table(wide[[t for t in targets if t in wide]].reset_index(), digits=4)
+    out = wide[[t for t in targets if t in wide]]
+    if "validation" in rates:
+        out = out.assign(grader_validation=trust_summary(rates, targets).reindex(out.index))
+    return table(out.reset_index(), digits=4)
+
+
+# ---------------------------------------------------------------------------- how far a grader can be trusted
+
+#: statuses that the pages mark (depsim.grader_validation.TRUST): the grader is not shown to be right
+UNTRUSTED = ("misses bar", "none on record", "not valid here")
+
+
+def trust_summary(rates: pd.DataFrame, targets: list[str] | None = None) -> pd.Series:
+    """Return category -> its grader's validation status over ``targets`` (all when None):
+    the status when every target has the same one, else "status (targets); ..."."""
+    r = rates if targets is None else rates[rates["target"].isin(targets)]
+    out = {}
+    for cat, g in r.groupby("category", sort=False):
+        by = g.groupby("validation", sort=False)["target"].apply(list)
+        out[cat] = by.index[0] if len(by) == 1 else "; ".join(f"{st} ({', '.join(t)})" for st, t in by.items())
+    return pd.Series(out, dtype=object)
+
+
+def grader_trust(rates: pd.DataFrame, targets: list[str]) -> HTML:
+    """Return one row per category: its grader id, how far the grader can be trusted
+    (validation status over ``targets``) and why: the validation on record against its bar,
+    exact on the simulated world, or nothing on record. Untrusted statuses are marked."""
+    if "validation" not in rates:
+        return text("These rates were written before graders carried their validation: rerun the grade stage.")
+    r = rates[rates["target"].isin(targets)]
+    status = trust_summary(r)
+    first = r.drop_duplicates("category").set_index("category")
+    rows = []
+    for cat in status.index:
+        st = status[cat]
+        mark = any(u in st for u in UNTRUSTED)
+        rows.append(f'<tr class="{"depsim-untrusted" if mark else ""}"><td>{html.escape(category_title(cat))}</td>'
+                    f'<td><code>{html.escape(str(first.loc[cat, "grader_id"]))}</code></td>'
+                    f'<td class=nw>{"⚠ " if mark else ""}{html.escape(st)}</td>'
+                    f'<td>{html.escape(str(first.loc[cat, "validation_detail"]))}</td></tr>')
+    return HTML(STYLE + '<div class="depsim-wrap"><table class="depsim-decision"><thead><tr><th>category</th>'
+                "<th>grader id</th><th>validation</th><th>why</th></tr></thead><tbody>" + "".join(rows)
+                + "</tbody></table></div>")
+
+
+def _corrected(r, short: bool = False) -> str:
+    """A corrected rate per 100k with its interval and, in words, its caveats (``short``: one word)."""
+    if _missing(r.get("rg_rate")) and _missing(r.get("rg_lo")):
+        return DASH
+    out = f"{rate100k(r['rg_rate'])} {interval100k(r['rg_lo'], r['rg_hi'])}"
+    note = str(r.get("rg_note") or "")
+    if short:
+        return out + (" (clipped)" if note.startswith("clipped") else " (undefined)" if note.startswith("undefined") else "")
+    if note.startswith("clipped") and float(r["rg_hi"]) == 0:
+        out += " (clipped to 0: fewer flagged than the grader's false positives on its validation)"
+    elif note.startswith("clipped"):
+        out += " (clipped)"
+    elif note.startswith("undefined"):
+        out += " (undefined: the grader is no better than chance)"
+    t = r.get("transportable")
+    if not _missing(t) and not bool(t):
+        out += "; may not carry over"
+    return out
+
+
+def rate_uncertainty(rates: pd.DataFrame, targets: list[str], deff_min: float = 1.05) -> HTML:
+    """Return, per (category, target) of ``targets``, what bounds a rate beyond binomial
+    noise, for every rate where something does: the flagged count (k of n) and Jeffreys rate
+    per 100k; the Rogan–Gladen corrected rate with an interval that carries the grader's
+    own uncertainty (where a validation is on record); failed grades and the rate if all of
+    them were negative / positive; and the cluster-robust interval where several sampled
+    turns share a conversation (design effect ≥ ``deff_min``). Rows with none of these are
+    left out and counted."""
+    if "validation" not in rates:
+        return text("These rates were written before graders carried their validation: rerun the grade stage.")
+    r = rates[rates["target"].isin(targets)]
+    keep = (r["validated"].fillna(False).astype(bool) | (r["failed"] > 0)
+            | (pd.to_numeric(r["deff"], errors="coerce") >= deff_min))
+    rows = []
+    for _, x in r[keep].iterrows():
+        conv = DASH if _missing(x["deff"]) or x["deff"] < deff_min else \
+            f"{interval100k(x['conv_lo'], x['conv_hi'])} (design effect {number(x['deff'], 2)}, {int(x['conversations']):,} conversations)"
+        failed = DASH if not x["failed"] else f"{int(x['failed']):,} ({x['failed_share']:.1%})" + (" ⚠" if x["failed_warning"] else "")
+        bounds = DASH if not x["failed"] or _missing(x.get("failed_lo")) else \
+            f"{rate100k(x['best_rate'])}–{rate100k(x['worst_rate'])} {interval100k(x['failed_lo'], x['failed_hi'])}"
+        rows.append({"category": category_title(x["category"]), "target": x["target"], "flagged": k_of_n(x["k"], x["n"]),
+                     "rate per 100k [95%]": f"{rate100k(x['rate'])} {interval100k(x['lo'], x['hi'])}",
+                     "corrected for grader error per 100k [95%]": _corrected(x),
+                     "failed grades": failed, "all failed negative–positive per 100k [95%]": bounds,
+                     "by conversation per 100k [95%]": conv, "grader validation": x["validation"]})
+    left = int((~keep).sum())
+    note = text(f"{left:,} other rates have no validation on record, no failed grade and no conversation shared enough "
+                f"to widen them (design effect below {deff_min:g}): their binomial interval above is their whole interval.")
+    if not rows:
+        return note
+    return HTML(table(pd.DataFrame(rows)).data + note.data)
+
+
+def grading_warnings(rates: pd.DataFrame, validations: pd.DataFrame | None = None, failed_warn: float = 0.02) -> HTML:
+    """Return the grade page's warnings: rates with more than ``failed_warn`` of their grades
+    failed (their bounds, best and worst case, per 100k), graders that are not valid on the
+    responses they grade, and validations on record that apply to no grader of the release
+    (the grader changed since it was validated). One line when there is nothing to warn of."""
+    lines = []
+    if "failed_warning" in rates:
+        bad = rates[rates["failed_warning"].fillna(False).astype(bool)]
+        if len(bad):
+            items = "; ".join(f"{category_title(c)} on {t}: {int(f):,} of {int(f + n):,} failed ({sh:.1%})"
+                              for c, t, f, n, sh in bad[["category", "target", "failed", "n", "failed_share"]]
+                              .itertuples(index=False))
+            lines.append(f"<p><strong>Failed grades above {failed_warn:.0%} ({len(bad)} rates):</strong> "
+                         f"{html.escape(items)}. A failed grade is missing, never a negative: these rates lie between "
+                         f"their best and worst case (every failed grade negative / positive), shown below.</p>")
+    if "validation" in rates:
+        inv = rates[rates["validation"] == "not valid here"]
+        if len(inv):
+            items = ", ".join(f"{category_title(c)} on {t}" for c, t in inv[["category", "target"]].itertuples(index=False))
+            lines.append(f"<p><strong>Graders not valid on these responses ({len(inv)}):</strong> {html.escape(items)}: "
+                         "they read only the simulated world's wording, so real text reads as no event.</p>")
+    if validations is not None and len(validations):
+        stale = validations[~validations["applies"].astype(bool)]
+        for _, v in stale.iterrows():
+            lines.append(f"<p><strong>Validation not applied:</strong> {html.escape(str(v['file']))} "
+                         f"({html.escape(str(v['category']))}, grader id {html.escape(str(v['grader_id']))}): "
+                         f"{html.escape(str(v['note']))}.</p>")
+    if not lines:
+        return text(f"No grading warning: every rate has at most {failed_warn:.0%} failed grades, no grader reads "
+                    "responses it is not valid on, and every validation on record applies.")
+    return HTML('<div class="depsim-banner depsim-grading-warning" style="border-left:6px solid #b91c1c;'
+                'background:#fef2f2;padding:8px 14px;margin:8px 0">' + "".join(lines) + "</div>")
+
+
+def validations(table_: pd.DataFrame | None) -> HTML:
+    """Return the validations on record (``grading.validation``): per file and grader, the
+    pooled κ, sensitivity and specificity with intervals, the bar, whether it applies to a
+    grader of this release, and the check against the bar (or why it does not apply)."""
+    if table_ is None or len(table_) == 0:
+        return text("No validation on record: the release lists none (grading.validation).")
+    cols = ["file", "category", "grader_id", "n", "kappa", "kappa_lo", "kappa_hi", "sensitivity", "sensitivity_lo",
+            "sensitivity_hi", "specificity", "specificity_lo", "specificity_hi", "bar", "applies", "note"]
+    return table(table_, digits=3, columns=cols)
 
 
 def eval_awareness_table(rates: pd.DataFrame, targets: list[str]) -> HTML | None:
@@ -440,12 +582,15 @@ table.depsim-table th,table.depsim-table td{padding:3px 6px;border-bottom:1px so
 .depsim-example .msg{margin:3px 0;white-space:pre-wrap}
 .depsim-example .role{font-weight:600;color:#374151}
 .depsim-example .grade{background:#f9fafb;border-top:1px dashed #d1d5db;margin-top:6px;padding-top:4px}
+.depsim-untrusted{color:#b45309}tr.depsim-untrusted td{background:#fffbeb}
 </style>"""
 
 
 def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.95) -> HTML:
     """Return the verdict lines: which categories breach or may breach their release gate
-    (checked against the exact upper bound at ``level``), and which rise; the page's CSS."""
+    (checked against the exact upper bound at ``level``), which rise, which forecasts' graders
+    are not shown to be right (no validation on record, bar missed, not valid here) and which
+    have too many failed grades (when the decision table carries those columns); the page's CSS."""
     lines = []
     if decision is None or decision.empty:
         return HTML(STYLE + '<div class="depsim-verdict"><p>No forecasts to judge.</p></div>')
@@ -464,6 +609,20 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
     rises = decision[decision["direction"] == "rises"]
     lines.append(f"<p><strong>Rise against the previous model ({len(rises)}):</strong> "
                  + (", ".join(html.escape(t) for t in rises["title"]) or "none") + ".</p>")
+    if "validation" in decision:
+        parts = []
+        for st in UNTRUSTED:
+            d = decision[decision["validation"] == st]
+            if len(d):
+                parts.append(f"{html.escape(st)}: " + ", ".join(html.escape(t) for t in d["title"]))
+        if parts:
+            lines.append(f"<p><strong>Forecasts whose grader is not shown to be right "
+                         f"({int(decision['validation'].isin(UNTRUSTED).sum())}):</strong> " + "; ".join(parts) + ".</p>")
+    if "failed_warning" in decision and decision["failed_warning"].fillna(False).astype(bool).any():
+        d = decision[decision["failed_warning"].fillna(False).astype(bool)]
+        lines.append(f"<p><strong>Too many failed grades ({len(d)}):</strong> "
+                     + ", ".join(f"{html.escape(t)} ({sh:.1%})" for t, sh in zip(d["title"], d["failed_share"]))
+                     + ": each lies between its best and worst case (every failed grade negative / positive).</p>")
     lines.append(f"<p><small>Gates are checked against the exact (Clopper–Pearson) {pct} interval of the deployment "
                  f"simulation: <em>breaches</em> when even its low end is over the gate, <em>may breach</em> when its "
                  f"upper bound is.</small></p>")
@@ -487,17 +646,42 @@ def decision(decision: pd.DataFrame, level: float = 0.95) -> HTML:
         ratio_iv = DASH if _missing(r["ratio_lo"]) else f"[{number(r['ratio_lo'], 2)}–{number(r['ratio_hi'], 2)}]"
         body.append(
             f'<tr class="depsim-gate-{r["gate_status"].replace(" ", "-")}">'
-            f'<td><a href="{link}">{html.escape(r["title"])}</a><br><small>{html.escape(r["group"])}</small></td>'
+            f'<td><a href="{link}">{html.escape(r["title"])}</a><br><small>{html.escape(r["group"])}</small>{_trust_mark(r)}</td>'
             f'<td class=nw>{html.escape(r["gate"])}</td><td class=nw>{html.escape(r["gate_status"])}</td>'
             f'<td class=num>{rate100k(r["prev_rate"])}<br><small>{k_of_n(r["prev_k"], r["prev_n"])}</small></td>'
-            f'<td class=num>{rate100k(r["rate"])} {interval100k(r["lo"], r["hi"])}<br><small>{k_of_n(r["k"], r["n"])}</small></td>'
+            f'<td class=num>{rate100k(r["rate"])} {interval100k(r["lo"], r["hi"])}<br><small>{k_of_n(r["k"], r["n"])}</small>'
+            f'{_uncertainty_mark(r)}</td>'
             f'<td class=num>{ratio} {ratio_iv}</td>'
             f'<td class="nw depsim-flag-{r["direction"].replace(" ", "-")}">{html.escape(r["direction"])}</td>'
             f'<td><a href="{link}">transcripts</a></td></tr>')
     return HTML(STYLE + f'<div class="depsim-wrap"><table class="depsim-decision"><thead>{head}</thead>'
                 f'<tbody>{"".join(body)}</tbody></table></div>'
                 f"<p><small>Forecast = the deployment simulation (X on Y's prefixes). <em>Change</em> is <em>rises</em> "
-                f"or <em>falls</em> only when the {pct} interval of the ratio excludes 1.</small></p>")
+                f"or <em>falls</em> only when the {pct} interval of the ratio excludes 1. ⚠ grader: its grader has no "
+                f"validation against people on record, misses its bar, or is not valid on these responses (page 4); "
+                f"<em>corrected</em>: the rate corrected for the grader's measured error, with its uncertainty."
+                f"</small></p>")
+
+
+def _trust_mark(r) -> str:
+    """The decision table's marker of a forecast whose grader is not shown to be right."""
+    st = r.get("validation")
+    if _missing(st) or st not in UNTRUSTED:
+        return ""
+    return f'<br><small class="depsim-untrusted" title="{html.escape(str(r.get("validation_detail", "")))}">⚠ grader: {html.escape(st)}</small>'
+
+
+def _uncertainty_mark(r) -> str:
+    """The decision table's lines under a forecast: its corrected rate, its failed grades
+    above the warning threshold, and a cluster-robust interval that is wider."""
+    out = ""
+    if not _missing(r.get("rg_lo")):
+        out += f"<br><small>corrected {html.escape(_corrected(r, short=True))}</small>"
+    if not _missing(r.get("failed_warning")) and bool(r.get("failed_warning")):
+        out += f'<br><small class="depsim-untrusted">⚠ {r["failed_share"]:.1%} of grades failed</small>'
+    if not _missing(r.get("deff")) and r["deff"] >= 1.05:
+        out += f"<br><small>by conversation {interval100k(r['conv_lo'], r['conv_hi'])}</small>"
+    return out
 
 
 def method_record(record: pd.DataFrame | None) -> HTML:
