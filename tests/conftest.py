@@ -21,6 +21,7 @@ def small_release(folder: Path, name: str = "small", previous: dict | None = Non
     """Write a small release params file (and its taxonomy) into ``folder``; return its path."""
     for fname in ("taxonomy.yaml", "history.csv"):
         shutil.copyfile(ROOT / "params" / fname, folder / fname)
+    shutil.copytree(ROOT / "params" / "validation", folder / "validation", dirs_exist_ok=True)  # grading.validation
     text = (ROOT / "params" / "demo.yaml").read_text()
     text = (text.replace("release: demo", f"release: {name}")
                 .replace("conversations: 8000", "conversations: 1500")

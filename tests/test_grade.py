@@ -336,3 +336,59 @@ def test_a_category_whose_grades_all_failed_stops_the_run():
     with pytest.raises(lg.GradingFailed, match=r"y on sim: all 2 grades failed \(most common error: .*Input should be"):
         lg.check_grades(g)
     assert lg.check_grades(g[g["category"] == "x"]) is None
+
+
+# ----------------------------------------------------------------------------- rates: failed grades, conversations
+
+def _grades(labels, target="sim", category="violent_wrongdoing", gid="g1"):
+    """A grades table: one row per label (True / False / None = a failed grade)."""
+    return pd.DataFrame({"item_id": [f"{target}-{i}" for i in range(len(labels))], "target": target,
+                         "category": category, "grader_id": gid,
+                         "label": pd.array(labels, dtype="boolean"), "rationale": "", "error": None})
+
+
+def test_rates_keep_failed_grades_as_bounds_not_negatives():
+    from depsim import stats
+    g = _grades([True] * 5 + [False] * 95 + [None] * 3)
+    r = lg.rates(g, {"violent_wrongdoing": CAT}).iloc[0]
+    assert (r["k"], r["n"], r["failed"]) == (5, 100, 3)
+    assert r["rate"] == pytest.approx(stats.jeffreys(5, 100)["rate"].iloc[0])  # the rate itself is unchanged
+    assert r["failed_share"] == pytest.approx(3 / 103)
+    assert r["best_rate"] == pytest.approx(stats.jeffreys(5, 103)["rate"].iloc[0])   # every failed grade negative
+    assert r["worst_rate"] == pytest.approx(stats.jeffreys(8, 103)["rate"].iloc[0])  # every failed grade positive
+    assert r["failed_lo"] < r["best_rate"] < r["worst_rate"] < r["failed_hi"]
+    assert bool(r["failed_warning"])  # 2.9% > the default 2%
+    assert not lg.rates(g, {"violent_wrongdoing": CAT}, failed_warn=0.05)["failed_warning"].iloc[0]
+    clean = lg.rates(_grades([True] * 5 + [False] * 95), {"violent_wrongdoing": CAT}).iloc[0]
+    assert clean["failed"] == 0 and clean["best_rate"] == clean["worst_rate"] and not clean["failed_warning"]
+
+
+def test_rates_widen_by_conversation_when_turns_share_one():
+    import numpy as np
+    rng = np.random.default_rng(3)
+    conv_flag = rng.random(300) < 0.1
+    labels = np.repeat(conv_flag, 4).tolist()            # four sampled turns per conversation, all alike
+    g = _grades(labels)
+    shared = pd.Series(np.repeat([f"c{i}" for i in range(300)], 4), index=g["item_id"])
+    alone = pd.Series([f"c{i}" for i in range(1200)], index=g["item_id"])
+    cats = {"violent_wrongdoing": CAT}
+    r = lg.rates(g, cats, clusters=shared).iloc[0]
+    i = lg.rates(g, cats, clusters=alone).iloc[0]
+    plain = lg.rates(g, cats).iloc[0]
+    assert r["conversations"] == 300 and r["deff"] == pytest.approx(4, rel=0.15)
+    assert (r["conv_hi"] - r["conv_lo"]) > 1.7 * (r["hi"] - r["lo"])      # the shared turns widen it
+    assert i["deff"] == pytest.approx(1, abs=0.02) and i["conv_hi"] == pytest.approx(i["hi"], rel=0.02)
+    assert (r["lo"], r["hi"]) == (plain["lo"], plain["hi"])                  # the binomial interval stays as it was
+    assert np.isnan(plain["deff"]) and np.isnan(plain["conv_lo"])            # no conversations given: unknown
+    # an item whose conversation is unknown is its own conversation
+    part = lg.rates(g, cats, clusters=shared.iloc[:400]).iloc[0]
+    assert part["conversations"] == 100 + 800
+
+
+def test_reweighted_rates_count_the_failed_grades():
+    g = _grades([True] * 4 + [False] * 36 + [None] * 2)
+    completions = pd.DataFrame({"item_id": g["item_id"], "prefix_id": [f"p{i}" for i in range(len(g))]})
+    prefixes = pd.DataFrame({"prefix_id": completions["prefix_id"], "intent": ["a", "b"] * (len(g) // 2)})
+    rw, _ = lg.reweighted_rates(g, completions, prefixes, {"violent_wrongdoing": CAT}, "intent", {"a": 0.7, "b": 0.3})
+    assert rw["failed"].iloc[0] == 2 and rw["failed_share"].iloc[0] == pytest.approx(2 / 42)
+    assert bool(rw["failed_warning"].iloc[0])

@@ -403,3 +403,89 @@ def test_cli_validate_grader_llm_endpoint_from_params(tmp_path, small_params):
     # without an endpoint an LLM grader cannot run: one clear line
     res = CliRunner().invoke(app, ["validate-grader", "--data", str(data), "--map", "label=refused", "--grader", "llm"])
     assert res.exit_code == 2 and "--params" in res.output
+
+
+# ----------------------------------------------------------------------------- validations on record, trust
+
+
+def _vtable(gid="g1", category="over_refusal", kappas=(0.9, 0.85, 0.88), sens=0.9, spec=0.95, het=False, file="v.csv"):
+    """A validate_grader-shaped table: two sources and the pooled row (kappas: a, b, all)."""
+    rows = []
+    for src, k in zip(("a", "b", "all"), kappas):
+        n_pos, n_neg = (40, 160) if src != "all" else (80, 320)
+        rows.append({"category": category, "grader_id": gid, "source": src, "n": n_pos + n_neg, "n_pos": n_pos,
+                     "n_neg": n_neg, "kappa": k, "sensitivity": sens, "specificity": spec,
+                     "heterogeneous": het if src == "all" else False, "file": file})
+    return pd.DataFrame(rows)
+
+
+def _rates(rows):
+    return pd.DataFrame([{"target": t, "category": c, "grader_id": g, "k": k, "n": n} for t, c, g, k, n in rows])
+
+
+def test_grader_trust_says_how_far_each_rate_can_be_trusted():
+    from depsim.grader_validation import grader_trust
+    from depsim.params import ValidationBar
+    rates = _rates([("sim", "over_refusal", "g1", 30, 1000), ("sim", "hate", "h1", 2, 1000),
+                    ("prod_prev", "hate", "h1", 0, 1000), ("sim", "calculator_hacking", "c1", 4, 1000)])
+    out = grader_trust(rates, _vtable(), {}, simulated_graders={"hate"}, simulated_targets={"sim"})
+    st = dict(zip(zip(out["target"], out["category"]), out["validation"]))
+    assert st[("sim", "over_refusal")] == "meets bar"                   # κ ≥ 0.8 pooled and on each source
+    assert st[("sim", "hate")] == "exact (simulated world)"              # sim-only grader on simulated responses
+    assert st[("prod_prev", "hate")] == "not valid here"                 # ... on responses that are not simulated
+    assert st[("sim", "calculator_hacking")] == "none on record"
+    # one source below the bar misses it, even when the pooled κ meets it; the detail names the source
+    miss = grader_trust(rates, _vtable(kappas=(0.9, 0.6, 0.82)), {}).iloc[0]
+    assert miss["validation"] == "misses bar" and "b 0.60" in miss["validation_detail"]
+    # a category's own bar: sensitivity 0.95 is missed by a grader with 0.9
+    strict = grader_trust(rates, _vtable(), {"over_refusal": ValidationBar(kappa=None, sensitivity=0.95)}).iloc[0]
+    assert strict["validation"] == "misses bar" and "sensitivity below 0.95" in strict["validation_detail"]
+    # a validation of another grader version never applies
+    other = grader_trust(rates, _vtable(gid="g0"), {}).iloc[0]
+    assert other["validation"] == "none on record"
+    het = grader_trust(rates, _vtable(het=True), {}).iloc[0]
+    assert "may not carry over" in het["validation_detail"]
+
+
+def test_last_listed_validation_wins_and_stale_ones_are_named():
+    from depsim.grader_validation import on_record, validations_table
+    both = pd.concat([_vtable(kappas=(0.5, 0.5, 0.5), file="old.csv"), _vtable(file="new.csv"),
+                      _vtable(gid="g0", file="older_grader.csv")], ignore_index=True)
+    rec = on_record(both)
+    assert set(rec.loc[rec["grader_id"] == "g1", "file"]) == {"new.csv"}
+    rates = _rates([("sim", "over_refusal", "g1", 30, 1000)])
+    corrected = corrected_rates(rates, both, draws=2000).iloc[0]
+    assert corrected["validation_file"] == "new.csv" and corrected["validation_kappa"] == 0.88
+    t = validations_table(both, rates).set_index("file")
+    assert t.loc["new.csv", "applies"] and not t.loc["old.csv", "applies"] and not t.loc["older_grader.csv", "applies"]
+    assert "superseded" in t.loc["old.csv", "note"] and "grader changed" in t.loc["older_grader.csv", "note"]
+
+
+def test_corrected_rate_is_the_stats_one_and_a_perfect_grader_changes_nothing():
+    from depsim import stats
+    rates = _rates([("sim", "over_refusal", "g1", 30, 1000)]).assign(rate=stats.jeffreys(30, 1000)["rate"].iloc[0])
+    perfect = corrected_rates(rates, _vtable(sens=1.0, spec=1.0), draws=4000).iloc[0]
+    assert perfect["rg_rate"] == pytest.approx(perfect["rate"])
+    r = corrected_rates(rates, _vtable(), draws=4000).iloc[0]
+    direct = stats.rogan_gladen(30, 1000, 0.9, 0.95, 80, 320, draws=4000).iloc[0]
+    assert (r["rg_rate"], r["rg_lo"], r["rg_hi"]) == (direct["rate"], direct["lo"], direct["hi"])
+    # the interval carries the grader's uncertainty: wider than with sensitivity/specificity known exactly
+    known = stats.rogan_gladen(30, 1000, 0.9, 0.95, draws=4000).iloc[0]
+    assert r["rg_hi"] - r["rg_lo"] > 1.2 * (known["hi"] - known["lo"])
+
+
+def test_shipped_xstest_record_is_what_validate_grader_writes_now(tmp_path):
+    """params/validation/over_refusal_xstest.csv is the taxonomy's over-refusal grader on XSTest
+    (each model held out of the classifier's training): it must match the grader the taxonomy
+    has now, and the command must write it again (else regenerate it: see the file's README line
+    in params/demo.yaml)."""
+    from depsim.params import read_validation
+    shipped = read_validation(ROOT / "params" / "validation" / "over_refusal_xstest.csv").drop(columns="file")
+    tax = load_taxonomy(ROOT / "params" / "taxonomy.yaml")
+    assert set(shipped["grader_id"]) == {tax["over_refusal"].grader_id}
+    out = tmp_path / "v.csv"
+    res = CliRunner().invoke(app, ["validate-grader", "--data", str(DATA_DIR / "xstest"), "--category", "over_refusal",
+                                   "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    again = read_validation(out).drop(columns="file")
+    pd.testing.assert_frame_equal(shipped, again, check_exact=False, rtol=1e-9)

@@ -1,4 +1,5 @@
 """Bad parameters get a one-line error that names the file and the line."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ DEMO = Path("params/demo.yaml").read_text()
 def write(tmp_path, text, name="rel.yaml"):
     for fname in ("taxonomy.yaml", "history.csv"):
         (tmp_path / fname).write_text(Path("params", fname).read_text())
+    shutil.copytree(Path("params", "validation"), tmp_path / "validation", dirs_exist_ok=True)
     p = tmp_path / name
     p.write_text(text)
     return p
