@@ -270,7 +270,7 @@ def read_validation(path: str | Path) -> pd.DataFrame:
         bad = (x < lo) | ((x > hi) if hi is not None else False) | (t[col].notna() & x.isna())
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])
-            raise ValueError(f"{path}: row {row(i)}: {col} {t[col].iloc[i]!r} is not "
+            raise ValueError(f"{path}: row {row(i)}: {col} {str(t[col].iloc[i])!r} is not "
                              + (f"in [{lo}, {hi}]" if hi is not None else "a count >= 0"))
     return t.assign(file=str(path))
 

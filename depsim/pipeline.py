@@ -504,6 +504,16 @@ TRUST_COLUMNS = ("validation", "validation_detail", "rg_rate", "rg_lo", "rg_hi",
                  "failed_share", "failed_warning", "deff", "conv_lo", "conv_hi")
 
 
+def with_trust(decision: pd.DataFrame, rates_: pd.DataFrame, target: str = "sim") -> pd.DataFrame:
+    """Return the decision table with :data:`TRUST_COLUMNS` of each category's ``target``
+    rate (those the rates table has): how far its grader can be trusted, its corrected rate,
+    its failed share and its cluster-robust interval."""
+    if not len(decision):
+        return decision
+    sim = rates_[rates_["target"] == target].drop_duplicates("category").set_index("category")
+    return decision.assign(**{c: decision["category"].map(sim[c]).to_numpy() for c in TRUST_COLUMNS if c in sim})
+
+
 def summary(rel: Release, reports_dir: str | Path) -> dict:
     """The summary page's inputs, read from the stage tables: ``decision`` (the decision
     table of :func:`depsim.forecast.decision_table`: riskiest first, exact intervals at
@@ -525,11 +535,7 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     decision = forecast.decision_table(rates_, rel.gates, rel.report.level)
     decision = decision.assign(title=[show.category_title(c, tax) for c in decision.get("category", [])])
-    if len(decision):  # how far each forecast's grader can be trusted, and its corrected rate
-        sim = rates_[rates_["target"] == "sim"].drop_duplicates("category").set_index("category")
-        for c in TRUST_COLUMNS:
-            if c in sim:
-                decision[c] = decision["category"].map(sim[c]).to_numpy()
+    decision = with_trust(decision, rates_)
     return {"decision": decision, "gates": rel.gates, "failed_warn": rel.grading.failed_warn,
             "level": rel.report.level, "record": method_record(rel), "pools": pools(rel),
             "realised_ok": ok, "realised_why": why, "rates": rates_, "released": released, "forecasts": fc,

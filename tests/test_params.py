@@ -86,3 +86,47 @@ def test_rules_that_read_only_the_simulated_world_are_refused_for_a_real_candida
     fixed = write(tmp_path, real.replace("grading:\n", "grading:\n  llm: all\n", 1), name="fixed.yaml")
     assert load_release(fixed).grading.llm == "all"
     load_release(write(tmp_path, DEMO, name="demo.yaml"))  # the simulated candidate keeps its rules
+
+
+VALIDATION_LINE = "  validation: [validation/over_refusal_xstest.csv]"
+
+
+@pytest.mark.parametrize("table, message", [
+    (None, "file not found"),
+    ("category,grader_id,source,n\nover_refusal,abc,all,10\n", "not a validation table"),
+    ("category,grader_id,source,n,n_pos,n_neg,kappa,sensitivity,specificity\n"
+     "over_refusal,abc,a,10,5,5,0.8,0.9,0.9\n", "no pooled row"),
+    ("category,grader_id,source,n,n_pos,n_neg,kappa,sensitivity,specificity\n"
+     "over_refusal,abc,a,10,5,5,0.8,0.9,0.9\nover_refusal,abc,all,10,5,5,0.8,1.3,0.9\n", "row 3: sensitivity '1.3' is not in [0, 1]"),
+    ("category,grader_id,source,n,n_pos,n_neg,kappa,sensitivity,specificity\n"
+     "no_such_category,abc,all,10,5,5,0.8,0.9,0.9\n", "category 'no_such_category' is not in taxonomy.yaml"),
+    ("not,a\ntable", "not a validation table"),
+])
+def test_bad_validation_on_record_names_params_line_and_table(tmp_path, table, message):
+    """grading.validation: each table is read when the params are checked; a missing or bad one
+    is one line naming the params file and line, and the table file (and row)."""
+    text = DEMO.replace(VALIDATION_LINE, "  validation: [mine.csv]")
+    assert text != DEMO
+    p = write(tmp_path, text)
+    if table is not None:
+        (tmp_path / "mine.csv").write_text(table)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if "mine.csv" in l)
+    with pytest.raises(ParamsError) as e:
+        load_release(p)
+    assert f"rel.yaml:{line}: grading.validation" in str(e.value) and message in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_validation_bars_per_category_or_group(tmp_path):
+    text = DEMO.replace(VALIDATION_LINE, VALIDATION_LINE + "\n  bar: {kappa: 0.7}\n  bars: {refusal: {sensitivity: 0.9, "
+                        "kappa: null}, hate: {kappa: 0.9}}\n  failed_warn: 0.05")
+    rel = load_release(write(tmp_path, text))
+    g = rel.grading
+    assert g.bar_of("over_refusal", "refusal").sensitivity == 0.9 and g.bar_of("over_refusal", "refusal").kappa is None
+    assert g.bar_of("hate", "disallowed").kappa == 0.9 and g.bar_of("self_harm", "disallowed").kappa == 0.7
+    assert g.failed_warn == 0.05 and g.validation == ["validation/over_refusal_xstest.csv"]
+    bad = text.replace("hate: {kappa: 0.9}", "nope: {kappa: 0.9}")
+    with pytest.raises(ParamsError, match=r"rel.yaml:\d+: grading.bars: 'nope' is neither a category nor a group"):
+        load_release(write(tmp_path, bad))
+    with pytest.raises(ParamsError, match=r"rel.yaml:\d+: grading.bar.kappa"):
+        load_release(write(tmp_path, text.replace("bar: {kappa: 0.7}", "bar: {kappa: 1.7}")))

@@ -122,3 +122,73 @@ def test_forecast_page_reads_counts_and_never_calls_a_tie_down():
     h = show.forecasts(fc).data
     assert "down" not in h and "falls" not in h and "rises" not in h
     assert "0 of 200" in h and "<td>0 [0–1,828]</td>" in h  # zero events read as zero, not a Jeffreys rate
+
+
+# --------------------------------------------------------------------------- how far each grader can be trusted
+
+
+def _trusted_rates():
+    """Rates as the grade stage writes them: a validated grader (over_refusal), a grader with
+    nothing on record (calculator_hacking), a simulated-world grader (hate) and failed grades."""
+    from depsim import grade, grader_validation
+    from depsim.taxonomy import load_taxonomy
+    tax = load_taxonomy(Path("params/taxonomy.yaml"))
+    cats = {c: tax[c] for c in ("over_refusal", "calculator_hacking", "hate")}
+    rows = []
+    for target, spec in (("sim", {"over_refusal": (80, 900, 0), "calculator_hacking": (6, 970, 30), "hate": (3, 1000, 0)}),
+                         ("prod_prev", {"over_refusal": (40, 1000, 0), "calculator_hacking": (5, 1000, 0),
+                                        "hate": (3, 1000, 0)})):
+        for cat, (k, n, f) in spec.items():
+            labels = [True] * k + [False] * (n - k) + [None] * f
+            rows.append(pd.DataFrame({"item_id": [f"{target}-{cat}-{i}" for i in range(len(labels))], "target": target,
+                                      "category": cat, "grader_id": cats[cat].grader_id,
+                                      "label": pd.array(labels, dtype="boolean")}))
+    g = pd.concat(rows, ignore_index=True)
+    conv = pd.Series([i.rsplit("-", 1)[0] + str(int(i.rsplit("-", 1)[1]) // 4) for i in g["item_id"]], index=g["item_id"])
+    r = grade.rates(g, cats, clusters=conv)
+    v = pd.DataFrame([{"category": "over_refusal", "grader_id": cats["over_refusal"].grader_id, "source": s, "n": 400,
+                       "n_pos": 100, "n_neg": 300, "kappa": kap, "sensitivity": 0.9, "specificity": 0.97,
+                       "heterogeneous": False, "file": "v.csv"} for s, kap in (("m1", 0.7), ("all", 0.85))])
+    r = grader_validation.corrected_rates(r, v, draws=2000)
+    return grader_validation.grader_trust(r, v, {}, simulated_graders={"hate"}, simulated_targets={"sim", "prod_prev"}), v
+
+
+def test_decision_table_marks_graders_not_shown_to_be_right_and_shows_corrected_rates():
+    from depsim.pipeline import with_trust
+    r, _ = _trusted_rates()
+    d = with_trust(forecast.decision_table(r, {}), r).assign(title=lambda x: x["category"])
+    by = d.set_index("category")
+    assert by.loc["over_refusal", "validation"] == "misses bar"          # κ 0.70 on source m1 < 0.8
+    assert by.loc["calculator_hacking", "validation"] == "none on record"
+    assert by.loc["hate", "validation"] == "exact (simulated world)"
+    html_ = show.decision(d).data
+    rows = {c: html_[html_.index(f"#cat-{c.replace('_', '-')}"):] for c in by.index}
+    rows = {c: h[:h.index("</tr>")] for c, h in rows.items()}
+    assert "⚠ grader: misses bar" in rows["over_refusal"] and "corrected" in rows["over_refusal"]
+    assert "⚠ grader: none on record" in rows["calculator_hacking"] and "corrected" not in rows["calculator_hacking"]
+    assert "⚠ grader" not in rows["hate"]
+    assert "3.0% of grades failed" in rows["calculator_hacking"]         # 30 of 1,000 failed: above 2%
+    v = show.verdict(d).data
+    assert "not shown to be right (2)" in v and "misses bar: over_refusal" in v and "Too many failed grades (1)" in v
+
+
+def test_grade_page_shows_corrected_rate_beside_k_of_n_failed_bounds_and_warnings():
+    from depsim import grader_validation
+    r, v = _trusted_rates()
+    u = show.rate_uncertainty(r, ["sim", "prod_prev"]).data
+    row = u[u.index("Over refusal"):]
+    row = row[:row.index("</tr>")]
+    rg = r[(r["target"] == "sim") & (r["category"] == "over_refusal")].iloc[0]
+    assert "80 of 900" in row and show.interval100k(rg["rg_lo"], rg["rg_hi"]) in row
+    cal = u[u.index("Calculator hacking"):]
+    cal = cal[:cal.index("</tr>")]
+    assert "30 (3.0%) ⚠" in cal and "design effect" in cal
+    w = show.grading_warnings(r, grader_validation.validations_table(v, r), 0.02).data
+    assert "Failed grades above 2% (1 rates)" in w and "30 of 1,000 failed" in w
+    stale = grader_validation.validations_table(v.assign(grader_id="old"), r)
+    assert "grader changed" in show.grading_warnings(r, stale, 0.05).data
+    clean = show.grading_warnings(r[r["failed"] == 0], grader_validation.validations_table(v, r), 0.02).data
+    assert "No grading warning" in clean
+    t = show.grader_trust(r, ["sim", "prod_prev"]).data
+    assert "⚠ misses bar" in t and "m1 0.70" in t and "exact (simulated world)" in t
+    assert "grader validation" in show.rates_table(r, ["sim", "prod_prev"]).data
