@@ -340,8 +340,8 @@ def rate_uncertainty(rates: pd.DataFrame, targets: list[str], deff_min: float = 
                      "failed grades": failed, "all failed negative–positive per 100k [95%]": bounds,
                      "by conversation per 100k [95%]": conv, "grader validation": x["validation"]})
     left = int((~keep).sum())
-    note = text(f"{left:,} other rates have no validation on record, no failed grade and no conversation shared enough "
-                f"to widen them (design effect below {deff_min:g}): their binomial interval above is their whole interval.")
+    note = text(f"{left:,} other rates have no correction for grader error, no failed grade and no conversation shared "
+                f"enough to widen them (design effect below {deff_min:g}): their binomial interval is their whole interval.")
     if not rows:
         return note
     return HTML(table(pd.DataFrame(rows)).data + note.data)
@@ -389,7 +389,8 @@ def validations(table_: pd.DataFrame | None) -> HTML:
         return text("No validation on record: the release lists none (grading.validation).")
     cols = ["file", "category", "grader_id", "n", "kappa", "kappa_lo", "kappa_hi", "sensitivity", "sensitivity_lo",
             "sensitivity_hi", "specificity", "specificity_lo", "specificity_hi", "bar", "applies", "note"]
-    return table(table_, digits=3, columns=cols)
+    return table(table_.rename(columns={"n": "labelled items"}), digits=3,
+                 columns=["labelled items" if c == "n" else c for c in cols])
 
 
 def eval_awareness_table(rates: pd.DataFrame, targets: list[str]) -> HTML | None:
@@ -663,6 +664,11 @@ def decision(decision: pd.DataFrame, level: float = 0.95) -> HTML:
                 f"</small></p>")
 
 
+#: the summary shows a forecast's cluster-robust interval from this design effect up (the
+#: grade page shows it from 1.05): below it the interval is within a few percent of the binomial one
+DEFF_SUMMARY = 1.25
+
+
 def _trust_mark(r) -> str:
     """The decision table's marker of a forecast whose grader is not shown to be right."""
     st = r.get("validation")
@@ -673,13 +679,14 @@ def _trust_mark(r) -> str:
 
 def _uncertainty_mark(r) -> str:
     """The decision table's lines under a forecast: its corrected rate, its failed grades
-    above the warning threshold, and a cluster-robust interval that is wider."""
+    above the warning threshold, and its cluster-robust interval when the design effect
+    reaches :data:`DEFF_SUMMARY`."""
     out = ""
     if not _missing(r.get("rg_lo")):
         out += f"<br><small>corrected {html.escape(_corrected(r, short=True))}</small>"
     if not _missing(r.get("failed_warning")) and bool(r.get("failed_warning")):
         out += f'<br><small class="depsim-untrusted">⚠ {r["failed_share"]:.1%} of grades failed</small>'
-    if not _missing(r.get("deff")) and r["deff"] >= 1.05:
+    if not _missing(r.get("deff")) and r["deff"] >= DEFF_SUMMARY:
         out += f"<br><small>by conversation {interval100k(r['conv_lo'], r['conv_hi'])}</small>"
     return out
 
