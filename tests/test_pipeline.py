@@ -95,3 +95,31 @@ def test_claimed_error_and_coverage_are_what_the_truth_gives(demo):
     claimed_med, claimed_cov = sim["sme"].median(), sim["covered"].mean()
     assert np.quantile(med, 0.005) <= claimed_med <= np.quantile(med, 0.995), (claimed_med, np.quantile(med, [.005, .995]))
     assert np.quantile(cov, 0.005) <= claimed_cov <= np.quantile(cov, 0.995), (claimed_cov, np.quantile(cov, [.005, .995]))
+
+
+def test_grade_stage_says_how_far_each_rate_can_be_trusted(demo):
+    """run_grade joins the validation on record (the shipped XSTest one, listed by demo.yaml)
+    to the over-refusal rates by grader id, marks the simulated world's graders exact, and
+    computes cluster-robust intervals from the prefixes' conversations."""
+    rel, prefixes, completions, cats, rates, *_ = demo
+    r = rates.set_index(["target", "category"])
+    assert (r.xs("over_refusal", level="category")["validation"] == "misses bar").all()
+    assert r.xs("over_refusal", level="category")["validated"].all() and r.loc[("sim", "over_refusal"), "rg_hi"] >= 0
+    sim_only = [c for c, cat in cats.items() if cat.grader.get("sim_only")]
+    assert sim_only and (rates[rates["category"].isin(sim_only)]["validation"] == "exact (simulated world)").all()
+    assert (rates[rates["category"] == "calculator_hacking"]["validation"] == "none on record").all()
+    sim = rates[(rates["target"] == "sim")]
+    n_conv = prefixes[prefixes["pool"] == "previous"]["conversation_id"].nunique()
+    assert (sim["conversations"] == n_conv).all() and n_conv < sim["n"].max()   # turns share conversations
+    assert (sim["deff"] >= 1).all() and (sim["conv_hi"] >= sim["hi"] - 1e-12).all()
+    assert (rates["failed"] == 0).all() and not rates["failed_warning"].astype(bool).any()
+
+
+def test_simulated_graders_on_real_responses_are_not_valid_here():
+    rel = load_release("params/demo.yaml")
+    assert pipeline.simulated_targets(rel) == {"sim", "sim_self", "challenging", "sim_rw", "prod_prev", "prod_new"}
+    real_logs = rel.sources.previous.model_copy(update={"kind": "parquet", "path": "logs.parquet"})
+    real = rel.model_copy(update={"sources": rel.sources.model_copy(update={"previous": real_logs})})
+    assert "prod_prev" not in pipeline.simulated_targets(real)      # Y's logged responses are real text
+    cats = for_release(rel)
+    assert "hate" in pipeline.simulated_graders(rel, cats) and "over_refusal" not in pipeline.simulated_graders(rel, cats)
