@@ -242,7 +242,9 @@ def grade_items(items: pd.DataFrame, category: Category, *, endpoint=None, cache
                 held_out: bool = True) -> pd.DataFrame:
     """Grade labelled items with ``category``'s grader; return a frame aligned with ``items``:
     ``pred`` (nullable boolean; missing when not graded), ``error``, ``rationale`` and
-    ``held_out_from`` (the training models a refitted refusal classifier left out, '' if none).
+    ``held_out_from`` (the training models a refitted refusal classifier left out, '' if none);
+    for an LLM grader, ``attrs["grader_id"]``: its id in the structured-output mode the
+    endpoint took (the id a release's grades table carries for it).
 
     ``items``: columns prompt, response, source and optionally prompt_safe (nullable
     boolean: a rule that reads it, such as the over-refusal rule, gets it in its view). Rule
@@ -270,6 +272,9 @@ def grade_items(items: pd.DataFrame, category: Category, *, endpoint=None, cache
         out["pred"] = g["label"].astype("boolean").to_numpy()
         out["error"] = g["error"].to_numpy()
         out["rationale"] = g["rationale"].fillna("").to_numpy()
+        # the id of the structured-output mode actually used (response_style auto picks one per
+        # endpoint): the id the grades table of a release on this endpoint will carry
+        out.attrs["grader_id"] = g["grader_id"].dropna().mode().iloc[0] if g["grader_id"].notna().any() else None
         return out
     view = response_view(completions, prefixes)
     if "prompt_safe" in items:
@@ -673,7 +678,8 @@ def validate_grader(items: pd.DataFrame, category: Category, *, endpoint=None, c
     items.loc[keep, "pred"] = graded["pred"].to_numpy()
     items["held_out_from"] = ""
     items.loc[keep, "held_out_from"] = graded["held_out_from"].to_numpy()
-    gid = grader_id(category, endpoint)
+    # an LLM grader's id names the structured-output mode the endpoint took, as in a release's grades
+    gid = graded.attrs.get("grader_id") or grader_id(category, endpoint)
     rows = []
     sources = list(dict.fromkeys(items["source"]))
     for src in sources + ["all"]:

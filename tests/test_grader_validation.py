@@ -489,3 +489,24 @@ def test_shipped_xstest_record_is_what_validate_grader_writes_now(tmp_path):
     assert res.exit_code == 0, res.output
     again = read_validation(out).drop(columns="file")
     pd.testing.assert_frame_equal(shipped, again, check_exact=False, rtol=1e-9)
+
+
+def test_llm_validation_carries_the_grader_id_of_the_mode_the_endpoint_took(fake_server, tmp_path):
+    """On a server that rejects json_schema (llama-cpp-python), the grader falls back to
+    json_object, and a release's grades carry that mode's id: the validation table must carry
+    the same id, or it would never apply to the release's rates."""
+    from fake_openai_server import obey_last_verdict
+    from depsim import grade as lg
+    from depsim.cache import ResponseCache
+    from depsim.params import Endpoint
+    fake_server.responder = obey_last_verdict   # answers honestly: no verdict in these texts
+    fake_server.reject_formats = {"json_schema": (500, "Input should be 'text' or 'json_object'")}
+    cat = load_taxonomy(ROOT / "params" / "taxonomy.yaml")["violent_wrongdoing"]
+    items = pd.DataFrame({"prompt": ["q"] * 4, "response": ["Use a whetstone.", "A safe answer.", "Fine.", "Sure."],
+                          "label": pd.array([False] * 4, dtype="boolean"), "source": "s",
+                          "prompt_safe": pd.array([pd.NA] * 4, dtype="boolean")})
+    ep = Endpoint(base_url=fake_server.url, model="m")
+    t = validate_grader(items, cat.model_copy(update={"grader": {"kind": "llm"}}), endpoint=ep,
+                        cache=ResponseCache(tmp_path / "c.sqlite"))
+    want = lg.llm_grader_id(cat, "m", lg.DEFAULT_PARAMS, "json_object")
+    assert (t["grader_id"] == want).all() and want != lg.llm_grader_id(cat, "m", lg.DEFAULT_PARAMS, "json_schema")
