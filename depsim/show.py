@@ -583,7 +583,7 @@ table.depsim-table th,table.depsim-table td{padding:3px 6px;border-bottom:1px so
 .depsim-example .msg{margin:3px 0;white-space:pre-wrap}
 .depsim-example .role{font-weight:600;color:#374151}
 .depsim-example .grade{background:#f9fafb;border-top:1px dashed #d1d5db;margin-top:6px;padding-top:4px}
-.depsim-untrusted{color:#b45309}tr.depsim-untrusted td{background:#fffbeb}
+.depsim-untrusted,table.depsim-decision small.depsim-untrusted{color:#b45309}tr.depsim-untrusted td{background:#fffbeb}
 </style>"""
 
 
