@@ -103,7 +103,10 @@ def test_grade_stage_says_how_far_each_rate_can_be_trusted(demo):
     computes cluster-robust intervals from the prefixes' conversations."""
     rel, prefixes, completions, cats, rates, *_ = demo
     r = rates.set_index(["target", "category"])
-    assert (r.xs("over_refusal", level="category")["validation"] == "misses bar").all()
+    from depsim.params import read_validation
+    record = read_validation(rel.resolve(rel.grading.validation[0]))
+    expect = "meets bar" if (record["kappa"] >= 0.8).all() else "misses bar"   # the default bar: κ 0.8 on every source
+    assert (r.xs("over_refusal", level="category")["validation"] == expect).all()
     assert r.xs("over_refusal", level="category")["validated"].all() and r.loc[("sim", "over_refusal"), "rg_hi"] >= 0
     sim_only = [c for c, cat in cats.items() if cat.grader.get("sim_only")]
     assert sim_only and (rates[rates["category"].isin(sim_only)]["validation"] == "exact (simulated world)").all()
