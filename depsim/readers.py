@@ -19,7 +19,9 @@ extras               per format: ``redacted``, ``toxic``, ``moderation_flagged``
                      ``message_meta`` (JSON array aligned with ``messages``: each message's
                      fields that are not OpenAI message fields, e.g. WildChat's per-turn
                      ``redacted``/``toxic``/``timestamp``), ``meta`` (JSON object: the
-                     record's other fields), ...
+                     record's other fields), ...; from WildChat / LMSYS Parquet the record's
+                     nested fields (``openai_moderation``, ``detoxify_moderation``) are
+                     their own columns with the input's Arrow type instead of JSON in ``meta``
 ===================  =========================================================================
 
 Public API: :func:`read_conversations`, :func:`read_prompt_set`, :func:`convert`,
@@ -858,10 +860,12 @@ class _Ctx:
     lift: tuple[str, ...] = ()  # record fields to keep as their own columns instead of in ``meta``
     drop: frozenset = frozenset()  # identifying fields left out of the table (IDENTIFYING_FIELDS)
     meta: bool = True  # keep the record's other fields in ``meta``
+    typed: tuple[str, ...] = ()  # record fields kept as their own typed columns (nested moderation records)
 
 
 def _finish(row: dict, msgs: list[dict], mmeta: list[dict] | None = None, meta: dict | None = None,
-            lift: tuple[str, ...] = (), drop: frozenset = frozenset(), keep_meta: bool = True) -> dict:
+            lift: tuple[str, ...] = (), drop: frozenset = frozenset(), keep_meta: bool = True,
+            typed: tuple[str, ...] = ()) -> dict:
     row["messages"] = _dumps(msgs)
     if drop:
         for k in drop:
@@ -877,6 +881,9 @@ def _finish(row: dict, msgs: list[dict], mmeta: list[dict] | None = None, meta: 
         for k in lift:  # strings as they are, anything else as its JSON text
             v = meta.pop(k, None)
             row[k] = v if v is None or isinstance(v, str) else _dumps(v)
+    if meta and typed:
+        for k in typed:  # as read (the column has the input file's type)
+            row[k] = meta.pop(k, None)
     if meta and keep_meta:
         row["meta"] = _dumps(meta)
     return row
@@ -941,7 +948,8 @@ def _row_chatlog(rec: Any, c: _Ctx) -> dict:
     else:
         row["created_at"] = _timestamp(rec.get("timestamp"), "timestamp")
         used.add("timestamp")
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop, c.meta)
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop, c.meta,
+                   c.typed)
 
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
@@ -1384,10 +1392,34 @@ def _flag_sql(conv: str, fields: dict, key: str) -> str:
     return f"list_bool_or({vals})"
 
 
+def _chatlog_used(fmt: str) -> set[str]:
+    """The WildChat / LMSYS record fields that become canonical columns (the rest is ``meta``)."""
+    used = {"conversation_hash", "conversation_id", "conversation", "model", "language", "redacted", "timestamp"}
+    return used | {"toxic", "country", "state"} if fmt == "wildchat" else used - {"conversation_hash"}
+
+
+def _is_nested(t: pa.DataType) -> bool:
+    return pa.types.is_nested(t) and not pa.types.is_dictionary(t)
+
+
+def _typed_fields(sch: pa.Schema, fmt: str, lift: Iterable[str] = (), drop: Iterable[str] = ()) -> dict[str, pa.DataType]:
+    """The record fields of a WildChat / LMSYS Parquet schema that the canonical table keeps as
+    their own columns with the input's Arrow type rather than as JSON in ``meta``: the nested
+    ones (lists and structs: ``openai_moderation``, ``detoxify_moderation``). Writing their
+    thousands of scores per conversation as JSON text was most of the conversion time. Returns
+    {field name: Arrow type}, in the file's order."""
+    if fmt not in ("wildchat", "lmsys"):
+        return {}
+    skip = _chatlog_used(fmt) | set(lift) | set(drop) | set(CANONICAL_COLUMNS) | {n for n, _ in _EXTRAS[fmt]}
+    return {f.name: f.type for f in sch if f.name not in skip and _is_nested(f.type)}
+
+
 def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tuple[str, ...],
-                drop: frozenset, max_chars: int, keep_meta: bool = True) -> str | None:
+                drop: frozenset, max_chars: int, keep_meta: bool = True,
+                typed: dict[str, pa.DataType] | None = None) -> str | None:
     """The bulk query for a hub-layout Parquet file, or None when its schema is not one the bulk
-    path reads exactly like the per-record path (then every record takes that path)."""
+    path reads exactly like the per-record path (then every record takes that path). ``typed``:
+    fields selected as they are (see :func:`_typed_fields`), null where the file lacks them."""
     names = sch.names
     typ = {n: sch.field(n).type for n in names}
     if "file_row_number" in typ or "conversation" not in typ:
@@ -1474,10 +1506,12 @@ def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tup
         cols["message_meta"] = f"to_json(list_transform({conv}, {_lam('x', '{' + ', '.join(parts) + '}')}))"
     else:
         cols["message_meta"] = "CAST(NULL AS VARCHAR)"
-    used = {*keys, "conversation", "model", "language", "redacted", "timestamp"}
-    if fmt == "wildchat":
-        used |= {"toxic", "country", "state"}
-    rest = [k for k in names if k not in used and k not in lift and k not in drop] if keep_meta else []
+    used = _chatlog_used(fmt)
+    typed = dict(typed or {}) if keep_meta else {}
+    rest = [k for k in names if k not in used and k not in lift and k not in drop and k not in typed] \
+        if keep_meta else []
+    for k in typed:
+        cols[k] = _q(k) if k in typ else "NULL"
     parts = []
     for k in rest:
         inner = _json_ready(_q(k), typ[k], 1)
@@ -1544,9 +1578,15 @@ class _Run:
                 raise ValueError(f"mapping keys must be among {', '.join(MAPPING_KEYS)}; not {unknown}")
         self.quarantine_raw, self.progress = quarantine_raw, progress
         self.memory_limit, self.threads, self.json_path = memory_limit, threads, json_path
+        # WildChat / LMSYS Parquet: nested record fields (moderation records) as typed columns,
+        # their type from the first file; only when every input is Parquet, so one schema fits all
+        self.typed: dict[str, pa.DataType] = {}
+        if keep_meta and fmt in ("wildchat", "lmsys") and not isinstance(self.inputs, str) and self.inputs \
+                and all(f.stat().st_size > 0 and _magic(f) == b"PAR1" for f in self.inputs):
+            self.typed = _typed_fields(_parquet_file(self.inputs[0]).schema_arrow, fmt, self.lift, self.drop)
         self.schema: pa.Schema | None = (None if fmt == "parquet" else pa.schema(
             [x for x in _BASE + _EXTRAS[fmt] if x[0] not in self.drop and (keep_meta or x[0] != "meta")]
-            + [(c, _S) for c in self.lift]))
+            + [(c, _S) for c in self.lift] + list(self.typed.items())))
         self.seen: dict[str, tuple[int, str | int]] = {}  # id -> (file, "line n"/"record i", or i)
         self.rows: list[dict] = []
         self.records = self.kept = self.quarantined = 0
@@ -1624,7 +1664,7 @@ class _Run:
         if self.mapping:
             obj = _apply_mapping(obj, self.mapping)
         ctx = _Ctx(self.fmt, stem, loc, self.max_chars, self.source, self.warnings, index, self.lift,
-                   self.drop, self.keep_meta)
+                   self.drop, self.keep_meta, tuple(self.typed))
         try:
             return _CONVERTERS[self.fmt](obj, ctx)
         except _Bad as b:
@@ -1722,8 +1762,13 @@ class _Run:
         pf = _parquet_file(f)
         if pf.metadata.num_rows == 0:
             raise _fatal(str(f), "empty Parquet file (no records)")
-        return _native_sql(f, pf.schema_arrow, self.fmt, self.source, self.lift, self.drop, self.max_chars,
-                           self.keep_meta)
+        sch = pf.schema_arrow
+        for k, t in self.typed.items():
+            if k in sch.names and sch.field(k).type != t:
+                raise _fatal(str(f), f"field {k} has type {sch.field(k).type}, but {t} in {self.inputs[0]}; "
+                                     f"convert these files separately (or with keep_meta=False)")
+        return _native_sql(f, sch, self.fmt, self.source, self.lift, self.drop, self.max_chars,
+                           self.keep_meta, self.typed)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         config = {"preserve_insertion_order": True}
@@ -1855,8 +1900,8 @@ def _write_chunks(chunks: Iterator[pa.Table], path: Path, chunk_rows: int) -> No
                 if writer is None:
                     # no dictionaries or min/max statistics for the long JSON text columns: both
                     # cost time for nothing (their values are unique and never filtered on)
-                    long = [n for n in ("messages", "message_meta", "meta", "tools", "rejected")
-                            if n in t.schema.names]
+                    long = [n for n in t.schema.names if n in ("messages", "message_meta", "meta", "tools", "rejected")
+                            or pa.types.is_nested(t.schema.field(n).type)]
                     short = [n for n in t.schema.names if n not in long]
                     writer = pq.ParquetWriter(path, t.schema, use_dictionary=short, write_statistics=short,
                                               compression="snappy")  # the fastest to write (zstd-1: 40 % slower)
@@ -1936,9 +1981,12 @@ def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | o
     80 % of RAM) and ``spill_dir`` the folder it spills to; ``json_path``: where the records
     are inside a JSON document that is not a plain array or JSONL, as dotted keys
     (``instances`` for ``{"instances": [...]}``);
-    ``keep_meta``: keep the record's other fields as JSON in ``meta`` (True, lossless). For
-    WildChat that is mostly the per-message moderation scores, and writing them as JSON text is
-    most of the conversion time (``benchmarks/ingest_speed.py``); False leaves ``meta`` out;
+    ``keep_meta``: keep the record's other fields (True, lossless): as JSON in ``meta``, except
+    that when every input is WildChat / LMSYS Parquet the nested ones (the per-message
+    moderation records, about 30 numbers a message) are kept as their own columns with the
+    input's Arrow type (writing them as JSON text was most of the conversion time,
+    ``benchmarks/ingest_speed.py``); their type comes from the first file, and a later file
+    with another type for one of them is refused. False leaves ``meta`` and these columns out;
     ``mapping`` (openai_jsonl): canonical field -> dotted record field for logs in another
     layout, e.g. ``{"prompt": "user_input", "response": "model_output", "id": "conv_id"}``
     (ToxicChat); ``prompt``/``response``/``system`` make the messages from text fields, the

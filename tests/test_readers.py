@@ -34,9 +34,22 @@ def records(df: pd.DataFrame) -> list[dict]:
                 v = json.loads(v)
             elif isinstance(v, pd.Timestamp):
                 v = v.to_pydatetime()
+            elif hasattr(v, "tolist"):  # a typed nested column (numpy array of dicts)
+                v = _plain(v)
             row[k] = v
         out.append(row)
     return out
+
+
+def _plain(v):
+    """Nested values as plain lists and dicts (pandas gives numpy arrays for list columns)."""
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 def by_id(df: pd.DataFrame) -> dict[str, dict]:
@@ -158,8 +171,10 @@ def test_wildchat(name, keep, tmp_path):
     res = read_conversations(path, "wildchat", keep_identifying=keep)
     assert (res.rows, res.quarantined) == (2, 0)
     located = ["country", "state"] if keep else []
+    # from Parquet the nested record fields keep their type in their own columns (from JSON: in meta)
+    typed = ["openai_moderation", "detoxify_moderation", *(["header"] if keep else [])] if name == "parquet" else []
     assert list(res.table.columns) == [*CANONICAL_COLUMNS, "language_name", "redacted", "toxic",
-                                       "moderation_flagged", *located, "message_meta", "meta"]
+                                       "moderation_flagged", *located, "message_meta", "meta", *typed]
     assert any("WildChat" in n and "under-represents disallowed content" in n for n in res.notes)
     got = by_id(res.table)
     assert list(got) == list(WILD_EXPECTED)  # order kept
@@ -176,11 +191,15 @@ def test_wildchat(name, keep, tmp_path):
         assert [m["redacted"] for m in r["message_meta"]] == exp["turn_redacted"]
         assert [m["turn_identifier"] for m in r["message_meta"]] == exp["turn_ids"]
         assert r["meta"]["turn"] == src[cid]["turn"]
-        assert len(r["meta"]["openai_moderation"]) == len(exp["roles"])
-        assert r["meta"]["detoxify_moderation"][0]["toxicity"] == pytest.approx(
+        mod = r if typed else r["meta"]
+        assert not typed or not set(typed) & set(r["meta"])  # kept once
+        assert mod["openai_moderation"] == src[cid]["openai_moderation"]
+        assert len(mod["openai_moderation"]) == len(exp["roles"])
+        assert mod["detoxify_moderation"][0]["toxicity"] == pytest.approx(
             src[cid]["detoxify_moderation"][0]["toxicity"])
         if keep:
             assert r["meta"]["hashed_ip"] == src[cid]["hashed_ip"]
+            assert mod["header"] == src[cid]["header"]
             assert r["message_meta"][0]["header"]["user-agent"] == "Mozilla/5.0"
         else:  # what identifies a person is left out of meta and of every message's meta
             assert not {"hashed_ip", "header", "country", "state"} & set(r["meta"])
@@ -540,8 +559,9 @@ def test_real_hh_rlhf_converts_and_samples(tmp_path):
 # Native (bulk) ingestion of hub-layout Parquet: the same table as the per-record path
 
 
-def _norm(df: pd.DataFrame) -> list[dict]:
-    return records(df)
+def _norm(df: pd.DataFrame) -> list[str]:
+    """Rows as JSON text (so NaN in a typed column compares equal to NaN)."""
+    return [json.dumps(r, default=str, sort_keys=True) for r in records(df)]
 
 
 def _wild_parquet_with_bad(path: Path) -> Path:
@@ -589,7 +609,8 @@ def test_native_parquet_matches_per_record_path(tmp_path, monkeypatch, keep):
     assert _norm(native.table) == _norm(slow.table)
     row = by_id(native.table)
     assert row["h17"]["language"] == ("en" if 17 % 2 == 0 else "ru")
-    assert row["h19"]["meta"]["detoxify_moderation"][0]["toxicity"] is None
+    assert math.isnan(row["h19"]["detoxify_moderation"][0]["toxicity"])  # a typed column holds NaN as is
+    assert "detoxify_moderation" not in row["h19"]["meta"]
     assert row["h20"]["messages"][0]["role"] == "system"
 
 
@@ -630,3 +651,32 @@ def test_convert_shows_progress_when_asked(tmp_path, capsys):
     assert "reading wildchat" in err and "100%" in err and "conversations/s" in err
     convert(path, "wildchat", tmp_path / "o.parquet", quarantine=tmp_path / "q.jsonl", progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_native_parquet_keeps_moderation_typed(tmp_path):
+    """WildChat Parquet: the moderation records keep their Arrow type in their own columns (not
+    JSON text in meta), across files; a later file with another type is refused by name."""
+    a = _wild_parquet(tmp_path / "a.parquet")
+    recs = _wild_records()
+    for r in recs:
+        r["conversation_hash"] += "-b"
+        r["timestamp"] = datetime.fromisoformat(r["timestamp"])
+        for t in r["conversation"]:
+            t["timestamp"] = None if t["timestamp"] is None else datetime.fromisoformat(t["timestamp"])
+        del r["detoxify_moderation"]  # a file without the field: null there
+    b = tmp_path / "b.parquet"
+    pq.write_table(pa.Table.from_pylist(recs), b)
+    res = convert([a, b], "wildchat", tmp_path / "out.parquet")
+    out = pq.read_table(res.path)
+    src = pq.read_table(a)
+    for k in ("openai_moderation", "detoxify_moderation"):
+        assert out.schema.field(k).type == src.schema.field(k).type
+    assert out.column("openai_moderation").to_pylist()[:2] == src.column("openai_moderation").to_pylist()
+    assert out.column("detoxify_moderation").to_pylist()[2:] == [None, None]
+    assert all("moderation" not in m for m in out.column("meta").to_pylist())
+    for r in recs:
+        r["openai_moderation"] = [{"flagged": x["flagged"]} for x in r["openai_moderation"]]
+    pq.write_table(pa.Table.from_pylist(recs), b)
+    with pytest.raises(InputError, match=rf"^{b}: field openai_moderation has type .* but .* in {a}"):
+        convert([a, b], "wildchat", tmp_path / "out2.parquet")
+    assert not (tmp_path / "out2.parquet").exists()
