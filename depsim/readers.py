@@ -72,6 +72,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -598,8 +599,11 @@ def _first_char(path: Path) -> str:
         raise _fatal(str(path), f"cannot read the file: {e}") from None
 
 
-def _jsonl(path: Path, max_line_bytes: int, *, array_hint: str) -> Iterator[tuple[_Loc, Any, Any]]:
-    name, lineno, seen = str(path), 0, False
+def _jsonl_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[_Loc, bytes, int]]:
+    """The lines of a (possibly compressed) JSONL file: (location, bytes, 0), or for a line
+    longer than ``max_line_bytes`` (its first bytes, its length), skipped without being held.
+    A UTF-8 byte order mark on line 1 is removed; blank lines are included."""
+    name, lineno = str(path), 0
     with _open_binary(path) as fh:
         while True:
             try:
@@ -620,42 +624,52 @@ def _jsonl(path: Path, max_line_bytes: int, *, array_hint: str) -> Iterator[tupl
                     n += len(more)
                     if not more or more.endswith(b"\n"):
                         break
-                yield loc, raw[:RAW_CHARS], _Bad("line_too_long", f"line has {n:,} bytes "
-                                                                  f"(limit {max_line_bytes:,})")
+                yield loc, raw[:RAW_CHARS], n
                 continue
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[3:]
-            if not raw.strip():
-                continue  # blank lines are not records
-            first, seen = not seen, True
-            if b"\x00" in raw:
-                at = raw.index(b"\x00") + 1
-                yield loc, raw, _Bad("nul_byte", f"line contains a NUL byte (byte {at})")
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield loc, raw, _Bad("not_utf8", f"line is not valid UTF-8 (byte {e.start + 1}: "
-                                                 f"{raw[e.start:e.start + 4]!r})")
-                continue
-            text = text.rstrip("\r\n")
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                if first and text.lstrip().startswith("["):
-                    raise _fatal(loc, f"the file is a JSON array, not JSONL (one JSON object per line); "
-                                      f"{array_hint}") from None
-                cut = " (the line ends early: truncated?)" if e.pos >= len(text.rstrip()) else ""
-                yield loc, raw, _Bad("invalid_json", f"invalid JSON{cut}: {e.msg} at column {e.colno}")
-                continue
-            except RecursionError:
-                yield loc, raw, _Bad("invalid_json", "invalid JSON: nested too deeply")
-                continue
-            if first and isinstance(obj, list) and (not obj or isinstance(obj[0], dict)):
-                raise _fatal(loc, f"the file is a JSON array, not JSONL (one JSON object per line); {array_hint}")
-            yield loc, raw, obj
+            yield loc, raw, 0
+
+
+def _jsonl_record(loc: _Loc, raw: bytes, long: int, max_line_bytes: int, first: bool,
+                  array_hint: str) -> tuple[_Loc, Any, Any]:
+    """One non-blank JSONL line as (location, raw, parsed record or _Bad); raises for a JSON
+    array given as JSONL (``first``: the file's first record)."""
+    if long:
+        return loc, raw, _Bad("line_too_long", f"line has {long:,} bytes (limit {max_line_bytes:,})")
+    if b"\x00" in raw:
+        at = raw.index(b"\x00") + 1
+        return loc, raw, _Bad("nul_byte", f"line contains a NUL byte (byte {at})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return loc, raw, _Bad("not_utf8", f"line is not valid UTF-8 (byte {e.start + 1}: "
+                                          f"{raw[e.start:e.start + 4]!r})")
+    text = text.rstrip("\r\n")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        if first and text.lstrip().startswith("["):
+            raise _fatal(loc, f"the file is a JSON array, not JSONL (one JSON object per line); "
+                              f"{array_hint}") from None
+        cut = " (the line ends early: truncated?)" if e.pos >= len(text.rstrip()) else ""
+        return loc, raw, _Bad("invalid_json", f"invalid JSON{cut}: {e.msg} at column {e.colno}")
+    except RecursionError:
+        return loc, raw, _Bad("invalid_json", "invalid JSON: nested too deeply")
+    if first and isinstance(obj, list) and (not obj or isinstance(obj[0], dict)):
+        raise _fatal(loc, f"the file is a JSON array, not JSONL (one JSON object per line); {array_hint}")
+    return loc, raw, obj
+
+
+def _jsonl(path: Path, max_line_bytes: int, *, array_hint: str) -> Iterator[tuple[_Loc, Any, Any]]:
+    seen = False
+    for loc, raw, long in _jsonl_lines(path, max_line_bytes):
+        if not long and not raw.strip():
+            continue  # blank lines are not records
+        first, seen = not seen and not long, seen or not long
+        yield _jsonl_record(loc, raw, long, max_line_bytes, first, array_hint)
     if not seen:
-        raise _fatal(_Loc(name, 1), "empty file (no records)")
+        raise _fatal(_Loc(str(path), 1), "empty file (no records)")
 
 
 def _json_array(path: Path) -> Iterator[tuple[_Loc, Any, Any]]:
@@ -1286,6 +1300,10 @@ def _apply_mapping(rec: Any, mapping: dict[str, str]) -> Any:
     return out
 
 
+_ARRAY_HINT = ("name it .json (a JSON array is read as one) or convert it with: jq -c '.[]' IN.json > OUT.jsonl; "
+               "records inside an object ({\"instances\": [...]}) are read with json_path")
+
+
 def _records(f: Path, fmt: str, max_line_bytes: int, json_path: str | None = None) -> Iterator[tuple[_Loc, Any, Any]]:
     if fmt in PROMPT_SETS:
         return _jbc(f) if fmt == "jailbreakbench" else _csv(f)
@@ -1308,13 +1326,11 @@ def _records(f: Path, fmt: str, max_line_bytes: int, json_path: str | None = Non
             raise _fatal(str(f), f"a Parquet file, but format {fmt!r} reads JSONL; for a canonical "
                                  f"Parquet table use format 'parquet'")
         return _parquet(f)
-    hint = ("name it .json (a JSON array is read as one) or convert it with: jq -c '.[]' IN.json > OUT.jsonl; "
-            "records inside an object ({\"instances\": [...]}) are read with json_path")
     low = f.name.lower()
     json_name = ".json" in low and ".jsonl" not in low  # .json, .json.gz, ...: may be an array
     if (fmt in ("wildchat", "lmsys", "sharegpt") or json_name) and _first_char(f) == "[":
         return _json_array(f)
-    return _jsonl(f, max_line_bytes, array_hint=hint)
+    return _jsonl(f, max_line_bytes, array_hint=_ARRAY_HINT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1541,6 +1557,100 @@ def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tup
             f"SELECT *, {cid} AS __id, {lang} AS __lang FROM read_parquet({_s(str(f))}, file_row_number = true))")
 
 
+# Native ingestion of OpenAI-messages and ShareGPT JSONL: lines are parsed in chunks by Arrow's
+# JSON reader against an explicit schema, then flattened and tested by DuckDB. A chunk whose
+# records carry any field outside that schema (which would go to ``meta``/``message_meta``),
+# or that Arrow cannot parse, and each line with a control byte, takes the per-record path, as
+# do the rows that fail the test; so both paths give the same table and the same quarantine.
+
+_MSG = pa.list_(pa.struct([("role", _S), ("content", _S)]))
+_BULK_JSONL: dict[str, pa.Schema] = {
+    "openai_jsonl": pa.schema([("id", _S), ("conversation_id", _S), ("messages", _MSG), ("model", _S),
+                               ("language", _S), ("surface", _S), ("source", _S), ("created_at", _S)]),
+    "sharegpt": pa.schema([("id", _S), ("conversation_id", _S),
+                           ("conversations", pa.list_(pa.struct([("from", _S), ("value", _S)]))),
+                           ("model", _S), ("language", _S)]),
+}
+_CTRL_RE = re.compile(rb"[\x00-\x1f]")  # raw control bytes: JSON errors (or whitespace) json.loads reads its own way
+
+
+def _jsonl_sql(fmt: str, source: str | None, stem: str, max_chars: int) -> str:
+    """The bulk query over an Arrow chunk ``__t`` (the schema of :data:`_BULK_JSONL` plus
+    ``__i``, the line number) of openai_jsonl or sharegpt records."""
+    if fmt == "openai_jsonl":
+        conv, role = "messages", "CASE WHEN x.role = 'developer' THEN 'system' ELSE x.role END"
+        content, known = "x.content", "x.role IN ('system', 'user', 'assistant', 'developer')"
+        src = _s(source) if source else f"coalesce(nullif(source, ''), {_s(fmt)})"
+        cols = {"model": "model", "language": "language", "surface": "surface"}
+    else:
+        conv = "conversations"
+        role = "CASE lower(x.\"from\") " + " ".join(
+            f"WHEN {_s(k)} THEN {_s(v)}" for k, v in SHAREGPT_ROLES.items()
+            if v in ("system", "user", "assistant") and k != "function_call") + " END"
+        content, known = "x.value", f"({role}) IS NOT NULL"
+        src = _s(source or fmt)
+        cols = {"model": "model", "language": "language", "surface": "CAST(NULL AS VARCHAR)"}
+    msg = f"{{'role': {role}, 'content': {content}}}"
+    item_ok = (f"x IS NOT NULL AND {known} AND {content} IS NOT NULL "
+               f"AND length({content}) <= {int(max_chars)}")
+    is_user = f"({role}) = 'user'"
+    created = "created_at IS NULL AND " if fmt == "openai_jsonl" else ""
+    ok = (f"{created}regexp_matches(__id, '[!-~]') AND {conv} IS NOT NULL AND len({conv}) > 0 "
+          f"AND list_bool_and(list_transform({conv}, {_lam('x', item_ok)})) "
+          f"AND list_bool_or(list_transform({conv}, {_lam('x', is_user)}))")
+    select = {
+        "conversation_id": "__id",
+        "messages": f"to_json(list_transform({conv}, {_lam('x', msg)}))",
+        "tools": "CAST(NULL AS VARCHAR)",
+        "source": src,
+        **cols,
+        "created_at": "CAST(NULL AS TIMESTAMP)",
+        "message_meta": "CAST(NULL AS VARCHAR)",
+        "meta": "CAST(NULL AS VARCHAR)",
+        "language_name": "language",
+    }
+    body = ", ".join(f"{e} AS {_q(n)}" for n, e in select.items())
+    return (f"SELECT {body}, coalesce({ok}, false) AS __ok, __i FROM (SELECT *, coalesce(id, conversation_id, "
+            f"{_s(stem + ':')} || CAST(__i AS VARCHAR)) AS __id FROM __t)")
+
+
+def _arrow_json(lines: list[bytes], schema: pa.Schema) -> pa.Table | None:
+    """Parse JSON lines with Arrow against ``schema``: the table, or None when a line is not
+    valid JSON in that schema, holds a field outside it, or is not exactly one object."""
+    buf = b"\n".join(lines)
+    try:
+        t = pj.read_json(io.BytesIO(buf),
+                         read_options=pj.ReadOptions(block_size=max(1 << 20, min(len(buf) + 1, (1 << 31) - 1))),
+                         parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer"))
+    except (pa.ArrowException, ValueError):
+        return None
+    return t if t.num_rows == len(lines) and t.schema.equals(schema) else None
+
+
+def _arrow_json_parts(lines: list[bytes], schema: pa.Schema) -> tuple[pa.Table | None, list[int]]:
+    """Parse what :func:`_arrow_json` can of ``lines``, halving the parts it cannot (a bounded
+    number of times, so a file of odd records costs little). Returns (table, the indices of the
+    lines it holds, ascending); the other lines take the per-record path."""
+    parts: list[tuple[int, int, pa.Table]] = []
+    calls, limit = 0, len(lines) // 4 + 32
+
+    def go(lo: int, hi: int) -> None:
+        nonlocal calls
+        calls += 1
+        t = _arrow_json(lines[lo:hi], schema)
+        if t is not None:
+            parts.append((lo, hi, t))
+        elif hi - lo > 1 and calls < limit:
+            mid = (lo + hi) // 2
+            go(lo, mid)
+            go(mid, hi)
+
+    if lines:
+        go(0, len(lines))
+    idx = [i for lo, hi, _ in parts for i in range(lo, hi)]
+    return (pa.concat_tables([t for _, _, t in parts]) if parts else None), idx
+
+
 class _Run:
     """One read: records -> validated rows in chunks (pyarrow tables), bad records -> quarantine."""
 
@@ -1730,6 +1840,12 @@ class _Run:
                             yield self._flush()
                         yield from self._native(src, fi, sql, stem)
                         continue
+                    sql = self._jsonl_plan(src)
+                    if sql is not None:
+                        if self.rows:
+                            yield self._flush()
+                        yield from self._native_jsonl(src, fi, sql, stem)
+                        continue
                     src = _records(src, self.fmt, self.max_line_bytes, self.json_path)
                 for index, (loc, raw, obj) in enumerate(src):
                     self._bar.update(1)
@@ -1789,16 +1905,22 @@ class _Run:
         record; the ones that fail (and duplicate ids) take the per-record path, which
         quarantines them with their reason or keeps them. Yields tables in file order."""
         name = str(f)
-        out_names = self.schema.names
         langs: dict[str | None, tuple[str | None, str | None]] = {None: (None, None)}
         con = self._connect()
+        pf = None
+
+        def slow(rows: list[int]) -> Iterator[tuple[_Loc, Any, Any]]:
+            nonlocal pf
+            pf = pf or _parquet_file(f)
+            for i, rec in zip(rows, _parquet_rows(pf, rows)):
+                yield _Loc(name, record=i), None, rec
+
         try:
             res = con.sql(sql)
             batches = max(self.chunk_rows, 1)
             # DuckDB 2.x: to_arrow_reader; 1.x: fetch_record_batch
             reader = (res.to_arrow_reader(batches) if hasattr(res, "to_arrow_reader")
                       else res.fetch_record_batch(batches))
-            pf = None
             while True:
                 try:
                     batch = reader.read_next_batch()
@@ -1807,56 +1929,138 @@ class _Run:
                 except duckdb.Error as e:
                     raise _fatal(name, f"cannot read the Parquet file ({_one_line(e)})") from None
                 t = pa.Table.from_batches([batch])
-                idx = t.column("__i").to_pylist()
-                good = t.column("__ok").to_pylist()
-                ids = t.column("conversation_id").to_pylist()
-                fresh = set(ids)
-                if all(good) and len(fresh) == len(ids) and fresh.isdisjoint(self.seen):
-                    # the usual batch: every record passed, no id seen before (checked as sets)
-                    self.seen.update(zip(ids, ((fi, i) for i in idx)))
-                    keep, slow = None, []
-                else:
-                    keep, slow = [], []
-                    for i, cid, g in zip(idx, ids, good):
-                        if g and cid not in self.seen:
-                            self.seen[cid] = (fi, i)
-                            keep.append(True)
-                        else:
-                            keep.append(False)
-                            slow.append(i)
-                n_kept = len(idx) - len(slow)
-                self.records += n_kept
-                self.kept += n_kept
-                raw = t.column("language_name")
-                names = pc.unique(raw).to_pylist()
-                for v in names:
-                    if v not in langs:
-                        langs[v] = _language(v)
-                codes = pa.array([langs[v][0] for v in names], pa.string())
-                t = t.set_column(t.schema.get_field_index("language"), "language",
-                                 pc.take(codes, pc.index_in(raw, pa.array(names, raw.type))))
-                if keep is not None:
-                    t = t.filter(pa.array(keep, pa.bool_()))
-                t = t.select([*out_names, "__i"])
-                tables = [t.cast(pa.schema([*self.schema, ("__i", pa.int64())]))]
-                if slow:
-                    pf = pf or _parquet_file(f)
-                    rows = []
-                    for i, rec in zip(slow, _parquet_rows(pf, slow)):
-                        loc = _Loc(name, record=i)
-                        row = self._convert_one(loc, None, rec, stem, i)
-                        if row is not None and self._accept(loc, rec, row, fi):
-                            rows.append({**{k: row.get(k) for k in out_names}, "__i": i})
-                    if rows:
-                        tables.append(pa.Table.from_pylist(rows, schema=tables[0].schema))
-                    t = pa.concat_tables(tables)
-                    t = t.take(pc.sort_indices(t.column("__i")))
-                else:
-                    t = tables[0]
-                self._bar.update(len(idx))
-                yield t.drop_columns(["__i"])
+                self._bar.update(t.num_rows)
+                yield self._merge(t, fi, stem, langs, slow)
         finally:
             con.close()
+
+    def _jsonl_plan(self, f: Path) -> str | None:
+        """The bulk query for an openai_jsonl / sharegpt JSONL file, or None (per-record path)."""
+        if self.fmt not in _BULK_JSONL or self.mapping or self.json_path or self.lift \
+                or f.stat().st_size == 0 or _magic(f) == b"PAR1":
+            return None
+        _check_encoding(f)
+        try:
+            if _first_char(f) != "{":
+                return None
+        except InputError:
+            return None  # the per-record path says where the file breaks
+        return _jsonl_sql(self.fmt, self.source, _stem(f), self.max_chars)
+
+    def _native_jsonl(self, f: Path, fi: int, sql: str, stem: str) -> Iterator[pa.Table]:
+        """Bulk conversion of one JSONL file, ``chunk_rows`` lines at a time (see
+        :data:`_BULK_JSONL`). Yields tables in line order."""
+        name, schema = str(f), _BULK_JSONL[self.fmt]
+        langs: dict[str | None, tuple[str | None, str | None]] = {None: (None, None)}
+        empty = pa.table({**{n: pa.array([], schema.field(n).type) for n in schema.names},
+                          "__i": pa.array([], pa.int64())})
+        con = self._connect()
+        seen = False
+
+        def chunk(items: list[tuple[_Loc, bytes, int]]) -> pa.Table:
+            by_line = {loc.line: (loc, raw, long) for loc, raw, long in items}
+            clean = [(loc.line, raw.rstrip(b"\r\n")) for loc, raw, long in items if not long]
+            # only lines that are one object: Arrow's reader crashes on a block that starts with null
+            clean = [(i, b) for i, b in clean if b.strip()[:1] == b"{" and b.strip()[-1:] == b"}"
+                     and not _CTRL_RE.search(b)]
+            try:
+                b"\n".join(b for _, b in clean).decode("utf-8")
+            except UnicodeDecodeError:
+                clean = [(i, b) for i, b in clean if b.decode("utf-8", "replace").encode("utf-8") == b]
+            t, got = _arrow_json_parts([b for _, b in clean], schema)
+            clean = [clean[j] for j in got]
+            if t is None:
+                t = empty
+            else:
+                t = t.append_column("__i", pa.array([i for i, _ in clean], pa.int64()))
+            taken = {i for i, _ in clean}
+            extra = [_jsonl_record(*by_line[i], self.max_line_bytes, False, _ARRAY_HINT)
+                     for i in by_line if i not in taken]
+            con.register("__t", t)
+            try:
+                out = con.sql(sql).to_arrow_table()
+            finally:
+                con.unregister("__t")
+
+            def slow(rows: list[int]) -> Iterator[tuple[_Loc, Any, Any]]:
+                for i in rows:
+                    yield _jsonl_record(*by_line[i], self.max_line_bytes, False, _ARRAY_HINT)
+            self._bar.update(len(items))
+            return self._merge(out, fi, stem, langs, slow, extra, lines=True)
+
+        try:
+            items: list[tuple[_Loc, bytes, int]] = []
+            for loc, raw, long in _jsonl_lines(f, self.max_line_bytes):
+                if not long and not raw.strip():
+                    continue  # blank lines are not records
+                seen = seen or not long
+                items.append((loc, raw, long))
+                if len(items) >= max(self.chunk_rows, 1):
+                    yield chunk(items)
+                    items = []
+            if items:
+                yield chunk(items)
+        finally:
+            con.close()
+        if not seen:
+            raise _fatal(_Loc(name, 1), "empty file (no records)")
+
+    def _merge(self, t: pa.Table, fi: int, stem: str, langs: dict, slow: Callable[[list[int]], Iterable],
+               extra: Iterable[tuple[_Loc, Any, Any]] = (), lines: bool = False) -> pa.Table:
+        """One bulk-converted batch (output columns, ``language_name`` with the raw language,
+        ``__ok``, ``__i``: record index or line) in canonical form: the rows that passed and whose
+        id is new are kept; the others, fetched by ``slow(indices)`` as (location, raw,
+        record), and the records of ``extra`` take the per-record path. Rows in ``__i`` order
+        (``lines``: ``__i`` is a line number, else a record index)."""
+        out_names = self.schema.names
+        idx = t.column("__i").to_pylist()
+        good = t.column("__ok").to_pylist()
+        ids = t.column("conversation_id").to_pylist()
+        fresh = set(ids)
+        if all(good) and len(fresh) == len(ids) and fresh.isdisjoint(self.seen):
+            # the usual batch: every record passed, no id seen before (checked as sets)
+            self.seen.update(zip(ids, ((fi, f"line {i}") for i in idx) if lines else ((fi, i) for i in idx)))
+            keep, bad = None, []
+        else:
+            keep, bad = [], []
+            for i, cid, g in zip(idx, ids, good):
+                if g and cid not in self.seen:
+                    self.seen[cid] = (fi, f"line {i}" if lines else i)
+                    keep.append(True)
+                else:
+                    keep.append(False)
+                    bad.append(i)
+        n_kept = len(idx) - len(bad)
+        self.records += n_kept
+        self.kept += n_kept
+        if self.fmt in ("wildchat", "lmsys", "sharegpt"):  # language names to codes, as _language does
+            raw = t.column("language_name")
+            names = pc.unique(raw).to_pylist()
+            for v in names:
+                if v not in langs:
+                    langs[v] = _language(v)
+            codes = pa.array([langs[v][0] for v in names], pa.string())
+            t = t.set_column(t.schema.get_field_index("language"), "language",
+                             pc.take(codes, pc.index_in(raw, pa.array(names, raw.type))))
+        if keep is not None:
+            t = t.filter(pa.array(keep, pa.bool_()))
+        t = t.select([*out_names, "__i"])
+        tables = [t.cast(pa.schema([*self.schema, ("__i", pa.int64())]))]
+        rows = []
+        per_record = [*(slow(bad) if bad else ()), *extra]
+        per_record.sort(key=lambda x: x[0].line if x[0].line is not None else x[0].record)  # quarantine in file order
+        for loc, raw, rec in per_record:
+            i = loc.line if loc.line is not None else loc.record
+            row = self._convert_one(loc, raw, rec, stem, i if loc.line is None else 0)
+            if row is not None and self._accept(loc, raw if raw is not None else rec, row, fi):
+                rows.append({**{k: row.get(k) for k in out_names}, "__i": i})
+        if rows:
+            tables.append(pa.Table.from_pylist(rows, schema=tables[0].schema))
+            t = pa.concat_tables(tables)
+            t = t.take(pc.sort_indices(t.column("__i")))
+        else:
+            t = tables[0]
+        return t.drop_columns(["__i"])
 
     def _check_csv(self, f: Path) -> None:
         header = _csv_header(f)

@@ -680,3 +680,93 @@ def test_native_parquet_keeps_moderation_typed(tmp_path):
     with pytest.raises(InputError, match=rf"^{b}: field openai_moderation has type .* but .* in {a}"):
         convert([a, b], "wildchat", tmp_path / "out2.parquet")
     assert not (tmp_path / "out2.parquet").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Native (bulk) ingestion of OpenAI-messages and ShareGPT JSONL: the same table and quarantine
+
+
+def _openai_lines() -> list[str]:
+    good = lambda i, **kw: json.dumps({"id": f"o{i}", "model": "m", "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": f"question {i} \u00e9\u65e5"},
+        {"role": "assistant", "content": f"answer \"{i}\"\n"}], **kw})
+    lines = [good(i) for i in range(40)]
+    lines[2] = json.dumps({"model": "m", "messages": [{"role": "developer", "content": "x"},
+                                                      {"role": "user", "content": "no id: stem:line"}]})
+    lines[4] = good(4).replace('"role": "system"', '"role": "bot"')                 # unknown_role
+    lines[6] = good(1)                                                              # duplicate_id
+    lines[8] = '{"id": "o8", "messages": [{"role": "user", "content": "cut'          # invalid_json
+    lines[10] = good(10).replace("question 10", "q" * 500)                          # message_too_large
+    lines[12] = json.dumps({"id": "o12", "messages": []})                           # empty_conversation
+    lines[14] = json.dumps({"id": "  ", "messages": [{"role": "user", "content": "x"}]})  # empty id
+    lines[16] = good(16).replace("question", "tab\tinside")                         # raw control byte
+    lines[18] = json.dumps({"id": "o18", "messages": [{"role": "assistant", "content": "only"}]})  # no user
+    lines[21] = json.dumps({"id": "o21", "messages": [{"role": "user", "content": "x"}],
+                            "created_at": "2026-10-01T12:00:00Z"})                   # created_at: per record
+    lines[25] = json.dumps({"id": "o25", "messages": [{"role": "user", "content": "x", "name": "ana"}],
+                            "intent": "travel"})                                     # other fields: meta
+    lines[30] = json.dumps({"id": "o30", "messages": [{"role": "user", "content": "a\ud800b"}]},
+                           ensure_ascii=True)                                        # invalid_unicode
+    lines[33] = ""                                                                    # blank line
+    lines[35] = json.dumps({"id": 35, "messages": [{"role": "user", "content": "int id"}]})
+    return lines
+
+
+def _sharegpt_lines() -> list[str]:
+    good = lambda i: json.dumps({"id": f"s{i}", "conversations": [
+        {"from": "system", "value": "sys"}, {"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}]})
+    lines = [good(i) for i in range(30)]
+    lines[3] = good(3).replace('"human"', '"alien"')                                # unknown_role
+    lines[5] = json.dumps({"conversations": [{"from": "Human", "value": "no id"}], "language": "English"})
+    lines[7] = good(1)                                                              # duplicate_id
+    lines[9] = json.dumps({"id": "s9", "conversations": [{"from": "human"}]})       # missing value
+    lines[11] = json.dumps({"id": "s11", "conversations": [{"from": "gpt", "value": "x"}]})  # no user
+    lines[13] = b"\xff".decode("latin-1").join(["{", "}"])                          # not JSON
+    lines[20] = json.dumps({"id": "s20", "lang": "de", "conversations": [{"from": "human", "value": "x"}]})
+    return lines
+
+
+@pytest.mark.parametrize("fmt", ["openai_jsonl", "sharegpt"])
+@pytest.mark.parametrize("chunk_rows", [4, 10_000])
+def test_native_jsonl_matches_per_record_path(tmp_path, monkeypatch, fmt, chunk_rows):
+    import depsim.readers as readers
+    lines = _openai_lines() if fmt == "openai_jsonl" else _sharegpt_lines()
+    path = tmp_path / "logs.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    kw = dict(quarantine=tmp_path / "q.jsonl", max_message_chars=400, chunk_rows=chunk_rows, quarantine_raw=True)
+    native = read_conversations(path, fmt, **kw)
+    q_native = (tmp_path / "q.jsonl").read_text()
+    calls = []
+    real = readers._jsonl_sql
+    monkeypatch.setattr(readers, "_jsonl_sql", lambda *a: calls.append(a) or real(*a))
+    read_conversations(path, fmt, **kw)
+    assert calls  # the bulk path is the one taken
+    monkeypatch.setattr(readers, "_BULK_JSONL", {})
+    slow = read_conversations(path, fmt, **kw)
+    assert q_native == (tmp_path / "q.jsonl").read_text()  # same lines, reasons and messages
+    assert native.reasons == slow.reasons and sum(native.reasons.values()) >= 5
+    assert (native.rows, native.records) == (slow.rows, slow.records)
+    assert list(native.table.columns) == list(slow.table.columns)
+    assert _norm(native.table) == _norm(slow.table)
+    ids = list(native.table["conversation_id"])
+    assert ("logs:3" in ids) if fmt == "openai_jsonl" else ("logs:6" in ids)  # <stem>:<line> without an id
+
+
+@pytest.mark.parametrize("fmt", ["openai_jsonl", "sharegpt"])
+def test_native_jsonl_takes_the_per_record_path_only_for_what_needs_it(tmp_path, monkeypatch, fmt):
+    """On a clean file the per-record converter is never called; one bad line is the only one it sees."""
+    import depsim.readers as readers
+    lines = (_openai_lines() if fmt == "openai_jsonl" else _sharegpt_lines())[:2]
+    lines = [lines[i % 2].replace('"o0"' if fmt == "openai_jsonl" else '"s0"', f'"x{i}"')
+             .replace('"o1"' if fmt == "openai_jsonl" else '"s1"', f'"y{i}"') for i in range(50)]
+    lines[17] = "{not json"
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    seen = []
+    real = readers._CONVERTERS[fmt]
+    monkeypatch.setitem(readers._CONVERTERS, fmt, lambda rec, c: seen.append(c.loc.line) or real(rec, c))
+    res = read_conversations(path, fmt, quarantine=tmp_path / "q.jsonl", chunk_rows=16)
+    assert (res.rows, res.quarantined, seen) == (49, 1, [])  # invalid JSON never reaches the converter
+    assert json.loads((tmp_path / "q.jsonl").read_text())["line"] == 18
+    with pytest.raises(InputError, match=rf"^{path}:18: invalid JSON"):
+        read_conversations(path, fmt)
