@@ -631,6 +631,68 @@ def _jsonl_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[_Loc, bytes,
             yield loc, raw, 0
 
 
+def _jsonl_blocks(path: Path, max_line_bytes: int, max_lines: int,
+                  block_bytes: int = 16 << 20) -> Iterator[tuple[int, bytes, int]]:
+    """A (possibly compressed) JSONL file in blocks of whole lines: (number of the first line,
+    the lines' bytes, 0), at most ``max_lines`` lines a block; or for a line longer than
+    ``max_line_bytes`` (its number, its first bytes, its length), skipped without being held
+    whole. A UTF-8 byte order mark on line 1 is removed."""
+    name, lineno, carry, first = str(path), 1, b"", True
+    with _open_binary(path) as fh:
+        while True:
+            try:
+                data = fh.read(block_bytes)
+            except (EOFError, OSError, zlib.error) as e:
+                raise _fatal(_Loc(name, lineno + carry.count(b"\n")),
+                             f"compressed file is truncated or corrupt ({e})") from None
+            buf = carry + data
+            if not buf:
+                return
+            if first and buf.startswith(codecs.BOM_UTF8):
+                buf = buf[3:]
+            first = first and not buf
+            end = len(buf) if not data else buf.rfind(b"\n") + 1
+            if end == 0:
+                if len(buf) > max_line_bytes:  # a line too long: skip the rest of it
+                    head, n, more = buf[:RAW_CHARS], len(buf), b""
+                    while True:
+                        try:
+                            more = fh.readline(1 << 20)
+                        except (EOFError, OSError, zlib.error) as e:
+                            raise _fatal(_Loc(name, lineno), f"compressed file is truncated or corrupt ({e})") from None
+                        n += len(more)
+                        if not more or more.endswith(b"\n"):
+                            break
+                    yield lineno, head, n
+                    lineno, carry = lineno + 1, b""
+                    if not more:
+                        return
+                    continue
+                carry = buf
+                continue
+            carry, at = buf[end:], 0
+            while at < end:
+                stop, k = at, 0
+                while k < max_lines and stop < end:
+                    stop = buf.find(b"\n", stop, end) + 1 or end
+                    k += 1
+                piece = buf[at:stop]
+                long = max(map(len, piece.split(b"\n"))) > max_line_bytes if len(piece) > max_line_bytes else False
+                if long:  # a line over the limit inside a block: the line reader's answer for each line
+                    for j, line in enumerate(piece.split(b"\n")[:k]):
+                        if len(line) > max_line_bytes:
+                            last = j == k - 1 and not piece.endswith(b"\n")
+                            yield lineno + j, line[:RAW_CHARS], len(line) + (0 if last else 1)
+                        else:
+                            yield lineno + j, line + (b"" if j == k - 1 and not piece.endswith(b"\n") else b"\n"), 0
+                else:
+                    yield lineno, piece, 0
+                lineno += k
+                at = stop
+            if not data:
+                return
+
+
 def _jsonl_record(loc: _Loc, raw: bytes, long: int, max_line_bytes: int, first: bool,
                   array_hint: str) -> tuple[_Loc, Any, Any]:
     """One non-blank JSONL line as (location, raw, parsed record or _Bad); raises for a JSON
@@ -1614,17 +1676,34 @@ def _jsonl_sql(fmt: str, source: str | None, stem: str, max_chars: int) -> str:
             f"{_s(stem + ':')} || CAST(__i AS VARCHAR)) AS __id FROM __t)")
 
 
-def _arrow_json(lines: list[bytes], schema: pa.Schema) -> pa.Table | None:
-    """Parse JSON lines with Arrow against ``schema``: the table, or None when a line is not
-    valid JSON in that schema, holds a field outside it, or is not exactly one object."""
-    buf = b"\n".join(lines)
+_CTRL_BYTES = bytes(range(0x20))
+
+
+def _body_line(body: bytes, first: int, line: int) -> bytes:
+    """Line number ``line`` (with its newline) of a block of lines that starts at line ``first``."""
+    at = 0
+    for _ in range(line - first):
+        at = body.index(b"\n", at) + 1
+    end = body.find(b"\n", at)
+    return body[at:] if end < 0 else body[at:end + 1]
+
+
+def _arrow_json(lines: list[bytes], schema: pa.Schema, n: int | None = None) -> pa.Table | None:
+    """Parse JSON lines (``n`` of them, default ``len(lines)``) with Arrow against ``schema``:
+    the table, or None when a line is not valid JSON in that schema (or UTF-8), holds a field
+    outside it, or is not exactly one object."""
+    buf = lines[0] if len(lines) == 1 else b"\n".join(lines)
+    n = len(lines) if n is None else n
     try:
         t = pj.read_json(io.BytesIO(buf),
                          read_options=pj.ReadOptions(block_size=max(1 << 20, min(len(buf) + 1, (1 << 31) - 1))),
                          parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer"))
+        if t.num_rows != n or not t.schema.equals(schema):
+            return None
+        t.validate(full=True)  # Arrow's JSON reader does not check UTF-8; this does
     except (pa.ArrowException, ValueError):
         return None
-    return t if t.num_rows == len(lines) and t.schema.equals(schema) else None
+    return t
 
 
 def _arrow_json_parts(lines: list[bytes], schema: pa.Schema) -> tuple[pa.Table | None, list[int]]:
@@ -1963,10 +2042,6 @@ class _Run:
             # only lines that are one object: Arrow's reader crashes on a block that starts with null
             clean = [(i, b) for i, b in clean if b.strip()[:1] == b"{" and b.strip()[-1:] == b"}"
                      and not _CTRL_RE.search(b)]
-            try:
-                b"\n".join(b for _, b in clean).decode("utf-8")
-            except UnicodeDecodeError:
-                clean = [(i, b) for i, b in clean if b.decode("utf-8", "replace").encode("utf-8") == b]
             t, got = _arrow_json_parts([b for _, b in clean], schema)
             clean = [clean[j] for j in got]
             if t is None:
@@ -1988,18 +2063,44 @@ class _Run:
             self._bar.update(len(items))
             return self._merge(out, fi, stem, langs, slow, extra, lines=True)
 
+        def block(first: int, body: bytes, nl: bool) -> pa.Table | None:
+            """A block whose every line is one JSON object of the schema, in bulk; else None."""
+            n = body.count(b"\n")
+            if not (body[:1] == b"{" and body[-1:] == b"}" and body.count(b"\n{") == n
+                    and body.count(b"}\n") == n and len(body) - len(body.translate(None, _CTRL_BYTES)) == n):
+                return None  # a blank line, a control byte, a line that is not one object
+            piece = body + b"\n" if nl else body
+            t = _arrow_json([body], schema, n + 1)
+            if t is None:
+                return None
+            con.register("__t", t.append_column("__i", pa.array(range(first, first + n + 1), pa.int64())))
+            try:
+                out = con.sql(sql).to_arrow_table()
+            finally:
+                con.unregister("__t")
+            self._bar.update(n + 1)
+            return self._merge(out, fi, stem, langs, lambda rows: (
+                _jsonl_record(_Loc(name, i), _body_line(piece, first, i), 0, self.max_line_bytes, False, _ARRAY_HINT)
+                for i in rows), lines=True)
+
         try:
-            items: list[tuple[_Loc, bytes, int]] = []
-            for loc, raw, long in _jsonl_lines(f, self.max_line_bytes):
-                if not long and not raw.strip():
-                    continue  # blank lines are not records
-                seen = seen or not long
-                items.append((loc, raw, long))
-                if len(items) >= max(self.chunk_rows, 1):
+            for first, piece, long in _jsonl_blocks(f, self.max_line_bytes, max(self.chunk_rows, 1)):
+                if long:
+                    yield chunk([(_Loc(name, first), piece, long)])
+                    continue
+                nl = piece.endswith(b"\n")
+                body = piece[:-1] if nl else piece
+                t = block(first, body, nl)
+                if t is not None:
+                    seen = True
+                    yield t
+                    continue
+                lines = body.split(b"\n")
+                items = [(_Loc(name, first + j), raw + b"\n" if nl or j < len(lines) - 1 else raw, 0)
+                         for j, raw in enumerate(lines) if raw.strip()]
+                if items:
+                    seen = True
                     yield chunk(items)
-                    items = []
-            if items:
-                yield chunk(items)
         finally:
             con.close()
         if not seen:

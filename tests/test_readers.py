@@ -770,3 +770,36 @@ def test_native_jsonl_takes_the_per_record_path_only_for_what_needs_it(tmp_path,
     assert json.loads((tmp_path / "q.jsonl").read_text())["line"] == 18
     with pytest.raises(InputError, match=rf"^{path}:18: invalid JSON"):
         read_conversations(path, fmt)
+
+
+@pytest.mark.parametrize("layout", ["crlf_bom_no_final_newline", "long_lines", "gzip"])
+def test_native_jsonl_file_layouts_match_per_record_path(tmp_path, monkeypatch, layout):
+    """Line numbers, raw text and reasons agree with the per-record path for CRLF, a byte order
+    mark, no final newline, blank lines, lines over max_line_bytes and gzip."""
+    import gzip as gz
+    import depsim.readers as readers
+    lines = _openai_lines()
+    kw = dict(quarantine=tmp_path / "q.jsonl", chunk_rows=7, quarantine_raw=True)
+    if layout == "crlf_bom_no_final_newline":
+        data = ("\ufeff" + "\r\n".join(lines)).encode()
+    elif layout == "long_lines":
+        lines[3] = json.dumps({"id": "long", "messages": [{"role": "user", "content": "z" * 5000}]})
+        lines[-1] = lines[3].replace("long", "long2")
+        data = "\n".join(lines).encode()  # the last line, over the limit, has no newline
+        kw["max_line_bytes"] = 2000
+    else:
+        data = gz.compress(("\n".join(lines) + "\n\n").encode())
+    path = tmp_path / ("logs.jsonl.gz" if layout == "gzip" else "logs.jsonl")
+    path.write_bytes(data)
+    native = read_conversations(path, "openai_jsonl", **kw)
+    q_native = (tmp_path / "q.jsonl").read_text()
+    monkeypatch.setattr(readers._jsonl_blocks, "__defaults__", (150,))  # lines cross block boundaries
+    small = read_conversations(path, "openai_jsonl", **kw)
+    assert q_native == (tmp_path / "q.jsonl").read_text() and _norm(small.table) == _norm(native.table)
+    monkeypatch.setattr(readers, "_BULK_JSONL", {})
+    slow = read_conversations(path, "openai_jsonl", **kw)
+    assert q_native == (tmp_path / "q.jsonl").read_text()
+    assert native.reasons == slow.reasons and (native.rows, native.records) == (slow.rows, slow.records)
+    assert _norm(native.table) == _norm(slow.table)
+    if layout == "long_lines":
+        assert native.reasons["line_too_long"] == 2
