@@ -69,6 +69,7 @@ from queue import Queue
 from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -671,11 +672,12 @@ def _jsonl_blocks(path: Path, max_line_bytes: int, max_lines: int,
                 carry = buf
                 continue
             carry, at = buf[end:], 0
-            while at < end:
-                stop, k = at, 0
-                while k < max_lines and stop < end:
-                    stop = buf.find(b"\n", stop, end) + 1 or end
-                    k += 1
+            nls = np.flatnonzero(np.frombuffer(buf, np.uint8, count=end) == 10)
+            if not data and (not len(nls) or nls[-1] != end - 1):
+                nls = np.append(nls, end - 1)  # the last line, without a newline
+            for c in range(0, len(nls), max(max_lines, 1)):
+                stop = int(nls[min(c + max_lines, len(nls)) - 1]) + 1
+                k = min(c + max_lines, len(nls)) - c
                 piece = buf[at:stop]
                 long = max(map(len, piece.split(b"\n"))) > max_line_bytes if len(piece) > max_line_bytes else False
                 if long:  # a line over the limit inside a block: the line reader's answer for each line
@@ -1676,9 +1678,6 @@ def _jsonl_sql(fmt: str, source: str | None, stem: str, max_chars: int) -> str:
             f"{_s(stem + ':')} || CAST(__i AS VARCHAR)) AS __id FROM __t)")
 
 
-_CTRL_BYTES = bytes(range(0x20))
-
-
 def _body_line(body: bytes, first: int, line: int) -> bytes:
     """Line number ``line`` (with its newline) of a block of lines that starts at line ``first``."""
     at = 0
@@ -2065,10 +2064,12 @@ class _Run:
 
         def block(first: int, body: bytes, nl: bool) -> pa.Table | None:
             """A block whose every line is one JSON object of the schema, in bulk; else None."""
-            n = body.count(b"\n")
-            if not (body[:1] == b"{" and body[-1:] == b"}" and body.count(b"\n{") == n
-                    and body.count(b"}\n") == n and len(body) - len(body.translate(None, _CTRL_BYTES)) == n):
-                return None  # a blank line, a control byte, a line that is not one object
+            arr = np.frombuffer(body, np.uint8)
+            nls = np.flatnonzero(arr == 10)
+            n = len(nls)
+            if not (body[:1] == b"{" and body[-1:] == b"}" and int(np.count_nonzero(arr < 32)) == n
+                    and bool((arr[nls + 1] == 123).all()) and bool((arr[nls - 1] == 125).all())):
+                return None  # a blank line, a control byte, a line that does not start with { and end with }
             piece = body + b"\n" if nl else body
             t = _arrow_json([body], schema, n + 1)
             if t is None:
