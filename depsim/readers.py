@@ -43,8 +43,12 @@ with the user agent, ``country``, ``state``) are left out unless ``keep_identify
 
 Reading streams: JSONL line by line, JSON arrays incrementally, Parquet by record batch.
 Hub-layout Parquet (WildChat, LMSYS-Chat-1M) is flattened and validated in bulk by DuckDB;
-the records that fail the bulk test (and duplicate ids) go through the per-record path, which
-names their reason, so both paths give the same table and the same quarantine. :func:`convert`
+OpenAI-messages and ShareGPT JSONL are parsed in blocks of lines by Arrow's JSON reader
+against an explicit schema and flattened and validated by DuckDB (a block holding a field
+outside that schema, a line Arrow cannot read, a line with a control byte or that is not one
+object is split down to the lines that need it). The records that fail the bulk test (and
+duplicate ids) go through the per-record path, which names their reason and line, so both
+paths give the same table and the same quarantine. :func:`convert`
 writes the output in row groups from a second thread, so memory stays bounded by a few chunks.
 """
 from __future__ import annotations
