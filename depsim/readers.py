@@ -1682,15 +1682,6 @@ def _jsonl_sql(fmt: str, source: str | None, stem: str, max_chars: int) -> str:
             f"{_s(stem + ':')} || CAST(__i AS VARCHAR)) AS __id FROM __t)")
 
 
-def _body_line(body: bytes, first: int, line: int) -> bytes:
-    """Line number ``line`` (with its newline) of a block of lines that starts at line ``first``."""
-    at = 0
-    for _ in range(line - first):
-        at = body.index(b"\n", at) + 1
-    end = body.find(b"\n", at)
-    return body[at:] if end < 0 else body[at:end + 1]
-
-
 def _arrow_json(lines: list[bytes], schema: pa.Schema, n: int | None = None) -> pa.Table | None:
     """Parse JSON lines (``n`` of them, default ``len(lines)``) with Arrow against ``schema``:
     the table, or None when a line is not valid JSON in that schema (or UTF-8), holds a field
@@ -2038,10 +2029,12 @@ class _Run:
                           "__i": pa.array([], pa.int64())})
         con = self._connect()
         seen = False
+        bulk = [0, 0]  # lines the bulk path kept, lines tried: past half of them failing, stop trying
 
         def chunk(items: list[tuple[_Loc, bytes, int]]) -> pa.Table:
             by_line = {loc.line: (loc, raw, long) for loc, raw, long in items}
-            clean = [(loc.line, raw.rstrip(b"\r\n")) for loc, raw, long in items if not long]
+            tried = bulk[1] < 2 * max(self.chunk_rows, 1) or 2 * bulk[0] >= bulk[1]
+            clean = [(loc.line, raw.rstrip(b"\r\n")) for loc, raw, long in items if not long and tried]
             # only lines that are one object: Arrow's reader crashes on a block that starts with null
             clean = [(i, b) for i, b in clean if b.strip()[:1] == b"{" and b.strip()[-1:] == b"}"
                      and not _CTRL_RE.search(b)]
@@ -2059,6 +2052,9 @@ class _Run:
                 out = con.sql(sql).to_arrow_table()
             finally:
                 con.unregister("__t")
+            if tried:
+                bulk[0] += int(pc.sum(out.column("__ok")).as_py() or 0)
+                bulk[1] += len(items)
 
             def slow(rows: list[int]) -> Iterator[tuple[_Loc, Any, Any]]:
                 for i in rows:
@@ -2074,7 +2070,8 @@ class _Run:
             if not (body[:1] == b"{" and body[-1:] == b"}" and int(np.count_nonzero(arr < 32)) == n
                     and bool((arr[nls + 1] == 123).all()) and bool((arr[nls - 1] == 125).all())):
                 return None  # a blank line, a control byte, a line that does not start with { and end with }
-            piece = body + b"\n" if nl else body
+            if bulk[1] >= 2 * max(self.chunk_rows, 1) and 2 * bulk[0] < bulk[1]:
+                return None  # most records so far needed the per-record path: the file is not for bulk
             t = _arrow_json([body], schema, n + 1)
             if t is None:
                 return None
@@ -2083,10 +2080,17 @@ class _Run:
                 out = con.sql(sql).to_arrow_table()
             finally:
                 con.unregister("__t")
+            bulk[0] += int(pc.sum(out.column("__ok")).as_py() or 0)
+            bulk[1] += n + 1
             self._bar.update(n + 1)
-            return self._merge(out, fi, stem, langs, lambda rows: (
-                _jsonl_record(_Loc(name, i), _body_line(piece, first, i), 0, self.max_line_bytes, False, _ARRAY_HINT)
-                for i in rows), lines=True)
+            starts = [0, *(nls + 1).tolist(), len(body) + 1]
+
+            def slow(rows: list[int]) -> Iterator[tuple[_Loc, Any, Any]]:
+                for i in rows:
+                    a, b = starts[i - first], starts[i - first + 1]
+                    raw = body[a:b - 1] + (b"\n" if nl or i - first < n else b"")
+                    yield _jsonl_record(_Loc(name, i), raw, 0, self.max_line_bytes, False, _ARRAY_HINT)
+            return self._merge(out, fi, stem, langs, slow, lines=True)
 
         try:
             for first, piece, long in _jsonl_blocks(f, self.max_line_bytes, max(self.chunk_rows, 1)):

@@ -803,3 +803,21 @@ def test_native_jsonl_file_layouts_match_per_record_path(tmp_path, monkeypatch, 
     assert _norm(native.table) == _norm(slow.table)
     if layout == "long_lines":
         assert native.reasons["line_too_long"] == 2
+
+
+def test_native_jsonl_gives_up_on_a_file_it_cannot_bulk_read(tmp_path, monkeypatch):
+    """Every record with a field outside the bulk schema (an epoch created_at, an extra field):
+    after a couple of chunks the bulk path stops trying, and the table is the per-record one."""
+    import depsim.readers as readers
+    lines = [json.dumps({"id": f"e{i}", "created_at": 1790000000 + i, "intent": "x",
+                         "messages": [{"role": "user", "content": f"hi {i}"}]}) for i in range(200)]
+    path = tmp_path / "e.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    calls = []
+    real = readers._arrow_json
+    monkeypatch.setattr(readers, "_arrow_json", lambda *a: calls.append(1) or real(*a))
+    native = read_conversations(path, "openai_jsonl", chunk_rows=10)
+    assert 0 < len(calls) < 100  # without giving up: about 20 chunks x 19 parses
+    monkeypatch.setattr(readers, "_BULK_JSONL", {})
+    slow = read_conversations(path, "openai_jsonl", chunk_rows=10)
+    assert native.rows == slow.rows == 200 and _norm(native.table) == _norm(slow.table)
