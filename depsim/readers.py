@@ -1700,12 +1700,13 @@ def _arrow_json(lines: list[bytes], schema: pa.Schema, n: int | None = None) -> 
     return t
 
 
-def _arrow_json_parts(lines: list[bytes], schema: pa.Schema) -> tuple[pa.Table | None, list[int]]:
-    """Parse what :func:`_arrow_json` can of ``lines``, halving the parts it cannot (a bounded
-    number of times, so a file of odd records costs little). Returns (table, the indices of the
+def _arrow_json_parts(lines: list[bytes], schema: pa.Schema,
+                      whole_failed: bool = False) -> tuple[pa.Table | None, list[int]]:
+    """Parse what :func:`_arrow_json` can of ``lines``, halving the parts it cannot (at most 64
+    parses, so a few odd records are isolated and a chunk of odd records costs little). Returns (table, the indices of the
     lines it holds, ascending); the other lines take the per-record path."""
     parts: list[tuple[int, int, pa.Table]] = []
-    calls, limit = 0, len(lines) // 4 + 32
+    calls, limit = 0, 64
 
     def go(lo: int, hi: int) -> None:
         nonlocal calls
@@ -1719,7 +1720,17 @@ def _arrow_json_parts(lines: list[bytes], schema: pa.Schema) -> tuple[pa.Table |
             go(mid, hi)
 
     if lines:
-        go(0, len(lines))
+        whole = None if whole_failed else _arrow_json(lines, schema)
+        if whole is not None:
+            return whole, list(range(len(lines)))
+        # a first or last line that fails alone: most likely every record has that field (not a
+        # few odd records), so the chunk takes the per-record path without halving
+        if len(lines) > 2 and _arrow_json(lines[:1], schema) is not None \
+                and _arrow_json(lines[-1:], schema) is not None:
+            calls = 3
+            mid = len(lines) // 2
+            go(0, mid)
+            go(mid, len(lines))
     idx = [i for lo, hi, _ in parts for i in range(lo, hi)]
     return (pa.concat_tables([t for _, _, t in parts]) if parts else None), idx
 
@@ -2029,16 +2040,16 @@ class _Run:
                           "__i": pa.array([], pa.int64())})
         con = self._connect()
         seen = False
-        bulk = [0, 0]  # lines the bulk path kept, lines tried: past half of them failing, stop trying
+        bulk = [0, 0]  # lines the bulk path kept, lines tried: once half of them fail, stop trying
 
-        def chunk(items: list[tuple[_Loc, bytes, int]]) -> pa.Table:
+        def chunk(items: list[tuple[_Loc, bytes, int]], whole_failed: bool = False) -> pa.Table:
             by_line = {loc.line: (loc, raw, long) for loc, raw, long in items}
-            tried = bulk[1] < 2 * max(self.chunk_rows, 1) or 2 * bulk[0] >= bulk[1]
+            tried = 2 * bulk[0] >= bulk[1]  # after a chunk of odd records: no more halving
             clean = [(loc.line, raw.rstrip(b"\r\n")) for loc, raw, long in items if not long and tried]
             # only lines that are one object: Arrow's reader crashes on a block that starts with null
             clean = [(i, b) for i, b in clean if b.strip()[:1] == b"{" and b.strip()[-1:] == b"}"
                      and not _CTRL_RE.search(b)]
-            t, got = _arrow_json_parts([b for _, b in clean], schema)
+            t, got = _arrow_json_parts([b for _, b in clean], schema, whole_failed and len(clean) == len(items))
             clean = [clean[j] for j in got]
             if t is None:
                 t = empty
@@ -2062,19 +2073,18 @@ class _Run:
             self._bar.update(len(items))
             return self._merge(out, fi, stem, langs, slow, extra, lines=True)
 
-        def block(first: int, body: bytes, nl: bool) -> pa.Table | None:
-            """A block whose every line is one JSON object of the schema, in bulk; else None."""
+        def block(first: int, body: bytes, nl: bool) -> pa.Table | bool | None:
+            """A block whose every line is one JSON object of the schema, in bulk; else None, or
+            False when Arrow could not read the block as a whole."""
             arr = np.frombuffer(body, np.uint8)
             nls = np.flatnonzero(arr == 10)
             n = len(nls)
             if not (body[:1] == b"{" and body[-1:] == b"}" and int(np.count_nonzero(arr < 32)) == n
                     and bool((arr[nls + 1] == 123).all()) and bool((arr[nls - 1] == 125).all())):
                 return None  # a blank line, a control byte, a line that does not start with { and end with }
-            if bulk[1] >= 2 * max(self.chunk_rows, 1) and 2 * bulk[0] < bulk[1]:
-                return None  # most records so far needed the per-record path: the file is not for bulk
             t = _arrow_json([body], schema, n + 1)
             if t is None:
-                return None
+                return False
             con.register("__t", t.append_column("__i", pa.array(range(first, first + n + 1), pa.int64())))
             try:
                 out = con.sql(sql).to_arrow_table()
@@ -2092,15 +2102,19 @@ class _Run:
                     yield _jsonl_record(_Loc(name, i), raw, 0, self.max_line_bytes, False, _ARRAY_HINT)
             return self._merge(out, fi, stem, langs, slow, lines=True)
 
+        resume = None
         try:
             for first, piece, long in _jsonl_blocks(f, self.max_line_bytes, max(self.chunk_rows, 1)):
+                if 2 * bulk[0] < bulk[1]:  # most records so far needed the per-record path
+                    resume = first
+                    break
                 if long:
                     yield chunk([(_Loc(name, first), piece, long)])
                     continue
                 nl = piece.endswith(b"\n")
                 body = piece[:-1] if nl else piece
                 t = block(first, body, nl)
-                if t is not None:
+                if isinstance(t, pa.Table):
                     seen = True
                     yield t
                     continue
@@ -2109,9 +2123,21 @@ class _Run:
                          for j, raw in enumerate(lines) if raw.strip()]
                 if items:
                     seen = True
-                    yield chunk(items)
+                    yield chunk(items, whole_failed=t is False)
         finally:
             con.close()
+        if resume is not None:  # the rest of the file by the per-record path
+            for loc, raw, long in _jsonl_lines(f, self.max_line_bytes):
+                if loc.line < resume or (not long and not raw.strip()):
+                    continue
+                seen = seen or not long
+                loc, raw, obj = _jsonl_record(loc, raw, long, self.max_line_bytes, False, _ARRAY_HINT)
+                self._bar.update(1)
+                row = self._convert_one(loc, raw, obj, stem, 0)
+                if row is not None and (t := self._good(loc, raw, row, fi)) is not None:
+                    yield t
+            if self.rows:
+                yield self._flush()
         if not seen:
             raise _fatal(_Loc(name, 1), "empty file (no records)")
 
