@@ -9,13 +9,22 @@ OpenAI-moderation and Detoxify records, row groups of 10,000), then measures
 (a) the baseline: DuckDB reads the file and unnests ``conversation`` into one row per message
     (conversation id, role, content), fetched as Arrow record batches;
 (b) ``convert(shard, "wildchat", out.parquet, quarantine=...)``, in a subprocess so its peak
-    RSS can be read from ``getrusage(RUSAGE_CHILDREN)``, once lossless (the default: every
-    other field as JSON in ``meta``) and once with ``keep_meta=False``. WildChat's ``meta`` is
-    mostly per-message moderation scores (about 30 numbers a message); writing them as JSON
-    text is most of the conversion time.
+    RSS can be read from ``getrusage(RUSAGE_CHILDREN)``, once lossless (the default: the
+    per-message moderation records, about 30 numbers a message, as typed nested columns, the
+    other fields as JSON in ``meta``) and once with ``keep_meta=False``.
 
 Both run once untimed first (file cache). Acceptance (issue 14): conversion throughput at
-least 1/3 of the baseline's, peak RSS < 2 GB.
+least 1/3 of the baseline's, peak RSS < 2 GB. The ratio is printed against both baselines:
+"id + messages" reads only the id and two of each message's fields and writes nothing;
+"every column" reads the whole file, as a lossless conversion must. A conversion also writes
+the whole table (about 0.9 GB uncompressed here), which neither baseline does. CPU seconds
+(all threads) are printed next to wall seconds, since on a shared machine wall time varies
+with the other load.
+
+Then the same for an OpenAI-messages and a ShareGPT JSONL file of as many conversations
+(``--formats jsonl``): conversion by the bulk path and by the per-record path (the only path
+before; ``_BULK_JSONL`` emptied in the child), against DuckDB's ``read_json`` (explicit
+columns) and unnest of the same file.
 
     python benchmarks/ingest_speed.py                      # 100k conversations, temp dir
     python benchmarks/ingest_speed.py --conversations 20000
@@ -116,6 +125,50 @@ def make_shard(path: Path, conversations: int, seed: int = 0, group: int = 10_00
     return path
 
 
+def make_jsonl(path: Path, fmt: str, conversations: int, seed: int = 0) -> Path:
+    """Write ``conversations`` records of an OpenAI-messages (``openai_jsonl``) or ShareGPT
+    (``sharegpt``) JSONL file to ``path`` (1-6 user turns each, a model name); returns it."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w", encoding="utf-8") as fh:
+        for start in range(0, conversations, 10_000):
+            k = min(10_000, conversations - start)
+            turns = rng.integers(1, 7, k)
+            users, bots = _texts(rng, int(turns.sum()), 20, 600), _texts(rng, int(turns.sum()), 50, 1500)
+            u = 0
+            for i in range(k):
+                msgs = []
+                for _ in range(int(turns[i])):
+                    msgs += [("user", users[u]), ("assistant", bots[u])]
+                    u += 1
+                if fmt == "openai_jsonl":
+                    rec = {"id": f"c{start + i}", "model": "gpt-y", "messages": [
+                        {"role": "system", "content": "You are a helpful assistant."},
+                        *({"role": r, "content": c} for r, c in msgs)]}
+                else:
+                    rec = {"id": f"c{start + i}", "conversations": [
+                        {"from": "human" if r == "user" else "gpt", "value": c} for r, c in msgs]}
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return path
+
+
+def bare_json_unnest(path: Path, fmt: str, threads: int) -> int:
+    """DuckDB reads a JSONL file (explicit columns) and unnests its messages into Arrow batches;
+    returns messages read."""
+    con = duckdb.connect(config={"threads": threads})
+    if fmt == "openai_jsonl":
+        cols, conv, role, text = "{'id': 'VARCHAR', 'messages': 'STRUCT(role VARCHAR, content VARCHAR)[]'}", \
+            "messages", "m.role", "m.content"
+    else:
+        cols, conv, role, text = "{'id': 'VARCHAR', 'conversations': 'STRUCT(\"from\" VARCHAR, value VARCHAR)[]'}", \
+            "conversations", 'm."from"', "m.value"
+    res = con.sql(f"SELECT id, {role}, {text} FROM (SELECT id, unnest({conv}) AS m FROM read_json('{path}', "
+                  f"format = 'newline_delimited', columns = {cols}))")
+    reader = res.to_arrow_reader(10_000) if hasattr(res, "to_arrow_reader") else res.fetch_record_batch(10_000)
+    n = sum(b.num_rows for b in reader)
+    con.close()
+    return n
+
+
 def bare_unnest(path: Path, threads: int, every_column: bool = False) -> int:
     """DuckDB reads the shard and unnests its messages into Arrow batches; returns messages read.
     ``every_column``: read every column (each message row repeats its conversation's other
@@ -131,24 +184,59 @@ def bare_unnest(path: Path, threads: int, every_column: bool = False) -> int:
     return n
 
 
-def _convert_child(shard: str, out: str, quarantine: str, keep_meta: bool) -> None:
+def _convert_child(shard: str, out: str, quarantine: str, keep_meta: bool, fmt: str = "wildchat",
+                   per_record: bool = False) -> None:
     sys.path.insert(0, str(ROOT))
+    import depsim.readers
     from depsim.readers import convert
 
+    if per_record:  # the per-record path every JSONL record took before the bulk path
+        depsim.readers._BULK_JSONL = {}
     t, c = time.perf_counter(), time.process_time()
-    res = convert(shard, "wildchat", out, quarantine=quarantine, progress=False, keep_meta=keep_meta)
+    res = convert(shard, fmt, out, quarantine=quarantine, progress=False, keep_meta=keep_meta)
     print(json.dumps({"seconds": time.perf_counter() - t, "cpu": time.process_time() - c, "rows": res.rows,
                       "quarantined": res.quarantined}))
 
 
-def run_convert(shard: Path, out: Path, keep_meta: bool = True) -> tuple[dict, float]:
-    """Convert in a child process; returns (its report, its peak RSS in GB)."""
+def run_convert(shard: Path, out: Path, keep_meta: bool = True, fmt: str = "wildchat",
+                per_record: bool = False) -> tuple[dict, float]:
+    """Convert in a child process; returns (its report, its peak RSS in GB). The peak is that
+    of the largest child so far (getrusage), so children run from the smallest expected up."""
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import ingest_speed; "
-            f"ingest_speed._convert_child({str(shard)!r}, {str(out)!r}, {str(out) + '.quarantine.jsonl'!r}, {keep_meta})")
+            f"ingest_speed._convert_child({str(shard)!r}, {str(out)!r}, {str(out) + '.quarantine.jsonl'!r}, "
+            f"{keep_meta}, {fmt!r}, {per_record})")
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return json.loads(proc.stdout.strip().splitlines()[-1]), max(peak, before) / 1024 ** 2
+
+
+def jsonl_formats(work: Path, conversations: int, threads: int, repeat: int) -> None:
+    """Bulk conversion of OpenAI-messages and ShareGPT JSONL against DuckDB's bare read_json
+    and unnest of the same file, and against the per-record path."""
+    for fmt in ("openai_jsonl", "sharegpt"):
+        path = work / f"{fmt}.jsonl"
+        if not path.exists():
+            make_jsonl(path, fmt, conversations)
+        bare_json_unnest(path, fmt, threads)  # warm the file cache
+        base = base_cpu = float("inf")
+        for _ in range(repeat):
+            t, c = time.perf_counter(), time.process_time()
+            msgs = bare_json_unnest(path, fmt, threads)
+            base, base_cpu = min(base, time.perf_counter() - t), min(base_cpu, time.process_time() - c)
+        print(f"baseline  DuckDB read_json + unnest ({fmt}, {path.stat().st_size / 1e6:.0f} MB): {base:7.2f} s wall, "
+              f"{base_cpu:6.2f} s CPU  {conversations / base:10,.0f} conversations/s ({msgs:,} messages)")
+        for per_record in (False, True):
+            reps = []
+            for _ in range(1 if per_record else repeat):
+                rep, _rss = run_convert(path, work / f"{fmt}.parquet", True, fmt, per_record)
+                assert rep["rows"] + rep["quarantined"] == conversations, rep
+                reps.append(rep)
+            sec, cpu = min(r["seconds"] for r in reps), min(r["cpu"] for r in reps)
+            label = "per-record path (before)" if per_record else "bulk path"
+            print(f"convert   {fmt} -> canonical, {label}: {sec:7.2f} s wall, {cpu:6.2f} s CPU  "
+                  f"{conversations / sec:10,.0f} conversations/s  ratio to baseline {base / sec:.2f} wall, "
+                  f"{base_cpu / cpu:.2f} CPU")
 
 
 def main() -> None:
@@ -157,9 +245,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
     ap.add_argument("--repeat", type=int, default=1, help="timed runs of each; the fastest is reported")
+    ap.add_argument("--formats", default="wildchat,jsonl", help="wildchat, jsonl (OpenAI and ShareGPT) or both")
     args = ap.parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="depsim-ingest-"))
     work.mkdir(parents=True, exist_ok=True)
+    if "wildchat" in args.formats:
+        wildchat(work, args)
+    if "jsonl" in args.formats:
+        jsonl_formats(work, args.conversations, args.threads, args.repeat)
+
+
+def wildchat(work: Path, args: argparse.Namespace) -> None:
+    """The WildChat-layout Parquet shard: conversion against both baselines, peak RSS."""
     shard = work / "train-00000-of-00001.parquet"
     if not shard.exists():
         t = time.perf_counter()

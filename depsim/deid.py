@@ -94,7 +94,7 @@ api_key           177   0.994     0.994
 email             156   1.000     1.000
 iban              167   1.000     1.000
 national_id       277   1.000     1.000
-credit_card       198   0.975     1.000
+credit_card       198   1.000     1.000
 ssn               103   1.000     1.000
 date_of_birth     153   1.000     1.000
 phone             299   1.000     1.000
@@ -149,9 +149,14 @@ Limitations
   number) is a false positive.  International fakes keep the country code.
 * credit_card requires Luhn and an issuer layout (Visa 13/16/19, Mastercard and
   others 16, Amex 15, JCB 15 from 1800/2131, Diners 14); Maestro lengths
-  12-19 only next to a card cue.  Faker's Maestro numbers starting 0604 are
-  taken as phones (replaced all the same: "any type" 1.000).  A random digit
-  string with a valid layout still passes Luhn 1 time in 10.
+  12-19 (50, 56-69, UK 0604) only next to a card cue, or where the number is
+  also taken as a phone: a Luhn-valid 12-19 digit Maestro number in a card's
+  grouping is then labelled a card (it was replaced as a phone before; the
+  relabelling adds no detection, so no false positive).  A Maestro number far
+  from any cue and too long for a phone (14-19 digits) is missed.  A random
+  digit string with a valid layout still passes Luhn 1 time in 10, so about
+  1 in 10 twelve-digit phone numbers starting 50/56-69/0604 is labelled a card
+  (still replaced).
 * iban requires mod-97; national_id: NINO with HMRC's letter rules (any
   letters after a cue), NIR with its key, German pension number by shape,
   PAN by shape; passport, Aadhaar (Faker's fail the Verhoeff check, so it is
@@ -413,7 +418,7 @@ _CARD_NOT_CUE = re.compile(
     r"(?i)\b(?:imei|meid|iccid|tracking|invoice|isbn|serial|ticket|ref|reference|"
     r"order|confirmation|booking)\b\s*(?:no\.?|num(?:ber)?|#|id|code)?\s*[:#.]?\s*$"
 )
-_CC_RE = re.compile(r"(?<![\w.-])[1-6]\d{3}(?:[ -]?\d){8,15}(?![\d])")
+_CC_RE = re.compile(r"(?<![\w.-])(?:[1-6]\d{3}|0604)(?:[ -]?\d){8,15}(?![\d])")
 _CARD_CUE_RE = re.compile(
     r"(?i)\b(?:card|visa|master\s?card|maestro|amex|american\s+express|discover|jcb|diners|debit|credit|"
     r"cc#?|paid|pay|payment|charged?|declined|expiry|exp|cvv|cvc|luhn)\b"
@@ -454,6 +459,26 @@ def _card_layout_ok(d: str) -> bool:
     return False
 
 
+def _maestro_prefix(d: str) -> bool:
+    """Maestro / UnionPay issuer prefixes (50, 56-69, Maestro UK 0604)."""
+    return d[:2] == "50" or "56" <= d[:2] <= "69" or d[:4] == "0604"
+
+
+def _cards_over_phones(text: str, cands: list[Span]) -> Iterable[Span]:
+    """A card candidate for each phone candidate that is a Luhn-valid 12-19 digit Maestro
+    number in a card's grouping (no ``+``, no brackets): cards outrank phones, so it is then
+    labelled a card. Only relabels what is already taken, so it adds no false positive."""
+    for s, e, t in cands:
+        if t != "phone":
+            continue
+        v = text[s:e]
+        if not ("0" <= v[0] <= "9") or not _cc_grouping_ok(v) or not re.fullmatch(r"[\d -]+", v):
+            continue
+        d = _digits(v)
+        if 12 <= len(d) <= 19 and _maestro_prefix(d) and luhn_valid(d) and len(set(d)) > 1:
+            yield s, e, "credit_card"
+
+
 def _find_cards(text: str, wins) -> Iterable[Span]:
     for m in _iter(_CC_RE, text, wins):
         s = m.group(0)
@@ -461,8 +486,8 @@ def _find_cards(text: str, wins) -> Iterable[Span]:
             continue
         d = _digits(s)
         if not _card_layout_ok(d):
-            # Maestro/UnionPay lengths 12-19 (50, 56-69): only next to a card cue
-            maestro = d[:2] == "50" or "56" <= d[:2] <= "69"
+            # Maestro/UnionPay lengths 12-19 (50, 56-69, UK 0604): only next to a card cue
+            maestro = _maestro_prefix(d)
             if not (maestro and _CARD_CUE_RE.search(text, max(0, m.start() - 40), min(len(text), m.end() + 40))):
                 continue
         if len(set(d)) == 1:
@@ -1727,6 +1752,8 @@ def find_pii(text: str) -> list[Span]:
         add(_html_attr_names(text))
     if low is not None:
         add(_lower_names(text, low, toks))
+    if nums and any(t == "phone" for _, _, t in cands):
+        add(list(_cards_over_phones(text, cands)))
     if any(t == "person_name" for _, _, t in cands):
         firms = [m.span() for m in _FIRM_LIST_RE.finditer(text)] if (" and " in text or "&" in text) else []
         cands = [c for c in cands if c[2] != "person_name" or not _company_like(text, c[0], c[1], firms)]

@@ -19,7 +19,9 @@ extras               per format: ``redacted``, ``toxic``, ``moderation_flagged``
                      ``message_meta`` (JSON array aligned with ``messages``: each message's
                      fields that are not OpenAI message fields, e.g. WildChat's per-turn
                      ``redacted``/``toxic``/``timestamp``), ``meta`` (JSON object: the
-                     record's other fields), ...
+                     record's other fields), ...; from WildChat / LMSYS Parquet the record's
+                     nested fields (``openai_moderation``, ``detoxify_moderation``) are
+                     their own columns with the input's Arrow type instead of JSON in ``meta``
 ===================  =========================================================================
 
 Public API: :func:`read_conversations`, :func:`read_prompt_set`, :func:`convert`,
@@ -41,8 +43,12 @@ with the user agent, ``country``, ``state``) are left out unless ``keep_identify
 
 Reading streams: JSONL line by line, JSON arrays incrementally, Parquet by record batch.
 Hub-layout Parquet (WildChat, LMSYS-Chat-1M) is flattened and validated in bulk by DuckDB;
-the records that fail the bulk test (and duplicate ids) go through the per-record path, which
-names their reason, so both paths give the same table and the same quarantine. :func:`convert`
+OpenAI-messages and ShareGPT JSONL are parsed in blocks of lines by Arrow's JSON reader
+against an explicit schema and flattened and validated by DuckDB (a block holding a field
+outside that schema, a line Arrow cannot read, a line with a control byte or that is not one
+object is split down to the lines that need it). The records that fail the bulk test (and
+duplicate ids) go through the per-record path, which names their reason and line, so both
+paths give the same table and the same quarantine. :func:`convert`
 writes the output in row groups from a second thread, so memory stays bounded by a few chunks.
 """
 from __future__ import annotations
@@ -67,9 +73,11 @@ from queue import Queue
 from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -596,8 +604,11 @@ def _first_char(path: Path) -> str:
         raise _fatal(str(path), f"cannot read the file: {e}") from None
 
 
-def _jsonl(path: Path, max_line_bytes: int, *, array_hint: str) -> Iterator[tuple[_Loc, Any, Any]]:
-    name, lineno, seen = str(path), 0, False
+def _jsonl_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[_Loc, bytes, int]]:
+    """The lines of a (possibly compressed) JSONL file: (location, bytes, 0), or for a line
+    longer than ``max_line_bytes`` (its first bytes, its length), skipped without being held.
+    A UTF-8 byte order mark on line 1 is removed; blank lines are included."""
+    name, lineno = str(path), 0
     with _open_binary(path) as fh:
         while True:
             try:
@@ -618,42 +629,115 @@ def _jsonl(path: Path, max_line_bytes: int, *, array_hint: str) -> Iterator[tupl
                     n += len(more)
                     if not more or more.endswith(b"\n"):
                         break
-                yield loc, raw[:RAW_CHARS], _Bad("line_too_long", f"line has {n:,} bytes "
-                                                                  f"(limit {max_line_bytes:,})")
+                yield loc, raw[:RAW_CHARS], n
                 continue
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[3:]
-            if not raw.strip():
-                continue  # blank lines are not records
-            first, seen = not seen, True
-            if b"\x00" in raw:
-                at = raw.index(b"\x00") + 1
-                yield loc, raw, _Bad("nul_byte", f"line contains a NUL byte (byte {at})")
-                continue
+            yield loc, raw, 0
+
+
+def _jsonl_blocks(path: Path, max_line_bytes: int, max_lines: int,
+                  block_bytes: int = 16 << 20) -> Iterator[tuple[int, bytes, int]]:
+    """A (possibly compressed) JSONL file in blocks of whole lines: (number of the first line,
+    the lines' bytes, 0), at most ``max_lines`` lines a block; or for a line longer than
+    ``max_line_bytes`` (its number, its first bytes, its length), skipped without being held
+    whole. A UTF-8 byte order mark on line 1 is removed."""
+    name, lineno, carry, first = str(path), 1, b"", True
+    with _open_binary(path) as fh:
+        while True:
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield loc, raw, _Bad("not_utf8", f"line is not valid UTF-8 (byte {e.start + 1}: "
-                                                 f"{raw[e.start:e.start + 4]!r})")
+                data = fh.read(block_bytes)
+            except (EOFError, OSError, zlib.error) as e:
+                raise _fatal(_Loc(name, lineno + carry.count(b"\n")),
+                             f"compressed file is truncated or corrupt ({e})") from None
+            buf = carry + data
+            if not buf:
+                return
+            if first and buf.startswith(codecs.BOM_UTF8):
+                buf = buf[3:]
+            first = first and not buf
+            end = len(buf) if not data else buf.rfind(b"\n") + 1
+            if end == 0:
+                if len(buf) > max_line_bytes:  # a line too long: skip the rest of it
+                    head, n, more = buf[:RAW_CHARS], len(buf), b""
+                    while True:
+                        try:
+                            more = fh.readline(1 << 20)
+                        except (EOFError, OSError, zlib.error) as e:
+                            raise _fatal(_Loc(name, lineno), f"compressed file is truncated or corrupt ({e})") from None
+                        n += len(more)
+                        if not more or more.endswith(b"\n"):
+                            break
+                    yield lineno, head, n
+                    lineno, carry = lineno + 1, b""
+                    if not more:
+                        return
+                    continue
+                carry = buf
                 continue
-            text = text.rstrip("\r\n")
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                if first and text.lstrip().startswith("["):
-                    raise _fatal(loc, f"the file is a JSON array, not JSONL (one JSON object per line); "
-                                      f"{array_hint}") from None
-                cut = " (the line ends early: truncated?)" if e.pos >= len(text.rstrip()) else ""
-                yield loc, raw, _Bad("invalid_json", f"invalid JSON{cut}: {e.msg} at column {e.colno}")
-                continue
-            except RecursionError:
-                yield loc, raw, _Bad("invalid_json", "invalid JSON: nested too deeply")
-                continue
-            if first and isinstance(obj, list) and (not obj or isinstance(obj[0], dict)):
-                raise _fatal(loc, f"the file is a JSON array, not JSONL (one JSON object per line); {array_hint}")
-            yield loc, raw, obj
+            carry, at = buf[end:], 0
+            nls = np.flatnonzero(np.frombuffer(buf, np.uint8, count=end) == 10)
+            if not data and (not len(nls) or nls[-1] != end - 1):
+                nls = np.append(nls, end - 1)  # the last line, without a newline
+            for c in range(0, len(nls), max(max_lines, 1)):
+                stop = int(nls[min(c + max_lines, len(nls)) - 1]) + 1
+                k = min(c + max_lines, len(nls)) - c
+                piece = buf[at:stop]
+                long = max(map(len, piece.split(b"\n"))) > max_line_bytes if len(piece) > max_line_bytes else False
+                if long:  # a line over the limit inside a block: the line reader's answer for each line
+                    for j, line in enumerate(piece.split(b"\n")[:k]):
+                        if len(line) > max_line_bytes:
+                            last = j == k - 1 and not piece.endswith(b"\n")
+                            yield lineno + j, line[:RAW_CHARS], len(line) + (0 if last else 1)
+                        else:
+                            yield lineno + j, line + (b"" if j == k - 1 and not piece.endswith(b"\n") else b"\n"), 0
+                else:
+                    yield lineno, piece, 0
+                lineno += k
+                at = stop
+            if not data:
+                return
+
+
+def _jsonl_record(loc: _Loc, raw: bytes, long: int, max_line_bytes: int, first: bool,
+                  array_hint: str) -> tuple[_Loc, Any, Any]:
+    """One non-blank JSONL line as (location, raw, parsed record or _Bad); raises for a JSON
+    array given as JSONL (``first``: the file's first record)."""
+    if long:
+        return loc, raw, _Bad("line_too_long", f"line has {long:,} bytes (limit {max_line_bytes:,})")
+    if b"\x00" in raw:
+        at = raw.index(b"\x00") + 1
+        return loc, raw, _Bad("nul_byte", f"line contains a NUL byte (byte {at})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return loc, raw, _Bad("not_utf8", f"line is not valid UTF-8 (byte {e.start + 1}: "
+                                          f"{raw[e.start:e.start + 4]!r})")
+    text = text.rstrip("\r\n")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        if first and text.lstrip().startswith("["):
+            raise _fatal(loc, f"the file is a JSON array, not JSONL (one JSON object per line); "
+                              f"{array_hint}") from None
+        cut = " (the line ends early: truncated?)" if e.pos >= len(text.rstrip()) else ""
+        return loc, raw, _Bad("invalid_json", f"invalid JSON{cut}: {e.msg} at column {e.colno}")
+    except RecursionError:
+        return loc, raw, _Bad("invalid_json", "invalid JSON: nested too deeply")
+    if first and isinstance(obj, list) and (not obj or isinstance(obj[0], dict)):
+        raise _fatal(loc, f"the file is a JSON array, not JSONL (one JSON object per line); {array_hint}")
+    return loc, raw, obj
+
+
+def _jsonl(path: Path, max_line_bytes: int, *, array_hint: str) -> Iterator[tuple[_Loc, Any, Any]]:
+    seen = False
+    for loc, raw, long in _jsonl_lines(path, max_line_bytes):
+        if not long and not raw.strip():
+            continue  # blank lines are not records
+        first, seen = not seen and not long, seen or not long
+        yield _jsonl_record(loc, raw, long, max_line_bytes, first, array_hint)
     if not seen:
-        raise _fatal(_Loc(name, 1), "empty file (no records)")
+        raise _fatal(_Loc(str(path), 1), "empty file (no records)")
 
 
 def _json_array(path: Path) -> Iterator[tuple[_Loc, Any, Any]]:
@@ -858,10 +942,12 @@ class _Ctx:
     lift: tuple[str, ...] = ()  # record fields to keep as their own columns instead of in ``meta``
     drop: frozenset = frozenset()  # identifying fields left out of the table (IDENTIFYING_FIELDS)
     meta: bool = True  # keep the record's other fields in ``meta``
+    typed: tuple[str, ...] = ()  # record fields kept as their own typed columns (nested moderation records)
 
 
 def _finish(row: dict, msgs: list[dict], mmeta: list[dict] | None = None, meta: dict | None = None,
-            lift: tuple[str, ...] = (), drop: frozenset = frozenset(), keep_meta: bool = True) -> dict:
+            lift: tuple[str, ...] = (), drop: frozenset = frozenset(), keep_meta: bool = True,
+            typed: tuple[str, ...] = ()) -> dict:
     row["messages"] = _dumps(msgs)
     if drop:
         for k in drop:
@@ -877,6 +963,9 @@ def _finish(row: dict, msgs: list[dict], mmeta: list[dict] | None = None, meta: 
         for k in lift:  # strings as they are, anything else as its JSON text
             v = meta.pop(k, None)
             row[k] = v if v is None or isinstance(v, str) else _dumps(v)
+    if meta and typed:
+        for k in typed:  # as read (the column has the input file's type)
+            row[k] = meta.pop(k, None)
     if meta and keep_meta:
         row["meta"] = _dumps(meta)
     return row
@@ -941,7 +1030,8 @@ def _row_chatlog(rec: Any, c: _Ctx) -> dict:
     else:
         row["created_at"] = _timestamp(rec.get("timestamp"), "timestamp")
         used.add("timestamp")
-    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop, c.meta)
+    return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop, c.meta,
+                   c.typed)
 
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
@@ -1278,6 +1368,10 @@ def _apply_mapping(rec: Any, mapping: dict[str, str]) -> Any:
     return out
 
 
+_ARRAY_HINT = ("name it .json (a JSON array is read as one) or convert it with: jq -c '.[]' IN.json > OUT.jsonl; "
+               "records inside an object ({\"instances\": [...]}) are read with json_path")
+
+
 def _records(f: Path, fmt: str, max_line_bytes: int, json_path: str | None = None) -> Iterator[tuple[_Loc, Any, Any]]:
     if fmt in PROMPT_SETS:
         return _jbc(f) if fmt == "jailbreakbench" else _csv(f)
@@ -1300,13 +1394,11 @@ def _records(f: Path, fmt: str, max_line_bytes: int, json_path: str | None = Non
             raise _fatal(str(f), f"a Parquet file, but format {fmt!r} reads JSONL; for a canonical "
                                  f"Parquet table use format 'parquet'")
         return _parquet(f)
-    hint = ("name it .json (a JSON array is read as one) or convert it with: jq -c '.[]' IN.json > OUT.jsonl; "
-            "records inside an object ({\"instances\": [...]}) are read with json_path")
     low = f.name.lower()
     json_name = ".json" in low and ".jsonl" not in low  # .json, .json.gz, ...: may be an array
     if (fmt in ("wildchat", "lmsys", "sharegpt") or json_name) and _first_char(f) == "[":
         return _json_array(f)
-    return _jsonl(f, max_line_bytes, array_hint=hint)
+    return _jsonl(f, max_line_bytes, array_hint=_ARRAY_HINT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1384,10 +1476,34 @@ def _flag_sql(conv: str, fields: dict, key: str) -> str:
     return f"list_bool_or({vals})"
 
 
+def _chatlog_used(fmt: str) -> set[str]:
+    """The WildChat / LMSYS record fields that become canonical columns (the rest is ``meta``)."""
+    used = {"conversation_hash", "conversation_id", "conversation", "model", "language", "redacted", "timestamp"}
+    return used | {"toxic", "country", "state"} if fmt == "wildchat" else used - {"conversation_hash"}
+
+
+def _is_nested(t: pa.DataType) -> bool:
+    return pa.types.is_nested(t) and not pa.types.is_dictionary(t)
+
+
+def _typed_fields(sch: pa.Schema, fmt: str, lift: Iterable[str] = (), drop: Iterable[str] = ()) -> dict[str, pa.DataType]:
+    """The record fields of a WildChat / LMSYS Parquet schema that the canonical table keeps as
+    their own columns with the input's Arrow type rather than as JSON in ``meta``: the nested
+    ones (lists and structs: ``openai_moderation``, ``detoxify_moderation``). Writing their
+    thousands of scores per conversation as JSON text was most of the conversion time. Returns
+    {field name: Arrow type}, in the file's order."""
+    if fmt not in ("wildchat", "lmsys"):
+        return {}
+    skip = _chatlog_used(fmt) | set(lift) | set(drop) | set(CANONICAL_COLUMNS) | {n for n, _ in _EXTRAS[fmt]}
+    return {f.name: f.type for f in sch if f.name not in skip and _is_nested(f.type)}
+
+
 def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tuple[str, ...],
-                drop: frozenset, max_chars: int, keep_meta: bool = True) -> str | None:
+                drop: frozenset, max_chars: int, keep_meta: bool = True,
+                typed: dict[str, pa.DataType] | None = None) -> str | None:
     """The bulk query for a hub-layout Parquet file, or None when its schema is not one the bulk
-    path reads exactly like the per-record path (then every record takes that path)."""
+    path reads exactly like the per-record path (then every record takes that path). ``typed``:
+    fields selected as they are (see :func:`_typed_fields`), null where the file lacks them."""
     names = sch.names
     typ = {n: sch.field(n).type for n in names}
     if "file_row_number" in typ or "conversation" not in typ:
@@ -1474,10 +1590,12 @@ def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tup
         cols["message_meta"] = f"to_json(list_transform({conv}, {_lam('x', '{' + ', '.join(parts) + '}')}))"
     else:
         cols["message_meta"] = "CAST(NULL AS VARCHAR)"
-    used = {*keys, "conversation", "model", "language", "redacted", "timestamp"}
-    if fmt == "wildchat":
-        used |= {"toxic", "country", "state"}
-    rest = [k for k in names if k not in used and k not in lift and k not in drop] if keep_meta else []
+    used = _chatlog_used(fmt)
+    typed = dict(typed or {}) if keep_meta else {}
+    rest = [k for k in names if k not in used and k not in lift and k not in drop and k not in typed] \
+        if keep_meta else []
+    for k in typed:
+        cols[k] = _q(k) if k in typ else "NULL"
     parts = []
     for k in rest:
         inner = _json_ready(_q(k), typ[k], 1)
@@ -1505,6 +1623,116 @@ def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tup
     select = ", ".join(f"{expr} AS {_q(name)}" for name, expr in cols.items())
     return (f"SELECT {select}, coalesce({ok}, false) AS __ok, file_row_number AS __i FROM ("
             f"SELECT *, {cid} AS __id, {lang} AS __lang FROM read_parquet({_s(str(f))}, file_row_number = true))")
+
+
+# Native ingestion of OpenAI-messages and ShareGPT JSONL: lines are parsed in chunks by Arrow's
+# JSON reader against an explicit schema, then flattened and tested by DuckDB. A chunk whose
+# records carry any field outside that schema (which would go to ``meta``/``message_meta``),
+# or that Arrow cannot parse, and each line with a control byte, takes the per-record path, as
+# do the rows that fail the test; so both paths give the same table and the same quarantine.
+
+_MSG = pa.list_(pa.struct([("role", _S), ("content", _S)]))
+_BULK_JSONL: dict[str, pa.Schema] = {
+    "openai_jsonl": pa.schema([("id", _S), ("conversation_id", _S), ("messages", _MSG), ("model", _S),
+                               ("language", _S), ("surface", _S), ("source", _S), ("created_at", _S)]),
+    "sharegpt": pa.schema([("id", _S), ("conversation_id", _S),
+                           ("conversations", pa.list_(pa.struct([("from", _S), ("value", _S)]))),
+                           ("model", _S), ("language", _S)]),
+}
+_CTRL_RE = re.compile(rb"[\x00-\x1f]")  # raw control bytes: JSON errors (or whitespace) json.loads reads its own way
+
+
+def _jsonl_sql(fmt: str, source: str | None, stem: str, max_chars: int) -> str:
+    """The bulk query over an Arrow chunk ``__t`` (the schema of :data:`_BULK_JSONL` plus
+    ``__i``, the line number) of openai_jsonl or sharegpt records."""
+    if fmt == "openai_jsonl":
+        conv, role = "messages", "CASE WHEN x.role = 'developer' THEN 'system' ELSE x.role END"
+        content, known = "x.content", "x.role IN ('system', 'user', 'assistant', 'developer')"
+        src = _s(source) if source else f"coalesce(nullif(source, ''), {_s(fmt)})"
+        cols = {"model": "model", "language": "language", "surface": "surface"}
+    else:
+        conv = "conversations"
+        role = "CASE lower(x.\"from\") " + " ".join(
+            f"WHEN {_s(k)} THEN {_s(v)}" for k, v in SHAREGPT_ROLES.items()
+            if v in ("system", "user", "assistant") and k != "function_call") + " END"
+        content, known = "x.value", f"({role}) IS NOT NULL"
+        src = _s(source or fmt)
+        cols = {"model": "model", "language": "language", "surface": "CAST(NULL AS VARCHAR)"}
+    msg = f"{{'role': {role}, 'content': {content}}}"
+    item_ok = (f"x IS NOT NULL AND {known} AND {content} IS NOT NULL "
+               f"AND length({content}) <= {int(max_chars)}")
+    is_user = f"({role}) = 'user'"
+    created = "created_at IS NULL AND " if fmt == "openai_jsonl" else ""
+    ok = (f"{created}regexp_matches(__id, '[!-~]') AND {conv} IS NOT NULL AND len({conv}) > 0 "
+          f"AND list_bool_and(list_transform({conv}, {_lam('x', item_ok)})) "
+          f"AND list_bool_or(list_transform({conv}, {_lam('x', is_user)}))")
+    select = {
+        "conversation_id": "__id",
+        "messages": f"to_json(list_transform({conv}, {_lam('x', msg)}))",
+        "tools": "CAST(NULL AS VARCHAR)",
+        "source": src,
+        **cols,
+        "created_at": "CAST(NULL AS TIMESTAMP)",
+        "message_meta": "CAST(NULL AS VARCHAR)",
+        "meta": "CAST(NULL AS VARCHAR)",
+        "language_name": "language",
+    }
+    body = ", ".join(f"{e} AS {_q(n)}" for n, e in select.items())
+    return (f"SELECT {body}, coalesce({ok}, false) AS __ok, __i FROM (SELECT *, coalesce(id, conversation_id, "
+            f"{_s(stem + ':')} || CAST(__i AS VARCHAR)) AS __id FROM __t)")
+
+
+def _arrow_json(lines: list[bytes], schema: pa.Schema, n: int | None = None) -> pa.Table | None:
+    """Parse JSON lines (``n`` of them, default ``len(lines)``) with Arrow against ``schema``:
+    the table, or None when a line is not valid JSON in that schema (or UTF-8), holds a field
+    outside it, or is not exactly one object."""
+    buf = lines[0] if len(lines) == 1 else b"\n".join(lines)
+    n = len(lines) if n is None else n
+    try:
+        t = pj.read_json(io.BytesIO(buf),
+                         read_options=pj.ReadOptions(block_size=max(1 << 20, min(len(buf) + 1, (1 << 31) - 1))),
+                         parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer"))
+        if t.num_rows != n or not t.schema.equals(schema):
+            return None
+        t.validate(full=True)  # Arrow's JSON reader does not check UTF-8; this does
+    except (pa.ArrowException, ValueError):
+        return None
+    return t
+
+
+def _arrow_json_parts(lines: list[bytes], schema: pa.Schema,
+                      whole_failed: bool = False) -> tuple[pa.Table | None, list[int]]:
+    """Parse what :func:`_arrow_json` can of ``lines``, halving the parts it cannot (at most 64
+    parses, so a few odd records are isolated and a chunk of odd records costs little). Returns (table, the indices of the
+    lines it holds, ascending); the other lines take the per-record path."""
+    parts: list[tuple[int, int, pa.Table]] = []
+    calls, limit = 0, 64
+
+    def go(lo: int, hi: int) -> None:
+        nonlocal calls
+        calls += 1
+        t = _arrow_json(lines[lo:hi], schema)
+        if t is not None:
+            parts.append((lo, hi, t))
+        elif hi - lo > 1 and calls < limit:
+            mid = (lo + hi) // 2
+            go(lo, mid)
+            go(mid, hi)
+
+    if lines:
+        whole = None if whole_failed else _arrow_json(lines, schema)
+        if whole is not None:
+            return whole, list(range(len(lines)))
+        # a first or last line that fails alone: most likely every record has that field (not a
+        # few odd records), so the chunk takes the per-record path without halving
+        if len(lines) > 2 and _arrow_json(lines[:1], schema) is not None \
+                and _arrow_json(lines[-1:], schema) is not None:
+            calls = 3
+            mid = len(lines) // 2
+            go(0, mid)
+            go(mid, len(lines))
+    idx = [i for lo, hi, _ in parts for i in range(lo, hi)]
+    return (pa.concat_tables([t for _, _, t in parts]) if parts else None), idx
 
 
 class _Run:
@@ -1544,9 +1772,15 @@ class _Run:
                 raise ValueError(f"mapping keys must be among {', '.join(MAPPING_KEYS)}; not {unknown}")
         self.quarantine_raw, self.progress = quarantine_raw, progress
         self.memory_limit, self.threads, self.json_path = memory_limit, threads, json_path
+        # WildChat / LMSYS Parquet: nested record fields (moderation records) as typed columns,
+        # their type from the first file; only when every input is Parquet, so one schema fits all
+        self.typed: dict[str, pa.DataType] = {}
+        if keep_meta and fmt in ("wildchat", "lmsys") and not isinstance(self.inputs, str) and self.inputs \
+                and all(f.stat().st_size > 0 and _magic(f) == b"PAR1" for f in self.inputs):
+            self.typed = _typed_fields(_parquet_file(self.inputs[0]).schema_arrow, fmt, self.lift, self.drop)
         self.schema: pa.Schema | None = (None if fmt == "parquet" else pa.schema(
             [x for x in _BASE + _EXTRAS[fmt] if x[0] not in self.drop and (keep_meta or x[0] != "meta")]
-            + [(c, _S) for c in self.lift]))
+            + [(c, _S) for c in self.lift] + list(self.typed.items())))
         self.seen: dict[str, tuple[int, str | int]] = {}  # id -> (file, "line n"/"record i", or i)
         self.rows: list[dict] = []
         self.records = self.kept = self.quarantined = 0
@@ -1624,7 +1858,7 @@ class _Run:
         if self.mapping:
             obj = _apply_mapping(obj, self.mapping)
         ctx = _Ctx(self.fmt, stem, loc, self.max_chars, self.source, self.warnings, index, self.lift,
-                   self.drop, self.keep_meta)
+                   self.drop, self.keep_meta, tuple(self.typed))
         try:
             return _CONVERTERS[self.fmt](obj, ctx)
         except _Bad as b:
@@ -1690,6 +1924,12 @@ class _Run:
                             yield self._flush()
                         yield from self._native(src, fi, sql, stem)
                         continue
+                    sql = self._jsonl_plan(src)
+                    if sql is not None:
+                        if self.rows:
+                            yield self._flush()
+                        yield from self._native_jsonl(src, fi, sql, stem)
+                        continue
                     src = _records(src, self.fmt, self.max_line_bytes, self.json_path)
                 for index, (loc, raw, obj) in enumerate(src):
                     self._bar.update(1)
@@ -1722,8 +1962,13 @@ class _Run:
         pf = _parquet_file(f)
         if pf.metadata.num_rows == 0:
             raise _fatal(str(f), "empty Parquet file (no records)")
-        return _native_sql(f, pf.schema_arrow, self.fmt, self.source, self.lift, self.drop, self.max_chars,
-                           self.keep_meta)
+        sch = pf.schema_arrow
+        for k, t in self.typed.items():
+            if k in sch.names and sch.field(k).type != t:
+                raise _fatal(str(f), f"field {k} has type {sch.field(k).type}, but {t} in {self.inputs[0]}; "
+                                     f"convert these files separately (or with keep_meta=False)")
+        return _native_sql(f, sch, self.fmt, self.source, self.lift, self.drop, self.max_chars,
+                           self.keep_meta, self.typed)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         config = {"preserve_insertion_order": True}
@@ -1744,16 +1989,22 @@ class _Run:
         record; the ones that fail (and duplicate ids) take the per-record path, which
         quarantines them with their reason or keeps them. Yields tables in file order."""
         name = str(f)
-        out_names = self.schema.names
         langs: dict[str | None, tuple[str | None, str | None]] = {None: (None, None)}
         con = self._connect()
+        pf = None
+
+        def slow(rows: list[int]) -> Iterator[tuple[_Loc, Any, Any]]:
+            nonlocal pf
+            pf = pf or _parquet_file(f)
+            for i, rec in zip(rows, _parquet_rows(pf, rows)):
+                yield _Loc(name, record=i), None, rec
+
         try:
             res = con.sql(sql)
             batches = max(self.chunk_rows, 1)
             # DuckDB 2.x: to_arrow_reader; 1.x: fetch_record_batch
             reader = (res.to_arrow_reader(batches) if hasattr(res, "to_arrow_reader")
                       else res.fetch_record_batch(batches))
-            pf = None
             while True:
                 try:
                     batch = reader.read_next_batch()
@@ -1762,56 +2013,190 @@ class _Run:
                 except duckdb.Error as e:
                     raise _fatal(name, f"cannot read the Parquet file ({_one_line(e)})") from None
                 t = pa.Table.from_batches([batch])
-                idx = t.column("__i").to_pylist()
-                good = t.column("__ok").to_pylist()
-                ids = t.column("conversation_id").to_pylist()
-                fresh = set(ids)
-                if all(good) and len(fresh) == len(ids) and fresh.isdisjoint(self.seen):
-                    # the usual batch: every record passed, no id seen before (checked as sets)
-                    self.seen.update(zip(ids, ((fi, i) for i in idx)))
-                    keep, slow = None, []
-                else:
-                    keep, slow = [], []
-                    for i, cid, g in zip(idx, ids, good):
-                        if g and cid not in self.seen:
-                            self.seen[cid] = (fi, i)
-                            keep.append(True)
-                        else:
-                            keep.append(False)
-                            slow.append(i)
-                n_kept = len(idx) - len(slow)
-                self.records += n_kept
-                self.kept += n_kept
-                raw = t.column("language_name")
-                names = pc.unique(raw).to_pylist()
-                for v in names:
-                    if v not in langs:
-                        langs[v] = _language(v)
-                codes = pa.array([langs[v][0] for v in names], pa.string())
-                t = t.set_column(t.schema.get_field_index("language"), "language",
-                                 pc.take(codes, pc.index_in(raw, pa.array(names, raw.type))))
-                if keep is not None:
-                    t = t.filter(pa.array(keep, pa.bool_()))
-                t = t.select([*out_names, "__i"])
-                tables = [t.cast(pa.schema([*self.schema, ("__i", pa.int64())]))]
-                if slow:
-                    pf = pf or _parquet_file(f)
-                    rows = []
-                    for i, rec in zip(slow, _parquet_rows(pf, slow)):
-                        loc = _Loc(name, record=i)
-                        row = self._convert_one(loc, None, rec, stem, i)
-                        if row is not None and self._accept(loc, rec, row, fi):
-                            rows.append({**{k: row.get(k) for k in out_names}, "__i": i})
-                    if rows:
-                        tables.append(pa.Table.from_pylist(rows, schema=tables[0].schema))
-                    t = pa.concat_tables(tables)
-                    t = t.take(pc.sort_indices(t.column("__i")))
-                else:
-                    t = tables[0]
-                self._bar.update(len(idx))
-                yield t.drop_columns(["__i"])
+                self._bar.update(t.num_rows)
+                yield self._merge(t, fi, stem, langs, slow)
         finally:
             con.close()
+
+    def _jsonl_plan(self, f: Path) -> str | None:
+        """The bulk query for an openai_jsonl / sharegpt JSONL file, or None (per-record path)."""
+        if self.fmt not in _BULK_JSONL or self.mapping or self.json_path or self.lift \
+                or f.stat().st_size == 0 or _magic(f) == b"PAR1":
+            return None
+        _check_encoding(f)
+        try:
+            if _first_char(f) != "{":
+                return None
+        except InputError:
+            return None  # the per-record path says where the file breaks
+        return _jsonl_sql(self.fmt, self.source, _stem(f), self.max_chars)
+
+    def _native_jsonl(self, f: Path, fi: int, sql: str, stem: str) -> Iterator[pa.Table]:
+        """Bulk conversion of one JSONL file, ``chunk_rows`` lines at a time (see
+        :data:`_BULK_JSONL`). Yields tables in line order."""
+        name, schema = str(f), _BULK_JSONL[self.fmt]
+        langs: dict[str | None, tuple[str | None, str | None]] = {None: (None, None)}
+        empty = pa.table({**{n: pa.array([], schema.field(n).type) for n in schema.names},
+                          "__i": pa.array([], pa.int64())})
+        con = self._connect()
+        seen = False
+        bulk = [0, 0]  # lines the bulk path kept, lines tried: once half of them fail, stop trying
+
+        def chunk(items: list[tuple[_Loc, bytes, int]], whole_failed: bool = False) -> pa.Table:
+            by_line = {loc.line: (loc, raw, long) for loc, raw, long in items}
+            tried = 2 * bulk[0] >= bulk[1]  # after a chunk of odd records: no more halving
+            clean = [(loc.line, raw.rstrip(b"\r\n")) for loc, raw, long in items if not long and tried]
+            # only lines that are one object: Arrow's reader crashes on a block that starts with null
+            clean = [(i, b) for i, b in clean if b.strip()[:1] == b"{" and b.strip()[-1:] == b"}"
+                     and not _CTRL_RE.search(b)]
+            t, got = _arrow_json_parts([b for _, b in clean], schema, whole_failed and len(clean) == len(items))
+            clean = [clean[j] for j in got]
+            if t is None:
+                t = empty
+            else:
+                t = t.append_column("__i", pa.array([i for i, _ in clean], pa.int64()))
+            taken = {i for i, _ in clean}
+            extra = [_jsonl_record(*by_line[i], self.max_line_bytes, False, _ARRAY_HINT)
+                     for i in by_line if i not in taken]
+            con.register("__t", t)
+            try:
+                out = con.sql(sql).to_arrow_table()
+            finally:
+                con.unregister("__t")
+            if tried:
+                bulk[0] += int(pc.sum(out.column("__ok")).as_py() or 0)
+                bulk[1] += len(items)
+
+            def slow(rows: list[int]) -> Iterator[tuple[_Loc, Any, Any]]:
+                for i in rows:
+                    yield _jsonl_record(*by_line[i], self.max_line_bytes, False, _ARRAY_HINT)
+            self._bar.update(len(items))
+            return self._merge(out, fi, stem, langs, slow, extra, lines=True)
+
+        def block(first: int, body: bytes, nl: bool) -> pa.Table | bool | None:
+            """A block whose every line is one JSON object of the schema, in bulk; else None, or
+            False when Arrow could not read the block as a whole."""
+            arr = np.frombuffer(body, np.uint8)
+            nls = np.flatnonzero(arr == 10)
+            n = len(nls)
+            if not (body[:1] == b"{" and body[-1:] == b"}" and int(np.count_nonzero(arr < 32)) == n
+                    and bool((arr[nls + 1] == 123).all()) and bool((arr[nls - 1] == 125).all())):
+                return None  # a blank line, a control byte, a line that does not start with { and end with }
+            t = _arrow_json([body], schema, n + 1)
+            if t is None:
+                return False
+            con.register("__t", t.append_column("__i", pa.array(range(first, first + n + 1), pa.int64())))
+            try:
+                out = con.sql(sql).to_arrow_table()
+            finally:
+                con.unregister("__t")
+            bulk[0] += int(pc.sum(out.column("__ok")).as_py() or 0)
+            bulk[1] += n + 1
+            self._bar.update(n + 1)
+            starts = [0, *(nls + 1).tolist(), len(body) + 1]
+
+            def slow(rows: list[int]) -> Iterator[tuple[_Loc, Any, Any]]:
+                for i in rows:
+                    a, b = starts[i - first], starts[i - first + 1]
+                    raw = body[a:b - 1] + (b"\n" if nl or i - first < n else b"")
+                    yield _jsonl_record(_Loc(name, i), raw, 0, self.max_line_bytes, False, _ARRAY_HINT)
+            return self._merge(out, fi, stem, langs, slow, lines=True)
+
+        resume = None
+        try:
+            for first, piece, long in _jsonl_blocks(f, self.max_line_bytes, max(self.chunk_rows, 1)):
+                if 2 * bulk[0] < bulk[1]:  # most records so far needed the per-record path
+                    resume = first
+                    break
+                if long:
+                    yield chunk([(_Loc(name, first), piece, long)])
+                    continue
+                nl = piece.endswith(b"\n")
+                body = piece[:-1] if nl else piece
+                t = block(first, body, nl)
+                if isinstance(t, pa.Table):
+                    seen = True
+                    yield t
+                    continue
+                lines = body.split(b"\n")
+                items = [(_Loc(name, first + j), raw + b"\n" if nl or j < len(lines) - 1 else raw, 0)
+                         for j, raw in enumerate(lines) if raw.strip()]
+                if items:
+                    seen = True
+                    yield chunk(items, whole_failed=t is False)
+        finally:
+            con.close()
+        if resume is not None:  # the rest of the file by the per-record path
+            for loc, raw, long in _jsonl_lines(f, self.max_line_bytes):
+                if loc.line < resume or (not long and not raw.strip()):
+                    continue
+                seen = seen or not long
+                loc, raw, obj = _jsonl_record(loc, raw, long, self.max_line_bytes, False, _ARRAY_HINT)
+                self._bar.update(1)
+                row = self._convert_one(loc, raw, obj, stem, 0)
+                if row is not None and (t := self._good(loc, raw, row, fi)) is not None:
+                    yield t
+            if self.rows:
+                yield self._flush()
+        if not seen:
+            raise _fatal(_Loc(name, 1), "empty file (no records)")
+
+    def _merge(self, t: pa.Table, fi: int, stem: str, langs: dict, slow: Callable[[list[int]], Iterable],
+               extra: Iterable[tuple[_Loc, Any, Any]] = (), lines: bool = False) -> pa.Table:
+        """One bulk-converted batch (output columns, ``language_name`` with the raw language,
+        ``__ok``, ``__i``: record index or line) in canonical form: the rows that passed and whose
+        id is new are kept; the others, fetched by ``slow(indices)`` as (location, raw,
+        record), and the records of ``extra`` take the per-record path. Rows in ``__i`` order
+        (``lines``: ``__i`` is a line number, else a record index)."""
+        out_names = self.schema.names
+        idx = t.column("__i").to_pylist()
+        good = t.column("__ok").to_pylist()
+        ids = t.column("conversation_id").to_pylist()
+        fresh = set(ids)
+        if all(good) and len(fresh) == len(ids) and fresh.isdisjoint(self.seen):
+            # the usual batch: every record passed, no id seen before (checked as sets)
+            self.seen.update(zip(ids, ((fi, f"line {i}") for i in idx) if lines else ((fi, i) for i in idx)))
+            keep, bad = None, []
+        else:
+            keep, bad = [], []
+            for i, cid, g in zip(idx, ids, good):
+                if g and cid not in self.seen:
+                    self.seen[cid] = (fi, f"line {i}" if lines else i)
+                    keep.append(True)
+                else:
+                    keep.append(False)
+                    bad.append(i)
+        n_kept = len(idx) - len(bad)
+        self.records += n_kept
+        self.kept += n_kept
+        if self.fmt in ("wildchat", "lmsys", "sharegpt"):  # language names to codes, as _language does
+            raw = t.column("language_name")
+            names = pc.unique(raw).to_pylist()
+            for v in names:
+                if v not in langs:
+                    langs[v] = _language(v)
+            codes = pa.array([langs[v][0] for v in names], pa.string())
+            t = t.set_column(t.schema.get_field_index("language"), "language",
+                             pc.take(codes, pc.index_in(raw, pa.array(names, raw.type))))
+        if keep is not None:
+            t = t.filter(pa.array(keep, pa.bool_()))
+        t = t.select([*out_names, "__i"])
+        tables = [t.cast(pa.schema([*self.schema, ("__i", pa.int64())]))]
+        rows = []
+        per_record = [*(slow(bad) if bad else ()), *extra]
+        per_record.sort(key=lambda x: x[0].line if x[0].line is not None else x[0].record)  # quarantine in file order
+        for loc, raw, rec in per_record:
+            i = loc.line if loc.line is not None else loc.record
+            row = self._convert_one(loc, raw, rec, stem, i if loc.line is None else 0)
+            if row is not None and self._accept(loc, raw if raw is not None else rec, row, fi):
+                rows.append({**{k: row.get(k) for k in out_names}, "__i": i})
+        if rows:
+            tables.append(pa.Table.from_pylist(rows, schema=tables[0].schema))
+            t = pa.concat_tables(tables)
+            t = t.take(pc.sort_indices(t.column("__i")))
+        else:
+            t = tables[0]
+        return t.drop_columns(["__i"])
 
     def _check_csv(self, f: Path) -> None:
         header = _csv_header(f)
@@ -1855,8 +2240,8 @@ def _write_chunks(chunks: Iterator[pa.Table], path: Path, chunk_rows: int) -> No
                 if writer is None:
                     # no dictionaries or min/max statistics for the long JSON text columns: both
                     # cost time for nothing (their values are unique and never filtered on)
-                    long = [n for n in ("messages", "message_meta", "meta", "tools", "rejected")
-                            if n in t.schema.names]
+                    long = [n for n in t.schema.names if n in ("messages", "message_meta", "meta", "tools", "rejected")
+                            or pa.types.is_nested(t.schema.field(n).type)]
                     short = [n for n in t.schema.names if n not in long]
                     writer = pq.ParquetWriter(path, t.schema, use_dictionary=short, write_statistics=short,
                                               compression="snappy")  # the fastest to write (zstd-1: 40 % slower)
@@ -1936,9 +2321,12 @@ def read_conversations(path: str | os.PathLike, fmt: str, *, quarantine: str | o
     80 % of RAM) and ``spill_dir`` the folder it spills to; ``json_path``: where the records
     are inside a JSON document that is not a plain array or JSONL, as dotted keys
     (``instances`` for ``{"instances": [...]}``);
-    ``keep_meta``: keep the record's other fields as JSON in ``meta`` (True, lossless). For
-    WildChat that is mostly the per-message moderation scores, and writing them as JSON text is
-    most of the conversion time (``benchmarks/ingest_speed.py``); False leaves ``meta`` out;
+    ``keep_meta``: keep the record's other fields (True, lossless): as JSON in ``meta``, except
+    that when every input is WildChat / LMSYS Parquet the nested ones (the per-message
+    moderation records, about 30 numbers a message) are kept as their own columns with the
+    input's Arrow type (writing them as JSON text was most of the conversion time,
+    ``benchmarks/ingest_speed.py``); their type comes from the first file, and a later file
+    with another type for one of them is refused. False leaves ``meta`` and these columns out;
     ``mapping`` (openai_jsonl): canonical field -> dotted record field for logs in another
     layout, e.g. ``{"prompt": "user_input", "response": "model_output", "id": "conv_id"}``
     (ToxicChat); ``prompt``/``response``/``system`` make the messages from text fields, the

@@ -262,6 +262,27 @@ def test_non_luhn_numbers_not_flagged_as_cards():
     assert "credit_card" in types_in("Card 4111 1111 1111 1111 was declined")
 
 
+def _with_check_digit(payload: str) -> str:
+    return next(payload + c for c in "0123456789" if luhn_valid(payload + c))
+
+
+def test_maestro_card_wins_over_phone():
+    """Luhn-valid 12-19 digit Maestro numbers (Faker's 0604..., 5018..., 57...) that also look
+    like phones are labelled cards, and fully covered; phones that are not such numbers stay phones."""
+    for payload in ("06048968847", "57147701486", "50181234567", "630412345678"):
+        num = _with_check_digit(payload)
+        for text in (f"charge it to {num} please", f"use the card ending... actually the full number is {num}"):
+            spans = [(text[s:e], t) for s, e, t in find_pii(text)]
+            assert (num, "credit_card") in spans, (text, spans)
+        grouped = " ".join(num[i:i + 4] for i in range(0, len(num), 4))
+        assert (grouped, "credit_card") in [(f"charge it to {grouped}"[s:e], t)
+                                            for s, e, t in find_pii(f"charge it to {grouped}")]
+    bad = "06048968847" + next(c for c in "0123456789" if not luhn_valid("06048968847" + c))
+    assert [t for *_, t in find_pii(f"call me on {bad}")] == ["phone"]  # not Luhn: still a phone
+    for phone in ("+44 20 7946 0958", "07700 900456", "06 12 34 56 78", "+91 98765 43210"):
+        assert [t for *_, t in find_pii(f"call me on {phone}")] == ["phone"], phone
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.text(alphabet="0123456789", min_size=15, max_size=15).filter(lambda s: s[0] in "23456"))
 def test_random_non_luhn_16_digit_never_a_card(prefix):

@@ -34,9 +34,22 @@ def records(df: pd.DataFrame) -> list[dict]:
                 v = json.loads(v)
             elif isinstance(v, pd.Timestamp):
                 v = v.to_pydatetime()
+            elif hasattr(v, "tolist"):  # a typed nested column (numpy array of dicts)
+                v = _plain(v)
             row[k] = v
         out.append(row)
     return out
+
+
+def _plain(v):
+    """Nested values as plain lists and dicts (pandas gives numpy arrays for list columns)."""
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 def by_id(df: pd.DataFrame) -> dict[str, dict]:
@@ -158,8 +171,10 @@ def test_wildchat(name, keep, tmp_path):
     res = read_conversations(path, "wildchat", keep_identifying=keep)
     assert (res.rows, res.quarantined) == (2, 0)
     located = ["country", "state"] if keep else []
+    # from Parquet the nested record fields keep their type in their own columns (from JSON: in meta)
+    typed = ["openai_moderation", "detoxify_moderation", *(["header"] if keep else [])] if name == "parquet" else []
     assert list(res.table.columns) == [*CANONICAL_COLUMNS, "language_name", "redacted", "toxic",
-                                       "moderation_flagged", *located, "message_meta", "meta"]
+                                       "moderation_flagged", *located, "message_meta", "meta", *typed]
     assert any("WildChat" in n and "under-represents disallowed content" in n for n in res.notes)
     got = by_id(res.table)
     assert list(got) == list(WILD_EXPECTED)  # order kept
@@ -176,11 +191,15 @@ def test_wildchat(name, keep, tmp_path):
         assert [m["redacted"] for m in r["message_meta"]] == exp["turn_redacted"]
         assert [m["turn_identifier"] for m in r["message_meta"]] == exp["turn_ids"]
         assert r["meta"]["turn"] == src[cid]["turn"]
-        assert len(r["meta"]["openai_moderation"]) == len(exp["roles"])
-        assert r["meta"]["detoxify_moderation"][0]["toxicity"] == pytest.approx(
+        mod = r if typed else r["meta"]
+        assert not typed or not set(typed) & set(r["meta"])  # kept once
+        assert mod["openai_moderation"] == src[cid]["openai_moderation"]
+        assert len(mod["openai_moderation"]) == len(exp["roles"])
+        assert mod["detoxify_moderation"][0]["toxicity"] == pytest.approx(
             src[cid]["detoxify_moderation"][0]["toxicity"])
         if keep:
             assert r["meta"]["hashed_ip"] == src[cid]["hashed_ip"]
+            assert mod["header"] == src[cid]["header"]
             assert r["message_meta"][0]["header"]["user-agent"] == "Mozilla/5.0"
         else:  # what identifies a person is left out of meta and of every message's meta
             assert not {"hashed_ip", "header", "country", "state"} & set(r["meta"])
@@ -540,8 +559,9 @@ def test_real_hh_rlhf_converts_and_samples(tmp_path):
 # Native (bulk) ingestion of hub-layout Parquet: the same table as the per-record path
 
 
-def _norm(df: pd.DataFrame) -> list[dict]:
-    return records(df)
+def _norm(df: pd.DataFrame) -> list[str]:
+    """Rows as JSON text (so NaN in a typed column compares equal to NaN)."""
+    return [json.dumps(r, default=str, sort_keys=True) for r in records(df)]
 
 
 def _wild_parquet_with_bad(path: Path) -> Path:
@@ -589,7 +609,8 @@ def test_native_parquet_matches_per_record_path(tmp_path, monkeypatch, keep):
     assert _norm(native.table) == _norm(slow.table)
     row = by_id(native.table)
     assert row["h17"]["language"] == ("en" if 17 % 2 == 0 else "ru")
-    assert row["h19"]["meta"]["detoxify_moderation"][0]["toxicity"] is None
+    assert math.isnan(row["h19"]["detoxify_moderation"][0]["toxicity"])  # a typed column holds NaN as is
+    assert "detoxify_moderation" not in row["h19"]["meta"]
     assert row["h20"]["messages"][0]["role"] == "system"
 
 
@@ -630,3 +651,173 @@ def test_convert_shows_progress_when_asked(tmp_path, capsys):
     assert "reading wildchat" in err and "100%" in err and "conversations/s" in err
     convert(path, "wildchat", tmp_path / "o.parquet", quarantine=tmp_path / "q.jsonl", progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_native_parquet_keeps_moderation_typed(tmp_path):
+    """WildChat Parquet: the moderation records keep their Arrow type in their own columns (not
+    JSON text in meta), across files; a later file with another type is refused by name."""
+    a = _wild_parquet(tmp_path / "a.parquet")
+    recs = _wild_records()
+    for r in recs:
+        r["conversation_hash"] += "-b"
+        r["timestamp"] = datetime.fromisoformat(r["timestamp"])
+        for t in r["conversation"]:
+            t["timestamp"] = None if t["timestamp"] is None else datetime.fromisoformat(t["timestamp"])
+        del r["detoxify_moderation"]  # a file without the field: null there
+    b = tmp_path / "b.parquet"
+    pq.write_table(pa.Table.from_pylist(recs), b)
+    res = convert([a, b], "wildchat", tmp_path / "out.parquet")
+    out = pq.read_table(res.path)
+    src = pq.read_table(a)
+    for k in ("openai_moderation", "detoxify_moderation"):
+        assert out.schema.field(k).type == src.schema.field(k).type
+    assert out.column("openai_moderation").to_pylist()[:2] == src.column("openai_moderation").to_pylist()
+    assert out.column("detoxify_moderation").to_pylist()[2:] == [None, None]
+    assert all("moderation" not in m for m in out.column("meta").to_pylist())
+    for r in recs:
+        r["openai_moderation"] = [{"flagged": x["flagged"]} for x in r["openai_moderation"]]
+    pq.write_table(pa.Table.from_pylist(recs), b)
+    with pytest.raises(InputError, match=rf"^{b}: field openai_moderation has type .* but .* in {a}"):
+        convert([a, b], "wildchat", tmp_path / "out2.parquet")
+    assert not (tmp_path / "out2.parquet").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Native (bulk) ingestion of OpenAI-messages and ShareGPT JSONL: the same table and quarantine
+
+
+def _openai_lines() -> list[str]:
+    good = lambda i, **kw: json.dumps({"id": f"o{i}", "model": "m", "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": f"question {i} \u00e9\u65e5"},
+        {"role": "assistant", "content": f"answer \"{i}\"\n"}], **kw})
+    lines = [good(i) for i in range(40)]
+    lines[2] = json.dumps({"model": "m", "messages": [{"role": "developer", "content": "x"},
+                                                      {"role": "user", "content": "no id: stem:line"}]})
+    lines[4] = good(4).replace('"role": "system"', '"role": "bot"')                 # unknown_role
+    lines[6] = good(1)                                                              # duplicate_id
+    lines[8] = '{"id": "o8", "messages": [{"role": "user", "content": "cut'          # invalid_json
+    lines[10] = good(10).replace("question 10", "q" * 500)                          # message_too_large
+    lines[12] = json.dumps({"id": "o12", "messages": []})                           # empty_conversation
+    lines[14] = json.dumps({"id": "  ", "messages": [{"role": "user", "content": "x"}]})  # empty id
+    lines[16] = good(16).replace("question", "tab\tinside")                         # raw control byte
+    lines[18] = json.dumps({"id": "o18", "messages": [{"role": "assistant", "content": "only"}]})  # no user
+    lines[21] = json.dumps({"id": "o21", "messages": [{"role": "user", "content": "x"}],
+                            "created_at": "2026-10-01T12:00:00Z"})                   # created_at: per record
+    lines[25] = json.dumps({"id": "o25", "messages": [{"role": "user", "content": "x", "name": "ana"}],
+                            "intent": "travel"})                                     # other fields: meta
+    lines[30] = json.dumps({"id": "o30", "messages": [{"role": "user", "content": "a\ud800b"}]},
+                           ensure_ascii=True)                                        # invalid_unicode
+    lines[33] = ""                                                                    # blank line
+    lines[35] = json.dumps({"id": 35, "messages": [{"role": "user", "content": "int id"}]})
+    return lines
+
+
+def _sharegpt_lines() -> list[str]:
+    good = lambda i: json.dumps({"id": f"s{i}", "conversations": [
+        {"from": "system", "value": "sys"}, {"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}]})
+    lines = [good(i) for i in range(30)]
+    lines[3] = good(3).replace('"human"', '"alien"')                                # unknown_role
+    lines[5] = json.dumps({"conversations": [{"from": "Human", "value": "no id"}], "language": "English"})
+    lines[7] = good(1)                                                              # duplicate_id
+    lines[9] = json.dumps({"id": "s9", "conversations": [{"from": "human"}]})       # missing value
+    lines[11] = json.dumps({"id": "s11", "conversations": [{"from": "gpt", "value": "x"}]})  # no user
+    lines[13] = b"\xff".decode("latin-1").join(["{", "}"])                          # not JSON
+    lines[20] = json.dumps({"id": "s20", "lang": "de", "conversations": [{"from": "human", "value": "x"}]})
+    return lines
+
+
+@pytest.mark.parametrize("fmt", ["openai_jsonl", "sharegpt"])
+@pytest.mark.parametrize("chunk_rows", [4, 10_000])
+def test_native_jsonl_matches_per_record_path(tmp_path, monkeypatch, fmt, chunk_rows):
+    import depsim.readers as readers
+    lines = _openai_lines() if fmt == "openai_jsonl" else _sharegpt_lines()
+    path = tmp_path / "logs.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    kw = dict(quarantine=tmp_path / "q.jsonl", max_message_chars=400, chunk_rows=chunk_rows, quarantine_raw=True)
+    native = read_conversations(path, fmt, **kw)
+    q_native = (tmp_path / "q.jsonl").read_text()
+    calls = []
+    real = readers._jsonl_sql
+    monkeypatch.setattr(readers, "_jsonl_sql", lambda *a: calls.append(a) or real(*a))
+    read_conversations(path, fmt, **kw)
+    assert calls  # the bulk path is the one taken
+    monkeypatch.setattr(readers, "_BULK_JSONL", {})
+    slow = read_conversations(path, fmt, **kw)
+    assert q_native == (tmp_path / "q.jsonl").read_text()  # same lines, reasons and messages
+    assert native.reasons == slow.reasons and sum(native.reasons.values()) >= 5
+    assert (native.rows, native.records) == (slow.rows, slow.records)
+    assert list(native.table.columns) == list(slow.table.columns)
+    assert _norm(native.table) == _norm(slow.table)
+    ids = list(native.table["conversation_id"])
+    assert ("logs:3" in ids) if fmt == "openai_jsonl" else ("logs:6" in ids)  # <stem>:<line> without an id
+
+
+@pytest.mark.parametrize("fmt", ["openai_jsonl", "sharegpt"])
+def test_native_jsonl_takes_the_per_record_path_only_for_what_needs_it(tmp_path, monkeypatch, fmt):
+    """On a clean file the per-record converter is never called; one bad line is the only one it sees."""
+    import depsim.readers as readers
+    lines = (_openai_lines() if fmt == "openai_jsonl" else _sharegpt_lines())[:2]
+    lines = [lines[i % 2].replace('"o0"' if fmt == "openai_jsonl" else '"s0"', f'"x{i}"')
+             .replace('"o1"' if fmt == "openai_jsonl" else '"s1"', f'"y{i}"') for i in range(50)]
+    lines[17] = "{not json"
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    seen = []
+    real = readers._CONVERTERS[fmt]
+    monkeypatch.setitem(readers._CONVERTERS, fmt, lambda rec, c: seen.append(c.loc.line) or real(rec, c))
+    res = read_conversations(path, fmt, quarantine=tmp_path / "q.jsonl", chunk_rows=16)
+    assert (res.rows, res.quarantined, seen) == (49, 1, [])  # invalid JSON never reaches the converter
+    assert json.loads((tmp_path / "q.jsonl").read_text())["line"] == 18
+    with pytest.raises(InputError, match=rf"^{path}:18: invalid JSON"):
+        read_conversations(path, fmt)
+
+
+@pytest.mark.parametrize("layout", ["crlf_bom_no_final_newline", "long_lines", "gzip"])
+def test_native_jsonl_file_layouts_match_per_record_path(tmp_path, monkeypatch, layout):
+    """Line numbers, raw text and reasons agree with the per-record path for CRLF, a byte order
+    mark, no final newline, blank lines, lines over max_line_bytes and gzip."""
+    import gzip as gz
+    import depsim.readers as readers
+    lines = _openai_lines()
+    kw = dict(quarantine=tmp_path / "q.jsonl", chunk_rows=7, quarantine_raw=True)
+    if layout == "crlf_bom_no_final_newline":
+        data = ("\ufeff" + "\r\n".join(lines)).encode()
+    elif layout == "long_lines":
+        lines[3] = json.dumps({"id": "long", "messages": [{"role": "user", "content": "z" * 5000}]})
+        lines[-1] = lines[3].replace("long", "long2")
+        data = "\n".join(lines).encode()  # the last line, over the limit, has no newline
+        kw["max_line_bytes"] = 2000
+    else:
+        data = gz.compress(("\n".join(lines) + "\n\n").encode())
+    path = tmp_path / ("logs.jsonl.gz" if layout == "gzip" else "logs.jsonl")
+    path.write_bytes(data)
+    native = read_conversations(path, "openai_jsonl", **kw)
+    q_native = (tmp_path / "q.jsonl").read_text()
+    monkeypatch.setattr(readers._jsonl_blocks, "__defaults__", (150,))  # lines cross block boundaries
+    small = read_conversations(path, "openai_jsonl", **kw)
+    assert q_native == (tmp_path / "q.jsonl").read_text() and _norm(small.table) == _norm(native.table)
+    monkeypatch.setattr(readers, "_BULK_JSONL", {})
+    slow = read_conversations(path, "openai_jsonl", **kw)
+    assert q_native == (tmp_path / "q.jsonl").read_text()
+    assert native.reasons == slow.reasons and (native.rows, native.records) == (slow.rows, slow.records)
+    assert _norm(native.table) == _norm(slow.table)
+    if layout == "long_lines":
+        assert native.reasons["line_too_long"] == 2
+
+
+def test_native_jsonl_gives_up_on_a_file_it_cannot_bulk_read(tmp_path, monkeypatch):
+    """Every record with a field outside the bulk schema (an epoch created_at, an extra field):
+    after a couple of chunks the bulk path stops trying, and the table is the per-record one."""
+    import depsim.readers as readers
+    lines = [json.dumps({"id": f"e{i}", "created_at": 1790000000 + i, "intent": "x",
+                         "messages": [{"role": "user", "content": f"hi {i}"}]}) for i in range(200)]
+    path = tmp_path / "e.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    calls = []
+    real = readers._arrow_json
+    monkeypatch.setattr(readers, "_arrow_json", lambda *a: calls.append(1) or real(*a))
+    native = read_conversations(path, "openai_jsonl", chunk_rows=10)
+    assert 0 < len(calls) < 100  # without giving up: about 20 chunks x 19 parses
+    monkeypatch.setattr(readers, "_BULK_JSONL", {})
+    slow = read_conversations(path, "openai_jsonl", chunk_rows=10)
+    assert native.rows == slow.rows == 200 and _norm(native.table) == _norm(slow.table)
