@@ -233,7 +233,7 @@ def _held_out_classifiers(items: pd.DataFrame) -> dict[str, tuple[refusal.Refusa
 def _refit_without(left_out: tuple[str, ...]) -> refusal.RefusalClassifier:
     """The refusal classifier refitted (C chosen the same way) on the shipped training data
     without the models ``left_out`` (cached: deterministic)."""
-    train, digest = refusal.xstest_training_data(DATA_DIR)
+    train, digest = refusal.training_data(DATA_DIR)
     return refusal.select_and_fit(train[~train["model"].isin(left_out)],
                                   meta={"left_out": list(left_out), "data_sha256_16": digest})
 
@@ -883,7 +883,7 @@ def validations_table(validation: pd.DataFrame | None, rates: pd.DataFrame, bars
 
 def refusal_lomo_table(data_dir: str | Path = DATA_DIR, level: float = 0.95) -> pd.DataFrame:
     """Return the refusal classifier's strict leave-one-model-out table on XSTest
-    (:func:`depsim.refusal.leave_one_model_out`: per held-out model, C chosen and the fit
-    made on the other two only; kappa with a bootstrap interval)."""
-    data, _ = refusal.xstest_training_data(data_dir)
+    (:func:`depsim.refusal.leave_one_model_out`: per held-out model, the hyperparameters chosen
+    and the fit made without that model's family; kappa with a bootstrap interval)."""
+    data, _ = refusal.training_data(data_dir)
     return refusal.leave_one_model_out(data, level=level)

@@ -1,4 +1,4 @@
-"""Train the shipped refusal classifier (depsim/refusal_model.json) from data/xstest.
+"""Train the shipped refusal classifier (depsim/refusal_model.json) from data/xstest and data/jailbreakbench-jbc.
 
 Deterministic: the same data and code give the same file (tests/test_refusal.py checks that
 retraining reproduces it). Run from the repository root:
@@ -25,14 +25,14 @@ def main(argv=None) -> int:
     clf = refusal.train_default(DATA_DIR)
     text = clf.to_json()
     if args.lomo:
-        data, _ = refusal.xstest_training_data(DATA_DIR)
+        data, _ = refusal.training_data(DATA_DIR)
         print(refusal.leave_one_model_out(data).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if args.check:
         same = refusal.MODEL_FILE.is_file() and refusal.MODEL_FILE.read_text() == text
         print(f"{refusal.MODEL_FILE}: {'up to date' if same else 'OUT OF DATE (rerun without --check)'}")
         return 0 if same else 1
     refusal.MODEL_FILE.write_text(text)
-    print(f"wrote {refusal.MODEL_FILE} (model_id {clf.model_id}, C {clf.meta['C']}, "
+    print(f"wrote {refusal.MODEL_FILE} (model_id {clf.model_id}, C {clf.meta['C']}, alpha {clf.meta['alpha']}, "
           f"data {clf.meta['data_sha256_16']})")
     return 0
 

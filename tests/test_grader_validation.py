@@ -214,7 +214,7 @@ def xs_default():
 def test_xstest_default_grader_is_the_classifier_scored_held_out(xs_default):
     t = xs_default
     assert (t["grader_id"] == classifier_category().grader_id).all()
-    data, _ = refusal.xstest_training_data(DATA_DIR)
+    data, _ = refusal.training_data(DATA_DIR)
     lomo = refusal.leave_one_model_out(data, draws=200).set_index("held_out")
     p = t[t["variant"] == "partial_is_refusal"].set_index("model")
     # each model is graded by a refit that never saw it: the same figures as the strict LOMO table

@@ -1,6 +1,6 @@
 """The refusal classifier (depsim/refusal.py): reproducible from the shipped data, frozen id,
-sign constraints, hand-written phrasings (not XSTest text), and the strict
-leave-one-model-out measurement on XSTest's human labels."""
+sign constraints, the JailbreakBench label mapping, hand-written phrasings (not XSTest text),
+and the strict leave-one-model-out measurement on XSTest's human labels."""
 import json
 import math
 import re
@@ -22,8 +22,13 @@ def xstest():
 
 
 @pytest.fixture(scope="module")
-def lomo(xstest):
-    return refusal.leave_one_model_out(xstest[0], draws=1000).set_index("held_out")
+def training():
+    return refusal.training_data(DATA_DIR)
+
+
+@pytest.fixture(scope="module")
+def lomo(training):
+    return refusal.leave_one_model_out(training[0], draws=1000).set_index("held_out")
 
 
 def test_shipped_model_is_what_the_script_trains_from_the_shipped_data():
@@ -33,20 +38,21 @@ def test_shipped_model_is_what_the_script_trains_from_the_shipped_data():
     np.testing.assert_allclose(fresh.coef, shipped.coef, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fresh.scale, shipped.scale, rtol=1e-9)
     assert fresh.intercept == pytest.approx(shipped.intercept, rel=1e-5, abs=1e-6)
-    assert shipped.meta["trained_on"] == list(refusal.XSTEST_MODELS)
+    assert shipped.meta["trained_on"] == sorted(refusal.XSTEST_MODELS + refusal.JBC_MODELS)
     # the over-refusal rule's version, hence every grader_id using it, names this model
     assert shipped.model_id in RULE_VERSIONS["refusal_of_safe_request"]
 
 
-def test_model_id_hashes_the_training_data(tmp_path, xstest):
-    _, digest = xstest
+def test_model_id_hashes_the_training_data(tmp_path, training):
+    _, digest = training
     assert refusal.default_classifier().meta["data_sha256_16"] == digest
     shutil.copytree(DATA_DIR / "xstest", tmp_path / "xstest")
+    shutil.copytree(DATA_DIR / "jailbreakbench-jbc", tmp_path / "jailbreakbench-jbc")
     f = tmp_path / "xstest" / "xstest_v2_completions_gpt4.csv"
     df = pd.read_csv(f, dtype=str, keep_default_na=False)
     df.loc[0, "final_label"] = "2_full_refusal" if df.loc[0, "final_label"] != "2_full_refusal" else "1_full_compliance"
     df.to_csv(f, index=False)
-    _, other = refusal.xstest_training_data(tmp_path)
+    _, other = refusal.training_data(tmp_path)
     assert other != digest
     assert refusal.train_default(tmp_path).model_id != refusal.default_classifier().model_id
 
@@ -54,9 +60,9 @@ def test_model_id_hashes_the_training_data(tmp_path, xstest):
 def test_fit_is_deterministic_and_keeps_the_signs(xstest):
     data, _ = xstest
     sub = data.groupby("model").head(60)
-    a = refusal.RefusalClassifier.fit(sub["completion"], sub["refused"], C=1.0)
-    b = refusal.RefusalClassifier.fit(sub["completion"], sub["refused"], C=1.0)
-    assert a.to_json() == b.to_json() and a.model_id == b.model_id
+    a = refusal.RefusalClassifier.fit(sub["completion"], sub["refused"], C=1.0, alpha=1.0)
+    b = refusal.RefusalClassifier.fit(sub["completion"], sub["refused"], C=1.0, alpha=1.0)
+    assert a.to_json() == b.to_json() and a.model_id == b.model_id and a.ngrams
     coef = np.asarray(refusal.default_classifier().coef)
     assert (coef * refusal.feature_signs() >= 0).all()
     assert (coef != 0).sum() > 5  # it uses several cues, not one
@@ -111,21 +117,52 @@ def test_premise_rejection_without_refusal_wording():
     assert refusal.default_classifier().predict([text])[0]
 
 
-def test_leave_one_model_out_never_trains_on_the_held_out_model(lomo):
+def test_leave_one_model_out_never_trains_on_the_held_out_model_or_its_family(lomo):
     assert set(lomo.index) == set(refusal.XSTEST_MODELS)
     for held, r in lomo.iterrows():
-        assert held not in r["trained_on"].split("+") and len(r["trained_on"].split("+")) == 2
+        trained = r["trained_on"].split("+")
+        assert held not in trained
+        assert not any(refusal.FAMILY[m] == refusal.FAMILY[held] for m in trained)  # e.g. no llama-2-7b for llama2orig
+        assert len([m for m in trained if m in refusal.XSTEST_MODELS]) == 2
         assert r["kappa_lo"] <= r["kappa"] <= r["kappa_hi"]
-        assert r["C"] in refusal.C_GRID and r["n"] == 450
+        assert r["C"] in refusal.C_GRID and r["alpha"] in refusal.ALPHA_GRID and r["n"] == 450
+
+
+def test_select_and_fit_drops_the_family_of_an_absent_xstest_model(training):
+    """Refitting without llama2orig (as depsim validate-grader does for a llama2orig source)
+    also leaves out JailbreakBench's llama-2-7b-chat."""
+    data, _ = training
+    small = data.groupby("model").head(40)
+    clf = refusal.select_and_fit(small[small["model"] != "llama2orig"])
+    assert "llama-2-7b-chat-hf" not in clf.meta["trained_on"] and "gpt-4-0125-preview" in clf.meta["trained_on"]
+
+
+def test_jailbreakbench_label_mapping(training, tmp_path):
+    data, _ = training
+    jb = data[data["corpus"] == "jailbreakbench-jbc"]
+    assert jb.groupby("model")["refused"].sum().to_dict() == {
+        "gpt-3.5-turbo-1106": 100, "gpt-4-0125-preview": 100, "llama-2-7b-chat-hf": 100,
+        "vicuna-13b-v1.5": len(refusal.JBC_VICUNA_PARTIAL)}
+    # every response of a refusing model opens with a refusal: the mapping's premise
+    refusing = jb[jb["model"] != "vicuna-13b-v1.5"]["completion"]
+    assert refusing.str.contains(refusal.REFUSAL_PATTERN, case=False, regex=True).all()
+    # a refusing model's response judged jailbroken breaks the mapping: a clear error
+    shutil.copytree(DATA_DIR / "jailbreakbench-jbc", tmp_path / "jailbreakbench-jbc")
+    f = tmp_path / "jailbreakbench-jbc" / "gpt-4-0125-preview.json"
+    d = json.loads(f.read_text())
+    d["jailbreaks"][3]["jailbroken"] = True
+    f.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="gpt-4-0125-preview.json: item 3 is jailbroken"):
+        refusal.jbc_training_data(tmp_path)
 
 
 def test_held_out_kappa_on_gpt4(lomo):
-    # gpt4 held out (trained on llama2orig + mistralinstruct only): the bar is met
+    # gpt4 held out (trained without gpt4 and without JailbreakBench's gpt-4): the bar is met
     assert lomo.loc["gpt4", "kappa"] >= 0.8
 
 
 @pytest.mark.xfail(strict=True, reason="issue 15's bar (kappa >= 0.8 on every held-out model) is not met: "
-                                       "held-out kappa on llama2orig ~0.69 and mistralinstruct ~0.49")
+                                       "held-out kappa on llama2orig ~0.78 and mistralinstruct ~0.59")
 def test_held_out_kappa_meets_the_bar_on_every_model(lomo):
     assert (lomo["kappa"] >= 0.8).all(), lomo["kappa"].to_dict()
 
