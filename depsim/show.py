@@ -29,12 +29,15 @@ PUBLIC_NOTE = ("Public prefix source", "public chat data sets drop or redact fla
 
 
 def banner(rel: Release) -> HTML:
-    """Return the page banner: release title, and the simulated-world or public-data caveat."""
+    """Return the page banner: release title, the simulated-world or public-data caveat, and the
+    release's own ``notice``."""
     notes = []
     if rel.simulated:
         notes.append(SIM_NOTE)
     if rel.public:
         notes.append(PUBLIC_NOTE)
+    if rel.notice:
+        notes.append(("Notice", rel.notice))
     body = "".join(f"<p><strong>{html.escape(head)}:</strong> {html.escape(text)}</p>" for head, text in notes)
     return HTML(f'<div class="depsim-banner" style="border-left:6px solid #d97706;background:#fff7ed;'
                 f'padding:8px 14px;margin:8px 0"><p><em>{html.escape(rel.title)}</em> '
