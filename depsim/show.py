@@ -464,6 +464,11 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
                      "nothing is checked against a limit.</p>")
     elif not lines:
         lines.append(f"<p><strong>Every gated category is within its gate</strong> (exact {pct} upper bound).</p>")
+    none = decision[decision["n"] == 0]
+    if len(none):
+        lines.append(f"<p><strong>No usable grade ({len(none)}):</strong> "
+                     + ", ".join(html.escape(t) for t in none["title"])
+                     + ": every grade failed, so these have no forecast (see Failures).</p>")
     rises = decision[decision["direction"] == "rises"]
     lines.append(f"<p><strong>Rise against the previous model ({len(rises)}):</strong> "
                  + (", ".join(html.escape(t) for t in rises["title"]) or "none") + ".</p>")
@@ -493,7 +498,8 @@ def decision(decision: pd.DataFrame, level: float = 0.95) -> HTML:
             f'<td><a href="{link}">{html.escape(r["title"])}</a><br><small>{html.escape(r["group"])}</small></td>'
             f'<td class=nw>{html.escape(r["gate"])}</td><td class=nw>{html.escape(r["gate_status"])}</td>'
             f'<td class=num>{rate100k(r["prev_rate"])}<br><small>{k_of_n(r["prev_k"], r["prev_n"])}</small></td>'
-            f'<td class=num>{rate100k(r["rate"])} {interval100k(r["lo"], r["hi"])}<br><small>{k_of_n(r["k"], r["n"])}</small></td>'
+            + (f'<td class=num>{rate100k(r["rate"])} {interval100k(r["lo"], r["hi"])}<br><small>{k_of_n(r["k"], r["n"])}</small></td>'
+               if r["n"] else f'<td class=num>no usable grade<br><small>{int(r["failed"]):,} failed</small></td>') +
             f'<td class=num>{ratio} {ratio_iv}</td>'
             f'<td class="nw depsim-flag-{r["direction"].replace(" ", "-")}">{html.escape(r["direction"])}</td>'
             f'<td><a href="{link}">transcripts</a></td></tr>')
