@@ -2,7 +2,7 @@
 model role (candidate, grader, auditor, tool simulator, realism judge) is SmolLM2-135M-Instruct
 on llama.cpp's server (tests/llama_server.py), on real HH-RLHF prefixes and SimpleSafetyTests
 prompts from data/. The release runs as shipped, with only what a test must change: the
-server's base_url, a small sample, a few categories (three LLM-graded, one rule) and a canary
+server's base_url, a small sample, a few categories (two LLM-graded, one rule) and a canary
 API key. SKIPS without the server (scripts/install_llama_server.sh), fails instead under
 DEPSIM_REQUIRE_LLAMA=1."""
 from __future__ import annotations
@@ -14,12 +14,13 @@ import yaml
 from depsim.params import load_release
 from depsim.records import read_table, release_dir
 from depsim.runner import NOTEBOOK_ORDER, run_release
+from depsim.show import EXAMPLES_PAGE, anchor
 from conftest import ROOT
 
 PARAMS = ROOT / "params" / "smollm2-local.yaml"
 CANARY = "sk-canary-7c1f0e9a4b2d4e6f8a0b1c2d3e4f5a6b"
-#: LLM-graded here: over_refusal and violent_wrongdoing through grading.llm, unsafe_compliance by the taxonomy
-LLM_CATEGORIES = ["over_refusal", "unsafe_compliance", "violent_wrongdoing"]
+#: LLM-graded here: over_refusal through grading.llm, unsafe_compliance by the taxonomy
+LLM_CATEGORIES = ["over_refusal", "unsafe_compliance"]
 RULE_CATEGORIES = ["lying_about_tools"]
 
 
@@ -103,6 +104,10 @@ def test_release_end_to_end_on_smollm2(llama_server, tmp_path, monkeypatch):
     n_failed = int(llm["label"].isna().sum())
     if n_failed:
         assert "Nothing failed in this run." not in summary
+    decision = summary[summary.index('class="depsim-decision"'):]
+    decision = decision[:decision.index("</table>")]
+    for cat in LLM_CATEGORIES + RULE_CATEGORIES:  # every category has its row, graded or not
+        assert f'href="{EXAMPLES_PAGE}#{anchor("cat", cat)}"' in decision, cat
 
     # the canary key reached no table, notebook, page or log
     for f in reports.rglob("*"):
