@@ -291,7 +291,8 @@ def grade_items(items: pd.DataFrame, category: Category, *, endpoint=None, cache
                 held_out: bool = True) -> pd.DataFrame:
     """Grade labelled items with ``category``'s grader; return a frame aligned with ``items``:
     ``pred`` (nullable boolean; missing when not graded), ``error``, ``rationale`` and
-    ``held_out_from`` (the training models a refitted refusal classifier left out, '' if none).
+    ``held_out_from`` (the training models a refitted refusal classifier left out, '' if none);
+    for an LLM grader also ``grader_id``, the id of the structured-output mode it used.
 
     ``items``: columns prompt, response, source and optionally prompt_safe (nullable
     boolean: a rule that reads it, such as the over-refusal rule, gets it in its view). Rule
@@ -319,6 +320,9 @@ def grade_items(items: pd.DataFrame, category: Category, *, endpoint=None, cache
         out["pred"] = g["label"].astype("boolean").to_numpy()
         out["error"] = g["error"].to_numpy()
         out["rationale"] = g["rationale"].fillna("").to_numpy()
+        # the id of the structured-output mode the endpoint took (json_object on llama.cpp),
+        # as in the grades table: a validation must match the rates it speaks for
+        out["grader_id"] = g["grader_id"].to_numpy()
         return out
     view = response_view(completions, prefixes)
     if "prompt_safe" in items:
@@ -722,7 +726,8 @@ def validate_grader(items: pd.DataFrame, category: Category, *, endpoint=None, c
     items.loc[keep, "pred"] = graded["pred"].to_numpy()
     items["held_out_from"] = ""
     items.loc[keep, "held_out_from"] = graded["held_out_from"].to_numpy()
-    gid = grader_id(category, endpoint)
+    used = graded["grader_id"].dropna() if "grader_id" in graded else pd.Series(dtype=str)
+    gid = used.iloc[0] if len(used) else grader_id(category, endpoint)
     rows = []
     sources = list(dict.fromkeys(items["source"]))
     for src in sources + ["all"]:
