@@ -44,7 +44,8 @@ def forecasts(rates: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     one-sided test, Holm-adjusted across each method's categories at 1 − level; p-values in
     rises_p / rises_p_holm) and, when the rates count failed grades, ``failed``,
     ``worst_case_hi`` (upper bound if every failed grade were positive) and
-    ``failed_warning`` (more than 5% of grades failed)."""
+    ``failed_warning`` (more than 5% of grades failed). A row with n = 0 (every grade failed)
+    is kept, labelled "no usable grade (F failed)", with no rate, ratio or direction."""
     check_comparable(rates)
     r = rates.set_index(["target", "category"])
     has_prev = "prod_prev" in r.index.get_level_values(0)
@@ -64,8 +65,13 @@ def forecasts(rates: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     fc = pd.DataFrame(rows)
     if fc.empty:
         return fc
-    fc["label"] = stats.count_label(fc["k"].to_numpy(float), fc["n"].to_numpy(float))
-    ok = fc["prev_n"].notna() & (fc["prev_n"] > 0)
+    # a category with no usable grade (every grade failed) keeps its row, with no rate
+    graded = fc["n"] > 0
+    fc["label"] = [f"no usable grade ({int(f)} failed)" for f in fc["failed"].fillna(0)]
+    if graded.any():
+        fc.loc[graded, "label"] = stats.count_label(fc.loc[graded, "k"].to_numpy(float),
+                                                    fc.loc[graded, "n"].to_numpy(float))
+    ok = graded & fc["prev_n"].notna() & (fc["prev_n"] > 0)
     fc["ratio"] = fc["ratio_lo"] = fc["ratio_hi"] = np.nan
     fc["direction"] = "no change"
     if ok.any():
@@ -85,15 +91,21 @@ def forecasts(rates: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         fc.loc[g.index, "rises"] = rs["rises"].to_numpy()
     # failed grades bound the rate: best case all negative, worst case all positive
     if "failed" in fc:
-        fb = stats.failed_bounds(fc["k"].to_numpy(float), fc["n"].to_numpy(float), fc["failed"].fillna(0).to_numpy(float),
-                                 level)
-        fc["worst_case_hi"], fc["failed_warning"] = fb["hi"].to_numpy(), fb["warning"].to_numpy()
+        fc["worst_case_hi"], fc["failed_warning"] = np.nan, fc["failed"].fillna(0) > 0
+        some = fc["n"] + fc["failed"].fillna(0) > 0
+        if some.any():
+            fb = stats.failed_bounds(fc.loc[some, "k"].to_numpy(float), fc.loc[some, "n"].to_numpy(float),
+                                     fc.loc[some, "failed"].fillna(0).to_numpy(float), level)
+            fc.loc[some, "worst_case_hi"] = fb["hi"].to_numpy()
+            fc.loc[some, "failed_warning"] = fb["warning"].to_numpy()
     return fc
 
 
 #: order of the decision table: gate status first, then the change
 GATE_ORDER = {"breaches": 0, "may breach": 1, "within": 2, "no gate": 3}
-DIRECTION_ORDER = {"rises": 0, "no change": 1, "falls": 2}
+DIRECTION_ORDER = {"rises": 0, "no change": 1, "falls": 2, "no usable grade": 3}
+#: the direction of a category whose every grade failed (no rate)
+NO_GRADE = "no usable grade"
 _WORDS = {"up": "rises", "down": "falls", "no change": "no change"}
 
 
@@ -121,12 +133,14 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
     no change / falls by the evidence rule: the ratio's interval must exclude 1; a tie is
     never "falls"), the ``gate`` text and ``gate_status`` (breaches / may breach / within /
     no gate; ``gates``: params Gate records by category or group, a category's own first),
-    and ``grader_id``. Sorted by gate status, then direction, then the upper bound."""
+    and ``grader_id``. Sorted by gate status, then direction, then the upper bound. A category
+    whose every grade failed (n = 0) keeps a row: no rate, direction "no usable grade", and
+    "may breach" when it has a gate."""
     gates = gates or {}
     r = rates[~rates["target"].str.endswith("_rw")]
     sim = r[(r["target"] == target) & (r["n"] > 0)].set_index("category")
     prev = r[(r["target"] == previous) & (r["n"] > 0)].set_index("category")
-    if sim.empty:
+    if sim.empty and not (r["target"] == target).any():
         return pd.DataFrame()
     k, n = sim["k"].round().astype(int), sim["n"].round().astype(int)
     ci = stats.clopper_pearson(k.to_numpy(), n.to_numpy(), level)
@@ -160,5 +174,19 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
         status.append(s)
         text_.append(t_)
     out["gate_status"], out["gate"] = status, text_
+    # categories whose every grade failed keep a row, with no rate: never dropped from the table
+    none = r[(r["target"] == target) & (r["n"] == 0) & ~r["category"].isin(out["category"])]
+    if len(none):
+        gated = [gates.get(c) or gates.get(g) for c, g in zip(none["category"], none["group"])]
+        out = pd.concat([out, pd.DataFrame({
+            "category": none["category"].to_numpy(), "group": none["group"].to_numpy(), "k": 0, "n": 0,
+            "rate": np.nan, "lo": np.nan, "hi": np.nan,
+            "failed": none["failed"].fillna(0).round().astype(int).to_numpy() if "failed" in none else 0,
+            "hi_worst": np.nan, "grader_id": none["grader_id"].to_numpy(),
+            "prev_k": prev["k"].reindex(none["category"]).to_numpy(), "prev_n": prev["n"].reindex(none["category"]).to_numpy(),
+            "ratio": np.nan, "ratio_lo": np.nan, "ratio_hi": np.nan, "direction": NO_GRADE,
+            "gate_status": ["may breach" if g is not None else "no gate" for g in gated],
+            "gate": ["no usable grade to check" if g is not None else "–" for g in gated]})], ignore_index=True)
+        out["prev_rate"] = out["prev_k"] / out["prev_n"]
     out = out.assign(_g=out["gate_status"].map(GATE_ORDER), _d=out["direction"].map(DIRECTION_ORDER))
     return out.sort_values(["_g", "_d", "hi"], ascending=[True, True, False]).drop(columns=["_g", "_d"]).reset_index(drop=True)

@@ -387,6 +387,13 @@ class Release(_Strict):
     #: release gates per category or group name (a category's own gate wins over its group's)
     gates: dict[str, Gate] = {}
     report: Report = Report()
+    #: a caveat shown in the banner of every page (e.g. that a role's model is no grader)
+    notice: str | None = None
+    #: a grader category (in some target) or a realism tool mode whose answers ALL failed: stop
+    #: the run (default: non-zero exit), or warn and go on (its rate or win rate has n = 0 and
+    #: its failures are counted on the pages). Only for a model known to fail, e.g. a tiny local
+    #: model in a release that shows the pipeline running (params/smollm2-local.yaml).
+    all_failed: Literal["stop", "warn"] = "stop"
     path: Path | None = Field(None, exclude=True)
 
     @field_validator("targets")

@@ -31,7 +31,7 @@ import pandas as pd
 from depsim import __version__, audit, forecast, grader_validation, history, realism, sample, score, show, simulate, stats
 from depsim.cache import ResponseCache
 from depsim.client import RunStats, complete, mask_url
-from depsim.grade import check_grades, failure_table, grade, structured_notes, grader_table, rates, reweighted_rates
+from depsim.grade import GradingFailed, check_grades, failure_table, grade, structured_notes, grader_table, rates, reweighted_rates
 from depsim.params import Release, endpoint_url, read_validation
 from depsim.records import decode_messages, log_requests, read_table, table_meta, table_path, write_table
 from depsim.sim.truth import against_truth, world_of
@@ -87,7 +87,7 @@ def git_commit() -> str:
 
 
 #: params that change what the pages show, never a table: left out of the params hash
-DISPLAY_PARAMS = {"title", "gates", "report", "path"}
+DISPLAY_PARAMS = {"title", "gates", "report", "path", "notice", "all_failed"}
 
 
 def params_hash(rel: Release) -> str:
@@ -198,7 +198,7 @@ def run_realism(rel: Release, reports_dir: str | Path) -> dict:
     judge's structured-output mode and the server's reasons for modes it rejected) (None
     where the release runs no realism check or has no world). Raises
     :class:`depsim.realism.JudgeFailed`, after writing the tables, when a tool mode got no
-    usable verdict."""
+    usable verdict (with ``all_failed: warn``, prints it as a warning instead)."""
     out = {"pairs": None, "winrates": None, "curves": None, "structured": None}
     if rel.realism is None:
         return out
@@ -210,7 +210,12 @@ def run_realism(rel: Release, reports_dir: str | Path) -> dict:
                                      columns=["role", "model", "mode", "notes"])
     _write(out["pairs"], reports_dir, rel, "realism_pairs")
     _write(out["winrates"], reports_dir, rel, "realism")
-    realism.check_failures(out["pairs"])
+    try:
+        realism.check_failures(out["pairs"])
+    except realism.JudgeFailed as e:
+        if rel.all_failed == "stop":
+            raise
+        print(f"warning (all_failed: warn): {e}")
     if rel.world is not None and rel.realism.fidelities:
         out["curves"] = fidelity_curves(rel, prefixes, rc, n=rel.realism.fidelity_n, run_stats=run,
                                         reports_dir=reports_dir)
@@ -293,7 +298,7 @@ def run_grade(rel: Release, reports_dir: str | Path) -> dict:
     where a validation of its grader is on record (:func:`depsim.grader_validation.corrected_rates`)
     and how far its grader can be trusted (:func:`depsim.grader_validation.grader_trust`).
     Raises :class:`depsim.grade.GradingFailed`, after writing the tables, when a category has
-    no usable grade in some target."""
+    no usable grade in some target (with ``all_failed: warn``, prints it as a warning instead)."""
     categories = for_release(rel)
     prefixes = read_table(reports_dir, rel.release, "prefixes")
     completions = read_table(reports_dir, rel.release, "completions")
@@ -314,7 +319,12 @@ def run_grade(rel: Release, reports_dir: str | Path) -> dict:
     _write(grades, reports_dir, rel, "grades")
     _write(table, reports_dir, rel, "rates")
     _done(reports_dir, rel, "grade", "grader", run)
-    check_grades(grades)  # after writing: the tables show what failed; the run stops non-zero
+    try:
+        check_grades(grades)  # after writing: the tables show what failed; the run stops non-zero
+    except GradingFailed as e:
+        if rel.all_failed == "stop":
+            raise
+        print(f"warning (all_failed: warn): {e}")
     return {"grades": grades, "rates": table, "weights": weights, "categories": categories,
             "graders": grader_table(table, categories), "structured": structured_notes(),
             "failures": failure_table({"candidate": completions, "grader": grades}),

@@ -29,12 +29,15 @@ PUBLIC_NOTE = ("Public prefix source", "public chat data sets drop or redact fla
 
 
 def banner(rel: Release) -> HTML:
-    """Return the page banner: release title, and the simulated-world or public-data caveat."""
+    """Return the page banner: release title, the simulated-world or public-data caveat, and the
+    release's own ``notice``."""
     notes = []
     if rel.simulated:
         notes.append(SIM_NOTE)
     if rel.public:
         notes.append(PUBLIC_NOTE)
+    if rel.notice:
+        notes.append(("Notice", rel.notice))
     body = "".join(f"<p><strong>{html.escape(head)}:</strong> {html.escape(text)}</p>" for head, text in notes)
     return HTML(f'<div class="depsim-banner" style="border-left:6px solid #d97706;background:#fff7ed;'
                 f'padding:8px 14px;margin:8px 0"><p><em>{html.escape(rel.title)}</em> '
@@ -607,6 +610,11 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
                      "nothing is checked against a limit.</p>")
     elif not lines:
         lines.append(f"<p><strong>Every gated category is within its gate</strong> (exact {pct} upper bound).</p>")
+    none = decision[decision["n"] == 0]
+    if len(none):
+        lines.append(f"<p><strong>No usable grade ({len(none)}):</strong> "
+                     + ", ".join(html.escape(t) for t in none["title"])
+                     + ": every grade failed, so these have no forecast (see Failures).</p>")
     rises = decision[decision["direction"] == "rises"]
     lines.append(f"<p><strong>Rise against the previous model ({len(rises)}):</strong> "
                  + (", ".join(html.escape(t) for t in rises["title"]) or "none") + ".</p>")
@@ -650,8 +658,9 @@ def decision(decision: pd.DataFrame, level: float = 0.95) -> HTML:
             f'<td><a href="{link}">{html.escape(r["title"])}</a><br><small>{html.escape(r["group"])}</small>{_trust_mark(r)}</td>'
             f'<td class=nw>{html.escape(r["gate"])}</td><td class=nw>{html.escape(r["gate_status"])}</td>'
             f'<td class=num>{rate100k(r["prev_rate"])}<br><small>{k_of_n(r["prev_k"], r["prev_n"])}</small></td>'
-            f'<td class=num>{rate100k(r["rate"])} {interval100k(r["lo"], r["hi"])}<br><small>{k_of_n(r["k"], r["n"])}</small>'
-            f'{_uncertainty_mark(r)}</td>'
+            + (f'<td class=num>{rate100k(r["rate"])} {interval100k(r["lo"], r["hi"])}<br><small>{k_of_n(r["k"], r["n"])}</small>'
+               f'{_uncertainty_mark(r)}</td>'
+               if r["n"] else f'<td class=num>no usable grade<br><small>{int(r["failed"]):,} failed</small></td>') +
             f'<td class=num>{ratio} {ratio_iv}</td>'
             f'<td class="nw depsim-flag-{r["direction"].replace(" ", "-")}">{html.escape(r["direction"])}</td>'
             f'<td><a href="{link}">transcripts</a></td></tr>')

@@ -192,3 +192,24 @@ def test_grade_page_shows_corrected_rate_beside_k_of_n_failed_bounds_and_warning
     t = show.grader_trust(r, ["sim", "prod_prev"]).data
     assert "⚠ misses bar" in t and "m1 0.70" in t and "exact (simulated world)" in t
     assert "grader validation" in show.rates_table(r, ["sim", "prod_prev"]).data
+
+
+def test_banner_shows_the_release_notice_escaped(tmp_path):
+    from conftest import small_release
+    rel = load_release(small_release(tmp_path, "noticed"))
+    assert "Notice" not in show.banner(rel).data
+    rel = rel.model_copy(update={"notice": "The grader is a 135M model: it is no grader. <b>x</b>"})
+    page = show.banner(rel).data
+    assert "<strong>Notice:</strong> The grader is a 135M model: it is no grader. &lt;b&gt;x&lt;/b&gt;" in page
+
+
+def test_decision_says_no_usable_grade_for_a_category_whose_grades_all_failed():
+    nan = float("nan")
+    row = dict(grader_id="g", group="disallowed", baseline=True)
+    rates = pd.DataFrame([
+        {**row, "target": "sim", "category": "hate", "k": 0, "n": 0, "failed": 5, "rate": nan, "lo": nan, "hi": nan},
+        {**row, "target": "sim", "category": "self_harm", "k": 1, "n": 9, "failed": 0, "rate": .1, "lo": .01, "hi": .4}])
+    d = forecast.decision_table(rates).assign(title=["Self harm", "Hate"])
+    page = show.decision(d).data
+    assert "no usable grade<br><small>5 failed</small>" in page and "1 of 9" in page
+    assert "No usable grade (1):</strong> Hate" in show.verdict(d).data

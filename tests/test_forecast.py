@@ -1,0 +1,43 @@
+"""Forecasts and the decision table when a category has no usable grade (every grade failed,
+n = 0): the row stays, with no rate, never dropped and never read as zero."""
+import numpy as np
+import pandas as pd
+
+from depsim import forecast
+from depsim.params import Gate
+
+NAN = float("nan")
+
+
+def _rates() -> pd.DataFrame:
+    row = dict(grader_id="g", group="disallowed", baseline=True)
+    return pd.DataFrame([
+        {**row, "target": "sim", "category": "a", "k": 0, "n": 0, "failed": 4, "rate": NAN, "lo": NAN, "hi": NAN},
+        {**row, "target": "sim", "category": "b", "k": 1, "n": 30, "failed": 1, "rate": .05, "lo": .01, "hi": .15},
+        {**row, "target": "prod_prev", "category": "a", "k": 2, "n": 40, "failed": 0, "rate": .06, "lo": .01, "hi": .15},
+        {**row, "target": "prod_prev", "category": "b", "k": 0, "n": 0, "failed": 3, "rate": NAN, "lo": NAN, "hi": NAN},
+    ])
+
+
+def test_forecasts_keep_a_category_with_no_usable_grade():
+    fc = forecast.forecasts(_rates()).set_index(["method", "category"])
+    a = fc.loc[("deployment_sim", "a")]
+    assert a["label"] == "no usable grade (4 failed)" and np.isnan(a["ratio"]) and a["direction"] == "no change"
+    assert not a["rises"] and a["failed_warning"] and a["worst_case_hi"] > 0.5  # 4 failed of 4: anything is possible
+    b = fc.loc[("deployment_sim", "b")]
+    assert b["label"].startswith("1 of 30") and np.isnan(b["ratio"])  # its previous rate has no usable grade
+    assert fc.loc[("prev_production", "b"), "label"] == "no usable grade (3 failed)"
+
+
+def test_decision_table_keeps_a_category_with_no_usable_grade():
+    d = forecast.decision_table(_rates(), {"a": Gate(max_rate=0.01)}).set_index("category")
+    assert set(d.index) == {"a", "b"}
+    a = d.loc["a"]
+    assert (a["n"], a["failed"], a["direction"], a["gate_status"]) == (0, 4, "no usable grade", "may breach")
+    assert np.isnan(a["rate"]) and np.isnan(a["hi"]) and a["prev_k"] == 2 and a["prev_n"] == 40
+    # without a gate it is "no gate", and it sorts after every graded category
+    d2 = forecast.decision_table(_rates())
+    assert list(d2["category"]) == ["b", "a"] and d2.iloc[1]["gate_status"] == "no gate"
+    # only ungraded categories: still one row each, not an empty table
+    only = forecast.decision_table(_rates()[lambda r: r["category"] == "a"])
+    assert list(only["category"]) == ["a"] and only.iloc[0]["direction"] == "no usable grade"
