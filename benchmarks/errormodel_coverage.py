@@ -44,8 +44,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     rows, flagged = [], []
     t0 = time.perf_counter()
-    for i, model in enumerate(a.models):
-        grp, cat = measure(model, a.histories, a.seed + i)
+    for model in a.models:
+        grp, cat = measure(model, a.histories, a.seed + ERROR_MODELS.index(model))
         for r in grp.itertuples():
             c = cat[cat["group"] == r.group]
             w = c.loc[(c["coverage"] - LEVEL).abs().idxmax()]

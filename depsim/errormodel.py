@@ -20,9 +20,18 @@ likelihood is log-concave in them), and σ gets a grid posterior (Laplace approx
 (μ, β) is the larger of the model-based one and a sandwich clustered by release, so that a
 shock shared by every category of a release is counted once per release, not per category.
 
+**Each category's own scale**: a category's errors have their own σ_c, log σ_c ~ Cauchy(log σ,
+ω) around its group's σ, with the spread ω fitted per group (empirical Bayes on a grid) and
+each σ_c's posterior exact on a grid (:func:`category_scale`). With a handful of releases a
+category stays near its group unless its data say otherwise; the σ_c then weight the
+categories in the group's (μ, β), and the groups' σ prior is centred on the median category of
+the method (:func:`fit_categories`), so two noisy categories neither widen their quiet
+neighbours' intervals nor the other groups'.
+
 **Predicting** a new release: η's posterior predictive (a mixture over the σ grid of
-normals, heavier-tailed than any one of them when there are few releases) is summarised as a
-Student t (location, scale, df) matched at its 75% and 95% quantiles. The realised count's
+normals, heavier-tailed than any one of them when there are few releases; per category, a
+mixture over its σ_c posterior, :func:`predictive_t_category`) is summarised as a Student t
+(location, scale, df) matched at its 75% and 95% quantiles. The realised count's
 predictive distribution then integrates the forecast's own Poisson–Jeffreys uncertainty
 (λ ~ Gamma(K_f + ½, n_f), which makes K | η negative binomial) over that t.
 
@@ -44,7 +53,8 @@ from scipy import special, stats
 
 from depsim import stats as S
 
-__all__ = ["ErrorPrior", "fit_batch", "predictive_t", "count_cdf", "count_interval",
+__all__ = ["ErrorPrior", "fit_batch", "category_scale", "fit_categories", "predictive_t",
+           "predictive_t_category", "count_cdf", "count_interval",
            "calibration", "fit_history", "predict", "forward_chain", "coverage_by", "flag_categories",
            "pit_histogram", "HISTORY_KEYS"]
 
@@ -319,7 +329,9 @@ def fit_categories(K, T, off, t, cluster, cat, pool, prior: ErrorPrior = ErrorPr
     and its shrunken σ_c. The second refits the groups with (a) their empirical-Bayes prior of σ
     centred at the median σ of the pool's categories (:func:`_population_centre`), so that two
     noisy categories widen their own group's σ but not the other groups' (a median over four
-    groups' σ is moved by one noisy group), and (b) each row's σ scaled by its category's σ_c
+    groups' σ is moved by one noisy group; for a group of about one category per release,
+    whose σ also carries the release shock, the centre adds the pool's smallest shock variance
+    τ²), and (b) each row's σ scaled by its category's σ_c
     relative to the group's, so that noisy categories weigh less in the group's (μ, β) and the
     quiet ones are not judged against a mean that the noisy ones moved. ``cat`` and ``pool`` as
     for :func:`category_scale` and :func:`fit_batch`. Returns (fit, scales): the dicts of
@@ -328,6 +340,15 @@ def fit_categories(K, T, off, t, cluster, cat, pool, prior: ErrorPrior = ErrorPr
     cs = category_scale(fit, K, T, off, t, cat, prior=prior)
     med = _population_centre(cs["lik"], cs["has"], pool)
     centre = np.where(np.isfinite(med), med, np.sqrt(fit["sigma2"]))
+    # a group with about one category per release has no separate release shock (fit_batch sets
+    # τ² = 0 there), so its σ carries the shock as well: its centre adds the pool's τ², the
+    # smallest of its groups' (each τ̂² = max(0, ·) is biased upwards; a shock shows in all)
+    pid = pd.factorize(np.asarray(pool))[0]
+    per_release = (np.asarray(T) > 0).sum(1) / np.maximum(fit["releases"], 1)
+    multi = per_release >= 2
+    tau2 = np.array([np.min(fit["tau2"][(pid == i) & multi]) if ((pid == i) & multi).any() else 0.0
+                     for i in range(pid.max() + 1)])[pid]
+    centre = np.where(multi, centre, np.sqrt(centre ** 2 + tau2))
     # each row's category scale relative to its group's (geometric mean 1 over rows with events)
     lsc = (cs["w"][:, :-1] * _CAT_LS).sum(-1)                                     # (B, C) E log σ_c
     lr = np.take_along_axis(lsc, np.asarray(cat, int), 1)

@@ -11,7 +11,7 @@ from depsim import stats
 from depsim.sim.history import ERROR_MODELS, error_model_history
 
 LEVEL = 0.9
-HISTORIES = 300   # independent simulated histories per error model, 5 releases each
+HISTORIES = 200   # independent simulated histories per error model, 5 releases each (600: benchmarks/errormodel_coverage.py)
 
 
 @pytest.fixture(scope="module")
