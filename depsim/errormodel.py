@@ -625,8 +625,9 @@ def forward_chain(history: pd.DataFrame, min_train: int = 1, level: float = 0.9,
     independent histories, all fitted in the same vectorised call. Returns the history rows
     that were predicted, with err_loc/err_scale/err_df, ``train_releases``, the count
     interval ``pred_k_lo``/``pred_k_hi`` at ``level`` (when ``intervals``) and
-    :func:`calibration`'s columns. The groups of one method and step share σ's
-    empirical-Bayes prior (``pool`` in :func:`fit_batch`) when ``by`` includes "group"."""
+    :func:`calibration`'s columns. Each prediction uses its category's own error scale
+    (:func:`fit_categories`); the groups of one method and step share σ's empirical-Bayes
+    prior (``pool`` in :func:`fit_batch`) when ``by`` includes "group"."""
     _check_history(history, "forward_chain")
     h = history.reset_index(drop=True)
     part = pd.factorize(h[problem])[0] if problem is not None else np.zeros(len(h), int)
