@@ -130,17 +130,19 @@ def loo_coverage(scored: pd.DataFrame, level: float = 0.9, min_train: int = 2) -
 
 
 def calibration_report(history: pd.DataFrame, level: float = 0.9, min_train: int = 2,
-                       alpha: float = 0.05) -> dict[str, pd.DataFrame]:
+                       alpha: float = 0.05, band: float = 0.05) -> dict[str, pd.DataFrame]:
     """Return forward-chained calibration tables for a page: ``by_group`` (per method and
-    category group), ``by_category`` with the miscalibrated categories flagged (Benjamini–
-    Hochberg at ``alpha``; see depsim.errormodel.flag_categories), ``pit`` (the randomised PIT
-    values per method, for a histogram) and ``fit`` (σ, bias and drift per method and group
-    fitted on all releases)."""
+    category group), ``by_category`` (per method and category: coverage of the realised count
+    by its ``level`` predictive interval, each category predicted with its own error scale;
+    ``outside_band`` where coverage is more than ``band`` from nominal, and ``flagged`` where it
+    is outside the band and the departure is significant, Benjamini–Hochberg at ``alpha``; see
+    depsim.errormodel.flag_categories), ``pit`` (the randomised PIT values per method, for a
+    histogram) and ``fit`` (σ, bias and drift per method and group fitted on all releases)."""
     ch = errormodel.forward_chain(history, min_train=min_train, level=level, intervals=False)
     if ch.empty:
         empty = pd.DataFrame()
         return {"by_group": empty, "by_category": empty, "pit": empty, "fit": errormodel.fit_history(history)}
     return {"by_group": errormodel.coverage_by(ch, ("method", "group"), level),
-            "by_category": errormodel.flag_categories(ch, level, alpha),
+            "by_category": errormodel.flag_categories(ch, level, alpha, band=band),
             "pit": ch[["release", "category", "method", "pit"]],
             "fit": errormodel.fit_history(history)}

@@ -11,7 +11,7 @@ from depsim import stats
 from depsim.sim.history import ERROR_MODELS, error_model_history
 
 LEVEL = 0.9
-HISTORIES = 300   # independent simulated histories per error model, 5 releases each
+HISTORIES = 200   # independent simulated histories per error model, 5 releases each (600: benchmarks/errormodel_coverage.py)
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +40,30 @@ def test_forward_chained_coverage_is_nominal_per_group(chained, model):
     assert np.all(np.abs(cov["coverage"] - LEVEL) <= 0.05), cov
 
 
+def test_noisy_tool_categories_get_their_own_wider_scale(chained):
+    # one σ per group would give every misalignment category the same predictive scale; the
+    # per-category scale gives the two noisy tool categories a wider one than their quiet
+    # neighbours (which are then not over-covered by a σ that the noisy ones inflated)
+    ch = chained["noisy_tools"]
+    mis = ch[ch["group"] == "misalignment"].groupby("category")["err_scale"].median()
+    tools = mis[["calculator_hacking", "lying_about_tools"]]
+    quiet = mis.drop(tools.index)
+    print("\nmedian predictive scale, misalignment, noisy tools:\n", mis.round(3))
+    assert tools.min() > 1.2 * quiet.max(), mis
+    # under the assumed model (one σ for all) the same categories' scales are alike
+    calm = chained["assumed"]
+    calm = calm[calm["group"] == "misalignment"].groupby("category")["err_scale"].median()
+    assert calm[tools.index].min() < 1.2 * calm.drop(tools.index).max(), calm
+
+
 def test_noisy_tool_categories_are_flagged(chained):
     flags = E.flag_categories(chained["noisy_tools"], LEVEL).set_index("category")
     tools = flags.loc[["calculator_hacking", "lying_about_tools"]]
     assert np.all(tools["coverage"] < LEVEL)
     assert (tools["flagged"] & (tools["why"] == "too narrow")).any(), tools
+    # flagged means outside the ±5 pp band (and statistically supported)
+    assert np.all(np.abs(flags.loc[flags["flagged"], "coverage"] - LEVEL) > 0.05)
+    assert (flags["outside_band"] >= flags["flagged"]).all()
     # no other category is called too narrow
     others = flags.drop(index=tools.index)
     assert not (others["flagged"] & (others["why"] == "too narrow")).any(), others[others["flagged"]]
@@ -118,6 +137,21 @@ def test_zero_realised_counts_do_not_collapse_sigma():
                            "k_real": 0, "n_real": 200} for r in h["release"].unique()])
     more = E.fit_history(pd.concat([h, extra], ignore_index=True)).iloc[0]["sigma"]
     assert base > 0.2 and more > 0.8 * base, (base, more)
+
+
+def test_predict_uses_the_category_scale():
+    # one simulated history under "noisy_tools", 8 releases: a noisy tool category's forecast
+    # gets a wider predictive than a quiet one of the same group; a category the history lacks
+    # (or a row without a category) gets the group's predictive for a new category, which is
+    # not narrower than the quiet categories'
+    h = error_model_history("noisy_tools", histories=1, releases=8, seed=21).drop(columns="history")
+    fc = pd.DataFrame([{"method": "deployment_sim", "group": "misalignment", "category": c, "k": 20, "n": 4000}
+                       for c in ("lying_about_tools", "fabricated_facts", "brand_new")])
+    out = E.predict(h, fc).set_index("category")["err_scale"]
+    assert out["lying_about_tools"] > 1.3 * out["fabricated_facts"], out
+    assert out["brand_new"] >= out["fabricated_facts"], out
+    nocat = E.predict(h, fc.drop(columns="category").iloc[:1]).iloc[0]["err_scale"]
+    assert nocat == pytest.approx(out["brand_new"])
 
 
 def test_no_history_gives_the_prior_and_a_wide_interval():

@@ -84,7 +84,11 @@ def test_loo_coverage_is_forward_chained_and_near_nominal():
 def test_calibration_report_tables():
     rep = history.calibration_report(history.load_history(SHIPPED), level=0.9)
     assert {"method", "group", "coverage", "n"} <= set(rep["by_group"].columns)
-    assert {"flagged", "why", "q_value"} <= set(rep["by_category"].columns)
+    assert {"flagged", "why", "q_value", "outside_band", "coverage"} <= set(rep["by_category"].columns)
+    # a flag needs coverage outside the ±5 pp band (4 predictions per category here: few are)
+    bc = rep["by_category"]
+    assert (bc["outside_band"] == ((bc["coverage"] - 0.9).abs() > 0.05)).all()
+    assert not (bc["flagged"] & ~bc["outside_band"]).any()
     assert rep["pit"]["pit"].between(0, 1).all()
     assert {"sigma", "bias", "drift"} <= set(rep["fit"].columns)
 
