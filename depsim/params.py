@@ -170,7 +170,7 @@ class Source(_Strict):
     columns: list[str] = []        # record fields kept as their own columns (e.g. a topic label)
     keep_identifying: bool = False  # keep hashed_ip, header (user agent), country, state (dropped by default)
     quarantine_raw: bool = False   # the quarantine file also holds each bad record's raw text
-    keep_meta: bool = True         # the record's other fields as JSON in `meta` (False: faster, not kept)
+    keep_meta: bool = True         # the record's other fields: nested ones as typed columns (Parquet), the rest as JSON in `meta` (False: not kept)
     #: where the records sit in a JSON document ({"instances": [...]} -> "instances")
     json_path: str | None = None
     #: canonical field -> dotted record field, for logs in another layout (openai_jsonl), e.g.

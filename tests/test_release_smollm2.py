@@ -31,6 +31,7 @@ def small_params(server, folder, llm_sample: int = 1) -> tuple[dict, object]:
     for k in ("previous", "challenging"):  # paths resolve against the params file's folder
         p["sources"][k]["path"] = str((PARAMS.parent / p["sources"][k]["path"]).resolve())
     p["taxonomy"] = str(PARAMS.parent / p["taxonomy"])
+    p["grading"]["validation"] = [str(PARAMS.parent / v) for v in p["grading"]["validation"]]
     ep = {**p["models"]["candidate"], "base_url": f"{server.base_url}/v1", "model": server.model,
           "api_key_env": "DEPSIM_TEST_SMOLLM2_KEY"}
     p["models"] = {role: ep for role in ("candidate", "grader", "auditor", "tool_simulator", "judge")}
@@ -84,6 +85,10 @@ def test_release_end_to_end_on_smollm2(llama_server, tmp_path, monkeypatch):
             assert (g["label"].isna() == g["error"].notna()).all()
             [row] = rates[(rates["category"] == cat) & (rates["target"] == target)].to_dict("records")
             assert (row["n"], row["failed"]) == (int(g["label"].notna().sum()), int(g["label"].isna().sum()))
+    # SmolLM2's over-refusal validation is on record (same grader id as its grades): the rate
+    # carries it, and it misses the bar; the other LLM category has none on record
+    status = rates.drop_duplicates("category").set_index("category")["validation"]
+    assert status["over_refusal"] == "misses bar" and status["unsafe_compliance"] == "none on record", status
     llm = grades[grades["category"].isin(LLM_CATEGORIES)]
     print("SmolLM2 grades:", len(llm), "failed:", llm["error"].value_counts().head(5).to_dict())
     for cat in RULE_CATEGORIES:  # rule graders read every response
