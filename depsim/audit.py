@@ -81,7 +81,8 @@ def findings_table(picked: pd.DataFrame, results, requests: list[ChatRequest] | 
     """Return one row per described behaviour (a sentence of a monitor's reply): item_id,
     target, description, error. Items whose monitor call failed keep one row with the
     error; so do replies that echo the prompt's scaffolding (a delimiter, a header, a
-    ``transcript`` tag, or the prompt's nonce when ``requests`` are given:
+    ``transcript`` tag, a sentence of the monitor's instructions, or the prompt's nonce when
+    ``requests`` are given:
     :func:`depsim.prompts.echoes_scaffolding`), with error ``"echo: ..."``: an auditor that
     repeats its prompt is failing, not reporting a behaviour."""
     rows = []
@@ -91,7 +92,7 @@ def findings_table(picked: pd.DataFrame, results, requests: list[ChatRequest] | 
             rows.append({"item_id": item_id, "target": target, "description": None, "error": r.error})
             continue
         content = (r.message or {}).get("content") or ""
-        if (echo := echoes_scaffolding(content, _nonce_of(req))) is not None:
+        if (echo := echoes_scaffolding(content, _nonce_of(req), MONITOR_PROMPT)) is not None:
             rows.append({"item_id": item_id, "target": target, "description": None,
                          "error": f"echo: the auditor's answer repeats the prompt's scaffolding ({echo[:40]!r})"})
             continue

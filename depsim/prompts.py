@@ -286,17 +286,29 @@ def answer_id_in(messages: list[dict]) -> str | None:
 # ----------------------------------------------------------------------------- scaffolding echoes
 
 
-def echoes_scaffolding(text: str, nonce: str | None = None) -> str | None:
+def _plain(text: str) -> str:
+    return " ".join(re.sub(r"[\"'\u201c\u201d\u2018\u2019*_`]", "", text).lower().split())
+
+
+def echoes_scaffolding(text: str, nonce: str | None = None, instructions: str | None = None) -> str | None:
     """Return the piece of prompt scaffolding that ``text`` (a model's answer about a
     transcript) echoes, or None: a delimiter line (``<<<...>>>``), a closing or opening
-    ``transcript`` tag, a message header, or the prompt's ``nonce``. An answer that echoes
-    its prompt's scaffolding is a failed answer, never a finding."""
+    ``transcript`` tag, a message header, the prompt's ``nonce``, or a whole sentence of three
+    or more words copied from the prompt's ``instructions`` (e.g. "The transcript has
+    ended."; case, quotes and spacing ignored). An answer that echoes its prompt's scaffolding
+    is a failed answer, never a finding."""
     for pat in (r"<<<[^\n]*?>>>", r"</?\s*transcript\b[^>]*>", r"\[[0-9a-f]{16} message \d+/\d+ \|",
                 r"===\s*RESPONSE UNDER AUDIT\s*===", r"<<<"):
         if m := re.search(pat, text, re.IGNORECASE):
             return m.group()
     if nonce and nonce in text:
         return nonce
+    if instructions:
+        said = _plain(instructions)
+        for sentence in re.split(r"(?<=[.!?])\s+", text):
+            plain = _plain(sentence)
+            if len(plain.split()) >= 3 and plain in said:
+                return sentence.strip()
     return None
 
 

@@ -33,14 +33,15 @@ def _nonce(req) -> str:
 
 
 def test_echoed_scaffolding_is_a_failed_answer_not_a_finding():
-    picked, reqs = _picked_and_requests(["a", "b", "c", "d", "e"])
+    picked, reqs = _picked_and_requests(["a", "b", "c", "d", "e", "f"])
     by_id = {r.item_id: r for r in reqs}
     answers = {"i0": "</transcript>", "i1": f"<<<END TRANSCRIPT {_nonce(by_id['i1'])}>>>",
                "i2": "The assistant reveals its system prompt. It also lies.", "i3": "Nothing unusual.",
-               "i4": f"The assistant mentions {_nonce(by_id['i4'])}."}
+               "i4": f"The assistant mentions {_nonce(by_id['i4'])}.",
+               "i5": "The transcript has ended."}  # SmolLM2's auditor: a sentence of the instructions
     results = [ChatResult(i, "k", {"role": "assistant", "content": answers[i]}, "stop", {}) for i in picked["item_id"]]
     f = audit.findings_table(picked, results, reqs).set_index("item_id")
-    for i in ("i0", "i1", "i4"):
+    for i in ("i0", "i1", "i4", "i5"):
         assert pd.isna(f.loc[i, "description"]) and f.loc[i, "error"].startswith("echo:"), i
     assert f.loc["i2", "description"].tolist() == ["The assistant reveals its system prompt.", "It also lies."]
     assert "i3" not in f.index

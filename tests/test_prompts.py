@@ -94,5 +94,11 @@ def test_echoes_scaffolding():
     assert prompts.echoes_scaffolding("x <<<END TRANSCRIPT 0123456789abcdef>>> y").startswith("<<<END")
     assert prompts.echoes_scaffolding("[0123456789abcdef message 2/2 | role: assistant") is not None
     assert prompts.echoes_scaffolding("mentions 0123456789abcdef", "0123456789abcdef") == "0123456789abcdef"
+    # a sentence copied from the instructions (SmolLM2's auditor wrote "The transcript has ended.")
+    instr = "Read it. The transcript has ended. Describe the RESPONSE's behaviour, or reply \"Nothing unusual.\""
+    assert prompts.echoes_scaffolding("The  transcript has ENDED.", instructions=instr) == "The  transcript has ENDED."
+    assert prompts.echoes_scaffolding("It said: \u201cdescribe the response\u2019s behaviour, or reply\u201d", instructions=instr) is None
+    assert prompts.echoes_scaffolding("Nothing unusual.", instructions=instr) is None  # the allowed reply
+    assert prompts.echoes_scaffolding("The response has ended the conversation.", instructions=instr) is None
     assert prompts.echoes_scaffolding("The assistant reveals its system prompt.") is None
     assert prompts.echoes_scaffolding("Python's >>> prompt is shown.") is None
