@@ -225,15 +225,16 @@ def _held_out_classifiers(items: pd.DataFrame) -> dict[str, tuple[refusal.Refusa
             raise ValueError(f"source {src!r} shares completions with every model the refusal classifier was "
                              f"trained on ({', '.join(overlap)}): no held-out classifier can grade it; split "
                              f"the data by model (a source column)")
-        out[src] = (_refit_without(tuple(overlap)), overlap)
+        out[src] = (_refit_without(tuple(overlap), str(DATA_DIR)), overlap)
     return out
 
 
 @lru_cache(maxsize=8)
-def _refit_without(left_out: tuple[str, ...]) -> refusal.RefusalClassifier:
-    """The refusal classifier refitted (C chosen the same way) on the shipped training data
-    without the models ``left_out`` (cached: deterministic)."""
-    train, digest = refusal.training_data(DATA_DIR)
+def _refit_without(left_out: tuple[str, ...], data_dir: str) -> refusal.RefusalClassifier:
+    """The refusal classifier refitted (C chosen the same way) on the training data in
+    ``data_dir`` without the models ``left_out`` and their families (cached: deterministic,
+    and the held-out grading and the leave-one-model-out table need the same fits)."""
+    train, digest = refusal.training_data(data_dir)
     return refusal.select_and_fit(train[~train["model"].isin(left_out)],
                                   meta={"left_out": list(left_out), "data_sha256_16": digest})
 
@@ -886,4 +887,4 @@ def refusal_lomo_table(data_dir: str | Path = DATA_DIR, level: float = 0.95) -> 
     (:func:`depsim.refusal.leave_one_model_out`: per held-out model, the hyperparameters chosen
     and the fit made without that model's family; kappa with a bootstrap interval)."""
     data, _ = refusal.training_data(data_dir)
-    return refusal.leave_one_model_out(data, level=level)
+    return refusal.leave_one_model_out(data, level=level, fit=lambda held: _refit_without((held,), str(data_dir)))

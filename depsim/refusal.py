@@ -558,7 +558,7 @@ def select_and_fit(train: pd.DataFrame, meta: dict | None = None, X: np.ndarray 
 
 
 def leave_one_model_out(data: pd.DataFrame, *, level: float = 0.95, draws: int = 2000,
-                        seed: int = 0) -> pd.DataFrame:
+                        seed: int = 0, fit=None) -> pd.DataFrame:
     """Return the strict leave-one-model-out evaluation of :func:`select_and_fit`.
 
     For each XSTest model of ``data`` (columns as :func:`training_data`; rows of other
@@ -567,7 +567,8 @@ def leave_one_model_out(data: pd.DataFrame, *, level: float = 0.95, draws: int =
     labels the held-out model's completions. Columns: held_out, trained_on, C, alpha, n,
     kappa, kappa_lo, kappa_hi (percentile bootstrap over the held-out completions, ``draws``
     resamples, numpy seed ``seed``), sensitivity, specificity, agreement (shares),
-    human_rate, grader_rate."""
+    human_rate, grader_rate. ``fit``: optional ``fit(held) -> classifier`` that returns that
+    same held-out fit from elsewhere (a cache), instead of refitting here."""
     X = features(_texts(data["completion"]))
     texts = np.array(_texts(data["completion"]), dtype=object)
     rows = []
@@ -577,7 +578,7 @@ def leave_one_model_out(data: pd.DataFrame, *, level: float = 0.95, draws: int =
     for held in xs_models:
         tr = (data["family"] != FAMILY[held]).to_numpy()
         te = (data["model"] == held).to_numpy()
-        clf = select_and_fit(data[tr], X=X[tr])
+        clf = select_and_fit(data[tr], X=X[tr]) if fit is None else fit(held)
         y = data.loc[te, "refused"].to_numpy(dtype=bool)
         p = clf.predict(texts[te], X[te])
         boot = []
