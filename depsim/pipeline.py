@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from depsim import __version__, audit, forecast, grader_validation, history, realism, sample, score, show, simulate, stats
+from depsim import __version__, audit, forecast, grader_validation, history, realism, refusal, sample, score, show, simulate, stats
 from depsim.cache import ResponseCache
 from depsim.client import RunStats, complete, mask_url
 from depsim.grade import GradingFailed, check_grades, failure_table, grade, structured_notes, grader_table, rates, reweighted_rates
@@ -406,19 +407,51 @@ def failures(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
     return failure_table(tables)
 
 
+def memo_dir() -> Path:
+    """Return the folder for results that depend only on shipped data and code (not on a
+    release): ``$DEPSIM_CACHE_DIR``, else ``$XDG_CACHE_HOME/depsim``, else ``~/.cache/depsim``."""
+    if env := os.environ.get("DEPSIM_CACHE_DIR"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "depsim"
+
+
+def _xstest_key(data_dir: str | Path) -> str:
+    # the training data, the shipped model and the code that computes the figures: any change
+    # gives a new key, so a stored result is never stale
+    _, digest = refusal.training_data(data_dir)
+    code = b"".join(Path(m.__file__).read_bytes() for m in (refusal, grader_validation, stats))
+    blob = json.dumps([digest, refusal.shipped_model_id(), __version__]).encode() + code
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def xstest_validation(data_dir: str | Path) -> dict:
     """The over-refusal grader validated on XSTest's human labels (:mod:`depsim.grader_validation`):
     ``table`` (per variant and model, each model held out of the classifier's training),
     ``ranking``, ``held_out`` (the classifier's strict leave-one-model-out κ with intervals)
-    and ``missing`` (why they are None, or None)."""
+    and ``missing`` (why they are None, or None). The held-out refits take about a minute, so
+    the two tables are stored under :func:`memo_dir`, keyed by the training data's hash, the
+    shipped model and the source of the modules that compute them."""
     try:
-        xs = grader_validation.xstest_refusal_validation(data_dir)
+        key = _xstest_key(data_dir)
     except FileNotFoundError as e:
         return {"table": None, "ranking": None, "held_out": None, "missing": f"XSTest is not available here: {e}"}
+    stored = [memo_dir() / f"xstest-{key}-{part}.parquet" for part in ("validation", "held_out")]
+    if all(f.is_file() for f in stored):
+        xs, held = (pd.read_parquet(f) for f in stored)
+    else:
+        xs = grader_validation.xstest_refusal_validation(data_dir)
+        held = grader_validation.refusal_lomo_table(data_dir)
+        try:
+            stored[0].parent.mkdir(parents=True, exist_ok=True)
+            for f, t in zip(stored, (xs, held)):
+                t.to_parquet(tmp := f.with_suffix(f".{os.getpid()}.tmp"))
+                tmp.replace(f)  # atomic: a concurrent run never reads half a file
+        except OSError:
+            pass  # a read-only home: the figures are still shown, just computed each time
     cols = ["variant", "model", "n", "human_rate", "grader_rate", "agreement", "kappa", "sensitivity", "specificity",
             "rg_rate", "rg_lo", "rg_hi"]
     return {"table": xs[[c for c in cols if c in xs]], "ranking": grader_validation.rank_comparison(xs),
-            "held_out": grader_validation.refusal_lomo_table(data_dir), "missing": None}
+            "held_out": held, "missing": None}
 
 
 def pools(rel: Release) -> pd.DataFrame:

@@ -2,10 +2,11 @@
 truth's direction of change for the large shifts, and the audit surfaces X's novel
 behaviour. Runs the pipeline functions the notebooks call, without kernels."""
 import numpy as np
+import pandas as pd
 import pytest
 
-from depsim import audit, pipeline, stats
-from depsim.params import load_release
+from depsim import audit, grader_validation, pipeline, stats
+from depsim.params import DATA_DIR, load_release
 from depsim.sim.truth import world_of
 from depsim.taxonomy import for_release, load_taxonomy
 
@@ -126,3 +127,21 @@ def test_simulated_graders_on_real_responses_are_not_valid_here():
     assert "prod_prev" not in pipeline.simulated_targets(real)      # Y's logged responses are real text
     cats = for_release(rel)
     assert "hate" in pipeline.simulated_graders(rel, cats) and "over_refusal" not in pipeline.simulated_graders(rel, cats)
+
+
+def test_xstest_figures_are_stored_once_and_reused(tmp_path, monkeypatch):
+    """The grade page's XSTest tables (a minute of held-out refits) are computed once per
+    training data, shipped model and code, then read back unchanged."""
+    monkeypatch.setenv("DEPSIM_CACHE_DIR", str(tmp_path / "memo"))
+    first = pipeline.xstest_validation(DATA_DIR)
+    assert len(list((tmp_path / "memo").glob("xstest-*.parquet"))) == 2
+
+    def recomputed(*_a, **_k):
+        raise AssertionError("recomputed instead of read back")
+    monkeypatch.setattr(grader_validation, "xstest_refusal_validation", recomputed)
+    monkeypatch.setattr(grader_validation, "refusal_lomo_table", recomputed)
+    again = pipeline.xstest_validation(DATA_DIR)
+    for k in ("table", "ranking", "held_out"):
+        pd.testing.assert_frame_equal(first[k], again[k])
+    gone = pipeline.xstest_validation(tmp_path / "nowhere")
+    assert gone["table"] is None and "XSTest is not available here" in gone["missing"]
