@@ -413,6 +413,19 @@ class RefusalClassifier:
         (which holds the training data's hash and the code version): the frozen classifier's id."""
         return hashlib.sha256(json.dumps(self._blob(), sort_keys=True).encode()).hexdigest()[:12]
 
+    def same_fit(self, other: "RefusalClassifier", rtol: float = 1e-3, atol: float = 1e-4) -> bool:
+        """Return True when ``other`` is the same fit up to the optimiser's precision: equal meta
+        (data hash, code version, C, alpha), threshold and n-gram vocabulary, and coefficients,
+        intercept, scale, idf and n-gram weights within ``rtol``/``atol``. Two fits of the same
+        data on different numpy/scipy builds differ in the last digits (about 4e-6 seen), so a
+        byte comparison of the JSON cannot tell a stale model from a rebuilt one."""
+        close = lambda a, b: np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=rtol, atol=atol)
+        return (self.meta == other.meta and self.threshold == other.threshold and self.alpha == other.alpha
+                and self.ngrams.keys() == other.ngrams.keys()
+                and close(self.coef, other.coef) and close([self.intercept], [other.intercept])
+                and close(self.scale, other.scale)
+                and close(list(self.ngrams.values()), list(other.ngrams.values())))
+
     def to_json(self) -> str:
         """Return the classifier as JSON text (what :data:`MODEL_FILE` holds)."""
         return json.dumps({"features": feature_names(), **self._blob()}, indent=0, sort_keys=True) + "\n"

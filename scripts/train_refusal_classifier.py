@@ -28,7 +28,7 @@ def main(argv=None) -> int:
         data, _ = refusal.training_data(DATA_DIR)
         print(refusal.leave_one_model_out(data).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if args.check:
-        same = refusal.MODEL_FILE.is_file() and refusal.MODEL_FILE.read_text() == text
+        same = refusal.MODEL_FILE.is_file() and refusal.default_classifier().same_fit(clf)
         print(f"{refusal.MODEL_FILE}: {'up to date' if same else 'OUT OF DATE (rerun without --check)'}")
         return 0 if same else 1
     refusal.MODEL_FILE.write_text(text)

@@ -36,9 +36,22 @@ def test_shipped_model_is_what_the_script_trains_from_the_shipped_data():
     shipped = refusal.default_classifier()
     fresh = refusal.train_default(DATA_DIR)
     assert fresh.meta == shipped.meta  # same data hash, C, code version, training models
-    np.testing.assert_allclose(fresh.coef, shipped.coef, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(fresh.scale, shipped.scale, rtol=1e-9)
-    assert fresh.intercept == pytest.approx(shipped.intercept, rel=1e-5, abs=1e-6)
+    # equal up to the optimiser's precision (numpy/scipy builds differ in the last digits) ...
+    assert fresh.same_fit(shipped)
+    # ... which changes no decision on the training texts
+    data, _ = refusal.training_data(DATA_DIR)
+    p_fresh, p_shipped = fresh.predict_proba(data["completion"]), shipped.predict_proba(data["completion"])
+    assert np.abs(p_fresh - p_shipped).max() < 1e-3
+    assert (fresh.predict(data["completion"]) == shipped.predict(data["completion"])).all()
+
+
+def test_same_fit_tells_a_changed_model_apart():
+    shipped = refusal.default_classifier()
+    nudged = refusal.RefusalClassifier.from_json(shipped.to_json())
+    assert nudged.same_fit(shipped)
+    coef = list(nudged.coef)
+    coef[int(np.argmax(np.abs(coef)))] *= 1.01  # a 1 % change of the largest weight
+    assert not dataclasses.replace(nudged, coef=coef).same_fit(shipped)
     assert shipped.meta["trained_on"] == sorted(refusal.XSTEST_MODELS + refusal.JBC_MODELS)
     # the over-refusal rule's version, hence every grader_id using it, names this model
     assert shipped.model_id in RULE_VERSIONS["refusal_of_safe_request"]
