@@ -943,11 +943,12 @@ class _Ctx:
     drop: frozenset = frozenset()  # identifying fields left out of the table (IDENTIFYING_FIELDS)
     meta: bool = True  # keep the record's other fields in ``meta``
     typed: tuple[str, ...] = ()  # record fields kept as their own typed columns (nested moderation records)
+    typed_turns: bool = False  # message_meta as a typed list of structs (not JSON text)
 
 
 def _finish(row: dict, msgs: list[dict], mmeta: list[dict] | None = None, meta: dict | None = None,
             lift: tuple[str, ...] = (), drop: frozenset = frozenset(), keep_meta: bool = True,
-            typed: tuple[str, ...] = ()) -> dict:
+            typed: tuple[str, ...] = (), typed_turns: bool = False) -> dict:
     row["messages"] = _dumps(msgs)
     if drop:
         for k in drop:
@@ -958,7 +959,7 @@ def _finish(row: dict, msgs: list[dict], mmeta: list[dict] | None = None, meta: 
             mmeta = [{k: v for k, v in m.items() if k not in drop} for m in mmeta]
             mmeta = mmeta if any(mmeta) else None
     if "message_meta" not in row and mmeta is not None:
-        row["message_meta"] = _dumps(mmeta)
+        row["message_meta"] = mmeta if typed_turns else _dumps(mmeta)
     if meta and lift:
         for k in lift:  # strings as they are, anything else as its JSON text
             v = meta.pop(k, None)
@@ -1031,7 +1032,7 @@ def _row_chatlog(rec: Any, c: _Ctx) -> dict:
         row["created_at"] = _timestamp(rec.get("timestamp"), "timestamp")
         used.add("timestamp")
     return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop, c.meta,
-                   c.typed)
+                   c.typed, c.typed_turns)
 
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
@@ -1498,12 +1499,28 @@ def _typed_fields(sch: pa.Schema, fmt: str, lift: Iterable[str] = (), drop: Iter
     return {f.name: f.type for f in sch if f.name not in skip and _is_nested(f.type)}
 
 
+def _turn_type(sch: pa.Schema, fmt: str, drop: Iterable[str] = ()) -> pa.DataType | None:
+    """The type of ``message_meta`` for a WildChat / LMSYS Parquet schema: a list of structs of
+    the per-turn fields that are not message keys (language, timestamp, turn_identifier, ...),
+    with the input's Arrow types; None when the turns have no such field. Encoding these as
+    JSON text (with timestamps formatted) cost more than reading them."""
+    if fmt not in ("wildchat", "lmsys") or "conversation" not in sch.names:
+        return None
+    ct = sch.field("conversation").type
+    if not (pa.types.is_list(ct) or pa.types.is_large_list(ct)) or not pa.types.is_struct(ct.value_type):
+        return None
+    fields = [x for x in ct.value_type if x.name not in MESSAGE_KEYS and x.name not in set(drop)]
+    return pa.list_(pa.struct(fields)) if fields else None
+
+
 def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tuple[str, ...],
                 drop: frozenset, max_chars: int, keep_meta: bool = True,
-                typed: dict[str, pa.DataType] | None = None) -> str | None:
+                typed: dict[str, pa.DataType] | None = None, typed_turns: bool = False) -> str | None:
     """The bulk query for a hub-layout Parquet file, or None when its schema is not one the bulk
     path reads exactly like the per-record path (then every record takes that path). ``typed``:
-    fields selected as they are (see :func:`_typed_fields`), null where the file lacks them."""
+    fields selected as they are (see :func:`_typed_fields`), null where the file lacks them;
+    ``typed_turns``: ``message_meta`` as the per-turn fields' structs (:func:`_turn_type`), not
+    JSON text."""
     names = sch.names
     typ = {n: sch.field(n).type for n in names}
     if "file_row_number" in typ or "conversation" not in typ:
@@ -1580,7 +1597,10 @@ def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tup
             if k not in drop:
                 cols[k] = top(k)
     extra = [k for k in turn if k not in MESSAGE_KEYS and k not in drop]
-    if extra:
+    if extra and typed_turns:
+        parts = ", ".join(f"{_s(k)}: x.{_q(k)}" for k in extra)
+        cols["message_meta"] = f"list_transform({conv}, {_lam('x', '{' + parts + '}')})"
+    elif extra:
         parts = []
         for k in extra:
             inner = _json_ready(f"x.{_q(k)}", turn[k], 1)
@@ -1774,12 +1794,18 @@ class _Run:
         self.memory_limit, self.threads, self.json_path = memory_limit, threads, json_path
         # WildChat / LMSYS Parquet: nested record fields (moderation records) as typed columns,
         # their type from the first file; only when every input is Parquet, so one schema fits all
+        # and the per-turn fields as a typed message_meta
         self.typed: dict[str, pa.DataType] = {}
-        if keep_meta and fmt in ("wildchat", "lmsys") and not isinstance(self.inputs, str) and self.inputs \
+        self.turn_type: pa.DataType | None = None
+        if fmt in ("wildchat", "lmsys") and not isinstance(self.inputs, str) and self.inputs \
                 and all(f.stat().st_size > 0 and _magic(f) == b"PAR1" for f in self.inputs):
-            self.typed = _typed_fields(_parquet_file(self.inputs[0]).schema_arrow, fmt, self.lift, self.drop)
+            first = _parquet_file(self.inputs[0]).schema_arrow
+            self.turn_type = _turn_type(first, fmt, self.drop)
+            if keep_meta:
+                self.typed = _typed_fields(first, fmt, self.lift, self.drop)
         self.schema: pa.Schema | None = (None if fmt == "parquet" else pa.schema(
-            [x for x in _BASE + _EXTRAS[fmt] if x[0] not in self.drop and (keep_meta or x[0] != "meta")]
+            [(n, self.turn_type if n == "message_meta" and self.turn_type is not None else t)
+             for n, t in _BASE + _EXTRAS[fmt] if n not in self.drop and (keep_meta or n != "meta")]
             + [(c, _S) for c in self.lift] + list(self.typed.items())))
         self.seen: dict[str, tuple[int, str | int]] = {}  # id -> (file, "line n"/"record i", or i)
         self.rows: list[dict] = []
@@ -1858,7 +1884,7 @@ class _Run:
         if self.mapping:
             obj = _apply_mapping(obj, self.mapping)
         ctx = _Ctx(self.fmt, stem, loc, self.max_chars, self.source, self.warnings, index, self.lift,
-                   self.drop, self.keep_meta, tuple(self.typed))
+                   self.drop, self.keep_meta, tuple(self.typed), self.turn_type is not None)
         try:
             return _CONVERTERS[self.fmt](obj, ctx)
         except _Bad as b:
@@ -1967,8 +1993,12 @@ class _Run:
             if k in sch.names and sch.field(k).type != t:
                 raise _fatal(str(f), f"field {k} has type {sch.field(k).type}, but {t} in {self.inputs[0]}; "
                                      f"convert these files separately (or with keep_meta=False)")
+        turns = _turn_type(sch, self.fmt, self.drop)
+        if turns != self.turn_type:
+            raise _fatal(str(f), f"the conversation turns' fields differ from those in {self.inputs[0]} "
+                                 f"({turns} against {self.turn_type}); convert these files separately")
         return _native_sql(f, sch, self.fmt, self.source, self.lift, self.drop, self.max_chars,
-                           self.keep_meta, self.typed)
+                           self.keep_meta, self.typed, self.turn_type is not None)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         config = {"preserve_insertion_order": True}
