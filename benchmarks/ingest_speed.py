@@ -10,8 +10,9 @@ OpenAI-moderation and Detoxify records, row groups of 10,000), then measures
     (conversation id, role, content), fetched as Arrow record batches;
 (b) ``convert(shard, "wildchat", out.parquet, quarantine=...)``, in a subprocess so its peak
     RSS can be read from ``getrusage(RUSAGE_CHILDREN)``, once lossless (the default: the
-    per-message moderation records, about 30 numbers a message, as typed nested columns, the
-    other fields as JSON in ``meta``) and once with ``keep_meta=False``.
+    per-message moderation records, about 30 numbers a message, and the per-turn fields
+    (``message_meta``) as typed nested columns, the other fields as JSON in ``meta``) and once
+    with ``keep_meta=False``.
 
 Both run once untimed first (file cache). Acceptance (issue 14): conversion throughput at
 least 1/3 of the baseline's, peak RSS < 2 GB. The ratio is printed against both baselines:

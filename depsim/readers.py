@@ -21,7 +21,8 @@ extras               per format: ``redacted``, ``toxic``, ``moderation_flagged``
                      ``redacted``/``toxic``/``timestamp``), ``meta`` (JSON object: the
                      record's other fields), ...; from WildChat / LMSYS Parquet the record's
                      nested fields (``openai_moderation``, ``detoxify_moderation``) are
-                     their own columns with the input's Arrow type instead of JSON in ``meta``
+                     their own columns with the input's Arrow type instead of JSON in ``meta``,
+                     and ``message_meta`` is a list of structs with the turns' Arrow types
 ===================  =========================================================================
 
 Public API: :func:`read_conversations`, :func:`read_prompt_set`, :func:`convert`,
