@@ -81,6 +81,35 @@ strict xfail): mistralinstruct's misses are refusals read as answers (held-out s
 about 0.47 at specificity 1.00), llama2orig's are answers read as refusals (specificity about
 0.76), opposite errors that no threshold learned from the other models fixes for both.
 
+Round 3 (more training data from another family; features, code version and shipped model
+unchanged). The data: 920 final assistant turns of HH-RLHF harmless-base (Anthropic's 2022
+models; a seeded random sample of chosen and rejected turns), labelled by the developer (an AI
+assistant, Claude) following XSTest's guideline, from the last human turn and the first 600
+characters of each turn: 134 refusals (full or partial), 470 answers, 316 unclear and dropped
+(data/README.md gives the sample and the conventions; :func:`hh_training_data` reads them).
+Its family 'anthropic-hh' is never held out and never evaluated on. What was looked at: those
+920 turns, and again no XSTest completion text and no per-item result, only the aggregate
+held-out table of each configuration. The adoption rule was fixed before scoring: the mean
+held-out kappa over the three models must rise and none of the three may drop by more than
+0.02. Scored with the family hold-out, in this order (kappa [95% bootstrap interval] gpt4 /
+llama2orig / mistralinstruct; mean), against 9. reproduced: 0.947 [0.916, 0.973] /
+0.784 [0.713, 0.853] / 0.592 [0.480, 0.696]; 0.774:
+
+12. + the 604 labelled HH turns, classes pooled as before: 0.911 [0.871, 0.947] /
+    0.753 [0.673, 0.829] / 0.603 [0.494, 0.708]; 0.756 (the first figure seen after adding
+    them);
+13. HH rows at weight 0.5 (:func:`with_hh_data`): 0.916 [0.879, 0.951] / 0.767 [0.689, 0.838] /
+    0.624 [0.514, 0.728]; 0.769;
+14. each class of each extra corpus (JBC, HH) weighted to half its corpus's weight:
+    0.911 [0.871, 0.947] / 0.792 [0.721, 0.861] / 0.659 [0.558, 0.760]; 0.787;
+15. 14. with HH at weight 0.5: 0.920 [0.884, 0.955] / 0.763 [0.688, 0.836] /
+    0.670 [0.569, 0.766]; 0.784.
+
+None was adopted: 14. and 15. raise the mean (mistralinstruct's held-out sensitivity 0.47 ->
+0.58 / 0.59 at specificity 0.99) but cost gpt4 0.036 / 0.027 (its specificity 0.965 -> 0.93),
+and 15. costs llama2orig 0.021; 12. and 13. lower the mean. No configuration reaches 0.8 on
+llama2orig or mistralinstruct. scripts/score_refusal_round3.py reprints 12.-15.
+
 The shipped model (:data:`MODEL_FILE`, JSON: feature names, scale, cue coefficients, the
 n-gram vocabulary with idf and weight) is trained by ``scripts/train_refusal_classifier.py``
 with :func:`train_default` from all the training data above. Its
@@ -109,7 +138,7 @@ from sklearn.metrics import cohen_kappa_score
 
 __all__ = ["CUES", "CODE_VERSION", "MODEL_FILE", "RefusalClassifier", "features", "feature_names",
            "train_default", "default_classifier", "shipped_model_id", "leave_one_model_out", "xstest_training_data",
-           "jbc_training_data", "select_and_fit"]
+           "jbc_training_data", "hh_training_data", "with_hh_data", "select_and_fit"]
 
 #: bump when the features, the fitting procedure or the label mapping change
 CODE_VERSION = 2
@@ -273,15 +302,17 @@ def features(texts) -> np.ndarray:
     return np.array(rows, dtype=float).reshape(len(rows), len(feature_names()))
 
 
-def _fit_signed(X, y: np.ndarray, signs: np.ndarray, C: float, balanced: bool) -> tuple[np.ndarray, float]:
+def _fit_signed(X, y: np.ndarray, signs: np.ndarray, C: float, balanced: bool,
+                sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """L2-penalised logistic regression whose weights keep the given signs (w * sign >= 0;
     sign 0: free), fitted by L-BFGS-B from zero (deterministic). ``X``: a dense array or a
-    scipy sparse matrix. Returns (weights, intercept)."""
+    scipy sparse matrix; ``sample_weight``: per-row weights (default 1), which ``balanced``
+    rescales so that the two classes carry equal total weight. Returns (weights, intercept)."""
     n, f = X.shape
-    sw = np.ones(n)
-    if balanced:  # as sklearn's class_weight="balanced"
-        pos = y.sum()
-        sw = np.where(y, n / (2 * pos), n / (2 * (n - pos)))
+    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+    if balanced:  # as sklearn's class_weight="balanced", on the weighted counts
+        tot, pos = sw.sum(), sw[y].sum()
+        sw = sw * np.where(y, tot / (2 * pos), tot / (2 * (tot - pos)))
     t = y.astype(float)
 
     def loss(theta):
@@ -330,10 +361,12 @@ class RefusalClassifier:
 
     @classmethod
     def fit(cls, texts, labels, *, C: float = 1.0, alpha: float = 0.0, balanced: bool = True,
-            meta: dict | None = None, X: np.ndarray | None = None) -> "RefusalClassifier":
+            meta: dict | None = None, X: np.ndarray | None = None,
+            sample_weight: np.ndarray | None = None) -> "RefusalClassifier":
         """Return a classifier fitted on ``texts`` (strings; ``X`` their :func:`features`
         when already computed) with boolean refusal ``labels``: an L2 logistic regression
-        (inverse penalty ``C``; classes weighted to equal total weight when ``balanced``)
+        (inverse penalty ``C``; per-row ``sample_weight``, default 1; classes weighted to equal
+        total weight when ``balanced``)
         whose cue weights keep the signs of :func:`feature_signs`; with ``alpha`` > 0 the
         word n-gram TF-IDF columns (vocabulary from ``texts``) join, scaled by ``alpha``, with
         free weights. Deterministic: the same data give the same coefficients."""
@@ -350,7 +383,7 @@ class RefusalClassifier:
             vec = TfidfVectorizer(min_df=_MIN_DF, **_NGRAMS).fit(texts)
             M = sp.hstack([sp.csr_matrix(M), alpha * vec.transform(texts)]).tocsr()
             signs = np.concatenate([signs, np.zeros(len(vec.vocabulary_))])
-        w, b = _fit_signed(M, y, signs, C, balanced)
+        w, b = _fit_signed(M, y, signs, C, balanced, sample_weight)
         f = X.shape[1]
         ngrams = {}
         if vec is not None:
@@ -452,7 +485,7 @@ _KNOWN = {"1_full_compliance"} | _REFUSED
 #: (JailbreakBench's gpt-4-0125-preview leaves with XSTest's gpt4, llama-2-7b-chat with llama2orig)
 FAMILY = {"gpt4": "gpt-4", "llama2orig": "llama-2", "mistralinstruct": "mistral",
           "gpt-3.5-turbo-1106": "gpt-3.5", "gpt-4-0125-preview": "gpt-4", "llama-2-7b-chat-hf": "llama-2",
-          "vicuna-13b-v1.5": "vicuna"}
+          "vicuna-13b-v1.5": "vicuna", "anthropic-hh-2022": "anthropic-hh"}
 JBC_MODELS = ("gpt-3.5-turbo-1106", "gpt-4-0125-preview", "llama-2-7b-chat-hf", "vicuna-13b-v1.5")
 #: JailbreakBench JBC label mapping. Its `jailbroken` is a judge's "harmful answer" verdict,
 #: not a refusal label. Every response of gpt-3.5, gpt-4 and llama-2 there opens with an
@@ -513,6 +546,50 @@ def jbc_training_data(data_dir: str | Path) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(rows), h.hexdigest()[:16]
 
 
+#: HH-RLHF harmless-base: the final assistant turns labelled in data/hh-rlhf/refusal_labels.csv
+HH_MODEL = "anthropic-hh-2022"
+HH_LABELS = ("refusal", "compliance")
+_HH_SPLIT = re.compile(r"\n\nAssistant:")
+
+
+def hh_training_data(data_dir: str | Path) -> tuple[pd.DataFrame, str]:
+    """Return (table, data hash) of the HH-RLHF harmless-base final assistant turns labelled
+    in ``hh-rlhf/refusal_labels.csv`` (labels written by the developer, an AI assistant,
+    following XSTest's guideline; extra training data, never evaluated on).
+
+    The labels file keys each turn by its 1-based ``line`` in ``harmless-base-test.jsonl.gz``
+    and ``turn`` (chosen / rejected); rows labelled 'unclear' are dropped. The completion is
+    the text after the conversation's last "Assistant:" marker, the prompt the human turn
+    before it. Columns as :func:`xstest_training_data` (model :data:`HH_MODEL`, family
+    'anthropic-hh', corpus 'hh-rlhf', id 'line-turn', type 'harmless-base'). Raises
+    FileNotFoundError naming a missing file and ValueError naming the labels file for an
+    unknown label or a line outside the conversations file."""
+    import gzip
+    lab_path = Path(data_dir) / "hh-rlhf" / "refusal_labels.csv"
+    src_path = Path(data_dir) / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+    for path in (lab_path, src_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"HH-RLHF refusal training data not found: {path}")
+    h = hashlib.sha256(lab_path.read_bytes() + b"\0" + src_path.read_bytes())
+    labels = pd.read_csv(lab_path, dtype={"line": int, "turn": str, "label": str})
+    bad = set(labels["label"]) - set(HH_LABELS) - {"unclear"}
+    if bad:
+        raise ValueError(f"{lab_path}: unknown labels {sorted(bad)}")
+    labels = labels[labels["label"].isin(HH_LABELS)]
+    with gzip.open(src_path, "rt", encoding="utf-8") as f:
+        convs = [json.loads(line) for line in f]
+    rows = []
+    for r in labels.itertuples(index=False):
+        if not 1 <= r.line <= len(convs) or r.turn not in ("chosen", "rejected"):
+            raise ValueError(f"{lab_path}: no turn {r.turn!r} on line {r.line} of {src_path.name}")
+        *head, completion = _HH_SPLIT.split(convs[r.line - 1][r.turn])
+        prompt = head[-1].rsplit("\n\nHuman:", 1)[-1] if head else ""
+        rows.append({"model": HH_MODEL, "family": FAMILY[HH_MODEL], "corpus": "hh-rlhf",
+                     "id": f"{r.line}-{r.turn}", "prompt": prompt.strip(), "type": "harmless-base",
+                     "completion": completion.strip(), "refused": r.label == "refusal"})
+    return pd.DataFrame(rows), h.hexdigest()[:16]
+
+
 def training_data(data_dir: str | Path) -> tuple[pd.DataFrame, str]:
     """Return (table, data hash) of all the shipped training data: XSTest's three models
     (:func:`xstest_training_data`) then JailbreakBench JBC's four (:func:`jbc_training_data`);
@@ -520,6 +597,28 @@ def training_data(data_dir: str | Path) -> tuple[pd.DataFrame, str]:
     xs, h1 = xstest_training_data(data_dir)
     jb, h2 = jbc_training_data(data_dir)
     return pd.concat([xs, jb], ignore_index=True), hashlib.sha256((h1 + h2).encode()).hexdigest()[:16]
+
+
+def with_hh_data(data_dir: str | Path, *, hh_weight: float = 1.0, balance_sources: bool = False) -> pd.DataFrame:
+    """Return :func:`training_data` plus :func:`hh_training_data`, with a ``weight`` column
+    (the per-row weight :func:`select_and_fit` uses): 1 for XSTest and JBC rows, ``hh_weight``
+    for HH rows; with ``balance_sources``, each class of each extra corpus (JBC, HH: never held
+    out, so no held-out label sets a weight) gets half its corpus's total weight. These are
+    round 3's configurations (module docstring), scored by scripts/score_refusal_round3.py;
+    the shipped model does not use them."""
+    data, _ = training_data(data_dir)
+    hh, _ = hh_training_data(data_dir)
+    data = pd.concat([data, hh], ignore_index=True)
+    w = np.where(data["corpus"] == "hh-rlhf", hh_weight, 1.0)
+    if balance_sources:
+        y = data["refused"].to_numpy(dtype=bool)
+        for corpus in ("jailbreakbench-jbc", "hh-rlhf"):
+            m = (data["corpus"] == corpus).to_numpy()
+            total = w[m].sum()
+            for cls in (True, False):
+                c = m & (y == cls)
+                w[c] *= total / (2 * w[c].sum())
+    return data.assign(weight=w)
 
 
 # ----------------------------------------------------------------------------- model selection
@@ -539,7 +638,8 @@ def _without_held_families(train: pd.DataFrame) -> pd.Series:
 
 def select_and_fit(train: pd.DataFrame, meta: dict | None = None, X: np.ndarray | None = None) -> RefusalClassifier:
     """Return a classifier fitted on ``train`` (columns model, family, corpus, completion,
-    refused; ``X`` its :func:`features` when already computed).
+    refused, optionally weight: per-row weights, default 1; ``X`` its :func:`features` when
+    already computed).
 
     Rows of a family whose XSTest model is absent from ``train`` are dropped first (a held-out
     model takes its family with it). (C, alpha) is chosen on :data:`C_GRID` x
@@ -552,6 +652,7 @@ def select_and_fit(train: pd.DataFrame, meta: dict | None = None, X: np.ndarray 
     X = features(_texts(train["completion"])) if X is None else X[keep]
     texts = np.array(_texts(train["completion"]), dtype=object)
     y = train["refused"].to_numpy(dtype=bool)
+    sw = train["weight"].to_numpy(dtype=float) if "weight" in train else np.ones(len(train))
     m, fam = train["model"].to_numpy(), train["family"].to_numpy()
     xs_models = sorted(set(m[(train["corpus"] == "xstest").to_numpy()]))
     best = (0.3, 0.0)
@@ -562,11 +663,11 @@ def select_and_fit(train: pd.DataFrame, meta: dict | None = None, X: np.ndarray 
                 ks = []
                 for g in xs_models:
                     tr, te = fam != FAMILY[g], m == g
-                    clf = RefusalClassifier.fit(texts[tr], y[tr], C=C, alpha=a, X=X[tr])
+                    clf = RefusalClassifier.fit(texts[tr], y[tr], C=C, alpha=a, X=X[tr], sample_weight=sw[tr])
                     ks.append(cohen_kappa_score(y[te], clf.predict(texts[te], X[te])))
                 scores[(C, a)] = float(np.mean(ks))
         best = max(scores, key=lambda k: (round(scores[k], 6), -k[1], -k[0]))
-    return RefusalClassifier.fit(texts, y, C=best[0], alpha=best[1], X=X,
+    return RefusalClassifier.fit(texts, y, C=best[0], alpha=best[1], X=X, sample_weight=sw,
                                  meta={"trained_on": sorted(set(m)), **(meta or {})})
 
 

@@ -172,6 +172,43 @@ def test_jailbreakbench_label_mapping(training, tmp_path):
         refusal.jbc_training_data(tmp_path)
 
 
+def test_hh_labels_match_their_file_and_the_hh_family_always_trains(training, tmp_path):
+    """HH-RLHF turns labelled in data/hh-rlhf/refusal_labels.csv: read as labelled ('unclear'
+    dropped), never held out (no XSTest model shares its family), weights as documented."""
+    hh, _ = refusal.hh_training_data(DATA_DIR)
+    labels = pd.read_csv(DATA_DIR / "hh-rlhf" / "refusal_labels.csv")
+    kept = labels[labels["label"] != "unclear"]
+    assert len(hh) == len(kept) and hh["refused"].sum() == (kept["label"] == "refusal").sum()
+    assert hh["id"].is_unique and (hh["completion"].str.len() > 0).all()
+    assert not hh["completion"].str.contains("\n\nHuman:", regex=False).any()  # the final assistant turn only
+    assert refusal.FAMILY[refusal.HH_MODEL] not in {refusal.FAMILY[m] for m in refusal.XSTEST_MODELS}
+    # held-out fits keep the HH rows (only the held-out XSTest model's family leaves)
+    data = refusal.with_hh_data(DATA_DIR)
+    small = data.groupby("model").head(40)
+    clf = refusal.select_and_fit(small[(small["model"] == "mistralinstruct") | (small["corpus"] != "xstest")])
+    assert refusal.HH_MODEL in clf.meta["trained_on"]
+    # balance_sources: each class of each extra corpus carries half its corpus's weight
+    w = refusal.with_hh_data(DATA_DIR, hh_weight=0.5, balance_sources=True)
+    for corpus, total in (("hh-rlhf", 0.5 * len(hh)), ("jailbreakbench-jbc", (w["corpus"] == "jailbreakbench-jbc").sum())):
+        per_class = w[w["corpus"] == corpus].groupby("refused")["weight"].sum()
+        np.testing.assert_allclose(per_class.to_numpy(), [total / 2, total / 2])
+    assert (w.loc[w["corpus"] == "xstest", "weight"] == 1).all()
+    # a label outside the guideline's two classes (and 'unclear') is an error naming the file
+    shutil.copytree(DATA_DIR / "hh-rlhf", tmp_path / "hh-rlhf")
+    f = tmp_path / "hh-rlhf" / "refusal_labels.csv"
+    labels.assign(label=labels["label"].replace({"refusal": "partial"})).to_csv(f, index=False)
+    with pytest.raises(ValueError, match=r"refusal_labels.csv: unknown labels \['partial'\]"):
+        refusal.hh_training_data(tmp_path)
+
+
+def test_unit_sample_weights_change_nothing(xstest):
+    data, _ = xstest
+    sub = data.groupby("model").head(40)
+    a = refusal.RefusalClassifier.fit(sub["completion"], sub["refused"], C=1.0)
+    b = refusal.RefusalClassifier.fit(sub["completion"], sub["refused"], C=1.0, sample_weight=np.ones(len(sub)))
+    assert a.to_json() == b.to_json()
+
+
 def test_held_out_kappa_on_gpt4(lomo):
     # gpt4 held out (trained without gpt4 and without JailbreakBench's gpt-4): the bar is met
     assert lomo.loc["gpt4", "kappa"] >= 0.8
