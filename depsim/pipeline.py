@@ -529,17 +529,21 @@ def withhold_stand_in(rel: Release, out: dict) -> dict:
 
 def method_record(rel: Release) -> pd.DataFrame | None:
     """Return each method's record on earlier releases (from the params ``history``):
-    ``method``, ``releases``, ``categories``, ``sme_median``, ``sme_max``, ``coverage``,
-    ``direction``; None without a history."""
+    ``method``, ``releases``, ``categories``, ``sme_median``, ``sme_max``, ``coverage`` (share
+    of realised counts inside the ``report.level`` predictive interval, forward-chained: NaN
+    when too few releases), ``direction``; None without a history."""
     if rel.history is None:
         return None
     h = history.load_history(rel.resolve(rel.history))
     h = h[h["release"] != rel.release] if "release" in h else h
     if h.empty:
         return None
-    rec = score.summary(score.score_rows(h))
+    scored = score.score_rows(h)
+    rec = score.summary(scored)
+    # coverage of the error model's predictive interval, each release predicted from the ones before
+    cov = history.loo_coverage(scored, level=rel.report.level).set_index("method")["coverage"]
     n_rel = h.groupby("method")["release"].nunique() if "release" in h else pd.Series(dtype=int)
-    return rec.assign(releases=rec["method"].map(n_rel).fillna(0).astype(int))
+    return rec.assign(releases=rec["method"].map(n_rel).fillna(0).astype(int), coverage=rec["method"].map(cov))
 
 
 #: columns of the ``sim`` rates the summary's decision table carries

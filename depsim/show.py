@@ -700,18 +700,22 @@ def _uncertainty_mark(r) -> str:
     return out
 
 
-def method_record(record: pd.DataFrame | None) -> HTML:
+def method_record(record: pd.DataFrame | None, level: float = 0.95) -> HTML:
     """Return one line per forecasting method: how far it can be trusted, from its record on
-    earlier releases (median multiplicative error, interval coverage, direction)."""
+    earlier releases (median multiplicative error, coverage of its ``level`` predictive
+    interval, direction)."""
     if record is None or record.empty:
         return text("No history of earlier releases (params `history:`): no method has a track record yet.")
     lines = []
     for _, r in record.iterrows():
-        cov = DASH if _missing(r.get("coverage")) else f"{r['coverage']:.0%}"
+        cov = ("too few releases to check its intervals" if _missing(r.get("coverage")) else
+               f"{r['coverage']:.0%} of realised rates fell inside its {level:.0%} predictive interval "
+               f"(widened by its past errors; each release predicted from the ones before it)")
+        direction = ("it predicts no change" if str(r["direction"]).startswith("n/a")
+                     else f"direction right on {html.escape(str(r['direction']))} large shifts")
         lines.append(f"<li><strong>{html.escape(r['method'])}</strong>: on {int(r['releases'])} earlier releases "
                      f"({int(r['categories']):,} category forecasts) it was off by a median factor of "
-                     f"{number(r['sme_median'], 2)} (worst {number(r['sme_max'], 1)}); its {cov} of realised rates fell "
-                     f"inside its 95% interval; direction right on {html.escape(str(r['direction']))} large shifts.</li>")
+                     f"{number(r['sme_median'], 2)} (worst {number(r['sme_max'], 1)}); {cov}; {direction}.</li>")
     return HTML("<ul>" + "".join(lines) + "</ul>")
 
 

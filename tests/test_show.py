@@ -213,3 +213,21 @@ def test_decision_says_no_usable_grade_for_a_category_whose_grades_all_failed():
     page = show.decision(d).data
     assert "no usable grade<br><small>5 failed</small>" in page and "1 of 9" in page
     assert "No usable grade (1):</strong> Hate" in show.verdict(d).data
+
+
+def test_method_record_states_each_methods_interval_coverage():
+    """The summary's 'How far each method can be trusted' says what share of realised rates
+    fell inside each method's predictive interval on earlier releases (forward-chained), and
+    says so in words when there are too few releases, never with a bare dash."""
+    from depsim import pipeline
+    rel = load_release(Path(__file__).resolve().parents[1] / "params" / "demo.yaml")
+    rec = pipeline.method_record(rel)
+    assert set(rec["method"]) == {"deployment_sim", "challenging", "prev_production"}
+    assert rec["coverage"].between(0, 1).all()  # the demo's history has six earlier releases
+    html_ = show.method_record(rec, rel.report.level).data
+    for m, c in zip(rec["method"], rec["coverage"]):
+        assert f"{c:.0%} of realised rates fell inside its {rel.report.level:.0%} predictive interval" in html_
+    assert "its \u2013" not in html_ and "n/a" not in html_
+    assert "prev_production</strong>" in html_ and "it predicts no change" in html_
+    few = show.method_record(rec.assign(coverage=np.nan), 0.9).data
+    assert few.count("too few releases to check its intervals") == len(rec)
