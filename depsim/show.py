@@ -120,10 +120,19 @@ def rates_chart(rates: pd.DataFrame) -> alt.Chart:
     """Return a chart of each target's rate per category (per 100k) with Jeffreys intervals."""
     d = rates.dropna(subset=["rate"]).assign(rate100k=lambda x: per100k(x["rate"]),
                                               lo100k=lambda x: per100k(x["lo"]), hi100k=lambda x: per100k(x["hi"]))
-    scale = alt.Scale(type="log")
-    base = alt.Chart(d).encode(y=alt.Y("category:N", title=None), color="target:N", yOffset="target:N")
-    return (base.mark_rule().encode(x=alt.X("lo100k:Q", scale=scale, title="rate per 100k (log)"), x2="hi100k:Q")
-            + base.mark_point(filled=True).encode(x=alt.X("rate100k:Q", scale=scale))).properties(width=480)
+    # zero counts have a Jeffreys lower bound near 0: the log axis starts a decade below the
+    # smallest estimate and clamps the intervals there, instead of spanning ten empty decades
+    top = max(float(d["hi100k"].max()) if len(d) else 1.0, 1.0)
+    low = 10 ** np.floor(np.log10(max(float(d["rate100k"].min()) if len(d) else 1.0, 1e-2)) - 1)
+    decades = [10.0 ** e for e in range(int(np.log10(low)), int(np.ceil(np.log10(top))) + 1)]
+    scale = alt.Scale(type="log", domain=[low, decades[-1]], clamp=True)
+    axis = alt.Axis(values=decades, format=",~g", grid=True)
+    base = alt.Chart(d).encode(y=alt.Y("category:N", title=None), color="target:N", yOffset="target:N",
+                               tooltip=["category", "target", "k", "n", alt.Tooltip("rate100k:Q", format=",.1f")])
+    return (base.mark_rule().encode(x=alt.X("lo100k:Q", scale=scale, axis=axis,
+                                            title="rate per 100k (log scale; bars: 95% intervals)"), x2="hi100k:Q")
+            + base.mark_point(filled=True).encode(x=alt.X("rate100k:Q", scale=scale))
+            ).properties(width=520, height=alt.Step(5, **{"for": "offset"}))
 
 
 def eval_awareness_chart(rates: pd.DataFrame, targets: list[str]) -> alt.Chart | HTML:
@@ -251,11 +260,11 @@ def rates_table(rates: pd.DataFrame, targets: list[str]) -> HTML:
     """Return rates per 100k, one row per category and one column per target of ``targets``,
     and, when the rates say it, the ``grader validation`` of each category's grader
     (:func:`trust_summary`: exact, meets or misses its bar, none on record, not valid here)."""
-    wide = rates.assign(per100k=per100k(rates["rate"])).pivot(index="category", columns="target", values="per100k")
-    out = wide[[t for t in targets if t in wide]]
+    wide = rates.pivot(index="category", columns="target", values="rate")
+    out = wide[[t for t in targets if t in wide]].map(rate100k)  # the decision table's precision
     if "validation" in rates:
         out = out.assign(grader_validation=trust_summary(rates, targets).reindex(out.index))
-    return table(out.reset_index(), digits=4)
+    return table(out.reset_index())
 
 
 # ---------------------------------------------------------------------------- how far a grader can be trusted

@@ -231,3 +231,11 @@ def test_method_record_states_each_methods_interval_coverage():
     assert "prev_production</strong>" in html_ and "it predicts no change" in html_
     few = show.method_record(rec.assign(coverage=np.nan), 0.9).data
     assert few.count("too few releases to check its intervals") == len(rec)
+
+
+def test_rates_table_shows_rates_at_the_decision_tables_precision():
+    r = pd.DataFrame({"category": ["a", "a", "b", "b"], "target": ["sim", "prod_prev"] * 2,
+                      "rate": [0.5 / 201, 0.017412935, 2.26e-06, np.nan]})
+    html_ = show.rates_table(r, ["sim", "prod_prev"]).data
+    assert ">249<" in html_ and ">1,741<" in html_ and ">0.23<" in html_ and "\u2013" in html_
+    assert not re.search(r"\d\.\d{3}", html_), html_  # no 248.7562-style false precision
