@@ -239,3 +239,13 @@ def test_rates_table_shows_rates_at_the_decision_tables_precision():
     html_ = show.rates_table(r, ["sim", "prod_prev"]).data
     assert ">249<" in html_ and ">1,741<" in html_ and ">0.23<" in html_ and "\u2013" in html_
     assert not re.search(r"\d\.\d{3}", html_), html_  # no 248.7562-style false precision
+
+
+def test_rates_chart_axis_starts_a_decade_below_the_smallest_estimate():
+    """Zero counts' Jeffreys lower bounds (near 0) must not stretch the log axis over empty decades."""
+    r = pd.DataFrame({"category": ["a", "b"], "target": ["sim", "sim"], "k": [0, 40], "n": [4000, 4000],
+                      "rate": [0.5 / 4001, 40.5 / 4001], "lo": [1e-9, 0.0072], "hi": [6e-4, 0.0136]})
+    spec = show.rates_chart(r).to_dict()
+    x = spec["layer"][0]["encoding"]["x"]
+    assert x["scale"]["domain"] == [1.0, 10000.0] and x["scale"]["clamp"] is True
+    assert spec["height"] == {"step": 5, "for": "offset"}
