@@ -208,6 +208,30 @@ def pre(s: str) -> HTML:
     return HTML(f"<pre>{html.escape(s)}</pre>")
 
 
+def eligibility(rules) -> HTML:
+    """Return a release's eligibility rules (depsim.params.EligibilityRules) as a short,
+    escaped list in words: languages, message length (characters), multimodal turns, date
+    window, surfaces and user-turn range; "any" where a rule sets no limit."""
+    def many(xs):
+        return "any" if xs is None else ", ".join(str(x) for x in xs)
+
+    def nth(k):
+        return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+    length = (f"at least {rules.min_chars:,} character{'' if rules.min_chars == 1 else 's'}" if rules.max_chars is None
+              else f"{rules.min_chars:,}–{rules.max_chars:,} characters")
+    window = ("any date" if rules.start is None and rules.end is None else
+              f"from {rules.start or 'the first'} (inclusive) to {rules.end or 'the last'} (exclusive)")
+    turns = (f"the {nth(rules.min_turn)} user message and later" if rules.max_turn is None
+             else f"the {nth(rules.min_turn)} to the {nth(rules.max_turn)} user message")
+    items = [("Languages", f"{many(rules.languages)}" + (" (code or name, regional variants included)"
+                                                          if rules.languages else "")),
+             ("User message length", length),
+             ("Multimodal user turns", "kept" if rules.allow_multimodal else "left out (any non-text part or attachment)"),
+             ("Date window (created_at)", window), ("Surfaces", many(rules.surfaces)), ("User turns", turns)]
+    return HTML("<ul>" + "".join(f"<li><strong>{html.escape(k)}</strong>: {html.escape(v)}</li>" for k, v in items)
+                + "</ul>")
+
+
 def usage(run) -> HTML:
     """Return the tokens a run generated per role and model, and their cost (USD) where the
     endpoint gives prices."""

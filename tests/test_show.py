@@ -249,3 +249,16 @@ def test_rates_chart_axis_starts_a_decade_below_the_smallest_estimate():
     x = spec["layer"][0]["encoding"]["x"]
     assert x["scale"]["domain"] == [1.0, 10000.0] and x["scale"]["clamp"] is True
     assert spec["height"] == {"step": 5, "for": "offset"}
+
+
+def test_eligibility_rules_read_as_words():
+    from depsim.params import EligibilityRules
+    r = EligibilityRules(languages=["en", "<b>x</b>"], max_chars=4000, min_turn=2, max_turn=3,
+                         start="2024-01-01T00:00:00")
+    out = show.eligibility(r).data
+    assert "en, &lt;b&gt;x&lt;/b&gt;" in out and "1\u20134,000 characters" in out
+    assert "the 2nd to the 3rd user message" in out and "left out" in out
+    assert "from 2024-01-01 00:00:00 (inclusive) to the last (exclusive)" in out
+    default = show.eligibility(EligibilityRules()).data
+    assert "<strong>Languages</strong>: any" in default and "at least 1 character<" in default
+    assert "the 1st user message and later" in default and "any date" in default
