@@ -208,6 +208,29 @@ def pre(s: str) -> HTML:
     return HTML(f"<pre>{html.escape(s)}</pre>")
 
 
+def score_summary(summary: pd.DataFrame | None, empty: str = "No scores on this page.") -> HTML:
+    """Return depsim.score.summary's table folded for reading: one row per method with the
+    summed NLL and regret (nats), SME median and mean with their bootstrap 95% intervals
+    ("1.44 [1.21–1.79]"), worst SME, directional accuracy (right of large shifts, with the
+    no-skill null's mean and p-value), predictive-interval coverage (percent) and log-scale r."""
+    if summary is None or not len(summary):
+        return text(empty)
+
+    def with_ci(r, k):
+        return f"{number(r[k], 2)} [{number(r[k + '_lo'], 2)}–{number(r[k + '_hi'], 2)}]"
+    rows = []
+    for _, r in summary.iterrows():
+        null = "" if _missing(r.get("direction_null")) else \
+            f" (no skill: {r['direction_null']:.2f}, p = {number(r['direction_p'], 3)})"
+        rows.append({"method": r["method"], "categories": r["categories"], "NLL sum (nats)": number(r["nll_sum"], 2),
+                     "regret sum (nats)": number(r["regret_sum"], 2), "SME median [95%]": with_ci(r, "sme_median"),
+                     "SME mean [95%]": with_ci(r, "sme_mean"), "SME max": number(r["sme_max"], 2),
+                     "direction right on large shifts": f"{r['direction']}{null}",
+                     "coverage": DASH if _missing(r.get("coverage")) else f"{r['coverage']:.0%}",
+                     "log r": DASH if _missing(r.get("log_pearson_r")) else number(r["log_pearson_r"], 2)})
+    return table(pd.DataFrame(rows))
+
+
 def eligibility(rules) -> HTML:
     """Return a release's eligibility rules (depsim.params.EligibilityRules) as a short,
     escaped list in words: languages, message length (characters), multimodal turns, date

@@ -262,3 +262,18 @@ def test_eligibility_rules_read_as_words():
     default = show.eligibility(EligibilityRules()).data
     assert "<strong>Languages</strong>: any" in default and "at least 1 character<" in default
     assert "the 1st user message and later" in default and "any date" in default
+
+
+def test_score_summary_folds_intervals_into_cells():
+    d = pd.DataFrame([{"method": "deployment_sim", "categories": 9, "nll_sum": 30.47, "regret_sum": 11.73,
+                       "sme_median": 1.44, "sme_median_lo": 1.21, "sme_median_hi": 1.79, "sme_mean": 1.44,
+                       "sme_mean_lo": 1.3, "sme_mean_hi": 1.6, "sme_max": 1.8, "direction": "2/3",
+                       "direction_null": 0.448, "direction_p": 0.344, "coverage": 0.89, "log_pearson_r": np.nan},
+                      {"method": "prev_production", "categories": 9, "nll_sum": 39.2, "regret_sum": 20.5,
+                       "sme_median": 1.49, "sme_median_lo": 1.18, "sme_median_hi": 2.74, "sme_mean": 2.04,
+                       "sme_mean_lo": 1.39, "sme_mean_hi": 2.91, "sme_max": 5.0, "direction": "n/a (predicts no change)",
+                       "direction_null": np.nan, "direction_p": np.nan, "coverage": np.nan, "log_pearson_r": 0.61}])
+    out = show.score_summary(d).data
+    assert "1.44 [1.21\u20131.79]" in out and "2/3 (no skill: 0.45, p = 0.344)" in out and "89%" in out
+    assert "sme_median_lo" not in out and "nan" not in out.lower()
+    assert "No scores" in show.score_summary(d.iloc[:0]).data
