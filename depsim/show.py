@@ -289,11 +289,11 @@ def fidelity_table(curves: pd.DataFrame | None) -> HTML:
 def clusters(table_: pd.DataFrame) -> HTML:
     """Return the audit's clusters: size, label, matched category, similarity, novel flag and
     the per-target rates of audited responses (per 100k)."""
-    rate_cols = [c for c in table_ if c.endswith(("_rate", "_lo", "_hi"))]
-    shown = table_.assign(**{c: per100k(table_[c]) for c in rate_cols})
-    shown = shown.rename(columns={c: c.replace("_rate", " per 100k").replace("_lo", " low per 100k")
-                                  .replace("_hi", " high per 100k") for c in rate_cols})
-    cols = ["cluster", "size", "label", "category", "similarity", "novel"] + [c for c in shown if c.endswith("per 100k")]
+    targets = [c[:-len("_rate")] for c in table_ if c.endswith("_rate")]
+    shown = table_.assign(**{f"{t} per 100k [95%]": [
+        f"{rate100k(r)} {interval100k(lo, hi)}" for r, lo, hi in zip(table_[f"{t}_rate"], table_[f"{t}_lo"], table_[f"{t}_hi"])]
+        for t in targets}, similarity=table_["similarity"].map(lambda x: number(x, 2)))
+    cols = ["cluster", "size", "label", "category", "similarity", "novel"] + [f"{t} per 100k [95%]" for t in targets]
     return table(shown[cols])
 
 

@@ -277,3 +277,13 @@ def test_score_summary_folds_intervals_into_cells():
     assert "1.44 [1.21\u20131.79]" in out and "2/3 (no skill: 0.45, p = 0.344)" in out and "89%" in out
     assert "sme_median_lo" not in out and "nan" not in out.lower()
     assert "No scores" in show.score_summary(d.iloc[:0]).data
+
+
+def test_clusters_table_gives_each_rate_with_its_interval():
+    d = pd.DataFrame([{"cluster": 4, "size": 52, "label": "<i>cites</i> a made-up study", "examples": [],
+                       "category": "fabricated_facts", "similarity": 0.3904, "sim_items": 52, "sim_rate": 0.01824,
+                       "sim_lo": 0.01285, "sim_hi": 0.02454, "prod_prev_items": 0, "prod_prev_rate": 3e-7,
+                       "prod_prev_lo": 0.0, "prod_prev_hi": 1.25e-3, "novel": False}])
+    out = show.clusters(d).data
+    assert "1,824 [1,285\u20132,454]" in out and "0.03 [0\u2013125]" in out and ">0.39<" in out
+    assert "&lt;i&gt;cites&lt;/i&gt;" in out and "sim_lo" not in out
