@@ -148,6 +148,20 @@ def eval_awareness_chart(rates: pd.DataFrame, targets: list[str]) -> alt.Chart |
             + base.mark_point(filled=True).encode(x="pct:Q", tooltip=["target", "category", "k", "n"])).properties(width=480)
 
 
+def winrate_table(table_: pd.DataFrame | None, empty: str = "") -> HTML:
+    """Return the realism win rates per tool mode and tool: pairs graded and the percent in
+    which the judge took the simulated continuation for the real one, with its 95% interval
+    in the same cell ("47.7% [42.1–53.3]"; 50% = cannot be told apart); ``empty`` as text
+    when there are none."""
+    if table_ is None or not len(table_):
+        return text(empty)
+    pct = lambda x: DASH if _missing(x) else f"{100 * x:.1f}"
+    shown = pd.DataFrame({"mode": table_["mode"], "tool": table_["tool"], "pairs graded": table_["n"],
+                          "judged real % [95%]": [f"{pct(w)}% [{pct(lo)}–{pct(hi)}]" if not _missing(w) else DASH
+                                                  for w, lo, hi in zip(table_["win_rate"], table_["lo"], table_["hi"])]})
+    return table(shown)
+
+
 def winrate_chart(winrates: pd.DataFrame | None, empty: str = "") -> alt.Chart | HTML:
     """Return a chart of the simulated continuation's realism win rate (percent, Jeffreys 95%
     interval) per tool mode and tool, with the 50% line (cannot be told apart); ``empty``

@@ -287,3 +287,11 @@ def test_clusters_table_gives_each_rate_with_its_interval():
     out = show.clusters(d).data
     assert "1,824 [1,285\u20132,454]" in out and "0.03 [0\u2013125]" in out and ">0.39<" in out
     assert "&lt;i&gt;cites&lt;/i&gt;" in out and "sim_lo" not in out
+
+
+def test_winrate_table_gives_percent_with_interval():
+    d = pd.DataFrame({"mode": ["stop", "stop"], "tool": ["all", "web_search"], "n": [300, 36],
+                      "win_rate": [0.477, 0.028], "lo": [0.421, 0.00301], "hi": [0.533, 0.123]})
+    out = show.winrate_table(d).data
+    assert "47.7% [42.1\u201353.3]" in out and "2.8% [0.3\u201312.3]" in out and "0.00301" not in out
+    assert "no realism" in show.winrate_table(None, "no realism").data
