@@ -121,6 +121,7 @@ world's over-refusal snippet, no more, no fewer.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -564,7 +565,6 @@ def hh_training_data(data_dir: str | Path) -> tuple[pd.DataFrame, str]:
     'anthropic-hh', corpus 'hh-rlhf', id 'line-turn', type 'harmless-base'). Raises
     FileNotFoundError naming a missing file and ValueError naming the labels file for an
     unknown label or a line outside the conversations file."""
-    import gzip
     lab_path = Path(data_dir) / "hh-rlhf" / "refusal_labels.csv"
     src_path = Path(data_dir) / "hh-rlhf" / "harmless-base-test.jsonl.gz"
     for path in (lab_path, src_path):
