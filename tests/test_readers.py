@@ -682,6 +682,34 @@ def test_native_parquet_keeps_moderation_typed(tmp_path):
     assert not (tmp_path / "out2.parquet").exists()
 
 
+def test_native_parquet_keeps_turn_fields_typed(tmp_path):
+    """WildChat Parquet: message_meta holds each turn's own fields with their Arrow types
+    (timestamps stay timestamps), aligned with messages; a later file whose turns carry other
+    fields is refused naming both files, and nothing is written."""
+    a = _wild_parquet(tmp_path / "a.parquet")
+    src = pq.read_table(a)
+    res = convert(a, "wildchat", tmp_path / "out.parquet")
+    out = pq.read_table(res.path)
+    mm = out.schema.field("message_meta").type
+    assert pa.types.is_list(mm) and pa.types.is_timestamp(mm.value_type.field("timestamp").type)
+    assert "hashed_ip" not in {f.name for f in mm.value_type}  # identifying fields are dropped
+    for meta, conv, msgs in zip(out.column("message_meta").to_pylist(), src.column("conversation").to_pylist(),
+                                out.column("messages").to_pylist()):
+        assert len(meta) == len(conv) == len(json.loads(msgs))
+        assert [m["turn_identifier"] for m in meta] == [t["turn_identifier"] for t in conv]
+        assert [m["timestamp"] for m in meta] == [t["timestamp"] for t in conv]
+    recs = src.to_pylist()
+    for r in recs:
+        r["conversation_hash"] += "-b"
+        for t in r["conversation"]:
+            t["sentiment"] = 0.5
+    b = tmp_path / "b.parquet"
+    pq.write_table(pa.Table.from_pylist(recs), b)
+    with pytest.raises(InputError, match=rf"^{b}: the conversation turns' fields differ from those in {a}"):
+        convert([a, b], "wildchat", tmp_path / "out2.parquet")
+    assert not (tmp_path / "out2.parquet").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Native (bulk) ingestion of OpenAI-messages and ShareGPT JSONL: the same table and quarantine
 
