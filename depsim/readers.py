@@ -1255,7 +1255,7 @@ KIND_SHAPES = {
     "parquet": "the canonical table (conversation_id, messages, source)",
 }
 #: Bumped when the canonical table a reader writes changes (part of stage 1's cache key).
-READER_VERSION = "2"
+READER_VERSION = "3"
 
 
 def _stem(p: Path) -> str:
@@ -1995,7 +1995,7 @@ class _Run:
                 raise _fatal(str(f), f"field {k} has type {sch.field(k).type}, but {t} in {self.inputs[0]}; "
                                      f"convert these files separately (or with keep_meta=False)")
         turns = _turn_type(sch, self.fmt, self.drop)
-        if turns != self.turn_type:
+        if self.turn_type is not None and turns != self.turn_type:  # None: JSON text for every file
             raise _fatal(str(f), f"the conversation turns' fields differ from those in {self.inputs[0]} "
                                  f"({turns} against {self.turn_type}); convert these files separately")
         return _native_sql(f, sch, self.fmt, self.source, self.lift, self.drop, self.max_chars,

@@ -708,6 +708,12 @@ def test_native_parquet_keeps_turn_fields_typed(tmp_path):
     with pytest.raises(InputError, match=rf"^{b}: the conversation turns' fields differ from those in {a}"):
         convert([a, b], "wildchat", tmp_path / "out2.parquet")
     assert not (tmp_path / "out2.parquet").exists()
+    # JSONL beside Parquet: message_meta is JSON text for every file, as before
+    j = tmp_path / "c.jsonl"
+    j.write_text("".join(json.dumps({**r, "conversation_hash": r["conversation_hash"] + "-c"}) + "\n"
+                         for r in _wild_records()))
+    mixed = pq.read_table(convert([j, a], "wildchat", tmp_path / "out3.parquet").path)
+    assert pa.types.is_string(mixed.schema.field("message_meta").type) and mixed.num_rows == 2 * len(_wild_records())
 
 
 # ---------------------------------------------------------------------------------------------
