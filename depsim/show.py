@@ -155,9 +155,9 @@ def winrate_table(table_: pd.DataFrame | None, empty: str = "") -> HTML:
     when there are none."""
     if table_ is None or not len(table_):
         return text(empty)
-    pct = lambda x: DASH if _missing(x) else f"{100 * x:.1f}"
     shown = pd.DataFrame({"mode": table_["mode"], "tool": table_["tool"], "pairs graded": table_["n"],
-                          "judged real % [95%]": [f"{pct(w)}% [{pct(lo)}–{pct(hi)}]" if not _missing(w) else DASH
+                          "judged real % [95%]": [f"{number(100 * w, 1)}% {interval(100 * lo, 100 * hi, 1)}"
+                                                  if not _missing(w) else DASH
                                                   for w, lo, hi in zip(table_["win_rate"], table_["lo"], table_["hi"])]})
     return table(shown)
 
@@ -231,7 +231,7 @@ def score_summary(summary: pd.DataFrame | None, empty: str = "No scores on this 
         return text(empty)
 
     def with_ci(r, k):
-        return f"{number(r[k], 2)} [{number(r[k + '_lo'], 2)}–{number(r[k + '_hi'], 2)}]"
+        return f"{number(r[k], 2)} {interval(r[k + '_lo'], r[k + '_hi'])}"
     rows = []
     for _, r in summary.iterrows():
         null = "" if _missing(r.get("direction_null")) else \
@@ -572,6 +572,12 @@ def k_of_n(k, n) -> str:
     return f"{float(k):,.1f} of {float(n):,.1f} (effective)"  # reweighted: Kish effective counts
 
 
+def interval(lo, hi, digits: int = 2) -> str:
+    """Return an interval of plain numbers as "[lo–hi]" with ``digits`` decimals (a dash for
+    a missing end)."""
+    return f"[{number(lo, digits)}–{number(hi, digits)}]"
+
+
 def interval100k(lo, hi) -> str:
     """Return an interval of rates as "[lo–hi]" per 100k."""
     return f"[{rate100k(lo)}–{rate100k(hi)}]"
@@ -722,7 +728,7 @@ def decision(decision: pd.DataFrame, level: float = 0.95) -> HTML:
         link = f'{EXAMPLES_PAGE}#{anchor("cat", r["category"])}'
         ratio = (DASH if _missing(r["ratio"]) else "new" if np.isinf(r["ratio"])
                  else f"{number(r['ratio'], 2)}×")
-        ratio_iv = DASH if _missing(r["ratio_lo"]) else f"[{number(r['ratio_lo'], 2)}–{number(r['ratio_hi'], 2)}]"
+        ratio_iv = DASH if _missing(r["ratio_lo"]) else interval(r["ratio_lo"], r["ratio_hi"])
         body.append(
             f'<tr class="depsim-gate-{r["gate_status"].replace(" ", "-")}">'
             f'<td><a href="{link}">{html.escape(r["title"])}</a><br><small>{html.escape(r["group"])}</small>{_trust_mark(r)}</td>'
