@@ -1510,8 +1510,15 @@ def _turn_type(sch: pa.Schema, fmt: str, drop: Iterable[str] = ()) -> pa.DataTyp
     ct = sch.field("conversation").type
     if not (pa.types.is_list(ct) or pa.types.is_large_list(ct)) or not pa.types.is_struct(ct.value_type):
         return None
-    fields = [x for x in ct.value_type if x.name not in MESSAGE_KEYS and x.name not in set(drop)]
+    fields = _turn_fields(ct.value_type, drop)
     return pa.list_(pa.struct(fields)) if fields else None
+
+
+def _turn_fields(turn: pa.StructType, drop: Iterable[str] = ()) -> list[pa.Field]:
+    """The per-turn fields of a conversation's turn struct that go to ``message_meta``: those
+    that are not message keys and not dropped as identifying."""
+    drop = set(drop)
+    return [x for x in turn if x.name not in MESSAGE_KEYS and x.name not in drop]
 
 
 def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tuple[str, ...],
@@ -1597,7 +1604,7 @@ def _native_sql(f: Path, sch: pa.Schema, fmt: str, source: str | None, lift: tup
         for k in ("country", "state"):
             if k not in drop:
                 cols[k] = top(k)
-    extra = [k for k in turn if k not in MESSAGE_KEYS and k not in drop]
+    extra = [x.name for x in _turn_fields(ct.value_type, drop)]
     if extra and typed_turns:
         parts = ", ".join(f"{_s(k)}: x.{_q(k)}" for k in extra)
         cols["message_meta"] = f"list_transform({conv}, {_lam('x', '{' + parts + '}')})"

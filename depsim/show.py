@@ -222,11 +222,16 @@ def pre(s: str) -> HTML:
     return HTML(f"<pre>{html.escape(s)}</pre>")
 
 
-def score_summary(summary: pd.DataFrame | None, empty: str = "No scores on this page.") -> HTML:
+#: the columns of score_summary's compact form (the release decision page)
+COMPACT_SCORES = ["method", "direction right on large shifts", "SME median [95%]", "SME max", "coverage"]
+
+
+def score_summary(summary: pd.DataFrame | None, empty: str = "No scores on this page.", compact: bool = False) -> HTML:
     """Return depsim.score.summary's table folded for reading: one row per method with the
     summed NLL and regret (nats), SME median and mean with their bootstrap 95% intervals
     ("1.44 [1.21–1.79]"), worst SME, directional accuracy (right of large shifts, with the
-    no-skill null's mean and p-value), predictive-interval coverage (percent) and log-scale r."""
+    no-skill null's mean and p-value), predictive-interval coverage (percent) and log-scale r.
+    ``compact``: only the columns of COMPACT_SCORES."""
     if summary is None or not len(summary):
         return text(empty)
 
@@ -242,7 +247,8 @@ def score_summary(summary: pd.DataFrame | None, empty: str = "No scores on this 
                      "direction right on large shifts": f"{r['direction']}{null}",
                      "coverage": DASH if _missing(r.get("coverage")) else f"{r['coverage']:.0%}",
                      "log r": DASH if _missing(r.get("log_pearson_r")) else number(r["log_pearson_r"], 2)})
-    return table(pd.DataFrame(rows))
+    out = pd.DataFrame(rows)
+    return table(out[COMPACT_SCORES] if compact else out)
 
 
 def eligibility(rules) -> HTML:
@@ -846,17 +852,6 @@ GLOSSARY = [
                  "post-release traffic); it is never scored as realised."),
     ("grader id", "hash of a grader's whole spec; rates from different grader ids are never compared."),
 ]
-
-
-def method_scores(summary: pd.DataFrame | None) -> HTML:
-    """Return each method's scores on this release (direction right on large shifts, median
-    and worst multiplicative error, interval coverage in percent); nothing when there are none."""
-    if summary is None or summary.empty:
-        return HTML("")
-    rows = [{"method": r["method"], "direction right (large shifts)": str(r["direction"]),
-             "SME median": number(r["sme_median"], 2), "SME max": number(r["sme_max"], 2),
-             "coverage (%)": DASH if _missing(r["coverage"]) else f"{r['coverage']:.0%}"} for _, r in summary.iterrows()]
-    return table(pd.DataFrame(rows))
 
 
 def glossary() -> HTML:

@@ -277,6 +277,9 @@ def test_score_summary_folds_intervals_into_cells():
     assert "1.44 [1.21\u20131.79]" in out and "2/3 (no skill: 0.45, p = 0.344)" in out and "89%" in out
     assert "sme_median_lo" not in out and "nan" not in out.lower()
     assert "No scores" in show.score_summary(d.iloc[:0]).data
+    compact = show.score_summary(d, compact=True).data  # the release decision page's view
+    assert "1.44 [1.21\u20131.79]" in compact and "2/3 (no skill: 0.45, p = 0.344)" in compact
+    assert "NLL sum" not in compact and "SME mean" not in compact and "log r" not in compact
 
 
 def test_clusters_table_gives_each_rate_with_its_interval():
