@@ -189,13 +189,17 @@ class Sources(_Strict):
     challenging: Source | None = None  # the challenging-prompts set
 
 
+#: a DuckDB memory limit: a number and a unit ("4GB", "512MiB", "1.5G")
+MEMORY_LIMIT_PATTERN = r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|[KMGT]B?|bytes)\s*$"
+
+
 class Sampling(_Strict):
     n: int = Field(gt=0)
     seed: int = 0
     eligibility: EligibilityRules = EligibilityRules()
     #: DuckDB memory limit for conversion and sampling, e.g. "8GB" (None: DuckDB's default, 80 %
     #: of the machine's memory); what does not fit spills to disk
-    memory_limit: str | None = Field(None, pattern=r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|[KMGT]B?|bytes)\s*$")
+    memory_limit: str | None = Field(None, pattern=MEMORY_LIMIT_PATTERN)
     #: folder for DuckDB's spill files (None: the system temp folder)
     spill_dir: str | None = None
     #: challenging prompts drawn (uniformly, with ``seed``) from the challenging set (None: all)

@@ -82,7 +82,7 @@ import pyarrow.json as pj
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from depsim.params import FORMATS, HUB_FORMATS, PROMPT_SETS, PUBLIC_FORMATS
+from depsim.params import FORMATS, HUB_FORMATS, MEMORY_LIMIT_PATTERN, PROMPT_SETS, PUBLIC_FORMATS
 
 __all__ = [
     "FORMATS",
@@ -536,7 +536,7 @@ def _messages(msgs: Any, max_chars: int) -> tuple[list[dict], list[dict] | None]
                 msg[k] = m[k]
         if size > max_chars:
             raise _Bad("message_too_large", f"message {i} ({role}) has {size:,} characters "
-                                            f"(limit max_message_chars={max_chars:,})")
+                                            f"(limit max_message_chars={max_chars:,}: --max-message-chars)")
         has_user = has_user or role == "user"
         out.append(msg)
         extras.append({k: v for k, v in m.items() if k not in MESSAGE_KEYS})
@@ -1782,6 +1782,8 @@ class _Run:
             clash = [c for c in self.lift if c in taken or not isinstance(c, str)]
             if clash or len(set(self.lift)) != len(self.lift):
                 raise ValueError(f"columns= names must be new, distinct column names; not {clash or self.lift}")
+        if memory_limit is not None and not re.fullmatch(MEMORY_LIMIT_PATTERN, str(memory_limit)):
+            raise ValueError(f"memory limit {memory_limit!r} is not a size such as 4GB or 512MiB")
         self.fmt, self.source, self.chunk_rows = fmt, source, chunk_rows
         self.max_chars = int(max_message_chars)
         self.max_line_bytes = max_line_bytes or max(256 << 20, 4 * self.max_chars + (1 << 20))
@@ -2244,6 +2246,25 @@ class _Run:
             raise _fatal(_Loc(str(f), 1), f"missing column(s) {', '.join(missing)} for {self.fmt} "
                                           f"(has {', '.join(header) or 'none'})")
 
+    def _absent_columns(self, table: pd.DataFrame | None, path: Path | None) -> list[str]:
+        """The lifted columns (``columns=``) that are null in every kept row."""
+        if not self.lift or not self.kept:
+            return []
+        if table is not None:
+            return [c for c in self.lift if c in table and table[c].isna().all()]
+        if path is None:
+            return []
+        md = pq.ParquetFile(path).metadata
+        names = [md.schema.column(j).name for j in range(md.num_columns)]
+        out = []
+        for c in self.lift:
+            j = names.index(c) if c in names else None
+            stats = [md.row_group(i).column(j).statistics for i in range(md.num_row_groups)] if j is not None else []
+            if stats and all(st is not None and st.null_count == md.row_group(i).num_rows
+                             for i, st in enumerate(stats)):
+                out.append(c)
+        return out
+
     def result(self, table: pd.DataFrame | None, path: Path | None = None) -> ReadResult:
         notes = []
         if self.fmt in NOTES:
@@ -2251,10 +2272,12 @@ class _Run:
         elif self.fmt in PROMPT_SETS:
             notes.append(_PROMPT_NOTE.format(self.fmt))
         if self.drop and self.schema is not None and self.fmt in ("wildchat", "lmsys", "openai_jsonl", "sharegpt"):
-            notes.append("Fields that identify people (" + ", ".join(sorted(self.drop)) + ") were left out "
-                         "(keep_identifying=True keeps them).")
+            notes.append("Fields that identify people (" + ", ".join(sorted(self.drop)) + "), where records have "
+                         "them, were left out (--keep-identifying, or keep_identifying=True, keeps them).")
         if not self.keep_meta:
-            notes.append("The records' other fields were not kept (keep_meta=False): no `meta` column.")
+            notes.append("The records' other fields were not kept (--no-meta, or keep_meta=False): no `meta` column.")
+        for c in self._absent_columns(table, path):
+            notes.append(f"Column {c!r} (--column) is null in every row: no record has this field (misspelt?).")
         if self.warnings["rejected_prefix_differs"]:
             notes.append(f"{self.warnings['rejected_prefix_differs']} conversations: the rejected transcript does "
                          f"not share the chosen one's prefix, so `rejected` is null there.")
@@ -2430,10 +2453,19 @@ def convert(path: str | os.PathLike, fmt: str, out_parquet: str | os.PathLike, *
                spill_dir=spill_dir)
     out = Path(out_parquet)
     _refuse_overwrite(run, out, "the output")
+    if out.is_dir():
+        raise InputError(f"{out}: the output is a folder; give a file path such as {out / 'conversations.parquet'}",
+                         file=str(out))
+    if run.quarantine is not None and out.resolve() == run.quarantine.resolve():
+        raise InputError(f"{out}: the output and the quarantine file are the same file; give two paths", file=str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
         _write_chunks(run.chunks(), tmp, chunk_rows)
+        if run.kept == 0 and out.exists():  # a failed run never replaces an earlier, good output
+            res = run.result(None, None)
+            res.notes.append(f"No record was kept, so {out} was left as it was (it holds an earlier conversion).")
+            return res
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

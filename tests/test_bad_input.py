@@ -160,7 +160,7 @@ def test_50mb_message(tmp_path):
         fh.write('"}]}\n')
         fh.write(good.replace('"ok"', '"ok2"') + "\n")
     with pytest.raises(InputError, match=rf"^{re.escape(str(p))}:2: message 0 \(user\) has 52,428,800 characters "
-                                         r"\(limit max_message_chars=1,000,000\)$"):
+                                         r"\(limit max_message_chars=1,000,000: --max-message-chars\)$"):
         read_conversations(p, "openai_jsonl")
     q = tmp_path / "q.jsonl"
     res = read_conversations(p, "openai_jsonl", quarantine=q, quarantine_raw=True)

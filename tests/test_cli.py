@@ -42,6 +42,36 @@ def test_convert_refuses_to_overwrite_its_input(tmp_path):
     assert src.read_text() == before
 
 
+def test_convert_output_paths_that_cannot_work_get_one_line(tmp_path):
+    src = _lines(tmp_path / "logs.jsonl", ["c1"])
+    (tmp_path / "adir").mkdir()
+    res = CliRunner().invoke(app, ["convert", str(src), "-f", "openai_jsonl", "-o", str(tmp_path / "adir")])
+    assert res.exit_code == 2 and "the output is a folder; give a file path" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    same = tmp_path / "same.parquet"
+    res = CliRunner().invoke(app, ["convert", str(src), "-f", "openai_jsonl", "-o", str(same), "--quarantine", str(same)])
+    assert res.exit_code == 2 and "the output and the quarantine file are the same file" in res.output
+    assert not same.exists()
+    res = CliRunner().invoke(app, ["convert", str(src), "-f", "openai_jsonl", "-o", str(tmp_path / "m.parquet"),
+                                   "--memory-limit", "lots"])
+    assert res.exit_code == 2 and "memory limit 'lots' is not a size such as 4GB" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "m.parquet").exists()
+
+
+def test_a_conversion_that_keeps_nothing_leaves_an_earlier_output_alone(tmp_path):
+    good = _lines(tmp_path / "logs.jsonl", ["c1", "c2", "c3"])
+    out, q = tmp_path / "out.parquet", tmp_path / "q.jsonl"
+    assert CliRunner().invoke(app, ["convert", str(good), "-f", "openai_jsonl", "-o", str(out),
+                                    "--quarantine", str(q)]).exit_code == 0
+    before = out.read_bytes()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"conversation": []}\n')  # not this format: quarantined
+    res = CliRunner().invoke(app, ["convert", str(bad), "-f", "openai_jsonl", "-o", str(out), "--quarantine", str(q)])
+    assert res.exit_code == 1 and "no record kept" in res.output
+    assert f"{out} was left as it was" in res.output
+    assert out.read_bytes() == before and len(pd.read_parquet(out)) == 3
+
+
 def test_convert_reads_a_toxicchat_like_file_without_jq(tmp_path):
     src = tmp_path / "toxicchat.json"
     src.write_text(json.dumps({"instances": [{"conv_id": "t1", "user_input": "hi", "model_output": "hello",
@@ -54,3 +84,15 @@ def test_convert_reads_a_toxicchat_like_file_without_jq(tmp_path):
     assert "1 conversations from 1 records" in res.output
     df = pd.read_parquet(out)
     assert df["conversation_id"].tolist() == ["t1"] and "meta" not in df and df["toxicity"].tolist() == ["0"]
+
+
+def test_a_misspelt_column_is_named_in_a_note(tmp_path):
+    src = tmp_path / "logs.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "toxicity": t, "messages": [{"role": "user", "content": "hi"}]}) + "\n"
+                           for i, t in (("c1", None), ("c2", 1))))
+    out = tmp_path / "out.parquet"
+    res = CliRunner().invoke(app, ["convert", str(src), "-f", "openai_jsonl", "-o", str(out), "--column", "toxcity",
+                                   "--column", "toxicity"])
+    assert res.exit_code == 0, res.output
+    assert "Column 'toxcity' (--column) is null in every row" in res.output
+    assert "Column 'toxicity'" not in res.output and pd.read_parquet(out)["toxicity"].isna().tolist() == [True, False]
