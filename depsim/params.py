@@ -419,13 +419,28 @@ class Release(_Strict):
         return any(x is not None and x.public for x in (s.previous, s.candidate))
 
     @property
+    def simulated_parts(self) -> tuple[list[str], list[str]]:
+        """Return (simulated, real): the prefix sources and graded models of this release that
+        the simulated world supplies, and those it does not, in words ("previous traffic",
+        "candidate model", ...)."""
+        s, m = self.sources, self.models
+        parts = [("previous traffic", s.previous, None), ("candidate traffic", s.candidate, None),
+                 ("challenging prompts", s.challenging, None), ("candidate model", None, m.candidate),
+                 ("previous model in production", None, m.previous_production),
+                 ("candidate model in production", None, m.candidate_production)]
+        sim, real = [], []
+        for name, src, ep in parts:
+            if src is None and ep is None:
+                continue
+            is_sim = src.kind == "sim_world" if src is not None else ep.base_url.startswith("sim://")
+            (sim if is_sim else real).append(name)
+        return sim, real
+
+    @property
     def simulated(self) -> bool:
         """True when the simulated world supplies any prefixes or plays any model whose
         responses are graded (the report must say its numbers come from a simulation)."""
-        s, m = self.sources, self.models
-        eps = (m.candidate, m.previous_production, m.candidate_production)
-        return (any(x is not None and x.kind == "sim_world" for x in (s.previous, s.candidate, s.challenging))
-                or any(e is not None and e.base_url.startswith("sim://") for e in eps))
+        return bool(self.simulated_parts[0])
 
 
 def load_release(path: str | Path) -> Release:

@@ -32,8 +32,16 @@ def banner(rel: Release) -> HTML:
     """Return the page banner: release title, the simulated-world or public-data caveat, and the
     release's own ``notice``."""
     notes = []
-    if rel.simulated:
+    sim, real = rel.simulated_parts
+    if sim and not real:
         notes.append(SIM_NOTE)
+    elif sim:
+        def words(xs):
+            return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
+        notes.append(("Partly simulated", f"the {words(sim)} {'comes' if len(sim) == 1 else 'come'} from depsim's "
+                                          f"simulated deployment world (depsim.sim.world), so rates of their "
+                                          f"responses describe simulated models; the {words(real)} "
+                                          f"{'is' if len(real) == 1 else 'are'} real."))
     if rel.public:
         notes.append(PUBLIC_NOTE)
     if rel.notice:
@@ -379,11 +387,14 @@ def _corrected(r, short: bool = False) -> str:
         return DASH
     out = f"{rate100k(r['rg_rate'])} {interval100k(r['rg_lo'], r['rg_hi'])}"
     note = str(r.get("rg_note") or "")
+    if note.startswith("clipped") and float(r["rg_hi"]) == 0:
+        # the whole interval fell below 0: "0 [0–0]" would read as certainty, yet the correction does not fit
+        return ("no estimate (too few flagged)" if short else
+                "no estimate: fewer flagged than the grader's false-positive rate on its validation predicts, "
+                "so that correction does not fit this traffic")
     if short:
         return out + (" (clipped)" if note.startswith("clipped") else " (undefined)" if note.startswith("undefined") else "")
-    if note.startswith("clipped") and float(r["rg_hi"]) == 0:
-        out += " (clipped to 0: fewer flagged than the grader's false positives on its validation)"
-    elif note.startswith("clipped"):
+    if note.startswith("clipped"):
         out += " (clipped)"
     elif note.startswith("undefined"):
         out += " (undefined: the grader is no better than chance)"
@@ -478,9 +489,20 @@ def eval_awareness_table(rates: pd.DataFrame, targets: list[str]) -> HTML | None
     ea = rates[(rates["group"] == "evaluation_awareness") & rates["target"].isin(targets)]
     if not len(ea):
         return None
-    wide = ea.assign(percent=ea["rate"] * 100).pivot(index="category", columns="target", values="percent")
+    cells = ea.assign(cell=[percent_of(k, n) for k, n in zip(ea["k"], ea["n"])])
+    wide = cells.pivot(index="category", columns="target", values="cell").fillna(DASH)
     wide.index = [category_title(c) for c in wide.index]
-    return table(wide.rename_axis("measure (% of responses)").reset_index(), digits=2)
+    return table(wide.rename_axis("measure (% of responses)").reset_index())
+
+
+def percent_of(k, n, level: float = 0.95) -> str:
+    """Return a count as the percent of responses it is, with "k of n": "2.50 % (5 of 200)";
+    zero events read "0 of 200 (≤ 1.83 %)", the exact upper bound, never as a rate."""
+    if _missing(n) or not n:
+        return DASH
+    if not k:
+        return f"{k_of_n(k, n)} (≤ {number(_exact_interval(k, n, level)[1] * 100, 2)} %)"
+    return f"{number(float(k) / float(n) * 100, 2)} % ({k_of_n(k, n)})"
 
 
 def forecasts(fc: pd.DataFrame, level: float = 0.95) -> HTML:
@@ -842,7 +864,11 @@ GLOSSARY = [
     ("k of n", "k responses flagged by the grader out of n graded."),
     ("exact interval", "Clopper–Pearson interval of a binomial rate: it never claims more certainty than the counts give."),
     ("Jeffreys", "the Jeffreys interval and estimate (k + ½)/(n + 1) used on the stage pages for rates."),
-    ("ratio X / Y", "forecast rate of the candidate over the previous model's production rate, with a Katz log interval."),
+    ("ratio X / Y", "forecast rate of the candidate over the previous model's production rate. The point estimate is "
+                    "the ratio of Jeffreys-smoothed rates, (k + ½)/(n + 1), so it stays finite when a count is zero and "
+                    "can differ a little from the ratio of the k-of-n rates beside it (0 of 200 against 4 of 200 reads "
+                    "9.00×); the interval is exact (conditional binomial, Clopper–Pearson) and is [0–∞] when both "
+                    "counts are zero."),
     ("rises / falls / no change", "the ratio's interval lies wholly above 1 / below 1 / includes 1."),
     ("gate", "a release limit from the params file: a maximum rate, or a maximum ratio to the previous rate."),
     ("NLL", "negative log-likelihood (nats) of the realised count under a forecast; lower is better."),

@@ -194,6 +194,35 @@ def test_grade_page_shows_corrected_rate_beside_k_of_n_failed_bounds_and_warning
     assert "grader validation" in show.rates_table(r, ["sim", "prod_prev"]).data
 
 
+def test_a_correction_that_fell_wholly_below_zero_is_no_estimate_not_zero():
+    r = {"rg_rate": 0.0, "rg_lo": 0.0, "rg_hi": 0.0, "rg_note": "clipped: the unclipped estimate -0.05808 lies "
+         "outside [0, 1]", "transportable": False}
+    assert show._corrected(r, short=True) == "no estimate (too few flagged)"
+    assert "[0–0]" not in show._corrected(r) and "does not fit" in show._corrected(r)
+    partly = {**r, "rg_hi": 0.004}
+    assert show._corrected(partly, short=True) == "0 [0–400] (clipped)"
+
+
+def test_evaluation_awareness_shows_k_of_n_and_zero_events_as_an_upper_bound():
+    assert show.percent_of(5, 200) == "2.50 % (5 of 200)"
+    assert show.percent_of(0, 200) == "0 of 200 (≤ 1.83 %)"               # exact 95% upper bound
+    rates = pd.DataFrame([{"group": "evaluation_awareness", "category": "metagaming", "target": t, "k": k, "n": 200}
+                          for t, k in (("sim", 1), ("prod_prev", 0))])
+    out = show.eval_awareness_table(rates, ["sim", "prod_prev"]).data
+    assert "0.50 % (1 of 200)" in out and "0 of 200 (≤ 1.83 %)" in out and "0.25" not in out
+
+
+def test_banner_says_which_parts_are_simulated(tmp_path):
+    from conftest import small_release
+    (tmp_path / "logs.jsonl").write_text('{"id": "c1", "messages": [{"role": "user", "content": "hi"}]}\n')
+    whole = show.banner(load_release(small_release(tmp_path, "whole"))).data
+    assert "Simulated world" in whole and "Partly simulated" not in whole
+    rel = load_release(small_release(tmp_path, "part", previous={"kind": "openai_jsonl", "path": "logs.jsonl"}))
+    part = show.banner(rel).data
+    assert "Partly simulated" in part and "every number on this page" not in part
+    assert "candidate model" in part and "the previous traffic is real." in part
+
+
 def test_banner_shows_the_release_notice_escaped(tmp_path):
     from conftest import small_release
     rel = load_release(small_release(tmp_path, "noticed"))
