@@ -242,7 +242,7 @@ def jsonl_formats(work: Path, conversations: int, threads: int, repeat: int) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--conversations", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")

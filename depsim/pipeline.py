@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -159,8 +160,9 @@ def stale_pages(rel: Release, reports_dir: str | Path, executed: dict[str, float
             # rerun from the earliest stale table of the release (or, if none is, this page's stage)
             stale_tables = [t for t in st.index if st.loc[t, "stale"]] or [t for t in tables if t in st.index]
             first = min((list(STAGES).index(WRITER[t]) for t in stale_tables if t in WRITER), default=None)
-            rerun = (f"; rerun: depsim run {rel.path.name if rel.path else 'PARAMS'} --from {list(STAGES)[first]}"
-                     if first is not None else "")
+            # the params file's full path: the page cannot know the folder the reader will run from
+            rerun = (f"; rerun: depsim run {shlex.quote(str(rel.path)) if rel.path else 'PARAMS'} "
+                     f"--from {list(STAGES)[first]}" if first is not None else "")
             out[page] = "; ".join(dict.fromkeys(reasons)) + rerun
     return out
 

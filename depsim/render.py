@@ -143,14 +143,21 @@ def render_quarto(release_dir: Path, quarto: str) -> Path:
     return site / "index.html"
 
 
+def check_engine(engine: str) -> str | None:
+    """Return the path of ``quarto`` (None when it is not on PATH); raise FileNotFoundError when
+    ``engine`` is "quarto" and it is not there (checked before a run starts, not after)."""
+    quarto = shutil.which("quarto")
+    if engine == "quarto" and not quarto:
+        raise FileNotFoundError("quarto is not on PATH; use --render nbconvert")
+    return quarto
+
+
 def render(release_dir: str | Path, engine: str = "auto", warn=print) -> tuple[str, Path]:
     """Render the release's site; return (engine used: "quarto" or "nbconvert", index path).
     ``engine="auto"`` picks Quarto when it is on PATH. When Quarto fails, ``warn`` gets its
     own error and nbconvert renders instead."""
     release_dir = Path(release_dir)
-    quarto = shutil.which("quarto")
-    if engine == "quarto" and not quarto:
-        raise FileNotFoundError("quarto is not on PATH; use --render nbconvert")
+    quarto = check_engine(engine)
     if engine == "quarto" or (engine == "auto" and quarto):
         try:
             return "quarto", render_quarto(release_dir, quarto)

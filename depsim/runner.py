@@ -10,7 +10,7 @@ import papermill as pm
 
 from depsim.params import load_release
 from depsim.pipeline import STAGES
-from depsim.render import render
+from depsim.render import check_engine, render
 from depsim.records import release_dir, request_log
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -55,6 +55,7 @@ def run_release(params_file: str | Path, reports_dir: str | Path = "reports", re
     t0 = time.time()
     params_file = Path(params_file).resolve()
     rel = load_release(params_file)  # fail fast on bad parameters, before any kernel starts
+    check_engine(render_engine)
     reports_dir = Path(reports_dir).resolve()
     out = release_dir(reports_dir, rel.release)
     before = len(request_log(reports_dir, rel.release))

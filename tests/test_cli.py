@@ -96,3 +96,11 @@ def test_a_misspelt_column_is_named_in_a_note(tmp_path):
     assert res.exit_code == 0, res.output
     assert "Column 'toxcity' (--column) is null in every row" in res.output
     assert "Column 'toxicity'" not in res.output and pd.read_parquet(out)["toxicity"].isna().tolist() == [True, False]
+
+
+def test_run_with_quarto_missing_fails_before_any_stage(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no quarto (the kernel is never started)
+    p = small_release(tmp_path)
+    res = CliRunner().invoke(app, ["run", str(p), "--render", "quarto", "--reports-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "quarto is not on PATH; use --render nbconvert" in res.output
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.ipynb"))

@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,6 +85,8 @@ def test_partial_rerun_marks_later_pages_stale(e2e, tmp_path):
     site = copy / "e2e" / "_site"
     for page in ("05_forecast", "06_score", "index"):
         assert "Stale page" in (site / f"{page}.html").read_text(), page
+    # the command works from any folder: the params file's full path
+    assert f"rerun: depsim run {Path(e2e['params']).resolve()} --from" in (site / "index.html").read_text()
     for page in ("01_sample", "02_simulate"):
         assert "Stale page" not in (site / f"{page}.html").read_text(), page
 
