@@ -2,7 +2,9 @@
 ``reports/<release>/``, then :mod:`depsim.render` renders the HTML site."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -91,3 +93,17 @@ def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path,
         except pm.PapermillExecutionError as e:
             raise StageFailed(f"stage {stage} failed: {e.ename}: {e.evalue} (executed copy: {dst})") from None
         log(f"  {stage:<20} {time.time() - ts:5.1f} s")
+        for w in stage_warnings(dst):
+            log(f"    warning: {w}")
+
+
+def stage_warnings(notebook: Path) -> list[str]:
+    """Return the Python warnings an executed notebook printed ("SamplingWarning: only 3
+    eligible user turns ..."), once each and in order, so that the terminal shows them too."""
+    out = []
+    for c in json.loads(Path(notebook).read_text(encoding="utf-8")).get("cells", []):
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "stream" and o.get("name") == "stderr":
+                text = "".join(o.get("text", ""))
+                out += [m.group(1) for m in re.finditer(r"(?m)^(?:.*?: )?(\w*Warning: .+)$", text)]
+    return list(dict.fromkeys(out))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 
 import altair as alt
 import numpy as np
@@ -19,6 +20,8 @@ from depsim.params import TARGETS, Release
 from depsim.records import decode_messages
 
 alt.renderers.enable("svg")  # static SVG: no CDN scripts, readable offline
+# a warning on a page reads as one line, without the source file and line it came from
+warnings.formatwarning = lambda message, category, *_args, **_kw: f"{category.__name__}: {message}\n"
 alt.data_transformers.disable_max_rows()
 
 SIM_NOTE = ("Simulated world", "every number on this page comes from depsim's simulated deployment "

@@ -1,5 +1,6 @@
 """`depsim run` end to end on a small simulated release: report pages, escaping, cache."""
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -168,3 +169,25 @@ def browser_check(site, tmp_path, scored=True):
         assert flagged_rows >= 1, "no category has a flagged transcript"
     finally:
         b.close()
+
+
+def test_stage_warnings_reach_the_terminal(tmp_path):
+    from depsim.runner import stage_warnings
+    nb = {"cells": [{"cell_type": "code", "outputs": [
+        {"output_type": "stream", "name": "stderr",
+         "text": ["/x/depsim/sample.py:174: SamplingWarning: only 3 eligible user turns for n=50; returning all\n",
+                  "  df = sample_prefixes(path, n)\n"]},
+        {"output_type": "stream", "name": "stdout", "text": "UserWarning: printed, not warned\n"}]},
+        {"cell_type": "code", "outputs": [{"output_type": "stream", "name": "stderr",
+                                           "text": "SamplingWarning: only 3 eligible user turns for n=50; "
+                                                   "returning all\nRuntimeWarning: divide by zero\n"}]}]}
+    p = tmp_path / "01_sample.ipynb"
+    p.write_text(json.dumps(nb))
+    assert stage_warnings(p) == ["SamplingWarning: only 3 eligible user turns for n=50; returning all",
+                                 "RuntimeWarning: divide by zero"]
+
+
+def test_pages_print_warnings_as_one_line():
+    import warnings
+    from depsim import show  # noqa: F401 - sets the pages' warning format
+    assert warnings.formatwarning("only 3", UserWarning, "/x/sample.py", 174, "code()") == "UserWarning: only 3\n"
