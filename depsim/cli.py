@@ -61,7 +61,10 @@ def render(release_dir: Path = typer.Argument(..., help="reports/<release>"),
     """Render an already executed release into HTML."""
 
     if not (release_dir / "index.ipynb").exists():
-        _fail(f"{release_dir}: no executed notebooks here (run `depsim run` first)")
+        done = sorted(p.stem for p in release_dir.glob("*.ipynb"))
+        _fail(f"{release_dir}: no executed notebooks here (run `depsim run` first)" if not done else
+              f"{release_dir}: no summary page (index.ipynb): the run stopped after {', '.join(done)}; "
+              f"finish it with `depsim run PARAMS --from <the stage that failed>`")
     if engine not in ("auto", "quarto", "nbconvert"):
         _fail(f"--engine must be auto, quarto or nbconvert, not {engine!r}")
     try:

@@ -104,3 +104,14 @@ def test_run_with_quarto_missing_fails_before_any_stage(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["run", str(p), "--render", "quarto", "--reports-dir", str(tmp_path / "r")])
     assert res.exit_code == 2 and "quarto is not on PATH; use --render nbconvert" in res.output
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.ipynb"))
+
+
+def test_render_of_a_run_that_stopped_says_so(tmp_path):
+    d = tmp_path / "r" / "mini"
+    d.mkdir(parents=True)
+    res = CliRunner().invoke(app, ["render", str(d)])
+    assert res.exit_code == 2 and "no executed notebooks here" in res.output
+    for stem in ("01_sample", "02_simulate"):
+        (d / f"{stem}.ipynb").write_text("{}")
+    res = CliRunner().invoke(app, ["render", str(d)])
+    assert res.exit_code == 2 and "the run stopped after 01_sample, 02_simulate" in res.output
