@@ -189,5 +189,6 @@ def test_stage_warnings_reach_the_terminal(tmp_path):
 
 def test_pages_print_warnings_as_one_line():
     import warnings
-    from depsim import show  # noqa: F401 - sets the pages' warning format
+    from depsim import show  # sets the pages' warning format on import
+    assert show.warnings.formatwarning is warnings.formatwarning
     assert warnings.formatwarning("only 3", UserWarning, "/x/sample.py", 174, "code()") == "UserWarning: only 3\n"
