@@ -434,7 +434,7 @@ def load_release(path: str | Path) -> Release:
     try:
         rel = Release(**data)
     except ValidationError as e:
-        raise validation_error(path, node, e) from None
+        raise validation_error(path, node, e, Release) from None
     rel.path = path
     for name in ("previous", "candidate", "challenging"):
         src = getattr(rel.sources, name)
