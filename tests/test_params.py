@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from depsim.params import ParamsError, load_release
+from depsim.params import Endpoint, ParamsError, load_release, unset_api_keys
 
 DEMO = Path("params/demo.yaml").read_text()
 
@@ -173,3 +173,29 @@ def test_validation_bars_per_category_or_group(tmp_path):
         load_release(write(tmp_path, bad))
     with pytest.raises(ParamsError, match=r"rel.yaml:\d+: grading.bar.kappa"):
         load_release(write(tmp_path, text.replace("bar: {kappa: 0.7}", "bar: {kappa: 1.7}")))
+
+
+def test_unset_api_keys_name_each_variable_and_the_models_that_need_it():
+    rel = load_release("params/example-openai.yaml")
+    line = ("environment variable OPENAI_API_KEY is not set or empty: it holds the API key of "
+            "models.candidate (gpt-4.1-mini), models.grader (gpt-4.1)")
+    assert unset_api_keys(rel, {}) == unset_api_keys(rel, {"OPENAI_API_KEY": ""}) == [line]
+    assert unset_api_keys(rel, {"OPENAI_API_KEY": "sk-test"}) == []
+    # one line per variable
+    auditor = rel.models.auditor.model_copy(update={"api_key_env": "VLLM_KEY"})
+    two = rel.model_copy(update={"models": rel.models.model_copy(update={"auditor": auditor})})
+    assert unset_api_keys(two, {}) == [line, "environment variable VLLM_KEY is not set or empty: it holds the API key "
+                                             "of models.auditor (meta-llama/Llama-3.1-8B-Instruct)"]
+    # a role the run does not call is not checked: a judge without the realism check, a
+    # previous-production model when prod_prev is not forecast
+    other = Endpoint(base_url="https://llm.example.com/v1", model="o", api_key_env="OTHER_KEY")
+    idle = rel.model_copy(update={"models": rel.models.model_copy(update={"judge": other, "previous_production": other})})
+    assert unset_api_keys(idle, {"OPENAI_API_KEY": "sk-test"}) == []
+    busy = idle.model_copy(update={"targets": [*rel.targets, "prod_prev"]})
+    assert unset_api_keys(busy, {"OPENAI_API_KEY": "sk-test"}) == [
+        "environment variable OTHER_KEY is not set or empty: it holds the API key of models.previous_production (o)"]
+    # simulated (in-process) models are never checked, even when they name a variable
+    demo = load_release("params/demo.yaml")
+    sim = demo.model_copy(update={"models": demo.models.model_copy(update={
+        "candidate": demo.models.candidate.model_copy(update={"api_key_env": "SIM_KEY"})})})
+    assert unset_api_keys(demo, {}) == unset_api_keys(sim, {}) == []
