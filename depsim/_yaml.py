@@ -2,29 +2,36 @@
 (:mod:`depsim.params`) and the taxonomy (:mod:`depsim.taxonomy`)."""
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 
 class ParamsError(ValueError):
     """A params or taxonomy file is invalid; the message names the file and the line."""
 
 
-def line_of(node: yaml.Node | None, loc: tuple) -> int | None:
-    """Return the 1-based line of the YAML node at ``loc`` (deepest node that exists)."""
+def line_of(node: yaml.Node | None, loc: tuple, *, key: bool = False) -> int | None:
+    """Return the 1-based line of the YAML node at ``loc`` (deepest node that exists).
+    ``key``: when the last step of ``loc`` is a mapping key, the line of that key itself
+    rather than of its value (a block mapping's value starts on the next line)."""
     line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
+    for step in loc:
+        at = None
         if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if k.value == key), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            nxt = node.value[key]
+            k, nxt = next(((k, v) for k, v in node.value if k.value == step), (None, None))
+            at = k
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            nxt = node.value[step]
         else:
             nxt = None
         if nxt is None:
             break
-        node, line = nxt, nxt.start_mark.line + 1
+        node, line = nxt, ((at if key and at is not None else nxt).start_mark.line + 1)
     return line
 
 
@@ -42,10 +49,69 @@ def load_yaml(path: str | Path) -> tuple[object, yaml.Node | None]:
         raise ParamsError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
 
 
-def validation_error(path: Path, node, err: ValidationError) -> ParamsError:
-    """Return a one-line ParamsError for the first error of a pydantic ValidationError."""
-    first = err.errors()[0]
-    loc = tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-    line = line_of(node, loc)
+def _members(tp) -> list:
+    """The types a field annotation may hold: unions, Optional and Annotated unwrapped."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return [m for a in typing.get_args(tp) for m in _members(a)]
+    if origin is typing.Annotated:
+        return _members(typing.get_args(tp)[0])
+    return [tp]
+
+
+def field_names(model: type[BaseModel], loc: tuple) -> set[str]:
+    """Return the keys allowed in the mapping at ``loc`` of ``model``'s input: the field names
+    and aliases of the model(s) found there (empty when none is)."""
+    found = [model]
+    for step in loc:
+        nxt = []
+        for tp in (m for t in found for m in _members(t)):
+            origin, args = typing.get_origin(tp), typing.get_args(tp)
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                f = tp.model_fields.get(step) if isinstance(step, str) else None
+                f = f or next((f for f in tp.model_fields.values() if step in (f.alias, f.validation_alias)), None)
+                nxt += [f.annotation] if f is not None else []
+            elif origin is dict and len(args) == 2:
+                nxt.append(args[1])
+            elif origin in (list, tuple, set, frozenset) and args and isinstance(step, int):
+                nxt.append(args[0])
+        if not nxt and isinstance(step, str):
+            continue  # a union member's tag in pydantic's loc (e.g. 'list[str]'): not a key
+        found = nxt
+    names = set()
+    for tp in (m for t in found for m in _members(t)):
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            for name, f in tp.model_fields.items():
+                names |= {name} | {a for a in (f.alias, f.validation_alias) if isinstance(a, str)}
+    return names
+
+
+def validation_error(path: Path, node, err: ValidationError, model: type[BaseModel] | None = None) -> ParamsError:
+    """Return a one-line ParamsError for the first error of a pydantic ValidationError.
+
+    A required key that is missing where an unknown key sits in the same mapping is most
+    likely that key misspelt: the unknown key is reported instead, at its own line. An
+    unknown key's message suggests the closest allowed key (``model``'s field names and
+    aliases at that place, the root model of the validated input; and the missing keys
+    beside it)."""
+    errors = [{**e, "loc": tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))}
+              for e in err.errors()]
+
+    def beside(e: dict, kind: str) -> list[dict]:
+        return [x for x in errors if x["type"] == kind and x["loc"][:-1] == e["loc"][:-1] and x["loc"]]
+
+    first = errors[0]
+    if first["type"] == "missing" and first["loc"] and (extra := beside(first, "extra_forbidden")):
+        missing = [str(x["loc"][-1]) for x in beside(first, "missing")]
+        first = next((x for x in extra if difflib.get_close_matches(str(x["loc"][-1]), missing, 1)), extra[0])
+    loc = first["loc"]
     field = ".".join(str(x) for x in loc) or "(top level)"
-    return ParamsError(f"{path}{f':{line}' if line else ''}: {field}: {first['msg']}")
+    if first["type"] == "extra_forbidden" and loc:
+        names = field_names(model, loc[:-1]) if model is not None else set()
+        names |= {str(x["loc"][-1]) for x in beside(first, "missing")}
+        close = difflib.get_close_matches(str(loc[-1]), sorted(names), 1)
+        msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+        line = line_of(node, loc, key=True)
+    else:
+        msg, line = first["msg"], line_of(node, loc)
+    return ParamsError(f"{path}{f':{line}' if line else ''}: {field}: {msg}")

@@ -10,7 +10,7 @@ from depsim.cache import ResponseCache
 from depsim.grade import DEFAULT_PARAMS, grade_schema, llm_grader_id, system_message
 from depsim.grader_validation import read_labelled
 from depsim.grader_validation import validate_grader as run_validation
-from depsim.params import DATA_DIR, FORMATS, PROMPT_SETS, ParamsError, endpoint_url, load_release
+from depsim.params import DATA_DIR, FORMATS, PROMPT_SETS, ParamsError, endpoint_url, load_release, unset_api_keys
 from depsim.readers import InputError
 from depsim.readers import convert as do_convert
 from depsim.render import render as do_render
@@ -231,14 +231,23 @@ def grader_prompt(category: str = typer.Argument(..., help="a category of the ta
 def check(params_file: Path = typer.Argument(..., help="release parameters to validate"),
           data: bool = typer.Option(True, help="also convert the sources (cached) and check that each has "
                                                "eligible user turns"),
+          env: bool = typer.Option(True, help="also check that the API-key environment variable (api_key_env) "
+                                              "of every model the run calls over HTTP is set; --no-env to "
+                                              "validate the file where the keys are not (e.g. in CI)"),
           reports_dir: Path = typer.Option(Path("reports"), help="where reports/<release>/ is (conversion cache)")):
-    """Validate a params file (and its taxonomy) without running a model; with --data (default)
-    also that every prefix source has usable records and eligible user turns. Exits 1 if not."""
+    """Validate a params file (and its taxonomy) without running a model; with --env (default)
+    also that every API key the run needs is in the environment (one line per missing
+    variable, never a value), and with --data (default) that every prefix source has usable
+    records and eligible user turns. Exits 2 for a bad file, 1 for a missing key or bad data."""
 
     try:
         rel = load_release(params_file)
     except ParamsError as e:
         _fail(str(e))
+    if env and (unset := unset_api_keys(rel)):
+        for line in unset:
+            typer.echo(f"depsim: error: {params_file}: {line}", err=True)
+        raise typer.Exit(1)
     if data:
         try:
             for line in check_sources(rel, reports_dir):

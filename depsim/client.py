@@ -208,6 +208,21 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
+def origin(url: str) -> str:
+    """Return ``scheme://host:port`` of ``url`` (the port the scheme implies when none is
+    given), without credentials or path, for messages that name an endpoint; ``url`` with
+    its credentials masked (:func:`mask_url`) when it cannot be parsed."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:  # e.g. a port that is not a number
+        return mask_url(url)
+    if not parts.scheme or not parts.hostname:
+        return mask_url(url)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
 def secrets_of(endpoint: Endpoint) -> list[str]:
     """Return the secrets an endpoint sends (its API key when set in the environment, and the
     user name and password of credentials in its URL), longest first, for :func:`redact`."""
@@ -559,7 +574,8 @@ async def _send(client: openai.AsyncOpenAI, endpoint: Endpoint, req: ChatRequest
             reason = "timeout"
             limiter.on_timeout()
         except openai.APIConnectionError:
-            reason = "connection error"
+            # name the server: a dead URL is the usual cause (never its credentials)
+            reason = f"connection error to {redact(origin(endpoint.base_url), endpoint)}"
             limiter.on_server_error()
         except (openai.APIResponseValidationError, ValueError):  # JSONDecodeError, MalformedResponse
             reason = "malformed JSON"
@@ -581,6 +597,13 @@ async def _send(client: openai.AsyncOpenAI, endpoint: Endpoint, req: ChatRequest
             return None, f"{reason} after {attempt} attempts{tail}", attempt
         stats.retries += 1
         await asyncio.sleep(_backoff(attempt, retry_after))
+
+
+def error_kind(error: str) -> str:
+    """Return the part of a failed request's ``error`` before the server's message (the key
+    of :attr:`RunStats.errors`), e.g. ``"http 500 after 7 attempts"``. Split at ": ", not
+    ":", so a URL in it (``connection error to http://host:port``) stays whole."""
+    return error.split(": ")[0]
 
 
 def _result(req: ChatRequest, key: str, body: dict, *, cached: bool, attempts: int = 0,
@@ -665,7 +688,7 @@ async def acomplete(endpoint: Endpoint, requests: list[ChatRequest], cache: Resp
             else:
                 res = ChatResult(req.item_id, key, None, None, None, error, False, attempts, latency)
                 stats.failed += 1
-                stats.errors[error.split(":")[0]] += 1
+                stats.errors[error_kind(error)] += 1
             for j in idxs:
                 results[j] = replace(res, item_id=requests[j].item_id)
             bar.update(len(idxs))
@@ -762,7 +785,7 @@ def unsent(endpoint: Endpoint, requests: list[ChatRequest], error: str, stats: R
     if stats is not None:
         stats.items += len(requests)
         stats.failed += len(requests)
-        stats.errors[error.split(":")[0]] += len(requests)
+        stats.errors[error_kind(error)] += len(requests)
     why = error if error.endswith("(not sent)") else f"{error} (not sent)"
     return [ChatResult(r.item_id, request_key(endpoint, r), None, None, None, why) for r in requests]
 

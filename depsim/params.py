@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import math
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -17,8 +18,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from depsim._yaml import ParamsError, line_of, load_yaml, validation_error
-from depsim.registry import plugin
-from depsim.taxonomy import load_taxonomy
+from depsim.registry import plugin, scheme
+from depsim.taxonomy import for_release, load_taxonomy
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"  #: the public data sets shipped with the repository
 
@@ -453,7 +454,7 @@ def load_release(path: str | Path) -> Release:
     try:
         rel = Release(**data)
     except ValidationError as e:
-        raise validation_error(path, node, e) from None
+        raise validation_error(path, node, e, Release) from None
     rel.path = path
     for name in ("previous", "candidate", "challenging"):
         src = getattr(rel.sources, name)
@@ -528,6 +529,43 @@ def load_release(path: str | Path) -> Release:
                 raise ParamsError(f"{path}:{line_of(node, ('categories', i))}: unknown category {c!r} "
                                   f"(not in {rel.resolve(rel.taxonomy).name}; known: {', '.join(tax)})")
     return rel
+
+
+def called_endpoints(rel: Release) -> dict[str, Endpoint]:
+    """Return the endpoints a run of ``rel`` calls over HTTP, by their place in the params
+    (``models.candidate``, ``realism.model``, ``audit.embedder``, ...): those of the roles it
+    uses (the grader when a tracked category is LLM-graded, the tool simulator when tool
+    outputs are simulated, the judge and the realism model when the check runs, a production
+    model when its target is forecast), leaving out in-process plugin endpoints (``sim://``)."""
+    m, g = rel.models, rel.generation
+    realism_sim = rel.realism is not None and bool(set(rel.realism.modes) & {"replay", "simulate"})
+    uses = {
+        "models.candidate": m.candidate,
+        "models.auditor": m.auditor,
+        "models.grader": m.grader if any(c.is_llm for c in for_release(rel).values()) else None,
+        "models.tool_simulator": m.tool_simulator if (g.tool_mode == "simulate" or realism_sim or (
+            g.tool_mode == "replay" and g.replay_miss == "simulate")) else None,
+        "models.judge": m.judge if rel.realism is not None else None,
+        "realism.model": rel.realism.model if rel.realism is not None else None,
+        "models.previous_production": m.previous_production if "prod_prev" in rel.targets else None,
+        "models.candidate_production": m.candidate_production if "prod_new" in rel.targets else None,
+        "audit.embedder": rel.audit.embedder if rel.audit.embedding == "openai" else None,
+    }
+    return {k: e for k, e in uses.items() if e is not None and scheme(e.base_url) is None}
+
+
+def unset_api_keys(rel: Release, environ: dict[str, str] | None = None) -> list[str]:
+    """Return one line per API-key environment variable that an endpoint the run calls
+    (:func:`called_endpoints`) names but ``environ`` (default: ``os.environ``) leaves unset
+    or blank, naming the variable and the endpoints that need it, never a value; empty when
+    every key is there."""
+    environ = os.environ if environ is None else environ
+    need: dict[str, list[str]] = {}
+    for where, ep in called_endpoints(rel).items():
+        if ep.api_key_env and not environ.get(ep.api_key_env, "").strip():
+            need.setdefault(ep.api_key_env, []).append(f"{where} ({ep.model})")
+    return [f"environment variable {var} is not set or empty: it holds the API key of {', '.join(eps)}"
+            for var, eps in need.items()]
 
 
 def endpoint_url(rel: Release, ep: Endpoint) -> Endpoint:

@@ -4,6 +4,7 @@ structured output falls back to a mode the server takes."""
 from __future__ import annotations
 
 import json
+import socket
 
 import pandas as pd
 import pytest
@@ -148,3 +149,46 @@ def test_url_credentials_are_never_printed(monkeypatch):
     assert mask_url(ep.base_url) == "https://***@llm.example.com/v1"
     assert CANARY not in redact(f"failed at {ep.base_url}: {CANARY}", ep)
     assert redact("connect https://bob:hunter2@h/v1") == "connect https://***@h/v1"
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening: bound by the OS, then closed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_connection_error_names_the_endpoint_never_its_credentials(monkeypatch):
+    """A dead URL: the error names scheme://host:port (the usual cause), never the URL's
+    user, password or path, nor the key."""
+    monkeypatch.setenv("CANARY_KEY", CANARY)
+    port = _closed_port()
+    for url in (f"http://127.0.0.1:{port}/v1", f"http://alice:{CANARY}@127.0.0.1:{port}/v1"):
+        ep = Endpoint(base_url=url, model="m", api_key_env="CANARY_KEY", max_retries=2, max_concurrency=1)
+        stats = RunStats()
+        out = complete(ep, reqs(2), None, progress=False, stats=stats)
+        assert [r.error for r in out] == [f"connection error to http://127.0.0.1:{port} after 3 attempts"] * 2
+        assert all(r.attempts == 3 for r in out)
+        seen = json.dumps(stats.summary()) + " ".join(r.error for r in out)
+        assert "alice" not in seen and CANARY not in seen
+        assert stats.errors == {f"connection error to http://127.0.0.1:{port} after 3 attempts": 2}
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("https://api.openai.com/v1", "https://api.openai.com:443"),
+    ("http://localhost/v1", "http://localhost:80"),
+    ("https://user:pw@llm.example.com:8443/v1/", "https://llm.example.com:8443"),
+    ("http://[::1]:8000/v1", "http://[::1]:8000"),
+    ("http://bob:pw@host:notaport/v1", "http://***@host:notaport/v1"),
+])
+def test_origin_is_scheme_host_port_without_credentials(url, expected):
+    assert client.origin(url) == expected
+
+
+def test_a_dead_grader_url_is_named_in_the_grades(tmp_path):
+    comp, prefixes = _comp()
+    port = _closed_port()
+    ep = Endpoint(base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=1)
+    g = lg.grade_llm(ep, comp, prefixes, CAT, ResponseCache(tmp_path / "c.sqlite"))
+    assert g["label"].isna().all()
+    assert g["error"].str.startswith(f"grader call failed: connection error to http://127.0.0.1:{port}").all(), g["error"]

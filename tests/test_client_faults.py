@@ -27,7 +27,7 @@ PERMANENT = {"ALWAYS500": ("500", "http 500 after 4 attempts"),
              "ALWAYS429": ("429", "http 429 after 4 attempts"),
              "ALWAYSHANG": ("hang", "timeout after 4 attempts"),
              "ALWAYSMALFORMED": ("malformed", "malformed JSON after 4 attempts"),
-             "ALWAYSDROP": ("drop", "connection error after 4 attempts"),
+             "ALWAYSDROP": ("drop", "connection error to http://127.0.0.1:"),
              "ALWAYS400": ("400", "http 400:")}
 FLAG = "I'll get back to you tomorrow"  # the promising_background_tasks grader flags this
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from depsim.params import ParamsError, load_release
+from depsim.params import Endpoint, ParamsError, load_release, unset_api_keys
 
 DEMO = Path("params/demo.yaml").read_text()
 
@@ -29,7 +29,7 @@ def test_demo_params_are_valid():
     (lambda s: s.replace("categories: all", "categories: [hate, not_a_category]"), r"rel.yaml:\d+: unknown category 'not_a_category'"),
     (lambda s: s.replace("n: 4000", "n: -3"), r"rel.yaml:\d+: sampling.n: Input should be greater than 0"),
     (lambda s: s.replace("tool_mode: simulate", "tool_mode: magic"), r"rel.yaml:\d+: generation.tool_mode"),
-    (lambda s: s.replace("deid: true", "deid: true\nsurprise: 1"), r"rel.yaml:\d+: surprise: Extra inputs"),
+    (lambda s: s.replace("deid: true", "deid: true\nsurprise: 1"), r"rel.yaml:\d+: surprise: unknown key$"),
     (lambda s: s.replace("taxonomy: taxonomy.yaml", "taxonomy: missing.yaml"), r"missing.yaml: file not found"),
     (lambda s: s.replace("previous: {kind: sim_world, deployment: Y}", "previous: {kind: parquet, path: nowhere.parquet}"),
      r"rel.yaml:\d+: sources.previous.path: file not found"),
@@ -40,6 +40,49 @@ def test_bad_params_one_line_error(tmp_path, edit, expect):
     with pytest.raises(ParamsError, match=expect) as e:
         load_release(p)
     assert "\n" not in str(e.value)
+
+
+def _line(text: str, start: str) -> int:
+    """The 1-based line of ``text`` that starts with ``start``."""
+    return next(i for i, l in enumerate(text.splitlines(), 1) if l.startswith(start))
+
+
+@pytest.mark.parametrize("old, new, message", [
+    # a required key misspelt: the typo at its own line, not "sampling: Field required" at line 3
+    ("sampling:", "sampeling:", "sampeling: unknown key (did you mean 'sampling'?)"),
+    ("  previous: {kind: sim_world", "  previous: {knd: sim_world", "sources.previous.knd: unknown key (did you mean 'kind'?)"),
+    # an optional key misspelt
+    ("  max_tokens: 512", "  max_tokns: 512", "generation.max_tokns: unknown key (did you mean 'max_tokens'?)"),
+    ("  candidate: {base_url", "  candidate: {api_kee_env: MY_KEY, base_url",
+     "models.candidate.api_kee_env: unknown key (did you mean 'api_key_env'?)"),
+])
+def test_a_misspelt_key_is_named_at_its_line_with_a_suggestion(tmp_path, old, new, message):
+    text = DEMO.replace("\n" + old, "\n" + new, 1)
+    assert text != DEMO
+    p = write(tmp_path, text)
+    with pytest.raises(ParamsError) as e:
+        load_release(p)
+    assert str(e.value) == f"{p}:{_line(text, new)}: {message}"
+
+
+def test_depsim_check_names_a_misspelt_required_key(tmp_path):
+    text = DEMO.replace("\nsampling:", "\nsampeling:")
+    p = write(tmp_path, text, name="typo1.yaml")
+    r = subprocess.run([sys.executable, "-m", "depsim.cli", "check", str(p), "--no-data"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"depsim: error: {p}:{_line(text, 'sampeling:')}: sampeling: unknown key (did you mean 'sampling'?)"
+
+
+def test_a_misspelt_taxonomy_key_is_named_at_its_line_with_a_suggestion(tmp_path):
+    from depsim.taxonomy import load_taxonomy
+    text = Path("params/taxonomy.yaml").read_text()
+    typo = text.replace("    definition:", "    definiton:", 1)
+    assert typo != text
+    (tmp_path / "taxonomy.yaml").write_text(typo)
+    with pytest.raises(ParamsError) as e:
+        load_taxonomy(tmp_path / "taxonomy.yaml")
+    assert str(e.value).startswith(f"{tmp_path / 'taxonomy.yaml'}:{_line(typo, '    definiton:')}: categories.")
+    assert str(e.value).endswith(".definiton: unknown key (did you mean 'definition'?)")
 
 
 def test_unknown_category_line_number(tmp_path):
@@ -130,3 +173,29 @@ def test_validation_bars_per_category_or_group(tmp_path):
         load_release(write(tmp_path, bad))
     with pytest.raises(ParamsError, match=r"rel.yaml:\d+: grading.bar.kappa"):
         load_release(write(tmp_path, text.replace("bar: {kappa: 0.7}", "bar: {kappa: 1.7}")))
+
+
+def test_unset_api_keys_name_each_variable_and_the_models_that_need_it():
+    rel = load_release("params/example-openai.yaml")
+    line = ("environment variable OPENAI_API_KEY is not set or empty: it holds the API key of "
+            "models.candidate (gpt-4.1-mini), models.grader (gpt-4.1)")
+    assert unset_api_keys(rel, {}) == unset_api_keys(rel, {"OPENAI_API_KEY": ""}) == [line]
+    assert unset_api_keys(rel, {"OPENAI_API_KEY": "sk-test"}) == []
+    # one line per variable
+    auditor = rel.models.auditor.model_copy(update={"api_key_env": "VLLM_KEY"})
+    two = rel.model_copy(update={"models": rel.models.model_copy(update={"auditor": auditor})})
+    assert unset_api_keys(two, {}) == [line, "environment variable VLLM_KEY is not set or empty: it holds the API key "
+                                             "of models.auditor (meta-llama/Llama-3.1-8B-Instruct)"]
+    # a role the run does not call is not checked: a judge without the realism check, a
+    # previous-production model when prod_prev is not forecast
+    other = Endpoint(base_url="https://llm.example.com/v1", model="o", api_key_env="OTHER_KEY")
+    idle = rel.model_copy(update={"models": rel.models.model_copy(update={"judge": other, "previous_production": other})})
+    assert unset_api_keys(idle, {"OPENAI_API_KEY": "sk-test"}) == []
+    busy = idle.model_copy(update={"targets": [*rel.targets, "prod_prev"]})
+    assert unset_api_keys(busy, {"OPENAI_API_KEY": "sk-test"}) == [
+        "environment variable OTHER_KEY is not set or empty: it holds the API key of models.previous_production (o)"]
+    # simulated (in-process) models are never checked, even when they name a variable
+    demo = load_release("params/demo.yaml")
+    sim = demo.model_copy(update={"models": demo.models.model_copy(update={
+        "candidate": demo.models.candidate.model_copy(update={"api_key_env": "SIM_KEY"})})})
+    assert unset_api_keys(demo, {}) == unset_api_keys(sim, {}) == []
