@@ -71,7 +71,7 @@ def load_taxonomy(path: str | Path) -> dict[str, Category]:
     except (ValidationError, TypeError) as e:
         if isinstance(e, TypeError):
             raise ParamsError(f"{path}: expected a mapping with `categories`") from None
-        raise validation_error(path, node, e) from None
+        raise validation_error(path, node, e, _File) from None
     for name, cat in tax.categories.items():
         cat.name = name
         where = f"{path}:{line_of(node, ('categories', name, 'grader'))}: categories.{name}.grader"

@@ -66,6 +66,16 @@ def test_a_bad_llm_grader_spec_names_the_file_and_line(tmp_path):
         load_taxonomy(p)
 
 
+def test_a_misspelt_optional_taxonomy_key_gets_a_suggestion(tmp_path):
+    text = open("params/taxonomy.yaml").read().replace("    examples:", "    exampels:", 1)
+    p = tmp_path / "taxonomy.yaml"
+    p.write_text(text)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if "exampels" in l)
+    with pytest.raises(ParamsError, match=rf"taxonomy.yaml:{line}: categories\.\w+\.exampels: unknown key "
+                                          rf"\(did you mean 'examples'\?\)"):
+        load_taxonomy(p)
+
+
 def test_llm_subsample_is_per_target_and_stable():
     comp = pd.DataFrame({"item_id": [f"i{j}" for j in range(300)], "target": ["a"] * 200 + ["b"] * 100})
     sub = llm_subsample(comp, 50, seed=1)
