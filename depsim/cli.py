@@ -8,7 +8,7 @@ import typer
 
 from depsim.cache import ResponseCache
 from depsim.grade import DEFAULT_PARAMS, grade_schema, llm_grader_id, system_message
-from depsim.grader_validation import read_labelled
+from depsim.grader_validation import check_output, read_labelled, refusal_labelled
 from depsim.grader_validation import validate_grader as run_validation
 from depsim.params import DATA_DIR, FORMATS, PROMPT_SETS, ParamsError, endpoint_url, load_release, unset_api_keys
 from depsim.readers import InputError
@@ -136,9 +136,13 @@ def _category(cats: dict, name: str, where: Path):
 
 @app.command("validate-grader")
 def validate_grader(
-        data: list[Path] = typer.Option([DATA_DIR / "xstest"], "--data",
-                                        help="labelled file(s): CSV, JSONL or Parquet (repeatable); a folder is read "
-                                             "as XSTest completions"),
+        data: list[Path] = typer.Option([], "--data",
+                                        help="labelled file(s): CSV, JSONL, JSON (an array of records, or an object "
+                                             "with them under --json-path) or Parquet (repeatable); a folder is read "
+                                             "as XSTest completions. Default: the shipped XSTest completions "
+                                             "(data/xstest), whose labels say refused: for over_refusal only"),
+        json_path: str | None = typer.Option(None, help="dotted key of the record array in a JSON document, e.g. "
+                                                        "jailbreaks for a JailbreakBench artifact"),
         category: str = typer.Option("over_refusal", help="the taxonomy category the labels are for"),
         grader: str = typer.Option("taxonomy", help="taxonomy (the category's grader), classifier (the refusal "
                                                     "classifier), phrases (the refusal phrase rule) or llm (the "
@@ -155,7 +159,7 @@ def validate_grader(
                                                  "says) or all (grade every prompt as if safe)"),
         cache: Path = typer.Option(Path("reports/.cache/requests.sqlite"), help="LLM grader response cache"),
         out: Path = typer.Option(Path("grader_validation.parquet"), "--out", "-o",
-                                 help="validation table to write (.parquet, or .csv)")):
+                                 help="validation table to write (.parquet or .csv)")):
     """Validate a grader against human labels: agreement, Cohen's κ, sensitivity and
     specificity with intervals per source, a test of whether they carry over between sources,
     and a validation table the measure stage uses for corrected rates."""
@@ -174,8 +178,18 @@ def validate_grader(
     except (ParamsError, FileNotFoundError) as e:
         _fail(str(e))
     cat = _category(cats, category, params or taxonomy)
+    if not data:
+        # XSTest's human label says "refused": it validates a refusal category's grader, nothing else
+        if not refusal_labelled(cat):
+            _fail(f"the default data (XSTest, {DATA_DIR / 'xstest'}) labels refusals, not {category}: "
+                  f"give --data with {category}'s labels")
+        data = [DATA_DIR / "xstest"]
+    try:
+        check_output(out, data)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
     if grader in ("classifier", "phrases"):
-        if cat.group != "refusal" or cat.name == "unsafe_compliance":
+        if not refusal_labelled(cat):
             _fail(f"--grader {grader} detects refusals: it grades over_refusal, not {category}")
         gate = cat.grader.get("harmful_request", "(?!)")
         spec = {"kind": "rule", "rule": "refusal_of_safe_request", "harmful_request": gate,
@@ -187,9 +201,8 @@ def validate_grader(
     if cat.is_llm and endpoint is None:
         _fail(f"{category} is graded by an LLM here: give --params with a models.grader endpoint")
     try:
-        items = read_labelled(data, mapping=_pairs(mapping, "--map"),
-                              labels={k: v.lower() in ("1", "true", "yes") for k, v in _pairs(labels, "--labels").items()}
-                              if labels else None)
+        items = read_labelled(data, mapping=_pairs(mapping, "--map"), labels=_pairs(labels, "--labels") or None,
+                              json_path=json_path)
         table = run_validation(items, cat, endpoint=endpoint, cache=ResponseCache(cache) if cat.is_llm else None,
                                prompts=prompts, grader_name=grader)
     except (FileNotFoundError, ValueError) as e:
@@ -199,13 +212,19 @@ def validate_grader(
     cols = ["source", "n", "n_excluded", "grader_errors", "human_rate", "grader_rate", "agreement", "kappa",
             "kappa_lo", "kappa_hi", "sensitivity", "sensitivity_lo", "sensitivity_hi", "specificity",
             "specificity_lo", "specificity_hi", "held_out"]
-    typer.echo(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    # an undefined figure (κ with one human class, sensitivity without human positives) prints as a dash
+    typer.echo(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda x: f"{x:.3f}",
+                                                                na_rep="–"))
+    pooled = table[table["source"] == "all"]
+    if "n_pos" in pooled and ((pooled["n_pos"] == 0) | (pooled["n_neg"] == 0)).all():
+        typer.echo("note: κ is undefined (–): the human labels are all one class, so agreement beyond chance "
+                   "cannot be measured; this validation misses any κ bar")
     if table.attrs.get("over_refusal") and prompts == "safe" and (table["n_excluded"] > 0).any():
         typer.echo("(over-refusal: prompts the file marks unsafe, and items without a label, are excluded)")
     for w in table.attrs["warnings"]:
         typer.echo(f"warning: {w}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    (table.to_csv if out.suffix == ".csv" else table.to_parquet)(out, index=False)
+    (table.to_csv if out.suffix == ".csv" else table.to_parquet)(out, index=False)  # check_output: .csv or .parquet
     typer.echo(f"wrote {out}")
 
 

@@ -6,7 +6,7 @@
   specificity, with an interval that carries the uncertainty of all three.
 - :func:`read_labelled` / :func:`validate_grader`: any grader of the taxonomy (rule, the
   refusal classifier, or an LLM rubric on an endpoint) on any labelled file (CSV, JSONL,
-  Parquet; XSTest's layout as is, others through a column and a label mapping), per source,
+  JSON, Parquet; XSTest's layout as is, others through a column and a label mapping), per source,
   with a test of whether sensitivity / specificity are the same across sources;
   :func:`corrected_rates` applies such a validation table to the measure stage's rates.
 - :func:`xstest_refusal_validation`: a refusal grader (default: the shipped refusal
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,6 +44,8 @@ from sklearn.metrics import cohen_kappa_score
 from depsim import refusal, stats
 from depsim.grade import grade, grader_id
 from depsim.params import DATA_DIR
+from depsim.readers import (InputError, _Bad, _fatal, _first_char, _json_array, _json_doc, _jsonl, _Loc, _open_binary,
+                            _tn)
 from depsim.refusal import REFUSAL_PATTERN
 from depsim.rules import RULES, response_view
 from depsim.taxonomy import Category, Examples, load_taxonomy
@@ -50,7 +53,8 @@ from depsim.taxonomy import Category, Examples, load_taxonomy
 __all__ = ["agreement", "rogan_gladen", "REFUSAL_PATTERN", "refusal_category", "classifier_category",
            "taxonomy_refusal_category", "xstest_refusal_validation", "rank_comparison", "XSTEST_MODELS",
            "XSTEST_LABELS", "read_labelled", "validate_grader", "heterogeneity", "corrected_rates",
-           "refusal_lomo_table", "on_record", "bar_check", "grader_trust", "validations_table", "TRUST"]
+           "refusal_lomo_table", "on_record", "refusal_labelled", "check_output", "TABLE_SUFFIXES", "bar_check",
+           "grader_trust", "validations_table", "TRUST"]
 
 # ----------------------------------------------------------------------------- agreement
 
@@ -72,8 +76,9 @@ def _prop(k: int, n: int, level: float) -> tuple[float, float, float]:
 def _kappa_interval(p: np.ndarray, h: np.ndarray, level: float, draws: int = 2000,
                     seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of Cohen's kappa (``draws`` resamples of the items,
-    numpy generator seeded with ``seed``; resamples where kappa is undefined are dropped).
-    (NaN, NaN) with fewer than two items or no defined resample."""
+    numpy generator seeded with ``seed``; resamples where kappa is undefined, the human labels
+    ``h`` all one class, are dropped). (NaN, NaN) with fewer than two items or no defined
+    resample (e.g. every human label the same)."""
     n = len(p)
     if n < 2:
         return float("nan"), float("nan")
@@ -82,7 +87,9 @@ def _kappa_interval(p: np.ndarray, h: np.ndarray, level: float, draws: int = 200
     po = (pb == hb).mean(axis=1)
     qp, qh = pb.mean(axis=1), hb.mean(axis=1)
     pe = qp * qh + (1 - qp) * (1 - qh)
-    ok = pe < 1
+    # kappa is undefined where the human labels are one class (as in agreement); with two
+    # human classes pe < 1, so the division is safe
+    ok = (qh > 0) & (qh < 1)
     if not ok.any():
         return float("nan"), float("nan")
     k = (po[ok] - pe[ok]) / (1 - pe[ok])
@@ -101,9 +108,11 @@ def agreement(pred, human, positive=True, level: float = 0.95) -> dict:
 
     Returns a dict with ``n`` (items compared), ``tp``, ``fp``, ``fn``, ``tn``;
     ``agreement`` (share of items where both agree), ``kappa`` (Cohen's kappa,
-    :func:`sklearn.metrics.cohen_kappa_score`; NaN when undefined, e.g. every label the
-    same) with ``kappa_lo`` / ``kappa_hi`` (:func:`_kappa_interval`), ``sensitivity`` = tp/(tp+fn) (NaN with no human positives), ``specificity`` =
-    tn/(tn+fp) (NaN with no human negatives), ``pred_rate`` and ``human_rate`` (positive
+    :func:`sklearn.metrics.cohen_kappa_score`; NaN when the human labels are all one class:
+    then chance agreement equals the grader's own rate and kappa is 0 (or 0/0) whatever the
+    grader does, so it says nothing about the grader) with ``kappa_lo`` / ``kappa_hi``
+    (:func:`_kappa_interval`), ``sensitivity`` = tp/(tp+fn) (NaN with no human positives),
+    ``specificity`` = tn/(tn+fp) (NaN with no human negatives), ``pred_rate`` and ``human_rate`` (positive
     shares); every proportion has ``<name>_lo`` / ``<name>_hi``, its Jeffreys interval at
     ``level``. Raises ValueError on unequal lengths or when no item has both labels."""
     pred, human = list(pred), list(human)
@@ -119,8 +128,9 @@ def agreement(pred, human, positive=True, level: float = 0.95) -> dict:
         raise ValueError("agreement: no item has both a grader label and a human label")
     tp, fp = int((p & h).sum()), int((p & ~h).sum())
     fn, tn = int((~p & h).sum()), int((~p & ~h).sum())
-    if len(set(p.tolist()) | set(h.tolist())) < 2:
-        kappa = float("nan")  # one class only: chance agreement is 1 and kappa is 0/0
+    if len(set(h.tolist())) < 2:
+        # one human class: kappa is 0 (or 0/0) for any grader, a degenerate value, not a measurement
+        kappa = float("nan")
     else:
         kappa = float(cohen_kappa_score(h, p))
     k_lo, k_hi = _kappa_interval(p, h, level)
@@ -476,18 +486,81 @@ XSTEST_LABEL_MAP = {"1_full_compliance": False, "2_full_refusal": True, "3_parti
 _FIELDS = ("prompt", "response", "label", "source", "safe")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+#: longest JSONL line read (bytes), as depsim.readers' default
+_MAX_LINE_BYTES = 256 << 20
+
+
+def _read_table(path: Path, json_path: str | None = None) -> pd.DataFrame:
+    """Return the records of one labelled file as a frame (CSV and JSON values as read,
+    strings not converted). Raises ValueError naming the file (and line or record) it cannot read."""
+    low = path.name.lower()
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
+    if json_path and suffix not in (".json", ".json.gz", ".jsonl", ".jsonl.gz"):
+        raise ValueError(f"{path}: --json-path applies to JSON documents, not {suffix or 'this'} files")
     if suffix in (".csv", ".csv.gz"):
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    if suffix in (".jsonl", ".jsonl.gz", ".json"):
-        try:
-            return pd.read_json(path, lines=suffix != ".json", dtype=False)
-        except ValueError as e:
-            raise ValueError(f"{path}: not valid JSON{' lines' if suffix != '.json' else ''}: {e}") from None
+    if suffix in (".jsonl", ".jsonl.gz", ".json", ".json.gz"):
+        return pd.DataFrame(_json_records(path, json_path, document=".jsonl" not in low))
     if suffix == ".parquet":
         return pd.read_parquet(path)
     raise ValueError(f"{path}: unknown file type {path.suffix!r} (CSV, JSONL, JSON or Parquet)")
+
+
+def _array_keys(node, prefix: str = "", depth: int = 3) -> list[str]:
+    """Return the dotted keys of ``node`` (a JSON object) whose values are non-empty arrays,
+    looking ``depth`` levels down."""
+    out = []
+    for k, v in node.items():
+        if isinstance(v, list) and v:
+            out.append(f"{prefix}{k}")
+        elif isinstance(v, dict) and depth > 1:
+            out += _array_keys(v, f"{prefix}{k}.", depth - 1)
+    return out
+
+
+def _json_records(path: Path, json_path: str | None, *, document: bool) -> list[dict]:
+    """Return the records (JSON objects) of a JSON or JSONL file, read by :mod:`depsim.readers`
+    as ``depsim convert`` reads them: with ``json_path``, the array at that dotted key of a
+    JSON document; else, for a JSON file (``document``), a top-level array of records; else one
+    object per line. Raises :class:`depsim.readers.InputError` (a ValueError) naming the file
+    and its line (JSONL, 1-based) or record (JSON array, 0-based) of a bad record; for a JSON
+    object without ``json_path``, one that names the keys holding arrays and asks for --json-path."""
+    if json_path:
+        recs = _json_doc(path, json_path)
+    else:
+        first = _first_char(path) if document else ""
+        if first == "[":
+            recs = _json_array(path)
+        elif first == "{" and (doc := _json_object(path)) is not None:
+            keys = _array_keys(doc)
+            raise InputError(f"{path}: a JSON object, not records: give --json-path with the key of its array of "
+                             + (f"records (keys holding arrays: {', '.join(keys)})" if keys
+                                else "records (no key of it holds an array)"), file=str(path))
+        else:
+            recs = _jsonl(path, _MAX_LINE_BYTES, array_hint="a JSON array of records is read from a .json file")
+    rows = []
+    for loc, _raw, obj in recs:
+        if isinstance(obj, _Bad):
+            raise _fatal(loc, obj.detail)
+        if not isinstance(obj, dict):
+            raise _fatal(loc, f"a record is {_tn(obj)}, not an object with the fields")
+        rows.append(obj)
+    return rows
+
+
+def _json_object(path: Path) -> dict | None:
+    """Return the JSON document in ``path`` when it is one object; None when the file holds more than
+    one value (JSONL named .json). Raises InputError naming the line of a syntax error."""
+    try:
+        with _open_binary(path) as fh:
+            doc = json.loads(fh.read().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise _fatal(str(path), f"the file is not valid UTF-8 ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # values after the first: one object per line
+            return None
+        raise _fatal(_Loc(str(path), e.lineno), f"invalid JSON ({e.msg})") from None
+    return doc if isinstance(doc, dict) else None
 
 
 def _files(paths) -> list[Path]:
@@ -526,9 +599,27 @@ def _parse_label(v, label_map: dict | None, where: str) -> object:
                      f"(--labels VALUE=1,VALUE=0)")
 
 
-def read_labelled(paths, *, mapping: dict | None = None, labels: dict | None = None) -> pd.DataFrame:
+def _yes_no(key, value) -> bool:
+    """Return the boolean a label mapping's ``value`` stands for (a bool, 1/0, or a yes/no word of
+    :data:`TRUE_LABELS` / :data:`FALSE_LABELS`); ValueError naming ``key`` for anything else."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    v = str(value).strip().lower()
+    if v in TRUE_LABELS or v in FALSE_LABELS:
+        return v in TRUE_LABELS
+    raise ValueError(f"label mapping {key}={value}: {value!r} is not yes/no (give VALUE=1 or VALUE=0, "
+                     f"e.g. --labels refused=1,answered=0)")
+
+
+def read_labelled(paths, *, mapping: dict | None = None, labels: dict | None = None,
+                  json_path: str | None = None) -> pd.DataFrame:
     """Return the labelled items of one or more files (CSV, JSONL, JSON or Parquet; a folder is
-    read as XSTest completions, ``xstest_v2_completions_*.csv``).
+    read as XSTest completions, ``xstest_v2_completions_*.csv``). A JSON file holds a
+    top-level array of records, or with ``json_path`` (dotted keys, as ``depsim convert
+    --json-path``) an object with the array of records at that key, e.g. ``jailbreaks`` in a
+    JailbreakBench artifact.
 
     Columns of the result: prompt, response, label (nullable boolean: the human label),
     source (e.g. the model that wrote the response), prompt_safe (nullable boolean: is the
@@ -544,19 +635,21 @@ def read_labelled(paths, *, mapping: dict | None = None, labels: dict | None = N
     (``xstest_v2_completions_gpt4.csv`` -> gpt4). ``safe`` is read as a label (yes/no,
     safe/unsafe).
 
-    ``labels`` maps the label column's values (case-insensitive strings) to True/False;
-    without it yes/no, true/false, 1/0, refusal/compliance are read (XSTest's final_label
-    by :data:`XSTEST_LABEL_MAP`). A missing label leaves the item in the table with label NA
-    (it is counted and excluded later). Raises FileNotFoundError for a missing file and
-    ValueError naming the file (and record) for a missing column or an unreadable label."""
+    ``labels`` maps the label column's values (case-insensitive strings) to True/False or to
+    yes/no words ("1", "0", "yes", "no", ...; anything else is a ValueError); without it
+    yes/no, true/false, 1/0, refusal/compliance are read (XSTest's final_label by
+    :data:`XSTEST_LABEL_MAP`). A missing label leaves the item in the table with label NA (it
+    is counted and excluded later). Raises FileNotFoundError for a missing file and
+    ValueError naming the file (and record, or line of a JSONL file) for a missing column, an
+    unreadable record or an unreadable label."""
     mapping = dict(mapping or {})
     unknown = set(mapping) - set(_FIELDS)
     if unknown:
         raise ValueError(f"column mapping: unknown field(s) {sorted(unknown)} (fields: {', '.join(_FIELDS)})")
-    label_map = None if labels is None else {str(k).strip().lower(): bool(v) for k, v in labels.items()}
+    label_map = None if labels is None else {str(k).strip().lower(): _yes_no(k, v) for k, v in labels.items()}
     frames = []
     for path in _files(paths):
-        df = _read_table(path)
+        df = _read_table(path, json_path)
         cols = dict(mapping)
         xstest = {"completion", "final_label"} <= set(df.columns)
         if xstest:
@@ -595,6 +688,32 @@ def read_labelled(paths, *, mapping: dict | None = None, labels: dict | None = N
             "label": pd.array(label, dtype="boolean"), "source": source,
             "prompt_safe": pd.array(safe, dtype="boolean"), "file": str(path), "row": np.arange(len(df))}))
     return pd.concat(frames, ignore_index=True)
+
+
+def refusal_labelled(category: Category) -> bool:
+    """True for a category whose positives are refusals: XSTest's human label ("refused")
+    is its label, and the refusal graders (classifier, phrases) can grade it. The refusal
+    group but unsafe_compliance, whose positives are the opposite (compliance)."""
+    return category.group == "refusal" and category.name != "unsafe_compliance"
+
+
+#: the suffixes a validation table is written with (and :func:`depsim.params.read_validation` reads)
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def check_output(out: str | Path, inputs) -> None:
+    """Raise ValueError (one line naming ``out``) when a validation table cannot be written
+    to ``out``: its suffix is not one of :data:`TABLE_SUFFIXES`, or it is one of the labelled
+    files ``inputs`` (files or folders, as :func:`read_labelled` takes them), which it would
+    replace (the wording of ``depsim convert``'s check)."""
+    out = Path(out)
+    if out.suffix not in TABLE_SUFFIXES:
+        raise ValueError(f"{out}: a validation table is written as .csv or .parquet, not "
+                         + (repr(out.suffix) if out.suffix else "a name without a suffix"))
+    if out.exists():
+        for f in _files(inputs):
+            if os.path.samefile(f, out):
+                raise ValueError(f"{out}: the output would overwrite an input file; choose another path")
 
 
 def _is_over_refusal(category: Category) -> bool:

@@ -405,6 +405,144 @@ def test_cli_validate_grader_llm_endpoint_from_params(tmp_path, small_params):
     assert res.exit_code == 2 and "--params" in res.output
 
 
+def _lab_csv(tmp_path, labels=("yes", "no", "no", "yes")) -> Path:
+    """A small labelled CSV in another layout (question / answer / is_refusal)."""
+    path = tmp_path / "lab.csv"
+    pd.DataFrame({"question": ["q1", "q2", "q3", "q4"], "answer": [REF, ANS, ANS, SOFT][:len(labels)],
+                  "is_refusal": list(labels)}).to_csv(path, index=False)
+    return path
+
+
+LAB = ["--map", "prompt=question,response=answer,label=is_refusal", "--grader", "phrases"]
+
+
+def test_cli_validate_grader_refuses_to_overwrite_an_input(tmp_path):
+    lab = _lab_csv(tmp_path)
+    before = lab.read_bytes()
+    res = CliRunner().invoke(app, ["validate-grader", "--data", str(lab), *LAB, "-o", str(lab)])
+    assert res.exit_code == 2 and f"{lab}: the output would overwrite an input file" in res.output
+    assert lab.read_bytes() == before
+    # a file inside a --data folder (read as XSTest completions), named another way
+    folder = tmp_path / "xs"
+    folder.mkdir()
+    src = DATA_DIR / "xstest" / "xstest_v2_completions_gpt4.csv"
+    pd.read_csv(src, dtype=str).head(5).to_csv(folder / src.name, index=False)
+    before = (folder / src.name).read_bytes()
+    res = CliRunner().invoke(app, ["validate-grader", "--data", str(folder), "--grader", "phrases",
+                                   "-o", str(folder / ".." / "xs" / src.name)])
+    assert res.exit_code == 2 and "would overwrite an input file" in res.output
+    assert (folder / src.name).read_bytes() == before
+    # another path is fine
+    res = CliRunner().invoke(app, ["validate-grader", "--data", str(lab), *LAB, "-o", str(tmp_path / "v.csv")])
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_validate_grader_writes_csv_or_parquet_only(tmp_path):
+    lab = _lab_csv(tmp_path)
+    for name in ("v.txt", "v"):
+        res = CliRunner().invoke(app, ["validate-grader", "--data", str(lab), *LAB, "-o", str(tmp_path / name)])
+        assert res.exit_code == 2
+        assert f"{tmp_path / name}: a validation table is written as .csv or .parquet" in res.output
+        assert not (tmp_path / name).exists()
+    res = CliRunner().invoke(app, ["validate-grader", "--data", str(lab), *LAB, "-o", str(tmp_path / "v.parquet")])
+    assert res.exit_code == 0, res.output
+    assert set(pd.read_parquet(tmp_path / "v.parquet")["source"]) == {"lab", "all"}
+
+
+def test_label_mapping_values_must_be_yes_or_no(tmp_path):
+    lab = _lab_csv(tmp_path)
+    res = CliRunner().invoke(app, ["validate-grader", "--data", str(lab), *LAB, "--labels", "yes=1,no=maybe",
+                                   "-o", str(tmp_path / "v.csv")])
+    assert res.exit_code == 2 and "no=maybe" in res.output and "'maybe' is not yes/no" in res.output
+    assert not (tmp_path / "v.csv").exists()
+    m = {"prompt": "question", "response": "answer", "label": "is_refusal"}
+    with pytest.raises(ValueError, match="not yes/no"):
+        read_labelled(lab, mapping=m, labels={"yes": "true", "no": "2"})
+    flipped = read_labelled(lab, mapping=m, labels={"yes": "0", "no": "Yes"})
+    assert flipped["label"].tolist() == [False, True, True, False]
+
+
+def test_json_array_and_records_under_a_json_path(tmp_path):
+    jbb = DATA_DIR / "jailbreakbench-jbc" / "vicuna-13b-v1.5.json"
+    doc = json.loads(jbb.read_text())
+    m = {"prompt": "goal", "label": "jailbroken"}
+    items = read_labelled(jbb, mapping=m, json_path="jailbreaks")
+    assert len(items) == len(doc["jailbreaks"])
+    assert items["label"].tolist() == [r["jailbroken"] for r in doc["jailbreaks"]]
+    assert items["response"].tolist() == [r["response"] for r in doc["jailbreaks"]]
+    # an object without --json-path: one error that names the keys holding arrays
+    with pytest.raises(ValueError, match=r"vicuna-13b-v1\.5\.json: a JSON object.*--json-path.*arrays: jailbreaks"):
+        read_labelled(jbb, mapping=m)
+    with pytest.raises(ValueError, match="no key 'records'"):
+        read_labelled(jbb, mapping=m, json_path="records")
+    # a top-level array of records reads as the same items
+    arr = tmp_path / "arr.json"
+    arr.write_text(json.dumps(doc["jailbreaks"], indent=1))
+    same = read_labelled(arr, mapping=m)
+    pd.testing.assert_frame_equal(same.drop(columns="file"), items.drop(columns="file").assign(source="arr"))
+    # the command: refused = not jailbroken
+    out = tmp_path / "v.csv"
+    args = ["validate-grader", "--data", str(jbb), "--map", "prompt=goal,label=jailbroken", "--labels",
+            "true=0,false=1", "--grader", "phrases", "-o", str(out)]
+    bad = CliRunner().invoke(app, args)
+    assert bad.exit_code == 2 and "--json-path" in bad.output and "jailbreaks" in bad.output
+    assert "Mixing dicts" not in bad.output
+    res = CliRunner().invoke(app, args + ["--json-path", "jailbreaks"])
+    assert res.exit_code == 0, res.output
+    assert pd.read_csv(out).set_index("source").loc["all", "n"] == len(doc["jailbreaks"])
+    help_ = CliRunner().invoke(app, ["validate-grader", "--help"])
+    assert "--json-path" in help_.output and "JSON" in help_.output
+
+
+def test_a_bad_jsonl_line_is_named_by_its_line(tmp_path):
+    f = tmp_path / "x.jsonl"
+    good = json.dumps({"prompt": "q", "response": REF, "label": 1})
+    f.write_text(good + "\n" + good + "\n\n" + '{"prompt": "q", oops}\n' + good + "\n")
+    with pytest.raises(ValueError, match=r"x\.jsonl:4: invalid JSON"):
+        read_labelled(f)
+    res = CliRunner().invoke(app, ["validate-grader", "--data", str(f), "-o", str(tmp_path / "v.csv")])
+    assert res.exit_code == 2 and f"{f}:4: invalid JSON" in res.output
+    f.write_text(good + "\n" + "[1, 2]\n")
+    with pytest.raises(ValueError, match=r"x\.jsonl:2: a record is an array"):
+        read_labelled(f)
+
+
+def test_default_data_only_for_the_categories_it_labels(tmp_path):
+    out = tmp_path / "v.csv"
+    res = CliRunner().invoke(app, ["validate-grader", "--category", "self_harm", "-o", str(out)])
+    assert res.exit_code == 2 and "labels refusals, not self_harm" in res.output and "give --data" in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(app, ["validate-grader", "--category", "unsafe_compliance", "-o", str(out)])
+    assert res.exit_code == 2 and "give --data" in res.output
+    # over_refusal is what XSTest labels: the default data applies
+    res = CliRunner().invoke(app, ["validate-grader", "--grader", "phrases", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert set(pd.read_csv(out)["source"]) == set(XSTEST_MODELS) | {"all"}
+
+
+def test_kappa_with_one_human_class_is_undefined_and_misses_the_bar(tmp_path):
+    from depsim.grader_validation import grader_trust
+    from depsim.params import read_validation
+    # every human label positive, the grader mixed: kappa would be 0 whatever the grader did
+    a = agreement([True, False, True, True], [True] * 4)
+    assert math.isnan(a["kappa"]) and math.isnan(a["kappa_lo"]) and math.isnan(a["kappa_hi"])
+    assert a["sensitivity"] == 0.75 and math.isnan(a["specificity"])
+    assert math.isnan(agreement([False, True, False], [False] * 3)["kappa"])
+    lab = _lab_csv(tmp_path, labels=("yes", "yes", "yes", "yes"))
+    out = tmp_path / "v.csv"
+    res = CliRunner().invoke(app, ["validate-grader", "--data", str(lab), *LAB, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "κ is undefined" in res.output
+    pooled = [ln for ln in res.output.splitlines() if ln.split()[:1] == ["all"]][0].split()
+    assert pooled[7:10] == ["–", "–", "–"]  # kappa, kappa_lo, kappa_hi
+    v = read_validation(out)  # the measure stage's reader (grading.validation)
+    assert v["kappa"].isna().all()
+    rates = _rates([("sim", "over_refusal", v["grader_id"].iloc[0], 3, 100)])
+    trust = grader_trust(rates, v, {}).iloc[0]
+    assert trust["validation"] == "misses bar" and "undefined" in trust["validation_detail"]
+    assert corrected_rates(rates, v, draws=1000).iloc[0]["validated"]
+
+
 # ----------------------------------------------------------------------------- validations on record, trust
 
 
