@@ -41,7 +41,8 @@ def test_run_renders_report_and_escapes_text(e2e):
     assert int(re.search(r"model requests: (\d+) sent", first.stdout).group(1)) > 0
     for page in PAGES:
         html = (site / f"{page}.html").read_text()
-        assert "Simulated world" in html, page
+        # its previous traffic is a Parquet file, not the world's: only the rest is simulated
+        assert "Partly simulated" in html and "the previous traffic is real" in html, page
         assert all(f'href="{p}.html"' in html for p in PAGES), f"{page}: navigation missing"
         assert PAYLOAD not in html, f"{page}: unescaped conversation text"
         assert "<script>document.title" not in html
