@@ -44,8 +44,7 @@ from sklearn.metrics import cohen_kappa_score
 from depsim import refusal, stats
 from depsim.grade import grade, grader_id
 from depsim.params import DATA_DIR
-from depsim.readers import (InputError, _Bad, _fatal, _first_char, _json_array, _json_doc, _jsonl, _Loc, _open_binary,
-                            _tn)
+from depsim.readers import read_json_records
 from depsim.refusal import REFUSAL_PATTERN
 from depsim.rules import RULES, response_view
 from depsim.taxonomy import Category, Examples, load_taxonomy
@@ -486,10 +485,6 @@ XSTEST_LABEL_MAP = {"1_full_compliance": False, "2_full_refusal": True, "3_parti
 _FIELDS = ("prompt", "response", "label", "source", "safe")
 
 
-#: longest JSONL line read (bytes), as depsim.readers' default
-_MAX_LINE_BYTES = 256 << 20
-
-
 def _read_table(path: Path, json_path: str | None = None) -> pd.DataFrame:
     """Return the records of one labelled file as a frame (CSV and JSON values as read,
     strings not converted). Raises ValueError naming the file (and line or record) it cannot read."""
@@ -500,67 +495,10 @@ def _read_table(path: Path, json_path: str | None = None) -> pd.DataFrame:
     if suffix in (".csv", ".csv.gz"):
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     if suffix in (".jsonl", ".jsonl.gz", ".json", ".json.gz"):
-        return pd.DataFrame(_json_records(path, json_path, document=".jsonl" not in low))
+        return pd.DataFrame(read_json_records(path, json_path, document=".jsonl" not in low))
     if suffix == ".parquet":
         return pd.read_parquet(path)
     raise ValueError(f"{path}: unknown file type {path.suffix!r} (CSV, JSONL, JSON or Parquet)")
-
-
-def _array_keys(node, prefix: str = "", depth: int = 3) -> list[str]:
-    """Return the dotted keys of ``node`` (a JSON object) whose values are non-empty arrays,
-    looking ``depth`` levels down."""
-    out = []
-    for k, v in node.items():
-        if isinstance(v, list) and v:
-            out.append(f"{prefix}{k}")
-        elif isinstance(v, dict) and depth > 1:
-            out += _array_keys(v, f"{prefix}{k}.", depth - 1)
-    return out
-
-
-def _json_records(path: Path, json_path: str | None, *, document: bool) -> list[dict]:
-    """Return the records (JSON objects) of a JSON or JSONL file, read by :mod:`depsim.readers`
-    as ``depsim convert`` reads them: with ``json_path``, the array at that dotted key of a
-    JSON document; else, for a JSON file (``document``), a top-level array of records; else one
-    object per line. Raises :class:`depsim.readers.InputError` (a ValueError) naming the file
-    and its line (JSONL, 1-based) or record (JSON array, 0-based) of a bad record; for a JSON
-    object without ``json_path``, one that names the keys holding arrays and asks for --json-path."""
-    if json_path:
-        recs = _json_doc(path, json_path)
-    else:
-        first = _first_char(path) if document else ""
-        if first == "[":
-            recs = _json_array(path)
-        elif first == "{" and (doc := _json_object(path)) is not None:
-            keys = _array_keys(doc)
-            raise InputError(f"{path}: a JSON object, not records: give --json-path with the key of its array of "
-                             + (f"records (keys holding arrays: {', '.join(keys)})" if keys
-                                else "records (no key of it holds an array)"), file=str(path))
-        else:
-            recs = _jsonl(path, _MAX_LINE_BYTES, array_hint="a JSON array of records is read from a .json file")
-    rows = []
-    for loc, _raw, obj in recs:
-        if isinstance(obj, _Bad):
-            raise _fatal(loc, obj.detail)
-        if not isinstance(obj, dict):
-            raise _fatal(loc, f"a record is {_tn(obj)}, not an object with the fields")
-        rows.append(obj)
-    return rows
-
-
-def _json_object(path: Path) -> dict | None:
-    """Return the JSON document in ``path`` when it is one object; None when the file holds more than
-    one value (JSONL named .json). Raises InputError naming the line of a syntax error."""
-    try:
-        with _open_binary(path) as fh:
-            doc = json.loads(fh.read().decode("utf-8-sig"))
-    except UnicodeDecodeError as e:
-        raise _fatal(str(path), f"the file is not valid UTF-8 ({e.reason})") from None
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # values after the first: one object per line
-            return None
-        raise _fatal(_Loc(str(path), e.lineno), f"invalid JSON ({e.msg})") from None
-    return doc if isinstance(doc, dict) else None
 
 
 def _files(paths) -> list[Path]:

@@ -95,6 +95,7 @@ __all__ = [
     "convert",
     "input_files",
     "read_conversations",
+    "read_json_records",
     "read_prompt_set",
 ]
 
@@ -108,6 +109,8 @@ MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "refusa
 TEXT_PART_TYPES = ("text", "input_text", "output_text")
 RAW_CHARS = 2_000
 DEFAULT_MAX_MESSAGE_CHARS = 1_000_000
+#: longest JSONL line read (bytes) unless a longer message limit needs more
+DEFAULT_MAX_LINE_BYTES = 256 << 20
 DEFAULT_CHUNK_ROWS = 10_000
 
 _S, _B, _TS = pa.string(), pa.bool_(), pa.timestamp("us")
@@ -1786,7 +1789,7 @@ class _Run:
             raise ValueError(f"memory limit {memory_limit!r} is not a size such as 4GB or 512MiB")
         self.fmt, self.source, self.chunk_rows = fmt, source, chunk_rows
         self.max_chars = int(max_message_chars)
-        self.max_line_bytes = max_line_bytes or max(256 << 20, 4 * self.max_chars + (1 << 20))
+        self.max_line_bytes = max_line_bytes or max(DEFAULT_MAX_LINE_BYTES, 4 * self.max_chars + (1 << 20))
         self.inputs = _inputs(path, fmt)
         self.quarantine = Path(quarantine) if quarantine is not None else None
         if self.quarantine is not None:
@@ -2470,3 +2473,62 @@ def convert(path: str | os.PathLike, fmt: str, out_parquet: str | os.PathLike, *
     finally:
         tmp.unlink(missing_ok=True)
     return run.result(None, out)
+
+
+# ----------------------------------------------------------------------------- plain JSON records
+
+def _array_keys(node, prefix: str = "", depth: int = 3) -> list[str]:
+    """Return the dotted keys of ``node`` (a JSON object) whose values are non-empty arrays,
+    looking ``depth`` levels down."""
+    out = []
+    for k, v in node.items():
+        if isinstance(v, list) and v:
+            out.append(f"{prefix}{k}")
+        elif isinstance(v, dict) and depth > 1:
+            out += _array_keys(v, f"{prefix}{k}.", depth - 1)
+    return out
+
+
+def read_json_records(path: Path, json_path: str | None, *, document: bool) -> list[dict]:
+    """Return the records (JSON objects) of a JSON or JSONL file, read by :mod:`depsim.readers`
+    as ``depsim convert`` reads them: with ``json_path``, the array at that dotted key of a
+    JSON document; else, for a JSON file (``document``), a top-level array of records; else one
+    object per line. Raises :class:`depsim.readers.InputError` (a ValueError) naming the file
+    and its line (JSONL, 1-based) or record (JSON array, 0-based) of a bad record; for a JSON
+    object without ``json_path``, one that names the keys holding arrays and asks for --json-path."""
+    if json_path:
+        recs = _json_doc(path, json_path)
+    else:
+        first = _first_char(path) if document else ""
+        if first == "[":
+            recs = _json_array(path)
+        elif first == "{" and (doc := _json_object(path)) is not None:
+            keys = _array_keys(doc)
+            raise InputError(f"{path}: a JSON object, not records: give --json-path with the key of its array of "
+                             + (f"records (keys holding arrays: {', '.join(keys)})" if keys
+                                else "records (no key of it holds an array)"), file=str(path))
+        else:
+            recs = _jsonl(path, DEFAULT_MAX_LINE_BYTES, array_hint="a JSON array of records is read from a .json file")
+    rows = []
+    for loc, _raw, obj in recs:
+        if isinstance(obj, _Bad):
+            raise _fatal(loc, obj.detail)
+        if not isinstance(obj, dict):
+            raise _fatal(loc, f"a record is {_tn(obj)}, not an object with the fields")
+        rows.append(obj)
+    return rows
+
+
+def _json_object(path: Path) -> dict | None:
+    """Return the JSON document in ``path`` when it is one object; None when the file holds more than
+    one value (JSONL named .json). Raises InputError naming the line of a syntax error."""
+    try:
+        with _open_binary(path) as fh:
+            doc = json.loads(fh.read().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise _fatal(str(path), f"the file is not valid UTF-8 ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # values after the first: one object per line
+            return None
+        raise _fatal(_Loc(str(path), e.lineno), f"invalid JSON ({e.msg})") from None
+    return doc if isinstance(doc, dict) else None
