@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import pandas as pd
 import papermill as pm
 
 from depsim.params import load_release
@@ -83,7 +84,7 @@ def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path,
     for stage in stages:
         src = NOTEBOOKS / f"{stage}.ipynb"
         dst = out / f"{stage}.ipynb"
-        ts = time.time()
+        ts, logged = time.time(), len(request_log(reports_dir, out.name))
         try:
             pm.execute_notebook(str(src), str(dst), parameters={"params_file": str(params_file),
                                                                 "reports_dir": str(reports_dir)},
@@ -93,8 +94,18 @@ def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path,
         except pm.PapermillExecutionError as e:
             raise StageFailed(f"stage {stage} failed: {e.ename}: {e.evalue} (executed copy: {dst})") from None
         log(f"  {stage:<20} {time.time() - ts:5.1f} s")
-        for w in stage_warnings(dst):
+        for w in stage_warnings(dst) + failed_requests(request_log(reports_dir, out.name).iloc[logged:]):
             log(f"    warning: {w}")
+
+
+def failed_requests(log: pd.DataFrame) -> list[str]:
+    """Return one line per role whose model requests failed in ``log`` (rows of the request
+    log): "grader: 30 of 30 requests sent failed (...)"; nothing for roles with no failure."""
+    if log.empty:
+        return []
+    by = log.groupby("role", sort=False)[["sent", "cached", "failed"]].sum()
+    return [f"{role}: {int(r.failed):,} of {int(r.sent):,} requests sent failed (the summary page's Failures "
+            f"table has the errors)" for role, r in by.iterrows() if r.failed]
 
 
 def stage_warnings(notebook: Path) -> list[str]:

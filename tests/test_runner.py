@@ -193,3 +193,15 @@ def test_pages_print_warnings_as_one_line():
     from depsim import show  # sets the pages' warning format on import
     assert show.warnings.formatwarning is warnings.formatwarning
     assert warnings.formatwarning("only 3", UserWarning, "/x/sample.py", 174, "code()") == "UserWarning: only 3\n"
+
+
+def test_failed_requests_are_named_by_role():
+    import pandas as pd
+    from depsim.runner import failed_requests
+    log = pd.DataFrame([{"stage": "02_simulate", "role": "candidate", "sent": 30, "cached": 0, "failed": 30},
+                        {"stage": "04_grade", "role": "grader", "sent": 5, "cached": 10, "failed": 0},
+                        {"stage": "04_grade", "role": "grader", "sent": 4, "cached": 0, "failed": 1}])
+    assert failed_requests(log) == [
+        "candidate: 30 of 30 requests sent failed (the summary page's Failures table has the errors)",
+        "grader: 1 of 9 requests sent failed (the summary page's Failures table has the errors)"]
+    assert failed_requests(log.iloc[:0]) == []
