@@ -89,8 +89,10 @@ def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path,
             pm.execute_notebook(str(src), str(dst), parameters={"params_file": str(params_file),
                                                                 "reports_dir": str(reports_dir)},
                                 cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3",
-                                # quiet the kernel's own start-up warnings on the terminal
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                                # quiet the kernel's own log on the terminal: start-up warnings, and the
+                                # "KeyboardInterrupt caught in kernel" of jupyter_client's interrupt before
+                                # every shutdown; a cell's error still fails the stage (and is in the page)
+                                extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
         except pm.PapermillExecutionError as e:
             raise StageFailed(f"stage {stage} failed: {e.ename}: {e.evalue} (executed copy: {dst})") from None
         log(f"  {stage:<20} {time.time() - ts:5.1f} s")
