@@ -499,13 +499,13 @@ def eval_awareness_table(rates: pd.DataFrame, targets: list[str]) -> HTML | None
 
 
 def percent_of(k, n, level: float = 0.95) -> str:
-    """Return a count as the percent of responses it is, with "k of n": "2.50 % (5 of 200)";
-    zero events read "0 of 200 (≤ 1.83 %)", the exact upper bound, never as a rate."""
+    """Return a count as the percent of responses it is, with "k of n": "2.50% (5 of 200)";
+    zero events read "0 of 200 (≤ 1.83%)", the exact upper bound, never as a rate."""
     if _missing(n) or not n:
         return DASH
     if not k:
-        return f"{k_of_n(k, n)} (≤ {number(_exact_interval(k, n, level)[1] * 100, 2)} %)"
-    return f"{number(float(k) / float(n) * 100, 2)} % ({k_of_n(k, n)})"
+        return f"{k_of_n(k, n)} (≤ {number(_exact_interval(k, n, level)[1] * 100, 2)}%)"
+    return f"{number(float(k) / float(n) * 100, 2)}% ({k_of_n(k, n)})"
 
 
 def forecasts(fc: pd.DataFrame, level: float = 0.95) -> HTML:
