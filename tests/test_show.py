@@ -204,12 +204,12 @@ def test_a_correction_that_fell_wholly_below_zero_is_no_estimate_not_zero():
 
 
 def test_evaluation_awareness_shows_k_of_n_and_zero_events_as_an_upper_bound():
-    assert show.percent_of(5, 200) == "2.50 % (5 of 200)"
-    assert show.percent_of(0, 200) == "0 of 200 (≤ 1.83 %)"               # exact 95% upper bound
+    assert show.percent_of(5, 200) == "2.50% (5 of 200)"
+    assert show.percent_of(0, 200) == "0 of 200 (≤ 1.83%)"               # exact 95% upper bound
     rates = pd.DataFrame([{"group": "evaluation_awareness", "category": "metagaming", "target": t, "k": k, "n": 200}
                           for t, k in (("sim", 1), ("prod_prev", 0))])
     out = show.eval_awareness_table(rates, ["sim", "prod_prev"]).data
-    assert "0.50 % (1 of 200)" in out and "0 of 200 (≤ 1.83 %)" in out and "0.25" not in out
+    assert "0.50% (1 of 200)" in out and "0 of 200 (≤ 1.83%)" in out and "0.25" not in out
 
 
 def test_banner_says_which_parts_are_simulated(tmp_path):
