@@ -531,12 +531,12 @@ def load_release(path: str | Path) -> Release:
     return rel
 
 
-def called_endpoints(rel: Release) -> dict[str, Endpoint]:
-    """Return the endpoints a run of ``rel`` calls over HTTP, by their place in the params
-    (``models.candidate``, ``realism.model``, ``audit.embedder``, ...): those of the roles it
-    uses (the grader when a tracked category is LLM-graded, the tool simulator when tool
-    outputs are simulated, the judge and the realism model when the check runs, a production
-    model when its target is forecast), leaving out in-process plugin endpoints (``sim://``)."""
+def used_endpoints(rel: Release) -> dict[str, Endpoint]:
+    """Return the endpoints of the roles a run of ``rel`` uses, by their place in the params
+    (``models.candidate``, ``realism.model``, ``audit.embedder``, ...): the grader when a
+    tracked category is LLM-graded, the tool simulator when tool outputs are simulated, the
+    judge and the realism model when the check runs, a production model when its target is
+    forecast; in-process plugin endpoints (``sim://``) included."""
     m, g = rel.models, rel.generation
     realism_sim = rel.realism is not None and bool(set(rel.realism.modes) & {"replay", "simulate"})
     uses = {
@@ -551,7 +551,13 @@ def called_endpoints(rel: Release) -> dict[str, Endpoint]:
         "models.candidate_production": m.candidate_production if "prod_new" in rel.targets else None,
         "audit.embedder": rel.audit.embedder if rel.audit.embedding == "openai" else None,
     }
-    return {k: e for k, e in uses.items() if e is not None and scheme(e.base_url) is None}
+    return {k: e for k, e in uses.items() if e is not None}
+
+
+def called_endpoints(rel: Release) -> dict[str, Endpoint]:
+    """Return the endpoints of :func:`used_endpoints` that a run calls over HTTP (not the
+    in-process plugins, ``sim://``)."""
+    return {k: e for k, e in used_endpoints(rel).items() if scheme(e.base_url) is None}
 
 
 def unset_api_keys(rel: Release, environ: dict[str, str] | None = None) -> list[str]:

@@ -34,7 +34,7 @@ from depsim import __version__, audit, forecast, grader_validation, history, rea
 from depsim.cache import ResponseCache
 from depsim.client import RunStats, complete, mask_url
 from depsim.grade import GradingFailed, check_grades, failure_table, grade, structured_notes, grader_table, rates, reweighted_rates
-from depsim.params import Release, endpoint_url, read_validation
+from depsim.params import Release, endpoint_url, read_validation, used_endpoints
 from depsim.records import decode_messages, log_requests, read_table, table_meta, table_path, write_table
 from depsim.sim.truth import against_truth, world_of
 from depsim.taxonomy import for_release, load_taxonomy
@@ -384,15 +384,13 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
 
 
 def roles(rel: Release) -> pd.DataFrame:
-    """The model behind each role of the release: role, model and endpoint URL (credentials
-    masked); roles the release does not use are left out."""
-    m = rel.models
-    eps = {"candidate": m.candidate, "auditor": m.auditor, "grader": m.grader, "tool simulator": m.tool_simulator,
-           "judge": m.judge, "previous production": m.previous_production,
-           "candidate production": m.candidate_production,
-           "realism model": rel.realism.model if rel.realism is not None else None}
-    return pd.DataFrame([{"role": r, "model": e.model, "url": mask_url(e.base_url)} for r, e in eps.items() if e is not None],
-                        columns=["role", "model", "url"])
+    """The model behind each role of the release: role ("candidate", "tool simulator",
+    "realism model", "audit embedder", ...), model and endpoint URL (credentials masked);
+    roles the release does not use are left out (:func:`depsim.params.used_endpoints`)."""
+    def role(where: str) -> str:
+        return where.removeprefix("models.").replace(".", " ").replace("_", " ")
+    return pd.DataFrame([{"role": role(k), "model": e.model, "url": mask_url(e.base_url)}
+                         for k, e in used_endpoints(rel).items()], columns=["role", "model", "url"])
 
 
 def failures(rel: Release, reports_dir: str | Path) -> pd.DataFrame:

@@ -199,3 +199,8 @@ def test_unset_api_keys_name_each_variable_and_the_models_that_need_it():
     sim = demo.model_copy(update={"models": demo.models.model_copy(update={
         "candidate": demo.models.candidate.model_copy(update={"api_key_env": "SIM_KEY"})})})
     assert unset_api_keys(demo, {}) == unset_api_keys(sim, {}) == []
+    # the summary's "who played each role" lists the same roles, simulated ones included
+    from depsim.pipeline import roles
+    assert roles(idle)["role"].tolist() == ["candidate", "auditor", "grader"]
+    assert roles(busy)["role"].tolist() == ["candidate", "auditor", "grader", "previous production"]
+    assert "tool simulator" in roles(demo)["role"].tolist() and "judge" in roles(demo)["role"].tolist()
