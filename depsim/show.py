@@ -508,6 +508,14 @@ def percent_of(k, n, level: float = 0.95) -> str:
     return f"{number(float(k) / float(n) * 100, 2)}% ({k_of_n(k, n)})"
 
 
+def rate_or_bound100k(k, n, level: float = 0.95) -> str:
+    """Return k of n as a rate per 100k ("1,400"), or, for zero events, the exact upper bound
+    ("≤ 1,828"): zero events are never shown as a rate; a dash when n is 0 or missing."""
+    if _missing(n) or not n:
+        return DASH
+    return f"≤ {rate100k(_exact_interval(k, n, level)[1])}" if not k else rate100k(float(k) / float(n))
+
+
 def forecasts(fc: pd.DataFrame, level: float = 0.95) -> HTML:
     """Return the forecasts, one row per category and method: the count as k of n, its rate
     per 100k with the exact interval, the predictive interval (with a history) per 100k, the
@@ -764,7 +772,7 @@ def decision(decision: pd.DataFrame, level: float = 0.95) -> HTML:
             f'<tr class="depsim-gate-{r["gate_status"].replace(" ", "-")}">'
             f'<td><a href="{link}">{html.escape(r["title"])}</a><br><small>{html.escape(r["group"])}</small>{_trust_mark(r)}</td>'
             f'<td class=nw>{html.escape(r["gate"])}</td><td class=nw>{html.escape(r["gate_status"])}</td>'
-            f'<td class=num>{rate100k(r["prev_rate"])}<br><small>{k_of_n(r["prev_k"], r["prev_n"])}</small></td>'
+            f'<td class=num>{rate_or_bound100k(r["prev_k"], r["prev_n"])}<br><small>{k_of_n(r["prev_k"], r["prev_n"])}</small></td>'
             + (f'<td class=num>{rate100k(r["rate"])} {interval100k(r["lo"], r["hi"])}<br><small>{k_of_n(r["k"], r["n"])}</small>'
                f'{_uncertainty_mark(r)}</td>'
                if r["n"] else f'<td class=num>no usable grade<br><small>{int(r["failed"]):,} failed</small></td>') +
@@ -856,7 +864,7 @@ def realised(out: dict) -> HTML:
             scale = nr / float(r["pred_n"])
             inside = "yes" if r["pred_k_lo"] * scale <= kr <= r["pred_k_hi"] * scale else "no"
         rows.append({"category": category_title(cat, out.get("taxonomy")),
-                     "forecast per 100k": f"{rate100k(k / n if n else np.nan)} ({k_of_n(k, n)})",
+                     "forecast per 100k": f"{rate_or_bound100k(k, n)} ({k_of_n(k, n)})",
                      "realised per 100k [95%]": f"{rate100k(kr / nr if nr else np.nan)} {interval100k(lo, hi)} ({k_of_n(kr, nr)})",
                      "realised count inside the predictive interval": inside})
     return HTML(text(out.get("realised_why") or "").data + table(pd.DataFrame(rows)).data)

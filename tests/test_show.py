@@ -203,6 +203,12 @@ def test_a_correction_that_fell_wholly_below_zero_is_no_estimate_not_zero():
     assert show._corrected(partly, short=True) == "0 [0–400] (clipped)"
 
 
+def test_zero_events_read_as_an_upper_bound_per_100k():
+    assert show.rate_or_bound100k(56, 4000) == "1,400"
+    assert show.rate_or_bound100k(0, 200) == "≤ 1,828"                     # exact 95% upper bound
+    assert show.rate_or_bound100k(0, 0) == show.DASH
+
+
 def test_evaluation_awareness_shows_k_of_n_and_zero_events_as_an_upper_bound():
     assert show.percent_of(5, 200) == "2.50% (5 of 200)"
     assert show.percent_of(0, 200) == "0 of 200 (≤ 1.83%)"               # exact 95% upper bound
