@@ -714,12 +714,20 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
     if decision is None or decision.empty:
         return HTML(STYLE + '<div class="depsim-verdict"><p>No forecasts to judge.</p></div>')
     pct = f"{level:.0%}"
+    def links(d):
+        return ", ".join(f'<a href="{EXAMPLES_PAGE}#{anchor("cat", c)}">{html.escape(t)}</a>'
+                         for c, t in zip(d["category"], d["title"]))
     for status, head in (("breaches", "Breach their gate"), ("may breach", "May breach their gate")):
         d = decision[decision["gate_status"] == status]
         if len(d):
-            names = ", ".join(f'<a href="{EXAMPLES_PAGE}#{anchor("cat", c)}">{html.escape(t)}</a>'
-                              for c, t in zip(d["category"], d["title"]))
-            lines.append(f"<p><strong>{head} ({len(d)}):</strong> {names}.</p>")
+            # no event in either pool: the interval is wide because the sample is small, not
+            # because anything was seen; said apart so the categories with events stand out
+            blind = ((d["n"] > 0) & (d["k"] == 0) & (d["prev_k"] == 0) if {"n", "k", "prev_k"} <= set(d.columns)
+                     else pd.Series(False, index=d.index))
+            seen = f"{links(d[~blind])}." if (~blind).any() else ""
+            unseen = (f"{' And' if seen else ''} {int(blind.sum())} with no event in either pool, where only more "
+                      f"responses can tell: {links(d[blind])}." if blind.any() else "")
+            lines.append(f"<p><strong>{head} ({len(d)}):</strong> {seen}{unseen}</p>")
     if not gates:
         lines.append("<p><strong>No release gates</strong> are set in the params file (<code>gates:</code>): "
                      "nothing is checked against a limit.</p>")

@@ -81,6 +81,19 @@ def test_gates_breach_may_breach_within_and_risk_order():
     assert "Breach their gate (1)" in v and "May breach their gate (1)" in v and "examples.html#cat-a" in v
 
 
+def test_may_breach_names_apart_the_categories_with_no_event_in_either_pool():
+    r = _rates([("sim", "seen", 3, 4000), ("prod_prev", "seen", 3, 4000),    # upper bound over 5 per 10k
+                ("sim", "blind", 0, 200), ("prod_prev", "blind", 0, 200),    # [0, inf]: too few to tell
+                ("sim", "blind2", 0, 200), ("prod_prev", "blind2", 0, 200)])
+    gates = {"seen": Gate(max_rate=5e-4), "blind": Gate(max_ratio=1.5), "blind2": Gate(max_ratio=1.5)}
+    d = forecast.decision_table(r, gates).assign(title=lambda x: x["category"])
+    assert (d["gate_status"] == "may breach").all()
+    v = show.verdict(d, gates).data
+    assert "May breach their gate (3):</strong> " in v
+    line = v[v.index("May breach"):v.index("</p>", v.index("May breach"))]
+    assert line.index("#cat-seen") < line.index("And 2 with no event in either pool") < line.index("#cat-blind")
+
+
 def test_public_release_never_reports_a_realised_score():
     rel = load_release("params/public-hh-rlhf.yaml")
     p = pools(rel).set_index("pool")
