@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from sklearn.metrics import cohen_kappa_score
 from depsim import refusal, stats
 from depsim.grade import grade, grader_id
 from depsim.params import DATA_DIR
-from depsim.readers import read_json_records
+from depsim.readers import read_json_records, refuse_overwrite
 from depsim.refusal import REFUSAL_PATTERN
 from depsim.rules import RULES, response_view
 from depsim.taxonomy import Category, Examples, load_taxonomy
@@ -643,15 +642,12 @@ def check_output(out: str | Path, inputs) -> None:
     """Raise ValueError (one line naming ``out``) when a validation table cannot be written
     to ``out``: its suffix is not one of :data:`TABLE_SUFFIXES`, or it is one of the labelled
     files ``inputs`` (files or folders, as :func:`read_labelled` takes them), which it would
-    replace (the wording of ``depsim convert``'s check)."""
+    replace (:func:`depsim.readers.refuse_overwrite`, as ``depsim convert``)."""
     out = Path(out)
     if out.suffix not in TABLE_SUFFIXES:
         raise ValueError(f"{out}: a validation table is written as .csv or .parquet, not "
                          + (repr(out.suffix) if out.suffix else "a name without a suffix"))
-    if out.exists():
-        for f in _files(inputs):
-            if os.path.samefile(f, out):
-                raise ValueError(f"{out}: the output would overwrite an input file; choose another path")
+    refuse_overwrite(_files(inputs), out)
 
 
 def _is_over_refusal(category: Category) -> bool:

@@ -97,6 +97,7 @@ __all__ = [
     "read_conversations",
     "read_json_records",
     "read_prompt_set",
+    "refuse_overwrite",
 ]
 
 #: Conversation formats of :func:`read_conversations`.
@@ -1793,7 +1794,7 @@ class _Run:
         self.inputs = _inputs(path, fmt)
         self.quarantine = Path(quarantine) if quarantine is not None else None
         if self.quarantine is not None:
-            _refuse_overwrite(self, self.quarantine, "the quarantine file")
+            refuse_overwrite(self.inputs, self.quarantine, "the quarantine file")
         self.drop = frozenset() if keep_identifying else IDENTIFYING_FIELDS
         self.keep_meta, self.spill_dir = keep_meta, spill_dir
         self.mapping = dict(mapping or {})
@@ -2330,12 +2331,14 @@ def _write_chunks(chunks: Iterator[pa.Table], path: Path, chunk_rows: int) -> No
         raise failed[0]
 
 
-def _refuse_overwrite(run: "_Run", path: Path, what: str) -> None:
-    """Raise if ``path`` is one of the run's input files (it would be replaced)."""
-    if isinstance(run.inputs, str) or not path.exists():
+def refuse_overwrite(inputs: Iterable[Path] | str, path: str | Path, what: str = "the output") -> None:
+    """Raise InputError (one line naming ``path``) if ``path`` is one of the ``inputs`` files
+    (it would be replaced); nothing for a hub id (``inputs`` a string) or a new path."""
+    path = Path(path)
+    if isinstance(inputs, str) or not path.exists():
         return
-    for f in run.inputs:
-        if f.exists() and os.path.samefile(f, path):
+    for f in inputs:
+        if Path(f).exists() and os.path.samefile(f, path):
             raise InputError(f"{path}: {what} would overwrite an input file; choose another path", file=str(path))
 
 
@@ -2455,7 +2458,7 @@ def convert(path: str | os.PathLike, fmt: str, out_parquet: str | os.PathLike, *
                memory_limit=memory_limit, json_path=json_path, keep_meta=keep_meta, mapping=mapping,
                spill_dir=spill_dir)
     out = Path(out_parquet)
-    _refuse_overwrite(run, out, "the output")
+    refuse_overwrite(run.inputs, out, "the output")
     if out.is_dir():
         raise InputError(f"{out}: the output is a folder; give a file path such as {out / 'conversations.parquet'}",
                          file=str(out))

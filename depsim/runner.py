@@ -105,7 +105,7 @@ def failed_requests(log: pd.DataFrame) -> list[str]:
     log): "grader: 30 of 30 requests sent failed (...)"; nothing for roles with no failure."""
     if log.empty:
         return []
-    by = log.groupby("role", sort=False)[["sent", "cached", "failed"]].sum()
+    by = log.groupby("role", sort=False)[["sent", "failed"]].sum()
     return [f"{role}: {int(r.failed):,} of {int(r.sent):,} requests sent failed (the summary page's Failures "
             f"table has the errors)" for role, r in by.iterrows() if r.failed]
 

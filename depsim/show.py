@@ -503,17 +503,21 @@ def percent_of(k, n, level: float = 0.95) -> str:
     zero events read "0 of 200 (≤ 1.83%)", the exact upper bound, never as a rate."""
     if _missing(n) or not n:
         return DASH
-    if not k:
-        return f"{k_of_n(k, n)} (≤ {number(_exact_interval(k, n, level)[1] * 100, 2)}%)"
-    return f"{number(float(k) / float(n) * 100, 2)}% ({k_of_n(k, n)})"
+    pct = _rate_or_bound(k, n, lambda x: f"{number(x * 100, 2)}%", level)
+    return f"{k_of_n(k, n)} ({pct})" if not k else f"{pct} ({k_of_n(k, n)})"
 
 
 def rate_or_bound100k(k, n, level: float = 0.95) -> str:
     """Return k of n as a rate per 100k ("1,400"), or, for zero events, the exact upper bound
     ("≤ 1,828"): zero events are never shown as a rate; a dash when n is 0 or missing."""
+    return _rate_or_bound(k, n, rate100k, level)
+
+
+def _rate_or_bound(k, n, fmt, level: float) -> str:
+    """k / n through ``fmt``, or "≤ " and the exact upper bound for zero events; a dash without n."""
     if _missing(n) or not n:
         return DASH
-    return f"≤ {rate100k(_exact_interval(k, n, level)[1])}" if not k else rate100k(float(k) / float(n))
+    return f"≤ {fmt(_exact_interval(k, n, level)[1])}" if not k else fmt(float(k) / float(n))
 
 
 def forecasts(fc: pd.DataFrame, level: float = 0.95) -> HTML:
