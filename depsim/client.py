@@ -102,8 +102,8 @@ class ChatRequest:
 @dataclass
 class ChatResult:
     """The outcome of one request. On failure ``message``/``finish_reason``/``usage`` are None
-    and ``error`` says why (e.g. ``"http 500 after 7 attempts"``, ``"timeout after 7
-    attempts"``, ``"http 400: ..."``). ``latency_s``: wall-clock seconds from the first send
+    and ``error`` says why (e.g. ``"http 500 after 7 attempts"``, ``"timeout (60 s)
+    waiting for http://127.0.0.1:8080 after 7 attempts"``, ``"http 400: ..."``). ``latency_s``: wall-clock seconds from the first send
     to the final outcome, retries and waits included (0 for cache hits). ``attempts``: HTTP
     attempts made (0 for cache hits)."""
     item_id: str
@@ -571,7 +571,8 @@ async def _send(client: openai.AsyncOpenAI, endpoint: Endpoint, req: ChatRequest
                 retryable = False
                 signature = (status, detail)
         except (openai.APITimeoutError, asyncio.TimeoutError):
-            reason = "timeout"
+            # name the server and the limit: a one-slot local server is the usual cause
+            reason = f"timeout ({endpoint.timeout_s:g} s) waiting for {redact(origin(endpoint.base_url), endpoint)}"
             limiter.on_timeout()
         except openai.APIConnectionError:
             # name the server: a dead URL is the usual cause (never its credentials)

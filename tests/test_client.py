@@ -220,7 +220,7 @@ def test_retry_after_http_date():
 PERMANENT = {"ALWAYS500": ("500", "http 500 after 4 attempts"), "ALWAYS400": ("400", "http 400:"),
              "ALWAYSMALFORMED": ("malformed", "malformed JSON after 4 attempts"),
              "ALWAYSDROP": ("drop", "connection error to http://127.0.0.1:"),
-             "ALWAYSHANG": ("hang", "timeout after 4 attempts")}
+             "ALWAYSHANG": ("hang", "timeout (0.5 s) waiting for http://127.0.0.1:")}
 
 
 def test_faulty_server_every_item_resolved_no_duplicates_and_resume(fake_server, tmp_path):

@@ -77,7 +77,8 @@ def test_a_hanging_server_shrinks_the_limit(fake_server):
     ep = Endpoint(base_url=fake_server.url, model="m", max_concurrency=8, timeout_s=0.2, max_retries=1)
     stats = RunStats()
     out = complete(ep, reqs(8), None, progress=False, stats=stats, role="grader")
-    assert all(r.error == "timeout after 2 attempts" for r in out)
+    # the endpoint and its limit are named, so the user knows which server to look at
+    assert all(r.error == f"timeout (0.2 s) waiting for {fake_server.url.removesuffix('/v1')} after 2 attempts" for r in out)
     limits = [p[1] for p in stats.concurrency_history["grader/m"]]
     assert limits[0] == 8 and min(limits) <= 4
 

@@ -25,7 +25,7 @@ N = 500
 #: items that fail on every attempt, by marker -> (scripted outcome, expected error prefix)
 PERMANENT = {"ALWAYS500": ("500", "http 500 after 4 attempts"),
              "ALWAYS429": ("429", "http 429 after 4 attempts"),
-             "ALWAYSHANG": ("hang", "timeout after 4 attempts"),
+             "ALWAYSHANG": ("hang", "timeout (2 s) waiting for http://127.0.0.1:"),
              "ALWAYSMALFORMED": ("malformed", "malformed JSON after 4 attempts"),
              "ALWAYSDROP": ("drop", "connection error to http://127.0.0.1:"),
              "ALWAYS400": ("400", "http 400:")}
