@@ -603,7 +603,7 @@ def read_labelled(paths, *, mapping: dict | None = None, labels: dict | None = N
         lm = label_map
         if lm is None and xstest and cols["label"] == "final_label":
             lm = XSTEST_LABEL_MAP
-        where = lambda i: f"{path}: record {i + 1}"  # noqa: E731
+        where = lambda i: f"{path}: record {i}"  # noqa: E731  (from 0, as readers count records)
         label = [_parse_label(v, lm, f"{where(i)} (column {cols['label']!r})") for i, v in enumerate(df[cols["label"]])]
         if "safe" in mapping:
             safe_map = {"safe": True, "unsafe": False, "harmful": False, "benign": True}

@@ -278,9 +278,9 @@ def test_read_labelled_bad_input_names_file_and_record(tmp_path):
     pd.DataFrame({"q": ["a", "b"], "response": ["r", "s"], "label": ["yes", "maybe"]}).to_csv(f, index=False)
     with pytest.raises(ValueError, match=r"x\.csv: no column 'prompt'.*--map prompt="):
         read_labelled(f)
-    with pytest.raises(ValueError, match=r"x\.csv: record 2 \(column 'label'\): cannot read label 'maybe'"):
+    with pytest.raises(ValueError, match=r"x\.csv: record 1 \(column 'label'\): cannot read label 'maybe'"):
         read_labelled(f, mapping={"prompt": "q"})
-    with pytest.raises(ValueError, match="record 2.*not in the label mapping"):
+    with pytest.raises(ValueError, match="record 1.*not in the label mapping"):
         read_labelled(f, mapping={"prompt": "q"}, labels={"yes": True})
     assert read_labelled(f, mapping={"prompt": "q"}, labels={"yes": True, "maybe": False})["label"].tolist() == [True, False]
     with pytest.raises(ValueError, match="unknown field"):
