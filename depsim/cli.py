@@ -178,12 +178,7 @@ def validate_grader(
     except (ParamsError, FileNotFoundError) as e:
         _fail(str(e))
     cat = _category(cats, category, params or taxonomy)
-    if not data:
-        # XSTest's human label says "refused": it validates a refusal category's grader, nothing else
-        if not refusal_labelled(cat):
-            _fail(f"the default data (XSTest, {DATA_DIR / 'xstest'}) labels refusals, not {category}: "
-                  f"give --data with {category}'s labels")
-        data = [DATA_DIR / "xstest"]
+    data = data or [DATA_DIR / "xstest"]
     try:
         check_output(out, data)
     except (FileNotFoundError, ValueError) as e:
@@ -198,11 +193,15 @@ def validate_grader(
     elif grader == "llm":
         cat = cat.model_copy(update={"grader": {"kind": "llm", **{k: v for k, v in cat.grader.items()
                                                                    if k in ("params", "response_style")}}})
-    if cat.is_llm and endpoint is None:
-        _fail(f"{category} is graded by an LLM here: give --params with a models.grader endpoint")
     try:
         items = read_labelled(data, mapping=_pairs(mapping, "--map"), labels=_pairs(labels, "--labels") or None,
                               json_path=json_path)
+        # XSTest's human label says "refused": it validates a refusal category's grader, nothing else
+        if items.attrs["refusal_labels"] and not refusal_labelled(cat):
+            _fail(f"{', '.join(items.attrs['refusal_labels'])}: XSTest's labels (final_label) say whether the "
+                  f"model refused, not {category}: give --data with {category}'s labels (--map label=COLUMN)")
+        if cat.is_llm and endpoint is None:
+            _fail(f"{category} is graded by an LLM here: give --params with a models.grader endpoint")
         table = run_validation(items, cat, endpoint=endpoint, cache=ResponseCache(cache) if cat.is_llm else None,
                                prompts=prompts, grader_name=grader)
     except (FileNotFoundError, ValueError) as e:

@@ -561,7 +561,9 @@ def read_labelled(paths, *, mapping: dict | None = None, labels: dict | None = N
     Columns of the result: prompt, response, label (nullable boolean: the human label),
     source (e.g. the model that wrote the response), prompt_safe (nullable boolean: is the
     prompt a safe request; NA when the file does not say), file, row (0-based record number
-    in its file).
+    in its file). ``attrs["refusal_labels"]``: the files whose labels are XSTest's refusal
+    labels (``final_label`` read by :data:`XSTEST_LABEL_MAP`), which fit only a
+    :func:`refusal_labelled` category.
 
     ``mapping`` names the file's columns for the fields prompt, response, label and,
     optionally, source and safe, e.g. ``{"prompt": "question", "response": "answer",
@@ -584,7 +586,7 @@ def read_labelled(paths, *, mapping: dict | None = None, labels: dict | None = N
     if unknown:
         raise ValueError(f"column mapping: unknown field(s) {sorted(unknown)} (fields: {', '.join(_FIELDS)})")
     label_map = None if labels is None else {str(k).strip().lower(): _yes_no(k, v) for k, v in labels.items()}
-    frames = []
+    frames, refusal_files = [], []
     for path in _files(paths):
         df = _read_table(path, json_path)
         cols = dict(mapping)
@@ -603,6 +605,7 @@ def read_labelled(paths, *, mapping: dict | None = None, labels: dict | None = N
         lm = label_map
         if lm is None and xstest and cols["label"] == "final_label":
             lm = XSTEST_LABEL_MAP
+            refusal_files.append(str(path))
         where = lambda i: f"{path}: record {i}"  # noqa: E731  (from 0, as readers count records)
         label = [_parse_label(v, lm, f"{where(i)} (column {cols['label']!r})") for i, v in enumerate(df[cols["label"]])]
         if "safe" in mapping:
@@ -624,7 +627,9 @@ def read_labelled(paths, *, mapping: dict | None = None, labels: dict | None = N
             "prompt": df[cols["prompt"]].to_numpy(), "response": df[cols["response"]].to_numpy(),
             "label": pd.array(label, dtype="boolean"), "source": source,
             "prompt_safe": pd.array(safe, dtype="boolean"), "file": str(path), "row": np.arange(len(df))}))
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["refusal_labels"] = refusal_files
+    return out
 
 
 def refusal_labelled(category: Category) -> bool:

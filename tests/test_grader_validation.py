@@ -507,11 +507,23 @@ def test_a_bad_jsonl_line_is_named_by_its_line(tmp_path):
         read_labelled(f)
 
 
-def test_default_data_only_for_the_categories_it_labels(tmp_path):
+def test_xstest_labels_only_for_the_categories_they_label(tmp_path):
     out = tmp_path / "v.csv"
     res = CliRunner().invoke(app, ["validate-grader", "--category", "self_harm", "-o", str(out)])
-    assert res.exit_code == 2 and "labels refusals, not self_harm" in res.output and "give --data" in res.output
-    assert not out.exists()
+    assert res.exit_code == 2 and "say whether the model refused, not self_harm" in res.output
+    assert "give --data" in res.output and not out.exists()
+    # the same when the XSTest files are given explicitly, a folder or one file
+    for data in (DATA_DIR / "xstest", DATA_DIR / "xstest" / "xstest_v2_completions_gpt4.csv"):
+        res = CliRunner().invoke(app, ["validate-grader", "--data", str(data), "--category", "self_harm", "-o", str(out)])
+        assert res.exit_code == 2 and f"{data if data.is_file() else ''}" in res.output, res.output
+        assert "not self_harm" in res.output and not out.exists()
+    # another label column of the same file is the user's choice
+    f = tmp_path / "x.csv"
+    pd.DataFrame({"prompt": ["a", "b"], "completion": ["r", "s"], "final_label": ["1_full_compliance"] * 2,
+                  "harm": ["yes", "no"]}).to_csv(f, index=False)
+    res = CliRunner().invoke(app, ["validate-grader", "--data", str(f), "--map", "label=harm",
+                                   "--category", "self_harm", "-o", str(out)])
+    assert "not self_harm" not in res.output
     res = CliRunner().invoke(app, ["validate-grader", "--category", "unsafe_compliance", "-o", str(out)])
     assert res.exit_code == 2 and "give --data" in res.output
     # over_refusal is what XSTest labels: the default data applies
