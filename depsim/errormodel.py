@@ -274,7 +274,6 @@ def category_scale(fit, K, T, off, t, cat, prior: ErrorPrior = ErrorPrior()):
     L = np.exp(lc)
     # prior of σ_c given the group: the group's σ posterior (fit["w"] over SIGMA_GRID) spread by
     # a Cauchy kernel of scale ω in log σ; ω has its own grid posterior per problem
-    O = _HYP_OMEGA.size
     ls_g = np.log(np.maximum(SIGMA_GRID, CAT_GRID[1] / 2))
     zz = (_CAT_LS[None, None, :] - ls_g[None, :, None]) / _HYP_OMEGA[:, None, None]       # (O, S, J)
     kern = _CAT_DLS / (1 + zz ** 2)

@@ -336,13 +336,13 @@ def grade_llm(endpoint: Endpoint, completions: pd.DataFrame, prefixes: pd.DataFr
     for name, cat in cats.items():
         reqs = build_requests(completions, prefixes, cat, params, "auto", secret=secret)
         if stopped is not None:  # an error every request got in an earlier category: send no more
-            done = Structured(unsent(endpoint, reqs, stopped, stats), done.mode, done.notes)
+            done = Structured(unsent(endpoint, reqs, stopped.results[0].error, stats), stopped.mode, stopped.notes)
         else:
             done = complete_structured(endpoint, reqs, cache, name=_schema_name(cat), schema=grade_schema(),
                                        mode=response_style, progress=progress, stats=stats, role="grader")
             _MODES[("grader", endpoint.model)] = (done.mode, done.notes)
             if done.results and all(not r.ok and STOPPED in r.error for r in done.results):
-                stopped = done.results[0].error
+                stopped = done
         results, ids = iter(done.results), iter([r.answer_id for r in reqs])
         labels, confs, whys, errors = [], [], [], []
         for bad, err in zip(failed, completions["error"] if "error" in completions else [None] * len(completions)):

@@ -193,3 +193,19 @@ def test_a_dead_grader_url_is_named_in_the_grades(tmp_path):
     g = lg.grade_llm(ep, comp, prefixes, CAT, ResponseCache(tmp_path / "c.sqlite"))
     assert g["label"].isna().all()
     assert g["error"].str.startswith(f"grader call failed: connection error to http://127.0.0.1:{port}").all(), g["error"]
+
+
+def test_an_error_every_grader_request_gets_stops_the_later_categories_unsent(fake_server):
+    # a dead grader model: the first category stops the role; the second sends nothing
+    fake_server.error_body = (500, {"error": {"message": "model failed to load", "type": "server_error"}})
+    comp, prefixes = _comp()
+    tax = load_taxonomy(ROOT / "params" / "taxonomy.yaml")
+    ep = Endpoint(base_url=fake_server.url, model="m", max_concurrency=1, max_retries=6)
+    g = lg.grade_llm(ep, comp, prefixes, {CAT.name: CAT, "hate": tax["hate"]}, None, response_style="json_object")
+    sent = list(fake_server.log)
+    assert 0 < len(sent) <= client.SAME_ERROR_LIMIT + 1
+    assert g["label"].isna().all() and (g["error"].str.contains("model failed to load")).all()
+    hate = g[g["category"] == "hate"]
+    assert len(hate) == 3 and hate["error"].str.contains("not sent").all()
+    # the unsent category is graded (and identified) in the mode of the one that stopped
+    assert (hate["grader_id"] == lg.llm_grader_id(tax["hate"], "m", lg.DEFAULT_PARAMS, "json_object")).all()

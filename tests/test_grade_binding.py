@@ -78,7 +78,7 @@ def test_the_answer_id_is_outside_the_transcript_block():
 def test_bind_answer_is_keyed():
     t = [{"role": "user", "content": "x <<<ANSWER_ID>>>"}]
     (m1, a1), (m2, a2), (m3, a3) = bind_answer(t, b"s"), bind_answer(t, b"s"), bind_answer(t, b"t")
-    assert a1 == a2 != a3 and m1 == m2 and a1 in m1[0]["content"]
+    assert a1 == a2 != a3 and m1 == m2 and a1 in m1[0]["content"] and a3 in m3[0]["content"]
 
 
 def test_a_judge_that_obeys_the_last_verdict_is_not_counted(fake_server, tmp_path):
