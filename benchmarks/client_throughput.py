@@ -147,7 +147,6 @@ async def run_depsim(url: str, msgs: list[list[dict]], concurrency: int, cache_p
 def inspect_unavailable() -> str | None:
     """Why Inspect cannot run here, or None."""
     try:
-        import inspect_ai  # noqa: F401
         from inspect_ai.model import get_model
         get_model("openai-api/bench/bench", base_url="http://127.0.0.1:9/v1", api_key="bench")
     except ImportError as e:
