@@ -131,7 +131,8 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
     (``ratio_lo``, ``ratio_hi``; :func:`depsim.stats.rate_ratio`), ``failed`` grades and
     ``hi_worst`` (the upper bound when every failed grade is counted as positive), the ``direction`` (rises /
     no change / falls by the evidence rule: the ratio's interval must exclude 1; a tie is
-    never "falls"), the ``gate`` text and ``gate_status`` (breaches / may breach / within /
+    never "falls"), ``rises_holm`` (the rise is significant after Holm's correction across
+    the categories compared, :func:`depsim.stats.rises_significantly`, with ``rises_p_holm``), the ``gate`` text and ``gate_status`` (breaches / may breach / within /
     no gate; ``gates``: params Gate records by category or group, a category's own first),
     and ``grader_id``. Sorted by gate status, then direction, then the upper bound. A category
     whose every grade failed (n = 0) keeps a row: no rate, direction "no usable grade", and
@@ -164,6 +165,11 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
         out.loc[has, "ratio"], out.loc[has, "ratio_lo"], out.loc[has, "ratio_hi"] = (
             rr["ratio"].to_numpy(), rr["lo"].to_numpy(), rr["hi"].to_numpy())
         out.loc[has, "direction"] = [_WORDS[d] for d in stats.direction(kk, nn, pk, pn, level)]
+    # a rise among many categories compared: Holm across them, as forecast_table's ``rises``
+    out["rises_p_holm"], out["rises_holm"] = np.nan, False
+    if has.any():
+        rs = stats.rises_significantly(kk, nn, pk, pn, 1 - level, "holm")
+        out.loc[has, "rises_p_holm"], out.loc[has, "rises_holm"] = rs["p_adjusted"].to_numpy(), rs["rises"].to_numpy()
     status, text_ = [], []
     for row in out.itertuples():
         gate = gates.get(row.category) or gates.get(row.group)
@@ -185,6 +191,7 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
             "hi_worst": np.nan, "grader_id": none["grader_id"].to_numpy(),
             "prev_k": prev["k"].reindex(none["category"]).to_numpy(), "prev_n": prev["n"].reindex(none["category"]).to_numpy(),
             "ratio": np.nan, "ratio_lo": np.nan, "ratio_hi": np.nan, "direction": NO_GRADE,
+            "rises_p_holm": np.nan, "rises_holm": False,
             "gate_status": ["may breach" if g is not None else "no gate" for g in gated],
             "gate": ["no usable grade to check" if g is not None else "–" for g in gated]})], ignore_index=True)
         out["prev_rate"] = out["prev_k"] / out["prev_n"]

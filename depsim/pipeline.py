@@ -561,6 +561,20 @@ def with_trust(decision: pd.DataFrame, rates_: pd.DataFrame, target: str = "sim"
     return decision.assign(**{c: decision["category"].map(sim[c]).to_numpy() for c in TRUST_COLUMNS if c in sim})
 
 
+def with_tool_realism(decision: pd.DataFrame, realism_table: pd.DataFrame | None, mode: str,
+                      categories=None) -> pd.DataFrame:
+    """Return the decision table with ``tool_caveat`` (plain text, or None) on the rows of
+    ``categories`` (default :data:`CURVE_CATEGORIES`: those whose rates rest on tool outputs):
+    the tools of tool mode ``mode`` whose simulated outputs the realism judge told from real
+    ones (:func:`depsim.realism.told_apart`), with their win rates."""
+    if not len(decision):
+        return decision
+    bad = realism.told_apart(realism_table, mode)
+    note = show.tools_told_apart(bad) if len(bad) else None
+    cats = CURVE_CATEGORIES if categories is None else categories
+    return decision.assign(tool_caveat=[note if c in cats else None for c in decision["category"]])
+
+
 def summary(rel: Release, reports_dir: str | Path) -> dict:
     """The summary page's inputs, read from the stage tables: ``decision`` (the decision
     table of :func:`depsim.forecast.decision_table`: riskiest first, exact intervals at
@@ -569,9 +583,11 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
     ``realised_why`` (realised results are never shown for a stand-in), ``rates``,
     ``released``, ``forecasts`` (scored rows once released), ``score_summary`` and ``nll``
     (None unless realised results may be shown), ``clusters``, ``realism`` (None without a
-    realism check), ``taxonomy``, ``provenance``, ``staleness`` and ``failed_warn``. The
-    decision table carries, from the ``sim`` rates, :data:`TRUST_COLUMNS` (the grader's
-    validation status, the corrected rate, the failed share and the cluster-robust interval)."""
+    realism check), ``audit_headline`` (the audit's main finding, plain text),
+    ``taxonomy``, ``provenance``, ``staleness`` and ``failed_warn``. The decision table
+    carries, from the ``sim`` rates, :data:`TRUST_COLUMNS` (the grader's validation status,
+    the corrected rate, the failed share and the cluster-robust interval), and
+    ``tool_caveat`` (:func:`with_tool_realism`)."""
     rates_ = read_table(reports_dir, rel.release, "rates")
     released = "prod_new" in set(rates_["target"])
     ok, why = realised_status(rel, released)
@@ -583,13 +599,15 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
     decision = forecast.decision_table(rates_, rel.gates, rel.report.level)
     decision = decision.assign(title=[show.category_title(c, tax) for c in decision.get("category", [])])
     decision = with_trust(decision, rates_)
+    realism_table = read_table(reports_dir, rel.release, "realism") if rel.realism is not None else None
+    decision = with_tool_realism(decision, realism_table, rel.generation.tool_mode)
+    clusters = read_table(reports_dir, rel.release, "clusters")
     return {"decision": decision, "gates": rel.gates, "failed_warn": rel.grading.failed_warn,
             "level": rel.report.level, "record": method_record(rel), "pools": pools(rel),
             "realised_ok": ok, "realised_why": why, "rates": rates_, "released": released, "forecasts": fc,
             "score_summary": read_table(reports_dir, rel.release, "score_summary") if released and ok else None,
             "nll": score.nll_table(fc) if released and ok else None,
-            "clusters": read_table(reports_dir, rel.release, "clusters"),
-            "realism": read_table(reports_dir, rel.release, "realism") if rel.realism is not None else None,
+            "clusters": clusters, "audit_headline": audit.headline(clusters), "realism": realism_table,
             "taxonomy": tax, "provenance": prov, "staleness": staleness(rel, reports_dir)}
 
 

@@ -317,6 +317,16 @@ def win_rates(pairs: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["mode", "tool", "n", "k", "missing", "win_rate", "lo", "hi", "judge_id"])
 
 
+def told_apart(table: pd.DataFrame | None, mode: str) -> pd.DataFrame:
+    """Return the rows of a win-rate table (:func:`win_rates`) for the tools whose simulated
+    outputs, in tool mode ``mode``, the judge told from real ones: the win rate's interval
+    lies wholly below 50%. Empty (same columns) when there are none or no table."""
+    if table is None or not len(table):
+        return pd.DataFrame(columns=["mode", "tool", "n", "k", "missing", "win_rate", "lo", "hi", "judge_id"])
+    t = table[(table["mode"] == mode) & ~table["tool"].isin(["all", "none"])]
+    return t[t["hi"] < 0.5].reset_index(drop=True)
+
+
 def check(rel: Release, prefixes: pd.DataFrame, cache, stats=None, *, reports_dir=None,
           store: toolloop.ToolStore | None = None, response_style: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run the realism check of ``rel.realism`` (see the module docstring); return

@@ -670,6 +670,7 @@ def anchor(kind: str, name) -> str:
 
 
 EXAMPLES_PAGE = "examples.html"
+AUDIT_PAGE = "03_audit.html"
 
 # ---------------------------------------------------------------------------- counts and changes
 #: the evidence rule's directions (depsim.stats.direction), in the words the pages use
@@ -709,11 +710,15 @@ table.depsim-table th,table.depsim-table td{padding:3px 6px;border-bottom:1px so
 </style>"""
 
 
-def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.95) -> HTML:
+def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.95,
+            audit_headline: str | None = None) -> HTML:
     """Return the verdict lines: which categories breach or may breach their release gate
-    (checked against the exact upper bound at ``level``), which rise, which forecasts' graders
-    are not shown to be right (no validation on record, bar missed, not valid here) and which
-    have too many failed grades (when the decision table carries those columns); the page's CSS."""
+    (checked against the exact upper bound at ``level``), which rise (and which of those stay
+    significant after Holm's correction), which forecasts' graders are not shown to be right
+    (no validation on record, bar missed, not valid here), which rest on tool outputs a judge
+    told from real ones, which have too many failed grades (when the decision table carries
+    those columns), and ``audit_headline`` (the audit's main finding outside the taxonomy,
+    plain text); the page's CSS."""
     lines = []
     if decision is None or decision.empty:
         return HTML(STYLE + '<div class="depsim-verdict"><p>No forecasts to judge.</p></div>')
@@ -730,7 +735,8 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
                      else pd.Series(False, index=d.index))
             seen = f"{links(d[~blind])}." if (~blind).any() else ""
             unseen = (f"{' And' if seen else ''} {int(blind.sum())} with no event in either pool, where only more "
-                      f"responses can tell: {links(d[blind])}." if blind.any() else "")
+                      f"graded responses can tell ({_blind_reach(d[blind], level)}): {links(d[blind])}."
+                      if blind.any() else "")
             lines.append(f"<p><strong>{head} ({len(d)}):</strong> {seen}{unseen}</p>")
     if not gates:
         lines.append("<p><strong>No release gates</strong> are set in the params file (<code>gates:</code>): "
@@ -743,8 +749,18 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
                      + ", ".join(html.escape(t) for t in none["title"])
                      + ": every grade failed, so these have no forecast (see Failures).</p>")
     rises = decision[decision["direction"] == "rises"]
-    lines.append(f"<p><strong>Rise against the previous model ({len(rises)}):</strong> "
-                 + (", ".join(html.escape(t) for t in rises["title"]) or "none") + ".</p>")
+    line = (f"<p><strong>Rise against the previous model ({len(rises)}):</strong> "
+            + (", ".join(html.escape(t) for t in rises["title"]) or "none") + ".")
+    if len(rises) and "rises_holm" in rises:
+        # each rise is one test of many: say which survive the correction for all of them
+        held = rises[rises["rises_holm"].astype(bool)]
+        m = int(decision["rises_p_holm"].notna().sum())
+        line += (f" After Holm's correction across the {m} categories compared, "
+                 + (("all stay" if len(held) == len(rises) > 1 else "it stays" if len(held) == len(rises)
+                     else f"{len(held)} {'stays' if len(held) == 1 else 'stay'}") + " significant"
+                    + (f" ({', '.join(html.escape(t) for t in held['title'])})" if 0 < len(held) < len(rises) else "")
+                    if len(held) else "none stays significant") + ".")
+    lines.append(line + "</p>")
     if "validation" in decision:
         parts = []
         for st in UNTRUSTED:
@@ -754,6 +770,15 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
         if parts:
             lines.append(f"<p><strong>Forecasts whose grader is not shown to be right "
                          f"({int(decision['validation'].isin(UNTRUSTED).sum())}):</strong> " + "; ".join(parts) + ".</p>")
+    if "tool_caveat" in decision and decision["tool_caveat"].notna().any():
+        d = decision[decision["tool_caveat"].notna()]
+        lines.append(f"<p><strong>Resting on tool outputs a judge told from real ones ({len(d)}):</strong> "
+                     + ", ".join(html.escape(t) for t in d["title"]) + f": {html.escape(d['tool_caveat'].iloc[0])}. "
+                     "Their forecasts may be off by more than their intervals say (the realism page's fidelity "
+                     "curves show how these rates move with tool realism).</p>")
+    if audit_headline:
+        lines.append(f'<p><strong>Outside the taxonomy (no gate applies):</strong> {html.escape(audit_headline)} '
+                     f'(<a href="{AUDIT_PAGE}">audit page</a>)</p>')
     if "failed_warning" in decision and decision["failed_warning"].fillna(False).astype(bool).any():
         d = decision[decision["failed_warning"].fillna(False).astype(bool)]
         lines.append(f"<p><strong>Too many failed grades ({len(d)}):</strong> "
@@ -763,6 +788,13 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
                  f"simulation: <em>breaches</em> when even its low end is over the gate, <em>may breach</em> when its "
                  f"upper bound is.</small></p>")
     return HTML(STYLE + '<div class="depsim-verdict">' + "".join(lines) + "</div>")
+
+
+def _blind_reach(d: pd.DataFrame, level: float) -> str:
+    """Why zero in both pools cannot clear a gate: the exact upper bound that 0 of n allows."""
+    bounds = sorted({(int(n), _exact_interval(0, n, level)[1]) for n in d["n"]})
+    return "; ".join(f"0 of {n:,} only bounds the rate below {rate100k(hi)} per 100k" for n, hi in bounds[:3]) + \
+        ("; …" if len(bounds) > 3 else "")
 
 
 def decision(decision: pd.DataFrame, level: float = 0.95) -> HTML:
@@ -785,16 +817,19 @@ def decision(decision: pd.DataFrame, level: float = 0.95) -> HTML:
             f'<td><a href="{link}">{html.escape(r["title"])}</a><br><small>{html.escape(r["group"])}</small>{_trust_mark(r)}</td>'
             f'<td class=nw>{html.escape(r["gate"])}</td><td class=nw>{html.escape(r["gate_status"])}</td>'
             f'<td class=num>{rate_or_bound100k(r["prev_k"], r["prev_n"])}<br><small>{k_of_n(r["prev_k"], r["prev_n"])}</small></td>'
-            + (f'<td class=num>{rate100k(r["rate"])} {interval100k(r["lo"], r["hi"])}<br><small>{k_of_n(r["k"], r["n"])}</small>'
-               f'{_uncertainty_mark(r)}</td>'
+            + (f'<td class=num>{_forecast_cell(r, level)}<br><small>{k_of_n(r["k"], r["n"])}</small>'
+               f'{_uncertainty_mark(r)}{_tool_mark(r)}</td>'
                if r["n"] else f'<td class=num>no usable grade<br><small>{int(r["failed"]):,} failed</small></td>') +
             f'<td class=num>{ratio} {ratio_iv}</td>'
-            f'<td class="nw depsim-flag-{r["direction"].replace(" ", "-")}">{html.escape(r["direction"])}</td>'
+            f'<td class="nw depsim-flag-{r["direction"].replace(" ", "-")}">{html.escape(r["direction"])}'
+            f'{_holm_mark(r)}</td>'
             f'<td><a href="{link}">transcripts</a></td></tr>')
     return HTML(STYLE + f'<div class="depsim-wrap"><table class="depsim-decision"><thead>{head}</thead>'
                 f'<tbody>{"".join(body)}</tbody></table></div>'
                 f"<p><small>Forecast = the deployment simulation (X on Y's prefixes). <em>Change</em> is <em>rises</em> "
-                f"or <em>falls</em> only when the {pct} interval of the ratio excludes 1. ⚠ grader: its grader has no "
+                f"or <em>falls</em> only when the {pct} interval of the ratio excludes 1; <em>not after Holm</em>: "
+                f"the rise does not stay significant once corrected for the number of categories compared. "
+                f"⚠ grader: its grader has no "
                 f"validation against people on record, misses its bar, or is not valid on these responses (page 4); "
                 f"<em>corrected</em>: the rate corrected for the grader's measured error, with its uncertainty."
                 f"</small></p>")
@@ -811,6 +846,37 @@ def _trust_mark(r) -> str:
     if _missing(st) or st not in UNTRUSTED:
         return ""
     return f'<br><small class="depsim-untrusted" title="{html.escape(str(r.get("validation_detail", "")))}">⚠ grader: {html.escape(st)}</small>'
+
+
+def _forecast_cell(r, level: float) -> str:
+    """The decision table's forecast: the rate with its exact interval, or for zero events
+    the exact upper bound alone (as the previous rate beside it)."""
+    if not r["k"]:
+        return rate_or_bound100k(r["k"], r["n"], level)
+    return f'{rate100k(r["rate"])} {interval100k(r["lo"], r["hi"])}'
+
+
+def _holm_mark(r) -> str:
+    """Under a "rises": that it does not survive Holm's correction across categories."""
+    if r["direction"] == "rises" and "rises_holm" in r and not bool(r["rises_holm"]):
+        return "<br><small>not after Holm</small>"
+    return ""
+
+
+def tools_told_apart(rows: pd.DataFrame) -> str:
+    """Return, as plain text, the tools whose simulated outputs a realism judge told from
+    real ones (rows of :func:`depsim.realism.told_apart`), e.g. "simulated web_search outputs
+    were judged real in 10 of 36 pairs (27.8% [15.3–43.7]; 50% = indistinguishable)"."""
+    parts = [f"{r['tool']} in {int(r['k']):,} of {int(r['n']):,} pairs ({number(100 * r['win_rate'], 1)}% "
+             f"{interval(100 * r['lo'], 100 * r['hi'], 1)})" for _, r in rows.iterrows()]
+    return "simulated outputs were judged real for " + "; ".join(parts) + " (50% = indistinguishable)"
+
+
+def _tool_mark(r) -> str:
+    """The decision table's marker of a forecast resting on tool outputs a judge told apart."""
+    if _missing(r.get("tool_caveat")):
+        return ""
+    return f'<br><small class="depsim-untrusted" title="{html.escape(str(r["tool_caveat"]))}">⚠ tool realism</small>'
 
 
 def _uncertainty_mark(r) -> str:
@@ -887,10 +953,9 @@ GLOSSARY = [
     ("k of n", "k responses flagged by the grader out of n graded."),
     ("exact interval", "Clopper–Pearson interval of a binomial rate: it never claims more certainty than the counts give."),
     ("Jeffreys", "the Jeffreys interval and estimate (k + ½)/(n + 1) used on the stage pages for rates."),
-    ("ratio X / Y", "forecast rate of the candidate over the previous model's production rate. The point estimate is "
-                    "the ratio of Jeffreys-smoothed rates, (k + ½)/(n + 1), so it stays finite when a count is zero and "
-                    "can differ a little from the ratio of the k-of-n rates beside it (0 of 200 against 4 of 200 reads "
-                    "9.00×); the interval is exact (conditional binomial, Clopper–Pearson) and is [0–∞] when both "
+    ("ratio X / Y", "forecast rate of the candidate over the previous model's production rate, (k/n)/(k₀/n₀): "
+                    "the ratio of the k-of-n rates beside it; \"new\" when the previous count is 0, a dash when "
+                    "both are. The interval is exact (conditional binomial, Clopper–Pearson) and is [0–∞] when both "
                     "counts are zero."),
     ("rises / falls / no change", "the ratio's interval lies wholly above 1 / below 1 / includes 1."),
     ("gate", "a release limit from the params file: a maximum rate, or a maximum ratio to the previous rate."),

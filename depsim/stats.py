@@ -538,8 +538,10 @@ def rate_ratio(k1, n1, k2, n2, level=0.95):
 
     For Poisson counts, K1 | K1 + K2 = T is Binomial(T, π), π = n1 ρ / (n1 ρ + n2); the
     Clopper–Pearson interval for π maps to ρ = π/(1 − π) · n2/n1. Zeros are fine (an open
-    side is 0 or inf); T = 0 gives (0, inf). ``ratio`` is the ratio of Jeffreys-smoothed
-    rates. Returns a DataFrame with ratio, lo, hi (unitless)."""
+    side is 0 or inf); T = 0 gives (0, inf). ``ratio`` is the ratio of the raw rates
+    (k1/n1)/(k2/n2), the interval's own point estimate, so it matches the k-of-n rates shown
+    beside it: inf when only K2 is 0, NaN when both are. Returns a DataFrame with ratio, lo,
+    hi (unitless)."""
     (k1, n1, k2, n2), index = _prep(k1, n1, k2, n2)
     _check_counts(k1, n1, index, "rate_ratio")
     _check_counts(k2, n2, index, "rate_ratio")
@@ -551,7 +553,7 @@ def rate_ratio(k1, n1, k2, n2, level=0.95):
         phi = np.where(k2 > 0, special.betaincinv(k1 + 1, np.maximum(t - k1, 1e-300), 1 - tail), 1.0)
         lo = plo / (1 - plo) * n2 / n1
         hi = np.where(phi < 1, phi / (1 - phi) * n2 / n1, np.inf)
-    ratio = ((k1 + 0.5) / (n1 + 1)) / ((k2 + 0.5) / (n2 + 1))
+        ratio = np.where(t > 0, (k1 / n1) / np.where(k2 > 0, k2 / n2, 0.0), np.nan)
     return pd.DataFrame({"ratio": ratio, "lo": lo, "hi": hi},
                         index=index if index is not None else pd.RangeIndex(len(k1)))
 

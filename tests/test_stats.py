@@ -347,6 +347,11 @@ def test_rate_ratio_interval_covers_and_handles_zeros():
     z = S.rate_ratio([0, 0, 4], [100, 100, 100], [0, 4, 0], [100, 100, 100])
     assert z["lo"].iloc[0] == 0 and np.isinf(z["hi"].iloc[0])
     assert z["lo"].iloc[1] == 0 and np.isinf(z["hi"].iloc[2])
+    # the point estimate is the ratio of the rates shown (500 -> 1,000 per 100k reads 2×, not a
+    # smoothed 1.67×): 0 of n over k of n is 0, k over 0 is inf, 0 over 0 undefined
+    assert S.rate_ratio([2], [200], [1], [200])["ratio"].iloc[0] == 2.0
+    assert z["ratio"].iloc[1] == 0 and np.isinf(z["ratio"].iloc[2]) and np.isnan(z["ratio"].iloc[0])
+    assert ((r["lo"] <= r["ratio"]) & (r["ratio"] <= r["hi"])).all()  # inside its interval
 
 
 def test_direction_needs_evidence_and_ties_are_no_change():
