@@ -444,6 +444,28 @@ class Release(_Strict):
         return bool(self.simulated_parts[0])
 
 
+def simulated_targets(rel: Release) -> set[str]:
+    """Return the targets whose responses the simulated world wrote (a sim:// endpoint
+    generated them, or they are a simulated deployment's logged responses); ``sim_rw`` with
+    ``sim``."""
+    m, s = rel.models, rel.sources
+
+    def sim(ep, src=None) -> bool:
+        return ep.base_url.startswith("sim://") if ep is not None else (src is not None and src.kind == "sim_world")
+    out = {t for t in ("sim", "sim_self", "challenging", "sim_rw") if sim(m.candidate)}
+    out |= {"prod_prev"} if sim(m.previous_production, s.previous) else set()
+    out |= {"prod_new"} if sim(m.candidate_production, s.candidate) else set()
+    return out
+
+
+def simulated_graders(rel: Release, categories: dict) -> set[str]:
+    """Return the categories whose grader reads the simulated world's own wording: a rule
+    marked ``sim_only``, or an LLM rubric on a simulated (sim://) grader endpoint."""
+    g = rel.models.grader
+    return {n for n, c in categories.items()
+            if (c.is_llm and g is not None and g.base_url.startswith("sim://")) or (not c.is_llm and c.grader.get("sim_only"))}
+
+
 def load_release(path: str | Path) -> Release:
     """Return the validated release parameters of ``path``; check that referenced files and
     categories exist. Raises ParamsError with a one-line message."""
@@ -508,14 +530,6 @@ def load_release(path: str | Path) -> Release:
                               f"category nor a group of {rel.resolve(rel.taxonomy).name}")
     llm = [c for c, cat in tax.items() if (cat.is_llm or rel.grading.llm == "all" or c in rel.grading.llm)
            and (rel.categories == "all" or c in rel.categories)]
-    if not m.candidate.base_url.startswith("sim://"):
-        sim_only = [c for c, cat in tax.items() if cat.grader.get("sim_only") and c not in llm
-                    and (rel.categories == "all" or c in rel.categories)]
-        if sim_only:
-            raise ParamsError(f"{path}:{line_of(node, ('models', 'candidate'))}: {len(sim_only)} categories "
-                              f"({', '.join(sim_only[:3])}, ...) are graded by rules that read only the simulated "
-                              f"world's markers, but the candidate is not the simulated world: set grading.llm: all "
-                              f"(or list them) and models.grader, so they are graded by their LLM rubrics")
     if m.grader is None and llm:
         raise ParamsError(f"{path}:{line_of(node, ('models',))}: models.grader is needed: "
                           f"{len(llm)} categories have LLM graders ({', '.join(llm[:3])}, ...)")
@@ -528,6 +542,19 @@ def load_release(path: str | Path) -> Release:
             if c not in tax:
                 raise ParamsError(f"{path}:{line_of(node, ('categories', i))}: unknown category {c!r} "
                                   f"(not in {rel.resolve(rel.taxonomy).name}; known: {', '.join(tax)})")
+    # a grader that reads only the simulated world's wording reads real text as all negative:
+    # refused for every target whose responses are real (silent zeros otherwise)
+    real = [t for t in rel.targets if t not in simulated_targets(rel)]
+    routed = for_release(rel)
+    blind = sorted(simulated_graders(rel, routed))
+    if real and blind:
+        sim_rules = [c for c in blind if not routed[c].is_llm]
+        fix = ("set grading.llm: all (or list them) and a real models.grader, so they are graded by their LLM "
+               "rubrics" if sim_rules else "give a real models.grader endpoint")
+        raise ParamsError(f"{path}:{line_of(node, ('targets',))}: target(s) {', '.join(real)} hold real responses, but "
+                          f"{len(blind)} categories ({', '.join(blind[:3])}{', ...' if len(blind) > 3 else ''}) are "
+                          f"graded by {'rules that read' if sim_rules else 'the simulated grader, which reads'} only "
+                          f"the simulated world's markers (all negative on real text): {fix}")
     return rel
 
 

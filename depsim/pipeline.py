@@ -34,7 +34,7 @@ from depsim import __version__, audit, forecast, grader_validation, history, rea
 from depsim.cache import ResponseCache
 from depsim.client import RunStats, complete, mask_url
 from depsim.grade import GradingFailed, check_grades, failure_table, grade, structured_notes, grader_table, rates, reweighted_rates
-from depsim.params import Release, endpoint_url, read_validation, used_endpoints
+from depsim.params import Release, endpoint_url, read_validation, simulated_graders, simulated_targets, used_endpoints
 from depsim.records import decode_messages, log_requests, read_table, table_meta, table_path, write_table
 from depsim.sim.truth import against_truth, world_of
 from depsim.taxonomy import for_release, load_taxonomy
@@ -247,28 +247,6 @@ def run_audit(rel: Release, reports_dir: str | Path) -> dict:
     n_audited = int(picked["target"].value_counts().min())
     mdr, detection = audit.detection_table(n_audited)
     return {"findings": findings, "clusters": clusters, "n_audited": n_audited, "mdr": mdr, "detection": detection}
-
-
-def simulated_targets(rel: Release) -> set[str]:
-    """Return the targets whose responses the simulated world wrote (a sim:// endpoint
-    generated them, or they are a simulated deployment's logged responses); ``sim_rw`` with
-    ``sim``."""
-    m, s = rel.models, rel.sources
-
-    def sim(ep, src=None) -> bool:
-        return ep.base_url.startswith("sim://") if ep is not None else (src is not None and src.kind == "sim_world")
-    out = {t for t in ("sim", "sim_self", "challenging", "sim_rw") if sim(m.candidate)}
-    out |= {"prod_prev"} if sim(m.previous_production, s.previous) else set()
-    out |= {"prod_new"} if sim(m.candidate_production, s.candidate) else set()
-    return out
-
-
-def simulated_graders(rel: Release, categories: dict) -> set[str]:
-    """Return the categories whose grader reads the simulated world's own wording: a rule
-    marked ``sim_only``, or an LLM rubric on a simulated (sim://) grader endpoint."""
-    g = rel.models.grader
-    return {n for n, c in categories.items()
-            if (c.is_llm and g is not None and g.base_url.startswith("sim://")) or (not c.is_llm and c.grader.get("sim_only"))}
 
 
 def validations(rel: Release) -> pd.DataFrame | None:

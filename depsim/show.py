@@ -816,7 +816,7 @@ def decision(decision: pd.DataFrame, level: float = 0.95) -> HTML:
             f'<tr class="depsim-gate-{r["gate_status"].replace(" ", "-")}">'
             f'<td><a href="{link}">{html.escape(r["title"])}</a><br><small>{html.escape(r["group"])}</small>{_trust_mark(r)}</td>'
             f'<td class=nw>{html.escape(r["gate"])}</td><td class=nw>{html.escape(r["gate_status"])}</td>'
-            f'<td class=num>{rate_or_bound100k(r["prev_k"], r["prev_n"])}<br><small>{k_of_n(r["prev_k"], r["prev_n"])}</small></td>'
+            f'<td class=num>{rate_or_bound100k(r["prev_k"], r["prev_n"], level)}<br><small>{k_of_n(r["prev_k"], r["prev_n"])}</small></td>'
             + (f'<td class=num>{_forecast_cell(r, level)}<br><small>{k_of_n(r["k"], r["n"])}</small>'
                f'{_uncertainty_mark(r)}{_tool_mark(r)}</td>'
                if r["n"] else f'<td class=num>no usable grade<br><small>{int(r["failed"]):,} failed</small></td>') +

@@ -17,8 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = "<script>document.title='PWNED'</script>"
 
 
-def small_release(folder: Path, name: str = "small", previous: dict | None = None) -> Path:
-    """Write a small release params file (and its taxonomy) into ``folder``; return its path."""
+def small_release(folder: Path, name: str = "small", previous: dict | None = None,
+                  candidate: dict | None = None) -> Path:
+    """Write a small release params file (and its taxonomy) into ``folder``; return its path.
+    ``previous`` / ``candidate``: a real source for that pool; the production model of that
+    pool then answers in the simulated world (its logged answers are real text, which the
+    simulated world's graders cannot read)."""
     for fname in ("taxonomy.yaml", "history.csv"):
         shutil.copyfile(ROOT / "params" / fname, folder / fname)
     shutil.copytree(ROOT / "params" / "validation", folder / "validation", dirs_exist_ok=True)  # grading.validation
@@ -30,8 +34,12 @@ def small_release(folder: Path, name: str = "small", previous: dict | None = Non
                 .replace("sample: 2000", "sample: 300")
                 .replace("llm_sample: 200", "llm_sample: 80")
                 .replace("fidelity_n: 800", "fidelity_n: 200"))
-    if previous is not None:
-        text = text.replace("previous: {kind: sim_world, deployment: Y}", f"previous: {json.dumps(previous)}")
+    judge = '  judge: {base_url: "sim://world/resample", model: sim-judge}'
+    for pool, src, deployment, role, model in (("previous", previous, "Y", "previous_production", "sim-y"),
+                                                ("candidate", candidate, "X", "candidate_production", "sim-x")):
+        if src is not None:
+            text = text.replace(f"{pool}: {{kind: sim_world, deployment: {deployment}}}", f"{pool}: {json.dumps(src)}")
+            text = text.replace(judge, f'{judge}\n  {role}: {{base_url: "sim://world/production", model: {model}}}', 1)
     p = folder / f"{name}.yaml"
     p.write_text(text)
     return p

@@ -122,13 +122,31 @@ def test_rules_that_read_only_the_simulated_world_are_refused_for_a_real_candida
     real = DEMO.replace('candidate: {base_url: "sim://world/resample", model: sim-x}',
                         'candidate: {base_url: "http://127.0.0.1:9/v1", model: my-model}')
     p = write(tmp_path, real)
-    with pytest.raises(ParamsError, match=r"rel.yaml:\d+: 6 categories .* read only the simulated world's markers"):
+    with pytest.raises(ParamsError, match=r"rel.yaml:\d+: target\(s\) sim, sim_self, challenging hold real responses, "
+                                          r"but \d+ categories .* read only the simulated world's markers"):
         load_release(p)
     r = subprocess.run([sys.executable, "-m", "depsim.cli", "check", str(p), "--no-data"], capture_output=True, text=True)
     assert r.returncode == 2 and "grading.llm" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    fixed = write(tmp_path, real.replace("grading:\n", "grading:\n  llm: all\n", 1), name="fixed.yaml")
+    # sent to their LLM rubrics, but on the simulated grader: still blind to real text
+    llm_all = real.replace("grading:\n", "grading:\n  llm: all\n", 1)
+    with pytest.raises(ParamsError, match=r"graded by the simulated grader, .*give a real models.grader"):
+        load_release(write(tmp_path, llm_all, name="llm.yaml"))
+    fixed = write(tmp_path, llm_all.replace('grader: {base_url: "sim://world/resample", model: sim-grader}',
+                                            'grader: {base_url: "http://127.0.0.1:9/v1", model: my-grader}'),
+                  name="fixed.yaml")
     assert load_release(fixed).grading.llm == "all"
     load_release(write(tmp_path, DEMO, name="demo.yaml"))  # the simulated candidate keeps its rules
+
+
+def test_simulated_graders_are_refused_for_real_post_release_traffic(tmp_path):
+    """The candidate's real post-release logs (target prod_new) graded by the simulated
+    world's rules would be scored as realised zeros: refused, naming the target."""
+    (tmp_path / "after.jsonl").write_text('{"id": "c1", "messages": [{"role": "user", "content": "hi"}, '
+                                         '{"role": "assistant", "content": "hello"}]}\n')
+    text = DEMO.replace("candidate: {kind: sim_world, deployment: X}", "candidate: {kind: openai_jsonl, path: after.jsonl}")
+    assert text != DEMO
+    with pytest.raises(ParamsError, match=r"target\(s\) prod_new hold real responses, but \d+ categories"):
+        load_release(write(tmp_path, text))
 
 
 VALIDATION_LINE = "  validation: [validation/over_refusal_xstest.csv]"

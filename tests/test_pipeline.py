@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from depsim import audit, grader_validation, pipeline, stats
+from depsim import audit, grader_validation, params, pipeline, stats
 from depsim.params import DATA_DIR, load_release
 from depsim.sim.truth import world_of
 from depsim.taxonomy import for_release, load_taxonomy
@@ -121,12 +121,12 @@ def test_grade_stage_says_how_far_each_rate_can_be_trusted(demo):
 
 def test_simulated_graders_on_real_responses_are_not_valid_here():
     rel = load_release("params/demo.yaml")
-    assert pipeline.simulated_targets(rel) == {"sim", "sim_self", "challenging", "sim_rw", "prod_prev", "prod_new"}
+    assert params.simulated_targets(rel) == {"sim", "sim_self", "challenging", "sim_rw", "prod_prev", "prod_new"}
     real_logs = rel.sources.previous.model_copy(update={"kind": "parquet", "path": "logs.parquet"})
     real = rel.model_copy(update={"sources": rel.sources.model_copy(update={"previous": real_logs})})
-    assert "prod_prev" not in pipeline.simulated_targets(real)      # Y's logged responses are real text
+    assert "prod_prev" not in params.simulated_targets(real)      # Y's logged responses are real text
     cats = for_release(rel)
-    assert "hate" in pipeline.simulated_graders(rel, cats) and "over_refusal" not in pipeline.simulated_graders(rel, cats)
+    assert "hate" in params.simulated_graders(rel, cats) and "over_refusal" not in params.simulated_graders(rel, cats)
 
 
 def test_xstest_figures_are_stored_once_and_reused(tmp_path, monkeypatch):

@@ -22,10 +22,8 @@ def _lines(path: Path, ids, lang="en", topic="a", text="Tell me about {i}"):
 
 
 def _release(tmp_path: Path, previous: dict, candidate: dict | None = None, eligibility: str | None = None):
-    p = small_release(tmp_path, previous=previous)
+    p = small_release(tmp_path, previous=previous, candidate=candidate)
     text = p.read_text()
-    if candidate is not None:
-        text = text.replace("candidate: {kind: sim_world, deployment: X}", f"candidate: {json.dumps(candidate)}")
     if eligibility is not None:
         text = text.replace("    languages: [en]\n", eligibility)
     p.write_text(text)
