@@ -28,8 +28,10 @@ grades into per-target rates (docs/design.md §4).
 """
 from __future__ import annotations
 
+import difflib
 import json
 import re
+import warnings
 
 import pandas as pd
 
@@ -507,6 +509,11 @@ def rates(grades: pd.DataFrame, categories: dict[str, Category], level: float = 
     return agg
 
 
+class ReweightWarning(UserWarning):
+    """The declared traffic mix and the sample's strata do not match (a share the sample
+    lacks, or a sampled stratum with no share): the run goes on, and says so."""
+
+
 def reweighted_rates(grades: pd.DataFrame, completions: pd.DataFrame, prefixes: pd.DataFrame,
                      categories: dict[str, Category], column: str, shares: dict[str, float], target: str = "sim", name: str = "sim_rw",
                      level: float = 0.95, failed_warn: float = 0.02) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -517,7 +524,9 @@ def reweighted_rates(grades: pd.DataFrame, completions: pd.DataFrame, prefixes: 
     Each item's weight is target share / sample share of its stratum; the rate is the
     weighted Jeffreys estimate on Kish effective counts. Strata of the mix that the sample
     lacks cannot be represented: they are listed in ``weights`` with sample share 0, and the
-    remaining shares are renormalised. ``failed`` counts the target's failed grades (left
+    remaining shares are renormalised; sampled strata the mix leaves out get weight 0 (listed
+    with target share 0). Either raises a :class:`ReweightWarning` that names them (a
+    misspelt share key does both). ``failed`` counts the target's failed grades (left
     out of the weighted rate, as everywhere), with failed_share and failed_warning (share >
     ``failed_warn``) as in :func:`rates`; the other bounds are not computed on effective counts."""
     strata = completions[["item_id", "prefix_id"]].merge(prefixes[["prefix_id", column]], on="prefix_id", how="left")
@@ -529,8 +538,19 @@ def reweighted_rates(grades: pd.DataFrame, completions: pd.DataFrame, prefixes: 
     want = pd.Series({str(k): v / total for k, v in shares.items()})
     present = want[want.index.isin(sample.index)]
     weight = (present / present.sum()) / sample.reindex(present.index)
-    table = pd.DataFrame({"sample_share": sample.reindex(want.index).fillna(0.0), "target_share": want,
-                          "weight": weight.reindex(want.index)}).rename_axis(column).reset_index()
+    left_out = sample.index[~sample.index.isin(want.index)]
+    index = want.index.append(left_out)
+    table = pd.DataFrame({"sample_share": sample.reindex(index).fillna(0.0), "target_share": want.reindex(index).fillna(0.0),
+                          "weight": weight.reindex(index).fillna(0.0).where(index.isin(present.index) | index.isin(left_out))}
+                         ).rename_axis(column).reset_index()
+    lacking = [k for k in want.index if k not in sample.index]
+    if lacking or len(left_out):
+        said = [f"share {k!r} matches no sampled prefix's {column}"
+                + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, list(left_out), 1)) else "")
+                for k in lacking]
+        said += [f"{column} {k!r} ({sample[k]:.1%} of the sample) has no share, so its responses get weight 0"
+                 for k in left_out]
+        warnings.warn(ReweightWarning("reweight.shares: " + "; ".join(said)), stacklevel=2)
     g["w"] = g["stratum"].map(weight).fillna(0.0)  # strata outside the mix get no weight
     # failed grades of the target are not in the weighted rate: counted, as for every rate
     t = grades[grades["target"] == target]

@@ -542,13 +542,17 @@ def load_release(path: str | Path) -> Release:
             if c not in tax:
                 raise ParamsError(f"{path}:{line_of(node, ('categories', i))}: unknown category {c!r} "
                                   f"(not in {rel.resolve(rel.taxonomy).name}; known: {', '.join(tax)})")
+    tracked = for_release(rel)
+    for name in rel.gates:  # a gate on nothing the release grades would be silently unchecked
+        if name not in tracked and not any(c.group == name for c in tracked.values()):
+            raise ParamsError(f"{path}:{line_of(node, ('gates', name))}: gates: {name!r} is not among the categories this "
+                              f"release tracks (`categories:`): add it there, or remove the gate")
     # a grader that reads only the simulated world's wording reads real text as all negative:
     # refused for every target whose responses are real (silent zeros otherwise)
     real = [t for t in rel.targets if t not in simulated_targets(rel)]
-    routed = for_release(rel)
-    blind = sorted(simulated_graders(rel, routed))
+    blind = sorted(simulated_graders(rel, tracked))
     if real and blind:
-        sim_rules = [c for c in blind if not routed[c].is_llm]
+        sim_rules = [c for c in blind if not tracked[c].is_llm]
         fix = ("set grading.llm: all (or list them) and a real models.grader, so they are graded by their LLM "
                "rubrics" if sim_rules else "give a real models.grader endpoint")
         raise ParamsError(f"{path}:{line_of(node, ('targets',))}: target(s) {', '.join(real)} hold real responses, but "

@@ -3,6 +3,7 @@
 table, and one real grader call on SmolLM2 through llama.cpp (skipped when not installed)."""
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -392,3 +393,22 @@ def test_reweighted_rates_count_the_failed_grades():
     rw, _ = lg.reweighted_rates(g, completions, prefixes, {"violent_wrongdoing": CAT}, "intent", {"a": 0.7, "b": 0.3})
     assert rw["failed"].iloc[0] == 2 and rw["failed_share"].iloc[0] == pytest.approx(2 / 42)
     assert bool(rw["failed_warning"].iloc[0])
+
+
+def test_a_misspelt_share_key_is_named_not_silently_dropped():
+    g = _grades([True] * 4 + [False] * 36)
+    completions = pd.DataFrame({"item_id": g["item_id"], "prefix_id": [f"p{i}" for i in range(len(g))]})
+    prefixes = pd.DataFrame({"prefix_id": completions["prefix_id"], "intent": ["coding", "chat"] * (len(g) // 2)})
+    with pytest.warns(lg.ReweightWarning) as w:
+        rw, table = lg.reweighted_rates(g, completions, prefixes, {"violent_wrongdoing": CAT}, "intent",
+                                        {"codng": 0.5, "chat": 0.5})
+    msg = str(w[0].message)
+    assert "share 'codng' matches no sampled prefix's intent (did you mean 'coding'?)" in msg
+    assert "intent 'coding' (50.0% of the sample) has no share, so its responses get weight 0" in msg
+    t = table.set_index("intent")
+    assert t.loc["coding", "target_share"] == 0 and t.loc["coding", "weight"] == 0
+    assert t.loc["codng", "sample_share"] == 0 and pd.isna(t.loc["codng", "weight"])
+    # a mix that matches the sample warns of nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lg.ReweightWarning)
+        lg.reweighted_rates(g, completions, prefixes, {"violent_wrongdoing": CAT}, "intent", {"coding": 0.3, "chat": 0.7})

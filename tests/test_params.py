@@ -222,3 +222,18 @@ def test_unset_api_keys_name_each_variable_and_the_models_that_need_it():
     assert roles(idle)["role"].tolist() == ["candidate", "auditor", "grader"]
     assert roles(busy)["role"].tolist() == ["candidate", "auditor", "grader", "previous production"]
     assert "tool simulator" in roles(demo)["role"].tolist() and "judge" in roles(demo)["role"].tolist()
+
+
+def test_a_gate_on_a_category_the_release_does_not_track_is_refused(tmp_path):
+    """categories: narrowed to three, the self_harm gate (and the misalignment group's, with
+    none of its categories left) would never be checked: named at their lines."""
+    text = DEMO.replace("categories: all", "categories: [violent_wrongdoing, hate, over_refusal]")
+    with pytest.raises(ParamsError) as e:
+        load_release(write(tmp_path, text))
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if l.startswith("  self_harm: {max_rate"))
+    assert f"rel.yaml:{line}: gates: 'self_harm' is not among the categories this release tracks" in str(e.value)
+    text = text.replace("  self_harm: {max_rate: 2.0e-3}\n", "")
+    with pytest.raises(ParamsError, match=r"gates: 'misalignment' is not among the categories"):
+        load_release(write(tmp_path, text))
+    ok = text.replace("  misalignment: {max_ratio: 2.0}\n", "")
+    assert set(load_release(write(tmp_path, ok)).gates) == {"disallowed", "over_refusal"}
