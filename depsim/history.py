@@ -81,7 +81,8 @@ def predictive_bounds(forecasts: pd.DataFrame, history: pd.DataFrame, level: flo
     * ``pred_n``: the realised sample size assumed (``n_real``, else Y's production n for the
       category, else the forecast's n);
     * ``pred_k_lo``, ``pred_k_hi``: the central ``level`` interval of the realised count of
-      pred_n, and ``pred_lo``, ``pred_hi`` the same as rates (fractions);
+      pred_n, and ``pred_lo``, ``pred_hi`` the same as rates (fractions); ``pred_level``: that
+      level, so every page states the level the intervals were drawn at;
     * ``history_dropped``: True where the category's earlier rows were dropped because its
       grader_id changed.
 
@@ -99,6 +100,7 @@ def predictive_bounds(forecasts: pd.DataFrame, history: pd.DataFrame, level: flo
             fc["err_loc"].to_numpy(), fc["err_scale"].to_numpy(), fc["err_df"].to_numpy())
     fc["pred_k_lo"], fc["pred_k_hi"] = errormodel.count_interval(level, *args)
     fc["pred_lo"], fc["pred_hi"] = fc["pred_k_lo"] / fc["pred_n"], fc["pred_k_hi"] / fc["pred_n"]
+    fc["pred_level"] = level
     fc["history_dropped"] = fc["category"].isin(dropped)
     return fc
 
@@ -118,22 +120,33 @@ def loo_coverage(scored: pd.DataFrame, level: float = 0.9, min_train: int = 2) -
     Columns: method, rows (predictions), coverage (share of realised counts inside the
     ``level`` predictive interval, randomised at ties so a perfect forecaster scores
     ``level`` exactly in expectation), inside (conservative integer-interval share), se, p_value
-    (of coverage = level), nominal, mean_sigma (posterior mean σ fitted on all releases)."""
+    (of coverage = level), nominal, mean_sigma (posterior mean σ fitted on all releases) and
+    untracked (rows predicted from no earlier release of the method: the error model's prior
+    alone, an interval so wide that covering says nothing)."""
+    cols = ["method", "rows", "coverage", "inside", "se", "p_value", "nominal", "mean_sigma", "untracked"]
     ch = errormodel.forward_chain(scored, min_train=min_train, level=level, intervals=False)
     if ch.empty:
-        return pd.DataFrame(columns=["method", "rows", "coverage", "inside", "se", "p_value", "nominal", "mean_sigma"])
+        return pd.DataFrame(columns=cols)
     cov = errormodel.coverage_by(ch, by=("method",), level=level).rename(columns={"n": "rows"})
     fit = errormodel.fit_history(scored)
     sig = fit.groupby("method").apply(lambda g: float(np.average(g["sigma"], weights=g["rows"])), include_groups=False)
     cov["mean_sigma"] = cov["method"].map(sig)
-    return cov[["method", "rows", "coverage", "inside", "se", "p_value", "nominal", "mean_sigma"]]
+    cov["untracked"] = _untracked(ch, ["method"]).reindex(cov["method"]).to_numpy()
+    return cov[cols]
+
+
+def _untracked(chained: pd.DataFrame, by: list[str]) -> pd.Series:
+    """Forward-chained predictions per ``by`` that no earlier release of their method and
+    group informed (``train_releases`` = 0: the prior alone)."""
+    return (chained["train_releases"] == 0).groupby([chained[b] for b in by]).sum().astype(int)
 
 
 def calibration_report(history: pd.DataFrame, level: float = 0.9, min_train: int = 2,
                        alpha: float = 0.05, band: float = 0.05) -> dict[str, pd.DataFrame]:
     """Return forward-chained calibration tables for a page: ``by_group`` (per method and
-    category group), ``by_category`` (per method and category: coverage of the realised count
-    by its ``level`` predictive interval, each category predicted with its own error scale;
+    category group; ``untracked``: predictions from no earlier release), ``by_category`` (per
+    method and category: coverage of the realised count by its ``level`` predictive interval,
+    each category predicted with its own error scale;
     ``outside_band`` where coverage is more than ``band`` from nominal, and ``flagged`` where it
     is outside the band and the departure is significant, Benjamini–Hochberg at ``alpha``; see
     depsim.errormodel.flag_categories), ``pit`` (the randomised PIT values per method, for a
@@ -142,7 +155,11 @@ def calibration_report(history: pd.DataFrame, level: float = 0.9, min_train: int
     if ch.empty:
         empty = pd.DataFrame()
         return {"by_group": empty, "by_category": empty, "pit": empty, "fit": errormodel.fit_history(history)}
-    return {"by_group": errormodel.coverage_by(ch, ("method", "group"), level),
+    by_group = errormodel.coverage_by(ch, ("method", "group"), level)
+    # predictions from the prior alone cover almost anything: counted, so no page reads them as skill
+    by_group["untracked"] = _untracked(ch, ["method", "group"]).reindex(
+        pd.MultiIndex.from_frame(by_group[["method", "group"]])).to_numpy()
+    return {"by_group": by_group,
             "by_category": errormodel.flag_categories(ch, level, alpha, band=band),
             "pit": ch[["release", "category", "method", "pit"]],
             "fit": errormodel.fit_history(history)}

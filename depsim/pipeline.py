@@ -319,32 +319,40 @@ def run_forecast(rel: Release, reports_dir: str | Path) -> dict:
     rates_ = read_table(reports_dir, rel.release, "rates")
     fc = forecast.forecasts(rates_)
     if rel.history is not None:
-        fc = history.predictive_bounds(fc, score.score_rows(history.load_history(rel.resolve(rel.history))))
+        # the report's one level: the forecast, score and summary pages state and check this one
+        fc = history.predictive_bounds(fc, score.score_rows(history.load_history(rel.resolve(rel.history))),
+                                       level=rel.report.level)
     _write(fc, reports_dir, rel, "forecasts")
-    return {"forecasts": fc, "decision": forecast.decision_table(rates_, rel.gates)}
+    return {"forecasts": fc, "decision": forecast.decision_table(rates_, rel.gates, rel.report.level)}
 
 
 def run_score(rel: Release, reports_dir: str | Path) -> dict:
     """Stage 6. After release (a ``prod_new`` target), write ``scores`` and
     ``score_summary``; return ``released``, ``decomposition`` / ``removed`` (with ``sim_self``)
     and, when released, ``scores``, ``summary`` (on one common category set; ``excluded``
-    lists the others), ``directions`` (directional accuracy beside its no-skill null and
+    lists the others), ``every`` (each method on every category it forecasts:
+    :func:`depsim.score.every_category`), ``gate_outcomes`` (each gate verdict against the
+    realised outcome), ``directions`` (directional accuracy beside its no-skill null and
     McNemar), ``nll``, ``comparison``, ``large_shifts``, ``across`` / ``across_summary`` /
     ``loo`` / ``calibration`` (forward-chained, with a history) and ``truth`` / ``truth_note``
-    (on the simulated world). Missing parts are None."""
+    (on the simulated world), and ``level``: the report's level (``report.level``), the one
+    level of every predictive interval and coverage here. Missing parts are None."""
     rates_ = read_table(reports_dir, rel.release, "rates")
-    out = {k: None for k in ("scores", "summary", "excluded", "directions", "nll", "comparison", "large_shifts",
-                             "decomposition", "removed", "across", "across_summary", "loo", "calibration", "truth",
-                             "truth_note")}
+    out = {k: None for k in ("scores", "summary", "excluded", "every", "gate_outcomes", "directions", "nll",
+                             "comparison", "large_shifts", "decomposition", "removed", "across", "across_summary",
+                             "loo", "calibration", "truth", "truth_note")}
+    out["level"] = level = rel.report.level
     out["released"] = "prod_new" in set(rates_["target"])
     out["decomposition"] = score.decomposition(rates_)
     if out["decomposition"] is not None and "prefix_reweighted" in out["decomposition"]:
         out["removed"] = score.prefix_error_removed(out["decomposition"])
     if not out["released"]:
         return out
-    scored = score.per_category(read_table(reports_dir, rel.release, "forecasts"), rates_)
+    scored = score.per_category(read_table(reports_dir, rel.release, "forecasts"), rates_, level=level)
     out["scores"], out["summary"] = scored, score.summary(scored)
     out["excluded"] = out["summary"].attrs.pop("excluded", None)  # a table: not Parquet metadata
+    out["every"] = score.every_category(scored)
+    out["gate_outcomes"] = score.gate_outcomes(rates_, rel.gates, level)
     out["directions"] = score.direction_table(scored)
     out["nll"], out["comparison"] = score.nll_table(scored), score.comparison(scored)
     out["large_shifts"] = score.large_shifts(scored)
@@ -352,9 +360,10 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
     _write(out["summary"], reports_dir, rel, "score_summary")
     if rel.history is not None:
         out["across"] = history.with_history(history.load_history(rel.resolve(rel.history)), scored, rel.release)
-        out["across_summary"], out["loo"] = score.summary(out["across"]), history.loo_coverage(out["across"])
+        out["across_summary"] = score.summary(out["across"])
+        out["loo"] = history.loo_coverage(out["across"], level=level)
         out["across_summary"].attrs.pop("excluded", None)
-        out["calibration"] = history.calibration_report(out["across"])
+        out["calibration"] = history.calibration_report(out["across"], level=level)
     if rel.world is not None:
         view = "first" if rel.generation.tool_mode == "stop" else "turn"  # what the simulation grades
         out["truth"], out["truth_note"] = against_truth(world_of(rel), scored, rel.reweight, view=view)
@@ -489,8 +498,8 @@ def realised_status(rel: Release, released: bool) -> tuple[bool, str]:
     return True, "Realised = the candidate's production traffic after release."
 
 
-SCORED = ("scores", "summary", "excluded", "directions", "nll", "comparison", "large_shifts", "across",
-          "across_summary", "loo", "calibration", "truth", "truth_note")
+SCORED = ("scores", "summary", "excluded", "every", "gate_outcomes", "directions", "nll", "comparison",
+          "large_shifts", "across", "across_summary", "loo", "calibration", "truth", "truth_note")
 
 
 def withhold_stand_in(rel: Release, out: dict) -> dict:
@@ -505,11 +514,16 @@ def withhold_stand_in(rel: Release, out: dict) -> dict:
     return out
 
 
-def method_record(rel: Release) -> pd.DataFrame | None:
+def method_record(rel: Release, methods=None) -> pd.DataFrame | None:
     """Return each method's record on earlier releases (from the params ``history``):
     ``method``, ``releases``, ``categories``, ``sme_median``, ``sme_max``, ``coverage`` (share
     of realised counts inside the ``report.level`` predictive interval, forward-chained: NaN
-    when too few releases), ``direction``; None without a history."""
+    when too few releases), ``coverage_rows`` (the forecasts that coverage is over: those with
+    at least two releases before them), ``direction`` (SME and direction on the one common
+    set), and over every category the method forecasts ``categories_all``, ``sme_max_all``
+    and ``worst_all`` ("release / category" of its worst miss); None without a history. ``methods``
+    (this release's methods): one the history lacks gets a row with ``releases`` = 0, so no
+    page leaves out a method that has no track record."""
     if rel.history is None:
         return None
     h = history.load_history(rel.resolve(rel.history))
@@ -519,9 +533,17 @@ def method_record(rel: Release) -> pd.DataFrame | None:
     scored = score.score_rows(h)
     rec = score.summary(scored)
     # coverage of the error model's predictive interval, each release predicted from the ones before
-    cov = history.loo_coverage(scored, level=rel.report.level).set_index("method")["coverage"]
+    cov = history.loo_coverage(scored, level=rel.report.level).set_index("method")
     n_rel = h.groupby("method")["release"].nunique() if "release" in h else pd.Series(dtype=int)
-    return rec.assign(releases=rec["method"].map(n_rel).fillna(0).astype(int), coverage=rec["method"].map(cov))
+    every = score.every_category(scored).set_index("method")  # its worst miss, common set or not
+    rec = rec.assign(releases=rec["method"].map(n_rel).fillna(0).astype(int), coverage=rec["method"].map(cov["coverage"]),
+                     coverage_rows=rec["method"].map(cov["rows"]), categories_all=rec["method"].map(every["categories"]),
+                     sme_max_all=rec["method"].map(every["sme_max"]), worst_all=rec["method"].map(every["worst"]))
+    new = [m for m in pd.unique(pd.Series(methods if methods is not None else [], dtype=object))
+           if m not in set(rec["method"])]
+    if new:
+        rec = pd.concat([rec, pd.DataFrame({"method": new, "releases": 0, "categories": 0})], ignore_index=True)
+    return rec
 
 
 #: columns of the ``sim`` rates the summary's decision table carries
@@ -559,12 +581,13 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
     ``report.level``, gates checked), ``gates``, ``level``, ``record`` (each method's record
     on earlier releases, or None), ``pools`` (what each pool is), ``realised_ok`` /
     ``realised_why`` (realised results are never shown for a stand-in), ``rates``,
-    ``released``, ``forecasts`` (scored rows once released), ``score_summary`` and ``nll``
-    (None unless realised results may be shown), ``clusters``, ``realism`` (None without a
-    realism check), ``audit_headline`` (the audit's main finding, plain text),
-    ``taxonomy``, ``provenance``, ``staleness`` and ``failed_warn``. The decision table
-    carries, from the ``sim`` rates, :data:`TRUST_COLUMNS` (the grader's validation status,
-    the corrected rate, the failed share and the cluster-robust interval), and
+    ``released``, ``forecasts`` (scored rows once released), ``score_summary``, ``every``
+    (each method on every category it forecasts), ``gate_outcomes`` (gate verdicts against the
+    realised outcome) and ``nll`` (None unless realised results may be shown), ``clusters``,
+    ``realism`` (None without a realism check), ``audit_headline`` (the audit's main finding,
+    plain text), ``taxonomy``, ``provenance``, ``staleness`` and ``failed_warn``. The decision
+    table carries, from the ``sim`` rates, :data:`TRUST_COLUMNS` (the grader's validation
+    status, the corrected rate, the failed share and the cluster-robust interval), and
     ``tool_caveat`` (:func:`with_tool_realism`)."""
     rates_ = read_table(reports_dir, rel.release, "rates")
     released = "prod_new" in set(rates_["target"])
@@ -581,9 +604,12 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
     decision = with_tool_realism(decision, realism_table, rel.generation.tool_mode)
     clusters = read_table(reports_dir, rel.release, "clusters")
     return {"decision": decision, "gates": rel.gates, "failed_warn": rel.grading.failed_warn,
-            "level": rel.report.level, "record": method_record(rel), "pools": pools(rel),
+            "level": rel.report.level, "record": method_record(rel, fc["method"] if "method" in fc else None),
+            "pools": pools(rel),
             "realised_ok": ok, "realised_why": why, "rates": rates_, "released": released, "forecasts": fc,
             "score_summary": read_table(reports_dir, rel.release, "score_summary") if released and ok else None,
+            "every": score.every_category(fc) if released and ok else None,
+            "gate_outcomes": score.gate_outcomes(rates_, rel.gates, rel.report.level) if released and ok else None,
             "nll": score.nll_table(fc) if released and ok else None,
             "clusters": clusters, "audit_headline": audit.headline(clusters), "realism": realism_table,
             "taxonomy": tax, "provenance": prov, "staleness": staleness(rel, reports_dir)}

@@ -7,11 +7,14 @@ import numpy as np
 import pandas as pd
 
 from depsim import errormodel, stats
+from depsim import forecast
 from depsim.forecast import check_comparable
 
 
-def per_category(forecasts: pd.DataFrame, rates: pd.DataFrame, threshold: float = 1.5) -> pd.DataFrame:
-    """Return :func:`score_rows` of the forecasts against X's realised prod_new rates, after
+def per_category(forecasts: pd.DataFrame, rates: pd.DataFrame, threshold: float = 1.5,
+                 level: float = 0.95) -> pd.DataFrame:
+    """Return :func:`score_rows` of the forecasts against X's realised prod_new rates at
+    ``level`` (the report's level: the forecasts' predictive intervals were drawn at it), after
     checking that forecast and realised rates come from the same frozen graders."""
     check_comparable(rates)
     real = rates[rates["target"] == "prod_new"].set_index("category")
@@ -25,7 +28,7 @@ def per_category(forecasts: pd.DataFrame, rates: pd.DataFrame, threshold: float 
     f["n_real"] = real.loc[f["category"], "n"].to_numpy()
     if "failed" in real:
         f["failed_real"] = real.loc[f["category"], "failed"].to_numpy()
-    return score_rows(f.reset_index(drop=True), threshold)
+    return score_rows(f.reset_index(drop=True), threshold, level)
 
 
 def score_rows(f: pd.DataFrame, threshold: float = 1.5, level: float = 0.95) -> pd.DataFrame:
@@ -122,8 +125,9 @@ def summary(scored: pd.DataFrame, methods=None, reps: int = 1000, seed: int = 0)
     mean / max with percentile-bootstrap 95% intervals over categories (``_lo``/``_hi``),
     directional accuracy k/n on large shifts beside its no-skill permutation null
     (``direction_null`` mean, ``direction_p``), ``coverage`` (posterior-predictive coverage of
-    the realised count at the scoring level; NaN without the error model's columns) and the log-scale
-    Pearson r between forecast and realised rates."""
+    the realised count at the scoring level; NaN without the error model's columns),
+    ``untracked`` (how many of those forecasts' predictive intervals say nothing:
+    :func:`untracked`) and the log-scale Pearson r between forecast and realised rates."""
     mask, excluded = common_set(scored, methods)
     s = scored[mask]
     rows = []
@@ -145,12 +149,104 @@ def summary(scored: pd.DataFrame, methods=None, reps: int = 1000, seed: int = 0)
                        direction_p=null["p_value"])
         # posterior-predictive coverage of the realised count (NaN without an error model)
         row["coverage"] = g["pred_covered"].mean() if "pred_covered" in g else np.nan
+        row["untracked"] = int(untracked(g).sum())
         row["log_pearson_r"] = (stats.log_pearson(g["rate"].to_numpy(), g["realised"].to_numpy())
                                 if len(g) > 2 else np.nan)
         rows.append(row)
     out = pd.DataFrame(rows)
     out.attrs["excluded"] = excluded
     return out
+
+
+#: a predictive interval from 0 to at least this share of the realised sample excludes nothing
+#: a reviewer would call plausible: covering the realised count then says nothing
+UNINFORMATIVE_SHARE = 0.5
+
+
+def untracked(scored: pd.DataFrame) -> pd.Series:
+    """Return, per row of ``scored`` (bool), whether its predictive interval says nothing about
+    the forecast's skill: it was fitted on no earlier release (``err_releases`` = 0: the error
+    model's prior alone) or it spans from 0 to at least :data:`UNINFORMATIVE_SHARE` of the
+    realised sample (``pred_k_lo``/``pred_k_hi`` of ``pred_n``). Such an interval covers almost
+    any realised count, so its coverage is no evidence of calibration. False where the columns
+    are missing (no error model: no coverage is shown then)."""
+    out = pd.Series(False, index=scored.index)
+    if "err_releases" in scored:
+        out |= scored["err_releases"].fillna(0).to_numpy() == 0
+    if {"pred_k_lo", "pred_k_hi", "pred_n"} <= set(scored.columns):
+        out |= (scored["pred_k_lo"] <= 0) & (scored["pred_k_hi"] >= UNINFORMATIVE_SHARE * scored["pred_n"])
+    return out
+
+
+def every_category(scored: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per method over EVERY category it forecasts with ≥ 1 event somewhere
+    (forecast, Y's production or realised; a category with none anywhere says nothing about
+    error), not only the :func:`common_set`: ``categories``, ``outside_common`` (how many of
+    them the common set leaves out), SME ``sme_median`` and ``sme_max`` with the category of
+    the worst miss (``worst``; ``worst_forecast`` and ``worst_realised`` its rates, fractions;
+    ``worst_k``/``worst_n`` and ``worst_k_real``/``worst_n_real`` its counts),
+    ``coverage`` (posterior-predictive coverage of the realised count at the scoring level;
+    NaN without the error model) and ``untracked`` (:func:`untracked` rows among them).
+    Methods forecast different sets, so these figures do not compare methods: they show each
+    method's own worst miss, which the common set may hide."""
+    mask, _ = common_set(scored)
+    ev = scored[[c for c in ("k", "prev_k", "k_real") if c in scored]].fillna(0).sum(axis=1) > 0
+    s = scored[ev].assign(_common=mask[ev], _unit=_unit(scored[ev]))
+    rows = []
+    for method, g in s.groupby("method", sort=False):
+        sm = stats.sme(g["rate"].to_numpy(), g["realised"].to_numpy())
+        w = int(np.argmax(sm))
+        rows.append({"method": method, "categories": len(g), "outside_common": int((~g["_common"]).sum()),
+                     "sme_median": float(np.median(sm)), "sme_max": float(sm[w]), "worst": g["_unit"].iloc[w],
+                     "worst_forecast": float(g["rate"].iloc[w]), "worst_realised": float(g["realised"].iloc[w]),
+                     "worst_k": g["k"].iloc[w], "worst_n": g["n"].iloc[w],
+                     "worst_k_real": g["k_real"].iloc[w], "worst_n_real": g["n_real"].iloc[w],
+                     "coverage": g["pred_covered"].mean() if "pred_covered" in g else np.nan,
+                     "untracked": int(untracked(g).sum())})
+    return pd.DataFrame(rows, columns=["method", "categories", "outside_common", "sme_median", "sme_max", "worst",
+                                       "worst_forecast", "worst_realised", "worst_k", "worst_n", "worst_k_real",
+                                       "worst_n_real", "coverage", "untracked"])
+
+
+#: a pre-release gate verdict set against the realised outcome under the same rule
+GATE_HELD = {("breaches", "breaches"): "breach confirmed", ("may breach", "breaches"): "breached (was flagged)",
+             ("within", "breaches"): "breach missed", ("breaches", "within"): "false alarm",
+             ("may breach", "within"): "stayed within (was flagged)", ("within", "within"): "within, as forecast"}
+
+
+def gate_outcomes(rates: pd.DataFrame, gates: dict | None, level: float = 0.95) -> pd.DataFrame:
+    """Return, per gated category, the pre-release gate verdict beside the realised outcome,
+    both from :func:`depsim.forecast.decision_table` (the same gate check, exact intervals at
+    ``level``): the verdict on the deployment simulation (``sim``) against Y's production
+    rate, and the same check on X's realised production rate (``prod_new``) against it.
+
+    Columns: category, group, gate (text), verdict (breaches / may breach / within, before
+    release), forecast ``k``/``n``, Y's ``prev_k``/``prev_n``, realised ``k_real``/``n_real``,
+    the realised ratio to Y (``ratio``, exact ``ratio_lo``/``ratio_hi``, for a ratio gate;
+    NaN otherwise is kept as computed), realised ``hi`` (exact upper bound of the realised
+    rate, a fraction), ``outcome`` (the realised gate status: breaches / may breach, i.e. the
+    realised interval straddles the gate / within) and ``held`` (the verdict against the
+    outcome, :data:`GATE_HELD`; "undecided" when the outcome is "may breach"). Rows in the
+    decision table's order (riskiest verdict first); empty without gates or ``prod_new``."""
+    cols = ["category", "group", "gate", "verdict", "k", "n", "prev_k", "prev_n", "k_real", "n_real", "ratio",
+            "ratio_lo", "ratio_hi", "lo", "hi", "outcome", "held"]
+    if not gates or "prod_new" not in set(rates["target"]):
+        return pd.DataFrame(columns=cols)
+    pre = forecast.decision_table(rates, gates, level, target="sim")
+    post = forecast.decision_table(rates, gates, level, target="prod_new").set_index("category")
+    pre = pre[(pre["gate_status"] != "no gate") & pre["category"].isin(post.index)]
+    post = post.loc[pre["category"]]
+    out = pd.DataFrame({"category": pre["category"].to_numpy(), "group": pre["group"].to_numpy(),
+                        "gate": pre["gate"].to_numpy(), "verdict": pre["gate_status"].to_numpy(),
+                        "k": pre["k"].to_numpy(), "n": pre["n"].to_numpy(),
+                        "prev_k": post["prev_k"].to_numpy(), "prev_n": post["prev_n"].to_numpy(),
+                        "k_real": post["k"].to_numpy(), "n_real": post["n"].to_numpy(),
+                        "ratio": post["ratio"].to_numpy(), "ratio_lo": post["ratio_lo"].to_numpy(),
+                        "ratio_hi": post["ratio_hi"].to_numpy(), "lo": post["lo"].to_numpy(),
+                        "hi": post["hi"].to_numpy(), "outcome": post["gate_status"].to_numpy()})
+    out["held"] = [GATE_HELD.get((v, o), "undecided" if o == "may breach" else f"{v} / {o}")
+                   for v, o in zip(out["verdict"], out["outcome"])]
+    return out[cols]
 
 
 def direction_table(scored: pd.DataFrame, a: str = "deployment_sim", seed: int = 0) -> pd.DataFrame:
@@ -228,6 +324,10 @@ def nll_table(scored: pd.DataFrame) -> pd.DataFrame:
 
 def large_shifts(scored: pd.DataFrame) -> pd.DataFrame:
     """Return the rows of categories whose realised rate moved ≥ the threshold, per forecasting
-    method (not the previous-production baseline): rates, realised change, direction right."""
+    method (not the previous-production baseline): Y's count and rate (prev_k, prev_n,
+    prev_rate), the forecast's (k, n, rate), the realised one (k_real, n_real, realised; rates
+    are fractions), the realised change (ratio) and whether the direction was right."""
     big = scored[scored["large_shift"] & (scored["method"] != "prev_production")]
-    return big[["category", "method", "prev_rate", "rate", "realised", "realised_change", "direction_right"]]
+    cols = ["category", "method", "prev_k", "prev_n", "prev_rate", "k", "n", "rate", "k_real", "n_real", "realised",
+            "realised_change", "direction_right"]
+    return big[[c for c in cols if c in big]]

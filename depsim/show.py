@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import HTML
 
-from depsim import stats
+from depsim import score, stats
 from depsim.params import TARGETS, Release
 from depsim.records import decode_messages
 
@@ -233,18 +233,52 @@ def pre(s: str) -> HTML:
     return HTML(f"<pre>{html.escape(s)}</pre>")
 
 
-#: the columns of score_summary's compact form (the release decision page)
-COMPACT_SCORES = ["method", "direction right on large shifts", "SME median [95%]", "SME max", "coverage"]
+#: the columns of score_summary's compact form (the release decision page), by key
+COMPACT_SCORES = ["method", "direction", "sme_median", "sme_max", "worst_all", "coverage"]
+
+#: what a coverage cell says when a method's predictive intervals say nothing (score.untracked)
+NO_TRACK = ("no track record (or no information): its intervals span almost every count, so this coverage "
+            "says nothing")
 
 
-def score_summary(summary: pd.DataFrame | None, empty: str = "No scores on this page.", compact: bool = False) -> HTML:
+def coverage_cell(coverage, untracked=None, rows=None, digits: int = 0) -> str:
+    """Return a method's predictive-interval coverage for a table cell: "89%"; when all of its
+    ``rows`` intervals are uninformative (``untracked``: fitted on no earlier release or
+    spanning almost every count, :func:`depsim.score.untracked`) the percent is followed by
+    :data:`NO_TRACK`, and when some are, by how many (``digits``: the percent's decimals); a
+    dash without coverage."""
+    if _missing(coverage):
+        return DASH
+    pct = f"{coverage:.{digits}%}"
+    if _missing(untracked) or not untracked:
+        return pct
+    if not _missing(rows) and untracked >= rows:
+        return f"{pct} ⚠ {NO_TRACK}"
+    of = "" if _missing(rows) else f" of {int(rows)}"
+    return f"{pct} ⚠ {int(untracked)}{of} intervals uninformative (no track record, or spanning almost every count)"
+
+
+def score_summary(summary: pd.DataFrame | None, empty: str = "No scores on this page.", compact: bool = False,
+                  level: float | None = None, every: pd.DataFrame | None = None, scope: str = "") -> HTML:
     """Return depsim.score.summary's table folded for reading: one row per method with the
     summed NLL and regret (nats), SME median and mean with their bootstrap 95% intervals
     ("1.44 [1.21–1.79]"), worst SME, directional accuracy (right of large shifts, with the
-    no-skill null's mean and p-value), predictive-interval coverage (percent) and log-scale r.
+    no-skill null's mean and p-value), predictive-interval coverage (percent; a method whose
+    intervals say nothing is marked, :func:`coverage_cell`) and log-scale r. Every figure is
+    on the one common set of categories and labelled so; ``every``
+    (:func:`depsim.score.every_category`) adds each method's worst miss over every category it
+    forecasts, named. ``level``: the predictive intervals' level, stated in the coverage
+    column; ``scope``: what the rows are over ("this release", ...), stated under the table.
     ``compact``: only the columns of COMPACT_SCORES."""
     if summary is None or not len(summary):
         return text(empty)
+    cov_name = ("coverage" if level is None else f"coverage of the {level:.0%} predictive interval") + " (common set)"
+    names = {"method": "method", "categories": "categories (common set)", "nll_sum": "NLL sum (nats)",
+             "regret_sum": "regret sum (nats)", "sme_median": "SME median [95%] (common set)",
+             "sme_mean": "SME mean [95%] (common set)", "sme_max": "SME max (common set)",
+             "worst_all": "worst miss, every category it forecasts", "direction": "direction right on large shifts",
+             "coverage": cov_name, "log_r": "log r"}
+    worst = {} if every is None or not len(every) else every.set_index("method")
 
     def with_ci(r, k):
         return f"{number(r[k], 2)} {interval(r[k + '_lo'], r[k + '_hi'])}"
@@ -252,14 +286,172 @@ def score_summary(summary: pd.DataFrame | None, empty: str = "No scores on this 
     for _, r in summary.iterrows():
         null = "" if _missing(r.get("direction_null")) else \
             f" (no skill: {r['direction_null']:.2f}, p = {number(r['direction_p'], 3)})"
-        rows.append({"method": r["method"], "categories": r["categories"], "NLL sum (nats)": number(r["nll_sum"], 2),
-                     "regret sum (nats)": number(r["regret_sum"], 2), "SME median [95%]": with_ci(r, "sme_median"),
-                     "SME mean [95%]": with_ci(r, "sme_mean"), "SME max": number(r["sme_max"], 2),
-                     "direction right on large shifts": f"{r['direction']}{null}",
-                     "coverage": DASH if _missing(r.get("coverage")) else f"{r['coverage']:.0%}",
-                     "log r": DASH if _missing(r.get("log_pearson_r")) else number(r["log_pearson_r"], 2)})
+        row = {"method": r["method"], "categories": r["categories"], "nll_sum": number(r["nll_sum"], 2),
+               "regret_sum": number(r["regret_sum"], 2), "sme_median": with_ci(r, "sme_median"),
+               "sme_mean": with_ci(r, "sme_mean"), "sme_max": number(r["sme_max"], 2),
+               "direction": f"{r['direction']}{null}",
+               "coverage": coverage_cell(r.get("coverage"), r.get("untracked"), r["categories"]),
+               "log_r": DASH if _missing(r.get("log_pearson_r")) else number(r["log_pearson_r"], 2)}
+        if len(worst):
+            w = worst.loc[r["method"]] if r["method"] in worst.index else None
+            row["worst_all"] = DASH if w is None else \
+                f"{number(w['sme_max'], 2)}× {category_title(w['worst'])} (of {int(w['categories'])} categories)"
+        rows.append(row)
     out = pd.DataFrame(rows)
-    return table(out[COMPACT_SCORES] if compact else out)
+    keys = [k for k in (COMPACT_SCORES if compact else names) if k in out]
+    note = html.escape(scope)
+    if len(worst):
+        note += (" Columns marked <em>common set</em> compare the methods on the same categories (those every method "
+                 "forecasts, with an event somewhere); a method's worst miss can lie outside that set, so "
+                 "<em>worst miss, every category it forecasts</em> gives it.")
+    return HTML(table(out[keys].rename(columns=names)).data + (f"<p><small>{note.strip()}</small></p>" if note else ""))
+
+
+def every_category(every: pd.DataFrame | None, level: float | None = None, empty: str = "") -> HTML:
+    """Return :func:`depsim.score.every_category` for reading: per method, the categories it
+    forecasts (how many the common set leaves out), its median and worst SME over all of them
+    with the worst category named and its forecast against the realised rate (per 100k, or
+    "0 of N (≤ bound)" for zero events), and its predictive-interval coverage over all of them
+    (marked when its intervals say nothing, :func:`coverage_cell`)."""
+    if every is None or not len(every):
+        return text(empty)
+    cov = "coverage" if level is None else f"coverage of the {level:.0%} predictive interval"
+    rows = []
+    for _, r in every.iterrows():
+        rows.append({"method": r["method"],
+                     "categories it forecasts": f"{int(r['categories'])} ({int(r['outside_common'])} outside the common set)",
+                     "SME median (all)": number(r["sme_median"], 2),
+                     "SME max (all): its worst miss": f"{number(r['sme_max'], 2)}× {category_title(r['worst'])}",
+                     "that miss: forecast → realised per 100k": f"{_count_rate(r, 'worst_k', 'worst_n')} → "
+                                                                 f"{_count_rate(r, 'worst_k_real', 'worst_n_real')}",
+                     f"{cov} (all)": coverage_cell(r["coverage"], r["untracked"], r["categories"])})
+    return table(pd.DataFrame(rows))
+
+
+def _count_rate(r, k: str, n: str, level: float = 0.95) -> str:
+    """A row's k of n as "rate per 100k (k of n)", zero events as "0 of N (≤ bound)" (the
+    exact ``level`` upper bound)."""
+    kk, nn = r.get(k), r.get(n)
+    if _missing(nn) or not nn:
+        return DASH
+    return f"{k_of_n(kk, nn)} ({rate_or_bound100k(kk, nn, level)})" if not kk else \
+        f"{rate_or_bound100k(kk, nn, level)} ({k_of_n(kk, nn)})"
+
+
+#: the score page's wide tables wrap their text and fit the page (1,280 px and up)
+WRAP = """<style>
+table.depsim-fit{border-collapse:collapse;font-size:13px;width:100%;table-layout:auto}
+table.depsim-fit th,table.depsim-fit td{padding:3px 6px;border-bottom:1px solid #e5e7eb;text-align:left !important;
+vertical-align:top;white-space:normal;overflow-wrap:break-word}
+</style>"""
+
+
+def _fit(df: pd.DataFrame) -> HTML:
+    """An escaped table that wraps its text to the page width (no column off-screen)."""
+    body = df.to_html(escape=True, index=False, classes="depsim-table depsim-fit", border=0)
+    return HTML(WRAP + f'<div class="depsim-wrap" style="max-width:100%">{body}</div>')
+
+
+def gate_outcomes(table_: pd.DataFrame | None, level: float = 0.95, empty: str = "") -> HTML:
+    """Return :func:`depsim.score.gate_outcomes` for reading: per gated category the gate, the
+    pre-release verdict, the forecast, Y's previous rate and X's realised rate (per 100k with
+    k of n; zero events as "0 of N (≤ bound)"), the realised ratio to Y with its exact
+    ``level`` interval, the realised outcome under the same gate check and whether the verdict
+    held."""
+    if table_ is None or not len(table_):
+        return text(empty)
+    pct = f"{level:.0%}"
+    rows = []
+    for _, r in table_.iterrows():
+        ratio = DASH if _missing(r["ratio"]) else ("new" if np.isinf(r["ratio"]) else
+                                                   f"{number(r['ratio'], 2)}× {interval(r['ratio_lo'], r['ratio_hi'])}")
+        real = _count_rate(r, "k_real", "n_real")
+        if r["k_real"]:  # the exact interval the rate gate is checked on
+            real = real.replace(" (", f" {interval100k(r['lo'], r['hi'])} (", 1)
+        rows.append({"category": category_title(r["category"]), "gate": r["gate"], "verdict before release": r["verdict"],
+                     "forecast per 100k": _count_rate(r, "k", "n"),
+                     "previous (Y) per 100k": _count_rate(r, "prev_k", "prev_n"),
+                     f"realised (X) per 100k [{pct}]": real,
+                     f"realised ÷ previous [{pct}]": ratio, "realised outcome": r["outcome"], "verdict held?": r["held"]})
+    return HTML(_fit(pd.DataFrame(rows)).data +
+                f"<p><small>Both columns come from the same gate check (depsim.forecast.decision_table): "
+                f"<em>breaches</em> when even the low end of the exact {pct} interval is over the gate, "
+                f"<em>may breach</em> when only its upper end is (undecided), else <em>within</em>. The verdict "
+                f"checks the deployment simulation; the outcome checks X's realised rate, each against Y's "
+                f"previous rate for a ratio gate.</small></p>")
+
+
+def gate_outcome_line(table_: pd.DataFrame | None) -> HTML:
+    """Return one line for the summary: how the gated categories' verdicts held after release,
+    by outcome, pointing to the score page's table; nothing without gated categories."""
+    if table_ is None or not len(table_):
+        return HTML("")
+    parts = []
+    for held, g in table_.groupby("held", sort=False):
+        # a few categories are named; a long list (often "undecided") is counted
+        names = f" ({', '.join(category_title(c) for c in g['category'])})" if len(g) <= 3 else ""
+        parts.append(f"{held}: {len(g)}{names}")
+    parts = html.escape("; ".join(parts))
+    return HTML(f"<p>Gate verdicts against what happened ({len(table_)} gated categories): {parts}. "
+                f"Per category on the score page (6), <em>Gate verdicts against the realised rates</em>.</p>")
+
+
+def large_shifts(table_: pd.DataFrame | None, empty: str = "") -> HTML:
+    """Return :func:`depsim.score.large_shifts` for reading: per category and method, Y's
+    previous rate, the forecast and the realised rate per 100k with k of n (zero events as
+    "0 of N (≤ bound)"), the realised change and whether the forecast's direction was right."""
+    if table_ is None or not len(table_):
+        return text(empty)
+    rows = [{"category": category_title(r["category"]), "method": r["method"],
+             "previous (Y) per 100k": _count_rate(r, "prev_k", "prev_n"), "forecast per 100k": _count_rate(r, "k", "n"),
+             "realised per 100k": _count_rate(r, "k_real", "n_real"),
+             "realised change": DASH if _missing(r["realised_change"]) else f"{number(r['realised_change'], 2)}×",
+             "direction right": cell(bool(r["direction_right"])) if not _missing(r["direction_right"]) else DASH}
+            for _, r in table_.iterrows()]
+    return _fit(pd.DataFrame(rows))
+
+
+#: the truth table's rate columns (per 100k already: depsim.sim.truth.against_truth)
+TRUTH_RATES = {"prev": "previous", "new": "new", "sim": "sim", "sim_self": "sim_self", "sim_rw": "sim_rw"}
+
+
+def truth_table(truth: pd.DataFrame | None, empty: str = "") -> HTML:
+    """Return :func:`depsim.sim.truth.against_truth`'s table for reading: the world's exact
+    rates per 100k (the report's rate format), the true and measured change (×), the
+    simulation's power (percent), its call and why an undetectable shift was missed, with
+    long text wrapped to the page."""
+    if truth is None or not len(truth):
+        return text(empty)
+    rows = []
+    for _, r in truth.iterrows():
+        row = {"category": category_title(r["category"])}
+        row.update({f"true {name} per 100k": rate100k(r[c] / 1e5) for c, name in TRUTH_RATES.items() if c in truth})
+        row.update({"true change": f"{number(r['true_change'], 2)}×",
+                    "measured change": DASH if _missing(r["measured_change"]) else f"{number(r['measured_change'], 2)}×",
+                    "same direction": cell(bool(r["same_direction"])),
+                    "true shift ≥ 1.5×": cell(bool(r["true_large"])),
+                    "sim's power": DASH if _missing(r["sim_power"]) else f"{r['sim_power']:.0%}",
+                    "sim's call": cell(r.get("sim_direction")),
+                    "recovered": cell(bool(r["recovered"])) if r["true_large"] else DASH,
+                    "why not": r["why_not"] or DASH})
+        rows.append(row)
+    return _fit(pd.DataFrame(rows))
+
+
+def calibration_across(loo: pd.DataFrame | None, level: float, empty: str = "") -> HTML:
+    """Return :func:`depsim.history.loo_coverage` for reading: per method, how many realised
+    counts were checked across releases (forward-chained: each predicted from the releases
+    before it), the share inside the ``level`` predictive interval (randomised at ties) and
+    the conservative integer-interval share, with the nominal level, both as percents."""
+    if loo is None or not len(loo):
+        return text(empty)
+    pct = f"{level:.0%}"
+    rows = [{"method": r["method"], "forecasts checked (earlier releases and this one)": f"{int(r['rows']):,}",
+             f"inside the {pct} predictive interval": coverage_cell(r["coverage"], r.get("untracked"), r["rows"], 1),
+             "inside, integer interval (conservative)": f"{r['inside']:.1%}",
+             "nominal": f"{r['nominal']:.0%}", "p-value (coverage = nominal)": number(r["p_value"], 3),
+             "mean error scale σ (log)": number(r["mean_sigma"], 2)} for _, r in loo.iterrows()]
+    return table(pd.DataFrame(rows))
 
 
 def eligibility(rules) -> HTML:
@@ -533,7 +725,7 @@ def forecasts(fc: pd.DataFrame, level: float = 0.95) -> HTML:
         row = {"category": category_title(r["category"]), "method": r["method"], "flagged": k_of_n(k, n),
                f"rate per 100k [{level:.0%} exact]": f"{rate100k(k / n if n else np.nan)} {interval100k(lo, hi)}"}
         if "pred_lo" in fc:
-            row["predictive interval per 100k"] = interval100k(r["pred_lo"], r["pred_hi"])
+            row[_predictive_name(fc)] = interval100k(r["pred_lo"], r["pred_hi"])
         change = DASH
         if r["category"] in prev.index and r["method"] != "prev_production" and n:
             k0, n0 = float(prev.loc[r["category"], "k"]), float(prev.loc[r["category"], "n"])
@@ -545,6 +737,19 @@ def forecasts(fc: pd.DataFrame, level: float = 0.95) -> HTML:
         row["change"] = change
         rows.append(row)
     return table(pd.DataFrame(rows))
+
+
+def _predictive_level(fc: pd.DataFrame) -> str:
+    """The level the predictive intervals of ``fc`` were drawn at ("95%", from ``pred_level``,
+    written by depsim.history.predictive_bounds), or "" when the table does not say."""
+    lv = fc["pred_level"].dropna().unique() if "pred_level" in fc else []
+    return f"{lv[0]:.0%}" if len(lv) == 1 else ""
+
+
+def _predictive_name(fc: pd.DataFrame) -> str:
+    """The predictive-interval column's name, with its level when the table records it."""
+    lv = _predictive_level(fc)
+    return f"predictive interval per 100k [{lv}]" if lv else "predictive interval per 100k"
 
 
 def removed(share: float | None) -> HTML:
@@ -896,19 +1101,32 @@ def _uncertainty_mark(r) -> str:
 def method_record(record: pd.DataFrame | None, level: float = 0.95) -> HTML:
     """Return one line per forecasting method: how far it can be trusted, from its record on
     earlier releases (median multiplicative error, coverage of its ``level`` predictive
-    interval, direction)."""
+    interval over the ``coverage_rows`` forward-chained forecasts, direction); a method with
+    no earlier release (``releases`` = 0) is listed as having no track record."""
     if record is None or record.empty:
         return text("No history of earlier releases (params `history:`): no method has a track record yet.")
     lines = []
     for _, r in record.iterrows():
+        if not r.get("releases"):
+            # a method new to this release: its intervals come from the error model's prior alone
+            lines.append(f"<li><strong>{html.escape(r['method'])}</strong>: no track record (not in the history of "
+                         f"earlier releases): its predictive intervals come from the error model's prior alone and "
+                         f"span almost every count, so whatever share of realised rates they cover says nothing "
+                         f"about it.</li>")
+            continue
+        rows = "" if _missing(r.get("coverage_rows")) else f" {int(r['coverage_rows']):,}"
         cov = ("too few releases to check its intervals" if _missing(r.get("coverage")) else
-               f"{r['coverage']:.0%} of realised rates fell inside its {level:.0%} predictive interval "
-               f"(widened by its past errors; each release predicted from the ones before it)")
+               f"{r['coverage']:.0%} of the{rows} realised counts checked fell inside its {level:.0%} predictive "
+               f"interval (widened by its past errors; each release predicted from the ones before it)")
         direction = ("it predicts no change" if str(r["direction"]).startswith("n/a")
                      else f"direction right on {html.escape(str(r['direction']))} large shifts")
+        worst = "" if _missing(r.get("sme_max_all")) else (
+            f"; over all {int(r['categories_all']):,} of its forecasts with an event, worst "
+            f"{number(r['sme_max_all'], 1)}× ({html.escape(str(r['worst_all']))})")
         lines.append(f"<li><strong>{html.escape(r['method'])}</strong>: on {int(r['releases'])} earlier releases "
-                     f"({int(r['categories']):,} category forecasts) it was off by a median factor of "
-                     f"{number(r['sme_median'], 2)} (worst {number(r['sme_max'], 1)}); {cov}; {direction}.</li>")
+                     f"({int(r['categories']):,} category forecasts that every method made) it was off by a median "
+                     f"factor of {number(r['sme_median'], 2)} (worst {number(r['sme_max'], 1)}){worst}; {cov}; "
+                     f"{direction}.</li>")
     return HTML("<ul>" + "".join(lines) + "</ul>")
 
 
@@ -926,14 +1144,16 @@ def realised(out: dict) -> HTML:
     the release has a realised pool that is not a stand-in; otherwise say why there are none."""
     if not out.get("realised_ok"):
         return text(out.get("realised_why") or "Not released yet: nothing realised to compare.")
-    sc = out["forecasts"]
+    sc, level = out["forecasts"], out.get("level", 0.95)
     sc = sc[sc["method"] == "deployment_sim"].set_index("category")
+    inside_name = " ".join(w for w in ("realised count inside the", _predictive_level(sc), "predictive interval") if w)
+    says_nothing = score.untracked(sc)
     order = list(out["decision"]["category"]) if out.get("decision") is not None and len(out["decision"]) else list(sc.index)
     rows = []
     for cat in [c for c in order if c in sc.index]:
         r = sc.loc[cat]
-        k, n, kr, nr = int(r["k"]), int(r["n"]), int(r["k_real"]), int(r["n_real"])
-        lo, hi = _exact_interval(kr, nr)
+        kr, nr = int(r["k_real"]), int(r["n_real"])
+        lo, hi = _exact_interval(kr, nr, level)
         # calibration asks whether the realised COUNT falls in the forecast's predictive
         # interval for it (forecast noise, the method's past error, the realised binomial
         # noise); a point estimate inside a confidence interval is not calibration
@@ -941,10 +1161,14 @@ def realised(out: dict) -> HTML:
         if nr and "pred_k_lo" in sc and np.isfinite(r.get("pred_k_lo", np.nan)) and r.get("pred_n"):
             scale = nr / float(r["pred_n"])
             inside = "yes" if r["pred_k_lo"] * scale <= kr <= r["pred_k_hi"] * scale else "no"
+            if says_nothing[cat]:
+                inside += " (says nothing: no track record, or the interval spans almost every count)"
+        real = (f"{k_of_n(kr, nr)} ({rate_or_bound100k(kr, nr, level)})" if not kr else
+                f"{rate100k(kr / nr)} {interval100k(lo, hi)} ({k_of_n(kr, nr)})")
         rows.append({"category": category_title(cat, out.get("taxonomy")),
-                     "forecast per 100k": f"{rate_or_bound100k(k, n)} ({k_of_n(k, n)})",
-                     "realised per 100k [95%]": f"{rate100k(kr / nr if nr else np.nan)} {interval100k(lo, hi)} ({k_of_n(kr, nr)})",
-                     "realised count inside the predictive interval": inside})
+                     "forecast per 100k": _count_rate(r, "k", "n", level),
+                     f"realised per 100k [{level:.0%}]": real,
+                     inside_name: inside})
     return HTML(text(out.get("realised_why") or "").data + table(pd.DataFrame(rows)).data)
 
 

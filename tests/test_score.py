@@ -1,5 +1,7 @@
 """Stage 5/6 statistics: forecasts with evidence-rule directions, scoring on one common set
 of categories, direction against a no-skill null, and the comparison with the simulated truth."""
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,3 +120,106 @@ def test_rises_significantly_is_holm_adjusted_per_method():
     assert not fc.loc[("flat", "deployment_sim"), "rises"] and not fc.loc[("never", "deployment_sim"), "rises"]
     sim = fc.xs("deployment_sim", level="method")
     assert (sim["rises_p_holm"] >= sim["rises_p"]).all()
+
+
+def test_every_category_names_each_methods_worst_miss_beyond_the_common_set():
+    """The common set (what methods are compared on) leaves out "tools", deployment_sim's worst
+    miss (5 forecast, 120 realised of 4,000); each method's own figures over every category it
+    forecasts must name it, and the headline table must carry it, labelled."""
+    from depsim import show
+    rates = _rates()
+    scored = score.per_category(forecasts(rates), rates)
+    common = score.summary(scored).set_index("method")
+    every = score.every_category(scored).set_index("method")
+    sim = every.loc["deployment_sim"]
+    assert sim["worst"] == "tools" and sim["categories"] == 4 and sim["outside_common"] == 1
+    rows = scored.set_index(["category", "method"])
+    assert sim["sme_max"] == pytest.approx(rows.loc[("tools", "deployment_sim"), "sme"])
+    assert sim["sme_max"] > 10 * common.loc["deployment_sim", "sme_max"]   # the common set hides it
+    assert every.loc["challenging", "outside_common"] == 0                 # "never" has no event: left out
+    for compact in (True, False):
+        page = show.score_summary(score.summary(scored), every=score.every_category(scored), compact=compact).data
+        assert "SME max (common set)" in page and "worst miss, every category it forecasts" in page
+        assert f"{sim['sme_max']:.2f}× Tools (of 4 categories)" in page
+    tab = show.every_category(score.every_category(scored), 0.95).data
+    assert "Tools" in tab and "125 (5 of 4,000) → 3,000 (120 of 4,000)" in tab and "1 outside the common set" in tab
+
+
+def test_intervals_with_no_track_record_are_marked_not_scored_as_a_win():
+    """A method whose predictive intervals come from no earlier release (err_releases = 0) or
+    span almost every count covers nearly anything: its coverage is marked as saying nothing."""
+    from depsim import show
+    rates = _rates()
+    scored = score.per_category(forecasts(rates), rates)
+    sim = scored["method"] == "deployment_sim"
+    scored["err_releases"] = np.where(sim, 0, 5)
+    scored["pred_n"] = 4000.0
+    scored["pred_k_lo"] = np.where(sim, 0.0, scored["k_real"] - 5)
+    scored["pred_k_hi"] = np.where(sim, 4000.0, scored["k_real"] + 5)
+    scored["pred_covered"] = 1.0
+    assert score.untracked(scored).tolist() == sim.tolist()
+    # an interval from 0 to half the sample says nothing either, history or not
+    wide = scored.assign(err_releases=5, pred_k_lo=np.where(sim, 0.0, 1.0), pred_k_hi=np.where(sim, 2000.0, 10.0))
+    assert score.untracked(wide).tolist() == sim.tolist()
+    s = score.summary(scored).set_index("method")
+    assert s.loc["deployment_sim", "untracked"] == s.loc["deployment_sim", "categories"]
+    assert s.loc["challenging", "untracked"] == 0
+    page = show.score_summary(s.reset_index(), level=0.95).data
+    row = page[page.index("<td>deployment_sim</td>"):page.index("</tr>", page.index("<td>deployment_sim</td>"))]
+    assert "100% ⚠ " + show.NO_TRACK in row
+    other = page[page.index("<td>challenging</td>"):page.index("</tr>", page.index("<td>challenging</td>"))]
+    assert "100%" in other and "track record" not in other
+    assert "coverage of the 95% predictive interval (common set)" in page
+    every = score.every_category(scored).set_index("method")
+    assert every.loc["deployment_sim", "untracked"] == every.loc["deployment_sim", "categories"]
+
+
+def test_gate_outcomes_check_the_realised_rate_with_the_same_gate_rule():
+    rates = _rates()
+    gates = {"disallowed": Gate(max_ratio=1.5), "tools": Gate(max_rate=2e-3)}
+    out = score.gate_outcomes(rates, gates).set_index("category")
+    pre = decision_table(rates, gates).set_index("category")
+    post = decision_table(rates, gates, target="prod_new").set_index("category")
+    assert set(out.index) == set(pre.index)                       # every gated category, none invented
+    assert (out["verdict"] == pre.loc[out.index, "gate_status"]).all()
+    assert (out["outcome"] == post.loc[out.index, "gate_status"]).all()
+    assert out.loc["up_big", "k_real"] == 90 and out.loc["up_big", "prev_k"] == 20
+    assert out.loc["up_big", "held"] == "breach confirmed"
+    assert out.loc["tools", "verdict"] == "may breach" and out.loc["tools", "outcome"] == "breaches"
+    assert out.loc["tools", "held"] == "breached (was flagged)"
+    assert out.loc["down_big", "held"] == "within, as forecast"
+    assert out.loc["flat", "held"] == "undecided"                  # the realised interval straddles the gate
+    assert score.gate_outcomes(rates, {}).empty
+    assert score.gate_outcomes(rates[rates["target"] != "prod_new"], gates).empty
+
+
+def test_large_shifts_carry_counts_so_pages_show_them_per_100k():
+    from depsim import show
+    rates = _rates()
+    big = score.large_shifts(score.per_category(forecasts(rates), rates))
+    assert {"prev_k", "prev_n", "k", "n", "k_real", "n_real"} <= set(big.columns)
+    page = show.large_shifts(big).data
+    assert "2,250 (90 of 4,000)" in page and "500 (20 of 4,000)" in page and "4.41×" in page
+    assert not re.search(r"0\.0\d{2}", page), page                # no rates as fractions
+
+
+def test_forecast_and_score_stages_use_the_reports_one_level(tmp_path):
+    """report.level is the one level of every predictive interval: the forecasts' intervals,
+    this release's coverage and the coverage across releases (no stage keeps its own 90%)."""
+    from depsim import pipeline
+    from depsim.params import load_release
+    from depsim.records import write_table
+    rel = load_release("params/demo.yaml")
+    rel = rel.model_copy(update={"release": "lvl", "world": None,
+                                 "report": rel.report.model_copy(update={"level": 0.8})})
+    # the history's own category names (a category new to the history trips forward chaining:
+    # errormodel.forward_chain's IndexError, a separate bug)
+    names = {"up_big": "sexual_content", "down_big": "hate", "flat": "violence", "never": "bio_risk",
+             "tools": "calculator_hacking"}
+    write_table(_rates().replace({"category": names}), tmp_path, "lvl", "rates")
+    fc = pipeline.run_forecast(rel, tmp_path)["forecasts"]
+    assert (fc["pred_level"] == 0.8).all()
+    out = pipeline.run_score(rel, tmp_path)
+    assert out["level"] == 0.8
+    assert len(out["loo"]) and (out["loo"]["nominal"] == 0.8).all()
+    assert (out["calibration"]["by_group"]["nominal"] == 0.8).all()

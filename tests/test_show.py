@@ -273,8 +273,9 @@ def test_method_record_states_each_methods_interval_coverage():
     assert set(rec["method"]) == {"deployment_sim", "challenging", "prev_production"}
     assert rec["coverage"].between(0, 1).all()  # the demo's history has six earlier releases
     html_ = show.method_record(rec, rel.report.level).data
-    for m, c in zip(rec["method"], rec["coverage"]):
-        assert f"{c:.0%} of realised rates fell inside its {rel.report.level:.0%} predictive interval" in html_
+    for m, c, rows in zip(rec["method"], rec["coverage"], rec["coverage_rows"]):
+        assert f"{c:.0%} of the {int(rows):,} realised counts checked fell inside its {rel.report.level:.0%} " \
+               "predictive interval" in html_
     assert "its \u2013" not in html_ and "n/a" not in html_
     assert "prev_production</strong>" in html_ and "it predicts no change" in html_
     few = show.method_record(rec.assign(coverage=np.nan), 0.9).data
@@ -414,3 +415,73 @@ def test_the_verdict_names_the_audits_main_finding_escaped():
     v = show.verdict(d, gates, audit_headline='Largest behaviour outside the taxonomy: "<b>reveals</b>"').data
     assert "Outside the taxonomy (no gate applies):</strong> Largest behaviour" in v
     assert "&lt;b&gt;reveals&lt;/b&gt;" in v and "<b>reveals" not in v and 'href="03_audit.html"' in v
+
+
+# --------------------------------------------------------------------------- the score page and realised results
+
+
+def test_method_record_lists_a_method_with_no_track_record():
+    """A method this release forecasts but the history lacks (deployment_sim_reweighted in the
+    demo) is listed as having no track record, never silently left out; coverage says over
+    how many forward-chained forecasts it was checked."""
+    from depsim import pipeline
+    rel = load_release(Path(__file__).resolve().parents[1] / "params" / "demo.yaml")
+    methods = ["deployment_sim", "challenging", "prev_production", "deployment_sim_reweighted"]
+    rec = pipeline.method_record(rel, methods).set_index("method")
+    assert rec.loc["deployment_sim_reweighted", "releases"] == 0
+    assert (rec.drop(index="deployment_sim_reweighted")["coverage_rows"] > 0).all()
+    page = show.method_record(rec.reset_index(), rel.report.level).data
+    assert "<strong>deployment_sim_reweighted</strong>: no track record" in page
+    line = page[page.index("<strong>deployment_sim</strong>"):page.index("</li>", page.index("<strong>deployment_sim</strong>"))]
+    n = int(rec.loc["deployment_sim", "coverage_rows"])
+    assert f"of the {n:,} realised counts checked fell inside its 95% predictive interval" in line
+
+
+def test_pages_state_the_level_of_the_predictive_intervals():
+    """One level (report.level) for every predictive interval: the forecasts table records it
+    (pred_level) and each page names it, here and across releases."""
+    from depsim import history, score
+    h = history.load_history(Path(__file__).resolve().parents[1] / "params" / "history.csv")
+    last = h["release"].unique()[-1]
+    past, now = h[h["release"] != last], h[h["release"] == last].drop(columns=["k_real", "n_real"])
+    fc = history.predictive_bounds(now, score.score_rows(past), level=0.8)
+    assert (fc["pred_level"] == 0.8).all()
+    assert "predictive interval per 100k [80%]" in show.forecasts(fc, 0.8).data
+    loo = history.loo_coverage(score.score_rows(h), level=0.8)
+    page = show.calibration_across(loo, 0.8).data
+    assert "inside the 80% predictive interval" in page and ">80%<" in page and "90%" not in page
+    assert "forecasts checked (earlier releases and this one)" in page
+
+
+def test_realised_names_its_levels_and_never_shows_zero_as_a_rate():
+    sc = pd.DataFrame([{"category": "hate", "method": "deployment_sim", "k": 3, "n": 4000, "k_real": 0, "n_real": 4000,
+                        "pred_k_lo": 0.0, "pred_k_hi": 9.0, "pred_n": 4000.0, "pred_level": 0.9}])
+    page = show.realised({"realised_ok": True, "forecasts": sc, "level": 0.9}).data
+    assert "realised per 100k [90%]" in page and "inside the 90% predictive interval" in page
+    assert "0 of 4,000 (≤ " in page and "<td>0 [" not in page
+
+
+def test_gate_outcomes_and_truth_tables_fit_and_use_rates_per_100k():
+    from depsim import score
+    rates = _rates([("sim", "sexual", 40, 4000), ("prod_prev", "sexual", 21, 4000), ("prod_new", "sexual", 31, 4000),
+                    ("sim", "calc", 8, 4000), ("prod_prev", "calc", 1, 4000), ("prod_new", "calc", 11, 4000)])
+    t = score.gate_outcomes(rates, {"disallowed": Gate(max_ratio=1.5)})
+    page = show.gate_outcomes(t).data
+    assert "31 of 4,000" in page and "21 of 4,000" in page and "verdict held?" in page and "depsim-fit" in page
+    assert "breach" in show.gate_outcome_line(t).data and "score page (6)" in show.gate_outcome_line(t).data
+    truth = pd.DataFrame([{"category": "lying_about_tools", "prev": 327.6967, "new": 1234.5678, "sim": 0.01234,
+                           "true_change": 3.7672, "measured_change": 2.9, "same_direction": True, "true_large": True,
+                           "sim_power": 0.41, "detectable": False, "sim_direction": "no change", "recovered": False,
+                           "why_not": "sample too small"}])
+    page = show.truth_table(truth).data
+    assert ">328<" in page and ">1,235<" in page and ">0.01<" in page and "3.77×" in page and "41%" in page
+    assert "327.6967" not in page and "sample too small" in page and "white-space:normal" in page
+
+
+def test_realised_marks_an_interval_that_says_nothing():
+    sc = pd.DataFrame([{"category": c, "method": "deployment_sim", "k": 3, "n": 4000, "k_real": 5, "n_real": 4000,
+                        "pred_k_lo": lo, "pred_k_hi": hi, "pred_n": 4000.0, "pred_level": 0.95, "err_releases": e}
+                       for c, lo, hi, e in (("hate", 0.0, 4000.0, 0), ("bio", 1.0, 12.0, 6))])
+    page = show.realised({"realised_ok": True, "forecasts": sc, "level": 0.95}).data
+    assert page.count("says nothing") == 1
+    assert page.index("says nothing") < page.index("Bio")   # hate's row, not bio's
