@@ -723,7 +723,8 @@ def forecasts(fc: pd.DataFrame, level: float = 0.95) -> HTML:
         k, n = float(r["k"]), float(r["n"])
         lo, hi = _exact_interval(k, n, level) if n else (np.nan, np.nan)
         row = {"category": category_title(r["category"]), "method": r["method"], "flagged": k_of_n(k, n),
-               f"rate per 100k [{level:.0%} exact]": f"{rate100k(k / n if n else np.nan)} {interval100k(lo, hi)}"}
+               f"rate per 100k [{level:.0%} exact]": (rate_or_bound100k(k, n, level) if n and not k
+                                                         else f"{rate100k(k / n if n else np.nan)} {interval100k(lo, hi)}")}
         if "pred_lo" in fc:
             row[_predictive_name(fc)] = interval100k(r["pred_lo"], r["pred_hi"])
         change = DASH

@@ -134,7 +134,8 @@ def test_forecast_page_reads_counts_and_never_calls_a_tie_down():
         {"category": "bio", "method": "prev_production", "k": 0.0, "n": 200.0, "rate": 0.0025, "lo": 0.0, "hi": 0.012}])
     h = show.forecasts(fc).data
     assert "down" not in h and "falls" not in h and "rises" not in h
-    assert "0 of 200" in h and "<td>0 [0–1,828]</td>" in h  # zero events read as zero, not a Jeffreys rate
+    # zero events read as the exact upper bound, never as a rate (not even 0)
+    assert "0 of 200" in h and "<td>≤ 1,828</td>" in h and "0 [0–1,828]" not in h
 
 
 # --------------------------------------------------------------------------- how far each grader can be trusted
