@@ -672,8 +672,10 @@ def forward_chain(history: pd.DataFrame, min_train: int = 1, level: float = 0.9,
     prob = np.repeat(np.arange(B), lens)
     pos = np.concatenate([np.arange(a, b + 1) for a, b in zip(steps["min"], steps["max"])])
     rows = order[pos]
+    # a category first seen in the predicted release takes the last row: "the history lacks it"
+    last = cs["w"].shape[1] - 1
     loc, scale, df = predictive_t_category(fit, steps["rel"].to_numpy() - centre, prob,
-                                           cs["w"][prob, code[rows]])
+                                           cs["w"][prob, np.minimum(code[rows], last)])
     out = h.iloc[rows].reset_index(drop=True)
     out = out.assign(train_releases=fit["releases"][prob], err_loc=loc, err_scale=scale, err_df=df)
     args = (out["k"].to_numpy(float), out["n"].to_numpy(float), out["n_real"].to_numpy(float),

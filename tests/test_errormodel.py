@@ -189,3 +189,18 @@ def test_fit_recovers_bias_sigma_and_drift():
 def test_history_without_counts_is_refused():
     with pytest.raises(ValueError, match=r"lacks columns \['k', 'n'\]"):
         E.fit_history(pd.DataFrame(columns=["release", "category", "group", "method", "k_real", "n_real"]))
+
+
+def test_a_category_first_seen_in_the_predicted_release_gets_the_groups_predictive():
+    """A new category in the taxonomy has no history: forward chaining predicts it from its
+    group (the 'history lacks it' scale) instead of failing with an IndexError."""
+    rows = [{"release": f"r{r}", "category": c, "group": "g", "method": "m", "k": 20, "n": 1000,
+             "k_real": 20 + 3 * r + i, "n_real": 1000} for r in range(5) for i, c in enumerate(("a", "b"))]
+    rows += [{"release": "r4", "category": c, "group": "g", "method": "m", "k": 20, "n": 1000,
+              "k_real": 25, "n_real": 1000} for c in ("new", "newer")]
+    out = E.forward_chain(pd.DataFrame(rows), min_train=4, level=0.9)
+    new, newer = (out[out["category"] == c].iloc[0] for c in ("new", "newer"))
+    old = out[out["category"] == "a"].iloc[0]
+    assert np.isfinite([new["err_scale"], new["pred_k_lo"], new["pred_k_hi"]]).all()
+    assert new["err_scale"] == newer["err_scale"]          # both: the group's predictive
+    assert new["err_scale"] >= old["err_scale"] * 0.999   # never narrower than a category with a record
