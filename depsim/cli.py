@@ -9,6 +9,7 @@ import typer
 from depsim.cache import ResponseCache
 from depsim.grade import DEFAULT_PARAMS, grade_schema, llm_grader_id, system_message
 from depsim.grader_validation import check_output, read_labelled, refusal_labelled
+from depsim.history import load_history
 from depsim.grader_validation import validate_grader as run_validation
 from depsim.params import DATA_DIR, FORMATS, PROMPT_SETS, ParamsError, endpoint_url, load_release, unset_api_keys
 from depsim.readers import InputError
@@ -260,7 +261,9 @@ def check(params_file: Path = typer.Argument(..., help="release parameters to va
 
     try:
         rel = load_release(params_file)
-    except ParamsError as e:
+        if rel.history is not None:  # its rows, not only its existence (stage 5 reads them)
+            load_history(rel.resolve(rel.history))
+    except (ParamsError, ValueError) as e:
         _fail(str(e))
     if env and (unset := unset_api_keys(rel)):
         for line in unset:

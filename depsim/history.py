@@ -19,19 +19,37 @@ from depsim.score import score_rows
 
 COLUMNS = ["release", "category", "group", "method", "grader_id", "k", "n", "rate", "lo", "hi",
            "prev_k", "prev_n", "prev_rate", "k_real", "n_real"]
+NUMERIC = ["k", "n", "rate", "lo", "hi", "prev_k", "prev_n", "prev_rate", "k_real", "n_real"]
 
 
 def load_history(path: str | Path) -> pd.DataFrame:
     """Return the history table of ``path``; raise ValueError naming the file, line and
-    problem for missing columns, invalid values, or a category whose grader_id changes
+    problem for missing columns, a value that is not a number (naming its column), invalid
+    values, a (release, category, method) given twice, or a category whose grader_id changes
     within one release."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, dtype={c: str for c in ("release", "category", "group", "method", "grader_id")})
     missing = [c for c in COLUMNS if c not in df]
     if missing:
         raise ValueError(f"{path}:1: missing columns {missing}")
+    for col in NUMERIC:
+        x = pd.to_numeric(df[col], errors="coerce")
+        bad = df[col].notna() & x.isna()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{path}:{i + 2}: column {col}: {str(df[col].iloc[i])!r} is not a number")
+        df[col] = x
+    # one row per (release, category, method): a repeated row would count twice in the error model
+    keys = df[["release", "category", "method"]]
+    again = keys.duplicated()
+    if again.any():
+        j = int(np.flatnonzero(again)[0])
+        key = tuple(keys.iloc[j])
+        i = int(np.flatnonzero((keys == pd.Series(key, index=keys.columns)).all(axis=1))[0])
+        raise ValueError(f"{path}:{j + 2}: release {key[0]!r}, category {key[1]!r}, method {key[2]!r} is given twice "
+                         f"(first at line {i + 2})")
     bad = ~((df["lo"] <= df["rate"]) & (df["rate"] <= df["hi"]) & (df["rate"] > 0) & (df["prev_rate"] > 0)
             & (df["k"] >= 0) & (df["k"] <= df["n"]) & (df["n"] > 0)
             & (df["prev_k"] >= 0) & (df["prev_k"] <= df["prev_n"]) & (df["prev_n"] > 0)
@@ -63,9 +81,13 @@ def comparable(history: pd.DataFrame, forecasts: pd.DataFrame) -> tuple[pd.DataF
 
 def with_history(history: pd.DataFrame, scored: pd.DataFrame, release: str) -> pd.DataFrame:
     """Return earlier releases' scored rows and this release's, in one table (column
-    ``release``), for metrics across releases."""
+    ``release``), for metrics across releases. Rows of ``history`` already labelled
+    ``release`` (this release appended to the file) are replaced by ``scored``, never
+    counted twice; a category's earlier rows graded by another grader_id are left out, as
+    for the predictive bounds (:func:`comparable`)."""
     cols = [c for c in COLUMNS if c != "release" and c in scored]
-    return pd.concat([score_rows(history), scored[cols].pipe(score_rows).assign(release=release)],
+    earlier, _ = comparable(history[history["release"] != release], scored)
+    return pd.concat([score_rows(earlier), scored[cols].pipe(score_rows).assign(release=release)],
                      ignore_index=True)
 
 

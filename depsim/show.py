@@ -737,7 +737,15 @@ def forecasts(fc: pd.DataFrame, level: float = 0.95) -> HTML:
             row["previous flagged"] = DASH
         row["change"] = change
         rows.append(row)
-    return table(pd.DataFrame(rows))
+    note = ""
+    if "history_dropped" in fc and fc["history_dropped"].fillna(False).astype(bool).any():
+        # rates graded by different grader ids are never compared: say whose record was set aside
+        cats = sorted({category_title(c) for c in fc.loc[fc["history_dropped"].fillna(False).astype(bool), "category"]})
+        note = (f"<p><small>The grader of {html.escape(', '.join(cats))} changed since the history was recorded: "
+                f"their earlier releases are left out of the predictive interval and of the metrics across releases "
+                f"(rates graded by different grader ids are never compared), so their intervals rest on the "
+                f"group's record only.</small></p>")
+    return HTML(table(pd.DataFrame(rows)).data + note)
 
 
 def _predictive_level(fc: pd.DataFrame) -> str:

@@ -115,3 +115,12 @@ def test_render_of_a_run_that_stopped_says_so(tmp_path):
         (d / f"{stem}.ipynb").write_text("{}")
     res = CliRunner().invoke(app, ["render", str(d)])
     assert res.exit_code == 2 and "the run stopped after 01_sample, 02_simulate" in res.output
+
+
+def test_depsim_check_reads_the_history_rows(tmp_path):
+    p = small_release(tmp_path)
+    h = pd.read_csv(tmp_path / "history.csv", dtype=str)
+    h.loc[8, "n_real"] = "4,000"                                     # a thousands separator: line 10
+    h.to_csv(tmp_path / "history.csv", index=False)
+    res = CliRunner().invoke(app, ["check", str(p), "--no-data", "--no-env"])
+    assert res.exit_code == 2 and "history.csv:10: column n_real: '4,000' is not a number" in res.output

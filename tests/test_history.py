@@ -101,3 +101,31 @@ def test_with_history_stacks_releases():
     assert set(both["release"]) == set(h["release"].unique()[:-1]) | {"now"}
     s = score.summary(both)
     assert len(s.attrs["excluded"]) > 0 and s["categories"].nunique() == 1
+
+
+def test_a_history_typo_or_repeated_row_is_named_at_its_line(tmp_path):
+    p = tmp_path / "h.csv"
+    text = open(SHIPPED).read().splitlines()
+    cells = text[9].split(",")
+    k = history.COLUMNS.index("k")
+    cells[k] = "1O"                                                  # a letter O for a zero
+    (tmp_path / "h.csv").write_text("\n".join(text[:9] + [",".join(cells)] + text[10:]) + "\n")
+    with pytest.raises(ValueError, match=r"h.csv:10: column k: '1O' is not a number"):
+        history.load_history(p)
+    p.write_text("\n".join(text + [text[3]]) + "\n")                # line 4 appended again
+    with pytest.raises(ValueError, match=rf"h.csv:{len(text) + 1}: release .* is given twice \(first at line 4\)"):
+        history.load_history(p)
+
+
+def test_with_history_counts_this_release_once_and_keeps_one_grader_per_category():
+    h = history.load_history(SHIPPED)
+    last = h["release"].unique()[-1]
+    scored = score.score_rows(h[h["release"] == last].drop(columns="release"))
+    appended = pd.concat([h, h[h["release"] == last].assign(release="now")], ignore_index=True)
+    both = history.with_history(appended, scored, "now")           # "now" already in the file
+    assert len(both) == len(h) + len(scored)
+    assert (both["release"] == "now").sum() == len(scored)
+    cat = scored["category"].iloc[0]
+    changed = scored.assign(grader_id=scored["grader_id"].where(scored["category"] != cat, "new0000000"))
+    mixed = history.with_history(h, changed, "now")
+    assert (mixed["category"] == cat).sum() == (scored["category"] == cat).sum()  # earlier ids dropped

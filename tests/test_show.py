@@ -486,3 +486,11 @@ def test_realised_marks_an_interval_that_says_nothing():
     page = show.realised({"realised_ok": True, "forecasts": sc, "level": 0.95}).data
     assert page.count("says nothing") == 1
     assert page.index("says nothing") < page.index("Bio")   # hate's row, not bio's
+
+
+def test_forecast_page_says_whose_history_was_set_aside_for_a_changed_grader():
+    fc = pd.DataFrame([{"category": c, "method": "deployment_sim", "k": 5.0, "n": 200.0, "history_dropped": d}
+                       for c, d in (("hate", True), ("self_harm", False))])
+    h = show.forecasts(fc).data
+    assert "The grader of Hate changed since the history was recorded" in h and "Self harm changed" not in h
+    assert "changed since" not in show.forecasts(fc.assign(history_dropped=False)).data
