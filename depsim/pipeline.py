@@ -90,39 +90,64 @@ def git_commit() -> str:
 
 #: params that change what the pages show, never a table: left out of the params hash
 DISPLAY_PARAMS = {"title", "gates", "report", "path", "notice", "all_failed"}
+#: stage -> the params its own tables are computed from (a field, ``section.key``, or a file
+#: named by a field: the taxonomy, the history, the grading validations, hashed by content).
+#: An earlier stage's params reach a table through its inputs (:data:`INPUTS`), so editing
+#: the grading marks the grades and what follows stale, not the prefixes.
+STAGE_PARAMS = {
+    "sample": ("release", "world", "sources", "sampling", "deid", "reweight", "targets"),
+    "simulate": ("world", "models.candidate", "models.previous_production", "models.candidate_production",
+                 "models.tool_simulator", "generation", "targets"),
+    "realism": ("world", "realism", "models.candidate", "models.judge", "models.tool_simulator", "generation"),
+    "audit": ("world", "audit", "models.auditor", "targets", "categories", "taxonomy"),
+    "grade": ("world", "grading", "models.grader", "categories", "taxonomy", "targets", "reweight"),
+    "forecast": ("history", "report.level", "targets"),
+    "score": ("world", "history", "report.level", "reweight", "generation.tool_mode"),
+}
 
 
-def params_hash(rel: Release) -> str:
-    """Return 12 hex chars of the sha256 of the release's parameters that shape its tables
-    (all but :data:`DISPLAY_PARAMS`) and of its taxonomy file."""
-    h = hashlib.sha256(json.dumps(rel.model_dump(mode="json", exclude=DISPLAY_PARAMS), sort_keys=True).encode())
-    tax = rel.resolve(rel.taxonomy)
-    if tax.exists():
-        h.update(tax.read_bytes())
+def params_hash(rel: Release, stage: str | None = None) -> str:
+    """Return 12 hex chars of the sha256 of the release's parameters that shape ``stage``'s
+    tables (:data:`STAGE_PARAMS`, files by content), or with no stage of all that shape any
+    table (all but :data:`DISPLAY_PARAMS`, and the files)."""
+    dump = rel.model_dump(mode="json")
+    keys = STAGE_PARAMS[stage] if stage else [k for k in dump if k not in DISPLAY_PARAMS] + ["report.level"]
+    picked = {}
+    for key in keys:
+        head, _, tail = key.partition(".")
+        picked[key] = (dump.get(head) or {}).get(tail) if tail else dump.get(head)
+    h = hashlib.sha256(json.dumps(picked, sort_keys=True).encode())
+    files = ([rel.taxonomy] if "taxonomy" in keys else []) + ([rel.history] if "history" in keys and rel.history else []) \
+        + (list(rel.grading.validation) if "grading" in keys else [])
+    for f in files:  # what the file says, not only its name
+        path = rel.resolve(f)
+        if path.is_file():
+            h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
 
-def provenance(rel: Release) -> dict:
+def provenance(rel: Release, stage: str | None = None) -> dict:
     """Return the provenance stamped on every table a stage writes: depsim version, git
-    commit, params hash, params file, and the model id of each role."""
+    commit, params hash (of ``stage``'s params, :func:`params_hash`), params file, and the
+    model id of each role."""
     m = rel.models
     models = {role: ep.model for role in type(m).model_fields if (ep := getattr(m, role)) is not None}
-    return {"depsim_version": __version__, "git_commit": git_commit(), "params_hash": params_hash(rel),
+    return {"depsim_version": __version__, "git_commit": git_commit(), "params_hash": params_hash(rel, stage),
             "params_file": str(rel.path.name if rel.path else ""), "models": models}
 
 
 def _write(df: pd.DataFrame, reports_dir, rel: Release, name: str) -> Path:
-    return write_table(df, reports_dir, rel.release, name, meta=provenance(rel))
+    return write_table(df, reports_dir, rel.release, name, meta=provenance(rel, WRITER[name]))
 
 
 def staleness(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
     """Return one row per existing table: ``table``, ``written`` (UTC), ``params_hash``,
     ``git_commit`` and ``stale`` (why it is stale, or "" when current): a table is stale when
     a table it is computed from was rewritten after it (or is itself stale), or when it was
-    written under another params file or another depsim version."""
+    written under other parameters of its stage (:func:`params_hash`) or another depsim version."""
     metas = {name: table_meta(reports_dir, rel.release, name) for name in INPUTS}
     metas = {k: v for k, v in metas.items() if v is not None}
-    now = params_hash(rel)
+    now = {stage: params_hash(rel, stage) for stage in STAGES}
     why: dict[str, str] = {}
     for name in INPUTS:  # INPUTS lists inputs before the tables computed from them
         if name not in metas:
@@ -133,8 +158,8 @@ def staleness(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
                 reasons.append(f"{src} was rewritten after it")
             elif why.get(src):
                 reasons.append(f"{src} is stale")
-        if metas[name].get("params_hash") not in (None, now):
-            reasons.append("written under another params file")
+        if metas[name].get("params_hash") not in (None, now[WRITER[name]]):
+            reasons.append(f"written under other {WRITER[name]} parameters")
         if metas[name].get("depsim_version") not in (None, __version__):
             reasons.append(f"written by depsim {metas[name]['depsim_version']}")
         why[name] = "; ".join(reasons)

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import small_release
 from depsim import audit, grader_validation, params, pipeline, stats
 from depsim.params import DATA_DIR, load_release
 from depsim.sim.truth import world_of
@@ -145,3 +146,29 @@ def test_xstest_figures_are_stored_once_and_reused(tmp_path, monkeypatch):
         pd.testing.assert_frame_equal(first[k], again[k])
     gone = pipeline.xstest_validation(tmp_path / "nowhere")
     assert gone["table"] is None and "XSTest is not available here" in gone["missing"]
+
+
+def test_an_edit_marks_stale_only_the_tables_computed_from_it(tmp_path):
+    """A grading edit marks the grades and what follows stale, not the prefixes; editing the
+    history file's contents (same name) marks the forecasts stale, not the rates."""
+    p = small_release(tmp_path)
+    text = p.read_text()
+    rel = load_release(p)
+    reports = tmp_path / "r"
+    for name in ("prefixes", "completions", "grades", "rates", "forecasts"):
+        pipeline._write(pd.DataFrame({"x": [1]}), reports, rel, name)
+
+    def stale(r):
+        return pipeline.staleness(r, reports).set_index("table")["stale"]
+    assert (stale(rel) == "").all()
+    assert "llm_sample: 80" in text
+    p.write_text(text.replace("llm_sample: 80", "llm_sample: 40"))
+    s = stale(load_release(p))
+    assert s["prefixes"] == s["completions"] == ""
+    assert s["grades"] == "written under other grade parameters" and "rates is stale" in s["forecasts"]
+    p.write_text(text)
+    h = pd.read_csv(tmp_path / "history.csv", dtype={"grader_id": str})
+    h.loc[0, "k_real"] += 1
+    h.to_csv(tmp_path / "history.csv", index=False)
+    s = stale(load_release(p))
+    assert (s.drop("forecasts") == "").all() and s["forecasts"] == "written under other forecast parameters"
