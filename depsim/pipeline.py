@@ -512,7 +512,13 @@ def realised_status(rel: Release, released: bool) -> tuple[bool, str]:
     """Return (whether realised results may be shown, why not / what they are): never on a
     stand-in candidate pool; on the simulated world they are labelled simulated."""
     if not released:
-        return False, "Not released yet: no post-release pool (target prod_new), so nothing realised to compare."
+        params = shlex.quote(str(rel.path)) if rel.path else "PARAMS"
+        if "prod_new" in rel.targets:  # configured after the earlier stages ran: they must run again
+            return False, (f"Not scored yet: target prod_new is in the params, but the rates have no prod_new "
+                           f"row (the earlier stages ran without it); rerun: depsim run {params} --from sample")
+        return False, ("Not released yet: no post-release pool, so nothing realised to compare. After release, "
+                       "add the candidate's post-release logs as sources.candidate and the target prod_new, "
+                       f"then rerun: depsim run {params} --from sample")
     p = pools(rel).set_index("pool")
     if "candidate" in p.index and p.loc["candidate", "conversations"].startswith("stand-in"):
         return False, ("No realised results: the post-release pool is a stand-in (the previous pool's conversations "

@@ -108,6 +108,12 @@ def test_public_release_never_reports_a_realised_score():
     assert withhold_stand_in(demo, scored)["scores"] is not None
     ok, why = realised_status(demo, released=True)
     assert ok and "simulated" in why
+    # prod_new in the params but not in the rates: the earlier stages must run again, said with the command
+    ok, why = realised_status(demo, released=False)
+    assert not ok and "target prod_new is in the params" in why and f"depsim run {demo.path} --from sample" in why
+    before = demo.model_copy(update={"targets": [t for t in demo.targets if t != "prod_new"]})
+    ok, why = realised_status(before, released=False)
+    assert not ok and "add the candidate's post-release logs as sources.candidate and the target prod_new" in why
 
 
 def test_transcript_block_shows_every_role_and_escapes():
