@@ -162,7 +162,8 @@ def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame,
             continue
         path = source_path(rel, pool, src, reports_dir)
         n = rel.sampling.n
-        strat = rel.reweight.column if rel.reweight is not None and pool != "challenging" else None
+        strat = stratum(rel, pool)
+        missing = missing_stratum(rel, pool, src, path)
         lifted = [c for c in src.columns if c != strat] if src.kind not in ("sim_world", "parquet") else []
         if pool == "challenging":
             total = int(duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0])
@@ -171,11 +172,13 @@ def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame,
             cols = {r[0] for r in duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()}
             lifted += ["label"] if "label" in cols and "label" not in lifted else []
         mem = dict(memory_limit=rel.sampling.memory_limit, spill_dir=rel.sampling.spill_dir)
-        df = sample_prefixes(path, n, rules=rel.sampling.eligibility, seed=rel.sampling.seed, stratum_column=strat,
-                             extra_columns=lifted, **mem)
-        if df.empty:
-            why = explain_ineligible(path, rel.sampling.eligibility, **mem)
-            raise NoUsableData(f"{pool} source ({src.kind}, {src.path}): no eligible user turn; {why}")
+        df = None if missing else sample_prefixes(path, n, rules=rel.sampling.eligibility, seed=rel.sampling.seed,
+                                                  stratum_column=strat, extra_columns=lifted, **mem)
+        if df is None or df.empty:
+            why = explain_ineligible(path, rel.sampling.eligibility, **mem)  # the first thing to fix
+            if why or not missing:
+                raise NoUsableData(f"{pool} source ({src.kind}, {src.path}): no eligible user turn; {why}")
+            raise NoUsableData(missing)
         df = pd.concat([df, _responses(path, df)], axis=1)
         df.insert(1, "pool", pool)
         if pool == "challenging" and "label" in df:
@@ -220,11 +223,13 @@ def check_sources(rel: Release, reports_dir: str | Path) -> list[str]:
     """Convert every prefix source (cached, as stage 1 does) and check that it has eligible user
     turns under ``sampling.eligibility``. Returns one line per source; raises
     :class:`NoUsableData` (counts by reason, likely cause) for the first that has none.
-    Simulated-world sources are not generated here (they always have data)."""
+    Simulated-world sources are generated (cached, as stage 1 keeps them) and checked too: an
+    eligibility rule can exclude all of them. A source without the column that
+    ``reweight.column`` stratifies by is named (:func:`missing_stratum`)."""
     lines = []
     for pool in POOLS:
         src = getattr(rel.sources, pool)
-        if src is None or src.kind == "sim_world":
+        if src is None:
             continue
         path = source_path(rel, pool, src, reports_dir)
         rules = rel.sampling.eligibility  # as build_prefixes samples every pool
@@ -232,5 +237,28 @@ def check_sources(rel: Release, reports_dir: str | Path) -> list[str]:
                                  spill_dir=rel.sampling.spill_dir)
         if why:
             raise NoUsableData(f"{pool} source ({src.kind}, {src.path}): no eligible user turn; {why}")
-        lines.append(f"{pool}: {src.kind} {src.path}: has eligible user turns")
+        if missing := missing_stratum(rel, pool, src, path):
+            raise NoUsableData(missing)
+        lines.append(f"{pool}: {src.kind} {src.path or src.deployment or ''}: has eligible user turns")
     return lines
+
+
+def stratum(rel: Release, pool: str) -> str | None:
+    """Return the prefix column that ``pool`` is sampled by stratum on: ``reweight.column``
+    for the previous pool (whose prefixes the reweighted forecast uses), else None."""
+    return rel.reweight.column if rel.reweight is not None and pool == "previous" else None
+
+
+def missing_stratum(rel: Release, pool: str, src, path: Path) -> str | None:
+    """Return why ``pool`` cannot be sampled by stratum (one line naming ``reweight.column``:
+    the converted source at ``path`` lacks that column, which must be lifted from the
+    records), or None when it can."""
+    col = stratum(rel, pool)
+    if col is None:
+        return None
+    cols = {r[0] for r in duckdb.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()}
+    if col in cols:
+        return None
+    return (f"{pool} source ({src.kind}, {src.path or src.deployment}): no column {col!r}, which reweight.column "
+            f"stratifies the sample by: lift it from the records with `columns: [{col}]` on sources.{pool}, or "
+            f"remove reweight")

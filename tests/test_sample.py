@@ -98,8 +98,26 @@ def test_date_window_without_timestamps_fails_fast(tmp_path):
 def test_language_name_in_rules_matches_codes(tmp_path):
     _lines(tmp_path / "logs.jsonl", ["c1", "c2"], lang="en")
     rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs.jsonl"},
-                   eligibility="    languages: [English]\n")
-    assert check_sources(rel, tmp_path / "reports") == ["previous: openai_jsonl logs.jsonl: has eligible user turns"]
+                   eligibility="    languages: [English]\n").model_copy(update={"reweight": None})
+    lines = check_sources(rel, tmp_path / "reports")
+    assert lines[0] == "previous: openai_jsonl logs.jsonl: has eligible user turns"
+    assert lines[1:] == ["candidate: sim_world X: has eligible user turns",       # the world's pools are checked too
+                         "challenging: sim_world challenging: has eligible user turns"]
+
+
+def test_check_names_a_reweight_column_the_source_lacks_and_a_world_nothing_passes(tmp_path):
+    _lines(tmp_path / "logs.jsonl", ["c1", "c2"], lang="en")
+    rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs.jsonl"})
+    with pytest.raises(NoUsableData, match=r"previous source \(openai_jsonl, logs.jsonl\): no column 'intent', which "
+                                           r"reweight.column stratifies the sample by: lift it .*`columns: \[intent\]`"):
+        check_sources(rel, tmp_path / "reports")
+    with pytest.raises(NoUsableData, match=r"no column 'intent'"):
+        build_prefixes(rel, tmp_path / "reports")               # stage 1 says the same, not a DuckDB error
+    world = load_release(small_release(tmp_path, "w"))
+    world = world.model_copy(update={"sampling": world.sampling.model_copy(update={
+        "eligibility": world.sampling.eligibility.model_copy(update={"languages": ["eng"]})})})
+    with pytest.raises(NoUsableData, match=r"previous source \(sim_world.*no conversation has language in \['eng'\]"):
+        check_sources(world, tmp_path / "reports")
 
 
 def test_lifted_columns_reach_the_prefixes_table(tmp_path):
