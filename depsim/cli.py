@@ -10,9 +10,12 @@ from depsim.cache import ResponseCache
 from depsim.grade import DEFAULT_PARAMS, grade_schema, llm_grader_id, system_message
 from depsim.grader_validation import check_output, read_labelled, refusal_labelled
 from depsim.history import load_history
+from depsim.history import record as record_history
 from depsim.grader_validation import validate_grader as run_validation
 from depsim.params import DATA_DIR, FORMATS, PROMPT_SETS, ParamsError, endpoint_url, load_release, unset_api_keys
+from depsim.pipeline import realised_status
 from depsim.readers import InputError
+from depsim.records import read_table
 from depsim.readers import convert as do_convert
 from depsim.render import render as do_render
 from depsim.refusal import REFUSAL_PATTERN
@@ -276,6 +279,31 @@ def check(params_file: Path = typer.Argument(..., help="release parameters to va
         except (NoUsableData, InputError, FileNotFoundError) as e:
             _fail(str(e), 1)
     typer.echo(f"{params_file}: ok (release {rel.release}, targets {', '.join(rel.targets)})")
+
+@app.command()
+def record(params_file: Path = typer.Argument(..., help="release parameters (its `history:` file is appended to)"),
+           reports_dir: Path = typer.Option(Path("reports"), help="where reports/<release>/ is"),
+           replace: bool = typer.Option(False, help="write the release's rows again if it is already recorded")):
+    """After release, append this release's scored forecasts and realised counts (the score
+    stage's table) to the params' history file, so the next release's predictive intervals and
+    metrics across releases learn from it. Exits 2 without a history file, scores, or when the
+    release is already recorded (--replace)."""
+    try:
+        rel = load_release(params_file)
+    except ParamsError as e:
+        _fail(str(e))
+    ok, why = realised_status(rel, released=True)
+    if not ok:  # a stand-in's "realised" counts are not what happened: never history
+        _fail(f"{params_file}: {why}")
+    if rel.history is None:
+        _fail(f"{params_file}: no `history:` file to record the release in")
+    try:
+        scored = read_table(reports_dir, rel.release, "scores")
+        n = record_history(rel.resolve(rel.history), scored, rel.release, replace=replace)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"{rel.resolve(rel.history)}: recorded release {rel.release} ({n} rows)")
+
 
 if __name__ == "__main__":
     app()

@@ -79,6 +79,31 @@ def comparable(history: pd.DataFrame, forecasts: pd.DataFrame) -> tuple[pd.DataF
     return history[same].reset_index(drop=True), dropped
 
 
+def record(history_path: str | Path, scored: pd.DataFrame, release: str, replace: bool = False) -> int:
+    """Append a scored release (the ``scores`` table: forecasts with their realised counts)
+    to the history file at ``history_path`` as rows of :data:`COLUMNS`, so that the next
+    release's error model and metrics across releases learn from it. Rows without a realised
+    count are left out. Raises ValueError when ``release`` is already in the file (unless
+    ``replace``: its rows are then written again) or when the rows would not load back
+    (:func:`load_history`). Writes atomically; returns the number of rows written."""
+    path = Path(history_path)
+    old = load_history(path)
+    if (old["release"] == release).any() and not replace:
+        raise ValueError(f"{path}: release {release!r} is already recorded ({int((old['release'] == release).sum())} "
+                         f"rows); record it again with --replace")
+    new = scored[scored["k_real"].notna() & scored["n_real"].gt(0)].assign(release=release)[COLUMNS]
+    out = pd.concat([old[old["release"] != release], new], ignore_index=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    out.to_csv(tmp, index=False)
+    try:
+        load_history(tmp)  # the file must stay loadable: checked before it replaces the old one
+    except ValueError as e:
+        tmp.unlink()
+        raise ValueError(f"{path}: the rows of release {release!r} would not load back: {e}") from None
+    tmp.replace(path)
+    return len(new)
+
+
 def with_history(history: pd.DataFrame, scored: pd.DataFrame, release: str) -> pd.DataFrame:
     """Return earlier releases' scored rows and this release's, in one table (column
     ``release``), for metrics across releases. Rows of ``history`` already labelled

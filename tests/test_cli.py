@@ -124,3 +124,27 @@ def test_depsim_check_reads_the_history_rows(tmp_path):
     h.to_csv(tmp_path / "history.csv", index=False)
     res = CliRunner().invoke(app, ["check", str(p), "--no-data", "--no-env"])
     assert res.exit_code == 2 and "history.csv:10: column n_real: '4,000' is not a number" in res.output
+
+
+def test_record_appends_a_scored_release_to_the_history_once(tmp_path):
+    from depsim.history import COLUMNS, load_history
+    from depsim.records import write_table
+    p = small_release(tmp_path)
+    hist = tmp_path / "history.csv"
+    before = load_history(hist)
+    last = before[before["release"] == before["release"].iloc[-1]]
+    # a score stage's table: the forecasts with their realised counts (and more columns)
+    scored = last.drop(columns="release").assign(nll=1.0, k_real=lambda d: d["k_real"].astype(float))
+    scored.loc[scored.index[0], ["k_real", "n_real"]] = float("nan")        # not realised: left out
+    write_table(scored, tmp_path / "reports", "small", "scores")
+    args = ["record", str(p), "--reports-dir", str(tmp_path / "reports")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and f"recorded release small ({len(last) - 1} rows)" in res.output, res.output
+    after = load_history(hist)
+    assert len(after) == len(before) + len(last) - 1 and list(after.columns) == COLUMNS
+    res = CliRunner().invoke(app, args)                                       # twice: refused
+    assert res.exit_code == 2 and "release 'small' is already recorded" in res.output
+    assert CliRunner().invoke(app, args + ["--replace"]).exit_code == 0
+    assert len(load_history(hist)) == len(after)                              # replaced, not added
+    res = CliRunner().invoke(app, ["record", "params/public-hh-rlhf.yaml", "--reports-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "stand-in" in res.output                   # never a stand-in's counts
