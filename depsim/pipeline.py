@@ -359,13 +359,15 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
     :func:`depsim.score.every_category`), ``gate_outcomes`` (each gate verdict against the
     realised outcome), ``directions`` (directional accuracy beside its no-skill null and
     McNemar), ``nll``, ``comparison``, ``large_shifts``, ``across`` / ``across_summary`` /
-    ``loo`` / ``calibration`` (forward-chained, with a history) and ``truth`` / ``truth_note``
+    ``loo`` / ``calibration`` (forward-chained, with a history; its parts also as
+    ``calibration_by_group`` / ``calibration_by_category`` / ``pit``) and ``truth`` / ``truth_note``
     (on the simulated world), and ``level``: the report's level (``report.level``), the one
     level of every predictive interval and coverage here. Missing parts are None."""
     rates_ = read_table(reports_dir, rel.release, "rates")
     out = {k: None for k in ("scores", "summary", "excluded", "every", "gate_outcomes", "directions", "nll",
                              "comparison", "large_shifts", "decomposition", "removed", "across", "across_summary",
-                             "loo", "calibration", "truth", "truth_note")}
+                             "loo", "calibration", "calibration_by_group", "calibration_by_category", "pit",
+                             "truth", "truth_note")}
     out["level"] = level = rel.report.level
     out["released"] = "prod_new" in set(rates_["target"])
     out["decomposition"] = score.decomposition(rates_)
@@ -388,7 +390,10 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
         out["across_summary"] = score.summary(out["across"])
         out["loo"] = history.loo_coverage(out["across"], level=level)
         out["across_summary"].attrs.pop("excluded", None)
-        out["calibration"] = history.calibration_report(out["across"], level=level)
+        out["calibration"] = cal = history.calibration_report(out["across"], level=level)
+        if cal:  # the page shows each part on its own
+            out["calibration_by_group"], out["calibration_by_category"], out["pit"] = (
+                cal["by_group"], cal["by_category"], cal["pit"])
     if rel.world is not None:
         view = "first" if rel.generation.tool_mode == "stop" else "turn"  # what the simulation grades
         out["truth"], out["truth_note"] = against_truth(world_of(rel), scored, rel.reweight, view=view)
@@ -530,7 +535,8 @@ def realised_status(rel: Release, released: bool) -> tuple[bool, str]:
 
 
 SCORED = ("scores", "summary", "excluded", "every", "gate_outcomes", "directions", "nll", "comparison",
-          "large_shifts", "across", "across_summary", "loo", "calibration", "truth", "truth_note")
+          "large_shifts", "across", "across_summary", "loo", "calibration", "calibration_by_group",
+          "calibration_by_category", "pit", "truth", "truth_note")
 
 
 def withhold_stand_in(rel: Release, out: dict) -> dict:
