@@ -155,13 +155,18 @@ def check_engine(engine: str) -> str | None:
 def render(release_dir: str | Path, engine: str = "auto", warn=print) -> tuple[str, Path]:
     """Render the release's site; return (engine used: "quarto" or "nbconvert", index path).
     ``engine="auto"`` picks Quarto when it is on PATH. When Quarto fails, ``warn`` gets its
-    own error and nbconvert renders instead."""
+    own error and nbconvert renders instead. ``warn`` also gets one line per stale page (as
+    its banner says, with the stage to rerun from), so the terminal says it too."""
     release_dir = Path(release_dir)
     quarto = check_engine(engine)
     if engine == "quarto" or (engine == "auto" and quarto):
         try:
-            return "quarto", render_quarto(release_dir, quarto)
+            done = "quarto", render_quarto(release_dir, quarto)
         except RenderFailed as e:
             warn(f"warning: {e}\nwarning: falling back to nbconvert")
-            return "nbconvert", render_nbconvert(release_dir, "nbconvert (Quarto failed)")
-    return "nbconvert", render_nbconvert(release_dir)
+            done = "nbconvert", render_nbconvert(release_dir, "nbconvert (Quarto failed)")
+    else:
+        done = "nbconvert", render_nbconvert(release_dir)
+    for page, why in _staleness(release_dir).items():
+        warn(f"warning: stale page {page}: {why}")
+    return done

@@ -84,6 +84,7 @@ def test_partial_rerun_marks_later_pages_stale(e2e, tmp_path):
     write_table(rates, copy, "e2e", "rates")  # same content, written later than forecasts
     r = depsim("render", str(copy / "e2e"), "--engine", "nbconvert", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "warning: stale page 05_forecast: forecasts: rates was rewritten after it" in r.stdout + r.stderr
     site = copy / "e2e" / "_site"
     for page in ("05_forecast", "06_score", "index"):
         assert "Stale page" in (site / f"{page}.html").read_text(), page
