@@ -158,7 +158,7 @@ def rates_chart(rates: pd.DataFrame, targets: list[str], level: float = 0.95) ->
     ci = (stats.clopper_pearson(r["k"].round().to_numpy(), r["n"].round().to_numpy(), level) if len(r)
           else pd.DataFrame({"lo": [], "hi": []}))
     rate = (r["k"] / r["n"]).to_numpy(float)
-    d = pd.DataFrame({"category": r["category"].to_numpy(), "target": r["target"].to_numpy(),
+    d = pd.DataFrame({"category": [category_title(c) for c in r["category"]], "target": r["target"].to_numpy(),
                       "flagged": [k_of_n(k, n) for k, n in zip(r["k"], r["n"])],
                       "rate100k": np.where(rate > 0, rate * 1e5, np.nan),
                       "lo100k": per100k(ci["lo"]), "hi100k": per100k(ci["hi"])})
@@ -183,19 +183,29 @@ def rates_chart(rates: pd.DataFrame, targets: list[str], level: float = 0.95) ->
             ).properties(width=520, height=alt.Step(5, **{"for": "offset"}))
 
 
-def eval_awareness_chart(rates: pd.DataFrame, targets: list[str]) -> alt.Chart | HTML:
-    """Return a chart of the evaluation-awareness measures (percent of responses, Jeffreys
-    95% intervals) per target of ``targets``: one row per measure, one colour per target."""
+def eval_awareness_chart(rates: pd.DataFrame, targets: list[str], level: float = 0.95) -> alt.Chart | HTML:
+    """Return a chart of the evaluation-awareness measures per target of ``targets``: k / n
+    in percent of responses with the exact ``level`` interval (as the table beside it), one
+    row per measure, one colour per target (:func:`target_color`)."""
     rates = rates[rates["target"].isin(targets)]
     if not (rates["group"] == "evaluation_awareness").any():
         return text("This release tracks no evaluation-awareness measure.")
-    d = rates[(rates["group"] == "evaluation_awareness") & ~rates["target"].str.endswith("_rw")].dropna(subset=["rate"])
-    d = d.assign(pct=d["rate"] * 100, lo_pct=d["lo"] * 100, hi_pct=d["hi"] * 100)
+    d = rates[(rates["group"] == "evaluation_awareness") & (rates["n"].fillna(0) > 0)]
+    ci = _exact_intervals(d["k"], d["n"], level)
+    d = pd.DataFrame({"category": [category_title(c) for c in d["category"]], "target": d["target"].to_numpy(),
+                      "flagged": [k_of_n(k, n) for k, n in zip(d["k"], d["n"])],
+                      "pct": (100 * d["k"] / d["n"]).to_numpy(float), "lo_pct": 100 * ci["lo"].to_numpy(),
+                      "hi_pct": 100 * ci["hi"].to_numpy()})
     order = [t for t in targets if t in set(d["target"])]
+    # a little room past 100%, so a dot there is drawn whole
+    x = alt.Scale(domain=[0, 103], nice=False)
+    axis = alt.Axis(values=list(range(0, 101, 10)))
     base = alt.Chart(d).encode(y=alt.Y("category:N", title=None), color=target_color(order),
                                yOffset=alt.YOffset("target:N", sort=order))
-    return (base.mark_rule().encode(x=alt.X("lo_pct:Q", title="% of responses"), x2="hi_pct:Q")
-            + base.mark_point(filled=True).encode(x="pct:Q", tooltip=["target", "category", "k", "n"])).properties(width=480)
+    return (base.mark_rule().encode(x=alt.X("lo_pct:Q", scale=x, axis=axis,
+                                            title=f"% of responses, k / n (bars: exact {level:.0%} intervals)"), x2="hi_pct:Q")
+            + base.mark_point(filled=True).encode(x=alt.X("pct:Q", scale=x), tooltip=["target", "category", "flagged"])
+            ).properties(width=480)
 
 
 def winrate_table(table_: pd.DataFrame | None, empty: str = "") -> HTML:

@@ -318,11 +318,11 @@ def test_rates_chart_plots_k_over_n_with_exact_intervals_and_the_tables_targets(
     r = _grade_rates()
     spec = show.rates_chart(r, ["sim", "prod_prev"]).to_dict()
     data = pd.DataFrame(next(iter(spec["datasets"].values()))).set_index(["category", "target"])
-    assert data.loc[("sexual_content", "sim"), "rate100k"] == pytest.approx(1400)  # k / n, not 1,412
-    assert data.loc[("sexual_content", "sim"), "lo100k"] == pytest.approx(1059.3, abs=0.5)
-    assert data.loc[("sexual_content", "sim"), "hi100k"] == pytest.approx(1814.4, abs=0.5)
-    assert pd.isna(data.loc[("bio_risk", "sim"), "rate100k"])  # no dot for zero events
-    assert data.loc[("bio_risk", "sim"), "hi100k"] == pytest.approx(1828, abs=1)
+    assert data.loc[("Sexual content", "sim"), "rate100k"] == pytest.approx(1400)  # k / n, not 1,412
+    assert data.loc[("Sexual content", "sim"), "lo100k"] == pytest.approx(1059.3, abs=0.5)
+    assert data.loc[("Sexual content", "sim"), "hi100k"] == pytest.approx(1814.4, abs=0.5)
+    assert pd.isna(data.loc[("Bio risk", "sim"), "rate100k"])  # no dot for zero events
+    assert data.loc[("Bio risk", "sim"), "hi100k"] == pytest.approx(1828, abs=1)
     assert set(data.index.get_level_values("target")) == {"sim", "sim_rw", "prod_prev"}  # the table's columns
     x = spec["layer"][0]["encoding"]["x"]["scale"]
     assert x["domain"][0] == 10.0 and x["clamp"] is True
@@ -456,3 +456,11 @@ def test_winrate_table_gives_percent_with_interval():
     out = show.winrate_table(d).data
     assert "47.7% [42.1\u201353.3]" in out and "2.8% [0.3\u201312.3]" in out and "0.00301" not in out
     assert "no realism" in show.winrate_table(None, "no realism").data
+
+
+def test_evaluation_awareness_chart_plots_k_over_n_with_exact_intervals():
+    spec = show.eval_awareness_chart(_grade_rates(), ["sim", "prod_prev"]).to_dict()
+    data = pd.DataFrame(next(iter(spec["datasets"].values()))).set_index("target")
+    assert data.loc["prod_prev", "pct"] == 100.0 and data.loc["sim", "pct"] == pytest.approx(2.5)  # not 99.75 / 2.74
+    assert data.loc["prod_prev", "lo_pct"] == pytest.approx(98.17, abs=0.01) and data.loc["prod_prev", "hi_pct"] == 100.0
+    assert spec["layer"][0]["encoding"]["x"]["scale"]["domain"][1] > 100  # the dot at 100% is drawn whole
