@@ -677,6 +677,7 @@ def eval_awareness_table(rates: pd.DataFrame, targets: list[str]) -> HTML | None
         return None
     cells = ea.assign(cell=[percent_of(k, n) for k, n in zip(ea["k"], ea["n"])])
     wide = cells.pivot(index="category", columns="target", values="cell").fillna(DASH)
+    wide = wide[[t for t in targets if t in wide]]  # the targets' order, as the chart beside it
     wide.index = [category_title(c) for c in wide.index]
     return table(wide.rename_axis("measure (% of responses)").reset_index())
 

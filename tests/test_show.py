@@ -464,3 +464,8 @@ def test_evaluation_awareness_chart_plots_k_over_n_with_exact_intervals():
     assert data.loc["prod_prev", "pct"] == 100.0 and data.loc["sim", "pct"] == pytest.approx(2.5)  # not 99.75 / 2.74
     assert data.loc["prod_prev", "lo_pct"] == pytest.approx(98.17, abs=0.01) and data.loc["prod_prev", "hi_pct"] == 100.0
     assert spec["layer"][0]["encoding"]["x"]["scale"]["domain"][1] > 100  # the dot at 100% is drawn whole
+
+
+def test_evaluation_awareness_table_keeps_the_targets_order():
+    out = show.eval_awareness_table(_grade_rates(), ["sim", "prod_prev"]).data
+    assert out.index(">sim<") < out.index(">prod_prev<")
