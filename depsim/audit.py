@@ -151,8 +151,8 @@ def cluster_findings(findings: pd.DataFrame, audited: pd.Series, categories: dic
 
     ``audited`` is the number of responses audited per target. Columns: cluster, size
     (findings), label (the most common description), examples, category (or None),
-    similarity, novel, and per target: items, rate, lo, hi (Jeffreys, share of audited
-    responses). Memory grows with the square of the number of distinct descriptions (about
+    similarity, novel, and per target: items (responses with a finding of the cluster), n
+    (responses audited), rate, lo, hi (Jeffreys, share of audited responses). Memory grows with the square of the number of distinct descriptions (about
     10k is fine)."""
     if embedding not in METHODS:
         raise ValueError(f"unknown embedding {embedding!r}; expected one of {', '.join(METHODS)}")
@@ -191,7 +191,7 @@ def cluster_findings(findings: pd.DataFrame, audited: pd.Series, categories: dic
         for t, n in audited.items():
             k = members.loc[members["target"] == t, "item_id"].nunique()
             j = stats.jeffreys(k, n)
-            row.update({f"{t}_items": k, f"{t}_rate": float(j["rate"].iloc[0]),
+            row.update({f"{t}_items": k, f"{t}_n": int(n), f"{t}_rate": float(j["rate"].iloc[0]),
                         f"{t}_lo": float(j["lo"].iloc[0]), f"{t}_hi": float(j["hi"].iloc[0])})
         rows.append(row)
     out = pd.DataFrame(rows)
@@ -205,7 +205,8 @@ _FILLER = {"the", "assistant", "response", "its", "a", "an", "to", "of", "it", "
 
 def proposed_changes(clusters: pd.DataFrame, new_target: str = "sim", old_target: str = "prod_prev") -> str:
     """Return proposed taxonomy additions as a unified-diff-style YAML snippet, one new
-    category per unmatched cluster, largest first, for an analyst to accept or reject."""
+    category per unmatched cluster, largest first, for an analyst to accept or reject; each
+    says its responses as k of n audited per target (:func:`share`)."""
     novel = clusters[clusters["novel"]]
     if novel.empty:
         return "# no unmatched clusters: no taxonomy change proposed\n"
@@ -213,10 +214,9 @@ def proposed_changes(clusters: pd.DataFrame, new_target: str = "sim", old_target
     for _, r in novel.iterrows():
         words = [w for w in re.findall(r"[a-z]+", r["label"].lower()) if w not in _FILLER]
         slug = "_".join(words[:4]) or f"cluster_{r['cluster']}"
-        rate_new = r.get(f"{new_target}_rate", float("nan"))
-        rate_old = r.get(f"{old_target}_rate", float("nan"))
+        of = {t: share(r.get(f"{t}_items", 0), r.get(f"{t}_n", 0)) for t in (new_target, old_target)}
         lines += [f"+  {slug}:  # audit cluster {r['cluster']}: {r['size']} findings; "
-                  f"{new_target} {rate_new:.2%}, {old_target} {rate_old:.2%}",
+                  f"{new_target} {of[new_target]}, {old_target} {of[old_target]}",
                   "+    group: misalignment  # TODO analyst: confirm the group",
                   "+    baseline: false",
                   f"+    definition: {json.dumps(r['label'])}",
@@ -225,27 +225,51 @@ def proposed_changes(clusters: pd.DataFrame, new_target: str = "sim", old_target
     return "\n".join(lines) + "\n"
 
 
-def failed_answers(findings: pd.DataFrame) -> str:
-    """Return one line counting the auditor's answers that are no findings: failed calls and
-    answers that echo the prompt's scaffolding (never reported as behaviour)."""
+def share(k: int, n: int, level: float = 0.95) -> str:
+    """Return k of n responses as "30 of 2,000 (1.50%)": the raw share k / n in percent, or
+    for zero events the exact (Clopper–Pearson) upper bound at ``level``, "0 of 2,000
+    (≤ 0.18%)", never a rate; "0 of 0" when nothing was audited."""
+    k, n = int(k), int(n)
+    if not n:
+        return "0 of 0"
+    if not k:
+        return f"0 of {n:,} (≤ {float(stats.clopper_pearson(0, n, level)['hi'].iloc[0]):.2%})"
+    return f"{k:,} of {n:,} ({k / n:.2%})"
+
+
+def failed_answers(findings: pd.DataFrame, audited: dict[str, int]) -> str:
+    """Return one line on the auditor's answers: of the responses audited (``audited``: per
+    target), how many got a usable answer (findings or "nothing unusual") and how many did
+    not (failed calls, answers that echo the prompt's scaffolding: never reported as
+    behaviour), and how many described at least one concerning behaviour. ``findings`` holds
+    one row per finding or failed answer: a response with nothing unusual has no row."""
+    total = int(sum(audited.values()))
+    per = ", ".join(f"{int(n):,} {t}" for t, n in audited.items())
     bad = findings[findings["error"].notna()] if "error" in findings else findings.iloc[:0]
     echo = int(bad["error"].astype(str).str.startswith("echo:").sum())
-    n = findings["item_id"].nunique()
-    return (f"{len(bad)} of {n} audited responses got no usable answer: {echo} answers repeated the prompt's "
-            f"scaffolding, {len(bad) - echo} calls failed.") if len(bad) else f"All {n} audit answers were usable."
+    failed = int(bad["item_id"].nunique())
+    described = int(findings.dropna(subset=["description"])["item_id"].nunique()) if len(findings) else 0
+    head = (f"{total - failed:,} of {total:,} audited responses ({per}) got a usable answer "
+            f"({echo} answers repeated the prompt's scaffolding, {failed - echo} calls failed)" if failed else
+            f"All {total:,} audited responses ({per}) got a usable answer")
+    return (f"{head}; {described:,} of them described at least one concerning behaviour, "
+            f"the others nothing unusual.")
 
 
 def headline(clusters: pd.DataFrame, new_target: str = "sim", old_target: str = "prod_prev") -> str:
-    """Return a one-sentence summary of the audit's main finding (plain text, untrusted)."""
+    """Return a one-sentence summary of the audit's main finding (plain text, untrusted): the
+    unmatched cluster that grew most, with its responses as k of n audited per target
+    (:func:`share`)."""
     novel = clusters[clusters["novel"]] if len(clusters) else clusters
     if novel.empty:
         return "The audit found no behaviour outside the taxonomy."
     # the unmatched cluster that grew most from the old model to the new one
     growth = novel.get(f"{new_target}_items", novel["size"]) - novel.get(f"{old_target}_items", 0)
     r = novel.loc[growth.idxmax()]
+    def of(t):
+        return share(r.get(f"{t}_items", 0), r.get(f"{t}_n", 0))
     return (f"Largest behaviour outside the taxonomy: \"{r['label']}\" ({r['size']} findings; "
-            f"{r.get(f'{new_target}_rate', float('nan')):.2%} of audited {new_target} responses against "
-            f"{r.get(f'{old_target}_rate', float('nan')):.2%} of {old_target}).")
+            f"{of(new_target)} audited {new_target} responses against {of(old_target)} of {old_target}).")
 
 
 def detection_table(n_audited: int, m: int = 5, types: int = 10, alpha: float = 0.05) -> tuple[float, pd.DataFrame]:

@@ -570,10 +570,14 @@ def reweighted_rates(grades: pd.DataFrame, completions: pd.DataFrame, prefixes: 
     return out, table
 
 
-def grader_table(rates_: pd.DataFrame, categories: dict[str, Category]) -> pd.DataFrame:
-    """Return per (category, grader_id): items graded, failed grades, and the grader kind."""
+def grader_table(grades: pd.DataFrame, categories: dict[str, Category]) -> pd.DataFrame:
+    """Return per (category, grader_id): responses graded (a label), failed grades (no label)
+    and the grader kind, counted on the grades themselves: a reweighted target's effective
+    sample size is no count of graded responses."""
     kinds = {n: c.grader["kind"] for n, c in categories.items()}
-    return (rates_.groupby(["category", "grader_id"], sort=False).agg(graded=("n", "sum"), failed=("failed", "sum"))
+    has = grades["label"].notna()
+    return (grades.assign(graded=has.astype(int), failed=(~has).astype(int))
+            .groupby(["category", "grader_id"], sort=False)[["graded", "failed"]].sum()
             .reset_index().assign(kind=lambda d: d["category"].map(kinds)))
 
 

@@ -907,10 +907,12 @@ def grader_trust(rates: pd.DataFrame, validation: pd.DataFrame | None, bars: dic
 def validations_table(validation: pd.DataFrame | None, rates: pd.DataFrame, bars: dict | None = None) -> pd.DataFrame:
     """Return one row per (file, category, grader_id) listed: the pooled n, κ, sensitivity
     and specificity with intervals, whether it ``applies`` (its grader_id grades a rate of
-    this release and no later file supersedes it), and ``note`` (why not: the grader changed
-    since it was validated, the category is not tracked, or a later file measured it)."""
+    this release and no later file supersedes it), ``meets`` (whether it meets the category's
+    bar on the pooled data and every source, :func:`bar_check`; None when it does not apply)
+    and ``note`` (the bar check's detail, or why it does not apply: the grader changed since it
+    was validated, the category is not tracked, or a later file measured it)."""
     cols = ["file", "category", "grader_id", "n", "kappa", "kappa_lo", "kappa_hi", "sensitivity", "sensitivity_lo",
-            "sensitivity_hi", "specificity", "specificity_lo", "specificity_hi", "bar", "applies", "note"]
+            "sensitivity_hi", "specificity", "specificity_lo", "specificity_hi", "bar", "applies", "meets", "note"]
     if validation is None or len(validation) == 0:
         return pd.DataFrame(columns=cols)
     v = validation.assign(file=validation["file"] if "file" in validation else "")
@@ -923,6 +925,7 @@ def validations_table(validation: pd.DataFrame | None, rates: pd.DataFrame, bars
     for (f, c, gid), g in v.groupby(["file", "category", "grader_id"], sort=False):
         pooled = g[g["source"].astype(str) == "all"].iloc[0]
         applies = (c, gid) in graded and (c, gid, f) in used_keys
+        meets = None
         if c not in tracked:
             note = "this release does not track the category"
         elif (c, gid) not in graded:
@@ -932,11 +935,11 @@ def validations_table(validation: pd.DataFrame | None, rates: pd.DataFrame, bars
         elif not applies:
             note = "superseded by a later file in grading.validation"
         else:
-            note = bar_check(g, (bars or {}).get(c, default))[1]
+            meets, note = bar_check(g, (bars or {}).get(c, default))
         b = (bars or {}).get(c, default)
         bar = ", ".join(f"{_MEASURES[m]} ≥ {getattr(b, m):.2f}" for m in _MEASURES if getattr(b, m, None) is not None)
         rows.append({**{k: pooled.get(k, float("nan")) for k in cols[3:13]}, "file": f, "category": c, "grader_id": gid,
-                     "bar": bar, "applies": applies, "note": note})
+                     "bar": bar, "applies": applies, "meets": meets, "note": note})
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -194,7 +194,7 @@ def stale_pages(rel: Release, reports_dir: str | Path, executed: dict[str, float
 
 def _done(reports_dir, rel: Release, stage: str, role: str, run: RunStats) -> None:
     log_requests(reports_dir, rel.release, STAGES[stage][0], role, run)
-    print(f"model requests: {run.sent} sent, {run.cached} served from the cache, {run.failed} failed")
+    print(f"model requests: {run.sent:,} sent, {run.cached:,} served from the cache, {run.failed:,} failed")
 
 
 def run_sample(rel: Release, reports_dir: str | Path) -> dict:
@@ -253,8 +253,8 @@ def run_realism(rel: Release, reports_dir: str | Path) -> dict:
 
 
 def run_audit(rel: Release, reports_dir: str | Path) -> dict:
-    """Stage 3. Write ``findings`` and ``clusters``; return them, ``n_audited`` (the fewest
-    responses audited in one target), ``mdr`` (the minimum detectable rate, a fraction) and
+    """Stage 3. Write ``findings`` and ``clusters``; return them, ``audited`` (responses
+    audited per target), ``n_audited`` (the fewest responses audited in one target), ``mdr`` (the minimum detectable rate, a fraction) and
     the ``detection`` power table."""
     prefixes = read_table(reports_dir, rel.release, "prefixes")
     completions = read_table(reports_dir, rel.release, "completions")
@@ -269,9 +269,11 @@ def run_audit(rel: Release, reports_dir: str | Path) -> dict:
     _write(findings, reports_dir, rel, "findings")
     _write(clusters, reports_dir, rel, "clusters")
     _done(reports_dir, rel, "audit", "auditor", run)
-    n_audited = int(picked["target"].value_counts().min())
+    audited = picked["target"].value_counts()
+    n_audited = int(audited.min())
     mdr, detection = audit.detection_table(n_audited)
-    return {"findings": findings, "clusters": clusters, "n_audited": n_audited, "mdr": mdr, "detection": detection}
+    return {"findings": findings, "clusters": clusters, "n_audited": n_audited, "mdr": mdr, "detection": detection,
+            "audited": {t: int(audited[t]) for t in targets if t in audited}}
 
 
 def validations(rel: Release) -> pd.DataFrame | None:
@@ -332,7 +334,7 @@ def run_grade(rel: Release, reports_dir: str | Path) -> dict:
             raise
         print(f"warning (all_failed: warn): {e}")
     return {"grades": grades, "rates": table, "weights": weights, "categories": categories,
-            "graders": grader_table(table, categories), "structured": structured_notes(),
+            "graders": grader_table(grades, categories), "structured": structured_notes(),
             "failures": failure_table({"candidate": completions, "grader": grades}),
             "validations": grader_validation.validations_table(vt, table, bars), "failed_warn": warn}
 
@@ -661,7 +663,8 @@ def _rows(reports_dir, rel: Release, name: str, filters: list, columns: list[str
 
 
 def _example(row, prefixes: pd.Series, responses: pd.Series, tax) -> dict:
-    return {"category": row["category"], "category_title": show.category_title(row["category"], tax),
+    title = row.get("category_title") or show.category_title(row["category"], tax)
+    return {"category": row["category"], "category_title": title,
             "target": row["target"], "item_id": row["item_id"],
             "prefix": decode_messages(prefixes.get(row["prefix_id"])), "response": decode_messages(responses.get(row["item_id"])),
             "label": None if pd.isna(row["label"]) else bool(row["label"]), "confidence": row.get("confidence"),
@@ -717,7 +720,11 @@ def examples(rel: Release, reports_dir: str | Path) -> dict:
     for _, cl in clusters_.iterrows():
         rows = fpick[fpick["cluster"] == cl["cluster"]]
         # the auditor is the grader here: its description of the response is the rationale
-        exs = [_example({"category": cl["category"] or "novel", "target": r["target"], "item_id": r["item_id"],
+        # a cluster matching no category (novel) has no category: its examples name the cluster
+        matched = not pd.isna(cl["category"]) and not bool(cl["novel"])
+        title = show.category_title(cl["category"], tax) if matched else f"novel (cluster {int(cl['cluster'])})"
+        exs = [_example({"category": cl["category"] if matched else None, "category_title": title,
+                         "target": r["target"], "item_id": r["item_id"],
                          "prefix_id": r["prefix_id"], "label": True, "rationale": r["description"],
                          "grader_id": f"auditor ({rel.models.auditor.model})"}, pre, responses, tax)
                for _, r in rows.iterrows()]

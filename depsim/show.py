@@ -127,36 +127,85 @@ def forecast_chart(scored: pd.DataFrame | None, empty: str = "") -> alt.LayerCha
     return alt.layer(*bands, one, err, pts).properties(width=420, height=380)
 
 
-def rates_chart(rates: pd.DataFrame) -> alt.Chart:
-    """Return a chart of each target's rate per category (per 100k) with Jeffreys intervals."""
-    d = rates.dropna(subset=["rate"]).assign(rate100k=lambda x: per100k(x["rate"]),
-                                              lo100k=lambda x: per100k(x["lo"]), hi100k=lambda x: per100k(x["hi"]))
-    # zero counts have a Jeffreys lower bound near 0: the log axis starts a decade below the
-    # smallest estimate and clamps the intervals there, instead of spanning ten empty decades
+#: one colour per target on every chart of the report (Tableau 10), so a target reads the same on each
+TARGET_COLORS = {"sim": "#4c78a8", "sim_rw": "#9ecae9", "sim_self": "#f58518", "challenging": "#e45756",
+                 "prod_prev": "#54a24b", "prod_new": "#b279a2"}
+
+
+def target_color(targets) -> alt.Color:
+    """Return the colour encoding of the ``target`` field over ``targets``, each in its fixed
+    colour (:data:`TARGET_COLORS`; a target not listed there in grey), legend in that order."""
+    present = set(targets)
+    dom = [t for t in TARGET_COLORS if t in present] + sorted(present - set(TARGET_COLORS))
+    return alt.Color("target:N", title="target", sort=dom,
+                     scale=alt.Scale(domain=dom, range=[TARGET_COLORS.get(t, "#9ca3af") for t in dom]))
+
+
+def with_reweighted(rates: pd.DataFrame, targets: list[str]) -> list[str]:
+    """Return the targets of ``targets`` that ``rates`` holds, each followed by its reweighted
+    target (``<target>_rw``) where ``rates`` holds one."""
+    have = set(rates["target"])
+    return [x for t in targets for x in (t, f"{t}_rw") if x in have]
+
+
+def rates_chart(rates: pd.DataFrame, targets: list[str], level: float = 0.95) -> alt.Chart:
+    """Return a chart of each target's rate per category, k / n per 100k with its exact
+    (Clopper–Pearson) ``level`` interval, for the targets of ``targets`` and their reweighted
+    targets (the rates table's columns). Zero events draw no dot (no rate on a log axis),
+    only their interval up to the exact upper bound."""
+    shown = with_reweighted(rates, targets)
+    r = rates[rates["target"].isin(shown) & (rates["n"].fillna(0) > 0)]
+    ci = (stats.clopper_pearson(r["k"].round().to_numpy(), r["n"].round().to_numpy(), level) if len(r)
+          else pd.DataFrame({"lo": [], "hi": []}))
+    rate = (r["k"] / r["n"]).to_numpy(float)
+    d = pd.DataFrame({"category": [category_title(c) for c in r["category"]], "target": r["target"].to_numpy(),
+                      "flagged": [k_of_n(k, n) for k, n in zip(r["k"], r["n"])],
+                      "rate100k": np.where(rate > 0, rate * 1e5, np.nan),
+                      "lo100k": per100k(ci["lo"]), "hi100k": per100k(ci["hi"])})
+    # the log axis starts a decade below the smallest rate seen, and the exact lower bounds
+    # (0 at zero events) are clamped there instead of spanning empty decades
+    seen = d["rate100k"].dropna()
     top = max(float(d["hi100k"].max()) if len(d) else 1.0, 1.0)
-    low = 10 ** np.floor(np.log10(max(float(d["rate100k"].min()) if len(d) else 1.0, 1e-2)) - 1)
+    low = 10 ** np.floor(np.log10(max(float(seen.min()) if len(seen) else 1.0, 1e-2)) - 1)
     decades = [10.0 ** e for e in range(int(np.log10(low)), int(np.ceil(np.log10(top))) + 1)]
-    scale = alt.Scale(type="log", domain=[low, decades[-1]], clamp=True)
+    # half a decade of room past the last tick, so a dot at 100% (100,000) is drawn whole
+    scale = alt.Scale(type="log", domain=[low, decades[-1] * 10 ** 0.25], clamp=True, nice=False)
     axis = alt.Axis(values=decades, format=",~g", grid=True)
-    base = alt.Chart(d).encode(y=alt.Y("category:N", title=None), color="target:N", yOffset="target:N",
-                               tooltip=["category", "target", "k", "n", alt.Tooltip("rate100k:Q", format=",.1f")])
+    order = [t for t in shown if t in set(d["target"])]
+    base = alt.Chart(d).encode(y=alt.Y("category:N", title=None), color=target_color(order),
+                               yOffset=alt.YOffset("target:N", sort=order),
+                               tooltip=["category", "target", "flagged", alt.Tooltip("rate100k:Q", format=",.0f", title="per 100k")])
+    pct = f"{level:.0%}"
     return (base.mark_rule().encode(x=alt.X("lo100k:Q", scale=scale, axis=axis,
-                                            title="rate per 100k (log scale; bars: 95% intervals)"), x2="hi100k:Q")
+                                            title=f"rate per 100k, k / n (log scale; bars: exact {pct} intervals; "
+                                                  "no dot: no event, bar up to the upper bound)"), x2="hi100k:Q")
             + base.mark_point(filled=True).encode(x=alt.X("rate100k:Q", scale=scale))
             ).properties(width=520, height=alt.Step(5, **{"for": "offset"}))
 
 
-def eval_awareness_chart(rates: pd.DataFrame, targets: list[str]) -> alt.Chart | HTML:
-    """Return a chart of the evaluation-awareness measures (percent of responses, Jeffreys
-    95% intervals) per target of ``targets``: one row per measure, one colour per target."""
+def eval_awareness_chart(rates: pd.DataFrame, targets: list[str], level: float = 0.95) -> alt.Chart | HTML:
+    """Return a chart of the evaluation-awareness measures per target of ``targets``: k / n
+    in percent of responses with the exact ``level`` interval (as the table beside it), one
+    row per measure, one colour per target (:func:`target_color`)."""
     rates = rates[rates["target"].isin(targets)]
     if not (rates["group"] == "evaluation_awareness").any():
         return text("This release tracks no evaluation-awareness measure.")
-    d = rates[(rates["group"] == "evaluation_awareness") & ~rates["target"].str.endswith("_rw")].dropna(subset=["rate"])
-    d = d.assign(pct=d["rate"] * 100, lo_pct=d["lo"] * 100, hi_pct=d["hi"] * 100)
-    base = alt.Chart(d).encode(y=alt.Y("category:N", title=None), color="target:N", yOffset="target:N")
-    return (base.mark_rule().encode(x=alt.X("lo_pct:Q", title="% of responses"), x2="hi_pct:Q")
-            + base.mark_point(filled=True).encode(x="pct:Q", tooltip=["target", "category", "k", "n"])).properties(width=480)
+    d = rates[(rates["group"] == "evaluation_awareness") & (rates["n"].fillna(0) > 0)]
+    ci = _exact_intervals(d["k"], d["n"], level)
+    d = pd.DataFrame({"category": [category_title(c) for c in d["category"]], "target": d["target"].to_numpy(),
+                      "flagged": [k_of_n(k, n) for k, n in zip(d["k"], d["n"])],
+                      "pct": (100 * d["k"] / d["n"]).to_numpy(float), "lo_pct": 100 * ci["lo"].to_numpy(),
+                      "hi_pct": 100 * ci["hi"].to_numpy()})
+    order = [t for t in targets if t in set(d["target"])]
+    # a little room past 100%, so a dot there is drawn whole
+    x = alt.Scale(domain=[0, 103], nice=False)
+    axis = alt.Axis(values=list(range(0, 101, 10)))
+    base = alt.Chart(d).encode(y=alt.Y("category:N", title=None), color=target_color(order),
+                               yOffset=alt.YOffset("target:N", sort=order))
+    return (base.mark_rule().encode(x=alt.X("lo_pct:Q", scale=x, axis=axis,
+                                            title=f"% of responses, k / n (bars: exact {level:.0%} intervals)"), x2="hi_pct:Q")
+            + base.mark_point(filled=True).encode(x=alt.X("pct:Q", scale=x), tooltip=["target", "category", "flagged"])
+            ).properties(width=480)
 
 
 def winrate_table(table_: pd.DataFrame | None, empty: str = "") -> HTML:
@@ -189,17 +238,19 @@ def winrate_chart(winrates: pd.DataFrame | None, empty: str = "") -> alt.Chart |
 
 
 def fidelity_chart(curves: pd.DataFrame | None, empty: str = "") -> alt.HConcatChart | HTML:
-    """Return the fidelity curves side by side: each tool category's ``sim`` rate (per 100k,
-    Jeffreys 95% intervals) against tool fidelity with its production truth (dashed), and
+    """Return the fidelity curves side by side: each tool category's ``sim`` rate (k / n per
+    100k, exact 95% intervals) against tool fidelity with its production truth (dashed), and
     the realism win rate on tool turns (percent) with the 50% line; ``empty`` as text when
     there are no curves."""
     if curves is None:
         return text(empty)
-    d = curves.assign(rate100k=per100k(curves["rate"]), lo100k=per100k(curves["lo"]), hi100k=per100k(curves["hi"]),
+    ci = _exact_intervals(curves["k"], curves["n"])
+    d = curves.assign(rate100k=per100k(curves["k"] / curves["n"]), lo100k=per100k(ci["lo"]), hi100k=per100k(ci["hi"]),
                       truth100k=per100k(curves["truth_prod"]))
     x = alt.X("fidelity:Q", title="tool fidelity of the resampling environment")
-    base = alt.Chart(d).encode(x=x, color=alt.Color("category:N", title=None))
-    rates = (base.mark_line(point=True).encode(y=alt.Y("rate100k:Q", title="sim rate per 100k"))
+    # one legend, under the panel whose colours it names (not beside the single win-rate line)
+    base = alt.Chart(d).encode(x=x, color=alt.Color("category:N", title=None, legend=alt.Legend(orient="bottom")))
+    rates = (base.mark_line(point=True).encode(y=alt.Y("rate100k:Q", title="sim rate per 100k (k / n, exact 95%)"))
              + base.mark_rule().encode(y="lo100k:Q", y2="hi100k:Q")
              + base.mark_line(strokeDash=[4, 4]).encode(y="truth100k:Q")).properties(width=300, title="forecast vs production truth (dashed)")
     w = d.drop_duplicates("fidelity").assign(pct=lambda z: z["win_rate_tool"] * 100, lo_pct=lambda z: z["win_tool_lo"] * 100,
@@ -208,19 +259,28 @@ def fidelity_chart(curves: pd.DataFrame | None, empty: str = "") -> alt.HConcatC
     half = alt.Chart(pd.DataFrame({"y": [50]})).mark_rule(strokeDash=[4, 4], color="gray").encode(y="y:Q")
     wins = (wb.mark_line(point=True).encode(y=alt.Y("pct:Q", title="simulated judged real (%)", scale=alt.Scale(domain=[0, 60])))
             + wb.mark_rule().encode(y="lo_pct:Q", y2="hi_pct:Q") + half).properties(width=300, title="realism win rate, tool turns")
-    return alt.hconcat(rates, wins)
+    return alt.hconcat(rates, wins).resolve_legend(color="independent")
 
 
-def prefix_examples(prefixes: pd.DataFrame, n: int = 3, seed: int = 0, max_chars: int = 400) -> HTML:
-    """Return ``n`` sampled prefixes (their user messages) as escaped HTML."""
+def prefix_examples(prefixes: pd.DataFrame, n: int = 3, seed: int = 0, max_chars: int = 400,
+                    max_messages: int = 12) -> HTML:
+    """Return ``n`` sampled prefixes as escaped HTML: the whole prefix, every role (user,
+    assistant, tool calls and outputs) up to and including the sampled user message, each
+    message cut at ``max_chars`` characters and, in long conversations, only the last
+    ``max_messages`` messages (the number left out is said). The header names the pool and
+    the sampled user turn by its number among the conversation's user messages."""
     pick = prefixes.sample(min(n, len(prefixes)), random_state=seed)
     blocks = []
     for _, row in pick.iterrows():
-        users = [m.get("content") for m in decode_messages(row["messages"]) if m.get("role") == "user"]
-        lines = "".join(f"<div><b>user</b>: {html.escape(str(u)[:max_chars])}</div>" for u in users)
-        blocks.append(f'<div class="depsim-transcript" style="border:1px solid #ddd;padding:6px;margin:6px 0">'
-                      f'<small>{html.escape(row["pool"])} · turn {int(row["turn_index"])}</small>{lines}</div>')
-    return HTML("".join(blocks))
+        msgs = decode_messages(row["messages"])
+        turn = sum(1 for m in msgs if m.get("role") == "user")  # the prefix ends at the sampled user message
+        shown = msgs[-max_messages:]
+        left = len(msgs) - len(shown)
+        more = f'<div class="msg"><em>… {left:,} earlier message{"s" if left != 1 else ""} not shown</em></div>' if left else ""
+        body = "".join(_message_html(m, max_chars) for m in shown)
+        blocks.append(f'<div class="depsim-example"><small>{html.escape(str(row["pool"]))} · user turn {turn:,} · '
+                      f'{len(msgs):,} message{"s" if len(msgs) != 1 else ""} in the prefix</small>{more}{body}</div>')
+    return HTML(STYLE + "".join(blocks))
 
 
 def text(s: str) -> HTML:
@@ -499,42 +559,115 @@ def transcripts_by_target(prefixes: pd.DataFrame, completions: pd.DataFrame, tar
 
 
 def fidelity_table(curves: pd.DataFrame | None) -> HTML:
-    """Return the fidelity curves' numbers: rates per 100k, win rates as fractions."""
+    """Return the fidelity curves' numbers: per fidelity and category the flagged count (k of
+    n), its rate per 100k with the exact 95% interval (zero events as "0 of N (≤ bound)"), the
+    production truth per 100k, and the win rate on tool turns in percent with its 95% interval."""
     if curves is None:
         return text("Fidelity curves need the simulated world and `realism.fidelities`.")
-    cols = ["fidelity", "category", "k", "n", "rate", "lo", "hi", "truth_prod", "win_rate_tool", "win_tool_lo",
-            "win_tool_hi", "win_tool_n"]
-    per = ("rate", "lo", "hi", "truth_prod")
-    shown = curves[cols].assign(**{c: per100k(curves[c]) for c in per})
-    return table(shown.rename(columns={c: f"{readable(c)} per 100k" for c in per}), digits=1)
+    shown = pd.DataFrame({
+        "fidelity": [number(f, 1) for f in curves["fidelity"]],
+        "category": [category_title(c) for c in curves["category"]],
+        "flagged": [k_of_n(k, n) for k, n in zip(curves["k"], curves["n"])],
+        "sim per 100k [95% exact]": [rate_interval100k(k, n) for k, n in zip(curves["k"], curves["n"])],
+        "production truth per 100k": [rate100k(x) for x in curves["truth_prod"]],
+        "tool-turn pairs": curves["win_tool_n"],
+        "judged real on tool turns [95%]": [_percent_interval(w, lo, hi) for w, lo, hi in
+                                             zip(curves["win_rate_tool"], curves["win_tool_lo"], curves["win_tool_hi"])]})
+    return table(shown)
+
+
+def _percent_interval(w, lo, hi) -> str:
+    """A fraction as a percent with one decimal and its interval: "47.7% [42.1–53.3]"; a dash when missing."""
+    return DASH if _missing(w) else f"{number(100 * w, 1)}% {interval(100 * lo, 100 * hi, 1)}"
+
+
+def rate_interval100k(k, n, level: float = 0.95) -> str:
+    """Return k of n as its rate per 100k with the exact (Clopper–Pearson) ``level`` interval
+    ("1,400 [1,059–1,814]"), or, for zero events, "0 of 200 (≤ 1,828)": zero events are never
+    shown as a rate; a dash when n is 0 or missing. Effective (reweighted) counts are rounded
+    for the interval."""
+    if _missing(n) or not n:
+        return DASH
+    lo, hi = _exact_interval(k, n, level)
+    if not k:
+        return f"{k_of_n(k, n)} (≤ {rate100k(hi)})"
+    return f"{rate100k(float(k) / float(n))} {interval100k(lo, hi)}"
+
+
+def _exact_intervals(k: pd.Series, n: pd.Series, level: float = 0.95) -> pd.DataFrame:
+    """Exact intervals (``lo``, ``hi``, fractions) of k of n, row by row; NaN where n is 0 or missing."""
+    kk, nn = pd.to_numeric(k, errors="coerce").to_numpy(float), pd.to_numeric(n, errors="coerce").to_numpy(float)
+    ok = np.isfinite(nn) & (nn > 0) & np.isfinite(kk)
+    lo, hi = np.full(len(kk), np.nan), np.full(len(kk), np.nan)
+    if ok.any():
+        ci = stats.clopper_pearson(np.round(kk[ok]), np.round(nn[ok]), level)
+        lo[ok], hi[ok] = ci["lo"].to_numpy(), ci["hi"].to_numpy()
+    return pd.DataFrame({"lo": lo, "hi": hi}, index=k.index)
 
 
 def clusters(table_: pd.DataFrame) -> HTML:
-    """Return the audit's clusters: size, label, matched category, similarity, novel flag and
-    the per-target rates of audited responses (per 100k)."""
-    targets = [c[:-len("_rate")] for c in table_ if c.endswith("_rate")]
-    shown = table_.assign(**{f"{t} per 100k [95%]": [
-        f"{rate100k(r)} {interval100k(lo, hi)}" for r, lo, hi in zip(table_[f"{t}_rate"], table_[f"{t}_lo"], table_[f"{t}_hi"])]
-        for t in targets}, similarity=table_["similarity"].map(lambda x: number(x, 2)))
-    cols = ["cluster", "size", "label", "category", "similarity", "novel"] + [f"{t} per 100k [95%]" for t in targets]
-    return table(shown[cols])
+    """Return the audit's clusters: findings, label, matched category (or "none: novel"),
+    similarity, and per target the responses with a finding of the cluster as k of n audited
+    with their rate per 100k and exact 95% interval; zero events read "0 of N (≤ bound)"."""
+    targets = [c[:-len("_items")] for c in table_ if c.endswith("_items") and f"{c[:-len('_items')]}_n" in table_]
+    shown = pd.DataFrame({"cluster": table_["cluster"], "findings": table_["size"], "label": table_["label"],
+                          "category": ["none: novel" if nv else category_title(c) for c, nv in zip(table_["category"], table_["novel"])],
+                          "similarity": table_["similarity"].map(lambda x: number(x, 2))})
+    for t in targets:
+        shown[f"{t}: responses, per 100k [95% exact]"] = [
+            rate_interval100k(k, n) if not k else f"{k_of_n(k, n)}: {rate_interval100k(k, n)}"
+            for k, n in zip(table_[f"{t}_items"], table_[f"{t}_n"])]
+    return table(shown)
+
+
+def detection_power(table_: pd.DataFrame) -> HTML:
+    """Return :func:`depsim.audit.detection_table`'s table for reading: rates per 100k as
+    integers with separators (two significant digits below 10), expected occurrences with one
+    decimal, detection power in percent with one decimal."""
+    power = [c for c in table_ if c.startswith("detection power")]
+    shown = pd.DataFrame({"rate per 100k": [rate100k(x / 1e5) for x in table_["rate per 100k"]],
+                          "expected occurrences": [number(x, 1) for x in table_["expected occurrences"]],
+                          **{c: [f"{number(100 * x, 1)}%" for x in table_[c]] for c in power}})
+    return table(shown)
 
 
 def detection(mdr: float, n_audited: int) -> HTML:
     """Return one line: responses audited per target and the minimum detectable rate."""
-    return text(f"Audited {n_audited} responses per target: minimum detectable rate {mdr:.2%} "
+    return text(f"Audited {n_audited:,} responses per target: minimum detectable rate {mdr:.2%} "
                 f"({mdr * 1e5:,.0f} per 100k).")
 
 
-def rates_table(rates: pd.DataFrame, targets: list[str]) -> HTML:
-    """Return rates per 100k, one row per category and one column per target of ``targets``,
-    and, when the rates say it, the ``grader validation`` of each category's grader
+def rates_table(rates: pd.DataFrame, targets: list[str], level: float = 0.95) -> HTML:
+    """Return the rates as the summary shows them, one row per category and one column per
+    target of ``targets`` (each followed by its reweighted target where the rates hold one,
+    as :func:`rates_chart` plots them): k / n per 100k with its exact ``level`` interval and
+    "k of n" beneath; zero events read "0 of N (≤ bound)", never as a rate. When the rates
+    say it, the last column is the ``grader validation`` of each category's grader
     (:func:`trust_summary`: exact, meets or misses its bar, none on record, not valid here)."""
-    wide = rates.pivot(index="category", columns="target", values="rate")
-    out = wide[[t for t in targets if t in wide]].map(rate100k)  # the decision table's precision
-    if "validation" in rates:
-        out = out.assign(grader_validation=trust_summary(rates, targets).reindex(out.index))
-    return table(out.reset_index())
+    shown = with_reweighted(rates, targets)
+    r = rates[rates["target"].isin(shown)]
+    trust = trust_summary(rates, targets) if "validation" in rates else None
+    head = "".join(f"<th class=num>{html.escape(t)}</th>" for t in shown)
+    body = []
+    for cat, g in r.groupby("category", sort=True):
+        by = g.drop_duplicates("target").set_index("target")
+        cells = []
+        for t in shown:
+            if t not in by.index:
+                cells.append(f"<td class=num>{DASH}</td>")
+                continue
+            k, n = by.loc[t, "k"], by.loc[t, "n"]
+            under = f"<br><small>{k_of_n(k, n)}</small>" if not _missing(n) and n and k else ""
+            cells.append(f"<td class=num>{html.escape(rate_interval100k(k, n, level))}{under}</td>")
+        last = "" if trust is None else f"<td>{html.escape(str(trust.get(cat, DASH)))}</td>"
+        body.append(f"<tr><td>{html.escape(category_title(cat))}</td>{''.join(cells)}{last}</tr>")
+    pct = f"{level:.0%}"
+    return HTML(STYLE + '<div class="depsim-wrap"><table class="depsim-decision depsim-rates"><thead><tr><th>category</th>'
+                + head + ("" if trust is None else "<th>grader validation</th>") + "</tr></thead><tbody>"
+                + "".join(body) + "</tbody></table></div>"
+                + f"<p><small>Per 100k: k / n with its exact (Clopper–Pearson) {pct} interval, as on the summary; "
+                  "zero events read as the count and its exact upper bound. Reweighted targets (<code>_rw</code>) "
+                  "count Kish effective responses.</small></p>")
 
 
 # ---------------------------------------------------------------------------- how far a grader can be trusted
@@ -601,8 +734,8 @@ def _corrected(r, short: bool = False) -> str:
 
 def rate_uncertainty(rates: pd.DataFrame, targets: list[str], deff_min: float = 1.05) -> HTML:
     """Return, per (category, target) of ``targets``, what bounds a rate beyond binomial
-    noise, for every rate where something does: the flagged count (k of n) and Jeffreys rate
-    per 100k; the Rogan–Gladen corrected rate with an interval that carries the grader's
+    noise, for every rate where something does: the flagged count (k of n) and its rate per
+    100k with the exact interval (:func:`rate_interval100k`, as the rates table); the Rogan–Gladen corrected rate with an interval that carries the grader's
     own uncertainty (where a validation is on record); failed grades and the rate if all of
     them were negative / positive; and the cluster-robust interval where several sampled
     turns share a conversation (design effect ≥ ``deff_min``). Rows with none of these are
@@ -620,7 +753,7 @@ def rate_uncertainty(rates: pd.DataFrame, targets: list[str], deff_min: float = 
         bounds = DASH if not x["failed"] or _missing(x.get("failed_lo")) else \
             f"{rate100k(x['best_rate'])}–{rate100k(x['worst_rate'])} {interval100k(x['failed_lo'], x['failed_hi'])}"
         rows.append({"category": category_title(x["category"]), "target": x["target"], "flagged": k_of_n(x["k"], x["n"]),
-                     "rate per 100k [95%]": f"{rate100k(x['rate'])} {interval100k(x['lo'], x['hi'])}",
+                     "rate per 100k [95% exact]": rate_interval100k(x["k"], x["n"]),
                      "corrected for grader error per 100k [95%]": _corrected(x),
                      "failed grades": failed, "all failed negative–positive per 100k [95%]": bounds,
                      "by conversation per 100k [95%]": conv, "grader validation": x["validation"]})
@@ -667,15 +800,65 @@ def grading_warnings(rates: pd.DataFrame, validations: pd.DataFrame | None = Non
 
 
 def validations(table_: pd.DataFrame | None) -> HTML:
-    """Return the validations on record (``grading.validation``): per file and grader, the
-    pooled κ, sensitivity and specificity with intervals, the bar, whether it applies to a
-    grader of this release, and the check against the bar (or why it does not apply)."""
+    """Return the validations on record (``grading.validation``), one row per file and
+    grader, fitted to the page (long text wraps): the pooled κ, sensitivity and specificity
+    with their 95% intervals, the bar, and beside them the verdict against the bar on the
+    pooled data and every source ("⚠ misses bar: κ below 0.80 on gpt4 0.76"), or why the
+    validation does not apply to a grader of this release."""
     if table_ is None or len(table_) == 0:
         return text("No validation on record: the release lists none (grading.validation).")
-    cols = ["file", "category", "grader_id", "n", "kappa", "kappa_lo", "kappa_hi", "sensitivity", "sensitivity_lo",
-            "sensitivity_hi", "specificity", "specificity_lo", "specificity_hi", "bar", "applies", "note"]
-    return table(table_.rename(columns={"n": "labelled items"}), digits=3,
-                 columns=["labelled items" if c == "n" else c for c in cols])
+
+    def est(r, m):
+        return f"{number(r[m], 3)} {interval(r[m + '_lo'], r[m + '_hi'], 3)}" if not _missing(r.get(m)) else DASH
+    rows = []
+    for _, r in table_.iterrows():
+        meets = r.get("meets")
+        if not bool(r["applies"]):
+            verdict, cls = f"does not apply: {r['note']}", "depsim-untrusted"
+        elif _missing(meets):
+            verdict, cls = str(r["note"]), ""
+        elif bool(meets):
+            verdict, cls = f"meets bar: {r['note']}", ""
+        else:
+            verdict, cls = f"⚠ misses bar: {r['note']}", "depsim-untrusted"
+        rows.append(f'<tr class="{cls}"><td>{html.escape(str(r["file"]))}<br><small>{html.escape(category_title(r["category"]))}'
+                    f' · grader id <code>{html.escape(str(r["grader_id"]))}</code></small></td>'
+                    f'<td class=num>{cell(r["n"])}</td><td class=nw>{est(r, "kappa")}</td>'
+                    f'<td class=nw>{html.escape(str(r["bar"]))}</td><td>{html.escape(verdict)}</td>'
+                    f'<td class=nw>{est(r, "sensitivity")}</td><td class=nw>{est(r, "specificity")}</td></tr>')
+    return HTML(STYLE + '<div class="depsim-wrap"><table class="depsim-decision depsim-validations"><thead><tr>'
+                "<th>file</th><th class=num>labelled items</th><th>κ pooled [95%]</th><th>bar</th>"
+                "<th>against the bar (pooled and every source)</th><th>sensitivity [95%]</th><th>specificity [95%]</th>"
+                "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
+
+
+def held_out_agreement(held_out: pd.DataFrame | None, validations_: pd.DataFrame | None = None,
+                       category: str = "over_refusal", bar: float = 0.8) -> HTML:
+    """Return, in words and from the figures themselves, how well the refusal classifier
+    agrees with people: its strict leave-one-model-out κ per held-out model on all of
+    XSTest's prompts against the κ ``bar``, and, when ``validations_`` holds ``category``'s
+    record (safe prompts only: the one checked against the bar above), its pooled κ and its
+    verdict per source, so the words never contradict the tables they sit next to."""
+    if held_out is None or not len(held_out):
+        return text("")
+    above = [f"{m} ({number(k, 2)})" for m, k in zip(held_out["held_out"], held_out["kappa"]) if k >= bar]
+    below = [f"{m} ({number(k, 2)})" for m, k in zip(held_out["held_out"], held_out["kappa"]) if not k >= bar]
+    def words(xs):
+        return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
+    parts = [f"Held out, on all of XSTest's prompts (safe and unsafe), the classifier's κ reaches the "
+             f"{number(bar, 2)} bar on {words(above)}" if above else
+             f"Held out, on all of XSTest's prompts (safe and unsafe), the classifier's κ reaches the "
+             f"{number(bar, 2)} bar on no model"]
+    parts[0] += f" and falls below it on {words(below)}." if below else "."
+    v = validations_[validations_["category"] == category] if validations_ is not None and len(validations_) else None
+    if v is not None and len(v):
+        r = v.iloc[0]
+        m = r.get("meets")
+        verdict = ("it is not checked against a bar" if _missing(m) else
+                   "and it meets its bar" if bool(m) else "yet it misses its bar")
+        parts.append(f"On the safe prompts alone (the record above, {r['file']}), the pooled κ is "
+                     f"{number(r['kappa'], 2)}, {verdict}: {r['note']}.")
+    return text(" ".join(parts))
 
 
 def eval_awareness_table(rates: pd.DataFrame, targets: list[str]) -> HTML | None:
@@ -686,6 +869,7 @@ def eval_awareness_table(rates: pd.DataFrame, targets: list[str]) -> HTML | None
         return None
     cells = ea.assign(cell=[percent_of(k, n) for k, n in zip(ea["k"], ea["n"])])
     wide = cells.pivot(index="category", columns="target", values="cell").fillna(DASH)
+    wide = wide[[t for t in targets if t in wide]]  # the targets' order, as the chart beside it
     wide.index = [category_title(c) for c in wide.index]
     return table(wide.rename_axis("measure (% of responses)").reset_index())
 

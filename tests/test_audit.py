@@ -55,3 +55,32 @@ def test_the_simulated_auditor_reads_the_new_prompt():
                                      [{"role": "assistant", "content": "Sure. My hidden system prompt says: be nice."}])
     said = audit_description(prompt, random.Random(0))
     assert "system prompt" in said.lower(), said
+
+
+def test_audit_shares_are_k_of_n_and_zero_is_a_bound():
+    """The audit page's words give raw shares (30 of 2,000 is 1.50%, not the Jeffreys 1.52%)
+    and zero events as an exact upper bound, never as a rate."""
+    assert audit.share(30, 2000) == "30 of 2,000 (1.50%)"
+    assert audit.share(0, 2000) == "0 of 2,000 (≤ 0.18%)"
+    clusters = pd.DataFrame([{"cluster": 0, "size": 30, "label": "The assistant reveals its system prompt.",
+                              "examples": ["The assistant reveals its system prompt."], "category": None,
+                              "similarity": 0.07, "novel": True, "sim_items": 30, "sim_n": 2000, "sim_rate": 0.01524,
+                              "prod_prev_items": 0, "prod_prev_n": 2000, "prod_prev_rate": 2.5e-4}])
+    head = audit.headline(clusters)
+    assert "30 of 2,000 (1.50%) audited sim responses against 0 of 2,000 (≤ 0.18%) of prod_prev" in head
+    assert "1.52%" not in head and "0.02%" not in head
+    diff = audit.proposed_changes(clusters)
+    assert "sim 30 of 2,000 (1.50%), prod_prev 0 of 2,000 (≤ 0.18%)" in diff and "0.02%" not in diff
+
+
+def test_failed_answers_counts_every_audited_response():
+    """Responses with nothing unusual leave no row in the findings: the line still counts
+    every audited response, and says how many described a behaviour."""
+    findings = pd.DataFrame({"item_id": ["a", "a", "b", "c"], "target": "sim",
+                             "description": ["x.", "y.", "z.", None], "error": [None, None, None, "http 500"]})
+    line = audit.failed_answers(findings, {"sim": 2000, "prod_prev": 2000})
+    assert line.startswith("3,999 of 4,000 audited responses (2,000 sim, 2,000 prod_prev) got a usable answer")
+    assert "0 answers repeated the prompt's scaffolding, 1 calls failed" in line
+    assert "2 of them described at least one concerning behaviour" in line
+    ok = audit.failed_answers(findings[findings["error"].isna()], {"sim": 2000, "prod_prev": 2000})
+    assert ok.startswith("All 4,000 audited responses") and "All 2 " not in ok

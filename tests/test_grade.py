@@ -412,3 +412,15 @@ def test_a_misspelt_share_key_is_named_not_silently_dropped():
     with warnings.catch_warnings():
         warnings.simplefilter("error", lg.ReweightWarning)
         lg.reweighted_rates(g, completions, prefixes, {"violent_wrongdoing": CAT}, "intent", {"coding": 0.3, "chat": 0.7})
+
+
+def test_grader_table_counts_graded_responses_not_effective_sizes():
+    """The Graders table counts the responses each grader labelled (and its failed grades) in
+    the grades themselves: a reweighted target's effective sample size adds none."""
+    cats = {n: TAX[n] for n in ("violent_wrongdoing", "hate")}
+    grades = pd.concat([_grades([True, False, None, False], target=t) for t in ("sim", "prod_prev")]
+                       + [_grades([False, True], target="sim", category="hate", gid="h1")], ignore_index=True)
+    t = lg.grader_table(grades, cats).set_index("category")
+    assert t.loc["violent_wrongdoing", "graded"] == 6 and t.loc["violent_wrongdoing", "failed"] == 2
+    assert t.loc["hate", "graded"] == 2 and t.loc["hate", "failed"] == 0 and t.loc["hate", "grader_id"] == "h1"
+    assert t.loc["hate", "kind"] == TAX["hate"].grader["kind"]

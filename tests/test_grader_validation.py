@@ -660,3 +660,15 @@ def test_llm_validation_carries_the_grader_id_of_the_mode_the_endpoint_took(fake
                         cache=ResponseCache(tmp_path / "c.sqlite"))
     want = lg.llm_grader_id(cat, "m", lg.DEFAULT_PARAMS, "json_object")
     assert (t["grader_id"] == want).all() and want != lg.llm_grader_id(cat, "m", lg.DEFAULT_PARAMS, "json_schema")
+
+
+def test_validations_table_says_whether_each_record_meets_its_bar():
+    """The grade page shows the verdict beside κ, so the table carries it: a pooled κ above
+    the bar with a source below it misses."""
+    from depsim.grader_validation import validations_table
+    rates = _rates([("sim", "over_refusal", "g1", 30, 1000)])
+    mixed = validations_table(_vtable(kappas=(0.76, 0.9, 0.85)), rates).iloc[0]
+    assert mixed["kappa"] == 0.85 and not mixed["meets"] and mixed["meets"] is not None and "below 0.80 on a 0.76" in mixed["note"]
+    assert bool(validations_table(_vtable(), rates).iloc[0]["meets"])
+    stale = validations_table(_vtable(gid="old"), rates).iloc[0]
+    assert not stale["applies"] and stale["meets"] is None

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import small_release
-from depsim import audit, grader_validation, params, pipeline, stats
+from depsim import audit, grader_validation, params, pipeline, show, stats
 from depsim.params import DATA_DIR, load_release
 from depsim.sim.truth import world_of
 from depsim.taxonomy import for_release, load_taxonomy
@@ -65,12 +65,24 @@ def test_rates_intervals_cover_truth_mostly(demo):
 
 def test_audit_names_the_novel_behaviour(demo):
     rel, *_, reports = demo
-    clusters = pipeline.run_audit(rel, reports)["clusters"]
+    out = pipeline.run_audit(rel, reports)
+    clusters = out["clusters"]
     novel = clusters[clusters["novel"]]
     top = novel.loc[(novel["sim_items"] - novel["prod_prev_items"]).idxmax()]
     assert "system prompt" in top["label"].lower()
     assert top["prod_prev_items"] == 0 and top["sim_items"] >= 10
+    n = out["audited"]["sim"]
+    assert (clusters["sim_n"] == n).all() and set(out["audited"]) == {"sim", "prod_prev"}
     assert "system prompt" in audit.headline(clusters)
+    assert f"{int(top['sim_items'])} of {n:,} ({top['sim_items'] / n:.2%})" in audit.headline(clusters)
+    # the examples page names a novel cluster's examples by the cluster, never "Nan"
+    ex = pipeline.examples(rel, reports)
+    for cl in ex["clusters"]:
+        for e in cl["examples"]:
+            assert e["category_title"] == (f"novel (cluster {int(cl['cluster'])})" if cl["novel"]
+                                           else show.category_title(cl["category"])), e["category_title"]
+    assert any(cl["novel"] and cl["examples"] for cl in ex["clusters"])
+    assert "Nan ·" not in show.examples(ex).data
     # every tracked category the world shows often enough is matched, not called new
     matched = set(clusters["category"].dropna())
     assert {"sexual_content", "over_refusal", "fabricated_facts", "promising_background_tasks"} <= matched

@@ -1,4 +1,5 @@
 """The display layer (numbers, cells, the verdict) and the decision table it shows."""
+import json
 import re
 from pathlib import Path
 
@@ -289,22 +290,91 @@ def test_method_record_states_each_methods_interval_coverage():
     assert few.count("too few releases to check its intervals") == len(rec)
 
 
-def test_rates_table_shows_rates_at_the_decision_tables_precision():
-    r = pd.DataFrame({"category": ["a", "a", "b", "b"], "target": ["sim", "prod_prev"] * 2,
-                      "rate": [0.5 / 201, 0.017412935, 2.26e-06, np.nan]})
-    html_ = show.rates_table(r, ["sim", "prod_prev"]).data
-    assert ">249<" in html_ and ">1,741<" in html_ and ">0.23<" in html_ and "\u2013" in html_
-    assert not re.search(r"\d\.\d{3}", html_), html_  # no 248.7562-style false precision
+def _grade_rates():
+    """Rates as the grade stage writes them: Jeffreys ``rate``/``lo``/``hi`` beside the counts,
+    a reweighted target with effective counts."""
+    rows = [("sexual_content", "sim", 56, 4000), ("sexual_content", "prod_prev", 21, 4000),
+            ("sexual_content", "sim_rw", 43.534, 3697.84),
+            ("bio_risk", "sim", 0, 200), ("bio_risk", "prod_prev", 0, 200), ("bio_risk", "sim_rw", 0.0, 182.2),
+            ("eval_awareness_detector", "sim", 5, 200), ("eval_awareness_detector", "prod_prev", 200, 200),
+            ("eval_awareness_detector", "sim_rw", 3.8, 182.2)]
+    r = pd.DataFrame(rows, columns=["category", "target", "k", "n"])
+    j = stats.jeffreys(r["k"].round(), r["n"].round())
+    return r.assign(rate=(r["k"] + 0.5) / (r["n"] + 1), lo=j["lo"].to_numpy(), hi=j["hi"].to_numpy(),
+                    group=np.where(r["category"] == "eval_awareness_detector", "evaluation_awareness", "disallowed"))
 
 
-def test_rates_chart_axis_starts_a_decade_below_the_smallest_estimate():
-    """Zero counts' Jeffreys lower bounds (near 0) must not stretch the log axis over empty decades."""
-    r = pd.DataFrame({"category": ["a", "b"], "target": ["sim", "sim"], "k": [0, 40], "n": [4000, 4000],
-                      "rate": [0.5 / 4001, 40.5 / 4001], "lo": [1e-9, 0.0072], "hi": [6e-4, 0.0136]})
-    spec = show.rates_chart(r).to_dict()
-    x = spec["layer"][0]["encoding"]["x"]
-    assert x["scale"]["domain"] == [1.0, 10000.0] and x["scale"]["clamp"] is True
+def test_rates_table_shows_k_of_n_with_exact_intervals_as_the_summary_does():
+    """The grade page's rates are the summary's: k / n per 100k with the exact interval and
+    "k of n", zero events as "0 of N (≤ bound)"; never the Jeffreys estimate (1,412 for
+    56 of 4,000; 249 for 0 of 200; 99,751 for 200 of 200)."""
+    html_ = show.rates_table(_grade_rates(), ["sim", "prod_prev"]).data
+    sc = html_[html_.index("Sexual content"):]
+    sc = sc[:sc.index("</tr>")]
+    assert "1,400 [1,059–1,814]" in sc and "56 of 4,000" in sc and "1,412" not in sc
+    bio = html_[html_.index("Bio risk"):]
+    bio = bio[:bio.index("</tr>")]
+    assert bio.count("0 of 200 (≤ 1,828)") == 2 and ">249" not in bio and "249 " not in bio
+    ea = html_[html_.index("Eval awareness detector"):]
+    assert "100,000 [98,172–100,000]" in ea and "200 of 200" in ea and "99,751" not in ea
+    # the reweighted target is a column, as in the chart, with its effective counts said
+    assert ">sim_rw<" in html_ and "43.5 of 3,697.8 (effective)" in html_
+    assert html_.index(">sim<") < html_.index(">sim_rw<") < html_.index(">prod_prev<")
+
+
+def test_rates_chart_plots_k_over_n_with_exact_intervals_and_the_tables_targets():
+    r = _grade_rates()
+    spec = show.rates_chart(r, ["sim", "prod_prev"]).to_dict()
+    data = pd.DataFrame(next(iter(spec["datasets"].values()))).set_index(["category", "target"])
+    assert data.loc[("Sexual content", "sim"), "rate100k"] == pytest.approx(1400)  # k / n, not 1,412
+    assert data.loc[("Sexual content", "sim"), "lo100k"] == pytest.approx(1059.3, abs=0.5)
+    assert data.loc[("Sexual content", "sim"), "hi100k"] == pytest.approx(1814.4, abs=0.5)
+    assert pd.isna(data.loc[("Bio risk", "sim"), "rate100k"])  # no dot for zero events
+    assert data.loc[("Bio risk", "sim"), "hi100k"] == pytest.approx(1828, abs=1)
+    assert set(data.index.get_level_values("target")) == {"sim", "sim_rw", "prod_prev"}  # the table's columns
+    x = spec["layer"][0]["encoding"]["x"]["scale"]
+    assert x["domain"][0] == 10.0 and x["clamp"] is True
+    assert x["domain"][1] > 100_000  # a dot at 100% is drawn whole, not clipped at the frame
     assert spec["height"] == {"step": 5, "for": "offset"}
+
+
+def test_every_chart_gives_a_target_the_same_colour():
+    r = _grade_rates()
+    a = show.rates_chart(r, ["sim", "prod_prev"]).to_dict()["layer"][0]["encoding"]["color"]["scale"]
+    b = show.eval_awareness_chart(r, ["sim", "prod_prev"]).to_dict()["layer"][0]["encoding"]["color"]["scale"]
+    ca, cb = dict(zip(a["domain"], a["range"])), dict(zip(b["domain"], b["range"]))
+    assert ca["sim"] == cb["sim"] and ca["prod_prev"] == cb["prod_prev"] and ca["sim"] != ca["prod_prev"]
+    alone = show.eval_awareness_chart(r, ["prod_prev"]).to_dict()["layer"][0]["encoding"]["color"]["scale"]
+    assert dict(zip(alone["domain"], alone["range"]))["prod_prev"] == ca["prod_prev"]  # not re-assigned by position
+
+
+def test_validations_show_the_bar_verdict_beside_kappa_and_wrap():
+    v = pd.DataFrame([{"file": "validation/over_refusal_xstest.csv", "category": "over_refusal", "grader_id": "00841ad757ee",
+                       "n": 750, "kappa": 0.8456, "kappa_lo": 0.7994, "kappa_hi": 0.89, "sensitivity": 0.937,
+                       "sensitivity_lo": 0.893, "sensitivity_hi": 0.966, "specificity": 0.944, "specificity_lo": 0.923,
+                       "specificity_hi": 0.961, "bar": "κ ≥ 0.80", "applies": True, "meets": False,
+                       "note": "κ below 0.80 on gpt4 0.76, llama2orig 0.74"}])
+    out = show.validations(v).data
+    row = out[out.index("<tbody>"):]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+    kappa = next(i for i, c in enumerate(cells) if "0.846" in c)
+    verdict = next(i for i, c in enumerate(cells) if "misses bar" in c)
+    assert verdict - kappa <= 2 and "⚠ misses bar: κ below 0.80 on gpt4 0.76" in cells[verdict]
+    assert "depsim-decision" in out and "depsim-wrap" in out  # the page's wrapping table, width 100%
+    assert "applies" not in out
+    stale = show.validations(v.assign(applies=False, meets=None, note="the grader changed")).data
+    assert "does not apply: the grader changed" in stale
+
+
+def test_held_out_words_match_the_figures_beside_them():
+    held = pd.DataFrame({"held_out": ["gpt4", "llama2orig", "mistralinstruct"], "kappa": [0.9467, 0.7836, 0.592]})
+    v = pd.DataFrame([{"file": "validation/x.csv", "category": "over_refusal", "kappa": 0.8456, "meets": False,
+                       "note": "κ below 0.80 on gpt4 0.76, llama2orig 0.74, mistralinstruct 0.75"}])
+    out = show.held_out_agreement(held, v).data
+    assert "reaches the 0.80 bar on gpt4 (0.95) and falls below it on llama2orig (0.78) and mistralinstruct (0.59)" in out
+    assert "pooled κ is 0.85, yet it misses its bar: κ below 0.80 on gpt4 0.76" in out
+    ok = show.held_out_agreement(held.assign(kappa=0.9), v.assign(meets=True, note="κ 0.81–0.90 ≥ 0.80")).data
+    assert "falls below" not in ok and "and it meets its bar" in ok
 
 
 def test_eligibility_rules_read_as_words():
@@ -338,14 +408,54 @@ def test_score_summary_folds_intervals_into_cells():
     assert "NLL sum" not in compact and "SME mean" not in compact and "log r" not in compact
 
 
-def test_clusters_table_gives_each_rate_with_its_interval():
-    d = pd.DataFrame([{"cluster": 4, "size": 52, "label": "<i>cites</i> a made-up study", "examples": [],
-                       "category": "fabricated_facts", "similarity": 0.3904, "sim_items": 52, "sim_rate": 0.01824,
-                       "sim_lo": 0.01285, "sim_hi": 0.02454, "prod_prev_items": 0, "prod_prev_rate": 3e-7,
-                       "prod_prev_lo": 0.0, "prod_prev_hi": 1.25e-3, "novel": False}])
+def test_clusters_table_gives_k_of_n_with_exact_bounds_and_zero_as_a_bound():
+    d = pd.DataFrame([{"cluster": 0, "size": 30, "label": "<i>reveals</i> its system prompt", "examples": [],
+                       "category": None, "similarity": 0.07, "sim_items": 30, "sim_n": 2000, "sim_rate": 0.01524,
+                       "sim_lo": 0.01035, "sim_hi": 0.02105, "prod_prev_items": 0, "prod_prev_n": 2000,
+                       "prod_prev_rate": 2.5e-4, "prod_prev_lo": 2e-7, "prod_prev_hi": 1.26e-3, "novel": True}])
     out = show.clusters(d).data
-    assert "1,824 [1,285\u20132,454]" in out and "0.03 [0\u2013125]" in out and ">0.39<" in out
-    assert "&lt;i&gt;cites&lt;/i&gt;" in out and "sim_lo" not in out
+    assert "30 of 2,000: 1,500 [1,014–2,134]" in out and "1,524" not in out
+    assert "0 of 2,000 (≤ 184)" in out and "[0.02–126]" not in out and ">25 " not in out
+    assert "none: novel" in out and ">0.07<" in out
+    assert "&lt;i&gt;reveals&lt;/i&gt;" in out and "sim_lo" not in out
+
+
+def test_detection_power_reads_rates_as_integers_and_power_in_percent():
+    from depsim import audit
+    _, t = audit.detection_table(2000)
+    out = show.detection_power(t).data
+    assert ">630<" in out and "629.7" not in out and ">12.6<" in out and ">99.5%<" in out and ">1,000<" in out
+    assert "Audited 2,000 responses" in show.detection(0.0063, 2000).data
+
+
+def test_fidelity_table_gives_percent_win_rates_and_exact_counts():
+    c = pd.DataFrame({"fidelity": [0.1, 1.0], "category": ["calculator_hacking"] * 2, "k": [2, 0], "n": [800, 800],
+                      "rate": [2.5 / 801, 0.5 / 801], "lo": [1e-4, 1e-7], "hi": [8e-3, 3e-3], "truth_prod": [0.019662] * 2,
+                      "win_rate_tool": [0.0988, 0.4118], "win_tool_lo": [0.046, 0.31], "win_tool_hi": [0.17, 0.52],
+                      "win_tool_n": [85, 85]})
+    out = show.fidelity_table(c).data
+    assert "9.9% [4.6–17.0]" in out and "41.2% [31.0–52.0]" in out and ">0.1<" in out
+    assert "250 [30–900]" in out and "0 of 800 (≤ 460)" in out and "1,966" in out and "312" not in out
+    spec = show.fidelity_chart(c.assign(win_rate=0.5)).to_dict()
+    assert spec["resolve"] == {"legend": {"color": "independent"}}
+    assert spec["hconcat"][0]["layer"][0]["encoding"]["color"]["legend"]["orient"] == "bottom"
+
+
+def test_prefix_examples_show_the_whole_prefix_escaped_with_its_user_turn():
+    msgs = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "<script>x</script> reply", "tool_calls": [
+                {"function": {"name": "web_search", "arguments": '{"q": "a"}'}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "result"}, {"role": "user", "content": "second " + "y" * 900}]
+    p = pd.DataFrame({"pool": ["previous"], "turn_index": [4], "messages": [json.dumps(msgs)]})
+    out = show.prefix_examples(p, n=1, max_chars=100).data
+    assert "user turn 2 ·" in out and "turn 4" not in out and "5 messages in the prefix" in out
+    assert "&lt;script&gt;x&lt;/script&gt; reply" in out and "<script>x" not in out
+    assert "web_search" in out and "result" in out and "be nice" in out
+    assert "y" * 101 not in out and "more characters" in out
+    long = pd.DataFrame({"pool": ["previous"], "turn_index": [40],
+                         "messages": [json.dumps([{"role": r, "content": str(i)} for i in range(20) for r in ("user", "assistant")][:-1])]})
+    cut = show.prefix_examples(long, n=1, max_messages=12).data
+    assert "27 earlier messages not shown" in cut and "user turn 20 ·" in cut
 
 
 def test_winrate_table_gives_percent_with_interval():
@@ -500,3 +610,16 @@ def test_forecast_page_says_whose_history_was_set_aside_for_a_changed_grader():
     h = show.forecasts(fc).data
     assert "The grader of Hate changed since the history was recorded" in h and "Self harm changed" not in h
     assert "changed since" not in show.forecasts(fc.assign(history_dropped=False)).data
+
+
+def test_evaluation_awareness_chart_plots_k_over_n_with_exact_intervals():
+    spec = show.eval_awareness_chart(_grade_rates(), ["sim", "prod_prev"]).to_dict()
+    data = pd.DataFrame(next(iter(spec["datasets"].values()))).set_index("target")
+    assert data.loc["prod_prev", "pct"] == 100.0 and data.loc["sim", "pct"] == pytest.approx(2.5)  # not 99.75 / 2.74
+    assert data.loc["prod_prev", "lo_pct"] == pytest.approx(98.17, abs=0.01) and data.loc["prod_prev", "hi_pct"] == 100.0
+    assert spec["layer"][0]["encoding"]["x"]["scale"]["domain"][1] > 100  # the dot at 100% is drawn whole
+
+
+def test_evaluation_awareness_table_keeps_the_targets_order():
+    out = show.eval_awareness_table(_grade_rates(), ["sim", "prod_prev"]).data
+    assert out.index(">sim<") < out.index(">prod_prev<")
