@@ -1010,7 +1010,9 @@ def k_of_n(k, n) -> str:
         return DASH
     if float(k).is_integer() and float(n).is_integer():
         return f"{int(k):,} of {int(n):,}"
-    return f"{float(k):,.1f} of {float(n):,.1f} (effective)"  # reweighted: Kish effective counts
+    def one(x: float) -> str:  # reweighted: Kish effective counts, whole numbers without ".0"
+        return f"{int(x):,}" if float(x).is_integer() else f"{float(x):,.1f}"
+    return f"{one(k)} of {one(n)} (effective)"
 
 
 def interval(lo, hi, digits: int = 2) -> str:
@@ -1369,7 +1371,8 @@ GLOSSARY = [
     ("per 100k", "events per 100,000 responses; every rate on these pages is in this unit unless a table says percent."),
     ("k of n", "k responses flagged by the grader out of n graded."),
     ("exact interval", "Clopper–Pearson interval of a binomial rate: it never claims more certainty than the counts give."),
-    ("Jeffreys", "the Jeffreys interval and estimate (k + ½)/(n + 1) used on the stage pages for rates."),
+    ("Jeffreys", "the Jeffreys interval (the realism judge's win rates) and the smoothed estimate (k + ½)/(n + 1), "
+                 "used inside computations such as SME; a rate is shown as k of n with its exact interval."),
     ("ratio X / Y", "forecast rate of the candidate over the previous model's production rate, (k/n)/(k₀/n₀): "
                     "the ratio of the k-of-n rates beside it; \"new\" when the previous count is 0, a dash when "
                     "both are. The interval is exact (conditional binomial, Clopper–Pearson) and is [0–∞] when both "

@@ -13,6 +13,12 @@ from depsim.params import Gate, load_release
 from depsim.pipeline import SCORED, pools, realised_status, withhold_stand_in
 
 
+def test_effective_counts_read_whole_numbers_without_a_decimal():
+    assert show.k_of_n(0.0, 182.2) == "0 of 182.2 (effective)"
+    assert show.k_of_n(43.5, 3697.8) == "43.5 of 3,697.8 (effective)"
+    assert show.k_of_n(3, 200) == "3 of 200"
+
+
 def test_numbers_have_separators_fixed_precision_and_no_scientific_notation():
     assert show.rate100k(0.0123456) == "1,235"
     assert show.rate100k(2.26e-06) == "0.23"
