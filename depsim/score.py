@@ -6,8 +6,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from depsim import errormodel, stats
-from depsim import forecast
+from depsim import errormodel, forecast, stats
 from depsim.forecast import check_comparable
 
 

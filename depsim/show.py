@@ -581,16 +581,16 @@ def _percent_interval(w, lo, hi) -> str:
     return DASH if _missing(w) else f"{number(100 * w, 1)}% {interval(100 * lo, 100 * hi, 1)}"
 
 
-def rate_interval100k(k, n, level: float = 0.95) -> str:
+def rate_interval100k(k, n, level: float = 0.95, count: bool = True) -> str:
     """Return k of n as its rate per 100k with the exact (Clopper–Pearson) ``level`` interval
-    ("1,400 [1,059–1,814]"), or, for zero events, "0 of 200 (≤ 1,828)": zero events are never
-    shown as a rate; a dash when n is 0 or missing. Effective (reweighted) counts are rounded
-    for the interval."""
+    ("1,400 [1,059–1,814]"), or, for zero events, "0 of 200 (≤ 1,828)" ("≤ 1,828" without
+    ``count``, where the cell shows the count apart): zero events are never shown as a rate;
+    a dash when n is 0 or missing. Effective (reweighted) counts are rounded for the interval."""
     if _missing(n) or not n:
         return DASH
     lo, hi = _exact_interval(k, n, level)
     if not k:
-        return f"{k_of_n(k, n)} (≤ {rate100k(hi)})"
+        return f"{k_of_n(k, n)} (≤ {rate100k(hi)})" if count else f"≤ {rate100k(hi)}"
     return f"{rate100k(float(k) / float(n))} {interval100k(lo, hi)}"
 
 
@@ -905,10 +905,8 @@ def forecasts(fc: pd.DataFrame, level: float = 0.95) -> HTML:
     rows = []
     for _, r in fc.iterrows():
         k, n = float(r["k"]), float(r["n"])
-        lo, hi = _exact_interval(k, n, level) if n else (np.nan, np.nan)
         row = {"category": category_title(r["category"]), "method": r["method"], "flagged": k_of_n(k, n),
-               f"rate per 100k [{level:.0%} exact]": (rate_or_bound100k(k, n, level) if n and not k
-                                                         else f"{rate100k(k / n if n else np.nan)} {interval100k(lo, hi)}")}
+               f"rate per 100k [{level:.0%} exact]": rate_interval100k(k, n, level, count=False)}
         if "pred_lo" in fc:
             row[_predictive_name(fc)] = interval100k(r["pred_lo"], r["pred_hi"])
         change = DASH
@@ -1217,7 +1215,7 @@ def decision(decision: pd.DataFrame, level: float = 0.95) -> HTML:
             f'<td><a href="{link}">{html.escape(r["title"])}</a><br><small>{html.escape(r["group"])}</small>{_trust_mark(r)}</td>'
             f'<td class=nw>{html.escape(r["gate"])}</td><td class=nw>{html.escape(r["gate_status"])}</td>'
             f'<td class=num>{rate_or_bound100k(r["prev_k"], r["prev_n"], level)}<br><small>{k_of_n(r["prev_k"], r["prev_n"])}</small></td>'
-            + (f'<td class=num>{_forecast_cell(r, level)}<br><small>{k_of_n(r["k"], r["n"])}</small>'
+            + (f'<td class=num>{rate_interval100k(r["k"], r["n"], level, count=False)}<br><small>{k_of_n(r["k"], r["n"])}</small>'
                f'{_uncertainty_mark(r)}{_tool_mark(r)}</td>'
                if r["n"] else f'<td class=num>no usable grade<br><small>{int(r["failed"]):,} failed</small></td>') +
             f'<td class=num>{ratio} {ratio_iv}</td>'
@@ -1246,14 +1244,6 @@ def _trust_mark(r) -> str:
     if _missing(st) or st not in UNTRUSTED:
         return ""
     return f'<br><small class="depsim-untrusted" title="{html.escape(str(r.get("validation_detail", "")))}">⚠ grader: {html.escape(st)}</small>'
-
-
-def _forecast_cell(r, level: float) -> str:
-    """The decision table's forecast: the rate with its exact interval, or for zero events
-    the exact upper bound alone (as the previous rate beside it)."""
-    if not r["k"]:
-        return rate_or_bound100k(r["k"], r["n"], level)
-    return f'{rate100k(r["rate"])} {interval100k(r["lo"], r["hi"])}'
 
 
 def _holm_mark(r) -> str:
