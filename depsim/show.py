@@ -124,7 +124,11 @@ def forecast_chart(scored: pd.DataFrame | None, empty: str = "") -> alt.LayerCha
     pts = alt.Chart(d).mark_point(filled=True, size=60).encode(
         x=alt.X("realised_:Q", scale=scale), y=alt.Y("forecast:Q", scale=scale, title="forecast rate (per 100k)"),
         color=color, tooltip=["category", "method", "forecast", "realised_"])
-    return alt.layer(*bands, one, err, pts).properties(width=420, height=380)
+    # the chart says how to read it: the summary shows it without the score page's text
+    title = alt.TitleParams("Forecast against realised rate, per 100k", anchor="start", fontSize=13, subtitle=[
+        "Dots: each method's forecast (up) against the realised rate (across), log scales; bars: the forecast's interval.",
+        "Dashed: a perfect forecast; grey bands: within 2× (darker) and 5×. A zero rate sits at the axis edge."])
+    return alt.layer(*bands, one, err, pts).properties(width=420, height=380, title=title)
 
 
 #: one colour per target on every chart of the report (Tableau 10), so a target reads the same on each

@@ -629,3 +629,12 @@ def test_evaluation_awareness_chart_plots_k_over_n_with_exact_intervals():
 def test_evaluation_awareness_table_keeps_the_targets_order():
     out = show.eval_awareness_table(_grade_rates(), ["sim", "prod_prev"]).data
     assert out.index(">sim<") < out.index(">prod_prev<")
+
+
+def test_forecast_chart_says_how_to_read_it():
+    scored = pd.DataFrame({"category": ["a", "b"], "method": ["deployment_sim"] * 2, "rate": [0.01, 0.002],
+                           "realised": [0.012, 0.0], "lo": [0.008, 0.001], "hi": [0.013, 0.004]})
+    spec = show.forecast_chart(scored).to_dict()
+    subtitle = " ".join(spec["title"]["subtitle"])
+    assert "Dashed: a perfect forecast" in subtitle and "within 2× (darker) and 5×" in subtitle
+    assert "zero rate sits at the axis edge" in subtitle
