@@ -528,11 +528,6 @@ def load_release(path: str | Path) -> Release:
         if name not in tax and name not in {cat.group for cat in tax.values()}:
             raise ParamsError(f"{path}:{line_of(node, ('grading', 'bars', name))}: grading.bars: {name!r} is neither a "
                               f"category nor a group of {rel.resolve(rel.taxonomy).name}")
-    llm = [c for c, cat in tax.items() if (cat.is_llm or rel.grading.llm == "all" or c in rel.grading.llm)
-           and (rel.categories == "all" or c in rel.categories)]
-    if m.grader is None and llm:
-        raise ParamsError(f"{path}:{line_of(node, ('models',))}: models.grader is needed: "
-                          f"{len(llm)} categories have LLM graders ({', '.join(llm[:3])}, ...)")
     for name in rel.gates:
         if name not in tax and name not in {cat.group for cat in tax.values()}:
             raise ParamsError(f"{path}:{line_of(node, ('gates', name))}: gates: {name!r} is neither a category nor a group "
@@ -542,7 +537,11 @@ def load_release(path: str | Path) -> Release:
             if c not in tax:
                 raise ParamsError(f"{path}:{line_of(node, ('categories', i))}: unknown category {c!r} "
                                   f"(not in {rel.resolve(rel.taxonomy).name}; known: {', '.join(tax)})")
-    tracked = for_release(rel)
+    tracked = for_release(rel)  # the categories graded, with grading.llm applied
+    llm = [c for c, cat in tracked.items() if cat.is_llm]
+    if m.grader is None and llm:
+        raise ParamsError(f"{path}:{line_of(node, ('models',))}: models.grader is needed: "
+                          f"{len(llm)} categories have LLM graders ({', '.join(llm[:3])}, ...)")
     for name in rel.gates:  # a gate on nothing the release grades would be silently unchecked
         if name not in tracked and not any(c.group == name for c in tracked.values()):
             raise ParamsError(f"{path}:{line_of(node, ('gates', name))}: gates: {name!r} is not among the categories this "
