@@ -94,12 +94,14 @@ DISPLAY_PARAMS = {"title", "gates", "report", "path", "notice", "all_failed"}
 #: named by a field: the taxonomy, the history, the grading validations, hashed by content).
 #: An earlier stage's params reach a table through its inputs (:data:`INPUTS`), so editing
 #: the grading marks the grades and what follows stale, not the prefixes.
+#: tests/test_stage_params.py checks it against what each stage reads.
 STAGE_PARAMS = {
     "sample": ("release", "world", "sources", "sampling", "deid", "reweight", "targets"),
     "simulate": ("world", "models.candidate", "models.previous_production", "models.candidate_production",
                  "models.tool_simulator", "generation", "targets"),
-    "realism": ("world", "realism", "models.candidate", "models.judge", "models.tool_simulator", "generation"),
-    "audit": ("world", "audit", "models.auditor", "targets", "categories", "taxonomy"),
+    "realism": ("world", "realism", "models.candidate", "models.judge", "models.tool_simulator", "generation",
+                "taxonomy"),
+    "audit": ("world", "audit", "models.auditor", "targets", "categories", "taxonomy", "grading.llm"),
     "grade": ("world", "grading", "models.grader", "categories", "taxonomy", "targets", "reweight"),
     "forecast": ("history", "report.level", "targets"),
     "score": ("world", "history", "report.level", "reweight", "generation.tool_mode"),
