@@ -355,7 +355,8 @@ class Report(_Strict):
     examples_per_target: int = Field(3, ge=1, le=50)
     #: flagged examples shown per audit cluster
     examples_per_cluster: int = Field(3, ge=1, le=50)
-    #: the confidence level of every interval on the summary
+    #: the confidence level of the intervals the pages compute from counts (summary, grade,
+    #: audit, forecast, score); the realism judge's win rates are stored at 95%
     level: float = Field(0.95, gt=0.5, lt=1)
 
 

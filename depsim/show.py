@@ -609,17 +609,17 @@ def _exact_intervals(k: pd.Series, n: pd.Series, level: float = 0.95) -> pd.Data
     return pd.DataFrame({"lo": lo, "hi": hi}, index=k.index)
 
 
-def clusters(table_: pd.DataFrame) -> HTML:
+def clusters(table_: pd.DataFrame, level: float = 0.95) -> HTML:
     """Return the audit's clusters: findings, label, matched category (or "none: novel"),
     similarity, and per target the responses with a finding of the cluster as k of n audited
-    with their rate per 100k and exact 95% interval; zero events read "0 of N (≤ bound)"."""
+    with their rate per 100k and exact ``level`` interval; zero events read "0 of N (≤ bound)"."""
     targets = [c[:-len("_items")] for c in table_ if c.endswith("_items") and f"{c[:-len('_items')]}_n" in table_]
     shown = pd.DataFrame({"cluster": table_["cluster"], "findings": table_["size"], "label": table_["label"],
                           "category": ["none: novel" if nv else category_title(c) for c, nv in zip(table_["category"], table_["novel"])],
                           "similarity": table_["similarity"].map(lambda x: number(x, 2))})
     for t in targets:
-        shown[f"{t}: responses, per 100k [95% exact]"] = [
-            rate_interval100k(k, n) if not k else f"{k_of_n(k, n)}: {rate_interval100k(k, n)}"
+        shown[f"{t}: responses, per 100k [{level:.0%} exact]"] = [
+            rate_interval100k(k, n, level) if not k else f"{k_of_n(k, n)}: {rate_interval100k(k, n, level)}"
             for k, n in zip(table_[f"{t}_items"], table_[f"{t}_n"])]
     return table(shown)
 
@@ -865,13 +865,14 @@ def held_out_agreement(held_out: pd.DataFrame | None, validations_: pd.DataFrame
     return text(" ".join(parts))
 
 
-def eval_awareness_table(rates: pd.DataFrame, targets: list[str]) -> HTML | None:
+def eval_awareness_table(rates: pd.DataFrame, targets: list[str], level: float = 0.95) -> HTML | None:
     """Return the evaluation-awareness measures in percent of responses, one column per
-    target of ``targets``; None when the release tracks none."""
+    target of ``targets`` (zero events as the exact ``level`` upper bound); None when the
+    release tracks none."""
     ea = rates[(rates["group"] == "evaluation_awareness") & rates["target"].isin(targets)]
     if not len(ea):
         return None
-    cells = ea.assign(cell=[percent_of(k, n) for k, n in zip(ea["k"], ea["n"])])
+    cells = ea.assign(cell=[percent_of(k, n, level) for k, n in zip(ea["k"], ea["n"])])
     wide = cells.pivot(index="category", columns="target", values="cell").fillna(DASH)
     wide = wide[[t for t in targets if t in wide]]  # the targets' order, as the chart beside it
     wide.index = [category_title(c) for c in wide.index]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import binom
+from scipy.stats import beta, binom
 
 from depsim import forecast, show, stats
 from depsim.params import Gate, load_release
@@ -243,6 +243,8 @@ def test_evaluation_awareness_shows_k_of_n_and_zero_events_as_an_upper_bound():
                           for t, k in (("sim", 1), ("prod_prev", 0))])
     out = show.eval_awareness_table(rates, ["sim", "prod_prev"]).data
     assert "0.50% (1 of 200)" in out and "0 of 200 (≤ 1.83%)" in out and "0.25" not in out
+    bound = 100 * beta.ppf(0.95, 1, 200)
+    assert f"0 of 200 (≤ {bound:.2f}%)" in show.eval_awareness_table(rates, ["sim", "prod_prev"], 0.9).data
 
 
 def test_banner_says_which_parts_are_simulated(tmp_path):
@@ -424,6 +426,9 @@ def test_clusters_table_gives_k_of_n_with_exact_bounds_and_zero_as_a_bound():
     assert "0 of 2,000 (≤ 184)" in out and "[0.02–126]" not in out and ">25 " not in out
     assert "none: novel" in out and ">0.07<" in out
     assert "&lt;i&gt;reveals&lt;/i&gt;" in out and "sim_lo" not in out
+    at90 = show.clusters(d, 0.9).data  # report.level reaches the audit page
+    bound = 1e5 * beta.ppf(0.95, 1, 2000)
+    assert "[90% exact]" in at90 and f"0 of 2,000 (≤ {bound:,.0f})" in at90 and "≤ 184" not in at90
 
 
 def test_detection_power_reads_rates_as_integers_and_power_in_percent():
