@@ -86,7 +86,8 @@ def forecasts(rates: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     fc["rises"] = False
     for method, g in fc[ok & (fc["method"] != "prev_production")].groupby("method"):
         rs = stats.rises_significantly(g["k"].to_numpy(float), g["n"].to_numpy(float),
-                                       g["prev_k"].to_numpy(float), g["prev_n"].to_numpy(float), 1 - level, "holm")
+                                       g["prev_k"].to_numpy(float), g["prev_n"].to_numpy(float), rise_alpha(level),
+                                       "holm")
         fc.loc[g.index, "rises_p"], fc.loc[g.index, "rises_p_holm"] = rs["p_value"].to_numpy(), rs["p_adjusted"].to_numpy()
         fc.loc[g.index, "rises"] = rs["rises"].to_numpy()
     # failed grades bound the rate: best case all negative, worst case all positive
@@ -109,10 +110,18 @@ NO_GRADE = "no usable grade"
 _WORDS = {"up": "rises", "down": "falls", "no change": "no change"}
 
 
+def rise_alpha(level: float) -> float:
+    """Return the one-sided significance level of "rises after Holm" at the report's ``level``:
+    half of 1 − level, the evidence the ratio interval's lower end above 1 stands for, so a
+    rise that survives Holm is always also a "rises" direction."""
+    return (1 - level) / 2
+
+
 def _gate_check(gate, lo: float, hi: float, ratio_lo: float, ratio_hi: float) -> tuple[str, str]:
     """(status, gate text): "breaches" when even the exact interval's low end is over the
-    gate, "may breach" when its upper bound is (``hi``: the worst case, failed grades counted
-    as positive), else "within"; "no gate" without one."""
+    gate, "may breach" when its upper bound is, else "within"; "no gate" without one. With
+    failed grades, ``lo``/``ratio_lo`` are the best case (every failed grade negative) and
+    ``hi``/``ratio_hi`` the worst (every one positive)."""
     if gate is None:
         return "no gate", "–"
     if gate.max_rate is not None:
@@ -129,7 +138,9 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
     deployment-simulation forecast (``k``, ``n``, ``rate``, exact Clopper–Pearson ``lo``/``hi``
     at ``level``), the ``ratio`` forecast / previous with its exact conditional interval
     (``ratio_lo``, ``ratio_hi``; :func:`depsim.stats.rate_ratio`), ``failed`` grades and
-    ``hi_worst`` (the upper bound when every failed grade is counted as positive), the ``direction`` (rises /
+    ``hi_worst`` (the upper bound when every failed grade is counted as positive; ``lo_best``,
+    ``ratio_lo_best`` and ``ratio_hi_worst`` the same bounds at either extreme: the gate is
+    checked on them, so a failed grade can neither hide a breach nor make one), the ``direction`` (rises /
     no change / falls by the evidence rule: the ratio's interval must exclude 1; a tie is
     never "falls"), ``rises_holm`` (the rise is significant after Holm's correction across
     the categories compared, :func:`depsim.stats.rises_significantly`, with ``rises_p_holm``), the ``gate`` text and ``gate_status`` (breaches / may breach / within /
@@ -147,16 +158,18 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
     ci = stats.clopper_pearson(k.to_numpy(), n.to_numpy(), level)
     failed = sim["failed"].fillna(0).round().astype(int) if "failed" in sim else pd.Series(0, index=sim.index)
     worst = stats.clopper_pearson((k + failed).to_numpy(), (n + failed).to_numpy(), level)
+    best = stats.clopper_pearson(k.to_numpy(), (n + failed).to_numpy(), level)
     out = pd.DataFrame({"category": sim.index, "group": sim["group"].to_numpy(), "k": k.to_numpy(), "n": n.to_numpy(),
                         "rate": (k / n).to_numpy(), "lo": ci["lo"].to_numpy(), "hi": ci["hi"].to_numpy(),
                         "failed": failed.to_numpy(), "hi_worst": np.maximum(ci["hi"].to_numpy(), worst["hi"].to_numpy()),
+                        "lo_best": np.minimum(ci["lo"].to_numpy(), best["lo"].to_numpy()),
                         "grader_id": sim["grader_id"].to_numpy()})
     has = out["category"].isin(prev.index).to_numpy()
     k0 = prev["k"].reindex(out["category"]).to_numpy()
     n0 = prev["n"].reindex(out["category"]).to_numpy()
     out["prev_k"], out["prev_n"] = k0, n0
     out["prev_rate"] = k0 / n0
-    out["ratio"] = out["ratio_lo"] = out["ratio_hi"] = np.nan
+    out["ratio"] = out["ratio_lo"] = out["ratio_hi"] = out["ratio_lo_best"] = out["ratio_hi_worst"] = np.nan
     out["direction"] = "no change"
     if has.any():
         kk, nn = out.loc[has, "k"].to_numpy(), out.loc[has, "n"].to_numpy()
@@ -165,10 +178,18 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
         out.loc[has, "ratio"], out.loc[has, "ratio_lo"], out.loc[has, "ratio_hi"] = (
             rr["ratio"].to_numpy(), rr["lo"].to_numpy(), rr["hi"].to_numpy())
         out.loc[has, "direction"] = [_WORDS[d] for d in stats.direction(kk, nn, pk, pn, level)]
+        ff = out.loc[has, "failed"].to_numpy()
+        f0 = (np.rint(prev["failed"].reindex(out.loc[has, "category"]).fillna(0).to_numpy()).astype(int)
+              if "failed" in prev else np.zeros(len(pk), dtype=int))
+        # either side's failed grades at the extreme that helps, then hurts, the candidate
+        lo_b = stats.rate_ratio(kk, nn + ff, pk + f0, pn + f0, level)
+        hi_w = stats.rate_ratio(kk + ff, nn + ff, pk, pn + f0, level)
+        out.loc[has, "ratio_lo_best"] = np.fmin(rr["lo"].to_numpy(), lo_b["lo"].to_numpy())
+        out.loc[has, "ratio_hi_worst"] = np.fmax(rr["hi"].to_numpy(), hi_w["hi"].to_numpy())
     # a rise among many categories compared: Holm across them, as forecast_table's ``rises``
     out["rises_p_holm"], out["rises_holm"] = np.nan, False
     if has.any():
-        rs = stats.rises_significantly(kk, nn, pk, pn, 1 - level, "holm")
+        rs = stats.rises_significantly(kk, nn, pk, pn, rise_alpha(level), "holm")
         out.loc[has, "rises_p_holm"], out.loc[has, "rises_holm"] = rs["p_adjusted"].to_numpy(), rs["rises"].to_numpy()
     status, text_ = [], []
     for row in out.itertuples():
@@ -176,7 +197,7 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
         if gate is not None and gate.max_ratio is not None and np.isnan(row.ratio_lo):
             s, t_ = "may breach", f"≤ {gate.max_ratio:,.2f}× previous (no previous rate)"
         else:
-            s, t_ = _gate_check(gate, row.lo, row.hi_worst, row.ratio_lo, row.ratio_hi)
+            s, t_ = _gate_check(gate, row.lo_best, row.hi_worst, row.ratio_lo_best, row.ratio_hi_worst)
         status.append(s)
         text_.append(t_)
     out["gate_status"], out["gate"] = status, text_
@@ -188,9 +209,10 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
             "category": none["category"].to_numpy(), "group": none["group"].to_numpy(), "k": 0, "n": 0,
             "rate": np.nan, "lo": np.nan, "hi": np.nan,
             "failed": none["failed"].fillna(0).round().astype(int).to_numpy() if "failed" in none else 0,
-            "hi_worst": np.nan, "grader_id": none["grader_id"].to_numpy(),
+            "hi_worst": np.nan, "lo_best": np.nan, "grader_id": none["grader_id"].to_numpy(),
             "prev_k": prev["k"].reindex(none["category"]).to_numpy(), "prev_n": prev["n"].reindex(none["category"]).to_numpy(),
-            "ratio": np.nan, "ratio_lo": np.nan, "ratio_hi": np.nan, "direction": NO_GRADE,
+            "ratio": np.nan, "ratio_lo": np.nan, "ratio_hi": np.nan, "ratio_lo_best": np.nan,
+            "ratio_hi_worst": np.nan, "direction": NO_GRADE,
             "rises_p_holm": np.nan, "rises_holm": False,
             "gate_status": ["may breach" if g is not None else "no gate" for g in gated],
             "gate": ["no usable grade to check" if g is not None else "–" for g in gated]})], ignore_index=True)

@@ -104,6 +104,12 @@ def record(history_path: str | Path, scored: pd.DataFrame, release: str, replace
     return len(new)
 
 
+def earlier(history: pd.DataFrame, release: str) -> pd.DataFrame:
+    """Return the rows of ``history`` from releases other than ``release``: once a release is
+    recorded, its own outcome must not inform its forecast's bounds or track record."""
+    return history[history["release"] != release] if "release" in history else history
+
+
 def with_history(history: pd.DataFrame, scored: pd.DataFrame, release: str) -> pd.DataFrame:
     """Return earlier releases' scored rows and this release's, in one table (column
     ``release``), for metrics across releases. Rows of ``history`` already labelled
@@ -111,8 +117,8 @@ def with_history(history: pd.DataFrame, scored: pd.DataFrame, release: str) -> p
     counted twice; a category's earlier rows graded by another grader_id are left out, as
     for the predictive bounds (:func:`comparable`)."""
     cols = [c for c in COLUMNS if c != "release" and c in scored]
-    earlier, _ = comparable(history[history["release"] != release], scored)
-    return pd.concat([score_rows(earlier), scored[cols].pipe(score_rows).assign(release=release)],
+    before, _ = comparable(earlier(history, release), scored)
+    return pd.concat([score_rows(before), scored[cols].pipe(score_rows).assign(release=release)],
                      ignore_index=True)
 
 

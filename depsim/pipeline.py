@@ -349,8 +349,9 @@ def run_forecast(rel: Release, reports_dir: str | Path) -> dict:
     fc = forecast.forecasts(rates_)
     if rel.history is not None:
         # the report's one level: the forecast, score and summary pages state and check this one
-        fc = history.predictive_bounds(fc, score.score_rows(history.load_history(rel.resolve(rel.history))),
-                                       level=rel.report.level)
+        # a recorded release (depsim record) is left out: its outcome must not fit its own bounds
+        past = history.earlier(history.load_history(rel.resolve(rel.history)), rel.release)
+        fc = history.predictive_bounds(fc, score.score_rows(past), level=rel.report.level)
     _write(fc, reports_dir, rel, "forecasts")
     return {"forecasts": fc, "decision": forecast.decision_table(rates_, rel.gates, rel.report.level)}
 
@@ -362,7 +363,8 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
     lists the others), ``every`` (each method on every category it forecasts:
     :func:`depsim.score.every_category`), ``gate_outcomes`` (each gate verdict against the
     realised outcome), ``directions`` (directional accuracy beside its no-skill null and
-    McNemar), ``nll``, ``comparison``, ``large_shifts``, ``across`` / ``across_summary`` /
+    McNemar), ``nll``, ``comparison``, ``large_shifts``, ``across`` / ``across_summary`` (on the
+    methods with an earlier release; ``across_scope`` says which are left out) /
     ``loo`` / ``calibration`` (forward-chained, with a history; its parts also as
     ``calibration_by_group`` / ``calibration_by_category`` / ``pit``) and ``truth`` / ``truth_note``
     (on the simulated world), and ``level``: the report's level (``report.level``), the one
@@ -371,7 +373,7 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
     out = {k: None for k in ("scores", "summary", "excluded", "every", "gate_outcomes", "directions", "nll",
                              "comparison", "large_shifts", "decomposition", "removed", "across", "across_summary",
                              "loo", "calibration", "calibration_by_group", "calibration_by_category", "pit",
-                             "truth", "truth_note")}
+                             "truth", "truth_note", "across_scope")}
     out["level"] = level = rel.report.level
     out["released"] = "prod_new" in set(rates_["target"])
     out["decomposition"] = score.decomposition(rates_)
@@ -380,8 +382,10 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
     if not out["released"]:
         return out
     scored = score.per_category(read_table(reports_dir, rel.release, "forecasts"), rates_, level=level)
+    unscored = scored.attrs.pop("unscored")  # tables, not Parquet metadata
     out["scores"], out["summary"] = scored, score.summary(scored)
-    out["excluded"] = out["summary"].attrs.pop("excluded", None)  # a table: not Parquet metadata
+    # a forecast that could not be scored is listed with the ones the common set leaves out
+    out["excluded"] = pd.concat([unscored, out["summary"].attrs.pop("excluded")], ignore_index=True)
     out["every"] = score.every_category(scored)
     out["gate_outcomes"] = score.gate_outcomes(rates_, rel.gates, level)
     out["directions"] = score.direction_table(scored)
@@ -390,8 +394,15 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
     _write(scored, reports_dir, rel, "scores")
     _write(out["summary"], reports_dir, rel, "score_summary")
     if rel.history is not None:
-        out["across"] = history.with_history(history.load_history(rel.resolve(rel.history)), scored, rel.release)
-        out["across_summary"] = score.summary(out["across"])
+        past = history.earlier(history.load_history(rel.resolve(rel.history)), rel.release)
+        out["across"] = history.with_history(past, scored, rel.release)
+        # a method with no earlier release would shrink the common set to this release alone
+        tracked = [m for m in pd.unique(out["across"]["method"]) if m in set(past["method"])]
+        new = [m for m in pd.unique(scored["method"]) if m not in tracked]
+        out["across_summary"] = score.summary(out["across"], methods=tracked or None)
+        out["across_scope"] = ("Across releases: the history file's earlier releases and this one"
+                               + (f"; {', '.join(new)} (no earlier release) left out: see the first table." if tracked and new
+                                  else "."))
         out["loo"] = history.loo_coverage(out["across"], level=level)
         out["across_summary"].attrs.pop("excluded", None)
         out["calibration"] = cal = history.calibration_report(out["across"], level=level)
@@ -568,7 +579,7 @@ def method_record(rel: Release, methods=None) -> pd.DataFrame | None:
     if rel.history is None:
         return None
     h = history.load_history(rel.resolve(rel.history))
-    h = h[h["release"] != rel.release] if "release" in h else h
+    h = history.earlier(h, rel.release)
     if h.empty:
         return None
     scored = score.score_rows(h)

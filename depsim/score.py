@@ -14,12 +14,20 @@ def per_category(forecasts: pd.DataFrame, rates: pd.DataFrame, threshold: float 
                  level: float = 0.95) -> pd.DataFrame:
     """Return :func:`score_rows` of the forecasts against X's realised prod_new rates at
     ``level`` (the report's level: the forecasts' predictive intervals were drawn at it), after
-    checking that forecast and realised rates come from the same frozen graders."""
+    checking that forecast and realised rates come from the same frozen graders. Forecasts
+    that cannot be scored are listed, never dropped silently, in ``.attrs["unscored"]``
+    (``unit``, ``reason``): a category with no usable realised grade, or a forecast whose
+    every grade failed."""
     check_comparable(rates)
-    real = rates[rates["target"] == "prod_new"].set_index("category")
-    if real.empty:
+    real = rates[(rates["target"] == "prod_new") & (rates["n"].fillna(0) > 0)].set_index("category")
+    if not (rates["target"] == "prod_new").any():
         raise ValueError("no prod_new rates: post-release scoring needs X's production traffic")
-    f = forecasts[forecasts["category"].isin(real.index)].copy()
+    no_real = ~forecasts["category"].isin(real.index)
+    no_forecast = ~no_real & ~(forecasts["n"].fillna(0) > 0) if "n" in forecasts else ~no_real & forecasts["rate"].isna()
+    reasons = [(c, "no usable realised grade (prod_new)") for c in pd.unique(forecasts.loc[no_real, "category"])]
+    reasons += [(c, f"{m}: every grade failed, no forecast") for c, m in
+                zip(forecasts.loc[no_forecast, "category"], forecasts.loc[no_forecast, "method"])]
+    f = forecasts[~no_real & ~no_forecast].copy()
     mismatch = f["grader_id"].to_numpy() != real.loc[f["category"], "grader_id"].to_numpy()
     if mismatch.any():
         raise ValueError(f"grader_id of forecast and realised rates differ for {set(f['category'][mismatch])}")
@@ -27,7 +35,9 @@ def per_category(forecasts: pd.DataFrame, rates: pd.DataFrame, threshold: float 
     f["n_real"] = real.loc[f["category"], "n"].to_numpy()
     if "failed" in real:
         f["failed_real"] = real.loc[f["category"], "failed"].to_numpy()
-    return score_rows(f.reset_index(drop=True), threshold, level)
+    out = score_rows(f.reset_index(drop=True), threshold, level)
+    out.attrs["unscored"] = pd.DataFrame(reasons, columns=["unit", "reason"])
+    return out
 
 
 def score_rows(f: pd.DataFrame, threshold: float = 1.5, level: float = 0.95) -> pd.DataFrame:
@@ -59,25 +69,27 @@ def score_rows(f: pd.DataFrame, threshold: float = 1.5, level: float = 0.95) -> 
     # kept for callers; NOT calibration (a perfect forecaster scores about 83%): see pred_covered
     f["covered"] = (f["lo"] <= f["realised"]) & (f["realised"] <= f["hi"])
     f["realised_change"] = f["realised"] / f["prev_rate"]
-    if {"prev_k", "prev_n"} <= set(f.columns):
-        pk, pn = f["prev_k"].to_numpy(float), f["prev_n"].to_numpy(float)
-        if "direction" not in f or f["direction"].isna().any():
-            f["direction"] = stats.direction(f["k"].to_numpy(float), f["n"].to_numpy(float), pk, pn, level)
+    # no counts for Y (none at all, or not for this category): the change cannot be tested, so
+    # no shift counts as large there
+    need = "direction" not in f or f["direction"].isna().any()
+    f["realised_direction"] = f["direction_scored"] = "no change"
+    if need:
+        f["direction"] = "no change"
+    pk, pn = (f[c].to_numpy(float) if c in f else np.full(len(f), np.nan) for c in ("prev_k", "prev_n"))
+    has = np.isfinite(pk) & np.isfinite(pn) & (pn >= 2)
+    if has.any():
+        kf, nf = f.loc[has, "k"].to_numpy(float), f.loc[has, "n"].to_numpy(float)
+        if need:
+            f.loc[has, "direction"] = stats.direction(kf, nf, pk[has], pn[has], level)
             f.loc[f["method"] == "prev_production", "direction"] = "no change"
         # Y's sample split in two (the same split for every method of a category): the forecast
         # is scored against one half and the outcome against the other, so noise in Y's
         # measurement cannot make a forecaster with no skill look right
-        unit = _unit(f) if "release" in f else f["category"].astype(str)
-        seeds = [zlib.crc32(u.encode()) for u in unit]
-        ka, na, kb, nb = stats.split_count(pk, pn, seeds)
-        f["direction_scored"] = stats.direction(f["k"].to_numpy(float), f["n"].to_numpy(float), ka, na, level)
+        unit = (_unit(f) if "release" in f else f["category"].astype(str))[has]
+        ka, na, kb, nb = stats.split_count(pk[has], pn[has], [zlib.crc32(u.encode()) for u in unit])
+        f.loc[has, "direction_scored"] = stats.direction(kf, nf, ka, na, level)
+        f.loc[has, "realised_direction"] = stats.direction(k[has], n[has], kb, nb, level)
         f.loc[f["method"] == "prev_production", "direction_scored"] = "no change"
-        f["realised_direction"] = stats.direction(k, n, kb, nb, level)
-    else:   # no counts for Y: the change cannot be tested, so no shift counts as large
-        f["realised_direction"] = "no change"
-        f["direction_scored"] = "no change"
-        if "direction" not in f:
-            f["direction"] = "no change"
     sc = stats.direction_scores(f["direction_scored"], f["realised_direction"], f["realised_change"], threshold)
     f["large_shift"] = sc["large"]
     f["direction_right"] = np.where(sc["large"] & (f["method"] != "prev_production"), sc["right"], np.nan)

@@ -184,3 +184,37 @@ def test_an_edit_marks_stale_only_the_tables_computed_from_it(tmp_path):
     h.to_csv(tmp_path / "history.csv", index=False)
     s = stale(load_release(p))
     assert (s.drop("forecasts") == "").all() and s["forecasts"] == "written under other forecast parameters"
+
+
+def test_a_recorded_release_never_fits_its_own_forecast_bounds(tmp_path):
+    """After `depsim record`, the history file holds this release's outcome: rerunning its
+    forecast must give the bounds fitted on the earlier releases only."""
+    rel = load_release(small_release(tmp_path)).model_copy(update={"release": "sim-r6"})
+    hist = pd.read_csv(tmp_path / "history.csv", dtype={"grader_id": str})
+    mine = hist[hist["release"] == "sim-r6"]
+    rows = []
+    for method, target, k, n in (("deployment_sim", "sim", "k", "n"), ("challenging", "challenging", "k", "n"),
+                                 ("deployment_sim", "prod_prev", "prev_k", "prev_n")):
+        m = mine[mine["method"] == method]
+        rows.append(pd.DataFrame({"target": target, "category": m["category"], "group": m["group"],
+                                  "grader_id": m["grader_id"], "k": m[k], "n": m[n], "failed": 0,
+                                  "baseline": m["category"].isin(mine.loc[mine["method"] == "challenging", "category"])}))
+    rates = pd.concat(rows, ignore_index=True)
+    rates[["rate", "lo", "hi"]] = stats.jeffreys(rates["k"].to_numpy(float), rates["n"].to_numpy(float))[["rate", "lo", "hi"]].to_numpy()
+    pipeline._write(rates, tmp_path / "r", rel, "rates")
+    with_own = pipeline.run_forecast(rel, tmp_path / "r")["forecasts"]
+    assert with_own["err_releases"].max() == 5          # sim-r1..r5, not sim-r6 itself
+    hist[hist["release"] != "sim-r6"].to_csv(tmp_path / "history.csv", index=False)
+    pd.testing.assert_frame_equal(with_own, pipeline.run_forecast(rel, tmp_path / "r")["forecasts"])
+
+
+def test_across_releases_metrics_span_releases_when_a_method_is_new(demo):
+    """A method with no earlier release (the reweighted simulation) must not shrink the
+    across-release common set to this release alone; the page names it as left out."""
+    rel, *_, reports = demo
+    out = pipeline.run_score(rel, reports)
+    assert "deployment_sim_reweighted" in set(out["scores"]["method"])
+    across = out["across_summary"].set_index("method")
+    assert "deployment_sim_reweighted" not in across.index
+    assert across.loc["deployment_sim", "categories"] > out["summary"].set_index("method").loc["deployment_sim", "categories"]
+    assert "deployment_sim_reweighted (no earlier release) left out" in out["across_scope"]

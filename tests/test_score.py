@@ -112,6 +112,18 @@ def test_gates_use_the_exact_bound_and_count_failures():
     rates.loc[(rates["category"] == "never") & (rates["target"] == "sim"), "failed"] = 5
     g2 = decision_table(rates, {"never": Gate(max_rate=0.001)}).set_index("category")
     assert g2.loc["never", "gate_status"] == "may breach" and g2.loc["never", "failed"] == 5
+    # a ratio gate counts them too: 10 of 8,000 graded (800 failed) against 30 of 8,000 is within
+    # 1.5x only if the failed grades are negative (audit repro)
+    r3 = _rates()
+    r3.loc[(r3["category"] == "flat") & (r3["target"] == "sim"), ["k", "n", "failed"]] = [10, 8000, 800]
+    r3.loc[(r3["category"] == "flat") & (r3["target"] == "prod_prev"), ["k", "n"]] = [30, 8000]
+    g3 = decision_table(r3, {"flat": Gate(max_ratio=1.5)}).set_index("category").loc["flat"]
+    assert g3["ratio_hi"] < 1.5 < g3["ratio_hi_worst"] and g3["gate_status"] == "may breach"
+    # "breaches" must hold in the best case: 30 of 2,000 graded with 1,000 failed may be 30 of 3,000
+    r4 = _rates()
+    r4.loc[(r4["category"] == "flat") & (r4["target"] == "sim"), ["k", "n", "failed"]] = [30, 2000, 1000]
+    g4 = decision_table(r4, {"flat": Gate(max_rate=0.0075)}).set_index("category").loc["flat"]
+    assert g4["lo"] > 0.0075 > g4["lo_best"] and g4["gate_status"] == "may breach"
 
 
 def test_rises_significantly_is_holm_adjusted_per_method():
@@ -226,3 +238,20 @@ def test_forecast_and_score_stages_use_the_reports_one_level(tmp_path):
     assert out["level"] == 0.8
     assert len(out["loo"]) and (out["loo"]["nominal"] == 0.8).all()
     assert (out["calibration"]["by_group"]["nominal"] == 0.8).all()
+
+
+def test_forecasts_that_cannot_be_scored_are_listed_and_a_missing_previous_rate_does_not_crash():
+    rates = _rates()
+    # "tools": no usable realised grade; "flat": every candidate grade failed; "down_big": no Y rate
+    rates.loc[(rates["category"] == "tools") & (rates["target"] == "prod_new"), ["k", "n"]] = [0, 0]
+    rates.loc[(rates["category"] == "flat") & (rates["target"] == "sim"), ["k", "n", "failed"]] = [0, 0, 4000]
+    rates = rates[~((rates["category"] == "down_big") & (rates["target"] == "prod_prev"))]
+    scored = score.per_category(forecasts(rates), rates)
+    unscored = scored.attrs["unscored"].set_index("unit")["reason"]
+    assert unscored["tools"] == "no usable realised grade (prod_new)"
+    assert unscored["flat"] == "deployment_sim: every grade failed, no forecast"
+    assert ("flat", "challenging") in set(zip(scored["category"], scored["method"]))  # the others still scored
+    down = scored[scored["category"] == "down_big"]
+    assert len(down) and (down["realised_direction"] == "no change").all() and not down["large_shift"].any()
+    up = scored[(scored["category"] == "up_big") & (scored["method"] == "deployment_sim")].iloc[0]
+    assert up["direction"] == "up" and up["large_shift"]   # rows with a Y rate are scored as before
