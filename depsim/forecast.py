@@ -110,6 +110,13 @@ NO_GRADE = "no usable grade"
 _WORDS = {"up": "rises", "down": "falls", "no change": "no change"}
 
 
+def _deff(rates: pd.DataFrame) -> np.ndarray:
+    """The design effect of each row's rate (≥ 1; 1 where the rates table has none)."""
+    if "deff" not in rates:
+        return np.ones(len(rates))
+    return rates["deff"].fillna(1).clip(lower=1).to_numpy(float)
+
+
 def rise_alpha(level: float) -> float:
     """Return the one-sided significance level of "rises after Holm" at the report's ``level``:
     half of 1 − level, the evidence the ratio interval's lower end above 1 stands for, so a
@@ -157,8 +164,11 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
     k, n = sim["k"].round().astype(int), sim["n"].round().astype(int)
     ci = stats.clopper_pearson(k.to_numpy(), n.to_numpy(), level)
     failed = sim["failed"].fillna(0).round().astype(int) if "failed" in sim else pd.Series(0, index=sim.index)
-    worst = stats.clopper_pearson((k + failed).to_numpy(), (n + failed).to_numpy(), level)
-    best = stats.clopper_pearson(k.to_numpy(), (n + failed).to_numpy(), level)
+    # the gate's bounds: failed grades at either extreme, and counts shrunk by the design
+    # effect where sampled turns share conversations (exact bounds on the effective sample)
+    d = _deff(sim)
+    worst = stats.clopper_pearson((k + failed).to_numpy() / d, (n + failed).to_numpy() / d, level)
+    best = stats.clopper_pearson(k.to_numpy() / d, (n + failed).to_numpy() / d, level)
     out = pd.DataFrame({"category": sim.index, "group": sim["group"].to_numpy(), "k": k.to_numpy(), "n": n.to_numpy(),
                         "rate": (k / n).to_numpy(), "lo": ci["lo"].to_numpy(), "hi": ci["hi"].to_numpy(),
                         "failed": failed.to_numpy(), "hi_worst": np.maximum(ci["hi"].to_numpy(), worst["hi"].to_numpy()),
@@ -182,8 +192,9 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
         f0 = (np.rint(prev["failed"].reindex(out.loc[has, "category"]).fillna(0).to_numpy()).astype(int)
               if "failed" in prev else np.zeros(len(pk), dtype=int))
         # either side's failed grades at the extreme that helps, then hurts, the candidate
-        lo_b = stats.rate_ratio(kk, nn + ff, pk + f0, pn + f0, level)
-        hi_w = stats.rate_ratio(kk + ff, nn + ff, pk, pn + f0, level)
+        d1, d0 = d[has], _deff(prev.reindex(out.loc[has, "category"]))
+        lo_b = stats.rate_ratio(kk / d1, (nn + ff) / d1, (pk + f0) / d0, (pn + f0) / d0, level)
+        hi_w = stats.rate_ratio((kk + ff) / d1, (nn + ff) / d1, pk / d0, (pn + f0) / d0, level)
         out.loc[has, "ratio_lo_best"] = np.fmin(rr["lo"].to_numpy(), lo_b["lo"].to_numpy())
         out.loc[has, "ratio_hi_worst"] = np.fmax(rr["hi"].to_numpy(), hi_w["hi"].to_numpy())
     # a rise among many categories compared: Holm across them, as forecast_table's ``rises``

@@ -1373,10 +1373,15 @@ GLOSSARY = [
                     "both are. The interval is exact (conditional binomial, Clopper–Pearson) and is [0–∞] when both "
                     "counts are zero."),
     ("rises / falls / no change", "the ratio's interval lies wholly above 1 / below 1 / includes 1."),
-    ("gate", "a release limit from the params file: a maximum rate, or a maximum ratio to the previous rate."),
+    ("gate", "a release limit from the params file: a maximum rate, or a maximum ratio to the previous rate. "
+             "\"breaches\": even the exact interval's low end is over it; \"may breach\": its upper end "
+             "is. The check counts failed grades at either extreme and, where sampled turns share "
+             "conversations, shrinks the counts by the design effect; it does not count the method's past "
+             "errors (see each method's track record)."),
     ("NLL", "negative log-likelihood (nats) of the realised count under a forecast; lower is better."),
     ("SME", "symmetric multiplicative error, max(a/b, b/a): the factor by which forecast and realised rates differ."),
-    ("coverage", "share of categories whose realised rate fell inside the forecast's interval."),
+    ("coverage", "share of realised counts inside the method's predictive interval at the report's level "
+                 "(its forecast, its past errors and the realised sample's noise): a calibrated method scores that level."),
     ("stand-in", "a pool that takes the place of data that does not exist (e.g. the previous pool reused as "
                  "post-release traffic); it is never scored as realised."),
     ("grader id", "hash of a grader's whole spec; rates from different grader ids are never compared."),

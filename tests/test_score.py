@@ -255,3 +255,27 @@ def test_forecasts_that_cannot_be_scored_are_listed_and_a_missing_previous_rate_
     assert len(down) and (down["realised_direction"] == "no change").all() and not down["large_shift"].any()
     up = scored[(scored["category"] == "up_big") & (scored["method"] == "deployment_sim")].iloc[0]
     assert up["direction"] == "up" and up["large_shift"]   # rows with a Y rate are scored as before
+
+
+def test_gate_bounds_hold_when_sampled_turns_share_conversations():
+    """Misspecified for a binomial: 8 turns per conversation whose rates vary (ICC 0.5). The
+    plain exact upper bound then falls below the true rate far more often than 2.5%; the gate's
+    bound on the effective sample (counts / the measured design effect) keeps near nominal."""
+    rng = np.random.default_rng(7)
+    p, icc, turns, conv, reps = 0.01, 0.5, 8, 500, 400
+    a, b = p * (1 - icc) / icc, (1 - p) * (1 - icc) / icc
+    plain = gate = 0
+    for _ in range(reps):
+        x = (rng.random((conv, turns)) < rng.beta(a, b, conv)[:, None]).astype(float).ravel()
+        deff = float(stats.cluster_robust_rate(x, np.repeat(np.arange(conv), turns))["deff"].iloc[0])
+        rates = pd.DataFrame([{"target": "sim", "category": "c", "group": "g", "grader_id": "x", "k": x.sum(),
+                               "n": x.size, "failed": 0, "deff": deff}])
+        d = decision_table(rates, {"c": Gate(max_rate=p)}).iloc[0]
+        plain += d["hi"] < p
+        gate += d["hi_worst"] < p
+    assert plain / reps > 0.08 and gate / reps < 0.05
+    # and without clustering (deff 1) the gate's bound is the plain exact one
+    one = pd.DataFrame([{"target": "sim", "category": "c", "group": "g", "grader_id": "x", "k": 30, "n": 4000,
+                         "failed": 0, "deff": 1.0}])
+    d1 = decision_table(one).iloc[0]
+    assert d1["hi_worst"] == d1["hi"] and d1["lo_best"] == d1["lo"]
