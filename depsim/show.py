@@ -1379,7 +1379,9 @@ GLOSSARY = [
              "conversations, shrinks the counts by the design effect; it does not count the method's past "
              "errors (see each method's track record)."),
     ("NLL", "negative log-likelihood (nats) of the realised count under a forecast; lower is better."),
-    ("SME", "symmetric multiplicative error, max(a/b, b/a): the factor by which forecast and realised rates differ."),
+    ("SME", "symmetric multiplicative error, max(a/b, b/a): the factor by which forecast and realised rates differ, "
+            "both Jeffreys-smoothed ((k + ½)/(n + 1)) so that zero counts stay finite; it can therefore differ a "
+            "little from the ratio of the k-of-n rates shown beside it."),
     ("coverage", "share of realised counts inside the method's predictive interval at the report's level "
                  "(its forecast, its past errors and the realised sample's noise): a calibrated method scores that level."),
     ("stand-in", "a pool that takes the place of data that does not exist (e.g. the previous pool reused as "
