@@ -690,15 +690,30 @@ def forward_chain(history: pd.DataFrame, min_train: int = 1, level: float = 0.9,
 def coverage_by(chained: pd.DataFrame, by=("method", "group"), level: float = 0.9) -> pd.DataFrame:
     """Return forward-chained calibration per ``by``: predictions n, ``coverage`` (mean
     fractional coverage of the realised count by the ``level`` predictive interval; nominal =
-    level), its binomial standard error, ``inside`` (conservative integer-interval share) and
-    a two-sided p-value of coverage = level (normal approximation)."""
+    level), its standard error ``se`` under coverage = level, ``inside`` (conservative
+    integer-interval share) and a two-sided p-value of coverage = level (normal
+    approximation). Predictions of one release share its shocks (a drift every category
+    felt), so ``se`` is the binomial one times the square root of ``deff``, the design effect
+    of the coverage indicators clustered by release (≥ 1; 1 without a ``release`` column)."""
     g = chained.groupby(list(by), sort=False)
     out = g.agg(n=("covered", "size"), coverage=("covered", "mean"), inside=("inside", "mean"),
                 mean_z2=("z", lambda z: float(np.mean(np.square(z))))).reset_index()
-    out["se"] = np.sqrt(level * (1 - level) / out["n"])
+    out["deff"] = g.apply(lambda x: _release_deff(x, level), include_groups=False).to_numpy() if len(out) else []
+    out["se"] = np.sqrt(level * (1 - level) / out["n"] * out["deff"])
     out["p_value"] = 2 * stats.norm.sf(np.abs(out["coverage"] - level) / out["se"])
     out["nominal"] = level
     return out
+
+
+def _release_deff(x: pd.DataFrame, level: float) -> float:
+    """Design effect of coverage indicators clustered by release, about coverage = ``level``:
+    the CR1 variance of their mean over the binomial one, at least 1."""
+    if "release" not in x or x["release"].nunique() < 2:
+        return 1.0
+    resid = (x["covered"] - level).groupby(x["release"].to_numpy()).sum().to_numpy()
+    g, n = len(resid), len(x)
+    var = g / (g - 1) * float(np.sum(resid ** 2)) / n ** 2
+    return max(1.0, var / (level * (1 - level) / n))
 
 
 def flag_categories(chained: pd.DataFrame, level: float = 0.9, alpha: float = 0.05,

@@ -204,3 +204,19 @@ def test_a_category_first_seen_in_the_predicted_release_gets_the_groups_predicti
     assert np.isfinite([new["err_scale"], new["pred_k_lo"], new["pred_k_hi"]]).all()
     assert new["err_scale"] == newer["err_scale"]          # both: the group's predictive
     assert new["err_scale"] >= old["err_scale"] * 0.999   # never narrower than a category with a record
+
+
+def test_coverage_p_value_counts_shocks_shared_within_a_release():
+    """Misspecified for independent predictions: in each release either nearly every interval
+    covers or far fewer do (a shock all categories felt). The binomial standard error would
+    call the 0.84 coverage a clear miss of 0.9; clustered by release it is not evidence."""
+    rng = np.random.default_rng(0)
+    rows = [{"method": "m", "release": f"r{r}", "covered": float(rng.random() < (0.99 if shock else 0.8)),
+             "inside": 1.0, "z": 0.0}
+            for r, shock in enumerate(rng.random(6) < 0.5) for _ in range(20)]
+    d = pd.DataFrame(rows)
+    clustered = E.coverage_by(d, ("method",), 0.9).iloc[0]
+    naive = E.coverage_by(d.drop(columns="release"), ("method",), 0.9).iloc[0]
+    assert naive["deff"] == 1 and clustered["deff"] > 2
+    assert clustered["se"] == pytest.approx(naive["se"] * np.sqrt(clustered["deff"]))
+    assert naive["p_value"] < 0.05 < clustered["p_value"]
