@@ -230,3 +230,26 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
         out["prev_rate"] = out["prev_k"] / out["prev_n"]
     out = out.assign(_g=out["gate_status"].map(GATE_ORDER), _d=out["direction"].map(DIRECTION_ORDER))
     return out.sort_values(["_g", "_d", "hi"], ascending=[True, True, False]).drop(columns=["_g", "_d"]).reset_index(drop=True)
+
+
+def with_past_errors(decision: pd.DataFrame, forecasts_: pd.DataFrame, gates: dict | None,
+                     method: str = "deployment_sim") -> pd.DataFrame:
+    """Return the decision table with ``pred_hi`` (upper end of ``method``'s predictive
+    interval of the realised rate, a fraction: its forecast with the method's past errors on
+    earlier releases, :func:`depsim.history.predictive_bounds`) and ``past_error_over`` (bool):
+    a category "within" its gate on this sample whose predictive upper end is over the gate (a
+    rate, or the ratio to the previous rate). Unchanged without predictive bounds (no history)."""
+    if not len(decision) or "pred_hi" not in forecasts_:
+        return decision
+    f = forecasts_[forecasts_["method"] == method].drop_duplicates("category").set_index("category")
+    hi = decision["category"].map(f["pred_hi"]).to_numpy(float)
+    over = []
+    for row, h in zip(decision.itertuples(), hi):
+        gate = (gates or {}).get(row.category) or (gates or {}).get(row.group)
+        if gate is None or row.gate_status != "within" or np.isnan(h):
+            over.append(False)
+        elif gate.max_rate is not None:
+            over.append(bool(h > gate.max_rate))
+        else:
+            over.append(bool(row.prev_rate > 0 and h / row.prev_rate > gate.max_ratio))
+    return decision.assign(pred_hi=hi, past_error_over=over)

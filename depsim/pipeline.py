@@ -639,8 +639,9 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
     ``realism`` (None without a realism check), ``audit_headline`` (the audit's main finding,
     plain text), ``taxonomy``, ``provenance``, ``staleness`` and ``failed_warn``. The decision
     table carries, from the ``sim`` rates, :data:`TRUST_COLUMNS` (the grader's validation
-    status, the corrected rate, the failed share and the cluster-robust interval), and
-    ``tool_caveat`` (:func:`with_tool_realism`)."""
+    status, the corrected rate, the failed share and the cluster-robust interval),
+    ``tool_caveat`` (:func:`with_tool_realism`) and, with a history, ``pred_hi`` /
+    ``past_error_over`` (:func:`depsim.forecast.with_past_errors`)."""
     rates_ = read_table(reports_dir, rel.release, "rates")
     released = "prod_new" in set(rates_["target"])
     ok, why = realised_status(rel, released)
@@ -654,6 +655,7 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
     decision = with_trust(decision, rates_)
     realism_table = read_table(reports_dir, rel.release, "realism") if rel.realism is not None else None
     decision = with_tool_realism(decision, realism_table, rel.generation.tool_mode)
+    decision = forecast.with_past_errors(decision, fc, rel.gates)
     clusters = read_table(reports_dir, rel.release, "clusters")
     return {"decision": decision, "gates": rel.gates, "failed_warn": rel.grading.failed_warn,
             "level": rel.report.level, "record": method_record(rel, fc["method"] if "method" in fc else None),

@@ -88,6 +88,25 @@ def test_gates_breach_may_breach_within_and_risk_order():
     assert "Breach their gate (1)" in v and "May breach their gate (1)" in v and "examples.html#cat-a" in v
 
 
+def test_a_gate_within_on_the_sample_but_not_with_past_errors_is_named():
+    """The gate check covers this sample's noise only; the deployment simulation's predictive
+    interval (its past misses on earlier releases) can reach over the gate. Then say so."""
+    r = _rates([("sim", "c", 0, 4000), ("prod_prev", "c", 0, 4000),     # exact bound ~92 per 100k
+                ("sim", "r", 20, 4000), ("prod_prev", "r", 20, 4000),
+                ("sim", "u", 0, 4000), ("prod_prev", "u", 0, 4000)])
+    gates = {"c": Gate(max_rate=1e-2), "r": Gate(max_ratio=3.0), "u": Gate(max_rate=1e-2)}
+    fc = pd.DataFrame({"category": ["c", "r", "u"], "method": "deployment_sim", "pred_hi": [0.012, 0.02, 0.004]})
+    base = forecast.decision_table(r, gates).assign(title=lambda x: x["category"])
+    assert (base["gate_status"] == "within").all()
+    d = forecast.with_past_errors(base, fc, gates).set_index("category")
+    assert d.loc["c", "past_error_over"] and d.loc["r", "past_error_over"] and not d.loc["u", "past_error_over"]
+    v = show.verdict(d.reset_index(), gates).data
+    assert "not with the simulation&#x27;s past errors (2)" in v or "not with the simulation's past errors (2)" in v
+    assert "c (up to 1,200 per 100k)" in v and "r (up to 2,000 per 100k)" in v and "u (up to" not in v
+    # no history: no predictive bounds, nothing added
+    assert "past_error_over" not in forecast.with_past_errors(base, fc.drop(columns="pred_hi"), gates)
+
+
 def test_may_breach_names_apart_the_categories_with_no_event_in_either_pool():
     r = _rates([("sim", "seen", 3, 4000), ("prod_prev", "seen", 3, 4000),    # upper bound over 5 per 10k
                 ("sim", "blind", 0, 200), ("prod_prev", "blind", 0, 200),    # [0, inf]: too few to tell
