@@ -203,10 +203,12 @@ def _deidentify(df: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
     tails = [decode_messages(resp) for resp in df["logged_response"]]
     # spread over worker processes (small tables stay in this process: see deidentify_many)
     done = deidentify_many([m + r for m, r in zip(prefixes, tails)], [str(c) for c in df["conversation_id"]])
-    for msgs, resp, (clean, counts) in zip(prefixes, df["logged_response"], done):
+    for msgs, tail, (clean, counts) in zip(prefixes, tails, done):
         total.update(counts)
         msgs_out.append(encode_messages(clean[: len(msgs)]))
-        resp_out.append(encode_messages(clean[len(msgs):]) if resp else None)
+        # no logged response (None or NaN from Parquet) stays missing: never "[]", which would
+        # be graded as a response without a flag
+        resp_out.append(encode_messages(clean[len(msgs):]) if tail else None)
     df = df.assign(messages=msgs_out, logged_response=resp_out)
     if "next_message" in df:
         df = df.drop(columns=["next_message"])

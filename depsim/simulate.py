@@ -111,7 +111,7 @@ def completion_rows(turns: list[toolloop.Turn], target: str, prefix_ids: list[st
 def logged(target: str, prefixes: pd.DataFrame) -> pd.DataFrame:
     """Return the completions of a production target: the logged responses."""
     pool = prefixes[prefixes["pool"] == POOL[target]]
-    missing = pool["logged_response"].isna()
+    missing = pool["logged_response"].isna() | (pool["logged_response"] == "[]")  # no turn logged
     summary = [toolloop.turn_summary(decode_messages(r) if isinstance(r, str) else None) for r in pool["logged_response"]]
     return pd.DataFrame({
         "item_id": [content_id(target, p, 0) for p in pool["prefix_id"]], "target": target,

@@ -151,3 +151,24 @@ def test_challenging_set_is_subsampled_and_carries_safety_labels(tmp_path):
     assert known.mean() > 0.8
     assert (ch.loc[known, "prompt_safe"].to_numpy() == (raw.loc[user[known]] == "safe").to_numpy()).all()
     assert prefixes.loc[prefixes["pool"] != "challenging", "prompt_safe"].isna().all()
+
+
+def test_a_turn_with_no_logged_response_stays_missing_after_de_identification(tmp_path):
+    """A sampled user turn that the log never answered must not become an empty response
+    ("[]"), graded as an unflagged answer: it stays missing, and counts as a failure."""
+    from depsim import simulate
+    rows = []
+    for i in range(12):
+        msgs = [{"role": "user", "content": f"Hello, I am Jane Doe, question {i}"}]
+        if i % 2 == 0:
+            msgs.append({"role": "assistant", "content": f"Answer {i}, Jane Doe."})
+        rows.append(json.dumps({"id": f"c{i}", "language": "en", "messages": msgs}))
+    (tmp_path / "logs.jsonl").write_text("\n".join(rows) + "\n")
+    rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs.jsonl"}).model_copy(update={"reweight": None})
+    assert rel.deid
+    with pytest.warns(Warning):  # fewer eligible turns than sampling.n
+        prefixes, _ = build_prefixes(rel, tmp_path / "reports")
+    done = simulate.logged("prod_prev", prefixes)
+    assert len(done) == 12 and (done["messages"] == "[]").sum() == 0
+    assert done["error"].notna().sum() == 6 and done["messages"].isna().sum() == 6
+    assert all("Jane" not in m for m in done["messages"].dropna())   # the answers were de-identified
