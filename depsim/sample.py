@@ -8,6 +8,7 @@ Each release has up to three pools of prefixes:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -58,6 +59,30 @@ def _source_files(rel: Release, src: Source) -> list[Path] | str:
         raise
 
 
+def same_data(rel: Release, a: Source | None, b: Source | None) -> bool:
+    """True when two file sources hold the same conversations: the same kind and the same
+    input files, or files with the same bytes (a copy of the previous pool's file is no
+    post-release traffic). Sizes are compared before any file is hashed."""
+    if a is None or b is None or a.kind != b.kind or "sim_world" in (a.kind, b.kind):
+        return False
+    fa, fb = _source_files(rel, a), _source_files(rel, b)
+    if isinstance(fa, str) or isinstance(fb, str):
+        return fa == fb
+    if [p.resolve() for p in fa] == [p.resolve() for p in fb]:
+        return True
+    if len(fa) != len(fb) or [p.stat().st_size for p in fa] != [p.stat().st_size for p in fb]:
+        return False
+    return all(_digest(x) == _digest(y) for x, y in zip(fa, fb))
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _converted_paths(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> tuple[Path, Path, Path]:
     """Return (table, report, quarantine) paths of a converted source, keyed by the conversion
     settings and each input file's name, size and modification time (a shard replaced inside a
@@ -68,7 +93,9 @@ def _converted_paths(rel: Release, pool: str, src: Source, reports_dir: str | Pa
                                                   for p in files]
     settings = src.model_dump(exclude={"deployment", "path"})
     key = content_id(json.dumps(settings, sort_keys=True), stamp, READER_VERSION, n=12)
-    folder = release_dir(reports_dir, rel.release) / "data" / "sources"
+    # raw (not de-identified) text: kept beside the request cache, never in the release
+    # folder that reviewers are sent
+    folder = Path(reports_dir) / ".cache" / "sources"
     stem = f"{src.kind}-{key}"
     return folder / f"{stem}.parquet", folder / f"{stem}.json", folder / f"{stem}-quarantine.jsonl"
 
@@ -93,9 +120,10 @@ def _kept_nothing(pool: str, src: Source, report: dict) -> str:
 
 def converted(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> Path:
     """Return the canonical table converted from a source file (or hub id) with
-    :mod:`depsim.readers`, made once and reused while the files are unchanged. Bad records go
-    to ``data/sources/<kind>-<key>-quarantine.jsonl`` (with ``quarantine: true``) and are
-    counted. Raises :class:`NoUsableData` when no record is usable."""
+    :mod:`depsim.readers`, made once and reused while the files are unchanged. It holds the
+    raw text, so it lives under ``<reports>/.cache/sources/``, outside the release folder. Bad
+    records go to ``<kind>-<key>-quarantine.jsonl`` beside it (with ``quarantine: true``) and
+    are counted. Raises :class:`NoUsableData` when no record is usable."""
     out, report, quarantine = _converted_paths(rel, pool, src, reports_dir)
     if not out.exists() or not report.exists():
         out.parent.mkdir(parents=True, exist_ok=True)

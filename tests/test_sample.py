@@ -172,3 +172,18 @@ def test_a_turn_with_no_logged_response_stays_missing_after_de_identification(tm
     assert len(done) == 12 and (done["messages"] == "[]").sum() == 0
     assert done["error"].notna().sum() == 6 and done["messages"].isna().sum() == 6
     assert all("Jane" not in m for m in done["messages"].dropna())   # the answers were de-identified
+
+
+def test_the_raw_converted_logs_stay_out_of_the_release_folder(tmp_path):
+    """The converted source holds the raw text: it must not sit in reports/<release>/, the
+    folder reviewers are sent, where only de-identified prefixes belong."""
+    secret = "jane.roe.4471@example.org"
+    _lines(tmp_path / "logs.jsonl", [f"c{i}" for i in range(6)], text="Mail me at " + secret + " about {i}")
+    rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs.jsonl"}).model_copy(update={"reweight": None})
+    reports = tmp_path / "reports"
+    with pytest.warns(Warning):  # fewer eligible turns than sampling.n
+        build_prefixes(rel, reports)
+    raw = converted(rel, "previous", rel.sources.previous, reports)
+    assert secret in pd.read_parquet(raw)["messages"].str.cat() and (reports / rel.release) not in raw.parents
+    inside = [p for p in (reports / rel.release).rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert inside == []

@@ -662,3 +662,19 @@ def test_forecast_chart_says_how_to_read_it():
     subtitle = " ".join(spec["title"]["subtitle"])
     assert "Dashed: a perfect forecast" in subtitle and "within 2× (darker) and 5×" in subtitle
     assert "zero rate sits at the axis edge" in subtitle
+
+
+def test_a_byte_identical_copy_of_the_previous_logs_is_a_stand_in(tmp_path):
+    """Stand-in detection reads the files, not only their paths: a copy of the previous
+    pool's file is no post-release traffic; a file with other conversations is."""
+    from conftest import small_release
+    line = '{"id": "c1", "messages": [{"role": "user", "content": "hi"}]}\n'
+    (tmp_path / "prev.jsonl").write_text(line)
+    (tmp_path / "copy.jsonl").write_text(line)
+    (tmp_path / "other.jsonl").write_text(line.replace("hi", "ho"))
+    src = {"kind": "openai_jsonl", "path": "prev.jsonl"}
+    for cand, stand_in in (("copy.jsonl", True), ("other.jsonl", False), ("prev.jsonl", True)):
+        rel = load_release(small_release(tmp_path, f"r{cand[:4]}", previous=src,
+                                         candidate={"kind": "openai_jsonl", "path": cand}))
+        assert pools(rel).set_index("pool").loc["candidate", "conversations"].startswith("stand-in") == stand_in
+        assert realised_status(rel, released=True)[0] == (not stand_in)
