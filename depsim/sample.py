@@ -181,8 +181,9 @@ def _responses(path: Path, sampled: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (prefixes, pii_counts): sampled, de-identified prefixes of every pool the
-    release uses, and the count of substitutions per pool and PII type."""
+    """Return (prefixes, pii_counts): sampled prefixes of every pool the release uses, those
+    of traffic de-identified (``deid``; the challenging pool, a published prompt set, is kept
+    as published), and the count of substitutions per pool and PII type."""
     frames, pii = [], []
     for pool in POOLS:
         src = getattr(rel.sources, pool)
@@ -214,7 +215,9 @@ def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame,
         # two pools may sample the same turn of one file (a public set standing in for both)
         df["prefix_id"] = [content_id(pool, p) for p in df["prefix_id"]]
         counts: Counter = Counter()
-        if rel.deid:
+        # a challenging prompt set is a published benchmark, not users' traffic: rewriting its
+        # public figures ("How did Sylvia Plath die?") would change the benchmark
+        if rel.deid and pool != "challenging":
             df, counts = _deidentify(df)
         pii.append({"pool": pool, **counts})
         frames.append(df)

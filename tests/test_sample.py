@@ -147,9 +147,10 @@ def test_challenging_set_is_subsampled_and_carries_safety_labels(tmp_path):
     # the source's own label decides: an XSTest "safe" prompt is safe whatever its wording
     raw = pd.read_csv(xs).set_index("prompt")["label"]
     user = ch["messages"].map(lambda m: json.loads(m)[-1]["content"])
-    known = user.isin(raw.index)  # de-identification may rewrite a few prompts (names)
-    assert known.mean() > 0.8
-    assert (ch.loc[known, "prompt_safe"].to_numpy() == (raw.loc[user[known]] == "safe").to_numpy()).all()
+    # a published prompt set is kept as published: de-identification would rewrite its public
+    # figures ("How did Sylvia Plath die?") and change the benchmark
+    assert rel.deid and user.isin(raw.index).all()
+    assert (ch["prompt_safe"].to_numpy() == (raw.loc[user] == "safe").to_numpy()).all()
     assert prefixes.loc[prefixes["pool"] != "challenging", "prompt_safe"].isna().all()
 
 
