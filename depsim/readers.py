@@ -1822,6 +1822,8 @@ class _Run:
              for n, t in _BASE + _EXTRAS[fmt] if n not in self.drop and (keep_meta or n != "meta")]
             + [(c, _S) for c in self.lift] + list(self.typed.items())))
         self.seen: dict[str, tuple[int, str | int]] = {}  # id -> (file, "line n"/"record i", or i)
+        self.mapped: Counter = Counter()  # mapping key -> records that have its field
+        self.fields: set[str] = set()     # the records' top-level fields (for a misspelt mapping)
         self.rows: list[dict] = []
         self.records = self.kept = self.quarantined = 0
         self.reasons: Counter = Counter()
@@ -1896,6 +1898,9 @@ class _Run:
             self._bad(loc, raw, obj)
             return None
         if self.mapping:
+            if isinstance(obj, dict):
+                self.mapped.update(k for k, f in self.mapping.items() if _get_path(obj, f) is not None)
+                self.fields.update(obj)
             obj = _apply_mapping(obj, self.mapping)
         ctx = _Ctx(self.fmt, stem, loc, self.max_chars, self.source, self.warnings, index, self.lift,
                    self.drop, self.keep_meta, tuple(self.typed), self.turn_type is not None)
@@ -1981,10 +1986,21 @@ class _Run:
                         yield t
             if self.rows or self.kept == 0:
                 yield self._flush()
+            self._check_mapping()
             ok = True
         finally:
             self._bar.close()
             self._close_quarantine(ok)
+
+    def _check_mapping(self) -> None:
+        """Raise InputError when a mapped field is in no record (misspelt?): a ``response``
+        mapped to nothing would silently leave every conversation without an answer."""
+        absent = [k for k in self.mapping if self.records and not self.mapped[k]]
+        if absent:
+            field_list = ", ".join(sorted(self.fields)[:20]) or "none"
+            raise InputError(", ".join(self._files) + ": mapping " + ", ".join(f"{k}={self.mapping[k]}" for k in absent)
+                             + f": no record has this field (misspelt?); the records' fields: {field_list}",
+                             file=", ".join(self._files))
 
     def _total_rows(self) -> int | None:
         """Records to read, where the files say (Parquet metadata); None otherwise."""

@@ -352,3 +352,8 @@ def test_json_path_and_mapping_read_a_toxicchat_like_file(tmp_path):
     assert res.table["toxicity"].tolist() == ["1", "0"]
     with pytest.raises(InputError, match=r"json_path 'data': no key 'data' \(has version, instances\)"):
         read_conversations(p, "openai_jsonl", json_path="data")
+    # a misspelt field would silently leave every conversation without its logged answer
+    with pytest.raises(InputError, match=r"toxicchat.json: mapping response=model_outptu: no record has this field "
+                                         r"\(misspelt\?\); the records' fields: conv_id, model_output"):
+        read_conversations(p, "openai_jsonl", json_path="instances", quarantine=tmp_path / "q2.jsonl",
+                           mapping={"id": "conv_id", "prompt": "user_input", "response": "model_outptu"})
