@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -62,21 +63,34 @@ def run_release(params_file: str | Path, reports_dir: str | Path = "reports", re
     reports_dir = Path(reports_dir).resolve()
     out = release_dir(reports_dir, rel.release)
     before = len(request_log(reports_dir, rel.release))
-    # kernels inherit this: no progress bars in the published pages (the CLI prints timings)
-    saved = os.environ.get("DEPSIM_PROGRESS")
-    os.environ["DEPSIM_PROGRESS"] = "0"
-    try:
+    with kernel_env():
         _execute(stages or NOTEBOOK_ORDER, out, params_file, reports_dir, log)
-    finally:
-        if saved is None:
-            os.environ.pop("DEPSIM_PROGRESS", None)
-        else:
-            os.environ["DEPSIM_PROGRESS"] = saved
     reqs = request_log(reports_dir, rel.release).iloc[before:]
     engine, index = render(out, render_engine, warn=log) if render_engine != "none" else ("none", None)
     return {"release_dir": out, "index": index, "engine": engine, "seconds": time.time() - t0,
             "sent": int(reqs["sent"].sum()), "cached": int(reqs["cached"].sum()),
             "failed": int(reqs["failed"].sum())}
+
+
+@contextmanager
+def kernel_env():
+    """Set, for the kernels this process starts, no progress bars in the published pages (the
+    CLI prints timings) and a PYTHONPATH that starts with this depsim's folder: a kernel
+    started in notebooks/ must import the same depsim as the CLI (a relative PYTHONPATH, or an
+    editable install elsewhere, would give the stages another one). Restores both after."""
+    root = str(Path(__file__).resolve().parents[1])
+    saved = {k: os.environ.get(k) for k in ("DEPSIM_PROGRESS", "PYTHONPATH")}
+    rest = [p for p in (saved["PYTHONPATH"] or "").split(os.pathsep) if p]
+    os.environ["DEPSIM_PROGRESS"] = "0"
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, *(str(Path(p).resolve()) for p in rest)])
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path, log) -> None:

@@ -206,3 +206,20 @@ def test_failed_requests_are_named_by_role():
         "candidate: 30 of 30 requests sent failed (the summary page's Failures table has the errors)",
         "grader: 1 of 9 requests sent failed (the summary page's Failures table has the errors)"]
     assert failed_requests(log.iloc[:0]) == []
+
+
+def test_kernels_import_the_runners_depsim(tmp_path, monkeypatch):
+    """A stage kernel starts in notebooks/ with the inherited PYTHONPATH; another depsim on that
+    path (a second checkout, or '.' resolved from notebooks/) must not shadow the runner's."""
+    from depsim import runner
+    other = tmp_path / "elsewhere" / "depsim"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(other.parent))
+    probe = [sys.executable, "-c", "import depsim; print(depsim.__file__)"]
+    with runner.kernel_env():
+        seen = subprocess.run(probe, cwd=runner.NOTEBOOKS, capture_output=True, text=True, check=True).stdout.strip()
+        assert Path(seen).resolve() == Path(runner.__file__).resolve().parent / "__init__.py"
+    # without it, the kernel's cwd and PYTHONPATH pick the other one
+    plain = subprocess.run(probe, cwd=runner.NOTEBOOKS, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(plain).parent == other
