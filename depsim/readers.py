@@ -352,6 +352,9 @@ def _conv_id(rec: dict, keys: tuple[str, ...], fallback: str | None) -> str:
     return fallback
 
 
+_SLASHED = re.compile(r"(\d{1,2})[/.](\d{1,2})[/.](\d{2,4})\b")
+
+
 def _timestamp(v: Any, key: str = "created_at") -> datetime | None:
     """A UTC timestamp without zone from a datetime, ISO string, or epoch number (s/ms/us/ns)."""
     if v is None:
@@ -369,6 +372,10 @@ def _timestamp(v: Any, key: str = "created_at") -> datetime | None:
             dt = datetime.fromtimestamp(x / div, tz=timezone.utc)
         else:
             s = v.strip()
+            if (m := _SLASHED.match(s)) and int(m[1]) != int(m[2]) and int(m[1]) <= 12 and int(m[2]) <= 12:
+                # 01/03/2024 would be read month-first and 13/03/2024 day-first: never guess
+                raise _Bad("ambiguous_date", f"{key}: {s[:40]!r} reads as day/month or as month/day; write "
+                                             "timestamps as ISO 8601 (2024-03-01T12:00) or epoch seconds")
             try:
                 dt = datetime.fromisoformat(s)
             except ValueError:
@@ -986,11 +993,13 @@ def _row_openai(rec: Any, c: _Ctx) -> dict:
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
             raise _Bad("wrong_type", f"tools is {_tn(tools)}, expected an array of tool objects")
         tools = _dumps(tools) if tools else None
-    used = {"id", "conversation_id", "messages", "tools", "model", "language", "surface", "source", "created_at"}
+    # OpenAI's own objects stamp their time as `created` (epoch seconds)
+    stamp = "created_at" if rec.get("created_at") is not None or "created" not in rec else "created"
+    used = {"id", "conversation_id", "messages", "tools", "model", "language", "surface", "source", "created_at", stamp}
     row = {"conversation_id": _conv_id(rec, ("id", "conversation_id"), f"{c.stem}:{c.loc.line or c.loc.record}"),
            "tools": tools, "source": c.source or _str(rec, "source") or c.fmt, "model": _str(rec, "model"),
            "language": _str(rec, "language"), "surface": _str(rec, "surface"),
-           "created_at": _timestamp(rec.get("created_at"))}
+           "created_at": _timestamp(rec.get(stamp), stamp)}
     return _finish(row, msgs, mmeta, {k: v for k, v in rec.items() if k not in used}, c.lift, c.drop, c.meta)
 
 

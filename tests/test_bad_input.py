@@ -357,3 +357,25 @@ def test_json_path_and_mapping_read_a_toxicchat_like_file(tmp_path):
                                          r"\(misspelt\?\); the records' fields: conv_id, model_output"):
         read_conversations(p, "openai_jsonl", json_path="instances", quarantine=tmp_path / "q2.jsonl",
                            mapping={"id": "conv_id", "prompt": "user_input", "response": "model_outptu"})
+
+
+def test_ambiguous_slashed_dates_are_set_aside_not_guessed(tmp_path):
+    """01/03/2024 reads month-first and 13/03/2024 day-first: a file would mix both readings,
+    and date-window eligibility would silently move turns between months."""
+    p = tmp_path / "logs.jsonl"
+    stamps = ["01/03/2024 12:00", "13/03/2024 12:00", "03/03/2024 12:00", "2024-03-01T12:00:00"]
+    p.write_text("".join(json.dumps({"id": f"c{i}", "created_at": s, "messages": [{"role": "user", "content": "hi"}]})
+                         + "\n" for i, s in enumerate(stamps)))
+    res = read_conversations(p, "openai_jsonl", quarantine=tmp_path / "q.jsonl")
+    assert res.reasons == {"ambiguous_date": 1} and res.records == 4
+    got = dict(zip(res.table["conversation_id"], res.table["created_at"].astype(str)))
+    assert got == {"c1": "2024-03-13 12:00:00", "c2": "2024-03-03 12:00:00", "c3": "2024-03-01 12:00:00"}
+    bad = json.loads((tmp_path / "q.jsonl").read_text().splitlines()[0])
+    assert bad["line"] == 1 and "day/month or as month/day" in bad["message"]
+
+
+def test_openai_created_epoch_is_the_timestamp(tmp_path):
+    p = tmp_path / "logs.jsonl"
+    p.write_text(json.dumps({"id": "c0", "created": 1709294400, "messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    res = read_conversations(p, "openai_jsonl")
+    assert str(res.table["created_at"][0]) == "2024-03-01 12:00:00" and not isinstance(res.table["meta"][0], str)
