@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from depsim.params import HUB_FORMATS, Release, Source
 from depsim.readers import KIND_SHAPES, READER_VERSION, InputError, convert, input_files
 from depsim.records import content_id, decode_messages, encode_messages, release_dir
 from depsim.registry import plugin
-from depsim.sampling import explain_ineligible, sample_prefixes
+from depsim.sampling import SamplingWarning, explain_ineligible, sample_prefixes
 
 POOLS = ("previous", "candidate", "challenging")
 #: a prompt set's safety labels (XSTest: safe / unsafe) as ``prompt_safe``; other labels read as unknown
@@ -201,8 +202,13 @@ def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame,
             cols = {r[0] for r in duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()}
             lifted += ["label"] if "label" in cols and "label" not in lifted else []
         mem = dict(memory_limit=rel.sampling.memory_limit, spill_dir=rel.sampling.spill_dir)
-        df = None if missing else sample_prefixes(path, n, rules=rel.sampling.eligibility, seed=rel.sampling.seed,
-                                                  stratum_column=strat, extra_columns=lifted, **mem)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            df = None if missing else sample_prefixes(path, n, rules=rel.sampling.eligibility, seed=rel.sampling.seed,
+                                                      stratum_column=strat, extra_columns=lifted, **mem)
+        for w in caught:  # say which pool came up short
+            warnings.warn(f"{pool} pool: {w.message}" if issubclass(w.category, SamplingWarning) else w.message,
+                          w.category, stacklevel=2)
         if df is None or df.empty:
             why = explain_ineligible(path, rel.sampling.eligibility, **mem)  # the first thing to fix
             if why or not missing:
@@ -258,7 +264,8 @@ def check_sources(rel: Release, reports_dir: str | Path) -> list[str]:
     :class:`NoUsableData` (counts by reason, likely cause) for the first that has none.
     Simulated-world sources are generated (cached, as stage 1 keeps them) and checked too: an
     eligibility rule can exclude all of them. A source without the column that
-    ``reweight.column`` stratifies by is named (:func:`missing_stratum`)."""
+    ``reweight.column`` stratifies by is named (:func:`missing_stratum`); records a conversion
+    set aside are counted in its line."""
     lines = []
     for pool in POOLS:
         src = getattr(rel.sources, pool)
@@ -272,8 +279,22 @@ def check_sources(rel: Release, reports_dir: str | Path) -> list[str]:
             raise NoUsableData(f"{pool} source ({src.kind}, {src.path}): no eligible user turn; {why}")
         if missing := missing_stratum(rel, pool, src, path):
             raise NoUsableData(missing)
-        lines.append(f"{pool}: {src.kind} {src.path or src.deployment or ''}: has eligible user turns")
+        lines.append(f"{pool}: {src.kind} {src.path or src.deployment or ''}: has eligible user turns"
+                     + _set_aside(rel, pool, src, reports_dir))
     return lines
+
+
+def _set_aside(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> str:
+    """"; 4 of 17 records quarantined (reasons, file)" for a converted source that set records
+    aside; "" otherwise."""
+    if src.kind in ("sim_world", "parquet"):
+        return ""
+    rep = json.loads(_converted_paths(rel, pool, src, reports_dir)[1].read_text())
+    if not rep["quarantined"]:
+        return ""
+    reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(rep["reasons"].items(), key=lambda kv: -kv[1]))
+    where = f", listed in {rep['quarantine']}" if rep.get("quarantine") else ""
+    return f"; {rep['quarantined']:,} of {rep['records']:,} records quarantined ({reasons}{where})"
 
 
 def stratum(rel: Release, pool: str) -> str | None:

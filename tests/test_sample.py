@@ -167,7 +167,7 @@ def test_a_turn_with_no_logged_response_stays_missing_after_de_identification(tm
     (tmp_path / "logs.jsonl").write_text("\n".join(rows) + "\n")
     rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs.jsonl"}).model_copy(update={"reweight": None})
     assert rel.deid
-    with pytest.warns(Warning):  # fewer eligible turns than sampling.n
+    with pytest.warns(Warning, match=r"^previous pool: only 12 eligible user turns for n=400"):
         prefixes, _ = build_prefixes(rel, tmp_path / "reports")
     done = simulate.logged("prod_prev", prefixes)
     assert len(done) == 12 and (done["messages"] == "[]").sum() == 0
@@ -188,3 +188,12 @@ def test_the_raw_converted_logs_stay_out_of_the_release_folder(tmp_path):
     assert secret in pd.read_parquet(raw)["messages"].str.cat() and (reports / rel.release) not in raw.parents
     inside = [p for p in (reports / rel.release).rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert inside == []
+
+
+def test_check_counts_the_records_a_conversion_set_aside(tmp_path):
+    p = _lines(tmp_path / "logs.jsonl", ["c1", "c2", "c3"])
+    p.write_text(p.read_text() + '{"id": "bad", "messages": [{"role": "wizard", "content": "x"}]}\n')
+    rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs.jsonl"}).model_copy(update={"reweight": None})
+    line = check_sources(rel, tmp_path / "reports")[0]
+    assert line.startswith("previous: openai_jsonl logs.jsonl: has eligible user turns; 1 of 4 records quarantined "
+                           "(unknown_role 1, listed in ")
