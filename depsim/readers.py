@@ -352,6 +352,14 @@ def _conv_id(rec: dict, keys: tuple[str, ...], fallback: str | None) -> str:
     return fallback
 
 
+#: a quoted value in a message ('...' or "..."), long enough to carry personal data
+_QUOTED = re.compile(r"'[^']{13,}'|\"[^\"]{13,}\"")
+
+
+def _elide(m: re.Match) -> str:
+    return f"<{len(m.group(0)) - 2} characters>"
+
+
 _SLASHED = re.compile(r"(\d{1,2})[/.](\d{1,2})[/.](\d{2,4})\b")
 
 
@@ -1864,9 +1872,11 @@ class _Run:
                              reason=bad.reason)
         self.quarantined += 1
         self.reasons[bad.reason] += 1
-        # the raw record may hold personal data: kept only when asked (quarantine_raw=True)
+        # the raw record may hold personal data: kept only when asked (quarantine_raw=True), and
+        # without it the message does not quote long field values either
+        detail = bad.detail if self.quarantine_raw else _QUOTED.sub(_elide, bad.detail)
         self._qfh.write(json.dumps({"file": loc.file, "line": loc.line, "record": loc.record, "reason": bad.reason,
-                                    "message": f"{loc}: {bad.detail}",
+                                    "message": f"{loc}: {detail}",
                                     "raw": _raw_text(raw) if self.quarantine_raw else None},
                                    ensure_ascii=False) + "\n")
 

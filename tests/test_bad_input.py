@@ -379,3 +379,14 @@ def test_openai_created_epoch_is_the_timestamp(tmp_path):
     p.write_text(json.dumps({"id": "c0", "created": 1709294400, "messages": [{"role": "user", "content": "hi"}]}) + "\n")
     res = read_conversations(p, "openai_jsonl")
     assert str(res.table["created_at"][0]) == "2024-03-01 12:00:00" and not isinstance(res.table["meta"][0], str)
+
+
+def test_quarantine_messages_do_not_quote_long_values_unless_raw_is_kept(tmp_path):
+    p = tmp_path / "logs.jsonl"
+    p.write_text("".join(json.dumps({"id": f"c{i}", "messages": [{"role": r, "content": "hi"}]}) + "\n"
+                         for i, r in enumerate(["My SSN is 219-09-9999 call me", "wizard", "user"])))
+    read_conversations(p, "openai_jsonl", quarantine=tmp_path / "q.jsonl")
+    text = (tmp_path / "q.jsonl").read_text()
+    assert "219-09-9999" not in text and "unknown role <29 characters>" in text and "'wizard'" in text
+    read_conversations(p, "openai_jsonl", quarantine=tmp_path / "raw.jsonl", quarantine_raw=True)
+    assert "unknown role 'My SSN is 219-09-9999 call me'" in (tmp_path / "raw.jsonl").read_text()
