@@ -353,7 +353,7 @@ def _conv_id(rec: dict, keys: tuple[str, ...], fallback: str | None) -> str:
 
 
 #: a quoted value in a message ('...' or "..."), long enough to carry personal data
-_QUOTED = re.compile(r"'[^']{13,}'|\"[^\"]{13,}\"")
+_QUOTED = re.compile(r"(?<!\w)('[^']{13,}'|\"[^\"]{13,}\")(?!\w)")
 
 
 def _elide(m: re.Match) -> str:
@@ -437,6 +437,10 @@ def _content_size(content: Any, i: int) -> int:
                 if not isinstance(text, str):
                     raise _Bad("wrong_type", f"message {i}: text part {j} has 'text' {_tn(text)}, expected a string")
                 n += len(text)
+            elif isinstance(part.get("text"), str):
+                # text under another type ("txt") would be read as media: the turn never counts
+                raise _Bad("wrong_type", f"message {i}: content part {j} has type {t[:20]!r} and a 'text' field; "
+                                         f"the type of a text part is {' or '.join(sorted(TEXT_PART_TYPES))}")
             else:
                 n += len(_dumps(part))
         return n

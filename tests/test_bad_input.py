@@ -390,3 +390,12 @@ def test_quarantine_messages_do_not_quote_long_values_unless_raw_is_kept(tmp_pat
     assert "219-09-9999" not in text and "unknown role <29 characters>" in text and "'wizard'" in text
     read_conversations(p, "openai_jsonl", quarantine=tmp_path / "raw.jsonl", quarantine_raw=True)
     assert "unknown role 'My SSN is 219-09-9999 call me'" in (tmp_path / "raw.jsonl").read_text()
+
+
+def test_text_under_an_unknown_part_type_is_set_aside_not_read_as_media(tmp_path):
+    p = tmp_path / "logs.jsonl"
+    p.write_text("".join(json.dumps({"id": f"c{i}", "messages": [{"role": "user", "content": [{"type": t, "text": "hi"}]}]})
+                         + "\n" for i, t in enumerate(["txt", "text"])))
+    res = read_conversations(p, "openai_jsonl", quarantine=tmp_path / "q.jsonl")
+    assert res.table["conversation_id"].tolist() == ["c1"] and res.reasons == {"wrong_type": 1}
+    assert "content part 0 has type 'txt' and a 'text' field" in (tmp_path / "q.jsonl").read_text()
