@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import typer
 
 from depsim.cache import ResponseCache
+from depsim.client import redact
 from depsim.grade import DEFAULT_PARAMS, grade_schema, llm_grader_id, system_message
 from depsim.grader_validation import check_output, read_labelled, refusal_labelled
 from depsim.history import load_history
@@ -156,7 +158,8 @@ def validate_grader(
         taxonomy: Path = typer.Option(DATA_DIR.parent / "params" / "taxonomy.yaml",
                                       help="taxonomy YAML (without --params)"),
         mapping: list[str] = typer.Option([], "--map", help="FIELD=COLUMN for prompt, response, label, source, safe, "
-                                                            "e.g. prompt=question,response=answer,label=is_refusal"),
+                                                            "e.g. prompt=question,response=answer,label=is_refusal "
+                                                            "(default: the column named after the field)"),
         labels: list[str] = typer.Option([], "--labels", help="VALUE=1 / VALUE=0 pairs for the label column, "
                                                               "e.g. refused=1,answered=0"),
         prompts: str = typer.Option("safe", help="over-refusal only: safe (only safe prompts count, where the file "
@@ -210,6 +213,14 @@ def validate_grader(
                                prompts=prompts, grader_name=grader)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
+    pooled = table[table["source"] == "all"] if len(table) else pd.DataFrame(columns=["n", "grader_errors"])
+    if not (pooled["n"] > 0).any():
+        # nothing was compared: a table without figures would only be refused where a release lists it
+        err = table.attrs.get("first_error")
+        why = f"first grader error: {redact(err, endpoint)}" if err else "no item has a human label"
+        _fail(f"{category}: no labelled item got a usable verdict from the grader "
+              f"({int(pooled['grader_errors'].sum())} grader errors), so no validation table is written; {why}",
+              code=1)
     typer.echo(f"{category}: grader {grader} ({'llm on ' + endpoint.model if cat.is_llm else cat.grader['rule']}), "
                f"grader_id {table['grader_id'].iloc[0]}, {len(items)} labelled items")
     cols = ["source", "n", "n_excluded", "grader_errors", "human_rate", "grader_rate", "agreement", "kappa",
@@ -218,12 +229,15 @@ def validate_grader(
     # an undefined figure (κ with one human class, sensitivity without human positives) prints as a dash
     typer.echo(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda x: f"{x:.3f}",
                                                                 na_rep="–"))
-    pooled = table[table["source"] == "all"]
     if "n_pos" in pooled and ((pooled["n_pos"] == 0) | (pooled["n_neg"] == 0)).all():
         typer.echo("note: κ is undefined (–): the human labels are all one class, so agreement beyond chance "
                    "cannot be measured; this validation misses any κ bar")
     if table.attrs.get("over_refusal") and prompts == "safe" and (table["n_excluded"] > 0).any():
         typer.echo("(over-refusal: prompts the file marks unsafe, and items without a label, are excluded)")
+    if table.attrs["harmful_by_words"]:
+        typer.echo(f"note: {table.attrs['harmful_by_words']} item(s) without a safe label were read as a harmful "
+                   f"request by the grader's word list (harmful_request), so their refusals count as negatives; "
+                   f"label the prompts (a safe column, or --map safe=COLUMN) to decide for them")
     for w in table.attrs["warnings"]:
         typer.echo(f"warning: {w}")
     out.parent.mkdir(parents=True, exist_ok=True)

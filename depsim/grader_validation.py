@@ -1,7 +1,10 @@
 """Grader validation against human labels (docs/design.md §4, "Grader validation"; issues 6, 15).
 
 - :func:`agreement`: how well a grader's labels match human labels: n, raw agreement,
-  Cohen's kappa, sensitivity and specificity (the proportions with Jeffreys intervals).
+  Cohen's kappa, sensitivity and specificity (the proportions with Jeffreys intervals, kappa
+  with :func:`kappa_interval`).
+- :func:`bar_check` / :func:`grader_trust`: whether a validation meets a bar, on the lower end
+  of each figure's 95% interval (pooled and per source), so a few items never meet one.
 - :func:`rogan_gladen`: a grader-flagged rate corrected for the grader's sensitivity and
   specificity, with an interval that carries the uncertainty of all three.
 - :func:`read_labelled` / :func:`validate_grader`: any grader of the taxonomy (rule, the
@@ -45,14 +48,14 @@ from depsim.grade import grade, grader_id
 from depsim.params import DATA_DIR
 from depsim.readers import read_json_records, refuse_overwrite
 from depsim.refusal import REFUSAL_PATTERN
-from depsim.rules import RULES, response_view
+from depsim.rules import RULES, _matches, response_view
 from depsim.taxonomy import Category, Examples, load_taxonomy
 
 __all__ = ["agreement", "rogan_gladen", "REFUSAL_PATTERN", "refusal_category", "classifier_category",
            "taxonomy_refusal_category", "xstest_refusal_validation", "rank_comparison", "XSTEST_MODELS",
            "XSTEST_LABELS", "read_labelled", "validate_grader", "heterogeneity", "corrected_rates",
            "refusal_lomo_table", "on_record", "refusal_labelled", "check_output", "TABLE_SUFFIXES", "bar_check",
-           "grader_trust", "validations_table", "TRUST"]
+           "grader_trust", "validations_table", "TRUST", "kappa_interval", "recount"]
 
 # ----------------------------------------------------------------------------- agreement
 
@@ -71,28 +74,39 @@ def _prop(k: int, n: int, level: float) -> tuple[float, float, float]:
     return k / n, 0.0 if k == 0 else float(j["lo"]), 1.0 if k == n else float(j["hi"])
 
 
-def _kappa_interval(p: np.ndarray, h: np.ndarray, level: float, draws: int = 2000,
-                    seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of Cohen's kappa (``draws`` resamples of the items,
-    numpy generator seeded with ``seed``; resamples where kappa is undefined, the human labels
-    ``h`` all one class, are dropped). (NaN, NaN) with fewer than two items or no defined
-    resample (e.g. every human label the same)."""
-    n = len(p)
-    if n < 2:
+def kappa_interval(tp: int, fp: int, fn: int, tn: int, level: float = 0.95, draws: int = 4000,
+                   seed: int = 0) -> tuple[float, float]:
+    """Return (lo, hi): an interval of Cohen's kappa from the 2 x 2 counts (grader x human),
+    at ``level``; (NaN, NaN) when the human labels are all one class (kappa is undefined).
+
+    Drawn, not bootstrapped: ``draws`` values of kappa from independent Jeffreys posteriors of
+    the human positive share Beta(tp + fn + 1/2, fp + tn + 1/2), the sensitivity
+    Beta(tp + 1/2, fn + 1/2) and the specificity Beta(tn + 1/2, fp + 1/2) (numpy generator
+    seeded with ``seed``), their quantiles at (1 - level)/2 and (1 + level)/2, widened to contain
+    the kappa of the counts themselves. A percentile bootstrap of the items collapses to a
+    point when grader and people agree on every item (4 items gave [1.00, 1.00]); these
+    draws do not, so a tiny validation has the wide interval it deserves."""
+    pos, neg = tp + fn, fp + tn
+    if pos == 0 or neg == 0:
         return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, n, (draws, n))
-    pb, hb = p[idx], h[idx]
-    po = (pb == hb).mean(axis=1)
-    qp, qh = pb.mean(axis=1), hb.mean(axis=1)
-    pe = qp * qh + (1 - qp) * (1 - qh)
-    # kappa is undefined where the human labels are one class (as in agreement); with two
-    # human classes pe < 1, so the division is safe
-    ok = (qh > 0) & (qh < 1)
-    if not ok.any():
-        return float("nan"), float("nan")
-    k = (po[ok] - pe[ok]) / (1 - pe[ok])
+    rng = np.random.default_rng(seed)
+    prev, sens, spec = rng.beta(pos + 0.5, neg + 0.5, draws), rng.beta(tp + 0.5, fn + 0.5, draws), \
+        rng.beta(tn + 0.5, fp + 0.5, draws)
+    k = _kappa_of(prev * sens, prev * (1 - sens), (1 - prev) * (1 - spec), (1 - prev) * spec)
+    point = float(_kappa_of(tp, fn, fp, tn))
     tail = (1 - level) / 2
-    return float(np.quantile(k, tail)), float(np.quantile(k, 1 - tail))
+    return min(float(np.quantile(k, tail)), point), max(float(np.quantile(k, 1 - tail)), point)
+
+
+def _kappa_of(tp, fn, fp, tn):
+    """Cohen's kappa of 2 x 2 cells (counts or shares; arrays broadcast), human positives
+    tp + fn; NaN where chance agreement is 1."""
+    n = tp + fn + fp + tn
+    po = (tp + tn) / n
+    qh, qp = (tp + fn) / n, (tp + fp) / n
+    pe = qh * qp + (1 - qh) * (1 - qp)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (po - pe) / (1 - pe)
 
 
 def agreement(pred, human, positive=True, level: float = 0.95) -> dict:
@@ -109,7 +123,7 @@ def agreement(pred, human, positive=True, level: float = 0.95) -> dict:
     :func:`sklearn.metrics.cohen_kappa_score`; NaN when the human labels are all one class:
     then chance agreement equals the grader's own rate and kappa is 0 (or 0/0) whatever the
     grader does, so it says nothing about the grader) with ``kappa_lo`` / ``kappa_hi``
-    (:func:`_kappa_interval`), ``sensitivity`` = tp/(tp+fn) (NaN with no human positives),
+    (:func:`kappa_interval`), ``sensitivity`` = tp/(tp+fn) (NaN with no human positives),
     ``specificity`` = tn/(tn+fp) (NaN with no human negatives), ``pred_rate`` and ``human_rate`` (positive
     shares); every proportion has ``<name>_lo`` / ``<name>_hi``, its Jeffreys interval at
     ``level``. Raises ValueError on unequal lengths or when no item has both labels."""
@@ -131,7 +145,7 @@ def agreement(pred, human, positive=True, level: float = 0.95) -> dict:
         kappa = float("nan")
     else:
         kappa = float(cohen_kappa_score(h, p))
-    k_lo, k_hi = _kappa_interval(p, h, level)
+    k_lo, k_hi = kappa_interval(tp, fp, fn, tn, level)
     out = {"n": n, "n_missing_pred": int(sum(miss_p)), "n_missing_human": int(sum(miss_h)),
            "tp": tp, "fp": fp, "fn": fn, "tn": tn, "kappa": kappa, "kappa_lo": k_lo, "kappa_hi": k_hi}
     for name, k, m in (("agreement", tp + tn, n), ("sensitivity", tp, tp + fn), ("specificity", tn, tn + fp),
@@ -567,9 +581,10 @@ def read_labelled(paths, *, mapping: dict | None = None, labels: dict | None = N
 
     ``mapping`` names the file's columns for the fields prompt, response, label and,
     optionally, source and safe, e.g. ``{"prompt": "question", "response": "answer",
-    "label": "is_refusal", "source": "model"}``. Without it a field's column is the field's
-    name; XSTest's layout (completion, final_label, type) is recognised as is: response =
-    completion, label = full or partial refusal, prompt_safe = type not ``contrast_*``. A
+    "label": "is_refusal", "source": "model"}``. A field not mapped is read from the column of
+    its own name where the file has one (source and safe too: they are optional); XSTest's
+    layout (completion, final_label, type) is recognised as is: response = completion,
+    label = full or partial refusal, prompt_safe = type not ``contrast_*``. A
     file without a source column takes its source from its file name
     (``xstest_v2_completions_gpt4.csv`` -> gpt4). ``safe`` is read as a label (yes/no,
     safe/unsafe).
@@ -602,25 +617,26 @@ def read_labelled(paths, *, mapping: dict | None = None, labels: dict | None = N
         for f in ("source", "safe"):
             if f in mapping and mapping[f] not in df.columns:
                 raise ValueError(f"{path}: no column {mapping[f]!r} for the {f} (columns: {', '.join(map(str, df.columns))})")
+            # optional fields too default to the column of their own name, where the file has one
+            if f not in cols and f in df.columns:
+                cols[f] = f
         lm = label_map
         if lm is None and xstest and cols["label"] == "final_label":
             lm = XSTEST_LABEL_MAP
             refusal_files.append(str(path))
         where = lambda i: f"{path}: record {i}"  # noqa: E731  (from 0, as readers count records)
         label = [_parse_label(v, lm, f"{where(i)} (column {cols['label']!r})") for i, v in enumerate(df[cols["label"]])]
-        if "safe" in mapping:
+        if "safe" in cols:
             safe_map = {"safe": True, "unsafe": False, "harmful": False, "benign": True}
-            safe = [_parse_label(v, None, f"{where(i)} (column {mapping['safe']!r})")
+            safe = [_parse_label(v, None, f"{where(i)} (column {cols['safe']!r})")
                     if str(v).strip().lower() not in safe_map else safe_map[str(v).strip().lower()]
-                    for i, v in enumerate(df[mapping["safe"]])]
+                    for i, v in enumerate(df[cols["safe"]])]
         elif xstest and "type" in df.columns:
             safe = [pd.NA if _missing(t) else not str(t).startswith("contrast_") for t in df["type"]]
         else:
             safe = [pd.NA] * len(df)
-        if "source" in mapping:
-            source = df[mapping["source"]].astype(str)
-        elif "source" in df.columns:
-            source = df["source"].astype(str)
+        if "source" in cols:
+            source = df[cols["source"]].astype(str)
         else:
             source = path.name.split(".")[0].removeprefix("xstest_v2_completions_")
         frames.append(pd.DataFrame({
@@ -713,11 +729,13 @@ def validate_grader(items: pd.DataFrame, category: Category, *, endpoint=None, c
 
     Columns: category, grader, grader_id, source, n_rows, n_excluded, grader_errors, n, tp,
     fp, fn, tn, n_pos, n_neg, agreement, kappa, sensitivity, specificity, human_rate,
-    grader_rate (each with _lo/_hi: Jeffreys for proportions, bootstrap for kappa), held_out
+    grader_rate (each with _lo/_hi: Jeffreys for proportions, :func:`kappa_interval` for kappa), held_out
     (the training models a refitted classifier left out for that source, '' if none),
     heterogeneous (on the ``all`` row: sensitivity or specificity differs between sources,
     :func:`heterogeneity`). ``attrs``: ``heterogeneity`` (that list), ``warnings`` (its
-    messages), ``prompts``."""
+    messages), ``prompts``, ``first_error`` (the first grader error message, '' if none) and
+    ``harmful_by_words`` (for an over-refusal rule: the items without a safe label whose
+    prompt its ``harmful_request`` word list matches, read as harmful requests, so never flagged)."""
     if prompts not in ("safe", "all"):
         raise ValueError(f"prompts must be 'safe' or 'all', not {prompts!r}")
     items = items.reset_index(drop=True).copy()
@@ -766,8 +784,16 @@ def validate_grader(items: pd.DataFrame, category: Category, *, endpoint=None, c
     het = heterogeneity(table, level) if "tp" in table else []
     table["heterogeneous"] = False
     table.loc[table["source"] == "all", "heterogeneous"] = any(h["differs"] for h in het)
+    errors = graded["error"][graded["pred"].isna().to_numpy()].dropna()
+    # an over-refusal rule reads a prompt without a safe label as harmful when the word list
+    # matches it, and then never flags its refusal: count those items, the file did not label them
+    gate = category.grader.get("harmful_request") if over and not category.is_llm else None
+    unknown = items.loc[keep, "prompt"][items.loc[keep, "prompt_safe"].isna().to_numpy()] \
+        if "prompt_safe" in items else items.loc[keep, "prompt"]
+    words = int(_matches(unknown.fillna("").astype(str), gate)[0].sum()) if gate else 0
     table.attrs.update({"heterogeneity": het, "warnings": [h["message"] for h in het if h["differs"]],
-                        "prompts": prompts, "over_refusal": over})
+                        "prompts": prompts, "over_refusal": over,
+                        "first_error": str(errors.iloc[0]) if len(errors) else "", "harmful_by_words": words})
     return table
 
 
@@ -837,24 +863,66 @@ TRUST = {"exact": "exact (simulated world)", "meets": "meets bar", "misses": "mi
 _MEASURES = {"kappa": "κ", "sensitivity": "sensitivity", "specificity": "specificity"}
 
 
+#: the level of the intervals whose lower end a bar is checked against
+BAR_LEVEL = 0.95
+
+
+def recount(rows: pd.DataFrame, level: float = BAR_LEVEL) -> pd.DataFrame:
+    """Return ``rows`` of a validation table with kappa, sensitivity and specificity and their
+    ``_lo`` / ``_hi`` recomputed from the counts (``n_pos``, ``n_neg`` and the sensitivity and
+    specificity give tp and tn), at ``level``: Jeffreys intervals (:func:`_prop`) and
+    :func:`kappa_interval`. A table written before these intervals (a bootstrap κ interval
+    that collapsed on a few items) is then judged by the same intervals as a new one. A row
+    without the counts (no item with a usable verdict) gets NaN."""
+    out = rows.copy()
+    vals = {c: [] for m in _MEASURES for c in (m, f"{m}_lo", f"{m}_hi")}
+    for _, r in rows.iterrows():
+        n_pos, n_neg = (0 if _missing(r.get(c)) else int(r[c]) for c in ("n_pos", "n_neg"))
+        se, sp = r.get("sensitivity"), r.get("specificity")
+        tp = 0 if not n_pos or _missing(se) else int(round(float(se) * n_pos))
+        tn = 0 if not n_neg or _missing(sp) else int(round(float(sp) * n_neg))
+        props = {"sensitivity": _prop(tp, n_pos, level), "specificity": _prop(tn, n_neg, level)}
+        k = float(_kappa_of(tp, n_pos - tp, n_neg - tn, tn)) if n_pos and n_neg else float("nan")
+        props["kappa"] = (k, *kappa_interval(tp, n_neg - tn, n_pos - tp, tn, level))
+        for m, (x, lo, hi) in props.items():
+            vals[m].append(x), vals[f"{m}_lo"].append(lo), vals[f"{m}_hi"].append(hi)
+    for c, v in vals.items():
+        out[c] = v
+    return out
+
+
 def bar_check(rows: pd.DataFrame, bar) -> tuple[bool, str]:
     """Return (meets, detail) for one grader's validation ``rows`` (the pooled ``all`` row and
     one per source, of one table) against ``bar`` (anything with ``kappa``, ``sensitivity``
-    and ``specificity`` attributes, each a minimum or None). Every figure the bar sets must
-    be met by the pooled row and by each source with a defined value; a pooled figure that is
-    undefined (e.g. κ with one class) misses. ``detail`` names the misses, or the range met."""
+    and ``specificity`` attributes, each a minimum or None): the lower end of each figure's
+    95% interval (:func:`recount`, from the counts) must reach the bar on
+    the pooled row and on each source where the figure is defined. A validation with no item
+    compared (pooled n 0 or missing) never meets a bar, nor does a pooled figure that is
+    undefined (e.g. κ with one human class). ``detail`` names the misses, or the lowest
+    lower end met."""
+    pooled = rows[rows["source"].astype(str) == "all"]
+    n = pd.to_numeric(pooled["n"], errors="coerce").fillna(0).sum() if "n" in pooled and len(pooled) else 0
+    if n == 0:
+        return False, "no labelled item has a usable verdict from the grader (n = 0): nothing to check the bar on"
+    r = recount(rows)
     misses, met = [], []
     for m, sym in _MEASURES.items():
         need = getattr(bar, m, None)
-        if need is None or m not in rows:
+        if need is None:
             continue
-        vals = {str(s): float(x) for s, x in zip(rows["source"], pd.to_numeric(rows[m], errors="coerce"))}
-        bad = [f"{s} {x:.2f}" for s, x in vals.items() if (math.isnan(x) and s == "all") or (not math.isnan(x) and x < need)]
+        bad, ok = [], []
+        for s, x, lo in zip(r["source"].astype(str), r[m], r[f"{m}_lo"]):
+            if math.isnan(lo):
+                if s == "all":
+                    bad.append(f"{s} undefined")
+            elif lo < need:
+                bad.append(f"{s} {lo:.3f} (estimate {x:.2f})")  # 3 places: 0.795 is no 0.80
+            else:
+                ok.append(lo)
         if bad:
-            misses.append(f"{sym} below {need:.2f} on " + ", ".join(b.replace(" nan", " undefined") for b in bad))
+            misses.append(f"{sym} below {need:.2f} at its 95% lower end on " + ", ".join(bad))
         else:
-            ok = [x for x in vals.values() if not math.isnan(x)]
-            met.append(f"{sym} {min(ok):.2f}–{max(ok):.2f} ≥ {need:.2f}" if len(ok) > 1 else f"{sym} {ok[0]:.2f} ≥ {need:.2f}")
+            met.append(f"{sym} ≥ {need:.2f} at its 95% lower end (lowest {min(ok):.2f})")
     if misses:
         return False, "; ".join(misses)
     return True, "; ".join(met) or "no figure required by the bar"
@@ -867,7 +935,8 @@ def grader_trust(rates: pd.DataFrame, validation: pd.DataFrame | None, bars: dic
 
     - "meets bar" / "misses bar": a validation of this (category, grader_id) is on record
       (:func:`on_record`) and does / does not reach the category's bar (``bars``: category
-      -> bar, default a κ of 0.8; :func:`bar_check`, on the pooled row and every source);
+      -> bar, default a κ of 0.8; :func:`bar_check`: the lower end of each figure's 95%
+      interval, on the pooled row and every source; never met with no item compared);
       the detail names the file and, when the validation's sources disagree, says the
       correction may not carry over.
     - "exact (simulated world)": the category's grader reads the simulated world's own wording
@@ -906,7 +975,7 @@ def grader_trust(rates: pd.DataFrame, validation: pd.DataFrame | None, bars: dic
 
 def validations_table(validation: pd.DataFrame | None, rates: pd.DataFrame, bars: dict | None = None) -> pd.DataFrame:
     """Return one row per (file, category, grader_id) listed: the pooled n, κ, sensitivity
-    and specificity with intervals, whether it ``applies`` (its grader_id grades a rate of
+    and specificity with 95% intervals (:func:`recount`: those the bar is checked on), whether it ``applies`` (its grader_id grades a rate of
     this release and no later file supersedes it), ``meets`` (whether it meets the category's
     bar on the pooled data and every source, :func:`bar_check`; None when it does not apply)
     and ``note`` (the bar check's detail, or why it does not apply: the grader changed since it
@@ -923,7 +992,8 @@ def validations_table(validation: pd.DataFrame | None, rates: pd.DataFrame, bars
     default = type("Bar", (), {"kappa": 0.8, "sensitivity": None, "specificity": None})()
     rows = []
     for (f, c, gid), g in v.groupby(["file", "category", "grader_id"], sort=False):
-        pooled = g[g["source"].astype(str) == "all"].iloc[0]
+        # the figures shown are those the bar is checked on (recount: from the counts)
+        pooled = recount(g)[g["source"].astype(str) == "all"].iloc[0]
         applies = (c, gid) in graded and (c, gid, f) in used_keys
         meets = None
         if c not in tracked:

@@ -807,7 +807,9 @@ def validations(table_: pd.DataFrame | None) -> HTML:
     """Return the validations on record (``grading.validation``), one row per file and
     grader, fitted to the page (long text wraps): the pooled κ, sensitivity and specificity
     with their 95% intervals, the bar, and beside them the verdict against the bar on the
-    pooled data and every source ("⚠ misses bar: κ below 0.80 on gpt4 0.76"), or why the
+    pooled data and every source, checked on the lower end of each interval
+    (:func:`depsim.grader_validation.bar_check`: "⚠ misses bar: κ below 0.80 at its 95% lower
+    end on gpt4 0.584 (estimate 0.76)"), or why the
     validation does not apply to a grader of this release."""
     if table_ is None or len(table_) == 0:
         return text("No validation on record: the release lists none (grading.validation).")
@@ -832,7 +834,7 @@ def validations(table_: pd.DataFrame | None) -> HTML:
                     f'<td class=nw>{est(r, "sensitivity")}</td><td class=nw>{est(r, "specificity")}</td></tr>')
     return HTML(STYLE + '<div class="depsim-wrap"><table class="depsim-decision depsim-validations"><thead><tr>'
                 "<th>file</th><th class=num>labelled items</th><th>κ pooled [95%]</th><th>bar</th>"
-                "<th>against the bar (pooled and every source)</th><th>sensitivity [95%]</th><th>specificity [95%]</th>"
+                "<th>against the bar (the lower end of each 95% interval, pooled and on every source)</th><th>sensitivity [95%]</th><th>specificity [95%]</th>"
                 "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
 
 
