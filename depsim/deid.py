@@ -4,15 +4,16 @@ Public API
 ----------
 ``find_pii(text) -> list[(start, end, type)]``
     Detect PII spans (non-overlapping, sorted by start; offsets in characters).
-``deidentify_text(text, mapping=None, key="") -> (clean_text, counts)``
+``deidentify_text(text, mapping=None, key="", secret=None) -> (clean_text, counts)``
     Replace every detected span with a synthetic substitute of the same shape.
     ``mapping`` (original -> substitute) is shared by all messages of one
     conversation so that the same value always gets the same substitute there.
-    Substitutes are a deterministic function of ``(key, type, original)``
-    (keyed BLAKE2b), so a rerun reproduces the same output; only when two
+    ``key`` is the conversation id.  Substitutes are a deterministic function of
+    ``(secret, key, type, original)`` (keyed BLAKE2b), so a rerun with the same
+    secret reproduces the same output; only when two
     different originals in one conversation would collide on the same
     substitute is a counter bumped (still deterministic for a given input).
-``deidentify_messages(messages, key="") -> (new_messages, counts)``
+``deidentify_messages(messages, key="", secret=None) -> (new_messages, counts)``
     Applies the above to every message ``content`` (str or list of text parts)
     of every role, and to ``tool_calls[*].function.arguments`` (and legacy
     ``function_call``) by walking the JSON and de-identifying string values and
@@ -23,10 +24,23 @@ Public API
     messages of a conversation go through one ``find_pii`` call (joined by a
     NUL line that no pattern crosses), which gives the same spans as one call
     per message at a fraction of the fixed cost.
-``deidentify_many(conversations, keys, processes=None, chunksize=64) -> [(new_messages, counts), ...]``
+``deidentify_many(conversations, keys, processes=None, chunksize=64, secret=None) -> [(new_messages, counts), ...]``
     ``deidentify_messages`` over many conversations on a process pool
     (``forkserver``); same results, in input order.  About 1-2 s of pool
     start-up per call, so call it once with all of a stage's conversations.
+``deid_key(reports_dir=None) -> bytes``, ``key_fingerprint(secret) -> str``
+    The secret that keys every substitute: ``$DEPSIM_DEID_KEY`` when set, else 32
+    random bytes made once in ``<reports_dir>/.cache/deid.key`` (hex, mode 0600;
+    the request cache's folder, never a release folder), so reruns on one machine
+    give the same substitutes (and the request cache, keyed by message content,
+    keeps serving them).  ``secret=None`` in the functions above means
+    ``deid_key()``: the env var, else a random key of this process.  The
+    substitute is a function of (secret, conversation id, type, original): with
+    the conversation id alone (it is published next to the prefixes) nobody can
+    confirm a guessed original, but whoever holds the key can recover originals
+    by trying candidates (dates of birth, SSNs), so share it only with people
+    allowed to see the raw logs.  A cache of de-identified results keys on
+    ``key_fingerprint`` (never the key).
 ``PII_TYPES``
     The detected types, in priority order when spans overlap.  ``counts`` dicts
     have one key per type.
@@ -196,10 +210,12 @@ import bisect
 import copy
 import hashlib
 import ipaddress
+import itertools
 import json
 import multiprocessing
 import os
 import re
+import secrets
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -213,6 +229,9 @@ __all__ = [
     "luhn_valid",
     "iban_valid",
     "deidentify_many",
+    "deid_key",
+    "key_fingerprint",
+    "KEY_ENV",
 ]
 
 PII_TYPES: tuple[str, ...] = (
@@ -1797,13 +1816,64 @@ _FAKE_CITIES = (
 ).split()
 
 
-class _Rng:
-    """Deterministic byte stream from keyed BLAKE2b + SHAKE-256."""
+KEY_ENV = "DEPSIM_DEID_KEY"
+KEY_FILE = "deid.key"
+_PROCESS_KEY = secrets.token_bytes(32)  # used when no key is given: consistent within this process only
 
-    def __init__(self, key: str, typ: str, original: str, attempt: int) -> None:
-        hkey = hashlib.blake2b(key.encode("utf-8"), digest_size=32).digest()
+
+def _derive(raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=32, person=b"depsim-deid-key").digest()
+
+
+def deid_key(reports_dir: str | Path | None = None) -> bytes:
+    """Return the 32-byte secret that keys every substitute.
+
+    ``$DEPSIM_DEID_KEY`` (any text) when set; else the key file ``<reports_dir>/.cache/deid.key``
+    (64 hex characters, mode 0600, next to the request cache, outside every release folder), made
+    from 32 random bytes the first time; with no ``reports_dir``, a random key of this process.
+    Whoever has the key can reverse substitutes by brute force, so it is never written into a
+    report folder.
+    """
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return _derive(env.encode("utf-8"))
+    if reports_dir is None:
+        return _PROCESS_KEY
+    path = Path(reports_dir) / ".cache" / KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(tmp, path)  # fails if another process made the key first: theirs is kept
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return _derive(path.read_text(encoding="utf-8").strip().encode("utf-8"))
+
+
+def key_fingerprint(secret: bytes) -> str:
+    """Return 16 hex characters that tell keys apart without revealing them (for cache keys)."""
+    return hashlib.blake2b(secret, digest_size=8, person=b"depsim-deid-fp").hexdigest()
+
+
+def _conv_key(key: str, secret: bytes | None) -> bytes:
+    """The per-conversation key of ``_Rng``: ``key`` (the conversation id) under the secret."""
+    return hashlib.blake2b(key.encode("utf-8"), key=deid_key() if secret is None else secret,
+                           digest_size=32).digest()
+
+
+class _Rng:
+    """Deterministic byte stream from keyed BLAKE2b + SHAKE-256 (``key``: :func:`_conv_key`)."""
+
+    def __init__(self, key: bytes, typ: str, original: str, attempt: int) -> None:
         seed = hashlib.blake2b(
-            f"{typ}\x1f{original}\x1f{attempt}".encode("utf-8"), key=hkey, digest_size=32
+            f"{typ}\x1f{original}\x1f{attempt}".encode("utf-8"), key=key, digest_size=32
         ).digest()
         self._buf = hashlib.shake_256(seed).digest(4096)
         self._i = 0
@@ -2065,7 +2135,7 @@ _SUBSTITUTERS: dict[str, Callable[[str, _Rng], str]] = {
 }
 
 
-def _substitute(original: str, typ: str, mapping: dict, key: str, used: set) -> str:
+def _substitute(original: str, typ: str, mapping: dict, key: bytes, used: set) -> str:
     if original in mapping:
         return mapping[original]
     sub = None
@@ -2107,7 +2177,7 @@ def _empty_counts() -> dict[str, int]:
     return {t: 0 for t in PII_TYPES}
 
 
-def _deid_with_spans(text: str, spans: list[Span], mapping: dict, key: str,
+def _deid_with_spans(text: str, spans: list[Span], mapping: dict, key: bytes,
                      counts: dict[str, int], used: set) -> str:
     out: list[str] = []
     pos = 0
@@ -2120,12 +2190,18 @@ def _deid_with_spans(text: str, spans: list[Span], mapping: dict, key: str,
     return "".join(out)
 
 
-def deidentify_text(text: str, mapping: dict | None = None, key: str = "") -> tuple[str, dict]:
+def deidentify_text(text: str, mapping: dict | None = None, key: str = "",
+                    secret: bytes | None = None) -> tuple[str, dict]:
     """De-identify ``text``; return ``(clean_text, counts_per_type)``.
 
     ``mapping`` (original -> substitute) is updated in place; pass the same dict
     for all messages of a conversation.  ``counts`` has every key of ``PII_TYPES``.
+    ``key``: the conversation id; ``secret``: :func:`deid_key` (None: ``deid_key()``).
     """
+    return _deid_text(text, mapping, _conv_key(key, secret))
+
+
+def _deid_text(text: str, mapping: dict | None, key: bytes) -> tuple[str, dict]:
     if mapping is None:
         mapping = {}
     counts = _empty_counts()
@@ -2145,13 +2221,13 @@ def _add(into: dict[str, int], c: dict[str, int]) -> None:
         into[k] = into.get(k, 0) + v
 
 
-def _deid_json(obj: Any, mapping: dict, key: str, counts: dict[str, int], parent: str | None) -> Any:
+def _deid_json(obj: Any, mapping: dict, key: bytes, counts: dict[str, int], parent: str | None) -> Any:
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
             new_k = k
             if isinstance(k, str) and find_pii(k):  # keys can carry PII too ({"jane@x.com": ...})
-                new_k, c = deidentify_text(k, mapping, key)
+                new_k, c = _deid_text(k, mapping, key)
                 _add(counts, c)
             out[new_k] = _deid_json(v, mapping, key, counts, k)
         return out
@@ -2170,7 +2246,7 @@ def _deid_json(obj: Any, mapping: dict, key: str, counts: dict[str, int], parent
             used = set(mapping.values())
             counts["api_key"] += 1
             return _substitute(obj, "api_key", mapping, key, used)
-        new, c = deidentify_text(obj, mapping, key)
+        new, c = _deid_text(obj, mapping, key)
         _add(counts, c)
         return new
     if isinstance(obj, int) and not isinstance(obj, bool) and abs(obj) >= 10**8:
@@ -2184,7 +2260,7 @@ def _deid_json(obj: Any, mapping: dict, key: str, counts: dict[str, int], parent
     return obj
 
 
-def _deid_arguments(args: Any, mapping: dict, key: str, counts: dict[str, int]) -> Any:
+def _deid_arguments(args: Any, mapping: dict, key: bytes, counts: dict[str, int]) -> Any:
     if not isinstance(args, str):
         if isinstance(args, (dict, list)):
             return _deid_json(args, mapping, key, counts, None)
@@ -2192,7 +2268,7 @@ def _deid_arguments(args: Any, mapping: dict, key: str, counts: dict[str, int]) 
     try:
         obj = json.loads(args)
     except (ValueError, TypeError):
-        new, c = deidentify_text(args, mapping, key)
+        new, c = _deid_text(args, mapping, key)
         _add(counts, c)
         return new
     local = _empty_counts()
@@ -2203,7 +2279,7 @@ def _deid_arguments(args: Any, mapping: dict, key: str, counts: dict[str, int]) 
     return json.dumps(new_obj, ensure_ascii=False)
 
 
-def _deid_json_text(text: str, mapping: dict, key: str, counts: dict[str, int]) -> str | None:
+def _deid_json_text(text: str, mapping: dict, key: bytes, counts: dict[str, int]) -> str | None:
     """De-identify text that is a JSON object/array (e.g. tool output) value by value.
 
     Returns None when ``text`` is not JSON.  Working on decoded values avoids
@@ -2225,12 +2301,12 @@ def _deid_json_text(text: str, mapping: dict, key: str, counts: dict[str, int]) 
     return json.dumps(new_obj, ensure_ascii=False, indent=indent)
 
 
-def _deid_content(content: Any, mapping: dict, key: str, counts: dict[str, int]) -> Any:
+def _deid_content(content: Any, mapping: dict, key: bytes, counts: dict[str, int]) -> Any:
     if isinstance(content, str):
         as_json = _deid_json_text(content, mapping, key, counts)
         if as_json is not None:
             return as_json
-        new, c = deidentify_text(content, mapping, key)
+        new, c = _deid_text(content, mapping, key)
         _add(counts, c)
         return new
     if isinstance(content, list):
@@ -2248,7 +2324,7 @@ def _deid_content(content: Any, mapping: dict, key: str, counts: dict[str, int])
     return content
 
 
-def _copy_function(fn: Any, mapping: dict, key: str, counts: dict[str, int]) -> Any:
+def _copy_function(fn: Any, mapping: dict, key: bytes, counts: dict[str, int]) -> Any:
     if not isinstance(fn, dict):
         return fn
     fn = dict(fn)
@@ -2282,12 +2358,15 @@ def _batched_spans(messages: list[dict]) -> dict[int, list[Span]]:
     return out
 
 
-def deidentify_messages(messages: list[dict], key: str = "") -> tuple[list[dict], dict]:
+def deidentify_messages(messages: list[dict], key: str = "",
+                        secret: bytes | None = None) -> tuple[list[dict], dict]:
     """De-identify one conversation; return ``(new_messages, summed_counts)``.
 
     One mapping is shared across all messages, so a value gets the same
     substitute everywhere in the conversation.  ``messages`` is not mutated.
+    ``key``: the conversation id; ``secret``: :func:`deid_key` (None: ``deid_key()``).
     """
+    key = _conv_key(key, secret)
     mapping: dict[str, str] = {}
     counts = _empty_counts()
     out: list[dict] = []
@@ -2314,8 +2393,8 @@ def deidentify_messages(messages: list[dict], key: str = "") -> tuple[list[dict]
     return out, counts
 
 
-def _deid_one(args: tuple[list[dict], str]) -> tuple[list[dict], dict]:
-    return deidentify_messages(args[0], args[1])
+def _deid_one(args: tuple[list[dict], str, bytes]) -> tuple[list[dict], dict]:
+    return deidentify_messages(*args)
 
 
 def deidentify_many(
@@ -2323,18 +2402,22 @@ def deidentify_many(
     keys: Sequence[str],
     processes: int | None = None,
     chunksize: int = 64,
+    secret: bytes | None = None,
 ) -> list[tuple[list[dict], dict]]:
     """De-identify many conversations, spread over worker processes.
 
     Returns one ``(new_messages, counts)`` per conversation, in input order, exactly as
-    ``deidentify_messages(conversations[i], keys[i])`` would (each conversation keeps its own
-    mapping, so substitutes stay consistent within it and reproducible across runs).
+    ``deidentify_messages(conversations[i], keys[i], secret)`` would (each conversation keeps its
+    own mapping, so substitutes stay consistent within it and, with the same ``secret``,
+    reproducible across runs).  ``secret`` None: ``deid_key()``, taken here and sent to the workers.
     ``processes``: worker processes; ``None`` uses every CPU this process may run on, ``1`` (or
     fewer than ``2 * chunksize`` conversations) runs here without a pool.  Workers start with
     ``forkserver`` where available (safe next to DuckDB's threads), else ``spawn``.
     """
     if len(conversations) != len(keys):
         raise ValueError(f"deidentify_many: {len(conversations)} conversations but {len(keys)} keys")
+    if secret is None:
+        secret = deid_key()  # the workers must share this process's key
     if processes is None:
         processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     processes = max(1, min(processes, len(conversations) // max(1, chunksize) or 1))
@@ -2343,8 +2426,8 @@ def deidentify_many(
         # a script read from stdin ("python -"): new workers would try to re-run it and die in a loop
         processes = 1
     if processes == 1:
-        return [deidentify_messages(m, k) for m, k in zip(conversations, keys)]
+        return [deidentify_messages(m, k, secret) for m, k in zip(conversations, keys)]
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     with ctx.Pool(processes) as pool:
-        return pool.map(_deid_one, zip(conversations, keys), chunksize=chunksize)
+        return pool.map(_deid_one, zip(conversations, keys, itertools.repeat(secret)), chunksize=chunksize)

@@ -663,3 +663,70 @@ def test_substitutes_are_not_redetected_as_other_types(corpus):
         assert after <= before | {"person_name", "street_address", "phone", "national_id"}, (rec["text"], clean)
         # reserved-range fakes (example.com, documentation IPs, 9xx SSNs, bad-checksum IBANs) vanish
         assert not ({"email", "ip", "ssn", "iban"} & after), clean
+
+
+# --------------------------------------------------------------------------
+# the secret key: substitutes cannot be reversed from the conversation id alone
+# --------------------------------------------------------------------------
+
+
+def _brute_force(published: str, typ: str, candidates, conv_key: bytes) -> list[str]:
+    """The audit's attack: every candidate whose substitute under ``conv_key`` is ``published``."""
+    from depsim.deid import _substitute
+    return [c for c in candidates if _substitute(c, typ, {}, conv_key, set()) == published]
+
+
+def test_guessed_original_cannot_be_confirmed_without_the_key(monkeypatch):
+    import datetime
+    import hashlib
+    from depsim.deid import _conv_key
+
+    monkeypatch.setenv("DEPSIM_DEID_KEY", "the operator's secret")
+    cid = "pii037"
+    days = [datetime.date(1920, 1, 1) + datetime.timedelta(days=i) for i in range(365 * 91)]
+    ssns = [f"219-{g:02d}-{s:04d}" for g in range(1, 100) for s in range(1, 101)]
+    for typ, original, text, candidates in (
+        ("date_of_birth", "1987-05-14", "I was born on 1987-05-14.", [d.isoformat() for d in days]),
+        ("ssn", "219-45-0077", "my SSN is 219-45-0077", ssns),
+    ):
+        mapping: dict = {}
+        deidentify_text(text, mapping, key=cid)
+        published = mapping[original]
+        # what the published code computed from the conversation id alone (no secret)
+        public = hashlib.blake2b(cid.encode(), digest_size=32).digest()
+        assert original not in _brute_force(published, typ, candidates, public)
+        # with the key the same search confirms it: the key is what protects the value
+        assert original in _brute_force(published, typ, candidates, _conv_key(cid, None))
+
+
+def test_key_file_is_made_once_private_and_outside_releases(tmp_path, monkeypatch):
+    from depsim.deid import KEY_ENV, deid_key, key_fingerprint
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    reports = tmp_path / "reports"
+    k1 = deid_key(reports)
+    path = reports / ".cache" / "deid.key"
+    assert path.is_file() and path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["deid.key"]  # no temporary file left
+    assert deid_key(reports) == k1  # reruns on this machine give the same substitutes
+    assert deid_key(tmp_path / "elsewhere") != k1  # random, not derived from anything public
+    fp = key_fingerprint(k1)
+    assert fp == key_fingerprint(deid_key(reports)) and fp not in (k1.hex(), path.read_text())
+    msgs = [{"role": "user", "content": "I am Ivan Petrovic, born 1987-05-14"}]
+    a = deidentify_messages(msgs, "c1", secret=k1)[0]
+    assert deidentify_messages(msgs, "c1", secret=deid_key(reports))[0] == a
+    assert deidentify_messages(msgs, "c1", secret=deid_key(tmp_path / "elsewhere"))[0] != a
+    monkeypatch.setenv(KEY_ENV, path.read_text().strip())  # the file's text, shared, is the same key
+    assert deid_key() == k1 and deid_key(tmp_path / "third") == k1
+    assert not (tmp_path / "third").exists()
+
+
+def test_workers_use_the_callers_key():
+    from depsim.deid import deid_key
+
+    convs = [[{"role": "user", "content": f"I am Ivan Petrovic, SSN 219-45-{i:04d}"}] for i in range(1, 9)]
+    keys = [f"c{i}" for i in range(len(convs))]
+    secret = bytes(range(32))
+    many = deidentify_many(convs, keys, processes=2, chunksize=2, secret=secret)
+    assert many == [deidentify_messages(c, k, secret=secret) for c, k in zip(convs, keys)]
+    assert many != deidentify_many(convs, keys, processes=1, secret=deid_key())
