@@ -138,7 +138,9 @@ Limitations
   "called").  Missed: unlisted names with no cue ("Chanchal Ekaja reviewed
   it"), names whose surname is an English word after an ambiguous first name
   ("June Hill"), surnames alone ("ask Smith"), user handles ("@jsmith"),
-  non-Latin scripts; lower-case names need a cue or a listed first name plus a
+  names in non-Latin scripts (CJK, Cyrillic, Greek, Arabic...: a name's letters
+  must be Latin, Latin-1, Latin Extended-A/B or Latin Extended Additional, so
+  "Łukasz Żółtowski", "Ayşe Yılmaz" and "Nguyễn Thị Hồng" are taken); lower-case names need a cue or a listed first name plus a
   listed surname ("i met tanmayi ekaja" is missed).  First names that are
   ordinary words, places or products (May, Will, Mark, Paris, Jordan) need a
   cue or a listed surname.  Names inside company names are dropped when the
@@ -217,6 +219,7 @@ import os
 import re
 import secrets
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -1154,10 +1157,29 @@ _LOWER_FIRST = {n.lower() for n in _UNAMBIGUOUS_FIRST if n.lower() not in _COMMO
 _LOWER_SUR = {n.lower() for n in _STRONG_SURNAMES}
 _LOWER_SUR_ALL = {n.lower() for n in _SURNAMES if len(n) >= 3}
 
-_TOK = r"(?:Mc|Mac|O['’]|D['’]|De|Di|La|Le)?[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+(?:-[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+)*"
+
+
+def _latin_letters(category: str) -> str:
+    """Return a regex class body (ranges) of the letters of Unicode ``category`` ("Lu" upper,
+    "Ll" lower case) in Basic Latin, Latin-1, Latin Extended-A/B and Latin Extended Additional:
+    the Latin letters of European and Vietnamese names ("Łukasz", "Yılmaz", "Nguyễn")."""
+    codes = [c for lo, hi in ((0x41, 0x7B), (0xC0, 0x250), (0x1E00, 0x1F00))
+             for c in range(lo, hi) if unicodedata.category(chr(c)) == category]
+    runs: list[list[int]] = []
+    for c in codes:
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in runs)
+
+
+_UP, _LO = _latin_letters("Lu"), _latin_letters("Ll")
+_CAP = "[" + _UP + "][" + _LO + "]+(?:-[" + _UP + "][" + _LO + "]+)*"  # "Łukasz", "Hans-Jürgen"
+_TOK = r"(?:Mc|Mac|O['’]|D['’]|De|Di|La|Le)?" + _CAP
 _TOK_RE = re.compile(_TOK)
 # a capitalised word (hyphenated parts included); the word boundary before it is checked in code
-_CAP_WORD_RE = re.compile(r"[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+(?:-[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+)*(?![\w@])")
+_CAP_WORD_RE = re.compile(_CAP + r"(?![\w@])")
 _SURNAME_AT_RE = re.compile(r"(?P<mid>[ \t]+[A-Z]\.)?[ \t]+(?P<sur>" + _TOK + r")(?![\w@])")
 _SEP_TOK_RE = re.compile(r"[ \t]+(?P<tok>" + _TOK + r")(?![\w@])")
 _SEP_INITIAL_RE = re.compile(r"[ \t]+[A-Z]\.(?=[ \t]+[A-Z])")
@@ -1378,14 +1400,14 @@ _FIELD_NAME_BAD_PREFIX = re.compile(
 _LOWER_CUE_RE = re.compile(
     r"(?:\bmy\s+name\s+is|\bmy\s+name['’]s|\bi['’]m|\bi\s+am|\bthis\s+is|\bdear|\bhi|\bhello|\bhey|"
     r"\bthanks[,!]?|\bregards[,:]?|\b(?:name|reviewer|author|from|to|contact|attn|cc)\s*:|\bsigned[,:]?|\bmy\s+(?:friend|colleague|boss|wife|husband|"
-    r"neighbou?r|landlord|manager)|\bi\s+met|\bmet|\bask|\bemail|\bcall)[ \t\n]+(?P<tok>[a-zß-öø-ÿ][a-zß-öø-ÿ'’-]+)"
-    r"(?:[ \t]+(?P<tok2>[a-zß-öø-ÿ][a-zß-öø-ÿ'’-]+))?"
+    r"neighbou?r|landlord|manager)|\bi\s+met|\bmet|\bask|\bemail|\bcall)[ \t\n]+(?P<tok>[" + _LO + r"][" + _LO + r"'’-]+)"
+    r"(?:[ \t]+(?P<tok2>[" + _LO + r"][" + _LO + r"'’-]+))?"
 )
 _LOWER_SPEECH_RE = re.compile(
-    r"(?<![\w@.])(?P<a>[a-zß-öø-ÿ]{2,})[ \t]+(?P<b>[a-zß-öø-ÿ'’-]{2,})[ \t]+(?:said|says|wrote|told|asked|"
+    r"(?<![\w@.])(?P<a>[" + _LO + r"]{2,})[ \t]+(?P<b>[" + _LO + r"'’-]{2,})[ \t]+(?:said|says|wrote|told|asked|"
     r"called|replied|mentioned|emailed|texted)\b"
 )
-_LOWER_PAIR_RE = re.compile(r"(?<![\w@.])(?P<a>[a-zß-öø-ÿ]{3,})[ \t]+(?P<b>[a-zß-öø-ÿ'’-]{3,})(?![\w@])")
+_LOWER_PAIR_RE = re.compile(r"(?<![\w@.])(?P<a>[" + _LO + r"]{3,})[ \t]+(?P<b>[" + _LO + r"'’-]{3,})(?![\w@])")
 # attribute values in HTML/XML: alt="Markus Weber", title='Dr. Jane Roe'
 _HTML_ATTR_RE = re.compile(
     r"(?i)\b(?:alt|title|aria-label|placeholder|value|content|label|author|data-[\w-]*name)\s*=\s*"

@@ -730,3 +730,27 @@ def test_workers_use_the_callers_key():
     many = deidentify_many(convs, keys, processes=2, chunksize=2, secret=secret)
     assert many == [deidentify_messages(c, k, secret=secret) for c, k in zip(convs, keys)]
     assert many != deidentify_many(convs, keys, processes=1, secret=deid_key())
+
+
+# --------------------------------------------------------------------------
+# names with letters of Latin Extended-A/B and Latin Extended Additional
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, name", [
+    ("My name is Łukasz Żółtowski.", "Łukasz Żółtowski"),
+    ("My colleague Ayşe Yılmaz said no.", "Ayşe Yılmaz"),
+    ("Dear Mrs. Dvořáková,", "Dvořáková"),
+    ("my name is Ivan Petrović", "Ivan Petrović"),
+    ("Regards,\nTomasz Wiśniewski", "Tomasz Wiśniewski"),
+    ("My name is Nguyễn Thị Hồng.", "Nguyễn Thị Hồng"),
+    ("Please ask Đorđe Šćepanović about it.", "Đorđe Šćepanović"),
+    ("my name is łukasz żółtowski", "łukasz żółtowski"),
+])
+def test_names_with_extended_latin_letters_are_replaced_whole(text, name):
+    start = text.index(name)
+    assert any(t == "person_name" and s <= start and start + len(name) <= e for s, e, t in find_pii(text))
+    clean, counts = deidentify_text(text)
+    assert counts["person_name"] >= 1
+    assert not any(tok in clean for tok in name.split())
+    assert not [c for c in clean if ord(c) > 127]  # no letter of the name survives (fakes are ASCII)
