@@ -62,8 +62,9 @@ Types and substitutes (chosen to read naturally and not to be real data):
 * ssn -> ``9XX-[1-4]X-XXXX``: area 9xx is never a valid SSN and group 10-49 is
   outside the ITIN groups, so it is nobody's number;
 * date_of_birth (a date after "born", "date of birth", "DOB", "birthday",
-  "Geburtsdatum", "né le", ...) -> another date in the same layout (day and
-  month both 1-12, year 1940-2004; an English month name becomes another month);
+  "Geburtsdatum", "né le", ...) -> another valid date in the same layout (day
+  and month both 1-12, year 1940-2004, padding and ordinal suffix kept right; an
+  English month name becomes another month);
 * ip -> RFC 5737 / RFC 3849 documentation addresses (192.0.2.x,
   198.51.100.x, 203.0.113.x, 2001:db8::/32);
 * api_key, url_secret -> known prefix kept (``sk-proj-``, ``AKIA``, ``ghp_``...)
@@ -2096,29 +2097,43 @@ def _sub_month_word(m: re.Match, rng: _Rng) -> str:
 
 
 def _sub_dob(orig: str, rng: _Rng) -> str:
-    """A different date in the same layout: day and month both 1-12 so either order is valid;
-    an English month name becomes another month."""
+    """Return a different valid date in the same layout: day and month both 1-12 so either order
+    is valid, year 1940-2004 (two-digit years 40-99), zero padding and ordinal suffixes kept
+    right ("1st" -> "2nd"); an English month name becomes another month."""
     orig_words = re.sub(r"[A-Za-z]+\.?", lambda m: _sub_month_word(m, rng), orig)
     return _sub_dob_digits(orig_words, rng)
 
 
 def _sub_dob_digits(orig: str, rng: _Rng) -> str:
-    groups = list(re.finditer(r"\d+", orig))
+    groups = list(re.finditer(r"(\d+)(st|nd|rd|th|er)?", orig, re.IGNORECASE))
+    # a two-digit year only in a numeric d-m-y layout with no four-digit year ("23.07.92")
+    short_year = (len(groups) == 3 and not any(len(g.group(1)) == 4 for g in groups)
+                  and not re.search(r"[A-Za-z]", orig))
     out, pos = [], 0
     small = [rng.randint(1, 12), rng.randint(1, 12)]
     for g in groups:
         out.append(orig[pos:g.start()])
-        v = g.group(0)
+        v, suffix = g.group(1), g.group(2) or ""
         if len(v) == 4:
-            out.append(str(rng.randint(1940, 2004)))
-        elif len(v) == 2 and g is groups[-1] and len(groups) == 3 and not re.search(r"[A-Za-z]", orig):
-            out.append(f"{rng.randint(40, 99):02d}")
+            val = rng.randint(1940, 2004)
+        elif short_year and g is groups[-1]:
+            val = rng.randint(40, 99)
         else:
-            val = small.pop(0) if small else rng.randint(1, 28)
-            out.append(f"{val:0{len(v)}d}")
+            val = small.pop(0) if small else rng.randint(1, 12)
+        if suffix.lower() == "er":  # French "1er": only the first of the month
+            suffix = suffix if val == 1 else ""
+        elif suffix:
+            suffix = _ordinal_suffix(val)
+            suffix = suffix.upper() if g.group(2).isupper() else suffix
+        out.append(f"{val:0{len(v)}d}{suffix}")
         pos = g.end()
     out.append(orig[pos:])
     return "".join(out)
+
+
+def _ordinal_suffix(n: int) -> str:
+    """Return the English ordinal suffix of ``n`` ("st", "nd", "rd" or "th")."""
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
 _KEEP_ADDR_WORDS = re.compile(r"(?i)^(?:" + _STREET_SUFFIXES + r"|flat|studio|apt|apartment|suite|unit|box|"

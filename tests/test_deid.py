@@ -754,3 +754,60 @@ def test_names_with_extended_latin_letters_are_replaced_whole(text, name):
     assert counts["person_name"] >= 1
     assert not any(tok in clean for tok in name.split())
     assert not [c for c in clean if ord(c) > 127]  # no letter of the name survives (fakes are ASCII)
+
+
+# --------------------------------------------------------------------------
+# date-of-birth substitutes are valid dates in the original's layout
+# --------------------------------------------------------------------------
+
+
+def _ordinal(n: int) -> str:
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+
+
+DOB_LAYOUTS = ["%Y-%m-%d", "%Y/%m/%d", "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%y", "%d %B %Y",
+               "%B %d, %Y", "%b %d, %Y", "%d %b %Y"]
+
+
+def _prints_back(text: str, layout: str) -> bool:
+    """True when ``text`` is a valid date in ``layout`` that prints back unchanged."""
+    import datetime
+    try:
+        return datetime.datetime.strptime(text, layout).strftime(layout) == text
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize("layout", DOB_LAYOUTS)
+def test_dob_substitutes_are_valid_dates_in_the_same_layout(layout):
+    import datetime
+    days = [datetime.date(1931, 1, 1) + datetime.timedelta(days=97 * i) for i in range(300)]
+    for i, d in enumerate(days):
+        orig = d.strftime(layout)
+        mapping: dict = {}
+        deidentify_text(f"I was born on {orig}.", mapping, key=f"c{i}")
+        sub = mapping[orig]
+        assert sub != orig
+        # a valid date that prints back the same way: same layout, same zero padding
+        # "May" is both the full and the short name, so it may become a full name
+        layouts = [layout, layout.replace("%b", "%B")] if "May" in orig else [layout]
+        assert any(_prints_back(sub, lay) for lay in layouts), (orig, sub)
+
+
+def test_dob_substitutes_keep_unpadded_and_ordinal_layouts_valid():
+    import datetime
+    days = [datetime.date(1931, 1, 1) + datetime.timedelta(days=97 * i) for i in range(300)]
+    for i, d in enumerate(days):
+        for orig in (f"{d.month}/{d.day}/{d.year}", f"{d:%B} {d.day}{_ordinal(d.day)}, {d.year}",
+                     f"{d.day}{_ordinal(d.day)} of {d:%B} {d.year}"):
+            mapping: dict = {}
+            deidentify_text(f"my date of birth is {orig}.", mapping, key=f"c{i}")
+            sub = mapping[orig]
+            nums = [int(x) for x in re.findall(r"\d+", sub)]
+            if "/" in orig:
+                datetime.date(nums[2], nums[0], nums[1])
+            else:
+                m = re.search(r"(\d+)([a-z]+)", sub)
+                assert m.group(2) == _ordinal(int(m.group(1))), (orig, sub)
+                datetime.datetime.strptime(re.sub(r"(\d)(st|nd|rd|th)", r"\1", sub).replace(" of ", " "),
+                                           "%B %d, %Y" if orig[0].isalpha() else "%d %B %Y")
