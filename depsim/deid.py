@@ -18,7 +18,10 @@ Public API
     of every role, and to ``tool_calls[*].function.arguments`` (and legacy
     ``function_call``) by walking the JSON and de-identifying string values and
     keys (the result is valid JSON; values under secret-looking keys such as
-    ``"password"``/``"api_key"`` are replaced whole).  Content that is itself a
+    ``"password"``/``"api_key"`` are replaced whole, and so is a person's name
+    under ``"first_name"``/``"last_name"``/``"given_name"``/``"family_name"``/``"surname"``,
+    or under ``"name"``/``"full_name"`` when it is two to four name-like words, one
+    of them a listed name: ``"name": "Paris"`` stays).  Content that is itself a
     JSON object/array (typical tool output) is walked the same way.  One
     mapping per conversation; the input is never mutated.  The plain-text
     messages of a conversation go through one ``find_pii`` call (joined by a
@@ -1272,6 +1275,7 @@ flatmate cousin uncle aunt boyfriend girlfriend ex supervisor student reviewer a
 applicant patient employee candidate recipient sender from to cc attn attendee speaker guest met ask tell
 email e-mail call text ping add help invite message meet asked told emailed invited thanked hired fired
 introduce regards sincerely best wishes truly respectfully love -- — holder cardholder
+fullname firstname lastname givenname familyname
 """.split())
 _SPEECH_AFTER_RE = re.compile(r"[ \t]+(?:said|says|wrote|writes|called|calls|told|asked|replied|mentioned|"
                               r"emailed|texted|thinks|thought|wants|needs|is\s+my|was\s+my)\b")
@@ -1386,8 +1390,8 @@ _SIGNOFF_RE = re.compile(
     r"(?P<eol>[ \t]*[.!]?[ \t]*(?:$|\n))?"
 )
 _FIELD_NAME_RE = re.compile(
-    r"(?i:\b(?:full\s+|first\s+|last\s+|customer\s+|patient\s+|contact\s+|account\s+holder\s+|"
-    r"cardholder\s+|employee\s+|client\s+|applicant\s+|student\s+)?name)[\"']?\s*[:=]\s*[\"']?"
+    r"(?i:\b(?:(?:full|first|last|given|family|customer|patient|contact|account[\s_]+holder|"
+    r"cardholder|employee|client|applicant|student)[\s_-]*)?name)[\"']?\s*[:=]\s*[\"']?"
     r"(?P<tok>" + _TOK + r")(?![\w@])"
 )
 _FIELD_NAME_BAD_PREFIX = re.compile(
@@ -2258,6 +2262,27 @@ def _add(into: dict[str, int], c: dict[str, int]) -> None:
         into[k] = into.get(k, 0) + v
 
 
+_PART_NAME_KEYS = frozenset({"firstname", "lastname", "givenname", "familyname", "surname"})
+_INITIAL_RE = re.compile("[" + _UP + r"]\.")
+
+
+def _is_name_value(key: str, val: str) -> bool:
+    """True when ``val``, the value of a JSON key normalised to ``key``, is a person's name:
+    under first/last name keys one to four name-like words; under "name"/"fullname" two to four
+    (initials allowed), one of them a listed first name or surname and none an English word
+    that is not a name (so '"name": "Paris"' or '"name": "Widget 3000"' stay)."""
+    if key not in _PART_NAME_KEYS and key not in ("name", "fullname"):
+        return False
+    words = val.split()
+    toks = [w for w in words if not _INITIAL_RE.fullmatch(w)]
+    if not 1 <= len(words) <= 4 or not all(_TOK_RE.fullmatch(t) and _ok_name_token(t) for t in toks):
+        return False
+    if key in _PART_NAME_KEYS:
+        return True
+    listed = [t for t in toks if _is_first(t) or t in _SURNAMES]
+    return len(toks) >= 2 and bool(listed) and all(t in listed or not _wordlike(t) for t in toks)
+
+
 def _deid_json(obj: Any, mapping: dict, key: bytes, counts: dict[str, int], parent: str | None) -> Any:
     if isinstance(obj, dict):
         out = {}
@@ -2283,6 +2308,9 @@ def _deid_json(obj: Any, mapping: dict, key: bytes, counts: dict[str, int], pare
             used = set(mapping.values())
             counts["api_key"] += 1
             return _substitute(obj, "api_key", mapping, key, used)
+        if parent is not None and _is_name_value(_norm_name(parent), obj):
+            counts["person_name"] += 1
+            return _substitute(obj, "person_name", mapping, key, set(mapping.values()))
         new, c = _deid_text(obj, mapping, key)
         _add(counts, c)
         return new

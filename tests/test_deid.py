@@ -811,3 +811,36 @@ def test_dob_substitutes_keep_unpadded_and_ordinal_layouts_valid():
                 assert m.group(2) == _ordinal(int(m.group(1))), (orig, sub)
                 datetime.datetime.strptime(re.sub(r"(\d)(st|nd|rd|th)", r"\1", sub).replace(" of ", " "),
                                            "%B %d, %Y" if orig[0].isalpha() else "%d %B %Y")
+
+
+# --------------------------------------------------------------------------
+# names under "name"/"full_name"/"first_name"/"last_name" keys
+# --------------------------------------------------------------------------
+
+
+NAME_RECORD = {"full_name": "Bartholomew Quince", "first_name": "Zebulon", "last_name": "Quince",
+               "customer": {"name": "Wilhelmina Fairweather"},
+               "address": "742 Evergreen Terrace, Springfield, IL 62704"}
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_names_under_name_keys_are_replaced_in_json_tool_output_and_arguments(indent):
+    record = json.dumps(NAME_RECORD, indent=indent)
+    msgs = [{"role": "assistant", "content": "", "tool_calls": [
+                {"id": "1", "type": "function", "function": {"name": "lookup", "arguments": record}}]},
+            {"role": "tool", "tool_call_id": "1", "content": record},
+            {"role": "user", "content": f"the tool said {json.dumps(NAME_RECORD)} ok"}]
+    out, counts = deidentify_messages(msgs, key="k")
+    for text in (out[0]["tool_calls"][0]["function"]["arguments"], out[1]["content"], out[2]["content"]):
+        for value in ("Bartholomew", "Quince", "Zebulon", "Wilhelmina", "Fairweather", "Evergreen"):
+            assert value not in text
+    assert json.loads(out[1]["content"]).keys() == NAME_RECORD.keys()
+    assert counts["person_name"] >= 12
+
+
+def test_name_keys_leave_non_names_alone():
+    record = {"name": "get_weather", "tool": {"name": "search"}, "city": {"name": "Paris"},
+              "first_name_label": "First name", "items": [{"name": "Widget 3000"}]}
+    text = json.dumps(record)
+    out, counts = deidentify_messages([{"role": "tool", "content": text}], key="k")
+    assert out[0]["content"] == text and not any(counts.values())
