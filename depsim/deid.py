@@ -144,7 +144,8 @@ Limitations
   ("June Hill"), surnames alone ("ask Smith"), user handles ("@jsmith"),
   names in non-Latin scripts (CJK, Cyrillic, Greek, Arabic...: a name's letters
   must be Latin, Latin-1, Latin Extended-A/B or Latin Extended Additional, so
-  "Łukasz Żółtowski", "Ayşe Yılmaz" and "Nguyễn Thị Hồng" are taken); lower-case names need a cue or a listed first name plus a
+  "Łukasz Żółtowski", "Ayşe Yılmaz" and "Nguyễn Thị Hồng" are taken);
+  lower-case names need a cue or a listed first name plus a
   listed surname ("i met tanmayi ekaja" is missed).  First names that are
   ordinary words, places or products (May, Will, Mark, Paris, Jordan) need a
   cue or a listed surname.  Names inside company names are dropped when the
@@ -1845,7 +1846,7 @@ _FAKE_CITIES = (
 
 KEY_ENV = "DEPSIM_DEID_KEY"
 KEY_FILE = "deid.key"
-_PROCESS_KEY = secrets.token_bytes(32)  # used when no key is given: consistent within this process only
+_PROCESS_KEY = secrets.token_bytes(32)  # no key given, no env var: consistent within this process only
 
 
 def _derive(raw: bytes) -> bytes:
