@@ -4,29 +4,46 @@ Public API
 ----------
 ``find_pii(text) -> list[(start, end, type)]``
     Detect PII spans (non-overlapping, sorted by start; offsets in characters).
-``deidentify_text(text, mapping=None, key="") -> (clean_text, counts)``
+``deidentify_text(text, mapping=None, key="", secret=None) -> (clean_text, counts)``
     Replace every detected span with a synthetic substitute of the same shape.
     ``mapping`` (original -> substitute) is shared by all messages of one
     conversation so that the same value always gets the same substitute there.
-    Substitutes are a deterministic function of ``(key, type, original)``
-    (keyed BLAKE2b), so a rerun reproduces the same output; only when two
+    ``key`` is the conversation id.  Substitutes are a deterministic function of
+    ``(secret, key, type, original)`` (keyed BLAKE2b), so a rerun with the same
+    secret reproduces the same output; only when two
     different originals in one conversation would collide on the same
     substitute is a counter bumped (still deterministic for a given input).
-``deidentify_messages(messages, key="") -> (new_messages, counts)``
+``deidentify_messages(messages, key="", secret=None) -> (new_messages, counts)``
     Applies the above to every message ``content`` (str or list of text parts)
     of every role, and to ``tool_calls[*].function.arguments`` (and legacy
     ``function_call``) by walking the JSON and de-identifying string values and
     keys (the result is valid JSON; values under secret-looking keys such as
-    ``"password"``/``"api_key"`` are replaced whole).  Content that is itself a
+    ``"password"``/``"api_key"`` are replaced whole, and so is a person's name
+    under ``"first_name"``/``"last_name"``/``"given_name"``/``"family_name"``/``"surname"``,
+    or under ``"name"``/``"full_name"`` when it is two to four name-like words, one
+    of them a listed name: ``"name": "Paris"`` stays).  Content that is itself a
     JSON object/array (typical tool output) is walked the same way.  One
     mapping per conversation; the input is never mutated.  The plain-text
     messages of a conversation go through one ``find_pii`` call (joined by a
     NUL line that no pattern crosses), which gives the same spans as one call
     per message at a fraction of the fixed cost.
-``deidentify_many(conversations, keys, processes=None, chunksize=64) -> [(new_messages, counts), ...]``
+``deidentify_many(conversations, keys, processes=None, chunksize=64, secret=None) -> [(new_messages, counts), ...]``
     ``deidentify_messages`` over many conversations on a process pool
     (``forkserver``); same results, in input order.  About 1-2 s of pool
     start-up per call, so call it once with all of a stage's conversations.
+``deid_key(reports_dir=None) -> bytes``, ``key_fingerprint(secret) -> str``
+    The secret that keys every substitute: ``$DEPSIM_DEID_KEY`` when set, else 32
+    random bytes made once in ``<reports_dir>/.cache/deid.key`` (hex, mode 0600;
+    the request cache's folder, never a release folder), so reruns on one machine
+    give the same substitutes (and the request cache, keyed by message content,
+    keeps serving them).  ``secret=None`` in the functions above means
+    ``deid_key()``: the env var, else a random key of this process.  The
+    substitute is a function of (secret, conversation id, type, original): with
+    the conversation id alone (it is published next to the prefixes) nobody can
+    confirm a guessed original, but whoever holds the key can recover originals
+    by trying candidates (dates of birth, SSNs), so share it only with people
+    allowed to see the raw logs.  A cache of de-identified results keys on
+    ``key_fingerprint`` (never the key).
 ``PII_TYPES``
     The detected types, in priority order when spans overlap.  ``counts`` dicts
     have one key per type.
@@ -48,8 +65,9 @@ Types and substitutes (chosen to read naturally and not to be real data):
 * ssn -> ``9XX-[1-4]X-XXXX``: area 9xx is never a valid SSN and group 10-49 is
   outside the ITIN groups, so it is nobody's number;
 * date_of_birth (a date after "born", "date of birth", "DOB", "birthday",
-  "Geburtsdatum", "né le", ...) -> another date in the same layout (day and
-  month both 1-12, year 1940-2004; an English month name becomes another month);
+  "Geburtsdatum", "né le", ...) -> another valid date in the same layout (day
+  and month both 1-12, year 1940-2004, padding and ordinal suffix kept right; an
+  English month name becomes another month);
 * ip -> RFC 5737 / RFC 3849 documentation addresses (192.0.2.x,
   198.51.100.x, 203.0.113.x, 2001:db8::/32);
 * api_key, url_secret -> known prefix kept (``sk-proj-``, ``AKIA``, ``ghp_``...)
@@ -124,7 +142,10 @@ Limitations
   "called").  Missed: unlisted names with no cue ("Chanchal Ekaja reviewed
   it"), names whose surname is an English word after an ambiguous first name
   ("June Hill"), surnames alone ("ask Smith"), user handles ("@jsmith"),
-  non-Latin scripts; lower-case names need a cue or a listed first name plus a
+  names in non-Latin scripts (CJK, Cyrillic, Greek, Arabic...: a name's letters
+  must be Latin, Latin-1, Latin Extended-A/B or Latin Extended Additional, so
+  "Łukasz Żółtowski", "Ayşe Yılmaz" and "Nguyễn Thị Hồng" are taken);
+  lower-case names need a cue or a listed first name plus a
   listed surname ("i met tanmayi ekaja" is missed).  First names that are
   ordinary words, places or products (May, Will, Mark, Paris, Jordan) need a
   cue or a listed surname.  Names inside company names are dropped when the
@@ -196,11 +217,14 @@ import bisect
 import copy
 import hashlib
 import ipaddress
+import itertools
 import json
 import multiprocessing
 import os
 import re
+import secrets
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -213,6 +237,9 @@ __all__ = [
     "luhn_valid",
     "iban_valid",
     "deidentify_many",
+    "deid_key",
+    "key_fingerprint",
+    "KEY_ENV",
 ]
 
 PII_TYPES: tuple[str, ...] = (
@@ -1135,10 +1162,29 @@ _LOWER_FIRST = {n.lower() for n in _UNAMBIGUOUS_FIRST if n.lower() not in _COMMO
 _LOWER_SUR = {n.lower() for n in _STRONG_SURNAMES}
 _LOWER_SUR_ALL = {n.lower() for n in _SURNAMES if len(n) >= 3}
 
-_TOK = r"(?:Mc|Mac|O['’]|D['’]|De|Di|La|Le)?[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+(?:-[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+)*"
+
+
+def _latin_letters(category: str) -> str:
+    """Return a regex class body (ranges) of the letters of Unicode ``category`` ("Lu" upper,
+    "Ll" lower case) in Basic Latin, Latin-1, Latin Extended-A/B and Latin Extended Additional:
+    the Latin letters of European and Vietnamese names ("Łukasz", "Yılmaz", "Nguyễn")."""
+    codes = [c for lo, hi in ((0x41, 0x7B), (0xC0, 0x250), (0x1E00, 0x1F00))
+             for c in range(lo, hi) if unicodedata.category(chr(c)) == category]
+    runs: list[list[int]] = []
+    for c in codes:
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in runs)
+
+
+_UP, _LO = _latin_letters("Lu"), _latin_letters("Ll")
+_CAP = "[" + _UP + "][" + _LO + "]+(?:-[" + _UP + "][" + _LO + "]+)*"  # "Łukasz", "Hans-Jürgen"
+_TOK = r"(?:Mc|Mac|O['’]|D['’]|De|Di|La|Le)?" + _CAP
 _TOK_RE = re.compile(_TOK)
 # a capitalised word (hyphenated parts included); the word boundary before it is checked in code
-_CAP_WORD_RE = re.compile(r"[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+(?:-[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+)*(?![\w@])")
+_CAP_WORD_RE = re.compile(_CAP + r"(?![\w@])")
 _SURNAME_AT_RE = re.compile(r"(?P<mid>[ \t]+[A-Z]\.)?[ \t]+(?P<sur>" + _TOK + r")(?![\w@])")
 _SEP_TOK_RE = re.compile(r"[ \t]+(?P<tok>" + _TOK + r")(?![\w@])")
 _SEP_INITIAL_RE = re.compile(r"[ \t]+[A-Z]\.(?=[ \t]+[A-Z])")
@@ -1230,6 +1276,7 @@ flatmate cousin uncle aunt boyfriend girlfriend ex supervisor student reviewer a
 applicant patient employee candidate recipient sender from to cc attn attendee speaker guest met ask tell
 email e-mail call text ping add help invite message meet asked told emailed invited thanked hired fired
 introduce regards sincerely best wishes truly respectfully love -- — holder cardholder
+fullname firstname lastname givenname familyname
 """.split())
 _SPEECH_AFTER_RE = re.compile(r"[ \t]+(?:said|says|wrote|writes|called|calls|told|asked|replied|mentioned|"
                               r"emailed|texted|thinks|thought|wants|needs|is\s+my|was\s+my)\b")
@@ -1344,8 +1391,8 @@ _SIGNOFF_RE = re.compile(
     r"(?P<eol>[ \t]*[.!]?[ \t]*(?:$|\n))?"
 )
 _FIELD_NAME_RE = re.compile(
-    r"(?i:\b(?:full\s+|first\s+|last\s+|customer\s+|patient\s+|contact\s+|account\s+holder\s+|"
-    r"cardholder\s+|employee\s+|client\s+|applicant\s+|student\s+)?name)[\"']?\s*[:=]\s*[\"']?"
+    r"(?i:\b(?:(?:full|first|last|given|family|customer|patient|contact|account[\s_]+holder|"
+    r"cardholder|employee|client|applicant|student)[\s_-]*)?name)[\"']?\s*[:=]\s*[\"']?"
     r"(?P<tok>" + _TOK + r")(?![\w@])"
 )
 _FIELD_NAME_BAD_PREFIX = re.compile(
@@ -1359,14 +1406,14 @@ _FIELD_NAME_BAD_PREFIX = re.compile(
 _LOWER_CUE_RE = re.compile(
     r"(?:\bmy\s+name\s+is|\bmy\s+name['’]s|\bi['’]m|\bi\s+am|\bthis\s+is|\bdear|\bhi|\bhello|\bhey|"
     r"\bthanks[,!]?|\bregards[,:]?|\b(?:name|reviewer|author|from|to|contact|attn|cc)\s*:|\bsigned[,:]?|\bmy\s+(?:friend|colleague|boss|wife|husband|"
-    r"neighbou?r|landlord|manager)|\bi\s+met|\bmet|\bask|\bemail|\bcall)[ \t\n]+(?P<tok>[a-zß-öø-ÿ][a-zß-öø-ÿ'’-]+)"
-    r"(?:[ \t]+(?P<tok2>[a-zß-öø-ÿ][a-zß-öø-ÿ'’-]+))?"
+    r"neighbou?r|landlord|manager)|\bi\s+met|\bmet|\bask|\bemail|\bcall)[ \t\n]+(?P<tok>[" + _LO + r"][" + _LO + r"'’-]+)"
+    r"(?:[ \t]+(?P<tok2>[" + _LO + r"][" + _LO + r"'’-]+))?"
 )
 _LOWER_SPEECH_RE = re.compile(
-    r"(?<![\w@.])(?P<a>[a-zß-öø-ÿ]{2,})[ \t]+(?P<b>[a-zß-öø-ÿ'’-]{2,})[ \t]+(?:said|says|wrote|told|asked|"
+    r"(?<![\w@.])(?P<a>[" + _LO + r"]{2,})[ \t]+(?P<b>[" + _LO + r"'’-]{2,})[ \t]+(?:said|says|wrote|told|asked|"
     r"called|replied|mentioned|emailed|texted)\b"
 )
-_LOWER_PAIR_RE = re.compile(r"(?<![\w@.])(?P<a>[a-zß-öø-ÿ]{3,})[ \t]+(?P<b>[a-zß-öø-ÿ'’-]{3,})(?![\w@])")
+_LOWER_PAIR_RE = re.compile(r"(?<![\w@.])(?P<a>[" + _LO + r"]{3,})[ \t]+(?P<b>[" + _LO + r"'’-]{3,})(?![\w@])")
 # attribute values in HTML/XML: alt="Markus Weber", title='Dr. Jane Roe'
 _HTML_ATTR_RE = re.compile(
     r"(?i)\b(?:alt|title|aria-label|placeholder|value|content|label|author|data-[\w-]*name)\s*=\s*"
@@ -1797,13 +1844,64 @@ _FAKE_CITIES = (
 ).split()
 
 
-class _Rng:
-    """Deterministic byte stream from keyed BLAKE2b + SHAKE-256."""
+KEY_ENV = "DEPSIM_DEID_KEY"
+KEY_FILE = "deid.key"
+_PROCESS_KEY = secrets.token_bytes(32)  # no key given, no env var: consistent within this process only
 
-    def __init__(self, key: str, typ: str, original: str, attempt: int) -> None:
-        hkey = hashlib.blake2b(key.encode("utf-8"), digest_size=32).digest()
+
+def _derive(raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=32, person=b"depsim-deid-key").digest()
+
+
+def deid_key(reports_dir: str | Path | None = None) -> bytes:
+    """Return the 32-byte secret that keys every substitute.
+
+    ``$DEPSIM_DEID_KEY`` (any text) when set; else the key file ``<reports_dir>/.cache/deid.key``
+    (64 hex characters, mode 0600, next to the request cache, outside every release folder), made
+    from 32 random bytes the first time; with no ``reports_dir``, a random key of this process.
+    Whoever has the key can reverse substitutes by brute force, so it is never written into a
+    report folder.
+    """
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return _derive(env.encode("utf-8"))
+    if reports_dir is None:
+        return _PROCESS_KEY
+    path = Path(reports_dir) / ".cache" / KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(tmp, path)  # fails if another process made the key first: theirs is kept
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return _derive(path.read_text(encoding="utf-8").strip().encode("utf-8"))
+
+
+def key_fingerprint(secret: bytes) -> str:
+    """Return 16 hex characters that tell keys apart without revealing them (for cache keys)."""
+    return hashlib.blake2b(secret, digest_size=8, person=b"depsim-deid-fp").hexdigest()
+
+
+def _conv_key(key: str, secret: bytes | None) -> bytes:
+    """The per-conversation key of ``_Rng``: ``key`` (the conversation id) under the secret."""
+    return hashlib.blake2b(key.encode("utf-8"), key=deid_key() if secret is None else secret,
+                           digest_size=32).digest()
+
+
+class _Rng:
+    """Deterministic byte stream from keyed BLAKE2b + SHAKE-256 (``key``: :func:`_conv_key`)."""
+
+    def __init__(self, key: bytes, typ: str, original: str, attempt: int) -> None:
         seed = hashlib.blake2b(
-            f"{typ}\x1f{original}\x1f{attempt}".encode("utf-8"), key=hkey, digest_size=32
+            f"{typ}\x1f{original}\x1f{attempt}".encode("utf-8"), key=key, digest_size=32
         ).digest()
         self._buf = hashlib.shake_256(seed).digest(4096)
         self._i = 0
@@ -2004,29 +2102,43 @@ def _sub_month_word(m: re.Match, rng: _Rng) -> str:
 
 
 def _sub_dob(orig: str, rng: _Rng) -> str:
-    """A different date in the same layout: day and month both 1-12 so either order is valid;
-    an English month name becomes another month."""
+    """Return a different valid date in the same layout: day and month both 1-12 so either order
+    is valid, year 1940-2004 (two-digit years 40-99), zero padding and ordinal suffixes kept
+    right ("1st" -> "2nd"); an English month name becomes another month."""
     orig_words = re.sub(r"[A-Za-z]+\.?", lambda m: _sub_month_word(m, rng), orig)
     return _sub_dob_digits(orig_words, rng)
 
 
 def _sub_dob_digits(orig: str, rng: _Rng) -> str:
-    groups = list(re.finditer(r"\d+", orig))
+    groups = list(re.finditer(r"(\d+)(st|nd|rd|th|er)?", orig, re.IGNORECASE))
+    # a two-digit year only in a numeric d-m-y layout with no four-digit year ("23.07.92")
+    short_year = (len(groups) == 3 and not any(len(g.group(1)) == 4 for g in groups)
+                  and not re.search(r"[A-Za-z]", orig))
     out, pos = [], 0
     small = [rng.randint(1, 12), rng.randint(1, 12)]
     for g in groups:
         out.append(orig[pos:g.start()])
-        v = g.group(0)
+        v, suffix = g.group(1), g.group(2) or ""
         if len(v) == 4:
-            out.append(str(rng.randint(1940, 2004)))
-        elif len(v) == 2 and g is groups[-1] and len(groups) == 3 and not re.search(r"[A-Za-z]", orig):
-            out.append(f"{rng.randint(40, 99):02d}")
+            val = rng.randint(1940, 2004)
+        elif short_year and g is groups[-1]:
+            val = rng.randint(40, 99)
         else:
-            val = small.pop(0) if small else rng.randint(1, 28)
-            out.append(f"{val:0{len(v)}d}")
+            val = small.pop(0) if small else rng.randint(1, 12)
+        if suffix.lower() == "er":  # French "1er": only the first of the month
+            suffix = suffix if val == 1 else ""
+        elif suffix:
+            suffix = _ordinal_suffix(val)
+            suffix = suffix.upper() if g.group(2).isupper() else suffix
+        out.append(f"{val:0{len(v)}d}{suffix}")
         pos = g.end()
     out.append(orig[pos:])
     return "".join(out)
+
+
+def _ordinal_suffix(n: int) -> str:
+    """Return the English ordinal suffix of ``n`` ("st", "nd", "rd" or "th")."""
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
 _KEEP_ADDR_WORDS = re.compile(r"(?i)^(?:" + _STREET_SUFFIXES + r"|flat|studio|apt|apartment|suite|unit|box|"
@@ -2065,7 +2177,7 @@ _SUBSTITUTERS: dict[str, Callable[[str, _Rng], str]] = {
 }
 
 
-def _substitute(original: str, typ: str, mapping: dict, key: str, used: set) -> str:
+def _substitute(original: str, typ: str, mapping: dict, key: bytes, used: set) -> str:
     if original in mapping:
         return mapping[original]
     sub = None
@@ -2107,7 +2219,7 @@ def _empty_counts() -> dict[str, int]:
     return {t: 0 for t in PII_TYPES}
 
 
-def _deid_with_spans(text: str, spans: list[Span], mapping: dict, key: str,
+def _deid_with_spans(text: str, spans: list[Span], mapping: dict, key: bytes,
                      counts: dict[str, int], used: set) -> str:
     out: list[str] = []
     pos = 0
@@ -2120,12 +2232,18 @@ def _deid_with_spans(text: str, spans: list[Span], mapping: dict, key: str,
     return "".join(out)
 
 
-def deidentify_text(text: str, mapping: dict | None = None, key: str = "") -> tuple[str, dict]:
+def deidentify_text(text: str, mapping: dict | None = None, key: str = "",
+                    secret: bytes | None = None) -> tuple[str, dict]:
     """De-identify ``text``; return ``(clean_text, counts_per_type)``.
 
     ``mapping`` (original -> substitute) is updated in place; pass the same dict
     for all messages of a conversation.  ``counts`` has every key of ``PII_TYPES``.
+    ``key``: the conversation id; ``secret``: :func:`deid_key` (None: ``deid_key()``).
     """
+    return _deid_text(text, mapping, _conv_key(key, secret))
+
+
+def _deid_text(text: str, mapping: dict | None, key: bytes) -> tuple[str, dict]:
     if mapping is None:
         mapping = {}
     counts = _empty_counts()
@@ -2145,13 +2263,34 @@ def _add(into: dict[str, int], c: dict[str, int]) -> None:
         into[k] = into.get(k, 0) + v
 
 
-def _deid_json(obj: Any, mapping: dict, key: str, counts: dict[str, int], parent: str | None) -> Any:
+_PART_NAME_KEYS = frozenset({"firstname", "lastname", "givenname", "familyname", "surname"})
+_INITIAL_RE = re.compile("[" + _UP + r"]\.")
+
+
+def _is_name_value(key: str, val: str) -> bool:
+    """True when ``val``, the value of a JSON key normalised to ``key``, is a person's name:
+    under first/last name keys one to four name-like words; under "name"/"fullname" two to four
+    (initials allowed), one of them a listed first name or surname and none an English word
+    that is not a name (so '"name": "Paris"' or '"name": "Widget 3000"' stay)."""
+    if key not in _PART_NAME_KEYS and key not in ("name", "fullname"):
+        return False
+    words = val.split()
+    toks = [w for w in words if not _INITIAL_RE.fullmatch(w)]
+    if not 1 <= len(words) <= 4 or not all(_TOK_RE.fullmatch(t) and _ok_name_token(t) for t in toks):
+        return False
+    if key in _PART_NAME_KEYS:
+        return True
+    listed = [t for t in toks if _is_first(t) or t in _SURNAMES]
+    return len(toks) >= 2 and bool(listed) and all(t in listed or not _wordlike(t) for t in toks)
+
+
+def _deid_json(obj: Any, mapping: dict, key: bytes, counts: dict[str, int], parent: str | None) -> Any:
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
             new_k = k
             if isinstance(k, str) and find_pii(k):  # keys can carry PII too ({"jane@x.com": ...})
-                new_k, c = deidentify_text(k, mapping, key)
+                new_k, c = _deid_text(k, mapping, key)
                 _add(counts, c)
             out[new_k] = _deid_json(v, mapping, key, counts, k)
         return out
@@ -2170,7 +2309,10 @@ def _deid_json(obj: Any, mapping: dict, key: str, counts: dict[str, int], parent
             used = set(mapping.values())
             counts["api_key"] += 1
             return _substitute(obj, "api_key", mapping, key, used)
-        new, c = deidentify_text(obj, mapping, key)
+        if parent is not None and _is_name_value(_norm_name(parent), obj):
+            counts["person_name"] += 1
+            return _substitute(obj, "person_name", mapping, key, set(mapping.values()))
+        new, c = _deid_text(obj, mapping, key)
         _add(counts, c)
         return new
     if isinstance(obj, int) and not isinstance(obj, bool) and abs(obj) >= 10**8:
@@ -2184,7 +2326,7 @@ def _deid_json(obj: Any, mapping: dict, key: str, counts: dict[str, int], parent
     return obj
 
 
-def _deid_arguments(args: Any, mapping: dict, key: str, counts: dict[str, int]) -> Any:
+def _deid_arguments(args: Any, mapping: dict, key: bytes, counts: dict[str, int]) -> Any:
     if not isinstance(args, str):
         if isinstance(args, (dict, list)):
             return _deid_json(args, mapping, key, counts, None)
@@ -2192,7 +2334,7 @@ def _deid_arguments(args: Any, mapping: dict, key: str, counts: dict[str, int]) 
     try:
         obj = json.loads(args)
     except (ValueError, TypeError):
-        new, c = deidentify_text(args, mapping, key)
+        new, c = _deid_text(args, mapping, key)
         _add(counts, c)
         return new
     local = _empty_counts()
@@ -2203,7 +2345,7 @@ def _deid_arguments(args: Any, mapping: dict, key: str, counts: dict[str, int]) 
     return json.dumps(new_obj, ensure_ascii=False)
 
 
-def _deid_json_text(text: str, mapping: dict, key: str, counts: dict[str, int]) -> str | None:
+def _deid_json_text(text: str, mapping: dict, key: bytes, counts: dict[str, int]) -> str | None:
     """De-identify text that is a JSON object/array (e.g. tool output) value by value.
 
     Returns None when ``text`` is not JSON.  Working on decoded values avoids
@@ -2225,12 +2367,12 @@ def _deid_json_text(text: str, mapping: dict, key: str, counts: dict[str, int]) 
     return json.dumps(new_obj, ensure_ascii=False, indent=indent)
 
 
-def _deid_content(content: Any, mapping: dict, key: str, counts: dict[str, int]) -> Any:
+def _deid_content(content: Any, mapping: dict, key: bytes, counts: dict[str, int]) -> Any:
     if isinstance(content, str):
         as_json = _deid_json_text(content, mapping, key, counts)
         if as_json is not None:
             return as_json
-        new, c = deidentify_text(content, mapping, key)
+        new, c = _deid_text(content, mapping, key)
         _add(counts, c)
         return new
     if isinstance(content, list):
@@ -2248,7 +2390,7 @@ def _deid_content(content: Any, mapping: dict, key: str, counts: dict[str, int])
     return content
 
 
-def _copy_function(fn: Any, mapping: dict, key: str, counts: dict[str, int]) -> Any:
+def _copy_function(fn: Any, mapping: dict, key: bytes, counts: dict[str, int]) -> Any:
     if not isinstance(fn, dict):
         return fn
     fn = dict(fn)
@@ -2282,12 +2424,15 @@ def _batched_spans(messages: list[dict]) -> dict[int, list[Span]]:
     return out
 
 
-def deidentify_messages(messages: list[dict], key: str = "") -> tuple[list[dict], dict]:
+def deidentify_messages(messages: list[dict], key: str = "",
+                        secret: bytes | None = None) -> tuple[list[dict], dict]:
     """De-identify one conversation; return ``(new_messages, summed_counts)``.
 
     One mapping is shared across all messages, so a value gets the same
     substitute everywhere in the conversation.  ``messages`` is not mutated.
+    ``key``: the conversation id; ``secret``: :func:`deid_key` (None: ``deid_key()``).
     """
+    key = _conv_key(key, secret)
     mapping: dict[str, str] = {}
     counts = _empty_counts()
     out: list[dict] = []
@@ -2314,8 +2459,8 @@ def deidentify_messages(messages: list[dict], key: str = "") -> tuple[list[dict]
     return out, counts
 
 
-def _deid_one(args: tuple[list[dict], str]) -> tuple[list[dict], dict]:
-    return deidentify_messages(args[0], args[1])
+def _deid_one(args: tuple[list[dict], str, bytes]) -> tuple[list[dict], dict]:
+    return deidentify_messages(*args)
 
 
 def deidentify_many(
@@ -2323,18 +2468,22 @@ def deidentify_many(
     keys: Sequence[str],
     processes: int | None = None,
     chunksize: int = 64,
+    secret: bytes | None = None,
 ) -> list[tuple[list[dict], dict]]:
     """De-identify many conversations, spread over worker processes.
 
     Returns one ``(new_messages, counts)`` per conversation, in input order, exactly as
-    ``deidentify_messages(conversations[i], keys[i])`` would (each conversation keeps its own
-    mapping, so substitutes stay consistent within it and reproducible across runs).
+    ``deidentify_messages(conversations[i], keys[i], secret)`` would (each conversation keeps its
+    own mapping, so substitutes stay consistent within it and, with the same ``secret``,
+    reproducible across runs).  ``secret`` None: ``deid_key()``, taken here and sent to the workers.
     ``processes``: worker processes; ``None`` uses every CPU this process may run on, ``1`` (or
     fewer than ``2 * chunksize`` conversations) runs here without a pool.  Workers start with
     ``forkserver`` where available (safe next to DuckDB's threads), else ``spawn``.
     """
     if len(conversations) != len(keys):
         raise ValueError(f"deidentify_many: {len(conversations)} conversations but {len(keys)} keys")
+    if secret is None:
+        secret = deid_key()  # the workers must share this process's key
     if processes is None:
         processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     processes = max(1, min(processes, len(conversations) // max(1, chunksize) or 1))
@@ -2343,8 +2492,8 @@ def deidentify_many(
         # a script read from stdin ("python -"): new workers would try to re-run it and die in a loop
         processes = 1
     if processes == 1:
-        return [deidentify_messages(m, k) for m, k in zip(conversations, keys)]
+        return [deidentify_messages(m, k, secret) for m, k in zip(conversations, keys)]
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     with ctx.Pool(processes) as pool:
-        return pool.map(_deid_one, zip(conversations, keys), chunksize=chunksize)
+        return pool.map(_deid_one, zip(conversations, keys, itertools.repeat(secret)), chunksize=chunksize)

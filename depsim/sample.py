@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from depsim.deid import deidentify_many
+from depsim.deid import deid_key, deidentify_many
 from depsim.params import HUB_FORMATS, Release, Source
 from depsim.readers import KIND_SHAPES, READER_VERSION, InputError, convert, input_files
 from depsim.records import content_id, decode_messages, encode_messages, release_dir
@@ -224,22 +224,23 @@ def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame,
         # a challenging prompt set is a published benchmark, not users' traffic: rewriting its
         # public figures ("How did Sylvia Plath die?") would change the benchmark
         if rel.deid and pool != "challenging":
-            df, counts = _deidentify(df)
+            df, counts = _deidentify(df, deid_key(reports_dir))
         pii.append({"pool": pool, **counts})
         frames.append(df)
     prefixes = pd.concat(frames, ignore_index=True)
     return prefixes, pd.DataFrame(pii).fillna(0)
 
 
-def _deidentify(df: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
+def _deidentify(df: pd.DataFrame, secret: bytes) -> tuple[pd.DataFrame, Counter]:
     """De-identify prefix and logged response together, so a name or email in both gets the
-    same substitute."""
+    same substitute (keyed by ``secret``, :func:`depsim.deid.deid_key`)."""
     total: Counter = Counter()
     msgs_out, resp_out = [], []
     prefixes = [decode_messages(raw) for raw in df["messages"]]
     tails = [decode_messages(resp) for resp in df["logged_response"]]
     # spread over worker processes (small tables stay in this process: see deidentify_many)
-    done = deidentify_many([m + r for m, r in zip(prefixes, tails)], [str(c) for c in df["conversation_id"]])
+    done = deidentify_many([m + r for m, r in zip(prefixes, tails)], [str(c) for c in df["conversation_id"]],
+                           secret=secret)
     for msgs, tail, (clean, counts) in zip(prefixes, tails, done):
         total.update(counts)
         msgs_out.append(encode_messages(clean[: len(msgs)]))

@@ -54,7 +54,7 @@ import pandas as pd
 
 from depsim.client import ChatRequest, ChatResult, complete
 from depsim.params import Endpoint, endpoint_url
-from depsim.deid import deidentify_messages
+from depsim.deid import deid_key, deidentify_messages, key_fingerprint
 from depsim.prompts import (FENCE, HEADER_PLAIN, call_parts, content_text, message_text, neutralise, nonce_of, prompt_id,
                             render_messages)
 from depsim.records import decode_messages
@@ -236,10 +236,12 @@ def release_store(rel, prefixes: pd.DataFrame | None = None, reports_dir: str | 
     ``reports_dir`` is given), the Parquet file (``parquet``), or the converted table under
     ``reports_dir`` (other file kinds). Without ``reports_dir`` a file source that needs
     conversion falls back to the previous pool's prefixes (their messages and logged
-    responses), a subset of the logs. Stores are kept in memory per source and settings."""
+    responses), a subset of the logs. Stores are kept in memory per source, settings and
+    de-identification key (:func:`depsim.deid.deid_key` of ``reports_dir``, as the prefixes use)."""
     ci = tuple(sorted(rel.generation.case_insensitive_tools))
     key, load = _source(rel, reports_dir)
-    full_key = (key, bool(rel.deid), ci)
+    secret = deid_key(reports_dir) if rel.deid else None
+    full_key = (key, key_fingerprint(secret) if secret else None, ci)
     if load is not None and full_key in _STORES:
         return _STORES[full_key]
     store = ToolStore(ci)
@@ -262,7 +264,7 @@ def release_store(rel, prefixes: pd.DataFrame | None = None, reports_dir: str | 
             store.counts["unreadable_conversations"] += 1
             continue
         if rel.deid:
-            msgs, _ = deidentify_messages(msgs, key=str(cid))
+            msgs, _ = deidentify_messages(msgs, key=str(cid), secret=secret)
         store.add_conversation(msgs)
         store.add_tools(tools)
     while len(_STORES) >= _STORES_MAX:

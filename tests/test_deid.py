@@ -663,3 +663,184 @@ def test_substitutes_are_not_redetected_as_other_types(corpus):
         assert after <= before | {"person_name", "street_address", "phone", "national_id"}, (rec["text"], clean)
         # reserved-range fakes (example.com, documentation IPs, 9xx SSNs, bad-checksum IBANs) vanish
         assert not ({"email", "ip", "ssn", "iban"} & after), clean
+
+
+# --------------------------------------------------------------------------
+# the secret key: substitutes cannot be reversed from the conversation id alone
+# --------------------------------------------------------------------------
+
+
+def _brute_force(published: str, typ: str, candidates, conv_key: bytes) -> list[str]:
+    """The audit's attack: every candidate whose substitute under ``conv_key`` is ``published``."""
+    from depsim.deid import _substitute
+    return [c for c in candidates if _substitute(c, typ, {}, conv_key, set()) == published]
+
+
+def test_guessed_original_cannot_be_confirmed_without_the_key(monkeypatch):
+    import datetime
+    import hashlib
+    from depsim.deid import _conv_key
+
+    monkeypatch.setenv("DEPSIM_DEID_KEY", "the operator's secret")
+    cid = "pii037"
+    days = [datetime.date(1920, 1, 1) + datetime.timedelta(days=i) for i in range(365 * 91)]
+    ssns = [f"219-{g:02d}-{s:04d}" for g in range(1, 100) for s in range(1, 101)]
+    for typ, original, text, candidates in (
+        ("date_of_birth", "1987-05-14", "I was born on 1987-05-14.", [d.isoformat() for d in days]),
+        ("ssn", "219-45-0077", "my SSN is 219-45-0077", ssns),
+    ):
+        mapping: dict = {}
+        deidentify_text(text, mapping, key=cid)
+        published = mapping[original]
+        # what the published code computed from the conversation id alone (no secret)
+        public = hashlib.blake2b(cid.encode(), digest_size=32).digest()
+        assert original not in _brute_force(published, typ, candidates, public)
+        # with the key the same search confirms it: the key is what protects the value
+        assert original in _brute_force(published, typ, candidates, _conv_key(cid, None))
+
+
+def test_key_file_is_made_once_private_and_outside_releases(tmp_path, monkeypatch):
+    from depsim.deid import KEY_ENV, deid_key, key_fingerprint
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    reports = tmp_path / "reports"
+    k1 = deid_key(reports)
+    path = reports / ".cache" / "deid.key"
+    assert path.is_file() and path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["deid.key"]  # no temporary file left
+    assert deid_key(reports) == k1  # reruns on this machine give the same substitutes
+    assert deid_key(tmp_path / "elsewhere") != k1  # random, not derived from anything public
+    fp = key_fingerprint(k1)
+    assert fp == key_fingerprint(deid_key(reports)) and fp not in (k1.hex(), path.read_text())
+    msgs = [{"role": "user", "content": "I am Ivan Petrovic, born 1987-05-14"}]
+    a = deidentify_messages(msgs, "c1", secret=k1)[0]
+    assert deidentify_messages(msgs, "c1", secret=deid_key(reports))[0] == a
+    assert deidentify_messages(msgs, "c1", secret=deid_key(tmp_path / "elsewhere"))[0] != a
+    monkeypatch.setenv(KEY_ENV, path.read_text().strip())  # the file's text, shared, is the same key
+    assert deid_key() == k1 and deid_key(tmp_path / "third") == k1
+    assert not (tmp_path / "third").exists()
+
+
+def test_workers_use_the_callers_key():
+    from depsim.deid import deid_key
+
+    convs = [[{"role": "user", "content": f"I am Ivan Petrovic, SSN 219-45-{i:04d}"}] for i in range(1, 9)]
+    keys = [f"c{i}" for i in range(len(convs))]
+    secret = bytes(range(32))
+    many = deidentify_many(convs, keys, processes=2, chunksize=2, secret=secret)
+    assert many == [deidentify_messages(c, k, secret=secret) for c, k in zip(convs, keys)]
+    assert many != deidentify_many(convs, keys, processes=1, secret=deid_key())
+
+
+# --------------------------------------------------------------------------
+# names with letters of Latin Extended-A/B and Latin Extended Additional
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, name", [
+    ("My name is Łukasz Żółtowski.", "Łukasz Żółtowski"),
+    ("My colleague Ayşe Yılmaz said no.", "Ayşe Yılmaz"),
+    ("Dear Mrs. Dvořáková,", "Dvořáková"),
+    ("my name is Ivan Petrović", "Ivan Petrović"),
+    ("Regards,\nTomasz Wiśniewski", "Tomasz Wiśniewski"),
+    ("My name is Nguyễn Thị Hồng.", "Nguyễn Thị Hồng"),
+    ("Please ask Đorđe Šćepanović about it.", "Đorđe Šćepanović"),
+    ("my name is łukasz żółtowski", "łukasz żółtowski"),
+])
+def test_names_with_extended_latin_letters_are_replaced_whole(text, name):
+    start = text.index(name)
+    assert any(t == "person_name" and s <= start and start + len(name) <= e for s, e, t in find_pii(text))
+    clean, counts = deidentify_text(text)
+    assert counts["person_name"] >= 1
+    assert not any(tok in clean for tok in name.split())
+    assert not [c for c in clean if ord(c) > 127]  # no letter of the name survives (fakes are ASCII)
+
+
+# --------------------------------------------------------------------------
+# date-of-birth substitutes are valid dates in the original's layout
+# --------------------------------------------------------------------------
+
+
+def _ordinal(n: int) -> str:
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+
+
+DOB_LAYOUTS = ["%Y-%m-%d", "%Y/%m/%d", "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%y", "%d %B %Y",
+               "%B %d, %Y", "%b %d, %Y", "%d %b %Y"]
+
+
+def _prints_back(text: str, layout: str) -> bool:
+    """True when ``text`` is a valid date in ``layout`` that prints back unchanged."""
+    import datetime
+    try:
+        return datetime.datetime.strptime(text, layout).strftime(layout) == text
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize("layout", DOB_LAYOUTS)
+def test_dob_substitutes_are_valid_dates_in_the_same_layout(layout):
+    import datetime
+    days = [datetime.date(1931, 1, 1) + datetime.timedelta(days=97 * i) for i in range(300)]
+    for i, d in enumerate(days):
+        orig = d.strftime(layout)
+        mapping: dict = {}
+        deidentify_text(f"I was born on {orig}.", mapping, key=f"c{i}")
+        sub = mapping[orig]
+        assert sub != orig
+        # a valid date that prints back the same way: same layout, same zero padding
+        # "May" is both the full and the short name, so it may become a full name
+        layouts = [layout, layout.replace("%b", "%B")] if "May" in orig else [layout]
+        assert any(_prints_back(sub, lay) for lay in layouts), (orig, sub)
+
+
+def test_dob_substitutes_keep_unpadded_and_ordinal_layouts_valid():
+    import datetime
+    days = [datetime.date(1931, 1, 1) + datetime.timedelta(days=97 * i) for i in range(300)]
+    for i, d in enumerate(days):
+        for orig in (f"{d.month}/{d.day}/{d.year}", f"{d:%B} {d.day}{_ordinal(d.day)}, {d.year}",
+                     f"{d.day}{_ordinal(d.day)} of {d:%B} {d.year}"):
+            mapping: dict = {}
+            deidentify_text(f"my date of birth is {orig}.", mapping, key=f"c{i}")
+            sub = mapping[orig]
+            nums = [int(x) for x in re.findall(r"\d+", sub)]
+            if "/" in orig:
+                datetime.date(nums[2], nums[0], nums[1])
+            else:
+                m = re.search(r"(\d+)([a-z]+)", sub)
+                assert m.group(2) == _ordinal(int(m.group(1))), (orig, sub)
+                datetime.datetime.strptime(re.sub(r"(\d)(st|nd|rd|th)", r"\1", sub).replace(" of ", " "),
+                                           "%B %d, %Y" if orig[0].isalpha() else "%d %B %Y")
+
+
+# --------------------------------------------------------------------------
+# names under "name"/"full_name"/"first_name"/"last_name" keys
+# --------------------------------------------------------------------------
+
+
+NAME_RECORD = {"full_name": "Bartholomew Quince", "first_name": "Zebulon", "last_name": "Quince",
+               "customer": {"name": "Wilhelmina Fairweather"},
+               "address": "742 Evergreen Terrace, Springfield, IL 62704"}
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_names_under_name_keys_are_replaced_in_json_tool_output_and_arguments(indent):
+    record = json.dumps(NAME_RECORD, indent=indent)
+    msgs = [{"role": "assistant", "content": "", "tool_calls": [
+                {"id": "1", "type": "function", "function": {"name": "lookup", "arguments": record}}]},
+            {"role": "tool", "tool_call_id": "1", "content": record},
+            {"role": "user", "content": f"the tool said {json.dumps(NAME_RECORD)} ok"}]
+    out, counts = deidentify_messages(msgs, key="k")
+    for text in (out[0]["tool_calls"][0]["function"]["arguments"], out[1]["content"], out[2]["content"]):
+        for value in ("Bartholomew", "Quince", "Zebulon", "Wilhelmina", "Fairweather", "Evergreen"):
+            assert value not in text
+    assert json.loads(out[1]["content"]).keys() == NAME_RECORD.keys()
+    assert counts["person_name"] >= 12
+
+
+def test_name_keys_leave_non_names_alone():
+    record = {"name": "get_weather", "tool": {"name": "search"}, "city": {"name": "Paris"},
+              "first_name_label": "First name", "items": [{"name": "Widget 3000"}]}
+    text = json.dumps(record)
+    out, counts = deidentify_messages([{"role": "tool", "content": text}], key="k")
+    assert out[0]["content"] == text and not any(counts.values())

@@ -197,3 +197,27 @@ def test_check_counts_the_records_a_conversion_set_aside(tmp_path):
     line = check_sources(rel, tmp_path / "reports")[0]
     assert line.startswith("previous: openai_jsonl logs.jsonl: has eligible user turns; 1 of 4 records quarantined "
                            "(unknown_role 1, listed in ")
+
+
+def test_prefixes_are_keyed_by_a_secret_kept_outside_the_release(tmp_path, monkeypatch):
+    """Substitutes depend on a key file in reports/.cache (0600, never in the release folder):
+    the same on a rerun, different under another key (so the conversation id alone cannot
+    reproduce them)."""
+    monkeypatch.delenv("DEPSIM_DEID_KEY", raising=False)
+    _lines(tmp_path / "logs.jsonl", [f"c{i}" for i in range(20)], text="I am Ivan Petrovic ({i}), call me.")
+    rel = _release(tmp_path, {"kind": "openai_jsonl", "path": "logs.jsonl"})
+    rel = rel.model_copy(update={"sources": rel.sources.model_copy(update={"candidate": None, "challenging": None}),
+                                 "sampling": rel.sampling.model_copy(update={"n": 10}), "reweight": None})
+    reports = tmp_path / "reports"
+    first, _ = build_prefixes(rel, reports)
+    key_file = reports / ".cache" / "deid.key"
+    assert key_file.is_file() and key_file.stat().st_mode & 0o777 == 0o600
+    secret = key_file.read_text().strip()
+    assert not [p for p in reports.rglob("*") if p.is_file() and p.parent.name != ".cache"
+                and secret.encode() in p.read_bytes()]
+    assert "Petrovic" not in "".join(first["messages"])
+    again, _ = build_prefixes(rel, reports)
+    assert list(again["messages"]) == list(first["messages"])
+    monkeypatch.setenv("DEPSIM_DEID_KEY", "another key")
+    other, _ = build_prefixes(rel, reports)
+    assert list(other["prefix_id"]) == list(first["prefix_id"]) and list(other["messages"]) != list(first["messages"])

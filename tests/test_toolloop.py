@@ -323,3 +323,13 @@ def test_replay_mode_through_the_release(small):
     for raw in missed["messages"]:
         [msg] = json.loads(raw)
         assert json.loads(msg["tool_calls"][0]["function"]["arguments"])["query"] != LOOKUP_QUERY
+
+
+def test_store_is_kept_per_deid_key(tmp_path, monkeypatch):
+    """The in-memory store holds de-identified outputs, so another key gets another store."""
+    rel = load_release(tool_release(tmp_path, "replay"))
+    monkeypatch.setenv("DEPSIM_DEID_KEY", "key one")
+    store = toolloop.release_store(rel)
+    assert toolloop.release_store(rel) is store
+    monkeypatch.setenv("DEPSIM_DEID_KEY", "key two")
+    assert toolloop.release_store(rel) is not store
