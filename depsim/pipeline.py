@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from depsim import __version__, audit, forecast, grader_validation, history, realism, refusal, sample, score, show, simulate, stats
+from depsim import __version__, audit, deid, forecast, grader_validation, history, realism, refusal, sample, score, show, simulate, stats
 from depsim.cache import ResponseCache
 from depsim.client import RunStats, complete, mask_url
 from depsim.grade import GradingFailed, check_grades, failure_table, grade, structured_notes, grader_table, rates, reweighted_rates
@@ -139,14 +139,22 @@ def provenance(rel: Release, stage: str | None = None) -> dict:
 
 
 def _write(df: pd.DataFrame, reports_dir, rel: Release, name: str) -> Path:
-    return write_table(df, reports_dir, rel.release, name, meta=provenance(rel, WRITER[name]))
+    meta = provenance(rel, WRITER[name])
+    if name == "prefixes" and rel.deid:  # which key made the substitutes (a fingerprint, never the key)
+        meta["deid_key"] = _key_fingerprint(reports_dir)
+    return write_table(df, reports_dir, rel.release, name, meta=meta)
+
+
+def _key_fingerprint(reports_dir) -> str:
+    return deid.key_fingerprint(deid.deid_key(reports_dir))
 
 
 def staleness(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
     """Return one row per existing table: ``table``, ``written`` (UTC), ``params_hash``,
     ``git_commit`` and ``stale`` (why it is stale, or "" when current): a table is stale when
     a table it is computed from was rewritten after it (or is itself stale), or when it was
-    written under other parameters of its stage (:func:`params_hash`) or another depsim version."""
+    written under other parameters of its stage (:func:`params_hash`), another depsim version,
+    or (prefixes) another de-identification key."""
     metas = {name: table_meta(reports_dir, rel.release, name) for name in INPUTS}
     metas = {k: v for k, v in metas.items() if v is not None}
     now = {stage: params_hash(rel, stage) for stage in STAGES}
@@ -162,6 +170,8 @@ def staleness(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
                 reasons.append(f"{src} is stale")
         if metas[name].get("params_hash") not in (None, now[WRITER[name]]):
             reasons.append(f"written under other {WRITER[name]} parameters")
+        if name == "prefixes" and rel.deid and metas[name].get("deid_key") not in (None, _key_fingerprint(reports_dir)):
+            reasons.append("de-identified under another key (DEPSIM_DEID_KEY or reports/.cache/deid.key)")
         if metas[name].get("depsim_version") not in (None, __version__):
             reasons.append(f"written by depsim {metas[name]['depsim_version']}")
         why[name] = "; ".join(reasons)

@@ -218,3 +218,18 @@ def test_across_releases_metrics_span_releases_when_a_method_is_new(demo):
     assert "deployment_sim_reweighted" not in across.index
     assert across.loc["deployment_sim", "categories"] > out["summary"].set_index("method").loc["deployment_sim", "categories"]
     assert "deployment_sim_reweighted (no earlier release) left out" in out["across_scope"]
+
+
+def test_prefixes_made_under_another_de_identification_key_are_stale(tmp_path, monkeypatch):
+    monkeypatch.delenv("DEPSIM_DEID_KEY", raising=False)
+    rel = load_release(small_release(tmp_path))
+    reports = tmp_path / "r"
+    for name in ("prefixes", "completions"):
+        pipeline._write(pd.DataFrame({"x": [1]}), reports, rel, name)
+
+    def stale():
+        return pipeline.staleness(rel, reports).set_index("table")["stale"]
+    assert (stale() == "").all()
+    monkeypatch.setenv("DEPSIM_DEID_KEY", "another key")
+    s = stale()
+    assert s["prefixes"].startswith("de-identified under another key") and s["completions"] == "prefixes is stale"
