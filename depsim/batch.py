@@ -42,7 +42,6 @@ that the run's later :func:`~depsim.client.complete` calls use (for vLLM: the UR
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -56,6 +55,7 @@ import openai
 from depsim.cache import ResponseCache
 from depsim.client import ChatRequest, create_kwargs, MalformedResponse, parse_body, api_key, mask_url, redact, request_key
 from depsim.params import Endpoint
+from depsim.records import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +175,6 @@ def open_batch_client(endpoint: Endpoint, *, max_retries: int = 5, timeout_s: fl
                          timeout=timeout_s)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _state_path(path: Path) -> Path:
     return path.with_name(path.name + ".batch.json")
 
@@ -261,7 +253,7 @@ def submit_and_wait(endpoint: Endpoint, files: Iterable[str | Path], poll_s: flo
     client = client or open_batch_client(endpoint)
     pending: dict[Path, str] = {}
     for path in files:
-        digest = _sha256(path)
+        digest = file_sha256(path)
         state_path = _state_path(path)
         if state_path.exists():
             state = json.loads(state_path.read_text())

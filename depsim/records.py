@@ -71,6 +71,15 @@ def read_table(reports_dir: str | Path, release: str, name: str) -> pd.DataFrame
     return pd.read_parquet(path)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Return the sha256 of a file's bytes (64 hex characters), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def content_id(*parts: object, n: int = 16) -> str:
     """Return a stable hex id (``n`` chars) that is a hash of ``parts``."""
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:n]

@@ -8,7 +8,6 @@ Each release has up to three pools of prefixes:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from collections import Counter
@@ -20,7 +19,7 @@ import pandas as pd
 from depsim.deid import deid_key, deidentify_many
 from depsim.params import HUB_FORMATS, Release, Source
 from depsim.readers import KIND_SHAPES, READER_VERSION, InputError, convert, input_files
-from depsim.records import content_id, decode_messages, encode_messages, release_dir
+from depsim.records import content_id, decode_messages, encode_messages, file_sha256, release_dir
 from depsim.registry import plugin
 from depsim.sampling import SamplingWarning, explain_ineligible, sample_prefixes
 
@@ -73,15 +72,7 @@ def same_data(rel: Release, a: Source | None, b: Source | None) -> bool:
         return True
     if len(fa) != len(fb) or [p.stat().st_size for p in fa] != [p.stat().st_size for p in fb]:
         return False
-    return all(_digest(x) == _digest(y) for x, y in zip(fa, fb))
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return all(file_sha256(x) == file_sha256(y) for x, y in zip(fa, fb))
 
 
 def _converted_paths(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> tuple[Path, Path, Path]:
