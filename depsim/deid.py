@@ -1853,12 +1853,24 @@ def _derive(raw: bytes) -> bytes:
     return hashlib.blake2b(raw, digest_size=32, person=b"depsim-deid-key").digest()
 
 
-def deid_key(reports_dir: str | Path | None = None) -> bytes:
+#: the simulated world's PII is synthetic, so its key need not be secret: a fixed one keeps the
+#: demo's prefixes, and every number computed from them, the same on every machine
+SIMULATED_KEY = _derive(b"depsim simulated world: synthetic PII, nothing to protect")
+
+
+def source_key(kind: str, reports_dir: str | Path | None = None) -> bytes:
+    """Return the key for a source of ``kind``: :data:`SIMULATED_KEY` for the simulated world
+    (``sim_world``), else the secret :func:`deid_key`."""
+    return SIMULATED_KEY if kind == "sim_world" else deid_key(reports_dir)
+
+
+def deid_key(reports_dir: str | Path | None = None, create: bool = True) -> bytes | None:
     """Return the 32-byte secret that keys every substitute.
 
     ``$DEPSIM_DEID_KEY`` (any text) when set; else the key file ``<reports_dir>/.cache/deid.key``
     (64 hex characters, mode 0600, next to the request cache, outside every release folder), made
-    from 32 random bytes the first time; with no ``reports_dir``, a random key of this process.
+    from 32 random bytes the first time (with ``create`` False, None when there is none yet);
+    with no ``reports_dir``, a random key of this process.
     Whoever has the key can reverse substitutes by brute force, so it is never written into a
     report folder.
     """
@@ -1868,6 +1880,8 @@ def deid_key(reports_dir: str | Path | None = None) -> bytes:
     if reports_dir is None:
         return _PROCESS_KEY
     path = Path(reports_dir) / ".cache" / KEY_FILE
+    if not path.exists() and not create:
+        return None
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")

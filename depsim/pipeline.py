@@ -140,13 +140,17 @@ def provenance(rel: Release, stage: str | None = None) -> dict:
 
 def _write(df: pd.DataFrame, reports_dir, rel: Release, name: str) -> Path:
     meta = provenance(rel, WRITER[name])
-    if name == "prefixes" and rel.deid:  # which key made the substitutes (a fingerprint, never the key)
-        meta["deid_key"] = _key_fingerprint(reports_dir)
+    if name == "prefixes" and (fp := _key_fingerprint(rel, reports_dir, create=True)):
+        meta["deid_key"] = fp  # which key made the substitutes: a fingerprint, never the key
     return write_table(df, reports_dir, rel.release, name, meta=meta)
 
 
-def _key_fingerprint(reports_dir) -> str:
-    return deid.key_fingerprint(deid.deid_key(reports_dir))
+def _key_fingerprint(rel: Release, reports_dir, create: bool) -> str | None:
+    """The fingerprint of the secret key that de-identifies the release's real traffic; None
+    without real traffic or de-identification, or (``create`` False) before any key exists."""
+    real = [src for src in (rel.sources.previous, rel.sources.candidate) if src is not None and src.kind != "sim_world"]
+    key = deid.deid_key(reports_dir, create=create) if rel.deid and real else None
+    return deid.key_fingerprint(key) if key else None
 
 
 def staleness(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
@@ -170,7 +174,8 @@ def staleness(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
                 reasons.append(f"{src} is stale")
         if metas[name].get("params_hash") not in (None, now[WRITER[name]]):
             reasons.append(f"written under other {WRITER[name]} parameters")
-        if name == "prefixes" and rel.deid and metas[name].get("deid_key") not in (None, _key_fingerprint(reports_dir)):
+        if name == "prefixes" and metas[name].get("deid_key") and \
+                metas[name]["deid_key"] != (_key_fingerprint(rel, reports_dir, create=False) or metas[name]["deid_key"]):
             reasons.append("de-identified under another key (DEPSIM_DEID_KEY or reports/.cache/deid.key)")
         if metas[name].get("depsim_version") not in (None, __version__):
             reasons.append(f"written by depsim {metas[name]['depsim_version']}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from depsim.deid import deid_key, deidentify_many
+from depsim.deid import deidentify_many, source_key
 from depsim.params import HUB_FORMATS, Release, Source
 from depsim.readers import KIND_SHAPES, READER_VERSION, InputError, convert, input_files
 from depsim.records import content_id, decode_messages, encode_messages, file_sha256, release_dir
@@ -215,7 +215,7 @@ def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame,
         # a challenging prompt set is a published benchmark, not users' traffic: rewriting its
         # public figures ("How did Sylvia Plath die?") would change the benchmark
         if rel.deid and pool != "challenging":
-            df, counts = _deidentify(df, deid_key(reports_dir))
+            df, counts = _deidentify(df, source_key(src.kind, reports_dir))
         pii.append({"pool": pool, **counts})
         frames.append(df)
     prefixes = pd.concat(frames, ignore_index=True)
@@ -224,7 +224,7 @@ def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame,
 
 def _deidentify(df: pd.DataFrame, secret: bytes) -> tuple[pd.DataFrame, Counter]:
     """De-identify prefix and logged response together, so a name or email in both gets the
-    same substitute (keyed by ``secret``, :func:`depsim.deid.deid_key`)."""
+    same substitute (keyed by ``secret``, :func:`depsim.deid.source_key`)."""
     total: Counter = Counter()
     msgs_out, resp_out = [], []
     prefixes = [decode_messages(raw) for raw in df["messages"]]

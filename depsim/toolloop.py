@@ -54,7 +54,7 @@ import pandas as pd
 
 from depsim.client import ChatRequest, ChatResult, complete
 from depsim.params import Endpoint, endpoint_url
-from depsim.deid import deid_key, deidentify_messages, key_fingerprint
+from depsim.deid import deidentify_messages, key_fingerprint, source_key
 from depsim.prompts import (FENCE, HEADER_PLAIN, call_parts, content_text, message_text, neutralise, nonce_of, prompt_id,
                             render_messages)
 from depsim.records import decode_messages
@@ -237,10 +237,10 @@ def release_store(rel, prefixes: pd.DataFrame | None = None, reports_dir: str | 
     ``reports_dir`` (other file kinds). Without ``reports_dir`` a file source that needs
     conversion falls back to the previous pool's prefixes (their messages and logged
     responses), a subset of the logs. Stores are kept in memory per source, settings and
-    de-identification key (:func:`depsim.deid.deid_key` of ``reports_dir``, as the prefixes use)."""
+    de-identification key (:func:`depsim.deid.source_key`, as the prefixes use)."""
     ci = tuple(sorted(rel.generation.case_insensitive_tools))
     key, load = _source(rel, reports_dir)
-    secret = deid_key(reports_dir) if rel.deid else None
+    secret = source_key(rel.sources.previous.kind, reports_dir) if rel.deid else None
     full_key = (key, key_fingerprint(secret) if secret else None, ci)
     if load is not None and full_key in _STORES:
         return _STORES[full_key]

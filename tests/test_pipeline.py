@@ -8,6 +8,7 @@ import pytest
 from conftest import small_release
 from depsim import audit, grader_validation, params, pipeline, show, stats
 from depsim.params import DATA_DIR, load_release
+from depsim.records import table_meta
 from depsim.sim.truth import world_of
 from depsim.taxonomy import for_release, load_taxonomy
 
@@ -222,7 +223,8 @@ def test_across_releases_metrics_span_releases_when_a_method_is_new(demo):
 
 def test_prefixes_made_under_another_de_identification_key_are_stale(tmp_path, monkeypatch):
     monkeypatch.delenv("DEPSIM_DEID_KEY", raising=False)
-    rel = load_release(small_release(tmp_path))
+    (tmp_path / "logs.jsonl").write_text('{"id": "c1", "messages": [{"role": "user", "content": "hi"}]}\n')
+    rel = load_release(small_release(tmp_path, previous={"kind": "openai_jsonl", "path": "logs.jsonl"}))
     reports = tmp_path / "r"
     for name in ("prefixes", "completions"):
         pipeline._write(pd.DataFrame({"x": [1]}), reports, rel, name)
@@ -233,3 +235,12 @@ def test_prefixes_made_under_another_de_identification_key_are_stale(tmp_path, m
     monkeypatch.setenv("DEPSIM_DEID_KEY", "another key")
     s = stale()
     assert s["prefixes"].startswith("de-identified under another key") and s["completions"] == "prefixes is stale"
+    # a copied release folder without its key file is not called stale, and no key is made for it
+    monkeypatch.delenv("DEPSIM_DEID_KEY")
+    (reports / ".cache" / "deid.key").unlink()
+    assert (stale() == "").all() and not (reports / ".cache" / "deid.key").exists()
+    # the simulated world's synthetic PII takes a fixed key: nothing to fingerprint
+    (tmp_path / "sim").mkdir()
+    sim = load_release(small_release(tmp_path / "sim", "simulated"))
+    pipeline._write(pd.DataFrame({"x": [1]}), reports, sim, "prefixes")
+    assert "deid_key" not in table_meta(reports, sim.release, "prefixes")

@@ -326,10 +326,15 @@ def test_replay_mode_through_the_release(small):
 
 
 def test_store_is_kept_per_deid_key(tmp_path, monkeypatch):
-    """The in-memory store holds de-identified outputs, so another key gets another store."""
+    """The in-memory store holds de-identified outputs, so another key gets another store; the
+    simulated world's synthetic PII always takes its fixed key (the demo is the same everywhere)."""
+    from depsim import deid
     rel = load_release(tool_release(tmp_path, "replay"))
+    assert rel.sources.previous.kind == "sim_world"
     monkeypatch.setenv("DEPSIM_DEID_KEY", "key one")
     store = toolloop.release_store(rel)
     assert toolloop.release_store(rel) is store
+    one = deid.source_key("openai_jsonl")
     monkeypatch.setenv("DEPSIM_DEID_KEY", "key two")
-    assert toolloop.release_store(rel) is not store
+    assert toolloop.release_store(rel) is store and deid.source_key("sim_world") == deid.SIMULATED_KEY
+    assert deid.source_key("openai_jsonl") != one
