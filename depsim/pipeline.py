@@ -174,9 +174,10 @@ def staleness(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
                 reasons.append(f"{src} is stale")
         if metas[name].get("params_hash") not in (None, now[WRITER[name]]):
             reasons.append(f"written under other {WRITER[name]} parameters")
-        if name == "prefixes" and metas[name].get("deid_key") and \
-                metas[name]["deid_key"] != (_key_fingerprint(rel, reports_dir, create=False) or metas[name]["deid_key"]):
-            reasons.append("de-identified under another key (DEPSIM_DEID_KEY or reports/.cache/deid.key)")
+        if name == "prefixes" and (made := metas[name].get("deid_key")):
+            key = _key_fingerprint(rel, reports_dir, create=False)  # none yet (a copied folder): not stale
+            if key and key != made:
+                reasons.append("de-identified under another key (DEPSIM_DEID_KEY or reports/.cache/deid.key)")
         if metas[name].get("depsim_version") not in (None, __version__):
             reasons.append(f"written by depsim {metas[name]['depsim_version']}")
         why[name] = "; ".join(reasons)
@@ -356,6 +357,12 @@ def run_grade(rel: Release, reports_dir: str | Path) -> dict:
             "validations": grader_validation.validations_table(vt, table, bars), "failed_warn": warn}
 
 
+def earlier_releases(rel: Release) -> pd.DataFrame:
+    """Return the history file's rows of releases other than this one: once it is recorded
+    (depsim record), this release's own outcome must not fit its bounds or its track record."""
+    return history.earlier(history.load_history(rel.resolve(rel.history)), rel.release)
+
+
 def run_forecast(rel: Release, reports_dir: str | Path) -> dict:
     """Stage 5. Write ``forecasts`` (with predictive count bounds from the forecast-error
     model when the release has a history); return ``forecasts`` and ``decision`` (the
@@ -364,8 +371,7 @@ def run_forecast(rel: Release, reports_dir: str | Path) -> dict:
     fc = forecast.forecasts(rates_)
     if rel.history is not None:
         # the report's one level: the forecast, score and summary pages state and check this one
-        # a recorded release (depsim record) is left out: its outcome must not fit its own bounds
-        past = history.earlier(history.load_history(rel.resolve(rel.history)), rel.release)
+        past = earlier_releases(rel)
         fc = history.predictive_bounds(fc, score.score_rows(past), level=rel.report.level)
     _write(fc, reports_dir, rel, "forecasts")
     return {"forecasts": fc, "decision": forecast.decision_table(rates_, rel.gates, rel.report.level)}
@@ -409,7 +415,7 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
     _write(scored, reports_dir, rel, "scores")
     _write(out["summary"], reports_dir, rel, "score_summary")
     if rel.history is not None:
-        past = history.earlier(history.load_history(rel.resolve(rel.history)), rel.release)
+        past = earlier_releases(rel)
         out["across"] = history.with_history(past, scored, rel.release)
         # a method with no earlier release would shrink the common set to this release alone
         tracked = [m for m in pd.unique(out["across"]["method"]) if m in set(past["method"])]
@@ -592,8 +598,7 @@ def method_record(rel: Release, methods=None) -> pd.DataFrame | None:
     page leaves out a method that has no track record."""
     if rel.history is None:
         return None
-    h = history.load_history(rel.resolve(rel.history))
-    h = history.earlier(h, rel.release)
+    h = earlier_releases(rel)
     if h.empty:
         return None
     scored = score.score_rows(h)
