@@ -368,6 +368,9 @@ def test_endpoint_wide_error_stops_sending(fake_server):
 INTERRUPT = textwrap.dedent("""
     import asyncio, faulthandler, os, signal, sys, tempfile, threading, time
     faulthandler.dump_traceback_later(20)  # where it waits, should the interrupt not stop it
+    # a kernel turns SIGINT into KeyboardInterrupt; a process started from a background job
+    # (`cmd &` in a script) inherits SIGINT ignored, and Python then installs no handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, sys.argv[1])
     from fake_openai_server import FakeOpenAIServer, Faults
     from depsim.cache import ResponseCache
