@@ -241,11 +241,12 @@ def with_past_errors(decision: pd.DataFrame, forecasts_: pd.DataFrame, gates: di
     rate, or the ratio to the previous rate). Unchanged without predictive bounds (no history)."""
     if not len(decision) or "pred_hi" not in forecasts_:
         return decision
+    gates = gates or {}
     f = forecasts_[forecasts_["method"] == method].drop_duplicates("category").set_index("category")
     hi = decision["category"].map(f["pred_hi"]).to_numpy(float)
     over = []
     for row, h in zip(decision.itertuples(), hi):
-        gate = (gates or {}).get(row.category) or (gates or {}).get(row.group)
+        gate = gates.get(row.category) or gates.get(row.group)
         if gate is None or row.gate_status != "within" or np.isnan(h):
             over.append(False)
         elif gate.max_rate is not None:
