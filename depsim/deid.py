@@ -2191,6 +2191,20 @@ _SUBSTITUTERS: dict[str, Callable[[str, _Rng], str]] = {
 }
 
 
+# A phone number written like an ID (and the reverse) is already allowed by the detector's tests.
+_CROSS_OK = {"national_id": ("phone",), "phone": ("national_id",)}
+
+
+def _reads_as_other_type(cand: str, typ: str) -> bool:
+    """True when a structured substitute, on its own, is found as another structured type (a
+    scrambled 15-digit French NIR can pass Luhn with an AmEx prefix); such a substitute would be
+    counted and replaced again downstream as a card, so another attempt is drawn."""
+    if typ not in STRUCTURED_TYPES:
+        return False
+    return any(t != typ and t in STRUCTURED_TYPES and t not in _CROSS_OK.get(typ, ())
+               for _, _, t in find_pii(cand))
+
+
 def _substitute(original: str, typ: str, mapping: dict, key: bytes, used: set) -> str:
     if original in mapping:
         return mapping[original]
@@ -2211,7 +2225,8 @@ def _substitute(original: str, typ: str, mapping: dict, key: bytes, used: set) -
         gen = _SUBSTITUTERS[typ]
         for attempt in range(64):
             cand = gen(original, _Rng(key, typ, original, attempt))
-            if cand != original and cand.lower() != original.lower() and cand not in used:
+            if (cand != original and cand.lower() != original.lower() and cand not in used
+                    and not _reads_as_other_type(cand, typ)):
                 sub = cand
                 break
         else:  # pragma: no cover - needs > 64 collisions

@@ -655,14 +655,24 @@ def test_recall_floor_on_fresh_faker_corpus():
     assert bench.fp_rate(ev) <= 0.02
 
 
-def test_substitutes_are_not_redetected_as_other_types(corpus):
+@pytest.mark.parametrize("secret", [b"fixed-1", b"fixed-2"])
+def test_substitutes_are_not_redetected_as_other_types(corpus, secret):
+    # explicit secrets: with the machine's random key this failed once in CI (1 key in ~2,000)
     for rec in corpus[:1500]:
         before = {t for _, _, t in find_pii(rec["text"])}
-        clean, _ = deidentify_text(rec["text"], key="k")
+        clean, _ = deidentify_text(rec["text"], key="k", secret=secret)
         after = {t for _, _, t in find_pii(clean)}
         assert after <= before | {"person_name", "street_address", "phone", "national_id"}, (rec["text"], clean)
         # reserved-range fakes (example.com, documentation IPs, 9xx SSNs, bad-checksum IBANs) vanish
         assert not ({"email", "ip", "ssn", "iban"} & after), clean
+
+
+def test_a_scrambled_id_that_passes_luhn_is_drawn_again():
+    # under this secret the NIR's first substitute was 346056027199723: Luhn-valid with an AmEx
+    # prefix, so it read as a credit card and was counted and replaced a second time downstream
+    clean, counts = deidentify_text("ok carte vitale 235069730213547", key="k", secret=b"s850")
+    assert counts["national_id"] == 1
+    assert {t for _, _, t in find_pii(clean)} <= {"national_id", "phone"}, clean
 
 
 # --------------------------------------------------------------------------
