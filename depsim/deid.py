@@ -2205,6 +2205,75 @@ def _reads_as_other_type(cand: str, typ: str) -> bool:
                for _, _, t in find_pii(cand))
 
 
+class _Mapping(dict):
+    """original -> substitute for one conversation, and (computed on first use) the casefolded
+    words of the conversation itself, which no name substitute may use: "Bartholomew Quince" made
+    "Emerson Fairweather" beside a real Wilhelmina Fairweather would leave her surname in the text."""
+
+    def __init__(self, text_of, items: dict | None = None):
+        super().__init__(items or {})
+        self._text_of = text_of
+        self._words: frozenset[str] | None = None
+        self.name_parts: dict[str, str] = {}  # "Kowalski" -> "Ashford" once "Jan Kowalski" is replaced
+
+    @property
+    def words(self) -> frozenset[str]:
+        if self._words is None:
+            self._words = frozenset(w.casefold() for w in re.findall(r"\w+", self._text_of()))
+        return self._words
+
+
+def _note_name_parts(original: str, sub: str, mapping: dict) -> None:
+    parts = getattr(mapping, "name_parts", None)
+    toks, stoks = original.split(), sub.split()
+    if parts is None or len(toks) < 2 or len(stoks) < 2:
+        return
+    for orig, new in ((toks[0], stoks[0]), (toks[-1], stoks[-1])):
+        if len(orig) >= 3 and orig[0].isupper() and orig.isalpha() and not _wordlike(orig):
+            parts.setdefault(orig, new)
+
+
+def _later_mentions(text: str, mapping: dict, counts: dict[str, int]) -> str:
+    """``text`` with each remaining whole-word mention of a part of a name already replaced in
+    this conversation ("Kowalski said" after "Jan Kowalski") replaced by the same part of its
+    substitute, counted as a person_name; the detector alone misses a lone surname. Safe because
+    no substitute uses a word of the conversation, so what remains is an original mention."""
+    parts = getattr(mapping, "name_parts", None)
+    if not parts or not text:
+        return text
+
+    def rep(m: re.Match) -> str:
+        counts["person_name"] += 1
+        return parts[m.group(0)]
+
+    return re.sub(r"\b(?:" + "|".join(map(re.escape, sorted(parts, key=len, reverse=True))) + r")\b",
+                  rep, text)
+
+
+def _later_mentions_in_message(msg: dict, mapping: dict, counts: dict[str, int]) -> dict:
+    """``msg`` (already de-identified) with :func:`_later_mentions` applied to its text: string
+    content, text parts, and tool-call arguments."""
+    if not getattr(mapping, "name_parts", None):
+        return msg
+    msg = dict(msg)
+    if isinstance(msg.get("content"), str):
+        msg["content"] = _later_mentions(msg["content"], mapping, counts)
+    elif isinstance(msg.get("content"), list):
+        msg["content"] = [dict(p, text=_later_mentions(p["text"], mapping, counts))
+                          if isinstance(p, dict) and isinstance(p.get("text"), str) else p
+                          for p in msg["content"]]
+    calls = [c.get("function") for c in msg.get("tool_calls") or [] if isinstance(c, dict)]
+    for fn in calls + [msg.get("function_call")]:
+        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+            fn["arguments"] = _later_mentions(fn["arguments"], mapping, counts)
+    return msg
+
+
+def _uses_a_word_of(cand: str, mapping: dict) -> bool:
+    words = getattr(mapping, "words", None)
+    return bool(words) and any(w.casefold() in words for w in re.findall(r"\w+", cand))
+
+
 def _substitute(original: str, typ: str, mapping: dict, key: bytes, used: set) -> str:
     if original in mapping:
         return mapping[original]
@@ -2218,7 +2287,7 @@ def _substitute(original: str, typ: str, mapping: dict, key: bytes, used: set) -
                 rng = _Rng(key, typ, original, attempt)
                 cand = _sub_name(original, rng)
                 cand = fake_first + cand[cand.index(" "):] if " " in cand else fake_first
-                if cand != original and cand not in used:
+                if cand != original and cand not in used and not _uses_a_word_of(cand[len(fake_first):], mapping):
                     sub = cand
                     break
     if sub is None:
@@ -2226,7 +2295,8 @@ def _substitute(original: str, typ: str, mapping: dict, key: bytes, used: set) -
         for attempt in range(64):
             cand = gen(original, _Rng(key, typ, original, attempt))
             if (cand != original and cand.lower() != original.lower() and cand not in used
-                    and not _reads_as_other_type(cand, typ)):
+                    and not _reads_as_other_type(cand, typ)
+                    and not (typ == "person_name" and _uses_a_word_of(cand, mapping))):
                 sub = cand
                 break
         else:  # pragma: no cover - needs > 64 collisions
@@ -2237,6 +2307,7 @@ def _substitute(original: str, typ: str, mapping: dict, key: bytes, used: set) -
     mapping[original] = sub
     used.add(sub)
     if typ == "person_name":
+        _note_name_parts(original, sub, mapping)
         toks, stoks = original.split(), sub.split()
         if len(toks) >= 2 and toks[0] not in mapping:
             mapping[toks[0]] = stoks[0]
@@ -2269,7 +2340,11 @@ def deidentify_text(text: str, mapping: dict | None = None, key: str = "",
     for all messages of a conversation.  ``counts`` has every key of ``PII_TYPES``.
     ``key``: the conversation id; ``secret``: :func:`deid_key` (None: ``deid_key()``).
     """
-    return _deid_text(text, mapping, _conv_key(key, secret))
+    own = _Mapping(lambda: text, mapping)
+    clean, counts = _deid_text(text, own, _conv_key(key, secret))
+    if mapping is not None:
+        mapping.update(own)
+    return _later_mentions(clean, own, counts), counts
 
 
 def _deid_text(text: str, mapping: dict | None, key: bytes) -> tuple[str, dict]:
@@ -2462,7 +2537,7 @@ def deidentify_messages(messages: list[dict], key: str = "",
     ``key``: the conversation id; ``secret``: :func:`deid_key` (None: ``deid_key()``).
     """
     key = _conv_key(key, secret)
-    mapping: dict[str, str] = {}
+    mapping = _Mapping(lambda: json.dumps(messages, ensure_ascii=False, default=str))
     counts = _empty_counts()
     out: list[dict] = []
     batched = _batched_spans(messages)
@@ -2485,7 +2560,7 @@ def deidentify_messages(messages: list[dict], key: str = "",
         if isinstance(new.get("function_call"), dict):
             new["function_call"] = _copy_function(new["function_call"], mapping, key, counts)
         out.append(new)
-    return out, counts
+    return [_later_mentions_in_message(m, mapping, counts) for m in out], counts
 
 
 def _deid_one(args: tuple[list[dict], str, bytes]) -> tuple[list[dict], dict]:
