@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import HTML
 
-from depsim import score, stats
+from depsim import sample, score, stats
 from depsim.params import TARGETS, Release
 from depsim.records import decode_messages
 
@@ -30,12 +30,18 @@ PUBLIC_NOTE = ("Public prefix source", "public chat data sets drop or redact fla
                "(e.g. WildChat removes those flagged by moderation), so disallowed content is "
                "under-represented and forecasts of it are biased low.")
 
+STAND_IN_NOTE = ("Stand-in post-release pool", "the candidate pool reuses the previous pool's conversations, "
+                 "so it is not traffic after release; nothing here is scored against it as realised.")
+
 
 def banner(rel: Release) -> HTML:
-    """Return the page banner: release title, the simulated-world or public-data caveat, and the
-    release's own ``notice``."""
+    """Return the page banner: release title, the simulated-world, stand-in and public-data
+    caveats, and the release's own ``notice``."""
     notes = []
     sim, real = rel.simulated_parts
+    stand_in = sample.same_data(rel, rel.sources.previous, rel.sources.candidate)
+    if stand_in:  # the same conversations as the previous pool: real text, but no traffic after release
+        real = [x for x in real if x != "candidate traffic"]
     if sim and not real:
         notes.append(SIM_NOTE)
     elif sim:
@@ -45,6 +51,8 @@ def banner(rel: Release) -> HTML:
                                           f"simulated deployment world (depsim.sim.world), so rates of their "
                                           f"responses describe simulated models; the {words(real)} "
                                           f"{'is' if len(real) == 1 else 'are'} real."))
+    if stand_in:
+        notes.append(STAND_IN_NOTE)
     if rel.public:
         notes.append(PUBLIC_NOTE)
     if rel.notice:

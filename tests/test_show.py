@@ -126,6 +126,8 @@ def test_public_release_never_reports_a_realised_score():
     assert p.loc["candidate", "conversations"].startswith("stand-in")
     ok, why = realised_status(rel, released=True)
     assert not ok and "stand-in" in why
+    b = show.banner(rel).data  # the banner must not call the stand-in real post-release traffic
+    assert "Stand-in post-release pool" in b and "candidate traffic" not in b and "previous traffic" in b
     assert "realised per 100k" not in show.realised({"realised_ok": ok, "realised_why": why}).data
     scored = {k: pd.DataFrame({"x": [1]}) for k in SCORED} | {"released": True, "decomposition": pd.DataFrame({"x": [1]})}
     page = withhold_stand_in(rel, scored)
@@ -686,3 +688,4 @@ def test_a_byte_identical_copy_of_the_previous_logs_is_a_stand_in(tmp_path):
                                          candidate={"kind": "openai_jsonl", "path": cand}))
         assert pools(rel).set_index("pool").loc["candidate", "conversations"].startswith("stand-in") == stand_in
         assert realised_status(rel, released=True)[0] == (not stand_in)
+        assert ("Stand-in post-release pool" in show.banner(rel).data) == stand_in
