@@ -16,7 +16,7 @@ from depsim.history import record as record_history
 from depsim.grader_validation import validate_grader as run_validation
 from depsim.params import DATA_DIR, FORMATS, PROMPT_SETS, ParamsError, endpoint_url, load_release, unset_api_keys
 from depsim.pipeline import realised_status
-from depsim.readers import InputError
+from depsim.readers import InputError, likely_cause
 from depsim.records import read_table
 from depsim.readers import convert as do_convert
 from depsim.render import render as do_render
@@ -114,7 +114,8 @@ def convert(inputs: list[str] = typer.Argument(..., help="file(s), a folder, a q
         typer.echo(f"note: {note}")
     if res.rows == 0:
         _fail(f"no record kept: all {res.records:,} quarantined ("
-              + ", ".join(f"{k} {v}" for k, v in res.reasons.most_common()) + "); wrong --format?", 1)
+              + ", ".join(f"{k} {v}" for k, v in res.reasons.most_common()) + ")"
+              + (likely_cause(res.reasons, fmt, "--format") or "; wrong --format?"), 1)
 
 
 def _pairs(values: list[str], what: str) -> dict[str, str]:

@@ -1279,6 +1279,25 @@ KIND_SHAPES = {
     "hh_rlhf": '{"chosen", "rejected"} transcripts (HH-RLHF)',
     "parquet": "the canonical table (conversation_id, messages, source)",
 }
+_SHAPE_REASONS = ("missing_field", "not_an_object", "wrong_type", "unknown_role", "empty_conversation",
+                  "no_user_turn")
+
+
+def likely_cause(reasons: Counter | dict[str, int], fmt: str, option: str = "kind:") -> str:
+    """Return the likely cause of a read that kept no record, from its most common quarantine
+    reason, as a clause to append (": wrong kind? ..."), or "" when there is no better guess.
+    ``option``: how the user named the layout (``kind:`` in params, ``--format`` on the CLI)."""
+    top = max(reasons, key=reasons.get) if reasons else ""
+    if top in _SHAPE_REASONS:
+        return f": wrong {option.rstrip(':')}? (`{option} {fmt}` reads {KIND_SHAPES.get(fmt, 'its own layout')})"
+    if top == "not_utf8":
+        return (": the file is not UTF-8 (Windows-1252 or Latin-1?); re-encode it first, e.g. "
+                "`iconv -f cp1252 -t utf-8 IN > OUT`")
+    if top == "wrong_columns":
+        return ": CSV rows do not match the header (another delimiter, or an unterminated quote?)"
+    return ""
+
+
 #: Bumped when the canonical table a reader writes changes (part of stage 1's cache key).
 READER_VERSION = "3"
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from depsim.deid import deidentify_many, source_key
 from depsim.params import HUB_FORMATS, Release, Source
-from depsim.readers import KIND_SHAPES, READER_VERSION, InputError, convert, input_files
+from depsim.readers import READER_VERSION, InputError, convert, input_files, likely_cause
 from depsim.records import content_id, decode_messages, encode_messages, file_sha256, release_dir
 from depsim.registry import plugin
 from depsim.sampling import SamplingWarning, explain_ineligible, sample_prefixes
@@ -102,9 +102,7 @@ def _kept_nothing(pool: str, src: Source, report: dict) -> str:
     reasons = sorted(report["reasons"].items(), key=lambda kv: -kv[1])
     msg = (f"{pool} source ({src.kind}, {src.path}): 0 of {report['records']:,} records kept ("
            + ", ".join(f"{k} {v:,}" for k, v in reasons) + ")")
-    top = reasons[0][0] if reasons else ""
-    if top in ("missing_field", "not_an_object", "wrong_type", "unknown_role", "empty_conversation", "no_user_turn"):
-        msg += f": wrong kind? (`kind: {src.kind}` reads {KIND_SHAPES.get(src.kind, 'its own layout')})"
+    msg += likely_cause(report["reasons"], src.kind)
     if report.get("quarantine"):
         msg += f"; each bad record is listed in {report['quarantine']}"
     return msg

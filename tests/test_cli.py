@@ -32,6 +32,18 @@ def test_convert_exits_nonzero_when_everything_is_quarantined(tmp_path):
                                    str(tmp_path / "out.parquet"), "--quarantine", str(tmp_path / "q.jsonl")])
     assert res.exit_code == 1
     assert "no record kept: all 2 quarantined (missing_field 2)" in res.output
+    assert "wrong --format? (`--format wildchat` reads" in res.output
+
+
+def test_a_file_in_windows_1252_is_diagnosed_as_an_encoding_problem_not_a_format(tmp_path):
+    src = tmp_path / "logs.jsonl"
+    src.write_bytes("".join(f'{{"id": "c{i}", "messages": [{{"role": "user", "content": "caf\u00e9 \u201cno\u201d"}}]}}\n'
+                            for i in range(3)).encode("cp1252"))
+    res = CliRunner().invoke(app, ["convert", str(src), "-f", "openai_jsonl", "-o", str(tmp_path / "out.parquet"),
+                                   "--quarantine", str(tmp_path / "q.jsonl")])
+    assert res.exit_code == 1
+    assert "(not_utf8 3): the file is not UTF-8 (Windows-1252 or Latin-1?)" in res.output
+    assert "wrong --format" not in res.output
 
 
 def test_convert_refuses_to_overwrite_its_input(tmp_path):
