@@ -608,6 +608,41 @@ def _check_encoding(path: Path) -> None:
                                          "between characters); depsim reads UTF-8: re-save it as UTF-8")
 
 
+# fields only one of the two chat-log data sets has: a file that has the other's is misnamed
+_ONLY_WILDCHAT = frozenset({"conversation_hash", "toxic", "hashed_ip", "detoxify_moderation", "country", "state"})
+
+
+def _top_level_keys(path: Path) -> set[str]:
+    """The field names of a Parquet file, or of the first record of a JSONL file (empty when
+    unreadable: the reader then reports the problem with its line)."""
+    try:
+        if _magic(path) == b"PAR1":
+            return set(pq.read_schema(path).names)
+        with _open_binary(path) as fh:
+            for line in fh:
+                if line.strip():
+                    rec = json.loads(line)
+                    return set(rec) if isinstance(rec, dict) else set()
+    except (OSError, EOFError, zlib.error, ValueError, pa.ArrowException):
+        pass
+    return set()
+
+
+def _check_layout(path: Path, fmt: str) -> None:
+    """Raise when a file read as WildChat is LMSYS-Chat-1M or the reverse: the records would
+    read, but under the other data set's name and provenance note."""
+    keys = _top_level_keys(path)
+    if fmt == "wildchat" and {"conversation_id", "conversation"} <= keys and not keys & _ONLY_WILDCHAT \
+            and keys & {"openai_moderation", "turn"}:
+        other = "lmsys"
+    elif fmt == "lmsys" and "conversation" in keys and keys & _ONLY_WILDCHAT:
+        other = "wildchat"
+    else:
+        return
+    raise _fatal(_Loc(str(path), 1), f"the records look like {other} ({', '.join(sorted(keys)[:8])}), not {fmt}: "
+                                     f"read it as {other}, so the report names the right data set")
+
+
 def _magic(path: Path) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(4)
@@ -1997,6 +2032,8 @@ class _Run:
             for fi, (name, src, stem) in enumerate(sources):
                 self._files.append(name)
                 if isinstance(src, Path):
+                    if self.fmt in ("wildchat", "lmsys") and not (self.mapping or self.json_path):
+                        _check_layout(src, self.fmt)
                     if self.fmt in PROMPT_SETS and self.fmt != "jailbreakbench":
                         self._check_csv(src)
                     if self.fmt == "parquet":

@@ -232,6 +232,22 @@ def _read_lines(recs, fmt, tmp=None):
 # LMSYS, ShareGPT, HH-RLHF
 
 
+@pytest.mark.parametrize("as_parquet", [False, True])
+def test_lmsys_and_wildchat_files_read_under_the_other_name_are_refused(tmp_path, as_parquet):
+    """Both read as chat logs, so a misnamed file used to convert with rc 0 under the other data
+    set's name and provenance note."""
+    for given, fixture, other in (("wildchat", "lmsys.jsonl", "lmsys"), ("lmsys", "wildchat.jsonl", "wildchat")):
+        path = FIX / fixture
+        if as_parquet:
+            recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            path = tmp_path / f"{other}.parquet"
+            pd.DataFrame({k: [json.dumps(r.get(k)) for r in recs] for k in recs[0]}).to_parquet(path)
+        with pytest.raises(InputError, match=rf"1: the records look like {other} .*, not {given}: read it as {other}"):
+            read_conversations(path, given)
+    assert read_conversations(FIX / "lmsys.jsonl", "lmsys").rows == 2
+    assert read_conversations(FIX / "wildchat.jsonl", "wildchat").rows >= 1
+
+
 def test_lmsys():
     res = read_conversations(FIX / "lmsys.jsonl", "lmsys")
     assert list(res.table.columns) == [*CANONICAL_COLUMNS, "language_name", "redacted", "moderation_flagged",
