@@ -891,6 +891,14 @@ def recount(rows: pd.DataFrame, level: float = BAR_LEVEL) -> pd.DataFrame:
     return out
 
 
+def _items_behind(r: pd.DataFrame, measure: str) -> list[int]:
+    """The labelled items each row's ``measure`` is computed on: positives for sensitivity,
+    negatives for specificity, both for κ."""
+    pos, neg = (pd.to_numeric(r[c], errors="coerce").fillna(0).astype(int) if c in r else pd.Series(0, r.index)
+                for c in ("n_pos", "n_neg"))
+    return list({"sensitivity": pos, "specificity": neg}.get(measure, pos + neg))
+
+
 def bar_check(rows: pd.DataFrame, bar) -> tuple[bool, str]:
     """Return (meets, detail) for one grader's validation ``rows`` (the pooled ``all`` row and
     one per source, of one table) against ``bar`` (anything with ``kappa``, ``sensitivity``
@@ -911,12 +919,14 @@ def bar_check(rows: pd.DataFrame, bar) -> tuple[bool, str]:
         if need is None:
             continue
         bad, ok = [], []
-        for s, x, lo in zip(r["source"].astype(str), r[m], r[f"{m}_lo"]):
+        items = _items_behind(r, m)
+        for s, x, lo, k in zip(r["source"].astype(str), r[m], r[f"{m}_lo"], items):
             if math.isnan(lo):
                 if s == "all":
                     bad.append(f"{s} undefined")
-            elif lo < need:
-                bad.append(f"{s} {lo:.3f} (estimate {x:.2f})")  # 3 places: 0.795 is no 0.80
+            elif lo < need:  # 3 places: 0.795 is no 0.80
+                bad.append(f"{s} {lo:.3f} (estimate {x:.2f}" + (
+                    f", above the bar, but {k:,} items are too few to show it)" if x >= need else ")"))
             else:
                 ok.append(lo)
         if bad:

@@ -688,6 +688,7 @@ def test_validations_table_says_whether_each_record_meets_its_bar():
     pooled = v.set_index("source").loc["all"]
     assert pooled["kappa_lo"] >= 0.8 and mixed["kappa"] == pytest.approx(pooled["kappa"])
     assert not mixed["meets"] and mixed["meets"] is not None and "below 0.80 at its 95% lower end on a" in mixed["note"]
+    assert "too few" not in mixed["note"]  # source a's estimate itself is below the bar: more items would not help
     assert bool(validations_table(_vtable(), rates).iloc[0]["meets"])
     stale = validations_table(_vtable(gid="old"), rates).iloc[0]
     assert not stale["applies"] and stale["meets"] is None
@@ -717,6 +718,8 @@ def test_a_few_items_never_meet_a_bar_a_large_good_validation_does():
             trust = grader_trust(rates, v.assign(file="v.csv"), {cat.name: bar}).iloc[0]
             assert trust["validation"] == ("meets bar" if meets else "misses bar"), (bar, trust["validation_detail"])
             assert "lower end" in trust["validation_detail"]
+            # a perfect but tiny validation says the estimate is above the bar and n is too small
+            assert ("items are too few to show it" in trust["validation_detail"]) == (v is tiny)
             page = show.validations(validations_table(v.assign(file="v.csv"), rates, {cat.name: bar})).data
             assert ("meets bar" in page) == meets and "lower end" in page
     # a table written before (κ's bootstrap interval collapsed to [1, 1]) is judged by the counts
