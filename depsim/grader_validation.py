@@ -46,7 +46,7 @@ from sklearn.metrics import cohen_kappa_score
 from depsim import refusal, stats
 from depsim.grade import grade, grader_id
 from depsim.params import DATA_DIR
-from depsim.readers import read_json_records, refuse_overwrite
+from depsim.readers import read_csv_records, read_json_records, refuse_overwrite
 from depsim.refusal import REFUSAL_PATTERN
 from depsim.rules import RULES, _matches, response_view
 from depsim.taxonomy import Category, Examples, load_taxonomy
@@ -506,7 +506,7 @@ def _read_table(path: Path, json_path: str | None = None) -> pd.DataFrame:
     if json_path and suffix not in (".json", ".json.gz", ".jsonl", ".jsonl.gz"):
         raise ValueError(f"{path}: --json-path applies to JSON documents, not {suffix or 'this'} files")
     if suffix in (".csv", ".csv.gz"):
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        return read_csv_records(path)
     if suffix in (".jsonl", ".jsonl.gz", ".json", ".json.gz"):
         return pd.DataFrame(read_json_records(path, json_path, document=".jsonl" not in low))
     if suffix == ".parquet":

@@ -60,6 +60,7 @@ import csv
 import glob as _glob
 import gzip
 import io
+import itertools
 import json
 import math
 import os
@@ -935,17 +936,30 @@ def _hub(hub_id: str, fmt: str) -> Iterator[tuple[_Loc, Any, Any]]:
 
 
 def _csv(path: Path) -> Iterator[tuple[_Loc, Any, Any]]:
+    """The records of a CSV prompt set, parsed strictly. A lenient parser closes an unterminated
+    quote at the next quote in the file and silently merges the rows between into one field; here
+    the record that does not parse is quarantined at its first line (``malformed_csv``) and
+    reading resumes on the next line, so the rows after it are kept."""
     name = str(path)
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh)
+    with _open_binary(path) as fh:  # small files: prompt sets, labelled data
+        data = fh.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _fatal(_Loc(name, data[:e.start].count(b"\n") + 1), f"the file is not valid UTF-8 ({e.reason})") from None
+    lines = list(io.StringIO(text, newline=""))  # ends kept: quoted fields may span lines
+    header: list[str] | None = None
+    pos = 0
+    while pos < len(lines):
+        reader = csv.reader(itertools.islice(lines, pos, None), strict=True)
+        first = pos + 1  # the 1-based line the record being read starts on
         try:
-            header = next(reader, None)
-            if header is None:
-                raise _fatal(_Loc(name, 1), "empty file (no header, no records)")
-            start = reader.line_num + 1
             for row in reader:
-                loc = _Loc(name, start)
-                start = reader.line_num + 1
+                loc = _Loc(name, first)
+                first = pos + reader.line_num + 1
+                if header is None:
+                    header = row
+                    continue
                 if not any(c.strip() for c in row):
                     continue
                 if len(row) != len(header):
@@ -953,17 +967,23 @@ def _csv(path: Path) -> Iterator[tuple[_Loc, Any, Any]]:
                                                                   f"{len(header)}")
                     continue
                 yield loc, _dumps(dict(zip(header, row))), dict(zip(header, row))
-        except UnicodeDecodeError as e:
-            raise _fatal(_Loc(name, reader.line_num + 1), f"the file is not valid UTF-8 ({e.reason})") from None
+            break
         except csv.Error as e:
-            raise _fatal(_Loc(name, reader.line_num + 1), f"malformed CSV ({e})") from None
+            if header is None:
+                raise _fatal(_Loc(name, first), f"malformed CSV header ({e})") from None
+            yield (_Loc(name, first), lines[first - 1],
+                   _Bad("malformed_csv", "a quote opened in the record starting on this line does not close "
+                                         "before the next comma or line end (an unterminated quote?)"))
+            pos = first
+    if header is None:
+        raise _fatal(_Loc(name, 1), "empty file (no header, no records)")
 
 
 def _csv_header(path: Path) -> list[str]:
     try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
+        with io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", newline="") as fh:
             return next(csv.reader(fh), []) or []
-    except (UnicodeDecodeError, csv.Error) as e:
+    except (UnicodeDecodeError, csv.Error, OSError, EOFError, zlib.error) as e:
         raise _fatal(_Loc(str(path), 1), f"cannot read the CSV header ({_one_line(e)})") from None
 
 
@@ -1328,8 +1348,8 @@ def likely_cause(reasons: Counter | dict[str, int], fmt: str, option: str = "kin
     if top == "not_utf8":
         return (": the file is not UTF-8 (Windows-1252 or Latin-1?); re-encode it first, e.g. "
                 "`iconv -f cp1252 -t utf-8 IN > OUT`")
-    if top == "wrong_columns":
-        return ": CSV rows do not match the header (another delimiter, or an unterminated quote?)"
+    if top in ("wrong_columns", "malformed_csv"):
+        return ": CSV rows do not match the header or do not parse (another delimiter, or an unterminated quote?)"
     return ""
 
 
@@ -2615,6 +2635,19 @@ def read_json_records(path: Path, json_path: str | None, *, document: bool) -> l
             raise _fatal(loc, f"a record is {_tn(obj)}, not an object with the fields")
         rows.append(obj)
     return rows
+
+
+def read_csv_records(path: Path) -> pd.DataFrame:
+    """Return the records of a CSV file (``.csv`` or gzipped) as a frame of strings, empty cells
+    None, parsed as prompt sets are (:func:`_csv`, strictly). Raises :class:`InputError` naming
+    the file and line of the first record that does not parse (an unterminated quote, which a
+    lenient parser would merge with the rows after it) or has the wrong number of fields."""
+    rows = []
+    for loc, _raw, obj in _csv(Path(path)):
+        if isinstance(obj, _Bad):
+            raise _fatal(loc, obj.detail)
+        rows.append({k: (v if v != "" else None) for k, v in obj.items()})
+    return pd.DataFrame(rows, columns=_csv_header(Path(path)), dtype=object)
 
 
 def _json_object(path: Path) -> dict | None:

@@ -62,6 +62,9 @@ RECORD_CASES = [
      ["harmbench:b1", "harmbench:b2", "harmbench:b4"]),
     ("strongreject_ragged.csv", "strongreject", ":3", "wrong_columns", {"wrong_columns": 1},
      ["strongreject:1", "strongreject:3"]),
+    # an unterminated quote on line 3 is quarantined there; the rows it would have swallowed are kept
+    ("strongreject_unterminated_quote.csv", "strongreject", ":3", "malformed_csv", {"malformed_csv": 1},
+     ["strongreject:1", "strongreject:3", "strongreject:4", "strongreject:5"]),
 ]
 
 # whole-file problems: an InputError even with a quarantine
@@ -132,7 +135,11 @@ def _count_records(path: Path, fmt: str) -> int:
         return pq.ParquetFile(path).metadata.num_rows
     if path.suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as fh:
-            return sum(1 for row in list(csv.reader(fh))[1:] if any(row))
+            text = fh.read()
+        try:
+            return sum(1 for row in list(csv.reader(text.splitlines(keepends=True), strict=True))[1:] if any(row))
+        except csv.Error:  # an unterminated quote: each line was meant as one record
+            return sum(1 for line in text.splitlines()[1:] if line.strip())
     if path.suffix == ".json":
         return len(json.loads(path.read_text()))
     return sum(1 for line in path.read_bytes().split(b"\n") if line.strip())

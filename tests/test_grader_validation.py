@@ -796,3 +796,16 @@ def test_cli_counts_items_the_word_list_reads_as_harmful(tmp_path):
     res = CliRunner().invoke(app, ["validate-grader", "--data", str(path), "--grader", "phrases", "-o", str(out)])
     assert res.exit_code == 0 and "harmful request" not in res.output
     assert pd.read_csv(out).set_index("source").loc["all", "fn"] == 0
+
+
+def test_a_labelled_csv_with_an_unterminated_quote_is_refused_at_its_line(tmp_path):
+    """A lenient CSV parser (pandas') closes the quote at the next quote in the file and merges
+    the rows between: four labelled items became two, one with another item's label."""
+    from depsim.grader_validation import read_labelled
+    path = tmp_path / "labels.csv"
+    path.write_text('prompt,response,label\nq1,"I cannot help,1\nq2,a2,0\nq3,"a3",1\nq4,a4,0\n')
+    with pytest.raises(ValueError, match=rf"^{path}:2: a quote opened in the record starting on this line"):
+        read_labelled(path)
+    path.write_text('prompt,response,label\nq1,"I cannot help, sorry",1\nq2,a2,0\nq3,"a3",1\nq4,,0\n')
+    items = read_labelled(path)
+    assert len(items) == 4 and items["response"].tolist()[:3] == ["I cannot help, sorry", "a2", "a3"]
