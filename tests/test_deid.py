@@ -897,3 +897,213 @@ def test_name_keys_leave_non_names_alone():
     text = json.dumps(record)
     out, counts = deidentify_messages([{"role": "tool", "content": text}], key="k")
     assert out[0]["content"] == text and not any(counts.values())
+
+
+# --------------------------------------------------------------------------
+# person names in Cyrillic
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, name", [
+    ("Иван Петров пришёл на встречу.", "Иван Петров"),
+    ("Вчера звонила Мария Архиповна Быкова из бухгалтерии.", "Мария Архиповна Быкова"),
+    ("Передай Петрову Ивану, что отчёт готов.", "Петрову Ивану"),
+    ("Я говорил с Петровым Иваном Сергеевичем.", "Петровым Иваном Сергеевичем"),
+    ("Напиши поздравление для Анны Сергеевны Кузнецовой.", "Анны Сергеевны Кузнецовой"),
+    ("Стихи написал А. С. Пушкин.", "А. С. Пушкин"),
+    ("Стихи А.С. Пушкина знают все.", "А.С. Пушкина"),
+    ("Иванов И.И. назначен директором.", "Иванов И.И."),
+    ("Здравствуйте, Мария Петровна!", "Мария Петровна"),
+    ("Позвони Саше Петровой вечером.", "Саше Петровой"),
+    ("Спроси у Олега Кима про отпуск.", "Олега Кима"),
+    ("Ольга Кравчук работает у нас с мая.", "Ольга Кравчук"),
+    ("Документы подписал Олександр Коваленко.", "Олександр Коваленко"),
+    ("Николай Андреевич Римский-Корсаков написал оперу.", "Николай Андреевич Римский-Корсаков"),
+    ("Вера Петрова ушла в отпуск.", "Вера Петрова"),
+    ("Меня зовут Аня, мне 25 лет.", "Аня"),
+    ("Контактное лицо: Ювеналий Ааронович, тел. уточняется.", "Ювеналий Ааронович"),
+])
+def test_cyrillic_names_are_found_and_replaced(text, name):
+    start = text.index(name)
+    assert any(t == "person_name" and s <= start and start + len(name) <= e for s, e, t in find_pii(text)), \
+        spans_text(text)
+    clean, counts = deidentify_text(text, key="k", secret=b"s")
+    assert counts["person_name"] >= 1
+    for tok in re.findall(r"\w+", name):
+        if len(tok) > 1:  # initials may come back as other initials, never as the same word
+            assert not re.search(r"(?<!\w)" + tok + r"(?!\w)", clean), (tok, clean)
+    sub = clean[start:start + len(clean) - len(text) + len(name)]
+    assert len(sub.split()) == len(name.split()), (name, sub)  # same number of words
+    assert re.search("[А-Яа-я]", sub), sub  # a Cyrillic name gets a Cyrillic substitute
+
+
+@pytest.mark.parametrize("text", [
+    "Москва — столица России, а Санкт-Петербург называют северной столицей.",
+    "Мы поехали в Иваново, а потом вернулись в Москву.",
+    "В Иванове Мария работает учительницей.",
+    "Сегодня Мария пришла раньше всех.",
+    "Слава Богу, всё закончилось хорошо.",
+    "Слава Украине!",
+    "Лада Гранта или Лада Калина: что выбрать?",
+    "Алиса Яндекс, включи музыку.",
+    "Московский Метрополитен закрыл станцию.",
+    "Витамин С. Потом пей воду.",
+    "Сбербанк Онлайн не работает.",
+    "Moscow and Saint Petersburg are the largest cities of Russia.",
+])
+def test_cyrillic_non_names_are_left_alone(text):
+    assert "person_name" not in types_in(text), spans_text(text)
+
+
+def test_latin_text_never_runs_the_cyrillic_detector(monkeypatch):
+    def boom(text):
+        raise AssertionError("Cyrillic detector ran on Latin text")
+    monkeypatch.setattr(deid, "_cyrillic_names", boom)
+    assert spans_text("My name is Ivan Petrov, I live in Moscow.") == [("Ivan Petrov", "person_name")]
+
+
+def test_cyrillic_substitutes_keep_case_initials_and_shape():
+    for i in range(40):
+        mapping: dict = {}
+        clean, _ = deidentify_text("Передай Петрову Ивану и А. С. Пушкину привет.", mapping, key=f"c{i}",
+                                   secret=b"s")
+        dat = mapping["Петрову Ивану"].split()
+        assert len(dat) == 2 and dat[0].endswith("у") and dat[1].endswith("у"), dat  # dative kept
+        ini = mapping["А. С. Пушкину"]
+        assert re.fullmatch(r"[А-Я]\. [А-Я]\. [А-Я][а-яё]+у", ini), ini
+        assert not set(re.findall(r"\w+", ini)) & {"А", "С", "Пушкину"}
+        fem, _ = deidentify_text("Звонила Анна Сергеевна Кузнецова.", key=f"c{i}", secret=b"s")
+        assert re.search(r"Звонила [А-Я][а-я]+[ая] [А-Я][а-я]+овна [А-Я][а-яё]+(?:ова|ева|ёва|ина|ская)\.",
+                         fem), fem
+
+
+def test_a_cyrillic_substitute_never_reuses_a_word_of_the_conversation():
+    # real names that are also fakes ("Тихон", "Ракитин", "Агния", "Ветлугина")
+    msgs = [{"role": "user", "content": "Вчера Тихон Ракитин написал Агнии Ветлугиной."},
+            {"role": "user", "content": "Потом Мирон Дубравин позвонил Глафире Ивановне."}]
+    real = {"Тихон", "Ракитин", "Агнии", "Ветлугиной", "Мирон", "Дубравин", "Глафире", "Ивановне"}
+    for i in range(60):
+        out, counts = deidentify_messages(msgs, key=f"c{i}", secret=b"s")
+        words = set(re.findall(r"\w+", " ".join(m["content"] for m in out)))
+        assert counts["person_name"] >= 4 and not (words & real), out
+
+
+# Russian sentence frames around Faker's names (text whose names the detector's author did not write)
+RU_TEMPLATES = [
+    "Меня зовут {name}, помоги составить резюме.",
+    "Руководитель проекта — {name}, все вопросы через почту.",
+    "Контактное лицо: {name}. Звонить после обеда.",
+    "Что ты знаешь про человека по имени {name}?",
+    "Подпись: {name}, главный инженер.",
+    "Заявитель {name} просит предоставить отпуск с понедельника.",
+    "Здравствуйте! Я {name}, хочу записаться на приём.",
+    "Автор статьи — {name}, а рецензент пока не назначен.",
+]
+# Russian sentences with capitalised words, places and organisations but no person's name
+RU_NO_NAMES = [
+    "Москва — столица России, а Санкт-Петербург называют северной столицей.",
+    "Мы поехали в Иваново, а потом вернулись в Москву на поезде.",
+    "Сегодня утром в Новосибирске выпал первый снег.",
+    "Вчера Сбербанк повысил ставки по вкладам.",
+    "Напиши письмо в службу поддержки Яндекс Маркета о возврате товара.",
+    "Помоги составить план поездки: Казань, Нижний Новгород, Ярославль.",
+    "Расскажи, чем Ростов-на-Дону отличается от Краснодара.",
+    "Как настроить роутер Ростелеком для работы с Wi-Fi?",
+    "Какие документы нужны для получения загранпаспорта через Госуслуги?",
+    "Переведи на английский: Красная площадь находится рядом с Кремлём.",
+    "Почему Волга считается главной рекой Европейской части России?",
+    "Объясни разницу между Газпромом и Роснефтью простыми словами.",
+    "Слава Богу, всё закончилось хорошо.",
+    "Слава Украине! Героям слава!",
+    "Лада Гранта или Лада Веста: что выбрать для города?",
+    "Алиса, включи музыку на кухне.",
+    "Новый Год мы встречали в Сочи, было тепло.",
+    "Большой Театр открыл новый сезон в сентябре.",
+    "Пушкинский музей продлил выставку импрессионистов до марта.",
+    "Напиши сочинение на тему «Война и мир» и образ Наташи в романе.",
+    "Моя собака любит гулять в Парке Горького по выходным.",
+    "Вопрос: Сколько стоит билет из Москвы в Санкт-Петербург на Сапсане?",
+    "Здравствуйте! Подскажите, пожалуйста, как доехать до Казанского вокзала.",
+    "Университет ИТМО и МГУ заняли высокие места в рейтинге.",
+    "Ответ: Да, Тихий океан больше Атлантического.",
+    "Компания Аэрофлот отменила рейсы в Екатеринбург из-за погоды.",
+    "Спасибо большое, Вы очень помогли!",
+    "Телеграм и ВКонтакте сегодня работают с перебоями.",
+    "Через Озон и Вайлдберриз теперь можно оплатить картой Мир.",
+    "В Харькове и Одессе прошли концерты под открытым небом.",
+    "Дай рецепт борща, как готовят на Кубани.",
+    "Сравни Тинькофф Банк и Альфа-Банк по условиям кредитных карт.",
+    "Какой смартфон лучше: Самсунг или Сяоми?",
+    "Где находится Невский проспект и как туда добраться от Московского вокзала?",
+    "Оцени мой текст: Летом мы отдыхали на Байкале, вода была холодной.",
+    "Итак, Первый канал покажет парад на Красной площади.",
+    "Составь резюме для вакансии в Минздраве Московской области.",
+    "Тверская улица была перекрыта из-за Дня Победы.",
+    "Помоги решить задачу: Поезд вышел из Самары в Уфу со скоростью 80 км/ч.",
+    "Напиши стихотворение про Белые ночи в Петербурге.",
+    "Объясни, что такое Государственная Дума и Совет Федерации.",
+    "Конечно, Калининград — самый западный регион России.",
+    "В Иванове Мария работает учительницей, а я — инженером.",
+    "Сколько лет Эрмитажу и кто основал Третьяковскую галерею?",
+    "Мой брат учится в Высшей Школе Экономики на Факультете Права.",
+    "Правила игры Монополия: Банк выдаёт каждому игроку деньги.",
+    "Срочно! Завтра Росгидромет обещает ураган в Приморском крае.",
+    "Составь меню на неделю: Понедельник — гречка, Вторник — рыба.",
+    "Почему Луна всегда повёрнута к Земле одной стороной?",
+    "Лучшие места Крыма: Ялта, Севастополь, Судак и Новый Свет.",
+]
+
+
+def ru_faker_names(seed: int, n: int, locale: str = "ru_RU") -> list[str]:
+    """``n`` names from Faker(``locale``) in six layouts (Faker's own three-word names, first + last,
+    last + first, first + patronymic, "И. О. Фамилия", "Фамилия И.О."), one gender per name."""
+    from faker import Faker
+    import random
+    fk, rnd = Faker(locale), random.Random(seed)
+    fk.seed_instance(seed)
+    out = []
+    for _ in range(n):
+        sfx = rnd.choice(("_male", "_female"))
+        first, last, mid = (getattr(fk, f"first_name{sfx}")(), getattr(fk, f"last_name{sfx}")(),
+                            getattr(fk, f"middle_name{sfx}")())
+        out.append([getattr(fk, f"name{sfx}")(), f"{first} {last}", f"{last} {first}", f"{first} {mid}",
+                    f"{first[0]}. {mid[0]}. {last}", f"{last} {first[0]}.{mid[0]}."][rnd.randrange(6)])
+    return out
+
+
+NAME_TITLES = ("тов.", "г-н", "г-жа", "пан", "пані", "добродій", "добродійка")
+
+
+def ru_name_recall(seed: int = 2026, n: int = 400, locale: str = "ru_RU") -> tuple[float, list[str]]:
+    """Share of Faker(``locale``) names in RU_TEMPLATES fully covered by person_name spans (a title
+    such as "тов." or "г-н" before a name is not part of it), and the missed sentences."""
+    import random
+    rnd = random.Random(seed + 1)
+    hit, missed = 0, []
+    for name in ru_faker_names(seed, n, locale):
+        core = name.split(" ", 1)[1] if name.split(" ", 1)[0] in NAME_TITLES else name
+        text = rnd.choice(RU_TEMPLATES).format(name=name)
+        s0 = text.index(core)
+        ok = bench._covered(text, s0, s0 + len(core), find_pii(text), "person_name")
+        hit += ok
+        if not ok:
+            missed.append(text)
+    return hit / n, missed
+
+
+def ru_false_positive_rate() -> tuple[float, list]:
+    """Share of RU_NO_NAMES sentences in which a person_name is found, and those found."""
+    found = [(t, spans_text(t)) for t in RU_NO_NAMES if "person_name" in types_in(t)]
+    return len(found) / len(RU_NO_NAMES), found
+
+
+def test_cyrillic_name_recall_on_faker_ru_names():
+    pytest.importorskip("faker")
+    recall, missed = ru_name_recall()
+    assert recall >= 0.9, (recall, missed[:10])
+
+
+def test_cyrillic_names_rarely_found_in_russian_text_without_names():
+    assert len(RU_NO_NAMES) >= 40
+    rate, found = ru_false_positive_rate()
+    assert rate <= 0.02, found
