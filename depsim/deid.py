@@ -1694,6 +1694,8 @@ _CYR_ITEM_RE = re.compile(
     r"(?<![\w'’ʼ-])(?P<ini>[" + _CYR_UP + r"]\.)(?![" + _CYR_LO + r"])|"
     r"(?<![\w'’ʼ.-])(?P<tok>" + _CYR_PART + "(?:-" + _CYR_PART + r")*)(?![\w-])"
 )
+# one to three capitalised Cyrillic words: a value under a first/last-name JSON key
+_CYR_VALUE_RE = re.compile(_CYR_PART + "(?:-" + _CYR_PART + ")*(?:[ \t]+" + _CYR_PART + "(?:-" + _CYR_PART + ")*){0,2}")
 _CASES = ("nom", "gen", "dat", "acc", "ins", "prep")
 _ANY = frozenset({("*", "*")})  # any gender, any case (indeclinable or unknown)
 
@@ -2802,11 +2804,14 @@ _INITIAL_RE = re.compile("[" + _UP + r"]\.")
 
 def _is_name_value(key: str, val: str) -> bool:
     """True when ``val``, the value of a JSON key normalised to ``key``, is a person's name:
-    under first/last name keys one to four name-like words; under "name"/"fullname" two to four
+    under first/last name keys one to four name-like words (or one to three capitalised Cyrillic
+    words); under "name"/"fullname" two to four
     (initials allowed), one of them a listed first name or surname and none an English word
     that is not a name (so '"name": "Paris"' or '"name": "Widget 3000"' stay)."""
     if key not in _PART_NAME_KEYS and key not in ("name", "fullname"):
         return False
+    if key in _PART_NAME_KEYS and _CYR_VALUE_RE.fullmatch(val):  # "Иван", "Петров" under first/last name
+        return True
     words = val.split()
     toks = [w for w in words if not _INITIAL_RE.fullmatch(w)]
     if not 1 <= len(words) <= 4 or not all(_TOK_RE.fullmatch(t) and _ok_name_token(t) for t in toks):

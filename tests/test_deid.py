@@ -891,6 +891,17 @@ def test_a_lone_mention_of_a_replaced_name_is_replaced_too():
     assert " will rain" in clean
 
 
+def test_cyrillic_names_under_name_keys_are_replaced():
+    rec = {"first_name": "Иван", "last_name": "Петров", "customer": {"name": "Мария Сидорова"},
+           "city": {"name": "Москва"}}
+    out, counts = deidentify_messages([{"role": "tool", "content": json.dumps(rec, ensure_ascii=False)}],
+                                      key="k", secret=b"s")
+    new = json.loads(out[0]["content"])
+    assert new["first_name"] != "Иван" and new["last_name"] != "Петров" and "Сидорова" not in out[0]["content"]
+    assert re.fullmatch("[А-ЯЁ][а-яё]+", new["first_name"]) and new["city"]["name"] == "Москва"
+    assert counts["person_name"] == 3
+
+
 def test_name_keys_leave_non_names_alone():
     record = {"name": "get_weather", "tool": {"name": "search"}, "city": {"name": "Paris"},
               "first_name_label": "First name", "items": [{"name": "Widget 3000"}]}
