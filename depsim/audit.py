@@ -203,7 +203,7 @@ def cluster_findings(findings: pd.DataFrame, audited: pd.Series, categories: dic
 _FILLER = {"the", "assistant", "response", "its", "a", "an", "to", "of", "it", "is", "and", "with", "that", "this"}
 
 
-def proposed_changes(clusters: pd.DataFrame, new_target: str = "sim", old_target: str = "prod_prev") -> str:
+def proposed_changes(clusters: pd.DataFrame, level: float, new_target: str = "sim", old_target: str = "prod_prev") -> str:
     """Return proposed taxonomy additions as a unified-diff-style YAML snippet, one new
     category per unmatched cluster, largest first, for an analyst to accept or reject; each
     says its responses as k of n audited per target (:func:`share`)."""
@@ -214,7 +214,7 @@ def proposed_changes(clusters: pd.DataFrame, new_target: str = "sim", old_target
     for _, r in novel.iterrows():
         words = [w for w in re.findall(r"[a-z]+", r["label"].lower()) if w not in _FILLER]
         slug = "_".join(words[:4]) or f"cluster_{r['cluster']}"
-        of = {t: share(r.get(f"{t}_items", 0), r.get(f"{t}_n", 0)) for t in (new_target, old_target)}
+        of = {t: share(r.get(f"{t}_items", 0), r.get(f"{t}_n", 0), level) for t in (new_target, old_target)}
         lines += [f"+  {slug}:  # audit cluster {r['cluster']}: {r['size']} findings; "
                   f"{new_target} {of[new_target]}, {old_target} {of[old_target]}",
                   "+    group: misalignment  # TODO analyst: confirm the group",
@@ -225,7 +225,7 @@ def proposed_changes(clusters: pd.DataFrame, new_target: str = "sim", old_target
     return "\n".join(lines) + "\n"
 
 
-def share(k: int, n: int, level: float = 0.95) -> str:
+def share(k: int, n: int, level: float) -> str:
     """Return k of n responses as "30 of 2,000 (1.50%)": the raw share k / n in percent, or
     for zero events the exact (Clopper–Pearson) upper bound at ``level``, "0 of 2,000
     (≤ 0.18%)", never a rate; "0 of 0" when nothing was audited."""
@@ -256,10 +256,10 @@ def failed_answers(findings: pd.DataFrame, audited: dict[str, int]) -> str:
             f"the others nothing unusual.")
 
 
-def headline(clusters: pd.DataFrame, new_target: str = "sim", old_target: str = "prod_prev") -> str:
+def headline(clusters: pd.DataFrame, level: float, new_target: str = "sim", old_target: str = "prod_prev") -> str:
     """Return a one-sentence summary of the audit's main finding (plain text, untrusted): the
     unmatched cluster that grew most, with its responses as k of n audited per target
-    (:func:`share`)."""
+    (:func:`share`; zero events bounded at ``level``, the report's)."""
     novel = clusters[clusters["novel"]] if len(clusters) else clusters
     if novel.empty:
         return "The audit found no behaviour outside the taxonomy."
@@ -267,7 +267,7 @@ def headline(clusters: pd.DataFrame, new_target: str = "sim", old_target: str = 
     growth = novel.get(f"{new_target}_items", novel["size"]) - novel.get(f"{old_target}_items", 0)
     r = novel.loc[growth.idxmax()]
     def of(t):
-        return share(r.get(f"{t}_items", 0), r.get(f"{t}_n", 0))
+        return share(r.get(f"{t}_items", 0), r.get(f"{t}_n", 0), level)
     return (f"Largest behaviour outside the taxonomy: \"{r['label']}\" ({r['size']} findings; "
             f"{of(new_target)} audited {new_target} responses against {of(old_target)} of {old_target}).")
 

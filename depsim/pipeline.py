@@ -88,8 +88,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-#: params that change what the pages show, never a table: left out of the params hash
-DISPLAY_PARAMS = {"title", "gates", "report", "path", "notice", "all_failed"}
+#: params that change what the pages show, never a table: left out of the params hash (the
+#: gates are not among them: they decide the verdict)
+DISPLAY_PARAMS = {"title", "report", "path", "notice", "all_failed"}
 #: stage -> the params its own tables are computed from (a field, ``section.key``, or a file
 #: named by a field: the taxonomy, the history, the grading validations, hashed by content).
 #: An earlier stage's params reach a table through its inputs (:data:`INPUTS`), so editing
@@ -101,9 +102,11 @@ STAGE_PARAMS = {
                  "models.tool_simulator", "generation", "targets"),
     "realism": ("world", "realism", "models.candidate", "models.judge", "models.tool_simulator", "generation",
                 "taxonomy"),
-    "audit": ("world", "audit", "models.auditor", "targets", "categories", "taxonomy", "grading.llm"),
-    "grade": ("world", "grading", "models.grader", "categories", "taxonomy", "targets", "reweight"),
-    "forecast": ("history", "report.level", "targets"),
+    "audit": ("world", "audit", "models.auditor", "targets", "categories", "taxonomy", "grading.llm", "report.level"),
+    "grade": ("world", "grading", "models.grader", "categories", "taxonomy", "targets", "reweight", "report.level"),
+    # report.level also sets the audit page's bounds, and the gates the verdict the forecast
+    # stage checks: editing either marks the pages that show them stale
+    "forecast": ("history", "report.level", "targets", "gates"),
     "score": ("world", "history", "report.level", "reweight", "generation.tool_mode"),
 }
 
@@ -333,14 +336,16 @@ def run_grade(rel: Release, reports_dir: str | Path) -> dict:
     grades = grade(completions, categories, prefixes, grader=grader, cache=cache(reports_dir), stats=run,
                    llm_sample=rel.grading.llm_sample, seed=rel.grading.seed)
     warn = rel.grading.failed_warn
-    table, weights = rates(grades, categories, clusters=conversations(completions, prefixes), failed_warn=warn), None
+    level = rel.report.level  # every interval the grade page and the summary show, at the report's one level
+    table, weights = rates(grades, categories, clusters=conversations(completions, prefixes), level=level,
+                           failed_warn=warn), None
     if rel.reweight is not None:
         rw, weights = reweighted_rates(grades, completions, prefixes, categories, rel.reweight.column,
-                                       rel.reweight.shares, failed_warn=warn)
+                                       rel.reweight.shares, level=level, failed_warn=warn)
         table = pd.concat([table, rw], ignore_index=True)
     vt = validations(rel)
     bars = {c: rel.grading.bar_of(c, cat.group) for c, cat in categories.items()}
-    table = grader_validation.corrected_rates(table, vt)
+    table = grader_validation.corrected_rates(table, vt, level=level)
     table = grader_validation.grader_trust(table, vt, bars, simulated_graders(rel, categories), simulated_targets(rel))
     _write(grades, reports_dir, rel, "grades")
     _write(table, reports_dir, rel, "rates")
@@ -368,7 +373,7 @@ def run_forecast(rel: Release, reports_dir: str | Path) -> dict:
     model when the release has a history); return ``forecasts`` and ``decision`` (the
     release gates checked on exact bounds, :func:`depsim.forecast.decision_table`)."""
     rates_ = read_table(reports_dir, rel.release, "rates")
-    fc = forecast.forecasts(rates_)
+    fc = forecast.forecasts(rates_, rel.report.level)
     if rel.history is not None:
         # the report's one level: the forecast, score and summary pages state and check this one
         past = earlier_releases(rel)
@@ -684,7 +689,7 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
             "every": score.every_category(fc) if released and ok else None,
             "gate_outcomes": score.gate_outcomes(rates_, rel.gates, rel.report.level) if released and ok else None,
             "nll": score.nll_table(fc) if released and ok else None,
-            "clusters": clusters, "audit_headline": audit.headline(clusters), "realism": realism_table,
+            "clusters": clusters, "audit_headline": audit.headline(clusters, rel.report.level), "realism": realism_table,
             "taxonomy": tax, "provenance": prov, "staleness": staleness(rel, reports_dir)}
 
 

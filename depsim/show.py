@@ -379,7 +379,7 @@ def score_summary(summary: pd.DataFrame | None, empty: str = "No scores on this 
     return HTML(table(out[keys].rename(columns=names)).data + (f"<p><small>{note.strip()}</small></p>" if note else ""))
 
 
-def every_category(every: pd.DataFrame | None, level: float | None = None, empty: str = "") -> HTML:
+def every_category(every: pd.DataFrame | None, level: float, empty: str = "") -> HTML:
     """Return :func:`depsim.score.every_category` for reading: per method, the categories it
     forecasts (how many the common set leaves out), its median and worst SME over all of them
     with the worst category named and its forecast against the realised rate (per 100k, or
@@ -387,20 +387,20 @@ def every_category(every: pd.DataFrame | None, level: float | None = None, empty
     (marked when its intervals say nothing, :func:`coverage_cell`)."""
     if every is None or not len(every):
         return text(empty)
-    cov = "coverage" if level is None else f"coverage of the {level:.0%} predictive interval"
+    cov = f"coverage of the {level:.0%} predictive interval"
     rows = []
     for _, r in every.iterrows():
         rows.append({"method": r["method"],
                      "categories it forecasts": f"{int(r['categories'])} ({int(r['outside_common'])} outside the common set)",
                      "SME median (all)": number(r["sme_median"], 2),
                      "SME max (all): its worst miss": f"{number(r['sme_max'], 2)}× {category_title(r['worst'])}",
-                     "that miss: forecast → realised per 100k": f"{_count_rate(r, 'worst_k', 'worst_n')} → "
-                                                                 f"{_count_rate(r, 'worst_k_real', 'worst_n_real')}",
+                     "that miss: forecast → realised per 100k": f"{_count_rate(r, 'worst_k', 'worst_n', level)} → "
+                                                                 f"{_count_rate(r, 'worst_k_real', 'worst_n_real', level)}",
                      f"{cov} (all)": coverage_cell(r["coverage"], r["untracked"], r["categories"])})
     return table(pd.DataFrame(rows))
 
 
-def _count_rate(r, k: str, n: str, level: float = 0.95) -> str:
+def _count_rate(r, k: str, n: str, level: float) -> str:
     """A row's k of n as "rate per 100k (k of n)", zero events as "0 of N (≤ bound)" (the
     exact ``level`` upper bound)."""
     kk, nn = r.get(k), r.get(n)
@@ -424,7 +424,7 @@ def _fit(df: pd.DataFrame) -> HTML:
     return HTML(WRAP + f'<div class="depsim-wrap" style="max-width:100%">{body}</div>')
 
 
-def gate_outcomes(table_: pd.DataFrame | None, level: float = 0.95, empty: str = "") -> HTML:
+def gate_outcomes(table_: pd.DataFrame | None, level: float, empty: str = "") -> HTML:
     """Return :func:`depsim.score.gate_outcomes` for reading: per gated category the gate, the
     pre-release verdict, the forecast, Y's previous rate and X's realised rate (per 100k with
     k of n; zero events as "0 of N (≤ bound)"), the realised ratio to Y with its exact
@@ -437,12 +437,12 @@ def gate_outcomes(table_: pd.DataFrame | None, level: float = 0.95, empty: str =
     for _, r in table_.iterrows():
         ratio = DASH if _missing(r["ratio"]) else ("new" if np.isinf(r["ratio"]) else
                                                    f"{number(r['ratio'], 2)}× {interval(r['ratio_lo'], r['ratio_hi'])}")
-        real = _count_rate(r, "k_real", "n_real")
+        real = _count_rate(r, "k_real", "n_real", level)
         if r["k_real"]:  # the exact interval the rate gate is checked on
             real = real.replace(" (", f" {interval100k(r['lo'], r['hi'])} (", 1)
         rows.append({"category": category_title(r["category"]), "gate": r["gate"], "verdict before release": r["verdict"],
-                     "forecast per 100k": _count_rate(r, "k", "n"),
-                     "previous (Y) per 100k": _count_rate(r, "prev_k", "prev_n"),
+                     "forecast per 100k": _count_rate(r, "k", "n", level),
+                     "previous (Y) per 100k": _count_rate(r, "prev_k", "prev_n", level),
                      f"realised (X) per 100k [{pct}]": real,
                      f"realised ÷ previous [{pct}]": ratio, "realised outcome": r["outcome"], "verdict held?": r["held"]})
     return HTML(_fit(pd.DataFrame(rows)).data +
@@ -468,15 +468,15 @@ def gate_outcome_line(table_: pd.DataFrame | None) -> HTML:
                 f"Per category on the score page (6), <em>Gate verdicts against the realised rates</em>.</p>")
 
 
-def large_shifts(table_: pd.DataFrame | None, empty: str = "") -> HTML:
+def large_shifts(table_: pd.DataFrame | None, level: float, empty: str = "") -> HTML:
     """Return :func:`depsim.score.large_shifts` for reading: per category and method, Y's
     previous rate, the forecast and the realised rate per 100k with k of n (zero events as
-    "0 of N (≤ bound)"), the realised change and whether the forecast's direction was right."""
+    "0 of N (≤ bound)", at ``level``), the realised change and whether the forecast's direction was right."""
     if table_ is None or not len(table_):
         return text(empty)
     rows = [{"category": category_title(r["category"]), "method": r["method"],
-             "previous (Y) per 100k": _count_rate(r, "prev_k", "prev_n"), "forecast per 100k": _count_rate(r, "k", "n"),
-             "realised per 100k": _count_rate(r, "k_real", "n_real"),
+             "previous (Y) per 100k": _count_rate(r, "prev_k", "prev_n", level),
+             "forecast per 100k": _count_rate(r, "k", "n", level), "realised per 100k": _count_rate(r, "k_real", "n_real", level),
              "realised change": DASH if _missing(r["realised_change"]) else f"{number(r['realised_change'], 2)}×",
              "direction right": cell(bool(r["direction_right"])) if not _missing(r["direction_right"]) else DASH}
             for _, r in table_.iterrows()]
@@ -744,17 +744,18 @@ def _corrected(r, short: bool = False) -> str:
     return out
 
 
-def rate_uncertainty(rates: pd.DataFrame, targets: list[str], deff_min: float = 1.05) -> HTML:
+def rate_uncertainty(rates: pd.DataFrame, targets: list[str], level: float, deff_min: float = 1.05) -> HTML:
     """Return, per (category, target) of ``targets``, what bounds a rate beyond binomial
     noise, for every rate where something does: the flagged count (k of n) and its rate per
     100k with the exact interval (:func:`rate_interval100k`, as the rates table); the Rogan–Gladen corrected rate with an interval that carries the grader's
     own uncertainty (where a validation is on record); failed grades and the rate if all of
     them were negative / positive; and the cluster-robust interval where several sampled
     turns share a conversation (design effect ≥ ``deff_min``). Rows with none of these are
-    left out and counted."""
+    left out and counted. ``level``: the report's, at which the grade stage drew every interval."""
     if "validation" not in rates:
         return text("These rates were written before graders carried their validation: rerun the grade stage.")
     r = rates[rates["target"].isin(targets)]
+    pct = f"{level:.0%}"
     keep = (r["validated"].fillna(False).astype(bool) | (r["failed"] > 0)
             | (pd.to_numeric(r["deff"], errors="coerce") >= deff_min))
     rows = []
@@ -765,10 +766,10 @@ def rate_uncertainty(rates: pd.DataFrame, targets: list[str], deff_min: float = 
         bounds = DASH if not x["failed"] or _missing(x.get("failed_lo")) else \
             f"{rate100k(x['best_rate'])}–{rate100k(x['worst_rate'])} {interval100k(x['failed_lo'], x['failed_hi'])}"
         rows.append({"category": category_title(x["category"]), "target": x["target"], "flagged": k_of_n(x["k"], x["n"]),
-                     "rate per 100k [95% exact]": rate_interval100k(x["k"], x["n"]),
-                     "corrected for grader error per 100k [95%]": _corrected(x),
-                     "failed grades": failed, "all failed negative–positive per 100k [95%]": bounds,
-                     "by conversation per 100k [95%]": conv, "grader validation": x["validation"]})
+                     f"rate per 100k [{pct} exact]": rate_interval100k(x["k"], x["n"], level),
+                     f"corrected for grader error per 100k [{pct}]": _corrected(x),
+                     "failed grades": failed, f"all failed negative–positive per 100k [{pct}]": bounds,
+                     f"by conversation per 100k [{pct}]": conv, "grader validation": x["validation"]})
     left = int((~keep).sum())
     note = text(f"{left:,} other rates have no correction for grader error, no failed grade and no conversation shared "
                 f"enough to widen them (design effect below {deff_min:g}): their binomial interval is their whole interval.")
@@ -911,7 +912,7 @@ def _rate_or_bound(k, n, fmt, level: float) -> str:
     return f"≤ {fmt(_exact_interval(k, n, level)[1])}" if not k else fmt(float(k) / float(n))
 
 
-def forecasts(fc: pd.DataFrame, level: float = 0.95) -> HTML:
+def forecasts(fc: pd.DataFrame, level: float) -> HTML:
     """Return the forecasts, one row per category and method: the count as k of n, its rate
     per 100k with the exact interval, the predictive interval (with a history) per 100k, the
     previous production count, and the change against it by the evidence rule (rises / no

@@ -60,16 +60,16 @@ def test_the_simulated_auditor_reads_the_new_prompt():
 def test_audit_shares_are_k_of_n_and_zero_is_a_bound():
     """The audit page's words give raw shares (30 of 2,000 is 1.50%, not the Jeffreys 1.52%)
     and zero events as an exact upper bound, never as a rate."""
-    assert audit.share(30, 2000) == "30 of 2,000 (1.50%)"
-    assert audit.share(0, 2000) == "0 of 2,000 (≤ 0.18%)"
+    assert audit.share(30, 2000, 0.95) == "30 of 2,000 (1.50%)"
+    assert audit.share(0, 2000, 0.95) == "0 of 2,000 (≤ 0.18%)"
     clusters = pd.DataFrame([{"cluster": 0, "size": 30, "label": "The assistant reveals its system prompt.",
                               "examples": ["The assistant reveals its system prompt."], "category": None,
                               "similarity": 0.07, "novel": True, "sim_items": 30, "sim_n": 2000, "sim_rate": 0.01524,
                               "prod_prev_items": 0, "prod_prev_n": 2000, "prod_prev_rate": 2.5e-4}])
-    head = audit.headline(clusters)
+    head = audit.headline(clusters, 0.95)
     assert "30 of 2,000 (1.50%) audited sim responses against 0 of 2,000 (≤ 0.18%) of prod_prev" in head
     assert "1.52%" not in head and "0.02%" not in head
-    diff = audit.proposed_changes(clusters)
+    diff = audit.proposed_changes(clusters, 0.95)
     assert "sim 30 of 2,000 (1.50%), prod_prev 0 of 2,000 (≤ 0.18%)" in diff and "0.02%" not in diff
 
 

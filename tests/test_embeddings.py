@@ -75,7 +75,7 @@ def assert_expected_clusters(clusters, splits: int = 0):
     assert "system prompt" in top["label"] and top["size"] == 9
     assert set(top["examples"]) == set(NOVEL)
     assert top["sim_items"] == 9 and top["prod_prev_items"] == 0
-    assert "system prompt" in audit.headline(clusters)
+    assert "system prompt" in audit.headline(clusters, 0.95)
     matched = clusters[~clusters["novel"]].groupby("category")["size"].sum().to_dict()
     assert matched == {name: 12 for name in KNOWN}
 

@@ -74,8 +74,8 @@ def test_audit_names_the_novel_behaviour(demo):
     assert top["prod_prev_items"] == 0 and top["sim_items"] >= 10
     n = out["audited"]["sim"]
     assert (clusters["sim_n"] == n).all() and set(out["audited"]) == {"sim", "prod_prev"}
-    assert "system prompt" in audit.headline(clusters)
-    assert f"{int(top['sim_items'])} of {n:,} ({top['sim_items'] / n:.2%})" in audit.headline(clusters)
+    assert "system prompt" in audit.headline(clusters, 0.95)
+    assert f"{int(top['sim_items'])} of {n:,} ({top['sim_items'] / n:.2%})" in audit.headline(clusters, 0.95)
     # the examples page names a novel cluster's examples by the cluster, never "Nan"
     ex = pipeline.examples(rel, reports)
     for cl in ex["clusters"]:
@@ -185,6 +185,33 @@ def test_an_edit_marks_stale_only_the_tables_computed_from_it(tmp_path):
     h.to_csv(tmp_path / "history.csv", index=False)
     s = stale(load_release(p))
     assert (s.drop("forecasts") == "").all() and s["forecasts"] == "written under other forecast parameters"
+
+
+def test_the_report_level_and_the_gates_mark_the_pages_that_show_them_stale(tmp_path):
+    """report.level sets the grade and audit pages' intervals and the gates the verdict: editing
+    either marks those tables stale (the analyst audit found both pages silently on the old
+    level, and the summary on the old gate), and the gates are part of the params hash."""
+    p = small_release(tmp_path)
+    text = p.read_text()
+    rel = load_release(p)
+    reports = tmp_path / "r"
+    for name in ("prefixes", "completions", "clusters", "grades", "rates", "forecasts"):
+        pipeline._write(pd.DataFrame({"x": [1]}), reports, rel, name)
+
+    def stale(r):
+        return pipeline.staleness(r, reports).set_index("table")["stale"]
+    assert (stale(rel) == "").all()
+    assert "\nreport:\n" in text
+    p.write_text(text.replace("\nreport:\n", "\nreport:\n  level: 0.8\n"))
+    s = stale(load_release(p))
+    assert s["prefixes"] == s["completions"] == ""
+    assert s["clusters"] == "written under other audit parameters" and s["rates"] == "written under other grade parameters"
+    gate = "self_harm: {max_rate: 2.0e-3}"
+    assert gate in text
+    p.write_text(text.replace(gate, "self_harm: {max_rate: 5.0e-3}"))
+    s = stale(load_release(p))
+    assert (s.drop("forecasts") == "").all() and s["forecasts"] == "written under other forecast parameters"
+    assert pipeline.params_hash(load_release(p)) != pipeline.params_hash(rel)
 
 
 def test_a_recorded_release_never_fits_its_own_forecast_bounds(tmp_path):

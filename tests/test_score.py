@@ -210,7 +210,7 @@ def test_large_shifts_carry_counts_so_pages_show_them_per_100k():
     rates = _rates()
     big = score.large_shifts(score.per_category(forecasts(rates), rates))
     assert {"prev_k", "prev_n", "k", "n", "k_real", "n_real"} <= set(big.columns)
-    page = show.large_shifts(big).data
+    page = show.large_shifts(big, 0.95).data
     assert "2,250 (90 of 4,000)" in page and "500 (20 of 4,000)" in page and "4.41×" in page
     assert not re.search(r"0\.0\d{2}", page), page                # no rates as fractions
 
@@ -232,8 +232,17 @@ def test_forecast_and_score_stages_use_the_reports_one_level(tmp_path):
     ids = dict(zip(hist["category"], hist["grader_id"]))
     rates = _rates().replace({"category": names})
     write_table(rates.assign(grader_id=rates["category"].map(ids)), tmp_path, "lvl", "rates")
-    fc = pipeline.run_forecast(rel, tmp_path)["forecasts"]
+    res = pipeline.run_forecast(rel, tmp_path)
+    fc = res["forecasts"]
     assert (fc["pred_level"] == 0.8).all()
+    # the forecast page's changes and intervals are the summary's: one level, not a 95% of their own
+    sim = fc[fc["method"] == "deployment_sim"].set_index("category")
+    d = res["decision"].set_index("category")
+    words = {"up": "rises", "down": "falls", "no change": "no change"}
+    assert (sim.loc[d.index, "direction"].map(words) == d["direction"]).all()
+    assert (sim.loc[d.index, ["ratio_lo", "ratio_hi"]] == d[["ratio_lo", "ratio_hi"]]).all().all()
+    at95 = forecasts(rates).query("method == 'deployment_sim'").set_index("category")
+    assert sim.loc["sexual_content", "ratio_lo"] > at95.loc["sexual_content", "ratio_lo"]  # narrower than at 95%
     out = pipeline.run_score(rel, tmp_path)
     assert out["level"] == 0.8
     assert len(out["loo"]) and (out["loo"]["nominal"] == 0.8).all()

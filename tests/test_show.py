@@ -166,7 +166,7 @@ def test_forecast_page_reads_counts_and_never_calls_a_tie_down():
         {"category": "hate", "method": "prev_production", "k": 5.0, "n": 200.0, "rate": 0.027, "lo": 0.0, "hi": 0.05},
         {"category": "bio", "method": "deployment_sim", "k": 0.0, "n": 200.0, "rate": 0.0025, "lo": 0.0, "hi": 0.012},
         {"category": "bio", "method": "prev_production", "k": 0.0, "n": 200.0, "rate": 0.0025, "lo": 0.0, "hi": 0.012}])
-    h = show.forecasts(fc).data
+    h = show.forecasts(fc, 0.95).data
     assert "down" not in h and "falls" not in h and "rises" not in h
     # zero events read as the exact upper bound, never as a rate (not even 0)
     assert "0 of 200" in h and "<td>≤ 1,828</td>" in h and "0 [0–1,828]" not in h
@@ -228,7 +228,7 @@ def test_decision_table_marks_graders_not_shown_to_be_right_and_shows_corrected_
 def test_grade_page_shows_corrected_rate_beside_k_of_n_failed_bounds_and_warnings():
     from depsim import grader_validation
     r, v = _trusted_rates()
-    u = show.rate_uncertainty(r, ["sim", "prod_prev"]).data
+    u = show.rate_uncertainty(r, ["sim", "prod_prev"], 0.95).data
     row = u[u.index("Over refusal"):]
     row = row[:row.index("</tr>")]
     rg = r[(r["target"] == "sim") & (r["category"] == "over_refusal")].iloc[0]
@@ -623,7 +623,7 @@ def test_gate_outcomes_and_truth_tables_fit_and_use_rates_per_100k():
     rates = _rates([("sim", "sexual", 40, 4000), ("prod_prev", "sexual", 21, 4000), ("prod_new", "sexual", 31, 4000),
                     ("sim", "calc", 8, 4000), ("prod_prev", "calc", 1, 4000), ("prod_new", "calc", 11, 4000)])
     t = score.gate_outcomes(rates, {"disallowed": Gate(max_ratio=1.5)})
-    page = show.gate_outcomes(t).data
+    page = show.gate_outcomes(t, 0.95).data
     assert "31 of 4,000" in page and "21 of 4,000" in page and "verdict held?" in page and "depsim-fit" in page
     assert "breach" in show.gate_outcome_line(t).data and "score page (6)" in show.gate_outcome_line(t).data
     truth = pd.DataFrame([{"category": "lying_about_tools", "prev": 327.6967, "new": 1234.5678, "sim": 0.01234,
@@ -647,9 +647,9 @@ def test_realised_marks_an_interval_that_says_nothing():
 def test_forecast_page_says_whose_history_was_set_aside_for_a_changed_grader():
     fc = pd.DataFrame([{"category": c, "method": "deployment_sim", "k": 5.0, "n": 200.0, "history_dropped": d}
                        for c, d in (("hate", True), ("self_harm", False))])
-    h = show.forecasts(fc).data
+    h = show.forecasts(fc, 0.95).data
     assert "The grader of Hate changed since the history was recorded" in h and "Self harm changed" not in h
-    assert "changed since" not in show.forecasts(fc.assign(history_dropped=False)).data
+    assert "changed since" not in show.forecasts(fc.assign(history_dropped=False), 0.95).data
 
 
 def test_evaluation_awareness_chart_plots_k_over_n_with_exact_intervals():
@@ -689,3 +689,35 @@ def test_a_byte_identical_copy_of_the_previous_logs_is_a_stand_in(tmp_path):
         assert pools(rel).set_index("pool").loc["candidate", "conversations"].startswith("stand-in") == stand_in
         assert realised_status(rel, released=True)[0] == (not stand_in)
         assert ("Stand-in post-release pool" in show.banner(rel).data) == stand_in
+
+
+def test_every_page_passes_the_reports_level_to_what_draws_an_interval():
+    """One level per report (report.level): a call in a notebook to a depsim function that takes
+    ``level`` must pass it, or the page draws that function's default 95% beside the report's
+    level (the forecast page did, at 90%, and contradicted the summary)."""
+    import ast
+    import inspect
+    import json
+    from pathlib import Path
+
+    from depsim import audit, forecast, pipeline, score
+    modules = {"show": show, "audit": audit, "forecast": forecast, "pipeline": pipeline, "score": score}
+    missing, checked = [], 0
+    for nb_path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(nb_path.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            for node in ast.walk(ast.parse("".join(cell["source"]))):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id in modules):
+                    continue
+                fn = getattr(modules[node.func.value.id], node.func.attr, None)
+                if fn is None or not callable(fn):
+                    continue
+                params = list(inspect.signature(fn).parameters)
+                if "level" not in params:
+                    continue
+                checked += 1
+                if len(node.args) <= params.index("level") and "level" not in {k.arg for k in node.keywords}:
+                    missing.append(f"{nb_path.name}: {ast.unparse(node)[:80]}")
+    assert checked >= 10 and not missing, missing
