@@ -459,6 +459,11 @@ def simulated_targets(rel: Release) -> set[str]:
     return out
 
 
+def _sim_grader_categories() -> frozenset[str]:
+    """The category names the simulated world's grader knows (its plugin's ``grader_categories``)."""
+    return plugin("sim").grader_categories
+
+
 def simulated_graders(rel: Release, categories: dict) -> set[str]:
     """Return the categories whose grader reads the simulated world's own wording: a rule
     marked ``sim_only``, or an LLM rubric on a simulated (sim://) grader endpoint."""
@@ -543,6 +548,14 @@ def load_release(path: str | Path) -> Release:
     if m.grader is None and llm:
         raise ParamsError(f"{path}:{line_of(node, ('models',))}: models.grader is needed: "
                           f"{len(llm)} categories have LLM graders ({', '.join(llm[:3])}, ...)")
+    unknown = [c for c in llm if c not in _sim_grader_categories()] \
+        if m.grader is not None and m.grader.base_url.startswith("sim://") else []
+    if unknown:  # the simulated grader would fail every grade of them: say so before anything runs
+        raise ParamsError(f"{path}:{line_of(node, ('models', 'grader'))}: the simulated world's grader "
+                          f"(models.grader {m.grader.base_url}) grades only the world's own behaviours, not "
+                          f"{', '.join(map(repr, unknown))} of {rel.resolve(rel.taxonomy).name}: name a new category "
+                          f"after the behaviour it means (the world's: {', '.join(sorted(_sim_grader_categories()))}), "
+                          f"give it a rule grader, or set a real models.grader")
     for name in rel.gates:  # a gate on nothing the release grades would be silently unchecked
         if name not in tracked and not any(c.group == name for c in tracked.values()):
             raise ParamsError(f"{path}:{line_of(node, ('gates', name))}: gates: {name!r} is not among the categories this "

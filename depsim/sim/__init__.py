@@ -18,6 +18,7 @@ from functools import lru_cache
 import httpx
 import pandas as pd
 
+from depsim.sim.grader import KNOWN_CATEGORIES
 from depsim.sim.server import make_transport
 from depsim.sim.world import VERSION, World, WorldConfig
 
@@ -30,6 +31,8 @@ def _world(settings: tuple) -> World:
 class _Plugin:
     """The ``sim`` plugin (see :mod:`depsim.registry`)."""
     version = VERSION
+    #: the category names its grader (sim://.../grade) grades exactly; others it refuses
+    grader_categories = KNOWN_CATEGORIES
 
     @staticmethod
     def transport(base_url: str) -> httpx.MockTransport:
