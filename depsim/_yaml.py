@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -35,14 +36,56 @@ def line_of(node: yaml.Node | None, loc: tuple, *, key: bool = False) -> int | N
     return line
 
 
+def did_you_mean(word: str, choices) -> str:
+    """Return `` (did you mean 'x'?)`` for the choice closest to ``word`` (difflib), or ""."""
+    close = difflib.get_close_matches(str(word), sorted(map(str, choices)), 1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 does: YAML 1.1 wants a dot and a signed
+    exponent, so ``4e3``, ``1e-3`` and ``1.5e2`` would otherwise be strings."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
+def _duplicate_key(node: yaml.Node | None, loc: tuple = ()) -> tuple[tuple, int, int] | None:
+    """Return (key path, first line, repeated line) of the first mapping key that repeats in
+    its mapping (lines 1-based), or None. YAML keeps only the last silently."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                line = k.start_mark.line + 1
+                if (k.tag, k.value) in seen:
+                    return (*loc, k.value), seen[(k.tag, k.value)], line
+                seen[(k.tag, k.value)] = line
+            if (dup := _duplicate_key(v, (*loc, getattr(k, "value", "?")))) is not None:
+                return dup
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            if (dup := _duplicate_key(v, (*loc, i))) is not None:
+                return dup
+    return None
+
+
 def load_yaml(path: str | Path) -> tuple[object, yaml.Node | None]:
-    """Return (data, node tree) of a YAML file; raise ParamsError naming file and line."""
+    """Return (data, node tree) of a YAML file, floats read as in YAML 1.2 (``4e3`` is 4000.0);
+    raise ParamsError naming file and line on invalid YAML or a key repeated in a mapping."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: file not found")
     text = path.read_text(encoding="utf-8")
     try:
-        return yaml.safe_load(text), yaml.compose(text)
+        node = yaml.compose(text, Loader=_Loader)
+        if (dup := _duplicate_key(node)) is not None:
+            loc, first, again = dup
+            raise ParamsError(f"{path}:{again}: {'.'.join(map(str, loc))}: duplicate key, first at line {first} "
+                              f"(YAML would silently keep only the last): keep one")
+        return yaml.load(text, Loader=_Loader), node
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -109,8 +152,7 @@ def validation_error(path: Path, node, err: ValidationError, model: type[BaseMod
     if first["type"] == "extra_forbidden" and loc:
         names = field_names(model, loc[:-1]) if model is not None else set()
         names |= {str(x["loc"][-1]) for x in beside(first, "missing")}
-        close = difflib.get_close_matches(str(loc[-1]), sorted(names), 1)
-        msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+        msg = "unknown key" + did_you_mean(loc[-1], names)
         line = line_of(node, loc, key=True)
     else:
         msg, line = first["msg"], line_of(node, loc)

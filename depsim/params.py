@@ -16,8 +16,9 @@ from datetime import datetime, timezone
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from depsim._yaml import ParamsError, line_of, load_yaml, validation_error
+from depsim._yaml import ParamsError, did_you_mean, line_of, load_yaml, validation_error
 from depsim.registry import plugin, scheme
 from depsim.taxonomy import for_release, load_taxonomy
 
@@ -335,12 +336,35 @@ class Reweight(_Strict):
         return v
 
 
+def _number(v) -> bool:
+    """True when ``v`` is an int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _percent(v) -> float | None:
+    """Return the number of a percentage string ("0.5%", "90 %"), or None for anything else."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*%\s*", v) if isinstance(v, str) else None
+    return float(m[1]) if m else None
+
+
 class Gate(_Strict):
     """A release gate for one category or group: the forecast's exact upper bound must stay at
     or under ``max_rate`` (a fraction of responses, e.g. 1e-3 = 100 per 100k), or its ratio to
     the previous rate under ``max_ratio``. Exactly one of the two."""
     max_rate: float | None = Field(None, gt=0, le=1)
     max_ratio: float | None = Field(None, gt=0)
+
+    @field_validator("max_rate", mode="before")
+    @classmethod
+    def _a_fraction(cls, v):
+        # a rate per 100k (the pages' unit) or a percentage given where a fraction is expected
+        if _number(v) and v > 1:
+            raise PydanticCustomError("fraction", f"max_rate is a fraction of responses, not a count per 100k: "
+                                                  f"e.g. {v / 1e5:g} for {v:g} per 100k")
+        if (pct := _percent(v)) is not None:
+            raise PydanticCustomError("fraction", f"max_rate is a fraction of responses, not a percentage: "
+                                                  f"e.g. {pct / 100:g} for {pct:g}%")
+        return v
 
     @model_validator(mode="after")
     def _one(self) -> "Gate":
@@ -358,6 +382,17 @@ class Report(_Strict):
     #: the confidence level of the intervals the pages compute from counts (summary, grade,
     #: audit, forecast, score); the realism judge's win rates are stored at 95%
     level: float = Field(0.95, gt=0.5, lt=1)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _a_fraction(cls, v):
+        pct = _percent(v) if not _number(v) else v if 50 < v < 100 else None
+        if pct is not None:
+            raise PydanticCustomError("fraction", f"level is a fraction such as 0.9, not a percentage "
+                                                  f"(e.g. {pct / 100:g} for {pct:g}%)")
+        if _number(v) and v >= 1:
+            raise PydanticCustomError("fraction", "level is a fraction such as 0.9 (must be in (0.5, 1))")
+        return v
 
 
 class Models(_Strict):
@@ -472,6 +507,27 @@ def simulated_graders(rel: Release, categories: dict) -> set[str]:
             if (c.is_llm and g is not None and g.base_url.startswith("sim://")) or (not c.is_llm and c.grader.get("sim_only"))}
 
 
+def _found(p: Path) -> bool:
+    """True when ``p`` is a file or folder, or a glob pattern (``**`` as in the CLI) that matches."""
+    return p.exists() or bool(glob.glob(str(p), recursive=True))
+
+
+def _not_found(rel: Release, node, loc: tuple, field: str, p: str) -> ParamsError:
+    """Return the one-line error for ``p`` (the path given at ``loc``, named ``field``), which
+    does not exist. A relative path: the message says it resolves against the params file's
+    folder, and when it starts with that folder's name (``params/history.csv`` inside
+    params/) and the rest exists, suggests the rest."""
+    msg = f"{rel.path}:{line_of(node, loc)}: {field}: file not found: {rel.resolve(p)}"
+    given, folder = Path(p).expanduser(), rel.path.parent
+    if given.is_absolute():
+        return ParamsError(msg)
+    hint = f"relative paths resolve against the params file's folder, {folder}"
+    rest = Path(*given.parts[1:]) if len(given.parts) > 1 and given.parts[0] == folder.name else None
+    if rest is not None and _found(folder / rest):
+        hint += f": did you mean {rest.as_posix()!r}?"
+    return ParamsError(f"{msg} ({hint})")
+
+
 def load_release(path: str | Path) -> Release:
     """Return the validated release parameters of ``path``; check that referenced files and
     categories exist. Raises ParamsError with a one-line message."""
@@ -495,10 +551,8 @@ def load_release(path: str | Path) -> Release:
                 raise ParamsError(f"{path}:{line_of(node, ('sources', name, 'kind'))}: sources.{name}: "
                                   f"{src.kind} is a prompt set: use it under sources.challenging")
             hub_id = src.kind in HUB_FORMATS and src.path.count("/") == 1 and not rel.resolve(src.path).exists()
-            target = rel.resolve(src.path)
-            if not hub_id and not target.exists() and not glob.glob(str(target), recursive=True):  # ** as in the CLI
-                raise ParamsError(f"{path}:{line_of(node, ('sources', name, 'path'))}: "
-                                  f"sources.{name}.path: file not found: {rel.resolve(src.path)}")
+            if not hub_id and not _found(rel.resolve(src.path)):
+                raise _not_found(rel, node, ("sources", name, "path"), f"sources.{name}.path", src.path)
         elif rel.world is None:
             raise ParamsError(f"{path}:{line_of(node, ('sources', name))}: sources.{name}: sim_world needs a `world:` section")
     needs = {"sim_self": "candidate", "prod_new": "candidate", "challenging": "challenging"}
@@ -506,7 +560,7 @@ def load_release(path: str | Path) -> Release:
         if t in needs and getattr(rel.sources, needs[t]) is None:
             raise ParamsError(f"{path}:{line_of(node, ('targets',))}: target {t!r} needs sources.{needs[t]}")
     if rel.history is not None and not rel.resolve(rel.history).is_file():
-        raise ParamsError(f"{path}:{line_of(node, ('history',))}: history: file not found: {rel.resolve(rel.history)}")
+        raise _not_found(rel, node, ("history",), "history", rel.history)
     g, m = rel.generation, rel.models
     if m.tool_simulator is None and (g.tool_mode == "simulate" or (g.tool_mode == "replay" and g.replay_miss == "simulate")
                                      or (rel.realism is not None and set(rel.realism.modes) & {"replay", "simulate"})):
@@ -514,15 +568,19 @@ def load_release(path: str | Path) -> Release:
                           f"tool_mode {g.tool_mode!r} (replay_miss {g.replay_miss!r}) or the realism check simulates tool outputs")
     if rel.realism is not None and m.judge is None:
         raise ParamsError(f"{path}:{line_of(node, ('realism',))}: realism: the check needs models.judge")
+    if not rel.resolve(rel.taxonomy).is_file():
+        raise _not_found(rel, node, ("taxonomy",), "taxonomy", rel.taxonomy)
     tax = load_taxonomy(rel.resolve(rel.taxonomy))
+    groups = {cat.group for cat in tax.values()}
     if rel.grading.llm != "all":
         for i, c in enumerate(rel.grading.llm):
             if c not in tax:
-                raise ParamsError(f"{path}:{line_of(node, ('grading', 'llm', i))}: grading.llm: unknown category {c!r}")
+                raise ParamsError(f"{path}:{line_of(node, ('grading', 'llm', i))}: grading.llm: unknown category {c!r}"
+                                  f"{did_you_mean(c, tax)}")
     for i, v in enumerate(rel.grading.validation):
         where = f"{path}:{line_of(node, ('grading', 'validation', i))}: grading.validation"
         if not rel.resolve(v).is_file():
-            raise ParamsError(f"{where}: file not found: {rel.resolve(v)}")
+            raise _not_found(rel, node, ("grading", "validation", i), "grading.validation", v)
         try:
             vt = read_validation(rel.resolve(v))
         except ValueError as e:
@@ -531,13 +589,13 @@ def load_release(path: str | Path) -> Release:
         if unknown:
             raise ParamsError(f"{where}: {rel.resolve(v)}: category {unknown[0]!r} is not in {rel.resolve(rel.taxonomy).name}")
     for name in rel.grading.bars:
-        if name not in tax and name not in {cat.group for cat in tax.values()}:
+        if name not in tax and name not in groups:
             raise ParamsError(f"{path}:{line_of(node, ('grading', 'bars', name))}: grading.bars: {name!r} is neither a "
-                              f"category nor a group of {rel.resolve(rel.taxonomy).name}")
+                              f"category nor a group of {rel.resolve(rel.taxonomy).name}{did_you_mean(name, [*tax, *groups])}")
     for name in rel.gates:
-        if name not in tax and name not in {cat.group for cat in tax.values()}:
+        if name not in tax and name not in groups:
             raise ParamsError(f"{path}:{line_of(node, ('gates', name))}: gates: {name!r} is neither a category nor a group "
-                              f"of {rel.resolve(rel.taxonomy).name}")
+                              f"of {rel.resolve(rel.taxonomy).name}{did_you_mean(name, [*tax, *groups])}")
     if rel.categories != "all":
         for i, c in enumerate(rel.categories):
             if c not in tax:

@@ -30,7 +30,7 @@ def test_demo_params_are_valid():
     (lambda s: s.replace("n: 4000", "n: -3"), r"rel.yaml:\d+: sampling.n: Input should be greater than 0"),
     (lambda s: s.replace("tool_mode: simulate", "tool_mode: magic"), r"rel.yaml:\d+: generation.tool_mode"),
     (lambda s: s.replace("deid: true", "deid: true\nsurprise: 1"), r"rel.yaml:\d+: surprise: unknown key$"),
-    (lambda s: s.replace("taxonomy: taxonomy.yaml", "taxonomy: missing.yaml"), r"missing.yaml: file not found"),
+    (lambda s: s.replace("taxonomy: taxonomy.yaml", "taxonomy: missing.yaml"), r"rel.yaml:\d+: taxonomy: file not found: .*missing.yaml"),
     (lambda s: s.replace("previous: {kind: sim_world, deployment: Y}", "previous: {kind: parquet, path: nowhere.parquet}"),
      r"rel.yaml:\d+: sources.previous.path: file not found"),
     (lambda s: s + "\n  bad: [unclosed\n", r"rel.yaml:\d+: invalid YAML"),
@@ -237,3 +237,140 @@ def test_a_gate_on_a_category_the_release_does_not_track_is_refused(tmp_path):
         load_release(write(tmp_path, text))
     ok = text.replace("  misalignment: {max_ratio: 2.0}\n", "")
     assert set(load_release(write(tmp_path, ok)).gates) == {"disallowed", "over_refusal"}
+
+
+# --- duplicate keys, YAML 1.2 floats, errors that say what was meant -----------------------------
+
+@pytest.mark.parametrize("old, new, key", [
+    # a second gate on the same category: the last one (looser) would silently win
+    ("  self_harm: {max_rate: 2.0e-3}\n", "  self_harm: {max_rate: 2.0e-3}\n  self_harm: {max_rate: 1.0e-2}\n",
+     "gates.self_harm"),
+    # a second top-level section: its absent `validation` would silently drop the one on record
+    ("report:\n", "grading:\n  llm_sample: 50\n\nreport:\n", "grading"),
+])
+def test_a_duplicate_key_names_the_file_the_key_and_both_lines(tmp_path, old, new, key):
+    assert DEMO.count(old) == 1
+    text = DEMO.replace(old, new)
+    p = write(tmp_path, text)
+    name = key.split(".")[-1] + ":"
+    first, again = [i for i, l in enumerate(text.splitlines(), 1) if l.strip().startswith(name)]
+    with pytest.raises(ParamsError) as e:
+        load_release(p)
+    assert str(e.value) == (f"{p}:{again}: {key}: duplicate key, first at line {first} "
+                            f"(YAML would silently keep only the last): keep one")
+
+
+def test_a_taxonomy_category_pasted_twice_is_refused(tmp_path):
+    """A pasted category named like a shipped one would replace it silently."""
+    text = Path("params/taxonomy.yaml").read_text()
+    first = _line(text, "  over_refusal:")
+    text += "  over_refusal:\n    group: misalignment\n    baseline: false\n    definition: x\n    grader: {kind: llm}\n"
+    p = write(tmp_path, DEMO)
+    (tmp_path / "taxonomy.yaml").write_text(text)
+    again = len(text.splitlines()) - 4
+    with pytest.raises(ParamsError) as e:
+        load_release(p)
+    assert str(e.value).startswith(f"{tmp_path / 'taxonomy.yaml'}:{again}: categories.over_refusal: duplicate key, "
+                                   f"first at line {first} ")
+
+
+@pytest.mark.parametrize("value, expect", [("4e3", 4000), ("4.0e3", 4000), ("4000.0", 4000), ("+4E3", 4000)])
+def test_exponent_floats_read_as_numbers_and_whole_ones_fit_integer_fields(tmp_path, value, expect):
+    """YAML 1.1 reads `4e3` (no dot, or an unsigned exponent) as a string; depsim reads floats as
+    YAML 1.2 does, and an integer field takes a whole float."""
+    text = DEMO.replace("  n: 4000 ", f"  n: {value} ")
+    assert text != DEMO
+    rel = load_release(write(tmp_path, text))
+    assert rel.sampling.n == expect and isinstance(rel.sampling.n, int)
+
+
+def test_exponent_floats_in_float_fields_and_fractions_in_integer_fields(tmp_path):
+    text = DEMO.replace("self_harm: {max_rate: 2.0e-3}", "self_harm: {max_rate: 2e-3}").replace(
+        "  llm_sample: 200 ", "  llm_sample: 1.5e2 ")
+    rel = load_release(write(tmp_path, text))
+    assert rel.gates["self_harm"].max_rate == 2e-3 and rel.grading.llm_sample == 150
+    for bad in ("1.5", "1.5e0", "15e-1"):
+        with pytest.raises(ParamsError, match=r"sampling.n: Input should be a valid integer, got a number with a "
+                                              r"fractional part"):
+            load_release(write(tmp_path, DEMO.replace("  n: 4000 ", f"  n: {bad} ")))
+
+
+def test_depsim_yaml_floats_follow_yaml_1_2(tmp_path):
+    import yaml
+    from depsim._yaml import load_yaml
+
+    def read(text):
+        (tmp_path / "x.yaml").write_text(f"x: {text}\n")
+        return load_yaml(tmp_path / "x.yaml")[0]["x"]
+    for text, value in [("4e3", 4000.0), ("1e-3", 1e-3), ("-2E5", -2e5), ("1.5e2", 150.0), (".5e1", 5.0)]:
+        assert read(text) == value and yaml.safe_load(f"x: {text}")["x"] == text  # YAML 1.1: a string
+    for text in ("1e", "e3", "12ab34e5", "4000", "1_000", "2026-01-01"):  # not such floats: read as before
+        assert read(text) == yaml.safe_load(f"x: {text}")["x"]
+
+
+def test_params_comments_name_report_level_as_the_gates_level():
+    """Gates are checked at report.level (depsim.forecast.decision_table): a comment must not
+    fix the level at 95%."""
+    for f in Path("params").glob("*.yaml"):
+        text = f.read_text()
+        for block in text.split("\n\n"):
+            comment = " ".join(l for l in block.splitlines() if l.lstrip().startswith("#"))
+            if "upper bound" in comment:
+                assert "report.level" in comment and "95%" not in comment, (f, comment)
+
+
+def test_a_gate_on_a_misspelt_category_suggests_the_category(tmp_path):
+    text = DEMO.replace("  self_harm: {max_rate", "  selfharm: {max_rate")
+    p = write(tmp_path, text)
+    with pytest.raises(ParamsError) as e:
+        load_release(p)
+    assert str(e.value) == (f"{p}:{_line(text, '  selfharm:')}: gates: 'selfharm' is neither a category nor a group "
+                            f"of taxonomy.yaml (did you mean 'self_harm'?)")
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("  over_refusal: {max_rate: 1.0e-2}", "  over_refusal: {max_rate: 500}",
+     "gates.over_refusal.max_rate: max_rate is a fraction of responses, not a count per 100k: e.g. 0.005 for 500 per 100k"),
+    ("  examples_per_target: 3", "  examples_per_target: 3\n  level: 90",
+     "report.level: level is a fraction such as 0.9, not a percentage (e.g. 0.9 for 90%)"),
+    ("  examples_per_target: 3", "  examples_per_target: 3\n  level: 1",
+     "report.level: level is a fraction such as 0.9 (must be in (0.5, 1))"),
+    ("  examples_per_target: 3", '  examples_per_target: 3\n  level: "90%"',
+     "report.level: level is a fraction such as 0.9, not a percentage (e.g. 0.9 for 90%)"),
+    ("  over_refusal: {max_rate: 1.0e-2}", '  over_refusal: {max_rate: "0.5%"}',
+     "gates.over_refusal.max_rate: max_rate is a fraction of responses, not a percentage: e.g. 0.005 for 0.5%"),
+])
+def test_a_number_in_the_wrong_unit_says_the_unit(tmp_path, old, new, message):
+    text = DEMO.replace(old, new)
+    assert text != DEMO
+    p = write(tmp_path, text)
+    with pytest.raises(ParamsError) as e:
+        load_release(p)
+    assert str(e.value) == f"{p}:{_line(text, new.splitlines()[-1])}: {message}"
+
+
+@pytest.mark.parametrize("old, new, field, suggest", [
+    ("history: history.csv", "history: params/history.csv", "history", "history.csv"),
+    ("history: history.csv", "history: history-2025.csv", "history", None),
+    ("taxonomy: taxonomy.yaml", "taxonomy: params/taxonomy.yaml", "taxonomy", "taxonomy.yaml"),
+    ("taxonomy: taxonomy.yaml", "taxonomy: taxonomy-acme2.yaml", "taxonomy", None),
+    (VALIDATION_LINE, "  validation: [params/validation/over_refusal_xstest.csv]", "grading.validation",
+     "validation/over_refusal_xstest.csv"),
+    ("  previous: {kind: sim_world, deployment: Y}", "  previous: {kind: parquet, path: params/prev.parquet}",
+     "sources.previous.path", "prev.parquet"),
+])
+def test_a_missing_relative_path_says_where_it_resolves_and_suggests_the_fix(tmp_path, old, new, field, suggest):
+    """Relative paths resolve against the params file's folder: one that repeats the folder's
+    name (`params/history.csv` in params/) gets the path without it suggested."""
+    folder = tmp_path / "params"
+    folder.mkdir()
+    (folder / "prev.parquet").write_text("")  # only its existence is checked
+    text = DEMO.replace(old, new)
+    assert text != DEMO
+    p = write(folder, text)
+    given = new.split(": ", 1)[1].strip("[]}").split("path: ")[-1]
+    hint = f"relative paths resolve against the params file's folder, {folder}"
+    hint += f": did you mean {suggest!r}?" if suggest else ""
+    with pytest.raises(ParamsError) as e:
+        load_release(p)
+    assert str(e.value) == f"{p}:{_line(text, new)}: {field}: file not found: {folder / given} ({hint})"
