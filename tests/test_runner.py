@@ -90,6 +90,10 @@ def test_partial_rerun_marks_later_pages_stale(e2e, tmp_path):
         assert "Stale page" in (site / f"{page}.html").read_text(), page
     # the command works from any folder: the params file's full path
     assert f"rerun: depsim run {Path(e2e['params']).resolve()} --from" in (site / "index.html").read_text()
+    # ... and writes where this run did: the reports dir is not the default, so it is named
+    assert re.search(rf"rerun: depsim run \S+ --from \w+ --reports-dir {re.escape(str(copy.resolve()))}",
+                     (site / "index.html").read_text())
+    assert f"--reports-dir {copy.resolve()}" in r.stdout + r.stderr
     for page in ("01_sample", "02_simulate"):
         assert "Stale page" not in (site / f"{page}.html").read_text(), page
 
@@ -223,3 +227,16 @@ def test_kernels_import_the_runners_depsim(tmp_path, monkeypatch):
     # without it, the kernel's cwd and PYTHONPATH pick the other one
     plain = subprocess.run(probe, cwd=runner.NOTEBOOKS, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(plain).parent == other
+
+
+def test_every_rerun_command_names_a_non_default_reports_dir(tmp_path):
+    from depsim.pipeline import DEFAULT_REPORTS_DIR, realised_status, rerun_command
+    from depsim.params import load_release
+    params = small_release(tmp_path, "adv")
+    here = f"depsim run {params.resolve()} --from grade"
+    assert rerun_command(params, DEFAULT_REPORTS_DIR, "grade") == here
+    assert rerun_command(params, None, "grade") == here
+    assert rerun_command(params, tmp_path / "r", "grade") == f"{here} --reports-dir {(tmp_path / 'r').resolve()}"
+    assert rerun_command(None, None, "grade") == "depsim run PARAMS --from grade"
+    ok, why = realised_status(load_release(params), released=False, reports_dir=tmp_path / "r")
+    assert not ok and f"--from sample --reports-dir {(tmp_path / 'r').resolve()}" in why
