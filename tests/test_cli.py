@@ -127,6 +127,12 @@ def test_render_of_a_run_that_stopped_says_so(tmp_path):
         (d / f"{stem}.ipynb").write_text("{}")
     res = CliRunner().invoke(app, ["render", str(d)])
     assert res.exit_code == 2 and "the run stopped after 01_sample, 02_simulate" in res.output
+    # the runner kept the failed run of the next stage: it is named, with the command that resumes there
+    (d / "03_audit.failed.ipynb").write_text("{}")
+    res = CliRunner().invoke(app, ["render", str(d)])
+    assert res.exit_code == 2, res.output
+    assert f"the run stopped after 01_sample, 02_simulate (03_audit failed: {d / '03_audit.failed.ipynb'})" in res.output
+    assert f"--from audit --reports-dir {d.parent.resolve()}" in res.output.replace("\n", "")
 
 
 def test_depsim_check_reads_the_history_rows(tmp_path):
