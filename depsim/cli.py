@@ -15,10 +15,11 @@ from depsim.history import load_history
 from depsim.history import record as record_history
 from depsim.grader_validation import validate_grader as run_validation
 from depsim.params import DATA_DIR, FORMATS, PROMPT_SETS, ParamsError, endpoint_url, load_release, unset_api_keys
-from depsim.pipeline import realised_status
+from depsim.pipeline import PAGES, realised_status, rerun_command, stage_of
 from depsim.readers import InputError, likely_cause
 from depsim.records import read_table
 from depsim.readers import convert as do_convert
+from depsim.render import FAILED_SUFFIX, run_params
 from depsim.render import render as do_render
 from depsim.refusal import REFUSAL_PATTERN
 from depsim.runner import StageFailed, run_release, select
@@ -67,10 +68,13 @@ def render(release_dir: Path = typer.Argument(..., help="reports/<release>"),
     """Render an already executed release into HTML."""
 
     if not (release_dir / "index.ipynb").exists():
-        done = sorted(p.stem for p in release_dir.glob("*.ipynb"))
-        _fail(f"{release_dir}: no executed notebooks here (run `depsim run` first)" if not done else
-              f"{release_dir}: no summary page (index.ipynb): the run stopped after {', '.join(done)}; "
-              f"finish it with `depsim run PARAMS --from <the stage that failed>`")
+        done = [s for s, _ in PAGES if (release_dir / f"{s}.ipynb").exists()]
+        failed = [s for s, _ in PAGES if (release_dir / f"{s}{FAILED_SUFFIX}").exists()]
+        start = stage_of(failed[0]) if failed else "<the stage that failed>"
+        _fail(f"{release_dir}: no executed notebooks here (run `depsim run` first)" if not done + failed else
+              f"{release_dir}: no summary page (index.ipynb): the run stopped after {', '.join(done) or 'no stage'}"
+              + (f" ({failed[0]} failed: {release_dir / (failed[0] + FAILED_SUFFIX)})" if failed else "")
+              + f"; finish it with `{rerun_command(run_params(release_dir), release_dir.parent, start)}`")
     if engine not in ("auto", "quarto", "nbconvert"):
         _fail(f"--engine must be auto, quarto or nbconvert, not {engine!r}")
     try:

@@ -190,6 +190,30 @@ def staleness(rel: Release, reports_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["table", "written", "params_hash", "git_commit", "stale"])
 
 
+#: the reports folder of the project (``depsim run``'s default --reports-dir from its root, the
+#: notebooks' own default): a rerun command for it needs no --reports-dir
+DEFAULT_REPORTS_DIR = Path(__file__).resolve().parents[1] / "reports"
+
+
+def rerun_command(params_file: str | Path | None, reports_dir: str | Path | None = None, start: str = "sample") -> str:
+    """Return the ``depsim run`` command that reruns a release from stage ``start`` (a stage
+    name such as "grade", or a page such as "index"): the params file's absolute path
+    ("PARAMS" when unknown) and, when ``reports_dir`` is given and is not
+    :data:`DEFAULT_REPORTS_DIR`, ``--reports-dir`` with its absolute path, so that the command
+    does the same from any folder. Every printed rerun advice is built here."""
+    params = shlex.quote(str(Path(params_file).resolve())) if params_file else "PARAMS"
+    cmd = f"depsim run {params} --from {start}"
+    if reports_dir is not None and (where := Path(reports_dir).resolve()) != DEFAULT_REPORTS_DIR:
+        cmd += f" --reports-dir {shlex.quote(str(where))}"
+    return cmd
+
+
+def stage_of(stem: str) -> str:
+    """Return the stage name of a page's notebook stem ("04_grade" -> "grade"; "index" and
+    "examples" are their own), as ``depsim run --from`` takes it."""
+    return next((name for name, (s, _) in STAGES.items() if s == stem), stem)
+
+
 def stale_pages(rel: Release, reports_dir: str | Path, executed: dict[str, float] | None = None) -> dict[str, str]:
     """Return page stem -> why the page is stale, for pages showing a stale table or (given
     ``executed``: page -> time its notebook ran) a table rewritten after the page ran."""
@@ -206,9 +230,7 @@ def stale_pages(rel: Release, reports_dir: str | Path, executed: dict[str, float
             # rerun from the earliest stale table of the release (or, if none is, this page's stage)
             stale_tables = [t for t in st.index if st.loc[t, "stale"]] or [t for t in tables if t in st.index]
             first = min((list(STAGES).index(WRITER[t]) for t in stale_tables if t in WRITER), default=None)
-            # the params file's full path: the page cannot know the folder the reader will run from
-            rerun = (f"; rerun: depsim run {shlex.quote(str(rel.path)) if rel.path else 'PARAMS'} "
-                     f"--from {list(STAGES)[first]}" if first is not None else "")
+            rerun = f"; rerun: {rerun_command(rel.path, reports_dir, list(STAGES)[first])}" if first is not None else ""
             out[page] = "; ".join(dict.fromkeys(reasons)) + rerun
     return out
 
@@ -394,13 +416,15 @@ def run_score(rel: Release, reports_dir: str | Path) -> dict:
     ``loo`` / ``calibration`` (forward-chained, with a history; its parts also as
     ``calibration_by_group`` / ``calibration_by_category`` / ``pit``) and ``truth`` / ``truth_note``
     (on the simulated world), and ``level``: the report's level (``report.level``), the one
-    level of every predictive interval and coverage here. Missing parts are None."""
+    level of every predictive interval and coverage here, and ``reports_dir`` (as given).
+    Missing parts are None."""
     rates_ = read_table(reports_dir, rel.release, "rates")
     out = {k: None for k in ("scores", "summary", "excluded", "every", "gate_outcomes", "directions", "nll",
                              "comparison", "large_shifts", "decomposition", "removed", "across", "across_summary",
                              "loo", "calibration", "calibration_by_group", "calibration_by_category", "pit",
                              "truth", "truth_note", "across_scope")}
     out["level"] = level = rel.report.level
+    out["reports_dir"] = reports_dir  # where the tables are: withhold_stand_in's rerun advice names it
     out["released"] = "prod_new" in set(rates_["target"])
     out["decomposition"] = score.decomposition(rates_)
     if out["decomposition"] is not None and "prefix_reweighted" in out["decomposition"]:
@@ -553,17 +577,18 @@ def pools(rel: Release) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def realised_status(rel: Release, released: bool) -> tuple[bool, str]:
+def realised_status(rel: Release, released: bool, reports_dir: str | Path | None = None) -> tuple[bool, str]:
     """Return (whether realised results may be shown, why not / what they are): never on a
-    stand-in candidate pool; on the simulated world they are labelled simulated."""
+    stand-in candidate pool; on the simulated world they are labelled simulated. The rerun
+    advice names ``reports_dir`` where it is not the default (:func:`rerun_command`)."""
     if not released:
-        params = shlex.quote(str(rel.path)) if rel.path else "PARAMS"
+        rerun = rerun_command(rel.path, reports_dir, "sample")
         if "prod_new" in rel.targets:  # configured after the earlier stages ran: they must run again
             return False, (f"Not scored yet: target prod_new is in the params, but the rates have no prod_new "
-                           f"row (the earlier stages ran without it); rerun: depsim run {params} --from sample")
+                           f"row (the earlier stages ran without it); rerun: {rerun}")
         return False, ("Not released yet: no post-release pool, so nothing realised to compare. After release, "
                        "add the candidate's post-release logs as sources.candidate and the target prod_new, "
-                       f"then rerun: depsim run {params} --from sample")
+                       f"then rerun: {rerun}")
     p = pools(rel).set_index("pool")
     if "candidate" in p.index and p.loc["candidate", "conversations"].startswith("stand-in"):
         return False, ("No realised results: the post-release pool is a stand-in (the previous pool's conversations "
@@ -584,7 +609,7 @@ def withhold_stand_in(rel: Release, out: dict) -> dict:
     page may call realised. When the post-release pool is a stand-in, every score against it
     is withheld (None), so no page scores a stand-in as realised; the decomposition stays
     (it says nothing about realised rates beyond the same stand-in, and is labelled so)."""
-    ok, why = realised_status(rel, out["released"])
+    ok, why = realised_status(rel, out["released"], out.get("reports_dir"))
     out = {**out, "why": why}
     if out["released"] and not ok:
         out.update({k: None for k in SCORED})
@@ -668,7 +693,7 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
     ``past_error_over`` (:func:`depsim.forecast.with_past_errors`)."""
     rates_ = read_table(reports_dir, rel.release, "rates")
     released = "prod_new" in set(rates_["target"])
-    ok, why = realised_status(rel, released)
+    ok, why = realised_status(rel, released, reports_dir)
     fc = read_table(reports_dir, rel.release, "scores" if released and ok else "forecasts")
     tax = load_taxonomy(rel.resolve(rel.taxonomy))
     prov = {**provenance(rel), "release": rel.release,

@@ -8,13 +8,15 @@ reviewers read narrative, tables and charts.
 The pages are self-contained: nbconvert uses depsim's template (``depsim/templates``: no
 require.js, MathJax or mermaid from a CDN, so no math typesetting of transcript text), and
 every page of either renderer is stripped of any script or stylesheet that would be fetched
-from outside the report folder. Pages built on a table that was rewritten after they ran are
-marked stale. A renderer switch clears the other renderer's files.
+from outside the report folder. Pages built on a table that was rewritten after they ran, or
+whose stage's last run failed (the runner keeps that run as ``<page>.failed.ipynb``; the page
+is from the run before, and the traceback is never published), are marked stale. A renderer switch clears the other renderer's files.
 """
 from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 import re
 import shutil
 import subprocess
@@ -24,12 +26,14 @@ import nbformat
 from nbconvert import HTMLExporter
 
 from depsim.params import ParamsError, load_release
-from depsim.pipeline import PAGES, stale_pages
+from depsim.pipeline import PAGES, rerun_command, stage_of, stale_pages
 
 QUARTO_TEMPLATE = Path(__file__).resolve().parents[1] / "_quarto.yml"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: records which renderer wrote ``_site`` (a switch clears the folder first)
 MARKER = ".depsim-renderer"
+#: a page's last failed run, kept by the runner beside its last good ``<page>.ipynb``
+FAILED_SUFFIX = ".failed.ipynb"
 
 # a script or stylesheet fetched from outside the report folder (http:, https: or //host)
 _REMOTE_SCRIPT = re.compile(r"""<script\b[^>]*\bsrc\s*=\s*["']?(?:https?:)?//[^>]*>\s*</script>""", re.I)
@@ -55,7 +59,9 @@ def strip_remote(page: str) -> str:
 
 
 def _stale_banner(why: str) -> str:
-    return (f'<div class="depsim-stale" role="alert"><strong>Stale page:</strong> {html.escape(why)}. '
+    # styled inline too: Quarto's pages do not have depsim's template stylesheet
+    return (f'<div class="depsim-stale" role="alert" style="border-left:6px solid #b91c1c;background:#fef2f2;'
+            f'padding:6px 14px;margin:8px 16px;font-family:sans-serif"><strong>Stale page:</strong> {html.escape(why)}. '
             "Its numbers may not match the tables they describe.</div>")
 
 
@@ -70,26 +76,73 @@ def _finish(page: str, stem: str, engine: str, stale: dict[str, str]) -> str:
     return page
 
 
-def _staleness(release_dir: Path) -> dict[str, str]:
-    """Return page -> why it is stale, from the executed notebooks' papermill metadata (the
-    params file and when each page ran) and the tables' stamps; {} when unknown."""
-    executed, params = {}, None
-    for stem, _ in PAGES:
-        p = release_dir / f"{stem}.ipynb"
-        if not p.exists():
-            continue
-        pm = nbformat.read(p, as_version=4).metadata.get("papermill", {})
-        params = params or pm.get("parameters", {}).get("params_file")
-        end = pm.get("end_time")
-        if end:
-            executed[stem] = dt.datetime.fromisoformat(end).replace(tzinfo=dt.timezone.utc).timestamp()
-    if not params or not Path(params).exists():
-        return {}
+def _error_of(notebook: Path) -> str:
+    """Return the first error a notebook's cells raised ("KeyError: 'pattern'", its first line
+    and at most 300 characters), or '' when none is readable."""
     try:
-        rel = load_release(params)
-    except ParamsError:
+        cells = json.loads(notebook.read_text(encoding="utf-8")).get("cells", [])
+    except (OSError, ValueError, AttributeError):
+        return ""
+    for o in (o for c in cells for o in c.get("outputs", [])):
+        if o.get("output_type") == "error":
+            err = f"{o.get('ename', '')}: {o.get('evalue', '')}".strip(": ")
+            return err.splitlines()[0][:300] if err else ""
+    return ""
+
+
+def _papermill(notebook: Path) -> dict:
+    """Return papermill's metadata of a notebook ({} when it is missing or unreadable)."""
+    try:
+        meta = json.loads(notebook.read_text(encoding="utf-8")).get("metadata", {}).get("papermill", {})
+    except (OSError, ValueError, AttributeError):
         return {}
-    return stale_pages(rel, release_dir.parent, executed)
+    return meta if isinstance(meta, dict) else {}
+
+
+def run_params(release_dir: Path) -> str | None:
+    """Return the params file the release's pages last ran with (papermill's record in the
+    executed or failed notebooks), or None when none says."""
+    for stem, _ in PAGES:
+        for p in (release_dir / f"{stem}.ipynb", release_dir / f"{stem}{FAILED_SUFFIX}"):
+            if params := _papermill(p).get("parameters", {}).get("params_file"):
+                return params
+    return None
+
+
+def failed_pages(release_dir: Path, params: str | None = None) -> dict[str, str]:
+    """Return page -> why its page is not current because its last run failed: the runner
+    kept that run as ``<page>.failed.ipynb`` (and deletes it when the page next runs), so
+    the page is from the last run that succeeded. The reason names the error, the failed
+    notebook and the command that reruns from that stage (:func:`depsim.pipeline.rerun_command`)."""
+    out = {}
+    for stem, _ in PAGES:
+        failed = release_dir / f"{stem}{FAILED_SUFFIX}"
+        if failed.exists():
+            err = _error_of(failed)
+            out[stem] = (f"the last run of this stage failed{f' ({err})' if err else ''}, so this page is from the "
+                         f"run before it; the failed notebook is {failed}; rerun: "
+                         f"{rerun_command(params, release_dir.parent, stage_of(stem))}")
+    return out
+
+
+def _staleness(release_dir: Path) -> dict[str, str]:
+    """Return page -> why it is stale: its last run failed (:func:`failed_pages`), or (from the
+    executed notebooks' papermill metadata: the params file and when each page ran, and the
+    tables' stamps) it shows tables that changed after it ran; {} when nothing is known."""
+    executed, params = {}, run_params(release_dir)
+    for stem, _ in PAGES:
+        if end := _papermill(release_dir / f"{stem}.ipynb").get("end_time"):
+            executed[stem] = dt.datetime.fromisoformat(end).replace(tzinfo=dt.timezone.utc).timestamp()
+    stale = {}
+    if params and Path(params).exists():
+        try:
+            stale = stale_pages(load_release(params), release_dir.parent, executed)
+        except ParamsError:
+            pass
+    failed = failed_pages(release_dir, params)
+    # a failed run is said first, then whatever else makes the page stale
+    return {stem: "; ".join(w for w in (failed.get(stem), stale.get(stem)) if w)
+            for stem, _ in PAGES if stem in failed or stem in stale}
 
 
 def _clear_if_switched(release_dir: Path, engine: str) -> Path:

@@ -13,8 +13,8 @@ import pandas as pd
 import papermill as pm
 
 from depsim.params import load_release
-from depsim.pipeline import STAGES
-from depsim.render import check_engine, render
+from depsim.pipeline import STAGES, rerun_command, stage_of
+from depsim.render import FAILED_SUFFIX, check_engine, render
 from depsim.records import release_dir, request_log
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -48,7 +48,8 @@ def select(stages: list[str] | None = None, start: str | None = None) -> list[st
 
 
 class StageFailed(RuntimeError):
-    """A stage notebook raised; the message names the stage, the error and the executed copy."""
+    """A stage notebook raised; the message names the stage, the error, the failed notebook
+    (``<stage>.failed.ipynb``) and the command that reruns from that stage."""
 
 
 def run_release(params_file: str | Path, reports_dir: str | Path = "reports", render_engine: str = "auto",
@@ -94,21 +95,40 @@ def kernel_env():
 
 
 def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path, log) -> None:
-    """Execute each stage notebook with papermill into ``out``; raise StageFailed on error."""
+    """Execute each stage notebook with papermill into ``out/<stage>.ipynb``; raise
+    StageFailed on error.
+
+    A stage runs into a temporary file that replaces ``<stage>.ipynb`` only when it succeeds
+    (and then clears its failed marker). A failed run is kept as ``<stage>.failed.ipynb``:
+    the last good page stays, and :mod:`depsim.render` marks it (:func:`depsim.render.failed_pages`)."""
     for stage in stages:
         src = NOTEBOOKS / f"{stage}.ipynb"
-        dst = out / f"{stage}.ipynb"
+        dst, failed = out / f"{stage}.ipynb", out / f"{stage}{FAILED_SUFFIX}"
+        # beside the page (same file system, so the replace is atomic); papermill creates it with
+        # the usual permissions, which a page published from this folder keeps
+        tmp = str(out / f".{stage}.{os.getpid()}.running.ipynb")
         ts, logged = time.time(), len(request_log(reports_dir, out.name))
         try:
-            pm.execute_notebook(str(src), str(dst), parameters={"params_file": str(params_file),
-                                                                "reports_dir": str(reports_dir)},
+            pm.execute_notebook(str(src), tmp, parameters={"params_file": str(params_file),
+                                                           "reports_dir": str(reports_dir)},
                                 cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3",
                                 # quiet the kernel's own log on the terminal: start-up warnings, and the
                                 # "KeyboardInterrupt caught in kernel" of jupyter_client's interrupt before
                                 # every shutdown; a cell's error still fails the stage (and is in the page)
                                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
-        except pm.PapermillExecutionError as e:
-            raise StageFailed(f"stage {stage} failed: {e.ename}: {e.evalue} (executed copy: {dst})") from None
+        except BaseException as e:
+            # whatever stopped it (a cell's error, a dead kernel, ^C), the partial notebook is no page
+            if Path(tmp).exists() and Path(tmp).stat().st_size:
+                os.replace(tmp, failed)
+            else:
+                Path(tmp).unlink(missing_ok=True)
+            if not isinstance(e, pm.PapermillExecutionError):
+                raise
+            kept = f"; the last good page {dst.name} is kept, marked as failed" if dst.exists() else ""
+            raise StageFailed(f"stage {stage} failed: {e.ename}: {e.evalue} (failed notebook: {failed}{kept}; "
+                              f"rerun: {rerun_command(params_file, reports_dir, stage_of(stage))})") from None
+        os.replace(tmp, dst)
+        failed.unlink(missing_ok=True)  # this stage's last run succeeded
         log(f"  {stage:<20} {time.time() - ts:5.1f} s")
         for w in stage_warnings(dst) + failed_requests(request_log(reports_dir, out.name).iloc[logged:]):
             log(f"    warning: {w}")

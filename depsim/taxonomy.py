@@ -1,6 +1,7 @@
 """The taxonomy of tracked categories and the frozen grader ids (docs/design.md §4)."""
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from depsim._yaml import ParamsError, line_of, load_yaml, validation_error
-from depsim.rules import RULE_VERSIONS, RULES
+from depsim.rules import RULE_VERSIONS, RULES, spec_problem
 
 GROUPS = ("disallowed", "misalignment", "evaluation_awareness", "refusal")
 #: keys an ``{kind: llm}`` grader spec may have
@@ -62,8 +63,9 @@ class _File(BaseModel):
 def load_taxonomy(path: str | Path) -> dict[str, Category]:
     """Return the categories of a taxonomy YAML file, by name, in file order.
 
-    Raises ParamsError (one line, with file and line) on a malformed file or an unknown
-    grader rule."""
+    Raises ParamsError (one line, with file and line) on a malformed file, an unknown grader
+    rule, or a rule grader spec its rule cannot apply (:func:`depsim.rules.spec_problem`: an
+    unknown or missing key, a regex that does not compile)."""
     path = Path(path)
     data, node = load_yaml(path)
     try:
@@ -83,8 +85,14 @@ def load_taxonomy(path: str | Path) -> dict[str, Category]:
                 raise ParamsError(f"{where}: an llm grader takes only {', '.join(sorted(LLM_GRADER_KEYS))} "
                                   f"(params: a mapping; response_style: {', '.join(RESPONSE_STYLES)})")
         elif kind != "rule" or rule not in RULES:
-            raise ParamsError(f"{where}: unknown grader {kind}/{rule} "
-                              f"(kinds: rule, llm; known rules: {', '.join(RULES)})")
+            close = difflib.get_close_matches(str(rule), list(RULES), 1) if kind == "rule" else []
+            raise ParamsError(f"{where}: unknown grader {kind}/{rule}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f" (kinds: rule, llm; known rules: {', '.join(RULES)})")
+        elif problem := spec_problem(cat.grader):
+            # checked here, not when grading: `depsim check` and every stage stop at the file's own line
+            field, why = problem
+            line = line_of(node, ("categories", name, "grader", field), key=True)
+            raise ParamsError(f"{path}:{line}: categories.{name}.grader.{field}: {why}")
     return tax.categories
 
 

@@ -127,6 +127,12 @@ def test_render_of_a_run_that_stopped_says_so(tmp_path):
         (d / f"{stem}.ipynb").write_text("{}")
     res = CliRunner().invoke(app, ["render", str(d)])
     assert res.exit_code == 2 and "the run stopped after 01_sample, 02_simulate" in res.output
+    # the runner kept the failed run of the next stage: it is named, with the command that resumes there
+    (d / "03_audit.failed.ipynb").write_text("{}")
+    res = CliRunner().invoke(app, ["render", str(d)])
+    assert res.exit_code == 2, res.output
+    assert f"the run stopped after 01_sample, 02_simulate (03_audit failed: {d / '03_audit.failed.ipynb'})" in res.output
+    assert f"--from audit --reports-dir {d.parent.resolve()}" in res.output.replace("\n", "")
 
 
 def test_depsim_check_reads_the_history_rows(tmp_path):
@@ -160,3 +166,14 @@ def test_record_appends_a_scored_release_to_the_history_once(tmp_path):
     assert len(load_history(hist)) == len(after)                              # replaced, not added
     res = CliRunner().invoke(app, ["record", "params/public-hh-rlhf.yaml", "--reports-dir", str(tmp_path / "r")])
     assert res.exit_code == 2 and "stand-in" in res.output                   # never a stand-in's counts
+
+
+def test_depsim_check_stops_at_a_rule_grader_whose_regex_does_not_compile(tmp_path):
+    p = small_release(tmp_path)
+    tax = tmp_path / "taxonomy.yaml"
+    tax.write_text(tax.read_text().replace("pattern: 'Journal of Applied Outcomes|", "pattern: '(Journal of Applied Outcomes|", 1))
+    line = next(i for i, l in enumerate(tax.read_text().splitlines(), 1) if "'(Journal" in l)
+    res = CliRunner().invoke(app, ["check", str(p), "--no-data", "--no-env"])
+    assert res.exit_code == 2, res.output
+    assert (f"{tax}:{line}: categories.fabricated_facts.grader.pattern: invalid regex: missing ), unterminated "
+            "subpattern at position 0 of '(Journal of Applied Outcomes|") in res.output

@@ -90,6 +90,10 @@ def test_partial_rerun_marks_later_pages_stale(e2e, tmp_path):
         assert "Stale page" in (site / f"{page}.html").read_text(), page
     # the command works from any folder: the params file's full path
     assert f"rerun: depsim run {Path(e2e['params']).resolve()} --from" in (site / "index.html").read_text()
+    # ... and writes where this run did: the reports dir is not the default, so it is named
+    assert re.search(rf"rerun: depsim run \S+ --from \w+ --reports-dir {re.escape(str(copy.resolve()))}",
+                     (site / "index.html").read_text())
+    assert f"--reports-dir {copy.resolve()}" in r.stdout + r.stderr
     for page in ("01_sample", "02_simulate"):
         assert "Stale page" not in (site / f"{page}.html").read_text(), page
 
@@ -223,3 +227,72 @@ def test_kernels_import_the_runners_depsim(tmp_path, monkeypatch):
     # without it, the kernel's cwd and PYTHONPATH pick the other one
     plain = subprocess.run(probe, cwd=runner.NOTEBOOKS, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(plain).parent == other
+
+
+def _tiny_stage(folder: Path, stem: str) -> None:
+    """A stage notebook that fails while ``<reports_dir>/fail-now`` exists, else prints its run."""
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('params_file = ""\nreports_dir = ""', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("from pathlib import Path\n"
+                                  "if (Path(reports_dir) / 'fail-now').exists():\n"
+                                  "    raise RuntimeError('boom in the stage')\n"
+                                  "print('good run', (Path(reports_dir) / 'run-id').read_text())")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / f"{stem}.ipynb")
+
+
+def test_a_failed_stage_keeps_the_last_good_page_and_render_marks_it(tmp_path, monkeypatch):
+    """A stage that fails leaves its last good notebook in place, keeps the failed run as
+    <stage>.failed.ipynb (named in the error), render marks the good page instead of publishing
+    the traceback, and the next successful run clears the mark."""
+    from depsim import runner
+    from depsim.render import render_nbconvert
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    _tiny_stage(nbs, "01_sample")
+    monkeypatch.setattr(runner, "NOTEBOOKS", nbs)
+    params = small_release(tmp_path, "tiny")
+    reports = tmp_path / "elsewhere" / "reports"
+    out = reports / "tiny"
+    reports.mkdir(parents=True)
+
+    def run(run_id: str):
+        (reports / "run-id").write_text(run_id)
+        return run_release(params, reports, "none", stages=["01_sample"], log=lambda *_: None)
+
+    run("first")
+    good = (out / "01_sample.ipynb").read_text()
+    assert "good run first" in good
+    (reports / "fail-now").touch()
+    with pytest.raises(StageFailed) as e:
+        run("second")
+    msg = str(e.value)
+    failed = out / "01_sample.failed.ipynb"
+    assert "RuntimeError: boom in the stage" in msg and f"failed notebook: {failed}" in msg and "\n" not in msg
+    assert f"rerun: depsim run {params.resolve()} --from sample --reports-dir {reports.resolve()}" in msg
+    assert (out / "01_sample.ipynb").read_text() == good          # the last good page is untouched
+    assert "boom in the stage" in failed.read_text()
+    assert not [p for p in out.iterdir() if "running" in p.name]  # no temporary file left behind
+    page = (render_nbconvert(out).parent / "01_sample.html").read_text()
+    assert "Stale page" in page and "the last run of this stage failed (RuntimeError: boom in the stage)" in page
+    banner = re.search(r'<div class="depsim-stale".*?</div>', page, re.S).group(0)
+    assert "good run first" in page and "boom" not in page.replace(banner, "")  # the traceback is not published
+    (reports / "fail-now").unlink()
+    run("third")
+    assert not failed.exists()
+    page = (render_nbconvert(out).parent / "01_sample.html").read_text()
+    assert "Stale page" not in page and "good run third" in page
+
+
+def test_every_rerun_command_names_a_non_default_reports_dir(tmp_path):
+    from depsim.pipeline import DEFAULT_REPORTS_DIR, realised_status, rerun_command
+    from depsim.params import load_release
+    params = small_release(tmp_path, "adv")
+    here = f"depsim run {params.resolve()} --from grade"
+    assert rerun_command(params, DEFAULT_REPORTS_DIR, "grade") == here
+    assert rerun_command(params, None, "grade") == here
+    assert rerun_command(params, tmp_path / "r", "grade") == f"{here} --reports-dir {(tmp_path / 'r').resolve()}"
+    assert rerun_command(None, None, "grade") == "depsim run PARAMS --from grade"
+    ok, why = realised_status(load_release(params), released=False, reports_dir=tmp_path / "r")
+    assert not ok and f"--from sample --reports-dir {(tmp_path / 'r').resolve()}" in why
