@@ -39,7 +39,9 @@ def run(params_file: Path = typer.Argument(..., help="release parameters, e.g. p
         render: str = typer.Option("auto", help="auto (quarto if on PATH, else nbconvert), quarto, nbconvert, none"),
         stages: str | None = typer.Option(None, "--stages", help="only these stages, comma-separated (e.g. grade,forecast); "
                                           "the summary and examples pages follow"),
-        start: str | None = typer.Option(None, "--from", help="this stage and every later one (e.g. --from grade)")):
+        start: str | None = typer.Option(None, "--from", help="this stage and every later one (e.g. --from grade)"),
+        replace: bool = typer.Option(False, help="run even though the release folder holds tables another params "
+                                                 "file wrote under the same release name")):
     """Run the stage notebooks of a release with papermill and render its HTML report
     (every stage, or those named by --stages / --from)."""
     if render not in ("auto", "quarto", "nbconvert", "none"):
@@ -50,7 +52,7 @@ def run(params_file: Path = typer.Argument(..., help="release parameters, e.g. p
         _fail(str(e))
     typer.echo(f"depsim: running {params_file}" + (f" ({', '.join(order)})" if stages or start else ""))
     try:
-        res = run_release(params_file, reports_dir, render, stages=order, log=typer.echo)
+        res = run_release(params_file, reports_dir, render, stages=order, log=typer.echo, replace=replace)
     except (ParamsError, StageFailed, FileNotFoundError) as e:
         _fail(str(e))
     if res["sent"] == 0 and res["cached"] > 0:

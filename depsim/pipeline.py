@@ -131,6 +131,13 @@ def params_hash(rel: Release, stage: str | None = None) -> str:
     return h.hexdigest()[:12]
 
 
+def folder_params_file(rel: Release, reports_dir: str | Path) -> str | None:
+    """Return the name of the params file whose run last wrote a table in the release's
+    folder (its provenance's ``params_file``), or None for an empty folder."""
+    metas = [m for t in WRITER if (m := table_meta(reports_dir, rel.release, t)) and m.get("params_file")]
+    return max(metas, key=lambda m: m.get("written_at", 0))["params_file"] if metas else None
+
+
 def provenance(rel: Release, stage: str | None = None) -> dict:
     """Return the provenance stamped on every table a stage writes: depsim version, git
     commit, params hash (of ``stage``'s params, :func:`params_hash`), params file, and the

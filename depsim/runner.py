@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import papermill as pm
 
-from depsim.params import load_release
-from depsim.pipeline import STAGES, rerun_command, stage_of
+from depsim.params import ParamsError, load_release
+from depsim.pipeline import STAGES, folder_params_file, rerun_command, stage_of
 from depsim.render import FAILED_SUFFIX, check_engine, render
 from depsim.records import release_dir, request_log
 
@@ -53,15 +53,22 @@ class StageFailed(RuntimeError):
 
 
 def run_release(params_file: str | Path, reports_dir: str | Path = "reports", render_engine: str = "auto",
-                stages: list[str] | None = None, log=print) -> dict:
+                stages: list[str] | None = None, log=print, replace: bool = False) -> dict:
     """Run the stages of a release and render the report; return a summary dict with the
     release dir, the index page, the engine used, seconds taken, and the model requests
-    sent / served from the cache during this run."""
+    sent / served from the cache during this run. Raises ParamsError when the release folder
+    holds tables another params file wrote under the same ``release:`` name (a copied params
+    file whose name was not changed), unless ``replace``."""
     t0 = time.time()
     params_file = Path(params_file).resolve()
     rel = load_release(params_file)  # fail fast on bad parameters, before any kernel starts
     check_engine(render_engine)
     reports_dir = Path(reports_dir).resolve()
+    owner = folder_params_file(rel, reports_dir)
+    if owner and owner != params_file.name and not replace:
+        raise ParamsError(f"{params_file}: release {rel.release!r} is already in {reports_dir / rel.release}, made from "
+                          f"{owner}; running {params_file.name} there would mix the two releases' tables: give it "
+                          f"its own `release:` name, or pass --replace to make this file the folder's owner")
     out = release_dir(reports_dir, rel.release)
     before = len(request_log(reports_dir, rel.release))
     with kernel_env():

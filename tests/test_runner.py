@@ -296,3 +296,24 @@ def test_every_rerun_command_names_a_non_default_reports_dir(tmp_path):
     assert rerun_command(None, None, "grade") == "depsim run PARAMS --from grade"
     ok, why = realised_status(load_release(params), released=False, reports_dir=tmp_path / "r")
     assert not ok and f"--from sample --reports-dir {(tmp_path / 'r').resolve()}" in why
+
+
+def test_a_second_params_file_with_the_same_release_name_is_refused(tmp_path):
+    """A copied params file whose `release:` was not changed used to take the folder over
+    silently, mixing two releases' tables under one name (found by the analyst audit)."""
+    import pandas as pd
+    from conftest import small_release
+
+    from depsim import pipeline
+    from depsim.params import ParamsError, load_release
+    from depsim.runner import run_release
+    first = small_release(tmp_path, "acme")
+    second = tmp_path / "acme-copy.yaml"
+    second.write_text(first.read_text())
+    reports = tmp_path / "reports"
+    pipeline._write(pd.DataFrame({"x": [1]}), reports, load_release(first), "prefixes")
+    assert pipeline.folder_params_file(load_release(second), reports) == first.name
+    with pytest.raises(ParamsError, match=rf"release 'acme' is already in .*, made from {first.name}; running "
+                                          r"acme-copy.yaml there .*--replace"):
+        run_release(second, reports, "none")
+    assert sorted(p.name for p in (reports / "acme").iterdir() if p.suffix == ".ipynb") == []  # nothing ran
