@@ -14,6 +14,7 @@ is from the run before, and the traceback is never published), are marked stale.
 """
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import html
 import json
@@ -65,9 +66,36 @@ def _stale_banner(why: str) -> str:
             "Its numbers may not match the tables they describe.</div>")
 
 
+_CHART_IMG = re.compile(r'<img alt="No description has been provided for this image" '
+                        r'src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"')
+
+
+def chart_alt(svg: str) -> str:
+    """Return a text description of a Vega SVG chart for its ``alt``: its title, else what its
+    axes say (Vega writes an ``aria-label`` per axis), else "Chart"."""
+    title = re.search(r'class="mark-text role-title-text"[^>]*>.*?<text[^>]*>(.*?)</text>', svg, re.S)
+    axes = re.findall(r'aria-label="((?:X|Y)-axis[^"]*)"', svg)
+    parts = ([html.unescape(re.sub(r"<[^>]+>", "", title.group(1)))] if title else []) + [html.unescape(a) for a in axes]
+    parts = list(dict.fromkeys(parts))  # facets repeat their axes
+    return "Chart: " + "; ".join(parts) if parts else "Chart"
+
+
+def _describe_charts(page: str) -> str:
+    """Replace nbconvert's default ``alt`` on each SVG chart ("No description has been
+    provided for this image") with :func:`chart_alt` of the chart."""
+    def alt(m: re.Match) -> str:
+        try:
+            svg = base64.b64decode(m.group(1)).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return m.group(0)
+        return f'<img alt="{html.escape(chart_alt(svg))}" src="data:image/svg+xml;base64,{m.group(1)}"'
+    return _CHART_IMG.sub(alt, page)
+
+
 def _finish(page: str, stem: str, engine: str, stale: dict[str, str]) -> str:
-    """Strip remote assets, fill in the renderer on the provenance table, mark staleness."""
-    page = strip_remote(page)
+    """Strip remote assets, describe the charts, fill in the renderer on the provenance table,
+    mark staleness."""
+    page = _describe_charts(strip_remote(page))
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = page.replace('<td class="depsim-renderer">(set when rendered)</td>',
                         f'<td class="depsim-renderer">{html.escape(engine)}, {when}</td>')

@@ -1,6 +1,7 @@
 """Rendering: no remote assets, a renderer switch clears the other's files, Quarto's own
 error is shown and nbconvert takes over."""
 import os
+import re
 import stat
 
 import nbformat
@@ -52,3 +53,25 @@ def test_quarto_failure_shows_its_error_and_falls_back(tmp_path, monkeypatch):
     # the switch cleared what the other renderer had left
     assert not (d / "_site" / "stale-quarto-page.html").exists()
     assert not (d / "_quarto.yml").exists()
+
+
+def test_charts_get_an_alt_text_that_describes_them():
+    """nbconvert gives every chart the alt "No description has been provided for this image";
+    the rendered page describes each from its own title and axes (escaped)."""
+    import base64
+
+    import altair as alt
+    import pandas as pd
+    import vl_convert as vlc
+
+    from depsim.render import _finish
+    chart = alt.Chart(pd.DataFrame({"x": [1, 2], "y": [3, 4]})).mark_point().encode(
+        x=alt.X("x:Q", title="realised rate <per 100k>"), y="y:Q").properties(title="Forecast & realised")
+    svg = vlc.vegalite_to_svg(chart.to_dict())
+    b64 = base64.b64encode(svg.encode()).decode()
+    page = (f'<html><body><img alt="No description has been provided for this image" '
+            f'src="data:image/svg+xml;base64,{b64}"/></body></html>')
+    out = _finish(page, "x", "nbconvert", {})
+    alt_text = re.search(r'<img alt="([^"]*)"', out).group(1)
+    assert alt_text.startswith("Chart: Forecast &amp; realised; X-axis titled &#x27;realised rate &lt;per 100k&gt;&#x27;")
+    assert "No description" not in out and b64 in out
