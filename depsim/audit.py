@@ -268,7 +268,10 @@ def headline(clusters: pd.DataFrame, level: float, new_target: str = "sim", old_
     r = novel.loc[growth.idxmax()]
     def of(t):
         return share(r.get(f"{t}_items", 0), r.get(f"{t}_n", 0), level)
-    return (f"Largest behaviour outside the taxonomy: \"{r['label']}\" ({r['size']} findings; "
+    # "largest" must not crown a behaviour the new model shows less often than the old one
+    head = ("Largest behaviour outside the taxonomy" if growth.max() > 0 else
+            "Behaviours outside the taxonomy, none more frequent in the new model; the least shrunk")
+    return (f"{head}: \"{r['label']}\" ({r['size']} findings; "
             f"{of(new_target)} audited {new_target} responses against {of(old_target)} of {old_target}).")
 
 

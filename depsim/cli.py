@@ -50,6 +50,8 @@ def run(params_file: Path = typer.Argument(..., help="release parameters, e.g. p
         order = select([x.strip() for x in stages.split(",") if x.strip()] if stages else None, start)
     except ValueError as e:
         _fail(str(e))
+    if not params_file.is_file():  # before "running ...": nothing runs
+        _fail(f"{params_file}: file not found")
     typer.echo(f"depsim: running {params_file}" + (f" ({', '.join(order)})" if stages or start else ""))
     try:
         res = run_release(params_file, reports_dir, render, stages=order, log=typer.echo, replace=replace)

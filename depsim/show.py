@@ -939,10 +939,11 @@ def forecasts(fc: pd.DataFrame, level: float) -> HTML:
     if "history_dropped" in fc and fc["history_dropped"].fillna(False).astype(bool).any():
         # rates graded by different grader ids are never compared: say whose record was set aside
         cats = sorted({category_title(c) for c in fc.loc[fc["history_dropped"].fillna(False).astype(bool), "category"]})
-        note = (f"<p><small>The grader of {html.escape(', '.join(cats))} changed since the history was recorded: "
-                f"their earlier releases are left out of the predictive interval and of the metrics across releases "
-                f"(rates graded by different grader ids are never compared), so their intervals rest on the "
-                f"group's record only.</small></p>")
+        one = len(cats) == 1
+        note = (f"<p><small>The grader{'' if one else 's'} of {html.escape(', '.join(cats))} changed since the history "
+                f"was recorded: {'its' if one else 'their'} earlier releases are left out of the predictive interval "
+                f"and of the metrics across releases (rates graded by different grader ids are never compared), so "
+                f"{'its interval rests' if one else 'their intervals rest'} on the group's record only.</small></p>")
     return HTML(table(pd.DataFrame(rows)).data + note)
 
 

@@ -71,6 +71,11 @@ def test_audit_shares_are_k_of_n_and_zero_is_a_bound():
     assert "1.52%" not in head and "0.02%" not in head
     diff = audit.proposed_changes(clusters, 0.95)
     assert "sim 30 of 2,000 (1.50%), prod_prev 0 of 2,000 (≤ 0.18%)" in diff and "0.02%" not in diff
+    assert head.startswith("Largest behaviour outside the taxonomy")
+    # nothing grew: never "largest" for a behaviour the new model shows less often (analyst audit)
+    shrunk = clusters.assign(sim_items=6, prod_prev_items=12)
+    head = audit.headline(shrunk, 0.95)
+    assert head.startswith("Behaviours outside the taxonomy, none more frequent in the new model") and "Largest" not in head
 
 
 def test_failed_answers_counts_every_audited_response():

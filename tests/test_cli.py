@@ -177,3 +177,9 @@ def test_depsim_check_stops_at_a_rule_grader_whose_regex_does_not_compile(tmp_pa
     assert res.exit_code == 2, res.output
     assert (f"{tax}:{line}: categories.fabricated_facts.grader.pattern: invalid regex: missing ), unterminated "
             "subpattern at position 0 of '(Journal of Applied Outcomes|") in res.output
+
+
+def test_run_of_a_missing_params_file_says_so_before_running_anything(tmp_path):
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "nope.yaml"), "--reports-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2 and f"{tmp_path / 'nope.yaml'}: file not found" in res.output
+    assert "running" not in res.output and not (tmp_path / "r").exists()

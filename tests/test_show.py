@@ -648,7 +648,8 @@ def test_forecast_page_says_whose_history_was_set_aside_for_a_changed_grader():
     fc = pd.DataFrame([{"category": c, "method": "deployment_sim", "k": 5.0, "n": 200.0, "history_dropped": d}
                        for c, d in (("hate", True), ("self_harm", False))])
     h = show.forecasts(fc, 0.95).data
-    assert "The grader of Hate changed since the history was recorded" in h and "Self harm changed" not in h
+    assert "The grader of Hate changed since the history was recorded: its earlier releases" in h and "Self harm changed" not in h
+    assert "so its interval rests" in h
     assert "changed since" not in show.forecasts(fc.assign(history_dropped=False), 0.95).data
 
 
