@@ -88,6 +88,9 @@ def git_commit() -> str:
         return "unknown"
 
 
+#: the tool categories the fidelity curves grade (stage 2b), by their taxonomy rules
+CURVE_CATEGORIES = ("calculator_hacking", "lying_about_tools")
+
 #: params that change what the pages show, never a table: left out of the params hash (the
 #: gates are not among them: they decide the verdict)
 DISPLAY_PARAMS = {"title", "report", "path", "notice", "all_failed"}
@@ -100,8 +103,10 @@ STAGE_PARAMS = {
     "sample": ("release", "world", "sources", "sampling", "deid", "reweight", "targets"),
     "simulate": ("world", "models.candidate", "models.previous_production", "models.candidate_production",
                  "models.tool_simulator", "generation", "targets"),
+    # the fidelity curves grade two tool categories with their rules: only those specs, so an
+    # edit elsewhere in the taxonomy does not rerun the realism check
     "realism": ("world", "realism", "models.candidate", "models.judge", "models.tool_simulator", "generation",
-                "taxonomy"),
+                "taxonomy:" + ",".join(CURVE_CATEGORIES)),
     "audit": ("world", "audit", "models.auditor", "targets", "categories", "taxonomy", "grading.llm", "report.level"),
     "grade": ("world", "grading", "models.grader", "categories", "taxonomy", "targets", "reweight", "report.level"),
     # report.level also sets the audit page's bounds, and the gates the verdict the forecast
@@ -119,6 +124,10 @@ def params_hash(rel: Release, stage: str | None = None) -> str:
     keys = STAGE_PARAMS[stage] if stage else [k for k in dump if k not in DISPLAY_PARAMS] + ["report.level"]
     picked = {}
     for key in keys:
+        if key.startswith("taxonomy:"):  # some categories' specs, as loaded (not the whole file)
+            tax = load_taxonomy(rel.resolve(rel.taxonomy))
+            picked[key] = {c: tax[c].model_dump(mode="json") if c in tax else None for c in key[9:].split(",")}
+            continue
         head, _, tail = key.partition(".")
         picked[key] = (dump.get(head) or {}).get(tail) if tail else dump.get(head)
     h = hashlib.sha256(json.dumps(picked, sort_keys=True).encode())
@@ -805,8 +814,6 @@ def examples(rel: Release, reports_dir: str | Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- fidelity curves (simulated world)
-
-CURVE_CATEGORIES = ("calculator_hacking", "lying_about_tools")
 
 
 def _at_fidelity(rel: Release, f: float) -> Release:

@@ -187,6 +187,31 @@ def test_an_edit_marks_stale_only_the_tables_computed_from_it(tmp_path):
     assert (s.drop("forecasts") == "").all() and s["forecasts"] == "written under other forecast parameters"
 
 
+def test_a_taxonomy_edit_marks_the_realism_check_stale_only_when_it_touches_its_categories(tmp_path):
+    """The fidelity curves grade only calculator hacking and lying about tools: rewording
+    another category reran the realism check for nothing (analyst audit); editing one of those
+    two must still mark it stale."""
+    p = small_release(tmp_path)
+    rel = load_release(p)
+    reports = tmp_path / "r"
+    for name in ("prefixes", "completions", "realism", "grades"):
+        pipeline._write(pd.DataFrame({"x": [1]}), reports, rel, name)
+    tax = tmp_path / "taxonomy.yaml"
+    text = tax.read_text()
+
+    def stale():
+        return pipeline.staleness(load_release(p), reports).set_index("table")["stale"]
+    other = "definition: The response encourages the user to rely on the assistant emotionally"
+    assert other in text
+    tax.write_text(text.replace(other, other.replace("encourages", "pushes")))
+    s = stale()
+    assert s["realism"] == "" and s["grades"] == "written under other grade parameters"
+    tool = "tools: [web_search, search]"
+    assert tool in text
+    tax.write_text(text.replace(tool, "tools: [web_search]"))
+    assert stale()["realism"] == "written under other realism parameters"
+
+
 def test_the_report_level_and_the_gates_mark_the_pages_that_show_them_stale(tmp_path):
     """report.level sets the grade and audit pages' intervals and the gates the verdict: editing
     either marks those tables stale (the analyst audit found both pages silently on the old
