@@ -161,6 +161,17 @@ def test_xstest_figures_are_stored_once_and_reused(tmp_path, monkeypatch):
     assert gone["table"] is None and "XSTest is not available here" in gone["missing"]
 
 
+def _placeholders(rel, reports, names):
+    """Write a one-row stand-in of each table ``names``, stamped with ``rel``'s provenance."""
+    for name in names:
+        pipeline._write(pd.DataFrame({"x": [1]}), reports, rel, name)
+
+
+def _stale(rel, reports):
+    """table -> why it is stale ("" when it is not)."""
+    return pipeline.staleness(rel, reports).set_index("table")["stale"]
+
+
 def test_an_edit_marks_stale_only_the_tables_computed_from_it(tmp_path):
     """A grading edit marks the grades and what follows stale, not the prefixes; editing the
     history file's contents (same name) marks the forecasts stale, not the rates."""
@@ -168,11 +179,10 @@ def test_an_edit_marks_stale_only_the_tables_computed_from_it(tmp_path):
     text = p.read_text()
     rel = load_release(p)
     reports = tmp_path / "r"
-    for name in ("prefixes", "completions", "grades", "rates", "forecasts"):
-        pipeline._write(pd.DataFrame({"x": [1]}), reports, rel, name)
+    _placeholders(rel, reports, ("prefixes", "completions", "grades", "rates", "forecasts"))
 
     def stale(r):
-        return pipeline.staleness(r, reports).set_index("table")["stale"]
+        return _stale(r, reports)
     assert (stale(rel) == "").all()
     assert "llm_sample: 80" in text
     p.write_text(text.replace("llm_sample: 80", "llm_sample: 40"))
@@ -194,13 +204,12 @@ def test_a_taxonomy_edit_marks_the_realism_check_stale_only_when_it_touches_its_
     p = small_release(tmp_path)
     rel = load_release(p)
     reports = tmp_path / "r"
-    for name in ("prefixes", "completions", "realism", "grades"):
-        pipeline._write(pd.DataFrame({"x": [1]}), reports, rel, name)
+    _placeholders(rel, reports, ("prefixes", "completions", "realism", "grades"))
     tax = tmp_path / "taxonomy.yaml"
     text = tax.read_text()
 
     def stale():
-        return pipeline.staleness(load_release(p), reports).set_index("table")["stale"]
+        return _stale(load_release(p), reports)
     other = "definition: The response encourages the user to rely on the assistant emotionally"
     assert other in text
     tax.write_text(text.replace(other, other.replace("encourages", "pushes")))
@@ -220,11 +229,10 @@ def test_the_report_level_and_the_gates_mark_the_pages_that_show_them_stale(tmp_
     text = p.read_text()
     rel = load_release(p)
     reports = tmp_path / "r"
-    for name in ("prefixes", "completions", "clusters", "grades", "rates", "forecasts"):
-        pipeline._write(pd.DataFrame({"x": [1]}), reports, rel, name)
+    _placeholders(rel, reports, ("prefixes", "completions", "clusters", "grades", "rates", "forecasts"))
 
     def stale(r):
-        return pipeline.staleness(r, reports).set_index("table")["stale"]
+        return _stale(r, reports)
     assert (stale(rel) == "").all()
     assert "\nreport:\n" in text
     p.write_text(text.replace("\nreport:\n", "\nreport:\n  level: 0.8\n"))
@@ -278,11 +286,10 @@ def test_prefixes_made_under_another_de_identification_key_are_stale(tmp_path, m
     (tmp_path / "logs.jsonl").write_text('{"id": "c1", "messages": [{"role": "user", "content": "hi"}]}\n')
     rel = load_release(small_release(tmp_path, previous={"kind": "openai_jsonl", "path": "logs.jsonl"}))
     reports = tmp_path / "r"
-    for name in ("prefixes", "completions"):
-        pipeline._write(pd.DataFrame({"x": [1]}), reports, rel, name)
+    _placeholders(rel, reports, ("prefixes", "completions"))
 
     def stale():
-        return pipeline.staleness(rel, reports).set_index("table")["stale"]
+        return _stale(rel, reports)
     assert (stale() == "").all()
     monkeypatch.setenv("DEPSIM_DEID_KEY", "another key")
     s = stale()
