@@ -196,7 +196,8 @@ def render_nbconvert(release_dir: Path, engine_label: str = "nbconvert") -> Path
     stale = _staleness(release_dir)
     for stem, title in PAGES:
         nb_path = release_dir / f"{stem}.ipynb"
-        if not nb_path.exists():
+        if not nb_path.exists():  # no good run of it (any more): an older page must not stay
+            (site / f"{stem}.html").unlink(missing_ok=True)
             continue
         body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4),
                                               resources={"metadata": {"name": f"{title} · depsim"}})

@@ -36,6 +36,18 @@ def test_nbconvert_pages_request_nothing_remote(tmp_path):
     assert "hello $x$" in page
 
 
+def test_a_page_without_a_notebook_leaves_the_site(tmp_path):
+    # a stage page rendered before its notebook went away (removed, or never run again) is not
+    # published as if current
+    d = _release(tmp_path)
+    nbformat.write(nbformat.read(d / "index.ipynb", as_version=4), d / "04_grade.ipynb")
+    _, index = render.render(d, "nbconvert")
+    assert (index.parent / "04_grade.html").exists()
+    (d / "04_grade.ipynb").unlink()
+    render.render(d, "nbconvert")
+    assert not (index.parent / "04_grade.html").exists() and index.exists()
+
+
 def test_quarto_failure_shows_its_error_and_falls_back(tmp_path, monkeypatch):
     d = _release(tmp_path)
     (d / "_site").mkdir()
