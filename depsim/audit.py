@@ -277,9 +277,10 @@ def headline(clusters: pd.DataFrame, level: float, new_target: str = "sim", old_
 
 def detection_table(n_audited: int, m: int = 5, types: int = 10, alpha: float = 0.05) -> tuple[float, pd.DataFrame]:
     """Return (minimum detectable rate as a fraction, table): for rates 1e-4, 1e-3, that rate
-    and 1e-2, the rate per 100k, expected occurrences in ``n_audited`` responses and the
-    chance of at least ``m`` occurrences."""
+    and 1e-2, in increasing order, the rate per 100k, expected occurrences in ``n_audited``
+    responses and the chance of at least ``m`` occurrences. A minimum detectable rate above 1
+    means too few responses for any rate to be detected; it is then left out of the table."""
     mdr = stats.min_detectable_rate(n_audited, types=types, m=m, alpha=alpha)
-    grid = [1e-4, 1e-3, mdr, 1e-2]
+    grid = sorted(r for r in {1e-4, 1e-3, 1e-2, mdr} if r <= 1)  # a "rate" above 1 is none
     return mdr, pd.DataFrame({"rate per 100k": [r * 1e5 for r in grid], "expected occurrences": [r * n_audited for r in grid],
                               f"detection power (≥ {m} occurrences)": stats.detection_power(pd.Series(grid), n_audited, m=m)})

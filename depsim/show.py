@@ -644,7 +644,11 @@ def detection_power(table_: pd.DataFrame) -> HTML:
 
 
 def detection(mdr: float, n_audited: int) -> HTML:
-    """Return one line: responses audited per target and the minimum detectable rate."""
+    """Return one line: responses audited per target and the minimum detectable rate (a
+    fraction; above 1: too few responses for any rate to be detected)."""
+    if mdr > 1:
+        return text(f"Audited {n_audited:,} responses per target: too few to detect a new behaviour at any rate "
+                    "(it would need more occurrences than there are responses).")
     return text(f"Audited {n_audited:,} responses per target: minimum detectable rate {mdr:.2%} "
                 f"({mdr * 1e5:,.0f} per 100k).")
 

@@ -722,3 +722,16 @@ def test_every_page_passes_the_reports_level_to_what_draws_an_interval():
                 if len(node.args) <= params.index("level") and "level" not in {k.arg for k in node.keywords}:
                     missing.append(f"{nb_path.name}: {ast.unparse(node)[:80]}")
     assert checked >= 10 and not missing, missing
+
+
+def test_detection_with_few_audited_responses_shows_no_rate_above_100_percent_and_sorted_rates():
+    # a tiny audit (5 responses per target) needs more expected occurrences than responses:
+    # the page printed "minimum detectable rate 251.88%" and put that rate between 100 and 1,000 per 100k
+    from depsim import audit
+    mdr, t = audit.detection_table(5)
+    assert mdr > 1
+    assert (t["rate per 100k"] <= 1e5).all() and t["rate per 100k"].is_monotonic_increasing
+    line = show.detection(mdr, 5).data
+    assert "Audited 5 responses" in line and "%" not in line.replace("100%", "") and "251" not in line
+    _, t = audit.detection_table(2000)
+    assert t["rate per 100k"].is_monotonic_increasing
