@@ -1175,8 +1175,16 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
                      + ", ".join(html.escape(t) for t in none["title"])
                      + ": every grade failed, so these have no forecast (see Failures).</p>")
     rises = decision[decision["direction"] == "rises"]
-    line = (f"<p><strong>Rise against the previous model ({len(rises)}):</strong> "
-            + (", ".join(html.escape(t) for t in rises["title"]) or "none") + ".")
+    graded = decision[decision["n"] > 0]
+    uncompared = graded[graded["direction"] == "no previous rate"]
+    if len(graded) and len(uncompared) == len(graded):  # nothing was compared: "none" would read as checked
+        line = ("<p><strong>Rise against the previous model:</strong> not checked: no previous rate to compare "
+                "with (the release grades no <code>prod_prev</code> responses, or none usably).")
+    else:
+        line = (f"<p><strong>Rise against the previous model ({len(rises)}):</strong> "
+                + (", ".join(html.escape(t) for t in rises["title"]) or "none") + "."
+                + (f" Not compared, for want of a previous rate: {', '.join(html.escape(t) for t in uncompared['title'])}."
+                   if len(uncompared) else ""))
     if len(rises) and "rises_holm" in rises:
         # each rise is one test of many: say which survive the correction for all of them
         held = rises[rises["rises_holm"].astype(bool)]
@@ -1398,6 +1406,8 @@ GLOSSARY = [
                     "both are. The interval is exact (conditional binomial, Clopper–Pearson) and is [0–∞] when both "
                     "counts are zero."),
     ("rises / falls / no change", "the ratio's interval lies wholly above 1 / below 1 / includes 1."),
+    ("no previous rate", "no usable rate of the previous model to compare with (no prod_prev target, or every "
+                         "previous grade failed): the change was not checked."),
     ("gate", "a release limit from the params file: a maximum rate, or a maximum ratio to the previous rate. "
              "\"breaches\": even the exact interval's low end is over it; \"may breach\": its upper end "
              "is. The check counts failed grades at either extreme and, where sampled turns share "
