@@ -271,8 +271,10 @@ def headline(clusters: pd.DataFrame, level: float, new_target: str = "sim", old_
     # "largest" must not crown a behaviour the new model shows less often than the old one
     head = ("Largest behaviour outside the taxonomy" if growth.max() > 0 else
             "Behaviours outside the taxonomy, none more frequent in the new model; the least shrunk")
+    # a release without the old target audited it not at all: no "against 0 of 0"
+    against = f" against {of(old_target)} of {old_target}" if r.get(f"{old_target}_n", 0) else ""
     return (f"{head}: \"{r['label']}\" ({r['size']} findings; "
-            f"{of(new_target)} audited {new_target} responses against {of(old_target)} of {old_target}).")
+            f"{of(new_target)} audited {new_target} responses{against}).")
 
 
 def detection_table(n_audited: int, m: int = 5, types: int = 10, alpha: float = 0.05) -> tuple[float, pd.DataFrame]:
