@@ -181,7 +181,7 @@ def validate_grader(
                                  help="validation table to write (.parquet or .csv)")):
     """Validate a grader against human labels: agreement, Cohen's κ, sensitivity and
     specificity with intervals per source, a test of whether they carry over between sources,
-    and a validation table the measure stage uses for corrected rates."""
+    and a validation table the grade stage (grading.validation) uses for corrected rates."""
     if grader not in GRADERS:
         _fail(f"--grader must be one of {', '.join(GRADERS)}, not {grader!r}")
     if prompts not in ("safe", "all"):
