@@ -767,8 +767,11 @@ def rate_uncertainty(rates: pd.DataFrame, targets: list[str], level: float, deff
         conv = DASH if _missing(x["deff"]) or x["deff"] < deff_min else \
             f"{interval100k(x['conv_lo'], x['conv_hi'])} (design effect {number(x['deff'], 2)}, {int(x['conversations']):,} conversations)"
         failed = DASH if not x["failed"] else f"{int(x['failed']):,} ({x['failed_share']:.1%})" + (" ⚠" if x["failed_warning"] else "")
+        # the two cases as k of n + F and k + F of n + F, as every rate on the pages (the table's
+        # best_rate / worst_rate are Jeffreys-smoothed: 0 of 2 would read 16,667 per 100k)
+        tot = x["n"] + x["failed"]
         bounds = DASH if not x["failed"] or _missing(x.get("failed_lo")) else \
-            f"{rate100k(x['best_rate'])}–{rate100k(x['worst_rate'])} {interval100k(x['failed_lo'], x['failed_hi'])}"
+            f"{rate100k(x['k'] / tot)}–{rate100k((x['k'] + x['failed']) / tot)} {interval100k(x['failed_lo'], x['failed_hi'])}"
         rows.append({"category": category_title(x["category"]), "target": x["target"], "flagged": k_of_n(x["k"], x["n"]),
                      f"rate per 100k [{pct} exact]": rate_interval100k(x["k"], x["n"], level),
                      f"corrected for grader error per 100k [{pct}]": _corrected(x),
