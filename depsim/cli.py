@@ -318,7 +318,8 @@ def record(params_file: Path = typer.Argument(..., help="release parameters (its
         rel = load_release(params_file)
     except ParamsError as e:
         _fail(str(e))
-    ok, why = realised_status(rel, released=True)
+    # no prod_new target: nothing was realised, whatever the score stage wrote (it writes no scores)
+    ok, why = realised_status(rel, released="prod_new" in rel.targets, reports_dir=reports_dir)
     if not ok:  # a stand-in's "realised" counts are not what happened: never history
         _fail(f"{params_file}: {why}")
     if rel.history is None:

@@ -207,3 +207,15 @@ def test_grader_prompt_finds_the_shipped_taxonomy_from_any_folder(tmp_path, monk
     res = CliRunner().invoke(app, ["grader-prompt", "violence"])
     assert res.exit_code == 0, res.output
     assert "# Category: violence" in res.output
+
+
+def test_record_says_a_release_without_a_post_release_pool_has_nothing_to_record(tmp_path):
+    # a release with no prod_new target had "scores.parquet is missing: run 06_score first",
+    # though 06_score had run: there is nothing realised to record until after release
+    p = small_release(tmp_path)
+    text = p.read_text().replace("targets: [sim, sim_self, challenging, prod_prev, prod_new]", "targets: [sim, challenging]")
+    assert text != p.read_text()
+    p.write_text(text.replace("  candidate: {kind: sim_world, deployment: X}\n", ""))
+    res = CliRunner().invoke(app, ["record", str(p), "--reports-dir", str(tmp_path / "reports")])
+    assert res.exit_code == 2 and "Not released yet" in res.output and "prod_new" in res.output, res.output
+    assert "run 06_score first" not in res.output
