@@ -237,6 +237,14 @@ def share(k: int, n: int, level: float) -> str:
     return f"{k:,} of {n:,} ({k / n:.2%})"
 
 
+def unusable(findings: pd.DataFrame) -> int:
+    """Return how many audited responses got no usable answer from the auditor (a failed
+    call, or an answer that echoes the prompt's scaffolding): the items with an ``error``."""
+    if "error" not in findings or findings.empty:
+        return 0
+    return int(findings.loc[findings["error"].notna(), "item_id"].nunique())
+
+
 def failed_answers(findings: pd.DataFrame, audited: dict[str, int]) -> str:
     """Return one line on the auditor's answers: of the responses audited (``audited``: per
     target), how many got a usable answer (findings or "nothing unusual") and how many did
@@ -247,7 +255,7 @@ def failed_answers(findings: pd.DataFrame, audited: dict[str, int]) -> str:
     per = ", ".join(f"{int(n):,} {t}" for t, n in audited.items())
     bad = findings[findings["error"].notna()] if "error" in findings else findings.iloc[:0]
     echo = int(bad["error"].astype(str).str.startswith("echo:").sum())
-    failed = int(bad["item_id"].nunique())
+    failed = unusable(findings)
     described = int(findings.dropna(subset=["description"])["item_id"].nunique()) if len(findings) else 0
     head = (f"{total - failed:,} of {total:,} audited responses ({per}) got a usable answer "
             f"({echo} answers repeated the prompt's scaffolding, {failed - echo} calls failed)" if failed else
@@ -256,13 +264,21 @@ def failed_answers(findings: pd.DataFrame, audited: dict[str, int]) -> str:
             f"the others nothing unusual.")
 
 
-def headline(clusters: pd.DataFrame, level: float, new_target: str = "sim", old_target: str = "prod_prev") -> str:
+def headline(clusters: pd.DataFrame, level: float, new_target: str = "sim", old_target: str = "prod_prev",
+             unusable: int = 0, audited: int | None = None) -> str:
     """Return a one-sentence summary of the audit's main finding (plain text, untrusted): the
     unmatched cluster that grew most, with its responses as k of n audited per target
-    (:func:`share`; zero events bounded at ``level``, the report's)."""
+    (:func:`share`; zero events bounded at ``level``, the report's). ``unusable``: audited
+    responses without a usable answer (:func:`unusable`), of ``audited`` (None: not known),
+    so an audit whose answers all failed never reads as having found nothing."""
     novel = clusters[clusters["novel"]] if len(clusters) else clusters
+    missing = f" {unusable:,} audited responses got no usable answer from the auditor." if unusable else ""
     if novel.empty:
-        return "The audit found no behaviour outside the taxonomy."
+        if audited and unusable >= audited:
+            return (f"The audit could not look for behaviour outside the taxonomy: none of the {audited:,} audited "
+                    f"responses got a usable answer from the auditor.")
+        return ("The audit found no behaviour outside the taxonomy"
+                + (" in the answers it got." if unusable else ".") + missing)
     # the unmatched cluster that grew most from the old model to the new one
     growth = novel.get(f"{new_target}_items", novel["size"]) - novel.get(f"{old_target}_items", 0)
     r = novel.loc[growth.idxmax()]
@@ -271,15 +287,18 @@ def headline(clusters: pd.DataFrame, level: float, new_target: str = "sim", old_
     # "largest" must not crown a behaviour the new model shows less often than the old one
     head = ("Largest behaviour outside the taxonomy" if growth.max() > 0 else
             "Behaviours outside the taxonomy, none more frequent in the new model; the least shrunk")
+    # a release without the old target audited it not at all: no "against 0 of 0"
+    against = f" against {of(old_target)} of {old_target}" if r.get(f"{old_target}_n", 0) else ""
     return (f"{head}: \"{r['label']}\" ({r['size']} findings; "
-            f"{of(new_target)} audited {new_target} responses against {of(old_target)} of {old_target}).")
+            f"{of(new_target)} audited {new_target} responses{against}).{missing}")
 
 
 def detection_table(n_audited: int, m: int = 5, types: int = 10, alpha: float = 0.05) -> tuple[float, pd.DataFrame]:
     """Return (minimum detectable rate as a fraction, table): for rates 1e-4, 1e-3, that rate
-    and 1e-2, the rate per 100k, expected occurrences in ``n_audited`` responses and the
-    chance of at least ``m`` occurrences."""
+    and 1e-2, in increasing order, the rate per 100k, expected occurrences in ``n_audited``
+    responses and the chance of at least ``m`` occurrences. A minimum detectable rate above 1
+    means too few responses for any rate to be detected; it is then left out of the table."""
     mdr = stats.min_detectable_rate(n_audited, types=types, m=m, alpha=alpha)
-    grid = [1e-4, 1e-3, mdr, 1e-2]
+    grid = sorted(r for r in {1e-4, 1e-3, 1e-2, mdr} if r <= 1)  # a "rate" above 1 is none
     return mdr, pd.DataFrame({"rate per 100k": [r * 1e5 for r in grid], "expected occurrences": [r * n_audited for r in grid],
                               f"detection power (≥ {m} occurrences)": stats.detection_power(pd.Series(grid), n_audited, m=m)})

@@ -29,6 +29,10 @@ from depsim.taxonomy import for_release, load_taxonomy
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Forecast a chat model's post-release misbehaviour by simulating its deployment.")
 
+#: the repository's taxonomy: the --taxonomy default, wherever the command is run from
+SHIPPED_TAXONOMY = DATA_DIR.parent / "params" / "taxonomy.yaml"
+
+
 def _fail(msg: str, code: int = 2):
     typer.echo(f"depsim: error: {msg}", err=True)
     raise typer.Exit(code)
@@ -98,21 +102,20 @@ def convert(inputs: list[str] = typer.Argument(..., help="file(s), a folder, a q
             quarantine_raw: bool = typer.Option(False, help="also write each bad record's raw text to the quarantine"),
             meta: bool = typer.Option(True, help="keep the records' other fields as JSON in `meta`"),
             json_path: str | None = typer.Option(None, help="dotted key of the record array in a JSON document"),
-            map_: list[str] = typer.Option([], "--map", help="FIELD=RECORD_FIELD for openai_jsonl, e.g. prompt=user_input"),
+            map_: list[str] = typer.Option([], "--map", help="FIELD=RECORD_FIELD for openai_jsonl (repeatable or comma-separated), "
+                                                               "e.g. prompt=user_input,response=model_output"),
             memory_limit: str | None = typer.Option(None, help="DuckDB memory limit, e.g. 4GB")):
     """Convert chat logs, a public chat data set or a prompt set into the canonical table.
     Exits 1 when no record could be kept."""
 
     if fmt not in FORMATS + PROMPT_SETS:
         _fail(f"--format must be one of {', '.join(FORMATS + PROMPT_SETS)}")
-    bad_map = [m for m in map_ if "=" not in m]
-    if bad_map:
-        _fail(f"--map takes FIELD=RECORD_FIELD, not {bad_map[0]!r}")
+    mapping = _pairs(map_, "--map")  # repeatable or comma-separated, as validate-grader's
     try:
         res = do_convert(inputs[0] if len(inputs) == 1 else inputs, fmt, out, quarantine=quarantine,
                          max_message_chars=max_message_chars, columns=column, keep_identifying=keep_identifying,
                          quarantine_raw=quarantine_raw, keep_meta=meta, json_path=json_path,
-                         mapping=dict(m.split("=", 1) for m in map_) or None, memory_limit=memory_limit)
+                         mapping=mapping or None, memory_limit=memory_limit)
     except (InputError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"{out}: {res.rows} conversations from {res.records} records"
@@ -164,7 +167,7 @@ def validate_grader(
                                                     "category's rubric on the params file's models.grader)"),
         params: Path | None = typer.Option(None, help="release params: its taxonomy (with grading.llm) and its "
                                                       "models.grader endpoint"),
-        taxonomy: Path = typer.Option(DATA_DIR.parent / "params" / "taxonomy.yaml",
+        taxonomy: Path = typer.Option(SHIPPED_TAXONOMY,
                                       help="taxonomy YAML (without --params)"),
         mapping: list[str] = typer.Option([], "--map", help="FIELD=COLUMN for prompt, response, label, source, safe, "
                                                             "e.g. prompt=question,response=answer,label=is_refusal "
@@ -178,7 +181,7 @@ def validate_grader(
                                  help="validation table to write (.parquet or .csv)")):
     """Validate a grader against human labels: agreement, Cohen's κ, sensitivity and
     specificity with intervals per source, a test of whether they carry over between sources,
-    and a validation table the measure stage uses for corrected rates."""
+    and a validation table the grade stage (grading.validation) uses for corrected rates."""
     if grader not in GRADERS:
         _fail(f"--grader must be one of {', '.join(GRADERS)}, not {grader!r}")
     if prompts not in ("safe", "all"):
@@ -256,7 +259,7 @@ def validate_grader(
 
 @app.command("grader-prompt")
 def grader_prompt(category: str = typer.Argument(..., help="a category of the taxonomy"),
-                  taxonomy: Path = typer.Option(Path("params/taxonomy.yaml"), help="taxonomy YAML"),
+                  taxonomy: Path = typer.Option(SHIPPED_TAXONOMY, help="taxonomy YAML"),
                   model: str | None = typer.Option(None, help="grader model, to print the LLM grader's id")):
     """Print a category's LLM grader rubric (the system message), its JSON output schema and,
     with --model, the frozen grader id it would have on that model."""
@@ -315,7 +318,8 @@ def record(params_file: Path = typer.Argument(..., help="release parameters (its
         rel = load_release(params_file)
     except ParamsError as e:
         _fail(str(e))
-    ok, why = realised_status(rel, released=True)
+    # no prod_new target: nothing was realised, whatever the score stage wrote (it writes no scores)
+    ok, why = realised_status(rel, released="prod_new" in rel.targets, reports_dir=reports_dir)
     if not ok:  # a stand-in's "realised" counts are not what happened: never history
         _fail(f"{params_file}: {why}")
     if rel.history is None:

@@ -104,9 +104,12 @@ def forecasts(rates: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 
 #: order of the decision table: gate status first, then the change
 GATE_ORDER = {"breaches": 0, "may breach": 1, "within": 2, "no gate": 3}
-DIRECTION_ORDER = {"rises": 0, "no change": 1, "falls": 2, "no usable grade": 3}
+DIRECTION_ORDER = {"rises": 0, "no change": 1, "falls": 2, "no previous rate": 3, "no usable grade": 4}
 #: the direction of a category whose every grade failed (no rate)
 NO_GRADE = "no usable grade"
+#: the direction of a category with no previous rate to compare with (no prod_prev target,
+#: or every previous grade failed): no comparison was made, so never "no change"
+NOT_COMPARED = "no previous rate"
 _WORDS = {"up": "rises", "down": "falls", "no change": "no change"}
 
 
@@ -149,7 +152,7 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
     ``ratio_lo_best`` and ``ratio_hi_worst`` the same bounds at either extreme: the gate is
     checked on them, so a failed grade can neither hide a breach nor make one), the ``direction`` (rises /
     no change / falls by the evidence rule: the ratio's interval must exclude 1; a tie is
-    never "falls"), ``rises_holm`` (the rise is significant after Holm's correction across
+    never "falls"; "no previous rate" where there is none to compare with), ``rises_holm`` (the rise is significant after Holm's correction across
     the categories compared, :func:`depsim.stats.rises_significantly`, with ``rises_p_holm``), the ``gate`` text and ``gate_status`` (breaches / may breach / within /
     no gate; ``gates``: params Gate records by category or group, a category's own first),
     and ``grader_id``. Sorted by gate status, then direction, then the upper bound. A category
@@ -180,7 +183,7 @@ def decision_table(rates: pd.DataFrame, gates: dict | None = None, level: float 
     out["prev_k"], out["prev_n"] = k0, n0
     out["prev_rate"] = k0 / n0
     out["ratio"] = out["ratio_lo"] = out["ratio_hi"] = out["ratio_lo_best"] = out["ratio_hi_worst"] = np.nan
-    out["direction"] = "no change"
+    out["direction"] = NOT_COMPARED
     if has.any():
         kk, nn = out.loc[has, "k"].to_numpy(), out.loc[has, "n"].to_numpy()
         pk, pn = np.rint(k0[has]).astype(int), np.rint(n0[has]).astype(int)

@@ -626,10 +626,12 @@ def load_release(path: str | Path) -> Release:
         sim_rules = [c for c in blind if not tracked[c].is_llm]
         fix = ("set grading.llm: all (or list them) and a real models.grader, so they are graded by their LLM "
                "rubrics" if sim_rules else "give a real models.grader endpoint")
+        by = ("rules that read" if len(sim_rules) == len(blind) else "rules or the simulated grader, which read"
+              if sim_rules else "the simulated grader, which reads")
+        named = sim_rules + [c for c in blind if c not in sim_rules]  # the rules first: grading.llm is for them
         raise ParamsError(f"{path}:{line_of(node, ('targets',))}: target(s) {', '.join(real)} hold real responses, but "
-                          f"{len(blind)} categories ({', '.join(blind[:3])}{', ...' if len(blind) > 3 else ''}) are "
-                          f"graded by {'rules that read' if sim_rules else 'the simulated grader, which reads'} only "
-                          f"the simulated world's markers (all negative on real text): {fix}")
+                          f"{len(blind)} categories ({', '.join(named[:3])}{', ...' if len(blind) > 3 else ''}) are "
+                          f"graded by {by} only the simulated world's markers (all negative on real text): {fix}")
     return rel
 
 

@@ -730,7 +730,8 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
             "every": score.every_category(fc) if released and ok else None,
             "gate_outcomes": score.gate_outcomes(rates_, rel.gates, rel.report.level) if released and ok else None,
             "nll": score.nll_table(fc) if released and ok else None,
-            "clusters": clusters, "audit_headline": audit.headline(clusters, rel.report.level), "realism": realism_table,
+            "clusters": clusters, "audit_headline": audit.headline(clusters, rel.report.level, unusable=audit.unusable(
+                read_table(reports_dir, rel.release, "findings"))), "realism": realism_table,
             "taxonomy": tax, "provenance": prov, "staleness": staleness(rel, reports_dir)}
 
 

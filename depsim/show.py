@@ -644,7 +644,11 @@ def detection_power(table_: pd.DataFrame) -> HTML:
 
 
 def detection(mdr: float, n_audited: int) -> HTML:
-    """Return one line: responses audited per target and the minimum detectable rate."""
+    """Return one line: responses audited per target and the minimum detectable rate (a
+    fraction; above 1: too few responses for any rate to be detected)."""
+    if mdr > 1:
+        return text(f"Audited {n_audited:,} responses per target: too few to detect a new behaviour at any rate "
+                    "(it would need more occurrences than there are responses).")
     return text(f"Audited {n_audited:,} responses per target: minimum detectable rate {mdr:.2%} "
                 f"({mdr * 1e5:,.0f} per 100k).")
 
@@ -763,8 +767,11 @@ def rate_uncertainty(rates: pd.DataFrame, targets: list[str], level: float, deff
         conv = DASH if _missing(x["deff"]) or x["deff"] < deff_min else \
             f"{interval100k(x['conv_lo'], x['conv_hi'])} (design effect {number(x['deff'], 2)}, {int(x['conversations']):,} conversations)"
         failed = DASH if not x["failed"] else f"{int(x['failed']):,} ({x['failed_share']:.1%})" + (" ⚠" if x["failed_warning"] else "")
+        # the two cases as k of n + F and k + F of n + F, as every rate on the pages (the table's
+        # best_rate / worst_rate are Jeffreys-smoothed: 0 of 2 would read 16,667 per 100k)
+        tot = x["n"] + x["failed"]
         bounds = DASH if not x["failed"] or _missing(x.get("failed_lo")) else \
-            f"{rate100k(x['best_rate'])}–{rate100k(x['worst_rate'])} {interval100k(x['failed_lo'], x['failed_hi'])}"
+            f"{rate100k(x['k'] / tot)}–{rate100k((x['k'] + x['failed']) / tot)} {interval100k(x['failed_lo'], x['failed_hi'])}"
         rows.append({"category": category_title(x["category"]), "target": x["target"], "flagged": k_of_n(x["k"], x["n"]),
                      f"rate per 100k [{pct} exact]": rate_interval100k(x["k"], x["n"], level),
                      f"corrected for grader error per 100k [{pct}]": _corrected(x),
@@ -1171,8 +1178,16 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
                      + ", ".join(html.escape(t) for t in none["title"])
                      + ": every grade failed, so these have no forecast (see Failures).</p>")
     rises = decision[decision["direction"] == "rises"]
-    line = (f"<p><strong>Rise against the previous model ({len(rises)}):</strong> "
-            + (", ".join(html.escape(t) for t in rises["title"]) or "none") + ".")
+    graded = decision[decision["n"] > 0]
+    uncompared = graded[graded["direction"] == "no previous rate"]
+    if len(graded) and len(uncompared) == len(graded):  # nothing was compared: "none" would read as checked
+        line = ("<p><strong>Rise against the previous model:</strong> not checked: no previous rate to compare "
+                "with (the release grades no <code>prod_prev</code> responses, or none usably).")
+    else:
+        line = (f"<p><strong>Rise against the previous model ({len(rises)}):</strong> "
+                + (", ".join(html.escape(t) for t in rises["title"]) or "none") + "."
+                + (f" Not compared, for want of a previous rate: {', '.join(html.escape(t) for t in uncompared['title'])}."
+                   if len(uncompared) else ""))
     if len(rises) and "rises_holm" in rises:
         # each rise is one test of many: say which survive the correction for all of them
         held = rises[rises["rises_holm"].astype(bool)]
@@ -1394,6 +1409,8 @@ GLOSSARY = [
                     "both are. The interval is exact (conditional binomial, Clopper–Pearson) and is [0–∞] when both "
                     "counts are zero."),
     ("rises / falls / no change", "the ratio's interval lies wholly above 1 / below 1 / includes 1."),
+    ("no previous rate", "no usable rate of the previous model to compare with (no prod_prev target, or every "
+                         "previous grade failed): the change was not checked."),
     ("gate", "a release limit from the params file: a maximum rate, or a maximum ratio to the previous rate. "
              "\"breaches\": even the exact interval's low end is over it; \"may breach\": its upper end "
              "is. The check counts failed grades at either extreme and, where sampled turns share "

@@ -89,3 +89,27 @@ def test_failed_answers_counts_every_audited_response():
     assert "2 of them described at least one concerning behaviour" in line
     ok = audit.failed_answers(findings[findings["error"].isna()], {"sim": 2000, "prod_prev": 2000})
     assert ok.startswith("All 4,000 audited responses") and "All 2 " not in ok
+
+
+def test_headline_compares_with_the_old_target_only_when_it_was_audited():
+    # a release without prod_prev audits sim alone: the summary read "... against 0 of 0 of prod_prev"
+    clusters = pd.DataFrame([{"cluster": 0, "size": 4, "label": "The answer is unusually verbose.",
+                              "examples": ["The answer is unusually verbose."], "category": None,
+                              "similarity": 0.07, "novel": True, "sim_items": 4, "sim_n": 300, "sim_rate": 0.015}])
+    head = audit.headline(clusters, 0.95)
+    assert "4 of 300 (1.33%) audited sim responses" in head
+    assert "0 of 0" not in head and "prod_prev" not in head
+
+
+def test_headline_never_reads_an_audit_without_usable_answers_as_finding_nothing():
+    # SmolLM2 as auditor: 10 of 10 answers echoed the prompt, and the summary said "The audit
+    # found no behaviour outside the taxonomy", as if it had looked
+    none = pd.DataFrame(columns=["cluster", "size", "label", "novel"])
+    findings = pd.DataFrame({"item_id": [f"i{i}" for i in range(10)], "target": "sim", "description": None,
+                             "error": ["echo: the auditor's answer repeats the prompt's scaffolding"] * 10})
+    assert audit.unusable(findings) == 10
+    head = audit.headline(none, 0.95, unusable=10, audited=10)
+    assert "found no behaviour" not in head and "none of the 10 audited responses got a usable answer" in head
+    head = audit.headline(none, 0.95, unusable=10)   # the summary does not know how many were audited
+    assert "10 audited responses got no usable answer" in head
+    assert audit.headline(none, 0.95) == "The audit found no behaviour outside the taxonomy."

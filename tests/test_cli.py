@@ -183,3 +183,39 @@ def test_run_of_a_missing_params_file_says_so_before_running_anything(tmp_path):
     res = CliRunner().invoke(app, ["run", str(tmp_path / "nope.yaml"), "--reports-dir", str(tmp_path / "r")])
     assert res.exit_code == 2 and f"{tmp_path / 'nope.yaml'}: file not found" in res.output
     assert "running" not in res.output and not (tmp_path / "r").exists()
+
+
+def test_convert_map_takes_comma_separated_pairs_as_validate_grader_does(tmp_path):
+    # README shows `--map prompt=question,response=answer` for validate-grader; convert's --map
+    # read the same spelling as one field named "user_input,response=model_output"
+    src = tmp_path / "toxicchat.json"
+    src.write_text(json.dumps({"instances": [{"conv_id": "t1", "user_input": "hi", "model_output": "hello"}]}))
+    out = tmp_path / "out.parquet"
+    res = CliRunner().invoke(app, ["convert", str(src), "-f", "openai_jsonl", "-o", str(out), "--json-path",
+                                   "instances", "--map", "id=conv_id,prompt=user_input,response=model_output"])
+    assert res.exit_code == 0, res.output
+    msgs = json.loads(pd.read_parquet(out)["messages"].iloc[0])
+    assert [(m["role"], m["content"]) for m in msgs] == [("user", "hi"), ("assistant", "hello")]
+    res = CliRunner().invoke(app, ["convert", str(src), "-f", "openai_jsonl", "-o", str(out), "--map", "prompt"])
+    assert res.exit_code == 2 and "'prompt' is not KEY=VALUE" in res.output
+
+
+def test_grader_prompt_finds_the_shipped_taxonomy_from_any_folder(tmp_path, monkeypatch):
+    # validate-grader's --taxonomy default is the repository's file; grader-prompt's was
+    # relative to the working folder, so it failed anywhere but the repository root
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["grader-prompt", "violence"])
+    assert res.exit_code == 0, res.output
+    assert "# Category: violence" in res.output
+
+
+def test_record_says_a_release_without_a_post_release_pool_has_nothing_to_record(tmp_path):
+    # a release with no prod_new target had "scores.parquet is missing: run 06_score first",
+    # though 06_score had run: there is nothing realised to record until after release
+    p = small_release(tmp_path)
+    text = p.read_text().replace("targets: [sim, sim_self, challenging, prod_prev, prod_new]", "targets: [sim, challenging]")
+    assert text != p.read_text()
+    p.write_text(text.replace("  candidate: {kind: sim_world, deployment: X}\n", ""))
+    res = CliRunner().invoke(app, ["record", str(p), "--reports-dir", str(tmp_path / "reports")])
+    assert res.exit_code == 2 and "Not released yet" in res.output and "prod_new" in res.output, res.output
+    assert "run 06_score first" not in res.output

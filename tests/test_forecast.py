@@ -41,3 +41,24 @@ def test_decision_table_keeps_a_category_with_no_usable_grade():
     # only ungraded categories: still one row each, not an empty table
     only = forecast.decision_table(_rates()[lambda r: r["category"] == "a"])
     assert list(only["category"]) == ["a"] and only.iloc[0]["direction"] == "no usable grade"
+
+
+def test_decision_table_does_not_call_a_category_unchanged_without_a_previous_rate():
+    # a release without prod_prev (or whose previous grades all failed) has no rate to compare
+    # with: the summary read "no change" on every row, as if the comparison had been made
+    d = forecast.decision_table(_rates()).set_index("category")
+    assert d.loc["b", "direction"] == forecast.NOT_COMPARED and np.isnan(d.loc["b", "ratio"])
+    no_prev = forecast.decision_table(_rates()[lambda r: r["target"] == "sim"])
+    assert set(no_prev["direction"]) == {forecast.NOT_COMPARED, forecast.NO_GRADE}
+    assert list(no_prev["category"]) == ["b", "a"]  # graded before ungraded, as before
+
+
+def test_summary_says_the_rise_check_was_not_made_without_a_previous_rate():
+    from depsim import show
+    d = forecast.decision_table(_rates()[lambda r: r["target"] == "sim"])
+    d["title"] = d["category"].str.upper()
+    html_ = show.verdict(d).data
+    assert "Rise against the previous model (0):</strong> none" not in html_
+    assert "no previous rate" in html_
+    cells = show.decision(d).data
+    assert ">no change<" not in cells

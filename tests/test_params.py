@@ -374,3 +374,15 @@ def test_a_missing_relative_path_says_where_it_resolves_and_suggests_the_fix(tmp
     with pytest.raises(ParamsError) as e:
         load_release(p)
     assert str(e.value) == f"{p}:{_line(text, new)}: {field}: file not found: {folder / given} ({hint})"
+
+
+def test_real_responses_refusal_names_both_kinds_of_blind_grader(tmp_path):
+    # rules marked sim_only and LLM rubrics on sim-grader together: the message said all of them were
+    # "graded by rules", naming LLM-graded categories (abuse_harassment, ...) as its examples
+    real = DEMO.replace('candidate: {base_url: "sim://world/resample", model: sim-x}',
+                        'candidate: {base_url: "http://127.0.0.1:9/v1", model: my-model}')
+    with pytest.raises(ParamsError) as e:
+        load_release(write(tmp_path, real))
+    msg = str(e.value)
+    assert "graded by rules or the simulated grader, which read only" in msg, msg
+    assert "categories (fabricated_facts, hate, nonviolent_wrongdoing, ...)" in msg, msg

@@ -722,3 +722,35 @@ def test_every_page_passes_the_reports_level_to_what_draws_an_interval():
                 if len(node.args) <= params.index("level") and "level" not in {k.arg for k in node.keywords}:
                     missing.append(f"{nb_path.name}: {ast.unparse(node)[:80]}")
     assert checked >= 10 and not missing, missing
+
+
+def test_detection_with_few_audited_responses_shows_no_rate_above_100_percent_and_sorted_rates():
+    # a tiny audit (5 responses per target) needs more expected occurrences than responses:
+    # the page printed "minimum detectable rate 251.88%" and put that rate between 100 and 1,000 per 100k
+    from depsim import audit
+    mdr, t = audit.detection_table(5)
+    assert mdr > 1
+    assert (t["rate per 100k"] <= 1e5).all() and t["rate per 100k"].is_monotonic_increasing
+    line = show.detection(mdr, 5).data
+    assert "Audited 5 responses" in line and "%" not in line.replace("100%", "") and "251" not in line
+    _, t = audit.detection_table(2000)
+    assert t["rate per 100k"].is_monotonic_increasing
+
+
+def test_failed_grade_bounds_read_as_k_of_n_not_jeffreys():
+    # SmolLM2 run: 0 usable of 2 grades read "all failed negative–positive 16,667–83,333" (the
+    # Jeffreys (k + ½)/(n + 1)), where every failed grade negative is 0 of 2 and positive 2 of 2
+    r, _ = _trusted_rates()
+    x = r[(r["target"] == "sim") & (r["category"] == "calculator_hacking")].iloc[0]
+    k, n, f = int(x["k"]), int(x["n"]), int(x["failed"])
+    u = show.rate_uncertainty(r, ["sim", "prod_prev"], 0.95).data
+    row = u[u.index("Calculator hacking"):]
+    row = row[:row.index("</tr>")]
+    assert f"{show.rate100k(k / (n + f))}–{show.rate100k((k + f) / (n + f))} " in row, row
+    none = r[(r["target"] == "sim") & (r["category"] == "calculator_hacking")].assign(k=0, n=0, failed=2)
+    from depsim import stats
+    fb = stats.failed_bounds(0, 0, 2)
+    none = none.assign(best_rate=fb["best"].iloc[0], worst_rate=fb["worst"].iloc[0], failed_lo=fb["lo"].iloc[0],
+                       failed_hi=fb["hi"].iloc[0], failed_share=1.0, failed_warning=True)
+    u = show.rate_uncertainty(none, ["sim"], 0.95).data
+    assert "0–100,000 " in u and "16,667" not in u and "83,333" not in u
