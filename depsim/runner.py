@@ -13,7 +13,7 @@ import pandas as pd
 import papermill as pm
 
 from depsim.params import ParamsError, load_release
-from depsim.pipeline import STAGES, folder_params_file, rerun_command, stage_of
+from depsim.pipeline import STAGES, failures, folder_params_file, rerun_command, stage_of
 from depsim.render import FAILED_SUFFIX, check_engine, render
 from depsim.records import release_dir, request_log
 
@@ -72,7 +72,7 @@ def run_release(params_file: str | Path, reports_dir: str | Path = "reports", re
     out = release_dir(reports_dir, rel.release)
     before = len(request_log(reports_dir, rel.release))
     with kernel_env():
-        _execute(stages or NOTEBOOK_ORDER, out, params_file, reports_dir, log)
+        _execute(stages or NOTEBOOK_ORDER, out, params_file, reports_dir, log, rel)
     reqs = request_log(reports_dir, rel.release).iloc[before:]
     engine, index = render(out, render_engine, warn=log) if render_engine != "none" else ("none", None)
     return {"release_dir": out, "index": index, "engine": engine, "seconds": time.time() - t0,
@@ -101,9 +101,10 @@ def kernel_env():
                 os.environ[k] = v
 
 
-def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path, log) -> None:
+def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path, log, rel=None) -> None:
     """Execute each stage notebook with papermill into ``out/<stage>.ipynb``; raise
-    StageFailed on error.
+    StageFailed on error. After each stage, ``log`` gets its warnings, its failed requests and
+    (given the release ``rel``) the answers of its model role that could not be used.
 
     A stage runs into a temporary file that replaces ``<stage>.ipynb`` only when it succeeds
     (and then clears its failed marker). A failed run is kept as ``<stage>.failed.ipynb``:
@@ -137,8 +138,35 @@ def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path,
         os.replace(tmp, dst)
         failed.unlink(missing_ok=True)  # this stage's last run succeeded
         log(f"  {stage:<20} {time.time() - ts:5.1f} s")
-        for w in stage_warnings(dst) + failed_requests(request_log(reports_dir, out.name).iloc[logged:]):
+        unusable = unusable_answers(failures(rel, reports_dir), STAGE_ROLE[stage]) \
+            if rel is not None and stage in STAGE_ROLE else []
+        for w in stage_warnings(dst) + failed_requests(request_log(reports_dir, out.name).iloc[logged:]) + unusable:
             log(f"    warning: {w}")
+
+
+#: the model role whose answers each stage's table holds
+STAGE_ROLE = {"02_simulate": "candidate", "02b_realism": "judge", "03_audit": "auditor", "04_grade": "grader"}
+
+
+def unusable_answers(failures: pd.DataFrame, role: str) -> list[str]:
+    """Return the lines that say where ``role``'s answers could not be used, from a failure
+    table (:func:`depsim.pipeline.failures`): a failed call or an answer that was unusable (no
+    verdict, copied, echoed), "grader: hate: 6 of 6 answers unusable (unusable answer; e.g.
+    ...)", one line for the categories that failed with the same error. The
+    auditor's table keeps only answers with findings or errors, so its line counts the
+    unusable ones alone. A failed request is also in :func:`failed_requests`;
+    this says what it cost, and what no request log shows."""
+    out = []
+    f = failures[failures["role"] == role]
+    # categories that failed the same way are one line (a grader that fails, fails everywhere)
+    for (kind, example), g in f.groupby(["kind", "example"], sort=False):
+        failed, items = int(g["failed"].sum()), int(g["items"].sum())
+        many = f"{failed:,} answers" if role == "auditor" else f"{failed:,} of {items:,} answers"
+        cats = [c for c in g["category"] if c != "all"]
+        where = (f"{cats[0]}: " if len(cats) == 1 else
+                 f"{len(cats)} categories ({', '.join(cats[:4])}{', ...' if len(cats) > 4 else ''}): " if cats else "")
+        out.append(f"{role}: {where}{many} unusable ({kind}; e.g. {str(example)[:120]!r})")
+    return out
 
 
 def failed_requests(log: pd.DataFrame) -> list[str]:

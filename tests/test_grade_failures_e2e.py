@@ -53,3 +53,27 @@ def test_all_failed_warn_goes_on_and_keeps_the_failed_categories(fake_server, tm
     assert cats <= set(d.index) and (d.loc[sorted(cats), "direction"] == "no usable grade").all()
     assert (read_table(reports, rel.release, "forecasts").query("category in @cats")["label"]
             .str.startswith("no usable grade").all())
+
+
+def test_unusable_answers_are_said_on_the_terminal(fake_server, tmp_path):
+    """A grader whose every answer arrives (HTTP 200) but is unusable (no verdict bound to the
+    request): the request log has no failure, yet the terminal names each category whose
+    answers could not be used, with how many (a SmolLM2 grader read '1 of 7 requests failed'
+    while 6 of 6 grades were unusable)."""
+    from depsim.params import load_release
+    from depsim.records import read_table
+    fake_server.responder = lambda body: {"role": "assistant", "content": "Yes."}
+    params = small_release(tmp_path, "gradejunk")
+    text = params.read_text()
+    old = 'grader: {base_url: "sim://world/resample", model: sim-grader}'
+    params.write_text("all_failed: warn\n" + text.replace(old, f'grader: {{base_url: "{fake_server.url}", model: junk}}'))
+    lines: list[str] = []
+    reports = tmp_path / "reports"
+    run_release(params, reports, "none", stages=["01_sample", "02_simulate", "04_grade"], log=lines.append)
+    grades = read_table(reports, load_release(params).release, "grades")
+    junk = grades[grades["error"].notna()].groupby("category").size()
+    assert len(junk) and not any("requests sent failed" in x for x in lines)
+    said = [x for x in lines if x.startswith("    warning: grader: ")]
+    # every category failed the same way: one line, with every answer counted
+    assert len(said) == 1, said
+    assert f"{junk.sum():,} of {junk.sum():,} answers unusable" in said[0] and f"{len(junk)} categories (" in said[0]
