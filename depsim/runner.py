@@ -14,7 +14,7 @@ import papermill as pm
 
 from depsim.params import ParamsError, load_release
 from depsim.pipeline import STAGES, failures, folder_params_file, rerun_command, stage_of
-from depsim.render import FAILED_SUFFIX, check_engine, render
+from depsim.render import FAILED_SUFFIX, check_engine, render, run_params
 from depsim.records import release_dir, request_log
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -65,9 +65,14 @@ def run_release(params_file: str | Path, reports_dir: str | Path = "reports", re
     check_engine(render_engine)
     reports_dir = Path(reports_dir).resolve()
     owner = folder_params_file(rel, reports_dir)
+    # the tables name their params file; the pages hold its path, which tells apart two files
+    # of one name in two folders (while that other file still exists: a moved one is this one)
+    ran = run_params(reports_dir / rel.release)
+    if ran and Path(ran).resolve() != params_file and Path(ran).exists():
+        owner = str(ran)
     if owner and owner != params_file.name and not replace:
         raise ParamsError(f"{params_file}: release {rel.release!r} is already in {reports_dir / rel.release}, made from "
-                          f"{owner}; running {params_file.name} there would mix the two releases' tables: give it "
+                          f"{owner}; running {params_file} there would mix the two releases' tables: give it "
                           f"its own `release:` name, or pass --replace to make this file the folder's owner")
     out = release_dir(reports_dir, rel.release)
     before = len(request_log(reports_dir, rel.release))

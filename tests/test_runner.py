@@ -314,6 +314,30 @@ def test_a_second_params_file_with_the_same_release_name_is_refused(tmp_path):
     pipeline._write(pd.DataFrame({"x": [1]}), reports, load_release(first), "prefixes")
     assert pipeline.folder_params_file(load_release(second), reports) == first.name
     with pytest.raises(ParamsError, match=rf"release 'acme' is already in .*, made from {first.name}; running "
-                                          r"acme-copy.yaml there .*--replace"):
+                                          r".*acme-copy.yaml there .*--replace"):
         run_release(second, reports, "none")
     assert sorted(p.name for p in (reports / "acme").iterdir() if p.suffix == ".ipynb") == []  # nothing ran
+
+
+def test_a_params_file_of_the_same_name_in_another_folder_is_refused(tmp_path):
+    """Two params files both named hh.yaml, in two folders, with one release name: the tables
+    record the name only, so the second ran into the first's folder (researcher audit); the
+    pages record the path. A file that was moved (its old path gone) is still the owner."""
+    import shutil
+
+    from conftest import small_release
+
+    from depsim.params import ParamsError
+    from depsim.runner import run_release
+    for d in ("one", "other"):
+        (tmp_path / d).mkdir()
+    first, second = small_release(tmp_path / "one", "acme"), small_release(tmp_path / "other", "acme")
+    assert second.name == first.name and second != first
+    reports = tmp_path / "reports"
+    run_release(first, reports, "none", stages=["01_sample"], log=lambda *_: None)
+    with pytest.raises(ParamsError, match=rf"made from {first}; running {second} there"):
+        run_release(second, reports, "none", stages=["01_sample"], log=lambda *_: None)
+    moved = tmp_path / "moved"
+    shutil.move(first.parent, moved)  # the folder, with the files the params name
+    moved = moved / first.name
+    run_release(moved, reports, "none", stages=["01_sample"], log=lambda *_: None)  # no refusal
