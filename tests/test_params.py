@@ -374,3 +374,12 @@ def test_a_missing_relative_path_says_where_it_resolves_and_suggests_the_fix(tmp
     with pytest.raises(ParamsError) as e:
         load_release(p)
     assert str(e.value) == f"{p}:{_line(text, new)}: {field}: file not found: {folder / given} ({hint})"
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".cache", "-x"])
+def test_a_release_name_cannot_leave_the_reports_folder(tmp_path, name):
+    # `release: ".."` made reports/.. the release folder: the run wrote its tables and notebooks
+    # beside reports/ and the render deleted the _site folder and _quarto.yml it found there
+    p = write(tmp_path, DEMO.replace("release: demo", f'release: "{name}"'))
+    with pytest.raises(ParamsError, match=r"rel.yaml:\d+: release: String should match pattern"):
+        load_release(p)
