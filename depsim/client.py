@@ -197,15 +197,19 @@ def request_key(endpoint: Endpoint, req: ChatRequest) -> str:
 
 
 def mask_url(url: str) -> str:
-    """Return ``url`` with any credentials in it (``https://user:pass@host``) replaced by
-    ``***``, for messages; the URL is otherwise unchanged."""
+    """Return ``url`` with any credentials in it (``https://user:pass@host``) and the values
+    of its query string (``?api-key=...``, where some gateways take their key) replaced by
+    ``***``, for messages and pages; the URL is otherwise unchanged."""
     try:
         parts = urlsplit(url)
     except ValueError:
-        return re.sub(r"//[^/@]*@", "//***@", url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+        return re.sub(r"\?.*", "?***", re.sub(r"//[^/@]*@", "//***@", url))
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1])
+    if parts.query:
+        parts = parts._replace(query="&".join(f"{k}=***" if sep else "***"
+                                              for k, sep, _ in (q.partition("=") for q in parts.query.split("&"))))
+    return urlunsplit(parts)
 
 
 def origin(url: str) -> str:
