@@ -69,7 +69,9 @@ ERROR_MESSAGE_MAX = 300
 #: what a secret is replaced with in stored errors and logs
 REDACTED = "[REDACTED]"
 #: API-key-like tokens redacted from every kept error message, whatever key was sent
-_KEYLIKE = re.compile(r"\b(?:sk|pk|rk|sess|gsk|xai|hf|ghp|glpat|key)[-_][A-Za-z0-9_\-*.]{6,}|\bBearer\s+\S+|\bAKIA[A-Z0-9]{12,}")
+_KEYLIKE = re.compile(r"\b(?:sk|pk|rk|sess|gsk|xai|hf|ghp|glpat|key)[-_][A-Za-z0-9_\-*.]{6,}|\bBearer\s+\S+|\bAKIA[A-Z0-9]{12,}"
+                      # a key a server masked itself ("Zq7XvT2m****dG0a", OpenAI's 401): its ends are the key's
+                      r"|[\w.-]*\*{4,}[\w.-]*")
 
 _CREATE_ARGS = {"audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
                 "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls",
