@@ -11,9 +11,10 @@ import pytest
 
 from conftest import PAYLOAD, payload_conversations, small_release
 
+from depsim.params import ParamsError
 from depsim.pipeline import PAGES as _PAGES
 from depsim.records import read_table, write_table
-from depsim.runner import NOTEBOOK_ORDER, StageFailed, run_release, select
+from depsim.runner import NOTEBOOK_ORDER, NOTEBOOKS, StageFailed, run_release, select
 
 PAGES = [stem for stem, _ in _PAGES]
 
@@ -317,3 +318,18 @@ def test_a_second_params_file_with_the_same_release_name_is_refused(tmp_path):
                                           r"acme-copy.yaml there .*--replace"):
         run_release(second, reports, "none")
     assert sorted(p.name for p in (reports / "acme").iterdir() if p.suffix == ".ipynb") == []  # nothing ran
+
+
+def test_a_release_folder_that_is_the_notebooks_folder_is_refused(tmp_path, monkeypatch):
+    # --reports-dir <repository> with `release: notebooks` executed the stages into
+    # notebooks/ itself: 01_sample.ipynb, the template, was replaced by an executed page
+    # (a copy of the notebooks folder stands in for the repository's here)
+    notebooks = tmp_path / "repo" / "notebooks"
+    shutil.copytree(NOTEBOOKS, notebooks)
+    monkeypatch.setattr("depsim.runner.NOTEBOOKS", notebooks)
+    params = small_release(tmp_path, "notebooks")
+    before = {p.name: p.read_bytes() for p in notebooks.glob("*.ipynb")}
+    with pytest.raises(ParamsError, match="depsim's own notebooks folder"):
+        run_release(params, notebooks.parent, "none", stages=["01_sample"])
+    assert {p.name: p.read_bytes() for p in notebooks.glob("*.ipynb")} == before
+    assert not (notebooks / "data").exists()
