@@ -69,7 +69,9 @@ ERROR_MESSAGE_MAX = 300
 #: what a secret is replaced with in stored errors and logs
 REDACTED = "[REDACTED]"
 #: API-key-like tokens redacted from every kept error message, whatever key was sent
-_KEYLIKE = re.compile(r"\b(?:sk|pk|rk|sess|gsk|xai|hf|ghp|glpat|key)[-_][A-Za-z0-9_\-*.]{6,}|\bBearer\s+\S+|\bAKIA[A-Z0-9]{12,}")
+_KEYLIKE = re.compile(r"\b(?:sk|pk|rk|sess|gsk|xai|hf|ghp|glpat|key)[-_][A-Za-z0-9_\-*.]{6,}|\bBearer\s+\S+|\bAKIA[A-Z0-9]{12,}"
+                      # a key a server masked itself ("Zq7XvT2m****dG0a", OpenAI's 401): its ends are the key's
+                      r"|[\w.-]*\*{4,}[\w.-]*")
 
 _CREATE_ARGS = {"audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
                 "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls",
@@ -197,15 +199,19 @@ def request_key(endpoint: Endpoint, req: ChatRequest) -> str:
 
 
 def mask_url(url: str) -> str:
-    """Return ``url`` with any credentials in it (``https://user:pass@host``) replaced by
-    ``***``, for messages; the URL is otherwise unchanged."""
+    """Return ``url`` with any credentials in it (``https://user:pass@host``) and the values
+    of its query string (``?api-key=...``, where some gateways take their key) replaced by
+    ``***``, for messages and pages; the URL is otherwise unchanged."""
     try:
         parts = urlsplit(url)
     except ValueError:
-        return re.sub(r"//[^/@]*@", "//***@", url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+        return re.sub(r"\?.*", "?***", re.sub(r"//[^/@]*@", "//***@", url))
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1])
+    if parts.query:
+        parts = parts._replace(query="&".join(f"{k}=***" if sep else "***"
+                                              for k, sep, _ in (q.partition("=") for q in parts.query.split("&"))))
+    return urlunsplit(parts)
 
 
 def origin(url: str) -> str:

@@ -409,7 +409,9 @@ class Models(_Strict):
 
 class Release(_Strict):
     """All parameters of one release run."""
-    release: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    #: the release folder's name under the reports folder: a letter or digit first, so "..",
+    #: "." or ".cache" cannot name a folder outside it or depsim's own
+    release: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     title: str
     world: WorldParams | None = None
     sources: Sources

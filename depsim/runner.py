@@ -64,6 +64,9 @@ def run_release(params_file: str | Path, reports_dir: str | Path = "reports", re
     rel = load_release(params_file)  # fail fast on bad parameters, before any kernel starts
     check_engine(render_engine)
     reports_dir = Path(reports_dir).resolve()
+    if (reports_dir / rel.release).resolve() == NOTEBOOKS:  # the executed pages would replace the stage notebooks
+        raise ParamsError(f"{params_file}: release {rel.release!r} under {reports_dir} is depsim's own notebooks "
+                          f"folder, whose stage notebooks the run would overwrite: choose another --reports-dir or `release:`")
     owner = folder_params_file(rel, reports_dir)
     # the tables name their params file; the pages hold its path, which tells apart two files
     # of one name in two folders (while that other file still exists: a moved one is this one)

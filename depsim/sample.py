@@ -170,10 +170,25 @@ def _responses(path: Path, sampled: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["logged_response", "tools"], index=sampled.index)
 
 
+def refuse_own_tables(rel: Release, reports_dir: str | Path) -> None:
+    """Raise InputError (one line naming the file) when a source file lies in the release's
+    own table folder (``reports/<release>/data/``): the stages rewrite those tables, so the
+    input would be replaced by the run it feeds."""
+    tables = (release_dir(reports_dir, rel.release) / "data").resolve()
+    for pool in POOLS:
+        src = getattr(rel.sources, pool)
+        files = _source_files(rel, src) if src is not None and src.kind != "sim_world" else []
+        for f in [] if isinstance(files, str) else files:
+            if tables in Path(f).resolve().parents:
+                raise InputError(f"{f}: sources.{pool} is a file in the release's own table folder {tables}, which "
+                                 f"the run rewrites: move it out of the reports folder", file=str(f))
+
+
 def build_prefixes(rel: Release, reports_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (prefixes, pii_counts): sampled prefixes of every pool the release uses, those
     of traffic de-identified (``deid``; the challenging pool, a published prompt set, is kept
     as published), and the count of substitutions per pool and PII type."""
+    refuse_own_tables(rel, reports_dir)
     frames, pii = [], []
     for pool in POOLS:
         src = getattr(rel.sources, pool)

@@ -152,6 +152,23 @@ def test_url_credentials_are_never_printed(monkeypatch):
     assert redact("connect https://bob:hunter2@h/v1") == "connect https://***@h/v1"
 
 
+def test_a_key_the_server_masked_keeps_neither_end():
+    # OpenAI-style 401s show a key's first 8 and last 4 characters; a key without a known
+    # prefix (sk-, ...) kept both in the stored error, the tables and the pages
+    key = "Zq7XvT2mW9pL4kR8sN3bH6yJ1cF5dG0a"
+    out = redact(f"Incorrect API key provided: {key[:8]}{'*' * 20}{key[-4:]}. You can find your API key at x.")
+    assert key[:8] not in out and key[-4:] not in out
+    assert out == "Incorrect API key provided: [REDACTED] You can find your API key at x."
+
+
+def test_a_key_in_the_url_query_is_never_shown():
+    # the summary page's models table shows mask_url(base_url): a gateway key in the query
+    # string (?api-key=...; a Google key has no prefix redact knows) was shown whole
+    url = f"https://bob:pw@llm.example.com/v1?api-key={CANARY}&key=AIzaSyA1234567890abcdefghij&debug"
+    assert mask_url(url) == "https://***@llm.example.com/v1?api-key=***&key=***&***"
+    assert mask_url("https://llm.example.com/v1") == "https://llm.example.com/v1"
+
+
 def _closed_port() -> int:
     """A port on 127.0.0.1 with nothing listening: bound by the OS, then closed."""
     with socket.socket() as s:

@@ -386,3 +386,12 @@ def test_real_responses_refusal_names_both_kinds_of_blind_grader(tmp_path):
     msg = str(e.value)
     assert "graded by rules or the simulated grader, which read only" in msg, msg
     assert "categories (fabricated_facts, hate, nonviolent_wrongdoing, ...)" in msg, msg
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".cache", "-x"])
+def test_a_release_name_cannot_leave_the_reports_folder(tmp_path, name):
+    # `release: ".."` made reports/.. the release folder: the run wrote its tables and notebooks
+    # beside reports/ and the render deleted the _site folder and _quarto.yml it found there
+    p = write(tmp_path, DEMO.replace("release: demo", f'release: "{name}"'))
+    with pytest.raises(ParamsError, match=r"rel.yaml:\d+: release: String should match pattern"):
+        load_release(p)

@@ -11,9 +11,10 @@ import pytest
 
 from conftest import PAYLOAD, payload_conversations, small_release
 
+from depsim.params import ParamsError
 from depsim.pipeline import PAGES as _PAGES
 from depsim.records import read_table, write_table
-from depsim.runner import NOTEBOOK_ORDER, StageFailed, run_release, select
+from depsim.runner import NOTEBOOK_ORDER, NOTEBOOKS, StageFailed, run_release, select
 
 PAGES = [stem for stem, _ in _PAGES]
 
@@ -341,3 +342,18 @@ def test_a_params_file_of_the_same_name_in_another_folder_is_refused(tmp_path):
     shutil.move(first.parent, moved)  # the folder, with the files the params name
     moved = moved / first.name
     run_release(moved, reports, "none", stages=["01_sample"], log=lambda *_: None)  # no refusal
+
+
+def test_a_release_folder_that_is_the_notebooks_folder_is_refused(tmp_path, monkeypatch):
+    # --reports-dir <repository> with `release: notebooks` executed the stages into
+    # notebooks/ itself: 01_sample.ipynb, the template, was replaced by an executed page
+    # (a copy of the notebooks folder stands in for the repository's here)
+    notebooks = tmp_path / "repo" / "notebooks"
+    shutil.copytree(NOTEBOOKS, notebooks)
+    monkeypatch.setattr("depsim.runner.NOTEBOOKS", notebooks)
+    params = small_release(tmp_path, "notebooks")
+    before = {p.name: p.read_bytes() for p in notebooks.glob("*.ipynb")}
+    with pytest.raises(ParamsError, match="depsim's own notebooks folder"):
+        run_release(params, notebooks.parent, "none", stages=["01_sample"])
+    assert {p.name: p.read_bytes() for p in notebooks.glob("*.ipynb")} == before
+    assert not (notebooks / "data").exists()

@@ -221,3 +221,29 @@ def test_prefixes_are_keyed_by_a_secret_kept_outside_the_release(tmp_path, monke
     monkeypatch.setenv("DEPSIM_DEID_KEY", "another key")
     other, _ = build_prefixes(rel, reports)
     assert list(other["prefix_id"]) == list(first["prefix_id"]) and list(other["messages"]) != list(first["messages"])
+
+
+def _alone(rel, n=10):
+    """``rel`` with its previous pool only, n prefixes, no reweighting."""
+    return rel.model_copy(update={"sources": rel.sources.model_copy(update={"candidate": None, "challenging": None}),
+                                  "sampling": rel.sampling.model_copy(update={"n": n}), "reweight": None})
+
+
+def test_a_source_among_the_release_tables_is_refused_before_it_is_overwritten(tmp_path):
+    # a canonical table given as sources.previous inside reports/<release>/data/ (there:
+    # prefixes.parquet) was silently replaced by stage 1's own prefixes table
+    tables = tmp_path / "reports" / "small" / "data"
+    tables.mkdir(parents=True)
+    _lines(tmp_path / "logs.jsonl", [f"c{i}" for i in range(30)])
+    table = tables / "prefixes.parquet"
+    assert sample.convert(tmp_path / "logs.jsonl", "openai_jsonl", table).rows == 30
+    before = table.read_bytes()
+    rel = _alone(_release(tmp_path, {"kind": "parquet", "path": str(table)}))
+    with pytest.raises(sample.InputError, match=r"prefixes\.parquet: sources\.previous is a file in the release's own table folder"):
+        build_prefixes(rel, tmp_path / "reports")
+    assert table.read_bytes() == before
+    # outside that folder the same table is read
+    outside = tmp_path / "conversations.parquet"
+    outside.write_bytes(before)
+    rel = _alone(_release(tmp_path, {"kind": "parquet", "path": str(outside)}))
+    assert len(build_prefixes(rel, tmp_path / "reports")[0]) == 10
