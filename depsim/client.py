@@ -253,6 +253,21 @@ def redact(text: str, endpoint: Endpoint | None = None) -> str:
     return _KEYLIKE.sub(REDACTED, text)
 
 
+def scrub(value, secrets: list[str]):
+    """Return ``value`` (a decoded response body) with each of ``secrets`` replaced by
+    :data:`REDACTED` in every string in it. Only the exact secrets an endpoint sends: a
+    pattern (:data:`_KEYLIKE`) would rewrite model text that merely looks like a key."""
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {k: scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v, secrets) for v in value]
+    return value
+
+
 def api_key(endpoint: Endpoint) -> str:
     """Return the endpoint's API key read from the environment variable it names (a
     placeholder when it names none; local servers ignore it)."""
@@ -590,6 +605,10 @@ async def _send(client: openai.AsyncOpenAI, endpoint: Endpoint, req: ChatRequest
         else:
             limiter.on_success()
             watch.success()
+            # a server that echoes the key it got (a debug proxy, a hostile endpoint) would put
+            # it in the cache, the tables and the pages
+            if secrets := secrets_of(endpoint):
+                body = scrub(body, secrets)
             return body, None, attempt
         finally:
             await limiter.release()

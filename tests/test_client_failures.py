@@ -161,6 +161,25 @@ def test_a_key_the_server_masked_keeps_neither_end():
     assert out == "Incorrect API key provided: [REDACTED] You can find your API key at x."
 
 
+def test_a_key_a_server_echoes_in_an_answer_is_never_kept(fake_server, tmp_path, monkeypatch):
+    # a successful answer that quotes the key it was sent reached the cache, the findings, the
+    # audit page and the summary's verdict box whole (security audit); only errors were redacted
+    monkeypatch.setenv("ECHO_KEY", CANARY)
+    ep = Endpoint(base_url=fake_server.url.replace("http://", "http://alice:pw-9f2e7d@"), model="m",
+                  api_key_env="ECHO_KEY")
+    fake_server.responder = lambda body: {"role": "assistant",
+                                          "content": f"Sure. (debug: key {CANARY}, login alice:pw-9f2e7d)"}
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    out = complete(ep, [ChatRequest("a", [{"role": "user", "content": "hi"}])], cache, progress=False)
+    assert out[0].error is None and fake_server.log
+    assert out[0].message["content"] == "Sure. (debug: key [REDACTED], login [REDACTED]:[REDACTED])"
+    again = complete(ep, [ChatRequest("a", [{"role": "user", "content": "hi"}])], cache, progress=False)
+    assert again[0].cached and again[0].message["content"] == out[0].message["content"]
+    cache.close()
+    raw = (tmp_path / "c.sqlite").read_bytes()
+    assert CANARY.encode() not in raw and b"pw-9f2e7d" not in raw
+
+
 def test_a_key_in_the_url_query_is_never_shown():
     # the summary page's models table shows mask_url(base_url): a gateway key in the query
     # string (?api-key=...; a Google key has no prefix redact knows) was shown whole
