@@ -1,13 +1,15 @@
 """What the notebooks show reviewers: banners, escaped tables and transcripts, and charts.
 
-Conversation text is untrusted. Everything here escapes it (``html.escape`` or
-``DataFrame.to_html(escape=True)``); never pass it to ``Markdown`` or raw ``HTML``.
+Conversation text is untrusted. Everything here escapes it (:func:`escape`, or
+``DataFrame.to_html(escape=True)`` on cells from :func:`cell`), which also shows bidirectional
+controls as their code point; never pass it to ``Markdown`` or raw ``HTML``.
 Charts render as static SVG through vl-convert, so they draw with no network.
 """
 from __future__ import annotations
 
 import html
 import json
+import re
 import warnings
 
 import altair as alt
@@ -34,6 +36,22 @@ STAND_IN_NOTE = ("Stand-in post-release pool", "the candidate pool reuses the pr
                  "so it is not traffic after release; nothing here is scored against it as realised.")
 
 
+#: bidirectional controls (embeddings, overrides, isolates) reorder the text after them:
+#: "user\u202egnp.exe" reads "userexe.png" ("Trojan Source"); a page shows them as code points
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(s: str) -> str:
+    """Return ``s`` with each bidirectional control shown as its code point (``⟨U+202E⟩``)."""
+    return _BIDI.sub(lambda m: f"⟨U+{ord(m.group()):04X}⟩", s)
+
+
+def escape(s: str) -> str:
+    """Return untrusted text as HTML text: escaped (``html.escape``, quotes too), with its
+    bidirectional controls shown (:func:`visible`)."""
+    return visible(html.escape(s))
+
+
 def banner(rel: Release) -> HTML:
     """Return the page banner: release title, the simulated-world, stand-in and public-data
     caveats, and the release's own ``notice``."""
@@ -57,10 +75,10 @@ def banner(rel: Release) -> HTML:
         notes.append(PUBLIC_NOTE)
     if rel.notice:
         notes.append(("Notice", rel.notice))
-    body = "".join(f"<p><strong>{html.escape(head)}:</strong> {html.escape(text)}</p>" for head, text in notes)
+    body = "".join(f"<p><strong>{escape(head)}:</strong> {escape(text)}</p>" for head, text in notes)
     return HTML(f'<div class="depsim-banner" style="border-left:6px solid #d97706;background:#fff7ed;'
-                f'padding:8px 14px;margin:8px 0"><p><em>{html.escape(rel.title)}</em> '
-                f'(release <code>{html.escape(rel.release)}</code>)</p>{body}</div>')
+                f'padding:8px 14px;margin:8px 0"><p><em>{escape(rel.title)}</em> '
+                f'(release <code>{escape(rel.release)}</code>)</p>{body}</div>')
 
 
 def table(df: pd.DataFrame | None, digits: int | None = None, index: bool = False, empty: str | None = None,
@@ -103,9 +121,9 @@ def transcripts(prefixes: pd.DataFrame, completions: pd.DataFrame, n: int = 3, s
         parts = [("user", last_user.get("content"))] + [
             (m.get("role"), m.get("content") if m.get("content") else json.dumps(m.get("tool_calls")))
             for m in decode_messages(row["messages"])]
-        lines = "".join(f'<div><b>{html.escape(str(r))}</b>: {html.escape(str(t)[:max_chars])}</div>' for r, t in parts)
+        lines = "".join(f'<div><b>{escape(str(r))}</b>: {escape(str(t)[:max_chars])}</div>' for r, t in parts)
         blocks.append(f'<div class="depsim-transcript" style="border:1px solid #ddd;padding:6px;margin:6px 0">'
-                      f'<small>{html.escape(row["target"])} · {html.escape(str(row["item_id"]))}</small>{lines}</div>')
+                      f'<small>{escape(row["target"])} · {escape(str(row["item_id"]))}</small>{lines}</div>')
     return HTML("".join(blocks) or "<p>No transcripts.</p>")
 
 
@@ -290,19 +308,19 @@ def prefix_examples(prefixes: pd.DataFrame, n: int = 3, seed: int = 0, max_chars
         left = len(msgs) - len(shown)
         more = f'<div class="msg"><em>… {left:,} earlier message{"s" if left != 1 else ""} not shown</em></div>' if left else ""
         body = "".join(_message_html(m, max_chars) for m in shown)
-        blocks.append(f'<div class="depsim-example"><small>{html.escape(str(row["pool"]))} · user turn {turn:,} · '
+        blocks.append(f'<div class="depsim-example"><small>{escape(str(row["pool"]))} · user turn {turn:,} · '
                       f'{len(msgs):,} message{"s" if len(msgs) != 1 else ""} in the prefix</small>{more}{body}</div>')
     return HTML(STYLE + "".join(blocks))
 
 
 def text(s: str) -> HTML:
     """Return untrusted text as an escaped HTML paragraph (nothing for empty text)."""
-    return HTML(f"<p>{html.escape(s)}</p>" if s else "")
+    return HTML(f"<p>{escape(s)}</p>" if s else "")
 
 
 def pre(s: str) -> HTML:
     """Return untrusted multi-line text as an escaped preformatted block."""
-    return HTML(f"<pre>{html.escape(s)}</pre>")
+    return HTML(f"<pre>{escape(s)}</pre>")
 
 
 #: the columns of score_summary's compact form (the release decision page), by key
@@ -371,7 +389,7 @@ def score_summary(summary: pd.DataFrame | None, empty: str = "No scores on this 
         rows.append(row)
     out = pd.DataFrame(rows)
     keys = [k for k in (COMPACT_SCORES if compact else names) if k in out]
-    note = html.escape(scope)
+    note = escape(scope)
     if len(worst):
         note += (" Columns marked <em>common set</em> compare the methods on the same categories (those every method "
                  "forecasts, with an event somewhere); a method's worst miss can lie outside that set, so "
@@ -420,6 +438,7 @@ vertical-align:top;white-space:normal;overflow-wrap:break-word}
 
 def _fit(df: pd.DataFrame) -> HTML:
     """An escaped table that wraps its text to the page width (no column off-screen)."""
+    df = df.map(lambda v: visible(v) if isinstance(v, str) else v)
     body = df.to_html(escape=True, index=False, classes="depsim-table depsim-fit", border=0)
     return HTML(WRAP + f'<div class="depsim-wrap" style="max-width:100%">{body}</div>')
 
@@ -463,7 +482,7 @@ def gate_outcome_line(table_: pd.DataFrame | None) -> HTML:
         # a few categories are named; a long list (often "undecided") is counted
         names = f" ({', '.join(category_title(c) for c in g['category'])})" if len(g) <= 3 else ""
         parts.append(f"{held}: {len(g)}{names}")
-    parts = html.escape("; ".join(parts))
+    parts = escape("; ".join(parts))
     return HTML(f"<p>Gate verdicts against what happened ({len(table_)} gated categories): {parts}. "
                 f"Per category on the score page (6), <em>Gate verdicts against the realised rates</em>.</p>")
 
@@ -546,7 +565,7 @@ def eligibility(rules) -> HTML:
              ("User message length", length),
              ("Multimodal user turns", "kept" if rules.allow_multimodal else "left out (any non-text part or attachment)"),
              ("Date window (created_at)", window), ("Surfaces", many(rules.surfaces)), ("User turns", turns)]
-    return HTML("<ul>" + "".join(f"<li><strong>{html.escape(k)}</strong>: {html.escape(v)}</li>" for k, v in items)
+    return HTML("<ul>" + "".join(f"<li><strong>{escape(k)}</strong>: {escape(v)}</li>" for k, v in items)
                 + "</ul>")
 
 
@@ -663,7 +682,7 @@ def rates_table(rates: pd.DataFrame, targets: list[str], level: float = 0.95) ->
     shown = with_reweighted(rates, targets)
     r = rates[rates["target"].isin(shown)]
     trust = trust_summary(rates, targets) if "validation" in rates else None
-    head = "".join(f"<th class=num>{html.escape(t)}</th>" for t in shown)
+    head = "".join(f"<th class=num>{escape(t)}</th>" for t in shown)
     body = []
     for cat, g in r.groupby("category", sort=True):
         by = g.drop_duplicates("target").set_index("target")
@@ -674,9 +693,9 @@ def rates_table(rates: pd.DataFrame, targets: list[str], level: float = 0.95) ->
                 continue
             k, n = by.loc[t, "k"], by.loc[t, "n"]
             under = f"<br><small>{k_of_n(k, n)}</small>" if not _missing(n) and n and k else ""
-            cells.append(f"<td class=num>{html.escape(rate_interval100k(k, n, level))}{under}</td>")
-        last = "" if trust is None else f"<td>{html.escape(str(trust.get(cat, DASH)))}</td>"
-        body.append(f"<tr><td>{html.escape(category_title(cat))}</td>{''.join(cells)}{last}</tr>")
+            cells.append(f"<td class=num>{escape(rate_interval100k(k, n, level))}{under}</td>")
+        last = "" if trust is None else f"<td>{escape(str(trust.get(cat, DASH)))}</td>"
+        body.append(f"<tr><td>{escape(category_title(cat))}</td>{''.join(cells)}{last}</tr>")
     pct = f"{level:.0%}"
     return HTML(STYLE + '<div class="depsim-wrap"><table class="depsim-decision depsim-rates"><thead><tr><th>category</th>'
                 + head + ("" if trust is None else "<th>grader validation</th>") + "</tr></thead><tbody>"
@@ -716,10 +735,10 @@ def grader_trust(rates: pd.DataFrame, targets: list[str]) -> HTML:
     for cat in status.index:
         st = status[cat]
         mark = any(u in st for u in UNTRUSTED)
-        rows.append(f'<tr class="{"depsim-untrusted" if mark else ""}"><td>{html.escape(category_title(cat))}</td>'
-                    f'<td><code>{html.escape(str(first.loc[cat, "grader_id"]))}</code></td>'
-                    f'<td class=nw>{"⚠ " if mark else ""}{html.escape(st)}</td>'
-                    f'<td>{html.escape(str(first.loc[cat, "validation_detail"]))}</td></tr>')
+        rows.append(f'<tr class="{"depsim-untrusted" if mark else ""}"><td>{escape(category_title(cat))}</td>'
+                    f'<td><code>{escape(str(first.loc[cat, "grader_id"]))}</code></td>'
+                    f'<td class=nw>{"⚠ " if mark else ""}{escape(st)}</td>'
+                    f'<td>{escape(str(first.loc[cat, "validation_detail"]))}</td></tr>')
     return HTML(STYLE + '<div class="depsim-wrap"><table class="depsim-decision"><thead><tr><th>category</th>'
                 "<th>grader id</th><th>validation</th><th>why</th></tr></thead><tbody>" + "".join(rows)
                 + "</tbody></table></div>")
@@ -798,20 +817,20 @@ def grading_warnings(rates: pd.DataFrame, validations: pd.DataFrame | None = Non
                               for c, t, f, n, sh in bad[["category", "target", "failed", "n", "failed_share"]]
                               .itertuples(index=False))
             lines.append(f"<p><strong>Failed grades above {failed_warn:.0%} ({len(bad)} rates):</strong> "
-                         f"{html.escape(items)}. A failed grade is missing, never a negative: these rates lie between "
+                         f"{escape(items)}. A failed grade is missing, never a negative: these rates lie between "
                          f"their best and worst case (every failed grade negative / positive), shown below.</p>")
     if "validation" in rates:
         inv = rates[rates["validation"] == "not valid here"]
         if len(inv):
             items = ", ".join(f"{category_title(c)} on {t}" for c, t in inv[["category", "target"]].itertuples(index=False))
-            lines.append(f"<p><strong>Graders not valid on these responses ({len(inv)}):</strong> {html.escape(items)}: "
+            lines.append(f"<p><strong>Graders not valid on these responses ({len(inv)}):</strong> {escape(items)}: "
                          "they read only the simulated world's wording, so real text reads as no event.</p>")
     if validations is not None and len(validations):
         stale = validations[~validations["applies"].astype(bool)]
         for _, v in stale.iterrows():
-            lines.append(f"<p><strong>Validation not applied:</strong> {html.escape(str(v['file']))} "
-                         f"({html.escape(str(v['category']))}, grader id {html.escape(str(v['grader_id']))}): "
-                         f"{html.escape(str(v['note']))}.</p>")
+            lines.append(f"<p><strong>Validation not applied:</strong> {escape(str(v['file']))} "
+                         f"({escape(str(v['category']))}, grader id {escape(str(v['grader_id']))}): "
+                         f"{escape(str(v['note']))}.</p>")
     if not lines:
         return text(f"No grading warning: every rate has at most {failed_warn:.0%} failed grades, no grader reads "
                     "responses it is not valid on, and every validation on record applies.")
@@ -843,10 +862,10 @@ def validations(table_: pd.DataFrame | None) -> HTML:
             verdict, cls = f"meets bar: {r['note']}", ""
         else:
             verdict, cls = f"⚠ misses bar: {r['note']}", "depsim-untrusted"
-        rows.append(f'<tr class="{cls}"><td>{html.escape(str(r["file"]))}<br><small>{html.escape(category_title(r["category"]))}'
-                    f' · grader id <code>{html.escape(str(r["grader_id"]))}</code></small></td>'
+        rows.append(f'<tr class="{cls}"><td>{escape(str(r["file"]))}<br><small>{escape(category_title(r["category"]))}'
+                    f' · grader id <code>{escape(str(r["grader_id"]))}</code></small></td>'
                     f'<td class=num>{cell(r["n"])}</td><td class=nw>{est(r, "kappa")}</td>'
-                    f'<td class=nw>{html.escape(str(r["bar"]))}</td><td>{html.escape(verdict)}</td>'
+                    f'<td class=nw>{escape(str(r["bar"]))}</td><td>{escape(verdict)}</td>'
                     f'<td class=nw>{est(r, "sensitivity")}</td><td class=nw>{est(r, "specificity")}</td></tr>')
     return HTML(STYLE + '<div class="depsim-wrap"><table class="depsim-decision depsim-validations"><thead><tr>'
                 "<th>file</th><th class=num>labelled items</th><th>κ pooled [95%]</th><th>bar</th>"
@@ -947,7 +966,7 @@ def forecasts(fc: pd.DataFrame, level: float) -> HTML:
         # rates graded by different grader ids are never compared: say whose record was set aside
         cats = sorted({category_title(c) for c in fc.loc[fc["history_dropped"].fillna(False).astype(bool), "category"]})
         one = len(cats) == 1
-        note = (f"<p><small>The grader{'' if one else 's'} of {html.escape(', '.join(cats))} changed since the history "
+        note = (f"<p><small>The grader{'' if one else 's'} of {escape(', '.join(cats))} changed since the history "
                 f"was recorded: {'its' if one else 'their'} earlier releases are left out of the predictive interval "
                 f"and of the metrics across releases (rates graded by different grader ids are never compared), so "
                 f"{'its interval rests' if one else 'their intervals rest'} on the group's record only.</small></p>")
@@ -1068,8 +1087,8 @@ def cell(x) -> str:
         a = abs(v)
         return number(v, 0 if a >= 1000 else 1 if a >= 100 else 2 if a >= 1 else 3 if a >= 0.01 else 5)
     if hasattr(x, "__fspath__"):
-        return str(x.__fspath__())
-    return str(x)
+        return visible(str(x.__fspath__()))
+    return visible(str(x))
 
 
 def readable(name: str) -> str:
@@ -1147,7 +1166,7 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
         return HTML(STYLE + '<div class="depsim-verdict"><p>No forecasts to judge.</p></div>')
     pct = f"{level:.0%}"
     def links(d):
-        return ", ".join(f'<a href="{EXAMPLES_PAGE}#{anchor("cat", c)}">{html.escape(t)}</a>'
+        return ", ".join(f'<a href="{EXAMPLES_PAGE}#{anchor("cat", c)}">{escape(t)}</a>'
                          for c, t in zip(d["category"], d["title"]))
     for status, head in (("breaches", "Breach their gate"), ("may breach", "May breach their gate")):
         d = decision[decision["gate_status"] == status]
@@ -1169,13 +1188,13 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
     if "past_error_over" in decision and decision["past_error_over"].any():
         d = decision[decision["past_error_over"]]
         lines.append(f"<p><strong>Within on this sample, not with the simulation's past errors ({len(d)}):</strong> "
-                     + ", ".join(f"{html.escape(t)} (up to {rate100k(h)} per 100k)" for t, h in zip(d["title"], d["pred_hi"]))
+                     + ", ".join(f"{escape(t)} (up to {rate100k(h)} per 100k)" for t, h in zip(d["title"], d["pred_hi"]))
                      + f": the upper end of the forecast's {pct} predictive interval, which adds how far the deployment "
                      "simulation missed on earlier releases, is over the gate.</p>")
     none = decision[decision["n"] == 0]
     if len(none):
         lines.append(f"<p><strong>No usable grade ({len(none)}):</strong> "
-                     + ", ".join(html.escape(t) for t in none["title"])
+                     + ", ".join(escape(t) for t in none["title"])
                      + ": every grade failed, so these have no forecast (see Failures).</p>")
     rises = decision[decision["direction"] == "rises"]
     graded = decision[decision["n"] > 0]
@@ -1185,8 +1204,8 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
                 "with (the release grades no <code>prod_prev</code> responses, or none usably).")
     else:
         line = (f"<p><strong>Rise against the previous model ({len(rises)}):</strong> "
-                + (", ".join(html.escape(t) for t in rises["title"]) or "none") + "."
-                + (f" Not compared, for want of a previous rate: {', '.join(html.escape(t) for t in uncompared['title'])}."
+                + (", ".join(escape(t) for t in rises["title"]) or "none") + "."
+                + (f" Not compared, for want of a previous rate: {', '.join(escape(t) for t in uncompared['title'])}."
                    if len(uncompared) else ""))
     if len(rises) and "rises_holm" in rises:
         # each rise is one test of many: say which survive the correction for all of them
@@ -1195,7 +1214,7 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
         line += (f" After Holm's correction across the {m} categories compared, "
                  + (("all stay" if len(held) == len(rises) > 1 else "it stays" if len(held) == len(rises)
                      else f"{len(held)} {'stays' if len(held) == 1 else 'stay'}") + " significant"
-                    + (f" ({', '.join(html.escape(t) for t in held['title'])})" if 0 < len(held) < len(rises) else "")
+                    + (f" ({', '.join(escape(t) for t in held['title'])})" if 0 < len(held) < len(rises) else "")
                     if len(held) else "none stays significant") + ".")
     lines.append(line + "</p>")
     if "validation" in decision:
@@ -1203,23 +1222,23 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
         for st in UNTRUSTED:
             d = decision[decision["validation"] == st]
             if len(d):
-                parts.append(f"{html.escape(st)}: " + ", ".join(html.escape(t) for t in d["title"]))
+                parts.append(f"{escape(st)}: " + ", ".join(escape(t) for t in d["title"]))
         if parts:
             lines.append(f"<p><strong>Forecasts whose grader is not shown to be right "
                          f"({int(decision['validation'].isin(UNTRUSTED).sum())}):</strong> " + "; ".join(parts) + ".</p>")
     if "tool_caveat" in decision and decision["tool_caveat"].notna().any():
         d = decision[decision["tool_caveat"].notna()]
         lines.append(f"<p><strong>Resting on tool outputs a judge told from real ones ({len(d)}):</strong> "
-                     + ", ".join(html.escape(t) for t in d["title"]) + f": {html.escape(d['tool_caveat'].iloc[0])}. "
+                     + ", ".join(escape(t) for t in d["title"]) + f": {escape(d['tool_caveat'].iloc[0])}. "
                      "Their forecasts may be off by more than their intervals say (the realism page's fidelity "
                      "curves show how these rates move with tool realism).</p>")
     if audit_headline:
-        lines.append(f'<p><strong>Outside the taxonomy (no gate applies):</strong> {html.escape(audit_headline)} '
+        lines.append(f'<p><strong>Outside the taxonomy (no gate applies):</strong> {escape(audit_headline)} '
                      f'(<a href="{AUDIT_PAGE}">audit page</a>)</p>')
     if "failed_warning" in decision and decision["failed_warning"].fillna(False).astype(bool).any():
         d = decision[decision["failed_warning"].fillna(False).astype(bool)]
         lines.append(f"<p><strong>Too many failed grades ({len(d)}):</strong> "
-                     + ", ".join(f"{html.escape(t)} ({sh:.1%})" for t, sh in zip(d["title"], d["failed_share"]))
+                     + ", ".join(f"{escape(t)} ({sh:.1%})" for t, sh in zip(d["title"], d["failed_share"]))
                      + ": each lies between its best and worst case (every failed grade negative / positive).</p>")
     lines.append(f"<p><small>Gates are checked against the exact (Clopper–Pearson) {pct} interval of the deployment "
                  f"simulation: <em>breaches</em> when even its low end is over the gate, <em>may breach</em> when its "
@@ -1253,14 +1272,14 @@ def decision(decision: pd.DataFrame, level: float = 0.95) -> HTML:
         ratio_iv = DASH if _missing(r["ratio_lo"]) else interval(r["ratio_lo"], r["ratio_hi"])
         body.append(
             f'<tr class="depsim-gate-{r["gate_status"].replace(" ", "-")}">'
-            f'<td><a href="{link}">{html.escape(r["title"])}</a><br><small>{html.escape(r["group"])}</small>{_trust_mark(r)}</td>'
-            f'<td class=nw>{html.escape(r["gate"])}</td><td class=nw>{html.escape(r["gate_status"])}</td>'
+            f'<td><a href="{link}">{escape(r["title"])}</a><br><small>{escape(r["group"])}</small>{_trust_mark(r)}</td>'
+            f'<td class=nw>{escape(r["gate"])}</td><td class=nw>{escape(r["gate_status"])}</td>'
             f'<td class=num>{rate_or_bound100k(r["prev_k"], r["prev_n"], level)}<br><small>{k_of_n(r["prev_k"], r["prev_n"])}</small></td>'
             + (f'<td class=num>{rate_interval100k(r["k"], r["n"], level, count=False)}<br><small>{k_of_n(r["k"], r["n"])}</small>'
                f'{_uncertainty_mark(r)}{_tool_mark(r)}</td>'
                if r["n"] else f'<td class=num>no usable grade<br><small>{int(r["failed"]):,} failed</small></td>') +
             f'<td class=num>{ratio} {ratio_iv}</td>'
-            f'<td class="nw depsim-flag-{r["direction"].replace(" ", "-")}">{html.escape(r["direction"])}'
+            f'<td class="nw depsim-flag-{r["direction"].replace(" ", "-")}">{escape(r["direction"])}'
             f'{_holm_mark(r)}</td>'
             f'<td><a href="{link}">transcripts</a></td></tr>')
     return HTML(STYLE + f'<div class="depsim-wrap"><table class="depsim-decision"><thead>{head}</thead>'
@@ -1284,7 +1303,7 @@ def _trust_mark(r) -> str:
     st = r.get("validation")
     if _missing(st) or st not in UNTRUSTED:
         return ""
-    return f'<br><small class="depsim-untrusted" title="{html.escape(str(r.get("validation_detail", "")))}">⚠ grader: {html.escape(st)}</small>'
+    return f'<br><small class="depsim-untrusted" title="{escape(str(r.get("validation_detail", "")))}">⚠ grader: {escape(st)}</small>'
 
 
 def _holm_mark(r) -> str:
@@ -1307,7 +1326,7 @@ def _tool_mark(r) -> str:
     """The decision table's marker of a forecast resting on tool outputs a judge told apart."""
     if _missing(r.get("tool_caveat")):
         return ""
-    return f'<br><small class="depsim-untrusted" title="{html.escape(str(r["tool_caveat"]))}">⚠ tool realism</small>'
+    return f'<br><small class="depsim-untrusted" title="{escape(str(r["tool_caveat"]))}">⚠ tool realism</small>'
 
 
 def _uncertainty_mark(r) -> str:
@@ -1316,7 +1335,7 @@ def _uncertainty_mark(r) -> str:
     reaches :data:`DEFF_SUMMARY`."""
     out = ""
     if not _missing(r.get("rg_lo")):
-        out += f"<br><small>corrected {html.escape(_corrected(r, short=True))}</small>"
+        out += f"<br><small>corrected {escape(_corrected(r, short=True))}</small>"
     if not _missing(r.get("failed_warning")) and bool(r.get("failed_warning")):
         out += f'<br><small class="depsim-untrusted">⚠ {r["failed_share"]:.1%} of grades failed</small>'
     if not _missing(r.get("deff")) and r["deff"] >= DEFF_SUMMARY:
@@ -1335,7 +1354,7 @@ def method_record(record: pd.DataFrame | None, level: float = 0.95) -> HTML:
     for _, r in record.iterrows():
         if not r.get("releases"):
             # a method new to this release: its intervals come from the error model's prior alone
-            lines.append(f"<li><strong>{html.escape(r['method'])}</strong>: no track record (not in the history of "
+            lines.append(f"<li><strong>{escape(r['method'])}</strong>: no track record (not in the history of "
                          f"earlier releases): its predictive intervals come from the error model's prior alone and "
                          f"span almost every count, so whatever share of realised rates they cover says nothing "
                          f"about it.</li>")
@@ -1345,11 +1364,11 @@ def method_record(record: pd.DataFrame | None, level: float = 0.95) -> HTML:
                f"{r['coverage']:.0%} of the{rows} realised counts checked fell inside its {level:.0%} predictive "
                f"interval (widened by its past errors; each release predicted from the ones before it)")
         direction = ("it predicts no change" if str(r["direction"]).startswith("n/a")
-                     else f"direction right on {html.escape(str(r['direction']))} large shifts")
+                     else f"direction right on {escape(str(r['direction']))} large shifts")
         worst = "" if _missing(r.get("sme_max_all")) else (
             f"; over all {int(r['categories_all']):,} of its forecasts with an event, worst "
-            f"{number(r['sme_max_all'], 1)}× ({html.escape(str(r['worst_all']))})")
-        lines.append(f"<li><strong>{html.escape(r['method'])}</strong>: on {int(r['releases'])} earlier releases "
+            f"{number(r['sme_max_all'], 1)}× ({escape(str(r['worst_all']))})")
+        lines.append(f"<li><strong>{escape(r['method'])}</strong>: on {int(r['releases'])} earlier releases "
                      f"({int(r['categories']):,} category forecasts that every method made) it was off by a median "
                      f"factor of {number(r['sme_median'], 2)} (worst {number(r['sme_max'], 1)}){worst}; {cov}; "
                      f"{direction}.</li>")
@@ -1430,7 +1449,7 @@ GLOSSARY = [
 
 def glossary() -> HTML:
     """Return the glossary of the report's terms."""
-    return HTML("<dl>" + "".join(f"<dt><strong>{html.escape(t)}</strong></dt><dd>{html.escape(d)}</dd>"
+    return HTML("<dl>" + "".join(f"<dt><strong>{escape(t)}</strong></dt><dd>{escape(d)}</dd>"
                                  for t, d in GLOSSARY) + "</dl>")
 
 
@@ -1438,7 +1457,7 @@ def provenance(prov: dict, stale: pd.DataFrame | None = None) -> HTML:
     """Return the provenance block (depsim version, git commit, params hash, model and
     grader ids, date; the renderer is filled in when the page is rendered) and each
     table's stamp, with stale tables marked."""
-    items = "".join(f"<tr><th>{html.escape(readable(k))}</th><td>{html.escape(cell(v))}</td></tr>" for k, v in prov.items())
+    items = "".join(f"<tr><th>{escape(readable(k))}</th><td>{escape(cell(v))}</td></tr>" for k, v in prov.items())
     items += '<tr><th>renderer</th><td class="depsim-renderer">(set when rendered)</td></tr>'
     out = f'<table class="depsim-table depsim-provenance">{items}</table>'
     if stale is not None and len(stale):
@@ -1451,8 +1470,8 @@ def audit_links(clusters_: pd.DataFrame) -> HTML:
     if clusters_ is None or clusters_.empty:
         return text("The audit found no clusters.")
     c = clusters_.sort_values(["novel", "size"], ascending=[False, False])
-    items = "".join(f'<li><a href="{EXAMPLES_PAGE}#{anchor("cluster", r["cluster"])}">{html.escape(str(r["label"]))}</a> '
-                    f'({int(r["size"]):,} findings; {"no matching category" if r["novel"] else "matches " + html.escape(category_title(r["category"]))})</li>'
+    items = "".join(f'<li><a href="{EXAMPLES_PAGE}#{anchor("cluster", r["cluster"])}">{escape(str(r["label"]))}</a> '
+                    f'({int(r["size"]):,} findings; {"no matching category" if r["novel"] else "matches " + escape(category_title(r["category"]))})</li>'
                     for _, r in c.iterrows())
     return HTML(f"<ul>{items}</ul>")
 
@@ -1488,17 +1507,17 @@ def _message_html(m: dict, max_chars: int) -> str:
     if content:
         s = str(content)
         more = f" … ({len(s) - max_chars:,} more characters)" if len(s) > max_chars else ""
-        parts.append(html.escape(s[:max_chars]) + more)
+        parts.append(escape(s[:max_chars]) + more)
     for call in m.get("tool_calls") or []:
         fn = call.get("function", {}) if isinstance(call, dict) else {}
-        parts.append(f"<em>calls tool</em> <code>{html.escape(str(fn.get('name', '?')))}</code>("
-                     f"<code>{html.escape(str(fn.get('arguments', ''))[:max_chars])}</code>)")
+        parts.append(f"<em>calls tool</em> <code>{escape(str(fn.get('name', '?')))}</code>("
+                     f"<code>{escape(str(fn.get('arguments', ''))[:max_chars])}</code>)")
     if role == "tool" and m.get("tool_call_id"):
         role = f"tool output ({m['tool_call_id']})"
     reasoning = m.get("reasoning_content")
     if reasoning:
-        parts.append(f"<em>reasoning:</em> {html.escape(str(reasoning)[:max_chars])}")
-    return f'<div class="msg"><span class="role">{html.escape(role)}:</span> {"<br>".join(parts) or DASH}</div>'
+        parts.append(f"<em>reasoning:</em> {escape(str(reasoning)[:max_chars])}")
+    return f'<div class="msg"><span class="role">{escape(role)}:</span> {"<br>".join(parts) or DASH}</div>'
 
 
 def transcript_block(ex: dict, max_chars: int = 2000) -> str:
@@ -1509,12 +1528,12 @@ def transcript_block(ex: dict, max_chars: int = 2000) -> str:
     response = "".join(_message_html(m, max_chars) for m in ex["response"]) or '<div class="msg">(no response)</div>'
     conf = DASH if _missing(ex.get("confidence")) else f"{float(ex['confidence']):.2f}"
     label = {True: "flagged", False: "not flagged"}.get(ex.get("label"), DASH)
-    grade_ = (f'<div class="grade"><strong>grader</strong>: {html.escape(label)} · confidence {conf}'
-              f'{"" if conf != DASH else " (this grader states none)"} · grader id <code>{html.escape(str(ex["grader_id"]))}</code>'
-              f'<br><strong>rationale</strong>: <span class="depsim-rationale">{html.escape(str(ex.get("rationale") or DASH))}</span></div>')
-    note = f'<div class="grade"><strong>auditor</strong>: {html.escape(ex["finding"])}</div>' if ex.get("finding") else ""
-    return (f'<div class="depsim-example"><small>{html.escape(ex["category_title"])} · target '
-            f'{html.escape(ex["target"])} · item {html.escape(str(ex["item_id"]))}</small>'
+    grade_ = (f'<div class="grade"><strong>grader</strong>: {escape(label)} · confidence {conf}'
+              f'{"" if conf != DASH else " (this grader states none)"} · grader id <code>{escape(str(ex["grader_id"]))}</code>'
+              f'<br><strong>rationale</strong>: <span class="depsim-rationale">{escape(str(ex.get("rationale") or DASH))}</span></div>')
+    note = f'<div class="grade"><strong>auditor</strong>: {escape(ex["finding"])}</div>' if ex.get("finding") else ""
+    return (f'<div class="depsim-example"><small>{escape(ex["category_title"])} · target '
+            f'{escape(ex["target"])} · item {escape(str(ex["item_id"]))}</small>'
             f'<details open><summary>prefix ({len(ex["prefix"])} messages)</summary>{prefix}</details>'
             f'<div><strong>response</strong>{response}</div>{grade_}{note}</div>')
 
@@ -1522,7 +1541,7 @@ def transcript_block(ex: dict, max_chars: int = 2000) -> str:
 def examples(ex: dict) -> HTML:
     """Return the examples page body: a filter box, then per category and per audit cluster
     (each with its own anchor) a bounded sample of flagged transcripts with their grades."""
-    toc = " · ".join(f'<a href="#{anchor("cat", c["category"])}">{html.escape(c["title"])}</a>' for c in ex["categories"])
+    toc = " · ".join(f'<a href="#{anchor("cat", c["category"])}">{escape(c["title"])}</a>' for c in ex["categories"])
     toc += " · " + " · ".join(f'<a href="#{anchor("cluster", c["cluster"])}">cluster {int(c["cluster"])}</a>'
                               for c in ex["clusters"])
     parts = [STYLE, f"<p><small>{toc}</small></p>", FILTER]
@@ -1531,16 +1550,16 @@ def examples(ex: dict) -> HTML:
                  f'No response was flagged in any target; showing up to {ex["per_target"]} graded responses of sim, '
                  'so the grader can be checked.')
         head = (f'<section id="{anchor("cat", cat["category"])}" data-flagged="{int(cat["flagged"])}">'
-                f'<h3>{html.escape(cat["title"])} <small>({html.escape(cat["category"])})</small></h3><p>'
-                + "; ".join(f"{html.escape(t)}: {k_of_n(k, n)} flagged" for t, k, n in cat["counts"])
+                f'<h3>{escape(cat["title"])} <small>({escape(cat["category"])})</small></h3><p>'
+                + "; ".join(f"{escape(t)}: {k_of_n(k, n)} flagged" for t, k, n in cat["counts"])
                 + f'. {shown}</p>')
         body = "".join(transcript_block(e) for e in cat["examples"]) or "<p>No graded response to show.</p>"
         parts.append(head + body + "</section>")
     parts.append("<h2>Audit clusters</h2>")
     for cl in ex["clusters"]:
         head = (f'<section id="{anchor("cluster", cl["cluster"])}"><h3>Cluster {int(cl["cluster"])}: '
-                f'{html.escape(str(cl["label"]))}</h3><p>{int(cl["size"]):,} findings; '
-                f'{"no matching category (novel)" if cl["novel"] else "matches " + html.escape(category_title(cl["category"]))}.'
+                f'{escape(str(cl["label"]))}</h3><p>{int(cl["size"]):,} findings; '
+                f'{"no matching category (novel)" if cl["novel"] else "matches " + escape(category_title(cl["category"]))}.'
                 f' Showing up to {ex["per_cluster"]}.</p>')
         body = "".join(transcript_block(e) for e in cl["examples"]) or "<p>No transcript found for this cluster.</p>"
         parts.append(head + body + "</section>")

@@ -160,6 +160,19 @@ def test_transcript_block_shows_every_role_and_escapes():
     assert "<script>" not in h
 
 
+def test_bidirectional_controls_are_shown_not_obeyed():
+    # "user\u202egnp.exe" displayed as "userexe.png" on the examples page (security audit):
+    # transcripts, rationales, audit findings and table cells show the control's code point
+    rlo = "user\u202egnp.exe\u202c"
+    ex = {"category_title": "Hate", "target": "sim", "item_id": "i1", "grader_id": "abc", "label": True,
+          "confidence": 0.8, "rationale": rlo, "finding": rlo, "prefix": [{"role": "user", "content": rlo}],
+          "response": [{"role": "assistant", "content": "ok", "reasoning_content": rlo}]}
+    h = show.transcript_block(ex) + show.text(rlo).data + show.table(pd.DataFrame({"label": [rlo]})).data
+    assert "\u202e" not in h and "\u202c" not in h
+    assert h.count("user⟨U+202E⟩gnp.exe⟨U+202C⟩") == 6
+    assert show.escape("Hebrew \u05e9\u05dc\u05d5\u05dd and <b>") == "Hebrew \u05e9\u05dc\u05d5\u05dd and &lt;b&gt;"
+
+
 def test_forecast_page_reads_counts_and_never_calls_a_tie_down():
     fc = pd.DataFrame([
         {"category": "hate", "method": "deployment_sim", "k": 5.0, "n": 200.0, "rate": 0.027, "lo": 0.0, "hi": 0.05},
