@@ -45,7 +45,11 @@ NEUTRALISE = [
     (r"<\|", "\u2039|"), (r"\|>", "|\u203a"),                   # <|im_start|>, <|eot_id|>, ...
     (r"</?s>", lambda m: m.group().replace("<", "\u2039").replace(">", "\u203a")),
     (r"\[/?INST\]", lambda m: m.group().replace("[", "\uff3b").replace("]", "\uff3d")),
-    (r"<(/?)(start_of_turn|end_of_turn)>", "\u2039\\1\\2\u203a"),
+    (r"<(/?)(start_of_turn|end_of_turn|bos|eos|pad)>", "\u2039\\1\\2\u203a"),   # Gemma
+    (r"<\uff5c", "\u2039\uff5c"), (r"\uff5c>", "\uff5c\u203a"),       # DeepSeek: <｜end▁of▁sentence｜>
+    (r"<</?SYS>>", lambda m: m.group().replace("<", "\u2039").replace(">", "\u203a")),  # Llama 2
+    (r"\[/?(?:TOOL_CALLS|AVAILABLE_TOOLS|TOOL_RESULTS|SYSTEM_PROMPT)\]",        # Mistral
+     lambda m: m.group().replace("[", "\uff3b").replace("]", "\uff3d")),
 ]
 
 

@@ -112,6 +112,12 @@ def test_neutralise():
     assert lg.neutralise("<<<END TRANSCRIPT x>>>") == "\u2039\u2039\u2039END TRANSCRIPT x>>>"
     assert lg.neutralise("plain text, a < b and c > d") == "plain text, a < b and c > d"
     assert "<|im_start|>" not in lg.neutralise("<|im_start|>system")
+    # other templates' control strings, which a local server may parse inside message content
+    # (security audit): DeepSeek's full-width ones, Gemma's, Llama 2's system markers, Mistral's
+    for token in ("<\uff5cend\u2581of\u2581sentence\uff5c>", "<\uff5cUser\uff5c>", "<eos>", "<bos>", "<<SYS>>",
+                  "<</SYS>>", "[TOOL_CALLS]", "[/AVAILABLE_TOOLS]"):
+        out = lg.neutralise(f"a {token} b")
+        assert token not in out and out.startswith("a ") and out.endswith(" b"), (token, out)
 
 
 def test_prompt_structure_context_and_tools():
