@@ -19,7 +19,7 @@ from depsim.pipeline import PAGES, realised_status, rerun_command, stage_of
 from depsim.readers import InputError, likely_cause
 from depsim.records import read_table
 from depsim.readers import convert as do_convert
-from depsim.render import FAILED_SUFFIX, run_params
+from depsim.render import FAILED_SUFFIX, RenderFailed, run_params
 from depsim.render import render as do_render
 from depsim.refusal import REFUSAL_PATTERN
 from depsim.runner import StageFailed, run_release, select
@@ -59,7 +59,7 @@ def run(params_file: Path = typer.Argument(..., help="release parameters, e.g. p
     typer.echo(f"depsim: running {params_file}" + (f" ({', '.join(order)})" if stages or start else ""))
     try:
         res = run_release(params_file, reports_dir, render, stages=order, log=typer.echo, replace=replace)
-    except (ParamsError, StageFailed, FileNotFoundError) as e:
+    except (ParamsError, StageFailed, FileNotFoundError, RenderFailed) as e:
         _fail(str(e))
     if res["sent"] == 0 and res["cached"] > 0:
         typer.echo(f"model requests: 0 sent, all {res['cached']} served from the cache")
@@ -87,7 +87,7 @@ def render(release_dir: Path = typer.Argument(..., help="reports/<release>"),
         _fail(f"--engine must be auto, quarto or nbconvert, not {engine!r}")
     try:
         used, index = do_render(release_dir, engine, warn=lambda m: typer.echo(m, err=True))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, RenderFailed) as e:
         _fail(str(e))
     typer.echo(f"report rendered with {used}: {index}")
 

@@ -18,6 +18,7 @@ import base64
 import datetime as dt
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -176,6 +177,9 @@ def _staleness(release_dir: Path) -> dict[str, str]:
 def _clear_if_switched(release_dir: Path, engine: str) -> Path:
     """Return ``_site``, emptied first when another renderer (or nothing known) wrote it."""
     site = release_dir / "_site"
+    if site.is_symlink():  # clearing it would delete (or fail on) another folder's files
+        raise RenderFailed(f"{site} is a symbolic link (to {os.readlink(site)}): depsim renders into a folder of "
+                           f"its own; remove the link, and copy _site where it should be published")
     marker = site / MARKER
     if site.exists() and (not marker.exists() or marker.read_text().strip() != engine):
         shutil.rmtree(site)

@@ -141,8 +141,11 @@ def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path,
             if not isinstance(e, pm.PapermillExecutionError):
                 raise
             kept = f"; the last good page {dst.name} is kept, marked as failed" if dst.exists() else ""
+            # a table an earlier stage writes is missing ("... is missing: run 04_grade first"): rerun from that stage
+            need = re.search(r"is missing: run (\w+) first", e.evalue or "") if e.ename == "FileNotFoundError" else None
+            start = stage_of(need.group(1)) if need else stage_of(stage)
             raise StageFailed(f"stage {stage} failed: {e.ename}: {e.evalue} (failed notebook: {failed}{kept}; "
-                              f"rerun: {rerun_command(params_file, reports_dir, stage_of(stage))})") from None
+                              f"rerun: {rerun_command(params_file, reports_dir, start)})") from None
         os.replace(tmp, dst)
         failed.unlink(missing_ok=True)  # this stage's last run succeeded
         log(f"  {stage:<20} {time.time() - ts:5.1f} s")

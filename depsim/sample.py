@@ -117,6 +117,7 @@ def converted(rel: Release, pool: str, src: Source, reports_dir: str | Path) -> 
     out, report, quarantine = _converted_paths(rel, pool, src, reports_dir)
     if not out.exists() or not report.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
+        out.parent.chmod(0o700)  # raw, not de-identified text: its owner's alone, as the de-id key
         res = convert(_source_files(rel, src), src.kind, out, quarantine=quarantine if src.quarantine else None,
                       max_message_chars=src.max_message_chars, columns=src.columns,
                       keep_identifying=src.keep_identifying, quarantine_raw=src.quarantine_raw,

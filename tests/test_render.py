@@ -48,6 +48,19 @@ def test_a_page_without_a_notebook_leaves_the_site(tmp_path):
     assert not (index.parent / "04_grade.html").exists() and index.exists()
 
 
+def test_a_symlinked_site_is_refused_in_one_line_and_left_alone(tmp_path):
+    # clearing _site followed the link's folder, or failed with a raw OSError (security audit)
+    import pytest
+    d = _release(tmp_path)
+    elsewhere = tmp_path / "published"
+    elsewhere.mkdir()
+    (elsewhere / "keep.html").write_text("mine")
+    (d / "_site").symlink_to(elsewhere)
+    with pytest.raises(render.RenderFailed, match=r"_site is a symbolic link \(to .*published\).*remove the link"):
+        render.render(d, "nbconvert")
+    assert (elsewhere / "keep.html").read_text() == "mine" and (d / "_site").is_symlink()
+
+
 def test_quarto_failure_shows_its_error_and_falls_back(tmp_path, monkeypatch):
     d = _release(tmp_path)
     (d / "_site").mkdir()

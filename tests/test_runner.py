@@ -121,6 +121,8 @@ def test_bad_stage_input_is_one_line(tmp_path):
         raise AssertionError("stage ran without its inputs")
     assert "04_grade" in msg and "prefixes.parquet is missing: run 01_sample first" in msg
     assert "\n" not in msg
+    # the rerun it advises starts at the stage that writes the missing table (it said --from grade)
+    assert msg.endswith(f"rerun: depsim run {params.resolve()} --from sample --reports-dir {(tmp_path / 'r').resolve()})")
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -188,6 +188,7 @@ def test_the_raw_converted_logs_stay_out_of_the_release_folder(tmp_path):
     assert secret in pd.read_parquet(raw)["messages"].str.cat() and (reports / rel.release) not in raw.parents
     inside = [p for p in (reports / rel.release).rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert inside == []
+    assert raw.parent.stat().st_mode & 0o777 == 0o700  # others cannot read the raw logs (security audit)
 
 
 def test_check_counts_the_records_a_conversion_set_aside(tmp_path):
