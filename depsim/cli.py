@@ -19,7 +19,7 @@ from depsim.pipeline import PAGES, realised_status, rerun_command, stage_of
 from depsim.readers import InputError, likely_cause
 from depsim.records import read_table
 from depsim.readers import convert as do_convert
-from depsim.render import FAILED_SUFFIX, RenderFailed, run_params
+from depsim.render import FAILED_SUFFIX, RenderFailed, check_engine, run_params
 from depsim.render import render as do_render
 from depsim.refusal import REFUSAL_PATTERN
 from depsim.runner import StageFailed, run_release, select
@@ -56,6 +56,10 @@ def run(params_file: Path = typer.Argument(..., help="release parameters, e.g. p
         _fail(str(e))
     if not params_file.is_file():  # before "running ...": nothing runs
         _fail(f"{params_file}: file not found")
+    try:
+        check_engine(render)  # --render quarto without Quarto: before "running ..." too
+    except FileNotFoundError as e:
+        _fail(str(e))
     typer.echo(f"depsim: running {params_file}" + (f" ({', '.join(order)})" if stages or start else ""))
     try:
         res = run_release(params_file, reports_dir, render, stages=order, log=typer.echo, replace=replace)
@@ -116,7 +120,10 @@ def convert(inputs: list[str] = typer.Argument(..., help="file(s), a folder, a q
                          max_message_chars=max_message_chars, columns=column, keep_identifying=keep_identifying,
                          quarantine_raw=quarantine_raw, keep_meta=meta, json_path=json_path,
                          mapping=mapping or None, memory_limit=memory_limit)
-    except (InputError, FileNotFoundError, ValueError) as e:
+    except InputError as e:
+        # the first record already fails: as with --quarantine, say what the layout looks like
+        _fail(str(e) + (likely_cause({e.reason: 1}, fmt, "--format") if e.kept_before == 0 else ""))
+    except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"{out}: {res.rows} conversations from {res.records} records"
                + (f"; {res.quarantined} quarantined in {quarantine} ("
@@ -252,6 +259,10 @@ def validate_grader(
                    f"label the prompts (a safe column, or --map safe=COLUMN) to decide for them")
     for w in table.attrs["warnings"]:
         typer.echo(f"warning: {w}")
+    if (errors := int(pooled["grader_errors"].sum())) and (err := table.attrs.get("first_error")):
+        # the figures rest on the items that got a verdict: say how many did not, and why
+        typer.echo(f"warning: {errors} of {errors + int(pooled['n'].sum())} graded items got no usable verdict "
+                   f"(left out of n); first grader error: {redact(err, endpoint)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     (table.to_csv if out.suffix == ".csv" else table.to_parquet)(out, index=False)  # check_output: .csv or .parquet
     typer.echo(f"wrote {out}")

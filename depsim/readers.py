@@ -179,9 +179,11 @@ class InputError(ValueError):
     ``<file>: record <i>: <reason>`` (JSON arrays, Parquet, hub data sets; 0-based)."""
 
     def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
-                 record: int | None = None, reason: str = "invalid_file"):
+                 record: int | None = None, reason: str = "invalid_file", kept_before: int | None = None):
         super().__init__(_one_line(message))
         self.file, self.line, self.record, self.reason = file, line, record, reason
+        #: records kept before this one (None: not known); 0 with a shape reason hints a wrong layout
+        self.kept_before = kept_before
 
 
 @dataclass
@@ -1947,7 +1949,7 @@ class _Run:
         self.records += 1
         if self._qfh is None:
             raise InputError(f"{loc}: {bad.detail}", file=loc.file, line=loc.line, record=loc.record,
-                             reason=bad.reason)
+                             reason=bad.reason, kept_before=self.kept)
         self.quarantined += 1
         self.reasons[bad.reason] += 1
         # the raw record may hold personal data: kept only when asked (quarantine_raw=True), and
@@ -2390,7 +2392,7 @@ class _Run:
             notes.append(NOTES[self.fmt])
         elif self.fmt in PROMPT_SETS:
             notes.append(_PROMPT_NOTE.format(self.fmt))
-        if self.drop and self.schema is not None and self.fmt in ("wildchat", "lmsys", "openai_jsonl", "sharegpt"):
+        if self.drop and self.kept and self.schema is not None and self.fmt in ("wildchat", "lmsys", "openai_jsonl", "sharegpt"):
             notes.append("Fields that identify people (" + ", ".join(sorted(self.drop)) + "), where records have "
                          "them, were left out (--keep-identifying, or keep_identifying=True, keeps them).")
         if not self.keep_meta:

@@ -115,6 +115,7 @@ def test_run_with_quarto_missing_fails_before_any_stage(tmp_path, monkeypatch):
     p = small_release(tmp_path)
     res = CliRunner().invoke(app, ["run", str(p), "--render", "quarto", "--reports-dir", str(tmp_path / "r")])
     assert res.exit_code == 2 and "quarto is not on PATH; use --render nbconvert" in res.output
+    assert "running" not in res.output  # said before anything runs (researcher audit)
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.ipynb"))
 
 
@@ -219,3 +220,16 @@ def test_record_says_a_release_without_a_post_release_pool_has_nothing_to_record
     res = CliRunner().invoke(app, ["record", str(p), "--reports-dir", str(tmp_path / "reports")])
     assert res.exit_code == 2 and "Not released yet" in res.output and "prod_new" in res.output, res.output
     assert "run 06_score first" not in res.output
+
+
+def test_convert_without_quarantine_names_a_wrong_format_at_the_first_record(tmp_path):
+    # with --quarantine the command said "wrong --format?", without it only the field (researcher audit)
+    src = tmp_path / "x.jsonl"
+    src.write_text('{"id": "a", "messages": [{"role": "user", "content": "hi"}]}\n'
+                   '{"id": "b", "messages": [{"role": "user", "content": "yo"}]}\n')
+    res = CliRunner().invoke(app, ["convert", str(src), "--format", "sharegpt", "--out", str(tmp_path / "o.parquet")])
+    assert res.exit_code == 2
+    assert f"{src}:1: missing required field 'conversations': wrong --format? (`--format sharegpt` reads" in res.output
+    res = CliRunner().invoke(app, ["convert", str(src), "--format", "sharegpt", "--out", str(tmp_path / "o.parquet"),
+                                   "--quarantine", str(tmp_path / "q.jsonl")])
+    assert res.exit_code == 1 and "were left out" not in res.output  # no note about fields of nothing kept

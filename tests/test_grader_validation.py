@@ -759,6 +759,25 @@ def test_cli_no_usable_verdict_exits_without_a_table(fake_server, tmp_path, smal
     assert key not in res.output and not out.exists()
 
 
+def test_cli_says_how_many_items_got_no_verdict_and_why(fake_server, tmp_path, small_params):
+    """Some items get a verdict, the others an unusable answer: the figures rest on the first,
+    so the command says how many were left out and the first error (it printed nothing unless
+    every item failed; researcher audit)."""
+    from fake_openai_server import obey_last_verdict
+    fake_server.responder = lambda body: ({"role": "assistant", "content": "Yes."} if "q2" in json.dumps(body)
+                                          else obey_last_verdict(body))
+    text = small_params.read_text()
+    sim = 'grader: {base_url: "sim://world/resample", model: sim-grader}'
+    small_params.write_text(text.replace(sim, f'grader: {{base_url: "{fake_server.url}", model: m}}'))
+    out = tmp_path / "v.csv"
+    res = CliRunner().invoke(app, ["validate-grader", "--data", str(_lab_csv(tmp_path)), "--map",
+                                   "prompt=question,response=answer,label=is_refusal", "--grader", "llm",
+                                   "--params", str(small_params), "--cache", str(tmp_path / "c.sqlite"), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "warning: 1 of 4 graded items got no usable verdict (left out of n); first grader error: " in res.output
+    assert "not JSON: 'Yes.'" in res.output and pd.read_csv(out).set_index("source").loc["all", "n"] == 3
+
+
 def test_safe_column_is_read_without_a_mapping(tmp_path):
     """A column named after a field is that field, safe included: the unsafe prompt's refusal
     is no over-refusal, whether or not --map names the column."""
