@@ -259,9 +259,13 @@ def _deidentify(df: pd.DataFrame, secret: bytes) -> tuple[pd.DataFrame, Counter]
 
 
 def pool_summary(prefixes: pd.DataFrame) -> pd.DataFrame:
-    """Return per pool: prefixes sampled, distinct conversations, mean turn index (0-based)."""
-    return prefixes.groupby("pool").agg(prefixes=("prefix_id", "size"), conversations=("conversation_id", "nunique"),
-                                        mean_turn_index=("turn_index", "mean")).reset_index()
+    """Return per pool: prefixes sampled, distinct conversations, and the mean user turn the
+    prefixes end at (1 = the conversation's first user message, as eligibility counts; the
+    0-based message index, ``turn_index``, read as 0 for a one-message prompt)."""
+    user_turn = prefixes["messages"].map(lambda m: sum(1 for x in decode_messages(m) if x.get("role") == "user"))
+    return (prefixes.assign(user_turn=user_turn.to_numpy())
+            .groupby("pool").agg(prefixes=("prefix_id", "size"), conversations=("conversation_id", "nunique"),
+                                 mean_user_turn=("user_turn", "mean")).reset_index())
 
 
 def check_sources(rel: Release, reports_dir: str | Path) -> list[str]:

@@ -248,3 +248,17 @@ def test_a_source_among_the_release_tables_is_refused_before_it_is_overwritten(t
     outside.write_bytes(before)
     rel = _alone(_release(tmp_path, {"kind": "parquet", "path": str(outside)}))
     assert len(build_prefixes(rel, tmp_path / "reports")[0]) == 10
+
+
+def test_pools_table_counts_user_turns_as_eligibility_does():
+    # the pools table read "mean turn index 0" for one-message prompts, a 0-based message index,
+    # while the eligibility rules count "the 1st user message" (researcher audit)
+    from depsim.records import encode_messages
+    from depsim.sample import pool_summary
+    u, a = {"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}
+    prefixes = pd.DataFrame({"pool": ["challenging", "previous", "previous"], "prefix_id": ["p1", "p2", "p3"],
+                             "conversation_id": ["c1", "c2", "c2"], "turn_index": [0, 0, 2],
+                             "messages": [encode_messages([u]), encode_messages([u]), encode_messages([u, a, u])]})
+    out = pool_summary(prefixes).set_index("pool")
+    assert out.loc["challenging", "mean_user_turn"] == 1 and out.loc["previous", "mean_user_turn"] == 1.5
+    assert out.loc["previous", "conversations"] == 1 and out.loc["previous", "prefixes"] == 2
