@@ -53,7 +53,8 @@ from pathlib import Path
 import openai
 
 from depsim.cache import ResponseCache
-from depsim.client import ChatRequest, create_kwargs, MalformedResponse, parse_body, api_key, mask_url, redact, request_key
+from depsim.client import (ChatRequest, create_kwargs, MalformedResponse, parse_body, api_key, mask_url, redact,
+                           request_key, scrub, secrets_of)
 from depsim.params import Endpoint
 from depsim.records import file_sha256
 
@@ -317,7 +318,7 @@ def _error_reason(line: dict) -> str:
 
 
 def import_results(paths: Iterable[str | Path], cache: ResponseCache, *,
-                   expected: Iterable[str] | None = None) -> dict:
+                   expected: Iterable[str] | None = None, endpoint: Endpoint | None = None) -> dict:
     """Read Batch API result lines (output, error or vLLM ``run_batch`` files; any order) and
     store every successful ``response.body`` in ``cache`` under its ``custom_id``.
 
@@ -337,7 +338,8 @@ def import_results(paths: Iterable[str | Path], cache: ResponseCache, *,
     cached, so a later :func:`~depsim.client.complete` sends them live. ``expected``: the
     exported custom_ids (e.g. from :func:`uncached`); when given, lines for other ids are
     counted as unexpected and not imported, and expected ids without a line are reported as
-    missing."""
+    missing. ``endpoint``: the batch's endpoint, whose secrets (:func:`depsim.client.secrets_of`)
+    are redacted from every body before it is cached."""
     want = set(expected) if expected is not None else None
     ok: dict[str, dict] = {}
     errors: dict[str, str] = {}
@@ -371,7 +373,8 @@ def import_results(paths: Iterable[str | Path], cache: ResponseCache, *,
                     except MalformedResponse as e:
                         errors[cid] = f"http 200: malformed body ({e})"[:300]
                         continue
-                    ok[cid] = body
+                    # the endpoint's own secrets never reach the cache, as with live answers
+                    ok[cid] = scrub(body, secrets_of(endpoint)) if endpoint is not None else body
                     errors.pop(cid, None)
                 else:
                     errors[cid] = _error_reason(line)
@@ -400,6 +403,6 @@ def run_batch(endpoint: Endpoint, requests: list[ChatRequest], cache: ResponseCa
     expected = uncached(endpoint, requests, cache)
     files = write_batch_files(endpoint, requests, cache, out_dir, max_per_file)
     outputs = submit_and_wait(endpoint, files, poll_s, timeout_s, client=client)
-    report = import_results(outputs, cache, expected=expected)
+    report = import_results(outputs, cache, expected=expected, endpoint=endpoint)
     report["files"] = [str(p) for p in files]
     return report

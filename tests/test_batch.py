@@ -180,6 +180,20 @@ def test_timeout_then_resume_does_not_resubmit(tmp_path):
 
 # --------------------------------------------------------------------------- import
 
+def test_import_redacts_a_key_the_answer_echoes(tmp_path, monkeypatch):
+    # as with live answers: a body quoting the endpoint's key is cached without it
+    key = "sk-batch-canary-0a9f8e7d6c5b"
+    monkeypatch.setenv("BATCH_KEY", key)
+    body = completion({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    body["choices"][0]["message"]["content"] = f"debug: {key}"
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps({"custom_id": "a", "response": {"status_code": 200, "body": body}}) + "\n")
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    import_results([p], cache, endpoint=Endpoint(base_url="https://api.example.com/v1", model="m",
+                                                 api_key_env="BATCH_KEY"))
+    assert cache.get_many(["a"])["a"]["choices"][0]["message"]["content"] == "debug: [REDACTED]"
+
+
 def test_import_reports_every_kind_of_line(tmp_path):
     good = completion({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     rows = [
