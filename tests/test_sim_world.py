@@ -1,6 +1,7 @@
 """The simulated deployment world: deterministic, drifting traffic, models that differ, and
 exact truth that matches what its own logs show."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -156,3 +157,19 @@ def test_simulated_grader_and_auditor_keep_violent_and_nonviolent_apart():
     from depsim.sim.server import AUDIT_DESCRIPTIONS
     assert not any(d in said for d in AUDIT_DESCRIPTIONS["violent_wrongdoing"]), said
     assert any(d in said for d in AUDIT_DESCRIPTIONS["nonviolent_wrongdoing"]), said
+
+
+def test_the_world_version_changes_with_how_the_world_answers(tmp_path, monkeypatch):
+    # the version is part of every sim:// cache key: a change to the simulated auditor's
+    # patterns (sim/grader.py) kept replaying the old cached answers while it hashed only
+    # world.py's tables (release-owner audit)
+    import shutil
+
+    from depsim.sim import world as simworld
+    for f in Path(simworld.__file__).parent.glob("*.py"):
+        shutil.copy(f, tmp_path / f.name)
+    monkeypatch.setattr(simworld, "__file__", str(tmp_path / "world.py"))
+    assert simworld._version() == simworld.VERSION
+    grader = tmp_path / "grader.py"
+    grader.write_text(grader.read_text().replace("non-violent wrongdoing", "non-violent wrong-doing"))
+    assert simworld._version() != simworld.VERSION

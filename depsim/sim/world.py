@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -258,11 +259,15 @@ THINGS = ["lantern", "key", "river", "photograph", "violin"]
 
 
 def _version() -> str:
-    """Return a short hash of the world's tables, so cached logs and responses are never
-    reused after the world itself changes."""
+    """Return a short hash of the world's tables and of the simulated world's code (every
+    module of :mod:`depsim.sim`: its grader, auditor, tools and judge too), so cached logs
+    and responses are never reused after the world, or how it answers, changes."""
     tables = [INTENTS, INTENT_CUES, MIX, TURNS, BASE, X_MULT, NOVEL_P, FRAMING_MULT, FRAMES, SNIPPETS, HELPFUL,
               EXTRA, EXTRA_X_MULT]
-    return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:10]
+    h = hashlib.sha256(json.dumps(tables, sort_keys=True).encode())
+    for module in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(module.read_bytes())
+    return h.hexdigest()[:10]
 
 
 def _hash_int(*parts) -> int:
