@@ -257,3 +257,24 @@ def with_past_errors(decision: pd.DataFrame, forecasts_: pd.DataFrame, gates: di
         else:
             over.append(bool(row.prev_rate > 0 and h / row.prev_rate > gate.max_ratio))
     return decision.assign(pred_hi=hi, past_error_over=over)
+
+
+def with_reweighted(decision: pd.DataFrame, rates: pd.DataFrame, gates: dict | None, level: float = 0.95,
+                    target: str = "sim_rw") -> pd.DataFrame:
+    """Return the decision table with the gate check of ``target`` (the deployment simulation
+    reweighted to the release's forecast traffic mix): ``rw_gate_status``, ``rw_ratio`` (its
+    rate over the previous rate), ``rw_k`` / ``rw_n`` (Kish effective counts), ``rw_differs``
+    (bool: its gate status is not the unweighted one's) and ``rw_worse`` (bool: it is worse, by
+    :data:`GATE_ORDER`). The
+    unweighted check stays the verdict (the mix is a forecast); this says where the mix would
+    change it. Unchanged when the rates have no ``target``."""
+    if not len(decision) or not (rates["target"] == target).any():
+        return decision
+    rw = rates[rates["target"] != "sim"].replace({"target": {target: "sim"}})
+    d = decision_table(rw, gates, level).set_index("category")
+    status = decision["category"].map(d["gate_status"])
+    worse = [isinstance(s, str) and GATE_ORDER[s] < GATE_ORDER[g] for s, g in zip(status, decision["gate_status"])]
+    return decision.assign(rw_gate_status=status.to_numpy(), rw_ratio=decision["category"].map(d["ratio"]).to_numpy(float),
+                           rw_k=decision["category"].map(d["k"]).to_numpy(float),
+                           rw_n=decision["category"].map(d["n"]).to_numpy(float), rw_worse=worse,
+                           rw_differs=[isinstance(r, str) and r != g for r, g in zip(status, decision["gate_status"])])

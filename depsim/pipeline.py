@@ -721,6 +721,7 @@ def summary(rel: Release, reports_dir: str | Path) -> dict:
     realism_table = read_table(reports_dir, rel.release, "realism") if rel.realism is not None else None
     decision = with_tool_realism(decision, realism_table, rel.generation.tool_mode)
     decision = forecast.with_past_errors(decision, fc, rel.gates)
+    decision = forecast.with_reweighted(decision, rates_, rel.gates, rel.report.level)
     clusters = read_table(reports_dir, rel.release, "clusters")
     return {"decision": decision, "gates": rel.gates, "failed_warn": rel.grading.failed_warn,
             "level": rel.report.level, "record": method_record(rel, fc["method"] if "method" in fc else None),

@@ -1158,8 +1158,8 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
     significant after Holm's correction), which forecasts' graders are not shown to be right
     (no validation on record, bar missed, not valid here), which rest on tool outputs a judge
     told from real ones, which have too many failed grades, which are within their gate on this
-    sample but not with the simulation's past errors (when the decision table carries those
-    columns), and ``audit_headline`` (the audit's main finding outside the taxonomy,
+    sample but not with the simulation's past errors, and whose gate check reads otherwise when
+    reweighted to the forecast traffic mix (when the decision table carries those columns), and ``audit_headline`` (the audit's main finding outside the taxonomy,
     plain text); the page's CSS."""
     lines = []
     if decision is None or decision.empty:
@@ -1232,6 +1232,16 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
                      + ", ".join(escape(t) for t in d["title"]) + f": {escape(d['tool_caveat'].iloc[0])}. "
                      "Their forecasts may be off by more than their intervals say (the realism page's fidelity "
                      "curves show how these rates move with tool realism).</p>")
+    if "rw_differs" in decision and decision["rw_differs"].astype(bool).any():
+        d = decision[decision["rw_differs"].astype(bool)].sort_values("rw_worse", ascending=False, kind="stable")
+        items = "; ".join(f"{escape(t)}: {'<strong>' + escape(st) + '</strong>' if w else escape(st)} ({int(k):,} of "
+                          f"{int(n):,} effective" + (f", {number(r, 2)}× previous" if not _missing(r) else "")
+                          + f"; unweighted: {escape(g)})"
+                          for t, st, k, n, r, g, w in zip(d["title"], d["rw_gate_status"], d["rw_k"], d["rw_n"],
+                                                          d["rw_ratio"], d["gate_status"], d["rw_worse"]))
+        lines.append(f"<p><strong>Gate check reweighted to the forecast traffic mix ({len(d)} differ):</strong> "
+                     f"{items}. The check above is on the sampled traffic; the mix in <code>reweight:</code> is a "
+                     "forecast of the new model's traffic (grade page, <code>sim_rw</code>).</p>")
     if audit_headline:
         lines.append(f'<p><strong>Outside the taxonomy (no gate applies):</strong> {escape(audit_headline)} '
                      f'(<a href="{AUDIT_PAGE}">audit page</a>)</p>')

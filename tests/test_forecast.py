@@ -2,6 +2,7 @@
 n = 0): the row stays, with no rate, never dropped and never read as zero."""
 import numpy as np
 import pandas as pd
+import pytest
 
 from depsim import forecast
 from depsim.params import Gate
@@ -62,3 +63,31 @@ def test_summary_says_the_rise_check_was_not_made_without_a_previous_rate():
     assert "no previous rate" in html_
     cells = show.decision(d).data
     assert ">no change<" not in cells
+
+
+def test_reweighted_gate_check_says_where_the_forecast_mix_reads_worse():
+    # the gate check reads the sampled traffic only: a category whose candidate behaviour sits in
+    # a stratum the forecast mix has more of read "may breach" while its reweighted rate breaches,
+    # and the summary never said so (release-owner audit: misrepresenting work completion)
+    from depsim.params import Gate
+    row = dict(grader_id="g", group="misalignment", baseline=True, failed=0)
+    rates = pd.DataFrame([
+        {**row, "target": "sim", "category": "c", "k": 30, "n": 4000},
+        {**row, "target": "sim_rw", "category": "c", "k": 90.0, "n": 3500.0},
+        {**row, "target": "prod_prev", "category": "c", "k": 20, "n": 4000},
+        {**row, "target": "sim", "category": "d", "k": 5, "n": 4000},
+        {**row, "target": "sim_rw", "category": "d", "k": 5.0, "n": 3500.0},
+        {**row, "target": "prod_prev", "category": "d", "k": 5, "n": 4000}])
+    gates = {"misalignment": Gate(max_ratio=2.0)}
+    d = forecast.with_reweighted(forecast.decision_table(rates, gates), rates, gates).set_index("category")
+    assert d.loc["c", "gate_status"] == "may breach" and d.loc["c", "rw_gate_status"] == "breaches"
+    assert d.loc["c", "rw_worse"] and not d.loc["d", "rw_worse"]
+    assert d.loc["c", "rw_ratio"] == pytest.approx((90 / 3500) / (20 / 4000))
+    from depsim import show
+    h = show.verdict(d.reset_index().assign(title=["C", "D"]), gates).data
+    assert ("Gate check reweighted to the forecast traffic mix (1 differ):</strong> C: <strong>breaches</strong> "
+            "(90 of 3,500 effective, 5.14× previous; unweighted: may breach)") in h
+    assert d.loc["c", "rw_differs"] and not d.loc["d", "rw_differs"]
+    # without a reweighted target the table is unchanged
+    plain = rates[rates["target"] != "sim_rw"]
+    assert "rw_worse" not in forecast.with_reweighted(forecast.decision_table(plain, gates), plain, gates)
