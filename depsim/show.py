@@ -1176,9 +1176,14 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
             blind = ((d["n"] > 0) & (d["k"] == 0) & (d["prev_k"] == 0) if {"n", "k", "prev_k"} <= set(d.columns)
                      else pd.Series(False, index=d.index))
             seen = f"{links(d[~blind])}." if (~blind).any() else ""
-            unseen = (f"{' And' if seen else ''} {int(blind.sum())} with no event in either pool, where only more "
-                      f"graded responses can tell ({_blind_reach(d[blind], level)}): {links(d[blind])}."
-                      if blind.any() else "")
+            # a ratio gate on 0 against 0 has no ratio to bound: more responses settle it only by
+            # finding an event, never by a longer run of zeros
+            ratio = [(g := gates.get(c) or gates.get(grp)) is not None and g.max_ratio is not None
+                     for c, grp in zip(d.loc[blind, "category"], d.loc[blind, "group"])] if gates else []
+            why = ("; a ratio gate cannot clear 0 against 0 at any sample size (only a rate gate, "
+                   "<code>max_rate</code>, can bound them)" if any(ratio) else ", where only more graded responses can tell")
+            unseen = (f"{' And' if seen else ''} {int(blind.sum())} with no event in either pool "
+                      f"({_blind_reach(d[blind], level)}){why}: {links(d[blind])}." if blind.any() else "")
             lines.append(f"<p><strong>{head} ({len(d)}):</strong> {seen}{unseen}</p>")
     if not gates:
         lines.append("<p><strong>No release gates</strong> are set in the params file (<code>gates:</code>): "

@@ -118,6 +118,11 @@ def test_may_breach_names_apart_the_categories_with_no_event_in_either_pool():
     assert "May breach their gate (3):</strong> " in v
     line = v[v.index("May breach"):v.index("</p>", v.index("May breach"))]
     assert line.index("#cat-seen") < line.index("And 2 with no event in either pool") < line.index("#cat-blind")
+    # their gates are ratio gates: more zeros never settle them (it said "only more graded responses can tell")
+    assert "a ratio gate cannot clear 0 against 0 at any sample size" in line and "only more graded" not in line
+    rate_gated = {**gates, "blind": Gate(max_rate=1e-3), "blind2": Gate(max_rate=1e-3)}
+    v = show.verdict(forecast.decision_table(r, rate_gated).assign(title=lambda x: x["category"]), rate_gated).data
+    assert "where only more graded responses can tell" in v and "cannot clear 0 against 0" not in v
 
 
 def test_public_release_never_reports_a_realised_score():
