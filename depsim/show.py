@@ -1322,9 +1322,13 @@ def _trust_mark(r) -> str:
 
 
 def _holm_mark(r) -> str:
-    """Under a "rises": that it does not survive Holm's correction across categories."""
+    """Under a "rises": that it does not survive Holm's correction across categories. Under a
+    "no change" whose ratio interval holds both 0.5 and 2: that the sample is too small to tell
+    a halving from a doubling, so "no change" is no evidence of none."""
     if r["direction"] == "rises" and "rises_holm" in r and not bool(r["rises_holm"]):
         return "<br><small>not after Holm</small>"
+    if r["direction"] == "no change" and not _missing(r.get("ratio_lo")) and r["ratio_lo"] < 0.5 and r["ratio_hi"] > 2:
+        return "<br><small>too few to tell</small>"
     return ""
 
 
@@ -1443,6 +1447,8 @@ GLOSSARY = [
                     "both are. The interval is exact (conditional binomial, Clopper–Pearson) and is [0–∞] when both "
                     "counts are zero."),
     ("rises / falls / no change", "the ratio's interval lies wholly above 1 / below 1 / includes 1."),
+    ("too few to tell", "under \"no change\": the ratio's interval holds both 0.5 and 2, so the sample cannot tell "
+                        "a halving from a doubling; it is no evidence that nothing changed."),
     ("no previous rate", "no usable rate of the previous model to compare with (no prod_prev target, or every "
                          "previous grade failed): the change was not checked."),
     ("gate", "a release limit from the params file: a maximum rate, or a maximum ratio to the previous rate. "

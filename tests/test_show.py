@@ -551,6 +551,23 @@ def test_a_rise_says_whether_it_survives_holms_correction():
     assert "not after Holm" not in big[:big.index("</tr>")]
 
 
+def test_no_change_on_a_tiny_sample_says_it_cannot_tell():
+    # "1.00× [0.01–78.50] no change" and "new [0.41–∞] no change" read as evidence of no change
+    # (release-owner audit): an interval holding both 0.5 and 2 now says it is too few to tell
+    r = _rates([("sim", "tiny", 1, 200), ("prod_prev", "tiny", 1, 200),
+                ("sim", "new", 3, 200), ("prod_prev", "new", 0, 200),
+                ("sim", "firm", 400, 40000), ("prod_prev", "firm", 410, 40000)])
+    d = forecast.decision_table(r, {}).assign(title=lambda x: x["category"])
+    assert (d["direction"] == "no change").all()
+    page = show.decision(d).data
+
+    def row(c):
+        part = page[page.index(f"#cat-{c}"):]
+        return part[:part.index("</tr>")]
+    assert "too few to tell" in row("tiny") and "too few to tell" in row("new")
+    assert "too few to tell" not in row("firm")
+
+
 def test_zero_in_both_pools_says_how_far_the_sample_reaches_and_zero_forecasts_read_as_a_bound():
     d, gates = _decision_rows([("seen", 9, 2), ("blind", 0, 0)])
     v = show.verdict(d, gates).data
