@@ -1178,8 +1178,7 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
             seen = f"{links(d[~blind])}." if (~blind).any() else ""
             # a ratio gate on 0 against 0 has no ratio to bound: more responses settle it only by
             # finding an event, never by a longer run of zeros
-            ratio = [(g := gates.get(c) or gates.get(grp)) is not None and g.max_ratio is not None
-                     for c, grp in zip(d.loc[blind, "category"], d.loc[blind, "group"])] if gates else []
+            ratio = [_ratio_gated(gates, c, grp) for c, grp in zip(d.loc[blind, "category"], d.loc[blind, "group"])]
             why = ("; a ratio gate cannot clear 0 against 0 at any sample size (only a rate gate, "
                    "<code>max_rate</code>, can bound them)" if any(ratio) else ", where only more graded responses can tell")
             unseen = (f"{' And' if seen else ''} {int(blind.sum())} with no event in either pool "
@@ -1193,7 +1192,11 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
     if "past_error_over" in decision and decision["past_error_over"].any():
         d = decision[decision["past_error_over"]]
         lines.append(f"<p><strong>Within on this sample, not with the simulation's past errors ({len(d)}):</strong> "
-                     + ", ".join(f"{escape(t)} (up to {rate100k(h)} per 100k)" for t, h in zip(d["title"], d["pred_hi"]))
+                     # against a ratio gate, the ratio too: the reader should not have to divide
+                     + ", ".join(f"{escape(t)} (up to {rate100k(h)} per 100k"
+                                 + (f", {number(h / p, 2)}× previous" if _ratio_gated(gates, c, grp) and p > 0 else "")
+                                 + ")" for t, h, p, c, grp in zip(d["title"], d["pred_hi"], d["prev_rate"],
+                                                                  d["category"], d["group"]))
                      + f": the upper end of the forecast's {pct} predictive interval, which adds how far the deployment "
                      "simulation missed on earlier releases, is over the gate.</p>")
     none = decision[decision["n"] == 0]
@@ -1261,6 +1264,12 @@ def verdict(decision: pd.DataFrame, gates: dict | None = None, level: float = 0.
                  f"count once per design effect. The simulation's past errors are not in this check: see its "
                  f"track record below.</small></p>")
     return HTML(STYLE + '<div class="depsim-verdict">' + "".join(lines) + "</div>")
+
+
+def _ratio_gated(gates: dict | None, category: str, group: str) -> bool:
+    """Whether a category's gate (its own, else its group's) is a ratio to the previous rate."""
+    g = (gates or {}).get(category) or (gates or {}).get(group)
+    return g is not None and g.max_ratio is not None
 
 
 def _blind_reach(d: pd.DataFrame, level: float) -> str:

@@ -102,7 +102,9 @@ def test_a_gate_within_on_the_sample_but_not_with_past_errors_is_named():
     assert d.loc["c", "past_error_over"] and d.loc["r", "past_error_over"] and not d.loc["u", "past_error_over"]
     v = show.verdict(d.reset_index(), gates).data
     assert "not with the simulation&#x27;s past errors (2)" in v or "not with the simulation's past errors (2)" in v
-    assert "c (up to 1,200 per 100k)" in v and "r (up to 2,000 per 100k)" in v and "u (up to" not in v
+    assert "c (up to 1,200 per 100k)" in v and "u (up to" not in v
+    # against its ratio gate (3×), the ratio too (release-owner audit): 2,000 over 500 per 100k
+    assert "r (up to 2,000 per 100k, 4.00× previous)" in v
     # no history: no predictive bounds, nothing added
     assert "past_error_over" not in forecast.with_past_errors(base, fc.drop(columns="pred_hi"), gates)
 
