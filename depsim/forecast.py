@@ -265,9 +265,8 @@ def with_reweighted(decision: pd.DataFrame, rates: pd.DataFrame, gates: dict | N
     reweighted to the release's forecast traffic mix): ``rw_gate_status``, ``rw_ratio`` (its
     rate over the previous rate), ``rw_k`` / ``rw_n`` (Kish effective counts), ``rw_differs``
     (bool: its gate status is not the unweighted one's) and ``rw_worse`` (bool: it is worse, by
-    :data:`GATE_ORDER`). The
-    unweighted check stays the verdict (the mix is a forecast); this says where the mix would
-    change it. Unchanged when the rates have no ``target``."""
+    :data:`GATE_ORDER`). The unweighted check stays the verdict (the mix is a forecast); this
+    says where the mix would change it. Unchanged when the rates have no ``target``."""
     if not len(decision) or not (rates["target"] == target).any():
         return decision
     rw = rates[rates["target"] != "sim"].replace({"target": {target: "sim"}})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import papermill as pm
 
-from depsim.params import ParamsError, load_release
+from depsim.params import ParamsError, Release, load_release
 from depsim.pipeline import STAGES, failures, folder_params_file, rerun_command, stage_of
 from depsim.render import FAILED_SUFFIX, check_engine, render, run_params
 from depsim.records import release_dir, request_log
@@ -109,10 +109,10 @@ def kernel_env():
                 os.environ[k] = v
 
 
-def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path, log, rel=None) -> None:
+def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path, log, rel: Release) -> None:
     """Execute each stage notebook with papermill into ``out/<stage>.ipynb``; raise
     StageFailed on error. After each stage, ``log`` gets its warnings, its failed requests and
-    (given the release ``rel``) the answers of its model role that could not be used.
+    the answers of its model role that could not be used.
 
     A stage runs into a temporary file that replaces ``<stage>.ipynb`` only when it succeeds
     (and then clears its failed marker). A failed run is kept as ``<stage>.failed.ipynb``:
@@ -149,8 +149,7 @@ def _execute(stages: list[str], out: Path, params_file: Path, reports_dir: Path,
         os.replace(tmp, dst)
         failed.unlink(missing_ok=True)  # this stage's last run succeeded
         log(f"  {stage:<20} {time.time() - ts:5.1f} s")
-        unusable = unusable_answers(failures(rel, reports_dir), STAGE_ROLE[stage]) \
-            if rel is not None and stage in STAGE_ROLE else []
+        unusable = unusable_answers(failures(rel, reports_dir), STAGE_ROLE[stage]) if stage in STAGE_ROLE else []
         for w in stage_warnings(dst) + failed_requests(request_log(reports_dir, out.name).iloc[logged:]) + unusable:
             log(f"    warning: {w}")
 
